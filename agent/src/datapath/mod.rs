@@ -1,0 +1,182 @@
+//! The only module of skiff that imports `aya`: it loads the embedded eBPF object, attaches
+//! its programs, reads its maps and runs its programs through BPF_PROG_TEST_RUN.
+//!
+//! Everything outside this module sees plain Rust types (`Counters`, `ProgRun`, ...), so the
+//! rest of the agent and the tests never depend on aya's API directly.
+
+mod counters;
+mod object;
+mod prog_run;
+
+use std::collections::BTreeSet;
+
+use aya::{
+    programs::{tc, SchedClassifier, TcAttachType},
+    util::KernelVersion,
+    Ebpf, EbpfLoader,
+};
+pub use counters::Counters;
+pub use prog_run::ProgRun;
+use skiff_datapath_abi::{map_names, program_names};
+
+/// Errors from loading, attaching or reading the datapath. Each says what failed and what
+/// a user can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(
+        "loading skiff's eBPF object failed: {source}. skiff needs root (CAP_BPF, CAP_NET_ADMIN, \
+         CAP_SYS_ADMIN) and Linux >= 5.15 with BTF (/sys/kernel/btf/vmlinux)"
+    )]
+    Load {
+        #[source]
+        source: aya::EbpfError,
+    },
+    #[error("the eBPF object has no program `{name}`: the agent and ebpf/programs are out of step; rebuild both")]
+    MissingProgram { name: String },
+    #[error(
+        "the eBPF object has no map `{name}`: the agent and ebpf/abi are out of step; rebuild both"
+    )]
+    MissingMap { name: String },
+    #[error("eBPF program `{program}`: {action} failed: {source}")]
+    Program {
+        program: String,
+        action: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error(
+        "attaching `{program}` to interface `{interface}` failed: {source}. Check that the \
+         interface exists in this network namespace (`ip link show {interface}`)"
+    )]
+    Attach {
+        program: String,
+        interface: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("adding the clsact qdisc to `{interface}` failed: {source}")]
+    Clsact {
+        interface: String,
+        #[source]
+        source: aya::programs::tc::TcError,
+    },
+    #[error("reading map `{map}` failed: {source}")]
+    MapRead {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// The loaded eBPF object: programs loaded into the kernel, maps created. Dropping it
+/// detaches everything it attached and releases the maps.
+pub struct Datapath {
+    ebpf: Ebpf,
+    /// Interfaces the tc ingress program is attached to (the links live inside `ebpf`).
+    attached: BTreeSet<String>,
+}
+
+impl Datapath {
+    /// Loads the eBPF object embedded in this binary and loads every program into the
+    /// kernel (running the verifier), without attaching anything.
+    pub fn load() -> Result<Self, DatapathError> {
+        let mut ebpf = EbpfLoader::new()
+            .load(object::bytes())
+            .map_err(|source| DatapathError::Load { source })?;
+        for name in map_names::ALL {
+            if ebpf.map(name).is_none() {
+                return Err(DatapathError::MissingMap {
+                    name: (*name).to_owned(),
+                });
+            }
+        }
+        let program = tc_program(&mut ebpf, program_names::TC_INGRESS)?;
+        program.load().map_err(|source| DatapathError::Program {
+            program: program_names::TC_INGRESS.to_owned(),
+            action: "load (verifier)",
+            source,
+        })?;
+        Ok(Datapath {
+            ebpf,
+            attached: BTreeSet::new(),
+        })
+    }
+
+    /// Attaches the tc ingress program to `interface` in the calling thread's network
+    /// namespace (TCX on Linux >= 6.6, a clsact qdisc + cls_bpf before that).
+    pub fn attach_tc_ingress(&mut self, interface: &str) -> Result<(), DatapathError> {
+        let name = program_names::TC_INGRESS;
+        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        if !tcx {
+            match tc::qdisc_add_clsact(interface) {
+                Ok(()) => {}
+                // Another tc user (or an earlier run) already added it: that is fine.
+                Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(source) => {
+                    return Err(DatapathError::Clsact {
+                        interface: interface.to_owned(),
+                        source,
+                    })
+                }
+            }
+        }
+        let program = tc_program(&mut self.ebpf, name)?;
+        program
+            .attach(interface, TcAttachType::Ingress)
+            .map_err(|source| DatapathError::Attach {
+                program: name.to_owned(),
+                interface: interface.to_owned(),
+                source,
+            })?;
+        self.attached.insert(interface.to_owned());
+        Ok(())
+    }
+
+    /// Interfaces the tc ingress program is attached to, sorted.
+    pub fn attached_interfaces(&self) -> Vec<String> {
+        self.attached.iter().cloned().collect()
+    }
+
+    /// Names of the maps and programs of the loaded object, sorted.
+    pub fn inventory(&self) -> (Vec<String>, Vec<String>) {
+        let mut maps: Vec<String> = self.ebpf.maps().map(|(n, _)| n.to_owned()).collect();
+        let mut programs: Vec<String> = self.ebpf.programs().map(|(n, _)| n.to_owned()).collect();
+        maps.sort();
+        programs.sort();
+        (maps, programs)
+    }
+
+    /// Reads the per-CPU packet and drop counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, DatapathError> {
+        counters::read(&self.ebpf)
+    }
+
+    /// Runs the program `program` once per `repeat` on `packet` through BPF_PROG_TEST_RUN
+    /// and returns its verdict, the packet as the program left it, and the mean duration.
+    /// The program's map side effects (counters, later conntrack) are real.
+    pub fn prog_run(
+        &mut self,
+        program: &str,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<ProgRun, DatapathError> {
+        let prog = tc_program(&mut self.ebpf, program)?;
+        prog_run::run(prog, program, packet, repeat)
+    }
+}
+
+fn tc_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<&'a mut SchedClassifier, DatapathError> {
+    ebpf.program_mut(name)
+        .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+        .ok_or_else(|| DatapathError::MissingProgram {
+            name: name.to_owned(),
+        })
+}
+
+/// Size in bytes of the embedded eBPF object.
+pub fn object_size() -> usize {
+    object::bytes().len()
+}
