@@ -29,6 +29,10 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
+    // aya-build forwards the inner cargo's progress lines as `cargo:warning`s; keep only
+    // real diagnostics (errors and rustc warnings still come through).
+    std::env::set_var("CARGO_TERM_QUIET", "true");
+
     let root_dir = programs
         .to_str()
         .context("non-UTF-8 path to ebpf/programs")?;

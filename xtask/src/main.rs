@@ -1,1 +1,59 @@
-fn main() {}
+//! `cargo xtask`: the project's automation. Every command that builds eBPF runs `setup`
+//! first, which installs only what is missing and says what it does.
+
+mod cmd;
+mod lint;
+mod setup;
+mod test;
+mod up;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "skiff's build, test and run automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need: Debian packages, nightly rust-src,
+    /// bpf-linker built against the nightly's LLVM. Idempotent.
+    Setup,
+    /// Build every host crate (the eBPF object is built and embedded by the agent's build.rs).
+    Build,
+    /// rustfmt check, clippy -D warnings on host crates and on the eBPF crate.
+    Lint,
+    /// THE test command: setup, lint, unit tests, then the privileged suite (root, BPF,
+    /// netns). Without privileges the privileged suite is reported SKIPPED, and with
+    /// CI=true that is a failure.
+    Test {
+        /// Skip the lint step (for quick local iterations; CI never passes this).
+        #[arg(long)]
+        no_lint: bool,
+    },
+    /// Run what skiff has today on a throwaway network-namespace topology and show it working.
+    Up,
+    /// (internal) Traffic generator used by `up`, run inside the demo client namespace.
+    #[command(hide = true)]
+    DemoTraffic { target: std::net::Ipv4Addr },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup => setup::ensure(),
+        Command::Build => {
+            setup::ensure()?;
+            cmd::run(cmd::cargo().args(["build", "--workspace", "--exclude", "skiff-datapath"]))
+        }
+        Command::Lint => {
+            setup::ensure()?;
+            lint::run()
+        }
+        Command::Test { no_lint } => test::run(no_lint),
+        Command::Up => up::run(),
+        Command::DemoTraffic { target } => up::demo_traffic(target),
+    }
+}

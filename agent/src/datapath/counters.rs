@@ -71,7 +71,7 @@ pub(super) fn read(ebpf: &Ebpf) -> Result<Counters, DatapathError> {
             .get(&(class as u32), 0)
             .map_err(|source| DatapathError::MapRead {
                 map: map_names::STATS,
-                source,
+                source: Box::new(source),
             })?;
         let sum = values
             .iter()
@@ -83,7 +83,7 @@ pub(super) fn read(ebpf: &Ebpf) -> Result<Counters, DatapathError> {
             .get(&(reason as u32), 0)
             .map_err(|source| DatapathError::MapRead {
                 map: map_names::DROPS,
-                source,
+                source: Box::new(source),
             })?;
         out.drops.push((
             reason,
@@ -100,5 +100,51 @@ fn per_cpu<'a, V: aya::Pod>(
     let map = ebpf.map(name).ok_or_else(|| DatapathError::MissingMap {
         name: name.to_owned(),
     })?;
-    PerCpuArray::try_from(map).map_err(|source| DatapathError::MapRead { map: name, source })
+    PerCpuArray::try_from(map).map_err(|source| DatapathError::MapRead {
+        map: name,
+        source: Box::new(source),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Counters {
+        Counters {
+            classes: PacketClass::ALL
+                .iter()
+                .map(|c| {
+                    let n = *c as u64;
+                    (*c, TrafficCounter { packets: n, bytes: n * 100 })
+                })
+                .collect(),
+            drops: DropReason::ALL
+                .iter()
+                .map(|r| (*r, u64::from(*r as u32 % 2)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn lookups_and_totals() {
+        let c = sample();
+        assert_eq!(c.class(PacketClass::Ipv4Udp), TrafficCounter { packets: 1, bytes: 100 });
+        assert_eq!(c.drop_count(DropReason::ShortIpv4Header), 1);
+        assert_eq!(c.drop_count(DropReason::ShortEthernet), 0);
+        // classes 0..=5 sum to 15, drops: 4 odd indices among 0..=8
+        assert_eq!(c.total_packets(), 15 + 4);
+        assert_eq!(Counters::default().class(PacketClass::Ipv4Tcp), TrafficCounter::default());
+    }
+
+    #[test]
+    fn render_is_stable() {
+        let text = sample().render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), (PacketClass::COUNT + DropReason::COUNT) as usize);
+        assert_eq!(lines[0], "packets{class=ipv4_tcp} 0 bytes=0");
+        assert_eq!(lines[1], "packets{class=ipv4_udp} 1 bytes=100");
+        assert_eq!(lines[6], "drops{reason=short_ethernet} 0");
+        assert_eq!(lines[7], "drops{reason=short_ipv4_header} 1");
+    }
 }

@@ -24,12 +24,13 @@ use skiff_datapath_abi::{map_names, program_names};
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     #[error(
-        "loading skiff's eBPF object failed: {source}. skiff needs root (CAP_BPF, CAP_NET_ADMIN, \
-         CAP_SYS_ADMIN) and Linux >= 5.15 with BTF (/sys/kernel/btf/vmlinux)"
+        "loading skiff's eBPF object failed: {}. skiff needs root (CAP_BPF, CAP_NET_ADMIN, \
+         CAP_SYS_ADMIN) and Linux >= 5.15 with BTF (/sys/kernel/btf/vmlinux)",
+        error_chain(source)
     )]
     Load {
         #[source]
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
     },
     #[error("the eBPF object has no program `{name}`: the agent and ebpf/programs are out of step; rebuild both")]
     MissingProgram { name: String },
@@ -37,35 +38,49 @@ pub enum DatapathError {
         "the eBPF object has no map `{name}`: the agent and ebpf/abi are out of step; rebuild both"
     )]
     MissingMap { name: String },
-    #[error("eBPF program `{program}`: {action} failed: {source}")]
+    #[error("eBPF program `{program}`: {action} failed: {}", error_chain(source))]
     Program {
         program: String,
         action: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error(
-        "attaching `{program}` to interface `{interface}` failed: {source}. Check that the \
-         interface exists in this network namespace (`ip link show {interface}`)"
+        "attaching `{program}` to interface `{interface}` failed: {}. Check that the \
+         interface exists in this network namespace (`ip link show {interface}`)",
+        error_chain(source)
     )]
     Attach {
         program: String,
         interface: String,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("adding the clsact qdisc to `{interface}` failed: {source}")]
     Clsact {
         interface: String,
         #[source]
-        source: aya::programs::tc::TcError,
+        source: Box<aya::programs::tc::TcError>,
     },
     #[error("reading map `{map}` failed: {source}")]
     MapRead {
         map: &'static str,
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
+}
+
+/// `error: cause: cause ...`: aya's errors keep the errno in their source chain, and a
+/// user needs to see it.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
 }
 
 /// The loaded eBPF object: programs loaded into the kernel, maps created. Dropping it
@@ -80,9 +95,12 @@ impl Datapath {
     /// Loads the eBPF object embedded in this binary and loads every program into the
     /// kernel (running the verifier), without attaching anything.
     pub fn load() -> Result<Self, DatapathError> {
-        let mut ebpf = EbpfLoader::new()
-            .load(object::bytes())
-            .map_err(|source| DatapathError::Load { source })?;
+        let mut ebpf =
+            EbpfLoader::new()
+                .load(object::bytes())
+                .map_err(|source| DatapathError::Load {
+                    source: Box::new(source),
+                })?;
         for name in map_names::ALL {
             if ebpf.map(name).is_none() {
                 return Err(DatapathError::MissingMap {
@@ -94,7 +112,7 @@ impl Datapath {
         program.load().map_err(|source| DatapathError::Program {
             program: program_names::TC_INGRESS.to_owned(),
             action: "load (verifier)",
-            source,
+            source: Box::new(source),
         })?;
         Ok(Datapath {
             ebpf,
@@ -115,7 +133,7 @@ impl Datapath {
                 Err(source) => {
                     return Err(DatapathError::Clsact {
                         interface: interface.to_owned(),
-                        source,
+                        source: Box::new(source),
                     })
                 }
             }
@@ -126,7 +144,7 @@ impl Datapath {
             .map_err(|source| DatapathError::Attach {
                 program: name.to_owned(),
                 interface: interface.to_owned(),
-                source,
+                source: Box::new(source),
             })?;
         self.attached.insert(interface.to_owned());
         Ok(())

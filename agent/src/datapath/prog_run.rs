@@ -37,7 +37,7 @@ pub(super) fn run(
         .map_err(|source| DatapathError::Program {
             program: name.to_owned(),
             action: "BPF_PROG_TEST_RUN",
-            source,
+            source: Box::new(source),
         })?;
     out.truncate(result.data_size_out as usize);
     Ok(ProgRun {

@@ -17,8 +17,8 @@ impl Verdict {
     #[inline(always)]
     pub fn tc_action(self) -> i32 {
         match self {
-            Verdict::Pass => TC_ACT_OK as i32,
-            Verdict::Drop => TC_ACT_SHOT as i32,
+            Verdict::Pass => TC_ACT_OK,
+            Verdict::Drop => TC_ACT_SHOT,
         }
     }
 }

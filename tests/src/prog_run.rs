@@ -1,0 +1,114 @@
+//! Runs entry points of the production eBPF object (the one embedded in skiff-agent)
+//! through BPF_PROG_TEST_RUN and reports verdict, output packet, duration and the
+//! counter side effects.
+
+use std::time::Duration;
+
+use skiff_agent::datapath::{Counters, Datapath};
+use skiff_datapath_abi::{DropReason, PacketClass, TrafficCounter};
+
+/// tc return codes (include/uapi/linux/pkt_cls.h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcAction {
+    /// TC_ACT_OK (0): continue.
+    Ok,
+    /// TC_ACT_SHOT (2): drop.
+    Shot,
+    /// TC_ACT_REDIRECT (7).
+    Redirect,
+    /// Any other code.
+    Other(u32),
+}
+
+impl TcAction {
+    pub fn from_code(code: u32) -> TcAction {
+        match code {
+            0 => TcAction::Ok,
+            2 => TcAction::Shot,
+            7 => TcAction::Redirect,
+            c => TcAction::Other(c),
+        }
+    }
+}
+
+/// The outcome of one run, with counter deltas.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub action: TcAction,
+    pub packet_out: Vec<u8>,
+    pub duration: Duration,
+    /// Class counters that changed, with their deltas.
+    pub class_deltas: Vec<(PacketClass, TrafficCounter)>,
+    /// Drop reasons that changed, with their deltas.
+    pub drop_deltas: Vec<(DropReason, u64)>,
+}
+
+/// A loaded copy of the production object. Each runner has its own maps, so tests that
+/// run in parallel do not see each other's side effects.
+pub struct ProgRunner {
+    datapath: Datapath,
+}
+
+impl ProgRunner {
+    /// Loads the object (the verifier runs on every program).
+    pub fn new() -> ProgRunner {
+        crate::privilege::require_privileges();
+        ProgRunner {
+            datapath: Datapath::load().unwrap_or_else(|e| panic!("loading the datapath: {e}")),
+        }
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.datapath.counters().expect("reading counters")
+    }
+
+    /// Runs `program` once on `packet`.
+    pub fn run(&mut self, program: &str, packet: &[u8]) -> RunResult {
+        self.run_repeat(program, packet, 1)
+    }
+
+    /// Runs `program` `repeat` times on `packet` (duration is the kernel's mean per run).
+    pub fn run_repeat(&mut self, program: &str, packet: &[u8], repeat: u32) -> RunResult {
+        let before = self.counters();
+        let run = self
+            .datapath
+            .prog_run(program, packet, repeat)
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {program}: {e}"));
+        let after = self.counters();
+        let class_deltas = after
+            .classes
+            .iter()
+            .zip(&before.classes)
+            .filter(|((_, a), (_, b))| a != b)
+            .map(|((c, a), (_, b))| {
+                (
+                    *c,
+                    TrafficCounter {
+                        packets: a.packets - b.packets,
+                        bytes: a.bytes - b.bytes,
+                    },
+                )
+            })
+            .collect();
+        let drop_deltas = after
+            .drops
+            .iter()
+            .zip(&before.drops)
+            .filter(|((_, a), (_, b))| a != b)
+            .map(|((r, a), (_, b))| (*r, a - b))
+            .collect();
+        RunResult {
+            action: TcAction::from_code(run.return_code),
+            packet_out: run.packet_out,
+            duration: run.duration,
+            class_deltas,
+            drop_deltas,
+        }
+    }
+}
+
+impl Default for ProgRunner {
+    fn default() -> Self {
+        ProgRunner::new()
+    }
+}
