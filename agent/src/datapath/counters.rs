@@ -116,7 +116,13 @@ mod tests {
                 .iter()
                 .map(|c| {
                     let n = *c as u64;
-                    (*c, TrafficCounter { packets: n, bytes: n * 100 })
+                    (
+                        *c,
+                        TrafficCounter {
+                            packets: n,
+                            bytes: n * 100,
+                        },
+                    )
                 })
                 .collect(),
             drops: DropReason::ALL
@@ -129,19 +135,31 @@ mod tests {
     #[test]
     fn lookups_and_totals() {
         let c = sample();
-        assert_eq!(c.class(PacketClass::Ipv4Udp), TrafficCounter { packets: 1, bytes: 100 });
+        assert_eq!(
+            c.class(PacketClass::Ipv4Udp),
+            TrafficCounter {
+                packets: 1,
+                bytes: 100
+            }
+        );
         assert_eq!(c.drop_count(DropReason::ShortIpv4Header), 1);
         assert_eq!(c.drop_count(DropReason::ShortEthernet), 0);
         // classes 0..=5 sum to 15, drops: 4 odd indices among 0..=8
         assert_eq!(c.total_packets(), 15 + 4);
-        assert_eq!(Counters::default().class(PacketClass::Ipv4Tcp), TrafficCounter::default());
+        assert_eq!(
+            Counters::default().class(PacketClass::Ipv4Tcp),
+            TrafficCounter::default()
+        );
     }
 
     #[test]
     fn render_is_stable() {
         let text = sample().render();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), (PacketClass::COUNT + DropReason::COUNT) as usize);
+        assert_eq!(
+            lines.len(),
+            (PacketClass::COUNT + DropReason::COUNT) as usize
+        );
         assert_eq!(lines[0], "packets{class=ipv4_tcp} 0 bytes=0");
         assert_eq!(lines[1], "packets{class=ipv4_udp} 1 bytes=100");
         assert_eq!(lines[6], "drops{reason=short_ethernet} 0");
