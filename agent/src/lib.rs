@@ -1,4 +1,8 @@
-//! skiff-agent: the node agent. Today it loads the eBPF datapath, attaches it and reads its
-//! counters; service translation, the API watchers and the CNI plugin build on this.
+//! skiff-agent: the node agent. It turns Services and EndpointSlices into eBPF map entries
+//! (`model` → `reconcile` → `lbmap`) and loads, attaches and reads the datapath
+//! (`datapath`, the only module that touches aya).
 
 pub mod datapath;
+pub mod lbmap;
+pub mod model;
+pub mod reconcile;

@@ -4,7 +4,7 @@ use aya::{
     maps::{MapData, PerCpuArray},
     Ebpf,
 };
-use skiff_datapath_abi::{map_names, DropReason, PacketClass, TrafficCounter};
+use skiff_datapath_abi::{map_names, DropReason, PacketClass, SockLbCounter, TrafficCounter};
 
 use super::DatapathError;
 
@@ -89,6 +89,38 @@ pub(super) fn read(ebpf: &Ebpf) -> Result<Counters, DatapathError> {
             reason,
             values.iter().fold(0u64, |a, v| a.saturating_add(*v)),
         ));
+    }
+    Ok(out)
+}
+
+/// Socket load-balancing counters summed over all CPUs, in `SockLbCounter::ALL` order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SockCounters {
+    pub events: Vec<(SockLbCounter, u64)>,
+}
+
+impl SockCounters {
+    pub fn get(&self, event: SockLbCounter) -> u64 {
+        self.events
+            .iter()
+            .find(|(e, _)| *e == event)
+            .map(|(_, n)| *n)
+            .unwrap_or_default()
+    }
+}
+
+pub(super) fn read_sock(ebpf: &Ebpf) -> Result<SockCounters, DatapathError> {
+    let map = per_cpu::<u64>(ebpf, map_names::SOCK_STATS)?;
+    let mut out = SockCounters::default();
+    for event in SockLbCounter::ALL {
+        let values = map
+            .get(&(event as u32), 0)
+            .map_err(|source| DatapathError::MapRead {
+                map: map_names::SOCK_STATS,
+                source: Box::new(source),
+            })?;
+        out.events
+            .push((event, values.iter().fold(0u64, |a, v| a.saturating_add(*v))));
     }
     Ok(out)
 }

@@ -7,17 +7,37 @@
 mod counters;
 mod object;
 mod prog_run;
+mod service_maps;
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, fs::File, path::Path};
 
 use aya::{
-    programs::{tc, SchedClassifier, TcAttachType},
+    maps::HashMap,
+    programs::{tc, CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType},
     util::KernelVersion,
     Ebpf, EbpfLoader,
 };
-pub use counters::Counters;
+pub use counters::{Counters, SockCounters};
 pub use prog_run::ProgRun;
+pub use service_maps::BpfServiceMaps;
 use skiff_datapath_abi::{map_names, program_names};
+
+use crate::lbmap::MapSizes;
+
+/// Maps moved out of the `Ebpf` object into [`BpfServiceMaps`] at load.
+const TAKEN_MAPS: [&str; 4] = [
+    map_names::SERVICES,
+    map_names::SLOTS,
+    map_names::BACKENDS,
+    map_names::SOCK_REV,
+];
+
+/// Load-time configuration of the datapath.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DatapathConfig {
+    /// Capacities of the service maps (the `--map-size-*` agent flags).
+    pub map_sizes: MapSizes,
+}
 
 /// Errors from loading, attaching or reading the datapath. Each says what failed and what
 /// a user can do about it.
@@ -62,6 +82,27 @@ pub enum DatapathError {
         #[source]
         source: Box<aya::programs::tc::TcError>,
     },
+    #[error(
+        "opening cgroup {path} failed: {source}. Socket load balancing attaches to a cgroup v2 \
+         directory (this machine mounts it at /sys/fs/cgroup/unified)"
+    )]
+    Cgroup {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "attaching `{program}` to cgroup {path} failed: {}",
+        error_chain(source)
+    )]
+    AttachCgroup {
+        program: String,
+        path: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("the service maps were already handed out by `Datapath::service_maps`")]
+    ServiceMapsTaken,
     #[error("reading map `{map}` failed: {source}")]
     MapRead {
         map: &'static str,
@@ -89,18 +130,29 @@ pub struct Datapath {
     ebpf: Ebpf,
     /// Interfaces the tc ingress program is attached to (the links live inside `ebpf`).
     attached: BTreeSet<String>,
+    /// The service maps, until handed out once by [`Datapath::service_maps`].
+    service_maps: Option<BpfServiceMaps>,
 }
 
 impl Datapath {
-    /// Loads the eBPF object embedded in this binary and loads every program into the
-    /// kernel (running the verifier), without attaching anything.
+    /// Loads the eBPF object embedded in this binary with default map sizes.
     pub fn load() -> Result<Self, DatapathError> {
-        let mut ebpf =
-            EbpfLoader::new()
-                .load(object::bytes())
-                .map_err(|source| DatapathError::Load {
-                    source: Box::new(source),
-                })?;
+        Self::load_with(&DatapathConfig::default())
+    }
+
+    /// Loads the eBPF object, sizing maps from `config`, and loads every program into the
+    /// kernel (running the verifier), without attaching anything.
+    pub fn load_with(config: &DatapathConfig) -> Result<Self, DatapathError> {
+        let sizes = config.map_sizes;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::SERVICES, sizes.services)
+            .map_max_entries(map_names::SLOTS, sizes.slots)
+            .map_max_entries(map_names::BACKENDS, sizes.backends)
+            .map_max_entries(map_names::SOCK_REV, sizes.sock_rev)
+            .load(object::bytes())
+            .map_err(|source| DatapathError::Load {
+                source: Box::new(source),
+            })?;
         for name in map_names::ALL {
             if ebpf.map(name).is_none() {
                 return Err(DatapathError::MissingMap {
@@ -114,10 +166,61 @@ impl Datapath {
             action: "load (verifier)",
             source: Box::new(source),
         })?;
+        for name in program_names::SOCK_LB {
+            let program = sock_program(&mut ebpf, name)?;
+            program.load().map_err(|source| DatapathError::Program {
+                program: (*name).to_owned(),
+                action: "load (verifier)",
+                source: Box::new(source),
+            })?;
+        }
+        let service_maps = BpfServiceMaps {
+            sizes,
+            services: take_hash_map(&mut ebpf, map_names::SERVICES)?,
+            slots: take_hash_map(&mut ebpf, map_names::SLOTS)?,
+            backends: take_hash_map(&mut ebpf, map_names::BACKENDS)?,
+            sock_rev: take_hash_map(&mut ebpf, map_names::SOCK_REV)?,
+        };
         Ok(Datapath {
             ebpf,
             attached: BTreeSet::new(),
+            service_maps: Some(service_maps),
         })
+    }
+
+    /// Attaches the socket load-balancing programs (connect4, sendmsg4, recvmsg4,
+    /// getpeername4) to the cgroup v2 directory `cgroup`: every socket created by a
+    /// process in it or below it is translated. Other programs on the cgroup keep running:
+    /// aya attaches through bpf_link, and cgroup links always coexist (BPF_F_ALLOW_MULTI
+    /// semantics); passing that flag to BPF_LINK_CREATE itself is EINVAL.
+    pub fn attach_sock_lb(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
+        let dir = File::open(cgroup).map_err(|source| DatapathError::Cgroup {
+            path: cgroup.display().to_string(),
+            source,
+        })?;
+        for name in program_names::SOCK_LB {
+            let program = sock_program(&mut self.ebpf, name)?;
+            program
+                .attach(&dir, CgroupAttachMode::Single)
+                .map_err(|source| DatapathError::AttachCgroup {
+                    program: (*name).to_owned(),
+                    path: cgroup.display().to_string(),
+                    source: Box::new(source),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The service maps, for the reconciler (the only writer). Handed out once.
+    pub fn service_maps(&mut self) -> Result<BpfServiceMaps, DatapathError> {
+        self.service_maps
+            .take()
+            .ok_or(DatapathError::ServiceMapsTaken)
+    }
+
+    /// Reads the per-CPU socket load-balancing counters, summed over CPUs.
+    pub fn sock_counters(&self) -> Result<SockCounters, DatapathError> {
+        counters::read_sock(&self.ebpf)
     }
 
     /// Attaches the tc ingress program to `interface` in the calling thread's network
@@ -158,6 +261,9 @@ impl Datapath {
     /// Names of the maps and programs of the loaded object, sorted.
     pub fn inventory(&self) -> (Vec<String>, Vec<String>) {
         let mut maps: Vec<String> = self.ebpf.maps().map(|(n, _)| n.to_owned()).collect();
+        // The service maps are taken out of the object at load (for the reconciler), but
+        // are still part of it.
+        maps.extend(TAKEN_MAPS.iter().map(|m| (*m).to_owned()));
         let mut programs: Vec<String> = self.ebpf.programs().map(|(n, _)| n.to_owned()).collect();
         maps.sort();
         programs.sort();
@@ -181,6 +287,32 @@ impl Datapath {
         let prog = tc_program(&mut self.ebpf, program)?;
         prog_run::run(prog, program, packet, repeat)
     }
+}
+
+fn sock_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<&'a mut CgroupSockAddr, DatapathError> {
+    ebpf.program_mut(name)
+        .and_then(|p| <&mut CgroupSockAddr>::try_from(p).ok())
+        .ok_or_else(|| DatapathError::MissingProgram {
+            name: name.to_owned(),
+        })
+}
+
+fn take_hash_map<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<aya::maps::MapData, K, V>, DatapathError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| DatapathError::MissingMap {
+            name: name.to_owned(),
+        })?;
+    HashMap::try_from(map).map_err(|source| DatapathError::MapRead {
+        map: name,
+        source: Box::new(source),
+    })
 }
 
 fn tc_program<'a>(

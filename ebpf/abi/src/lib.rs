@@ -21,14 +21,46 @@ pub mod map_names {
     /// `PER_CPU_ARRAY`, index [`super::DropReason`], value `u64` (packets dropped).
     pub const DROPS: &str = "SKIFF_DROPS_V1";
 
+    /// `HASH`, key [`super::ServiceKey`], value [`super::ServiceValue`]: one entry per
+    /// frontend (ClusterIP:port, NodeIP:nodePort, LB IP:port, ExternalIP:port).
+    pub const SERVICES: &str = "SKIFF_SVC_V1";
+    /// `HASH`, key [`super::SlotKey`], value `u32` backend id: the backend list of a
+    /// service, shared by all of its frontends.
+    pub const SLOTS: &str = "SKIFF_SLOT_V1";
+    /// `HASH`, key `u32` backend id, value [`super::Backend`].
+    pub const BACKENDS: &str = "SKIFF_BE_V1";
+    /// `LRU_HASH`, key [`super::SockRevKey`], value [`super::SockRevValue`]: what a socket
+    /// translated at connect()/sendmsg(), so replies and getpeername() show the VIP.
+    pub const SOCK_REV: &str = "SKIFF_SKREV_V1";
+    /// `PER_CPU_ARRAY`, index [`super::SockLbCounter`], value `u64`.
+    pub const SOCK_STATS: &str = "SKIFF_SKSTAT_V1";
+
     /// Every map name, for checks that the object and the kernel agree with this crate.
-    pub const ALL: &[&str] = &[STATS, DROPS];
+    pub const ALL: &[&str] = &[
+        STATS, DROPS, SERVICES, SLOTS, BACKENDS, SOCK_REV, SOCK_STATS,
+    ];
 }
 
 /// Names of the program entry points in the object file.
 pub mod program_names {
     /// tc ingress on node-facing interfaces (`#[classifier]`).
     pub const TC_INGRESS: &str = "skiff_tc_ingress";
+    /// cgroup v2 `connect4`: translate a service VIP to a backend at connect().
+    pub const SOCK_CONNECT4: &str = "skiff_sock_connect4";
+    /// cgroup v2 `sendmsg4`: the same for unconnected UDP sends.
+    pub const SOCK_SENDMSG4: &str = "skiff_sock_sendmsg4";
+    /// cgroup v2 `recvmsg4`: show the VIP as the source of UDP replies.
+    pub const SOCK_RECVMSG4: &str = "skiff_sock_recvmsg4";
+    /// cgroup v2 `getpeername4`: show the VIP as the peer of a translated socket.
+    pub const SOCK_GETPEERNAME4: &str = "skiff_sock_getpeername4";
+
+    /// The socket-LB programs with their cgroup attach points, in attach order.
+    pub const SOCK_LB: &[&str] = &[
+        SOCK_CONNECT4,
+        SOCK_SENDMSG4,
+        SOCK_RECVMSG4,
+        SOCK_GETPEERNAME4,
+    ];
 }
 
 /// Traffic classes counted by the tc ingress program: the index into [`map_names::STATS`].
@@ -142,6 +174,149 @@ impl DropReason {
     }
 }
 
+/// IP protocol numbers as stored in [`ServiceKey::proto`] and [`Backend::proto`].
+pub mod proto {
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const SCTP: u8 = 132;
+}
+
+/// Key of [`map_names::SERVICES`]: one service frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// Frontend IPv4 address, network byte order (as in `struct sockaddr_in`).
+    pub addr: u32,
+    /// Frontend port, network byte order.
+    pub port: u16,
+    /// IP protocol ([`proto`]).
+    pub proto: u8,
+    /// 0 for every frontend today; 1 will hold the node-local-only variant of a frontend
+    /// (externalTrafficPolicy/internalTrafficPolicy=Local).
+    pub scope: u8,
+}
+
+/// Frontend kinds, bits of [`ServiceValue::flags`].
+pub mod service_flags {
+    pub const CLUSTER_IP: u32 = 1 << 0;
+    pub const NODE_PORT: u32 = 1 << 1;
+    pub const LOAD_BALANCER: u32 = 1 << 2;
+    pub const EXTERNAL_IP: u32 = 1 << 3;
+}
+
+/// Value of [`map_names::SERVICES`].
+///
+/// Backend choice (Kubernetes' ProxyTerminatingEndpoints rule): slots `0..active` hold
+/// ready, non-terminating backends; slots `active..active + terminating` hold serving,
+/// terminating ones, used only when `active == 0`. Both zero: no usable backend, reject.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// Identifies the service port: the key of its slots, host byte order. Never 0.
+    pub service_id: u32,
+    /// Number of active backend slots, host byte order.
+    pub active: u16,
+    /// Number of terminating-but-serving backend slots after the active ones.
+    pub terminating: u16,
+    /// [`service_flags`] bits, host byte order.
+    pub flags: u32,
+}
+
+/// Key of [`map_names::SLOTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotKey {
+    /// [`ServiceValue::service_id`], host byte order.
+    pub service_id: u32,
+    /// Slot index, host byte order.
+    pub slot: u32,
+}
+
+/// Bits of [`Backend::flags`].
+pub mod backend_flags {
+    /// The endpoint is terminating (it may still serve existing flows).
+    pub const TERMINATING: u8 = 1 << 0;
+    /// The endpoint runs on this node.
+    pub const LOCAL: u8 = 1 << 1;
+}
+
+/// Value of [`map_names::BACKENDS`] (key: backend id, `u32`, host byte order, never 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    /// Backend IPv4 address, network byte order.
+    pub addr: u32,
+    /// Backend port, network byte order.
+    pub port: u16,
+    /// IP protocol ([`proto`]).
+    pub proto: u8,
+    /// [`backend_flags`] bits.
+    pub flags: u8,
+}
+
+/// Key of [`map_names::SOCK_REV`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevKey {
+    /// `bpf_get_socket_cookie()` of the translated socket, host byte order.
+    pub cookie: u64,
+    /// Backend IPv4 address the socket was sent to, network byte order.
+    pub addr: u32,
+    /// Backend port, network byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Value of [`map_names::SOCK_REV`]: the frontend the application asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevValue {
+    /// Frontend IPv4 address, network byte order.
+    pub addr: u32,
+    /// Frontend port, network byte order.
+    pub port: u16,
+    pub _pad: u16,
+    /// The service the frontend belongs to, so the agent can purge a service's entries.
+    pub service_id: u32,
+}
+
+/// Socket-LB events: the index into [`map_names::SOCK_STATS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SockLbCounter {
+    /// connect()/sendmsg() to a frontend, translated to a backend.
+    Translated = 0,
+    /// connect()/sendmsg() to a frontend with no usable backend: refused (ECONNREFUSED).
+    NoBackend = 1,
+    /// A slot or backend entry was missing mid-update: the call proceeds untranslated.
+    InconsistentMaps = 2,
+    /// recvmsg()/getpeername() rewritten back to the frontend.
+    ReverseTranslated = 3,
+    /// The reverse map was full or the update failed: replies will show the backend.
+    ReverseUpdateFailed = 4,
+}
+
+impl SockLbCounter {
+    pub const COUNT: u32 = 5;
+    pub const ALL: [SockLbCounter; Self::COUNT as usize] = [
+        SockLbCounter::Translated,
+        SockLbCounter::NoBackend,
+        SockLbCounter::InconsistentMaps,
+        SockLbCounter::ReverseTranslated,
+        SockLbCounter::ReverseUpdateFailed,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            SockLbCounter::Translated => "translated",
+            SockLbCounter::NoBackend => "no_backend",
+            SockLbCounter::InconsistentMaps => "inconsistent_maps",
+            SockLbCounter::ReverseTranslated => "reverse_translated",
+            SockLbCounter::ReverseUpdateFailed => "reverse_update_failed",
+        }
+    }
+}
+
 /// A packet and byte counter. Value of [`map_names::STATS`] (one per CPU).
 ///
 /// Both fields are host byte order (the kernel and the agent run on the same machine).
@@ -169,6 +344,25 @@ const _: () = assert!(size_of::<TrafficCounter>() == 16);
 const _: () = assert!(offset_of!(TrafficCounter, packets) == 0);
 const _: () = assert!(offset_of!(TrafficCounter, bytes) == 8);
 const _: () = assert!(size_of::<DropReason>() == 4);
+const _: () = assert!(size_of::<ServiceKey>() == 8);
+const _: () = assert!(offset_of!(ServiceKey, port) == 4);
+const _: () = assert!(offset_of!(ServiceKey, proto) == 6);
+const _: () = assert!(offset_of!(ServiceKey, scope) == 7);
+const _: () = assert!(size_of::<ServiceValue>() == 12);
+const _: () = assert!(offset_of!(ServiceValue, active) == 4);
+const _: () = assert!(offset_of!(ServiceValue, terminating) == 6);
+const _: () = assert!(offset_of!(ServiceValue, flags) == 8);
+const _: () = assert!(size_of::<SlotKey>() == 8);
+const _: () = assert!(size_of::<Backend>() == 8);
+const _: () = assert!(offset_of!(Backend, port) == 4);
+const _: () = assert!(offset_of!(Backend, proto) == 6);
+const _: () = assert!(offset_of!(Backend, flags) == 7);
+const _: () = assert!(size_of::<SockRevKey>() == 16);
+const _: () = assert!(offset_of!(SockRevKey, addr) == 8);
+const _: () = assert!(offset_of!(SockRevKey, port) == 12);
+const _: () = assert!(size_of::<SockRevValue>() == 12);
+const _: () = assert!(offset_of!(SockRevValue, service_id) == 8);
+const _: () = assert!(SockLbCounter::ALL.len() == SockLbCounter::COUNT as usize);
 const _: () = assert!(size_of::<PacketClass>() == 4);
 const _: () = assert!(PacketClass::ALL.len() == PacketClass::COUNT as usize);
 const _: () = assert!(DropReason::ALL.len() == DropReason::COUNT as usize);
@@ -178,6 +372,14 @@ mod user {
     // SAFETY: `TrafficCounter` is `#[repr(C)]`, made only of `u64`s, has no padding,
     // and every bit pattern is a valid value.
     unsafe impl aya::Pod for super::TrafficCounter {}
+    // SAFETY (all below): `#[repr(C)]`, integer fields only, padding spelled out as
+    // fields (asserted sizes equal the field sums), every bit pattern valid.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceValue {}
+    unsafe impl aya::Pod for super::SlotKey {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::SockRevKey {}
+    unsafe impl aya::Pod for super::SockRevValue {}
 }
 
 #[cfg(test)]

@@ -5,11 +5,16 @@
 #![no_main]
 
 mod counters;
+mod lb;
 mod maps;
 mod parse;
+mod sock;
 mod verdict;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
+};
 use skiff_datapath_abi::DropReason;
 use verdict::Verdict;
 
@@ -33,6 +38,35 @@ fn try_tc_ingress(ctx: &TcContext) -> Result<Verdict, DropReason> {
     let packet = parse::parse(ctx)?;
     counters::count_packet(packet.class, ctx.len());
     Ok(Verdict::Pass)
+}
+
+/// Hook: cgroup v2 `connect4`, for every socket of processes in the attached cgroup
+/// (host processes and pods). Direction: outgoing connect(). TCP and connected UDP to a
+/// frontend are pointed at a backend once; no per-packet work follows.
+#[cgroup_sock_addr(connect4)]
+pub fn skiff_sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::translate(&ctx, false).sock_action()
+}
+
+/// Hook: cgroup v2 `sendmsg4`. Direction: outgoing sendmsg()/sendto() with a destination
+/// on an unconnected UDP socket. Same translation as connect4, per datagram.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn skiff_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::translate(&ctx, true).sock_action()
+}
+
+/// Hook: cgroup v2 `recvmsg4`. Direction: incoming UDP datagram delivered to recvmsg(); a
+/// reply from a backend is shown as coming from the frontend. Must always return 1.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn skiff_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx).sock_action()
+}
+
+/// Hook: cgroup v2 `getpeername4`. The peer of a translated socket is the frontend.
+/// Must always return 1.
+#[cgroup_sock_addr(getpeername4)]
+pub fn skiff_sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx).sock_action()
 }
 
 #[cfg(not(test))]

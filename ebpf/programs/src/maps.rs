@@ -1,9 +1,18 @@
 //! Every BPF map of the object, in one place. Names are the versioned names of
 //! `skiff_datapath_abi::map_names` (the `#[map]` macro takes the static's identifier as the
-//! map name, and the agent's tests check that every ABI name is present in the object).
+//! map name, and the agent checks on load that every ABI name is present in the object).
+//!
+//! The sizes here are defaults; the agent resizes maps at load time from its
+//! configuration (`EbpfLoader::set_max_entries`), so capacity is never a rebuild.
 
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-use skiff_datapath_abi::{DropReason, PacketClass, TrafficCounter};
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray},
+};
+use skiff_datapath_abi::{
+    Backend, DropReason, PacketClass, ServiceKey, ServiceValue, SlotKey, SockLbCounter, SockRevKey,
+    SockRevValue, TrafficCounter,
+};
 
 /// Packets and bytes per [`PacketClass`], per CPU (no atomics on the fast path).
 #[map]
@@ -13,3 +22,25 @@ pub static SKIFF_STATS_V1: PerCpuArray<TrafficCounter> =
 /// Dropped packets per [`DropReason`], per CPU.
 #[map]
 pub static SKIFF_DROPS_V1: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
+
+/// Service frontends.
+#[map]
+pub static SKIFF_SVC_V1: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(65536, 0);
+
+/// Backend slots of each service.
+#[map]
+pub static SKIFF_SLOT_V1: HashMap<SlotKey, u32> = HashMap::with_max_entries(262144, 0);
+
+/// Backends by id.
+#[map]
+pub static SKIFF_BE_V1: HashMap<u32, Backend> = HashMap::with_max_entries(65536, 0);
+
+/// Socket reverse translations (LRU: a socket that closes leaves its entry to age out).
+#[map]
+pub static SKIFF_SKREV_V1: LruHashMap<SockRevKey, SockRevValue> =
+    LruHashMap::with_max_entries(262144, 0);
+
+/// Socket-LB events per [`SockLbCounter`], per CPU.
+#[map]
+pub static SKIFF_SKSTAT_V1: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(SockLbCounter::COUNT, 0);

@@ -1,15 +1,24 @@
-//! What a program decided to do with a packet, independent of the hook's return codes.
+//! What a program decided to do, independent of the hook's return codes.
 
-use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_SHOT};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_set_retval,
+};
+
+/// ECONNREFUSED (include/uapi/asm-generic/errno.h).
+const ECONNREFUSED: i32 = 111;
 
 /// A program's decision. Drops that have a reason travel as `Err(DropReason)` instead, so
 /// they are always counted; `Drop` here is only the code an entry point returns for them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Let the kernel continue with the packet.
+    /// Let the kernel continue.
     Pass,
     /// Discard the packet.
     Drop,
+    /// Socket hooks: fail the system call with ECONNREFUSED (a service with no usable
+    /// backend is refused at once, never black-holed).
+    Refuse,
 }
 
 impl Verdict {
@@ -18,7 +27,21 @@ impl Verdict {
     pub fn tc_action(self) -> i32 {
         match self {
             Verdict::Pass => TC_ACT_OK,
-            Verdict::Drop => TC_ACT_SHOT,
+            Verdict::Drop | Verdict::Refuse => TC_ACT_SHOT,
+        }
+    }
+
+    /// The return code for a cgroup sock_addr program: 1 allows the call, 0 rejects it
+    /// with the errno set by bpf_set_retval (Linux >= 5.18; EPERM without it).
+    #[inline(always)]
+    pub fn sock_action(self) -> i32 {
+        match self {
+            Verdict::Pass => 1,
+            Verdict::Drop | Verdict::Refuse => {
+                // SAFETY: bpf_set_retval is available to all cgroup program types.
+                unsafe { bpf_set_retval(-ECONNREFUSED) };
+                0
+            }
         }
     }
 }

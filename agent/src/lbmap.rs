@@ -1,0 +1,289 @@
+//! The service maps as the reconciler sees them: a small trait with one implementation
+//! over the live BPF maps (`datapath::BpfServiceMaps`) and one in memory
+//! ([`FakeServiceMaps`]) for unprivileged tests. Neither side of this trait knows about
+//! Kubernetes objects; keys and values are the ABI types.
+
+use std::collections::BTreeMap;
+
+use skiff_datapath_abi::{map_names, Backend, ServiceKey, ServiceValue, SlotKey};
+
+/// A failed map write. Says which map, what went wrong, and for a full map which flag
+/// raises its size (Cilium users' "argument list too long" is the lesson here).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MapWriteError {
+    #[error(
+        "BPF map {map} is full ({capacity} entries): raise it with `--{flag}` (skiff-agent) \
+         and restart the agent"
+    )]
+    Full {
+        map: &'static str,
+        capacity: u32,
+        flag: &'static str,
+    },
+    #[error("writing BPF map {map} failed: {detail}")]
+    Other { map: &'static str, detail: String },
+}
+
+/// Capacities of the service maps, with the agent flag that sets each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapSizes {
+    pub services: u32,
+    pub slots: u32,
+    pub backends: u32,
+    pub sock_rev: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        // Same as the defaults compiled into ebpf/programs/src/maps.rs.
+        MapSizes {
+            services: 65536,
+            slots: 262144,
+            backends: 65536,
+            sock_rev: 262144,
+        }
+    }
+}
+
+impl MapSizes {
+    /// The agent flag that sizes `map`.
+    pub fn flag(map: &str) -> &'static str {
+        match map {
+            m if m == map_names::SERVICES => "map-size-services",
+            m if m == map_names::SLOTS => "map-size-slots",
+            m if m == map_names::BACKENDS => "map-size-backends",
+            m if m == map_names::SOCK_REV => "map-size-sock-rev",
+            _ => "map-size",
+        }
+    }
+
+    pub fn capacity(&self, map: &str) -> u32 {
+        match map {
+            m if m == map_names::SERVICES => self.services,
+            m if m == map_names::SLOTS => self.slots,
+            m if m == map_names::BACKENDS => self.backends,
+            m if m == map_names::SOCK_REV => self.sock_rev,
+            _ => 0,
+        }
+    }
+}
+
+/// Writes to the service maps. Deleting a missing key is not an error (idempotence).
+pub trait ServiceMaps {
+    fn put_backend(&mut self, id: u32, backend: Backend) -> Result<(), MapWriteError>;
+    fn delete_backend(&mut self, id: u32) -> Result<(), MapWriteError>;
+    fn put_slot(&mut self, key: SlotKey, backend_id: u32) -> Result<(), MapWriteError>;
+    fn delete_slot(&mut self, key: SlotKey) -> Result<(), MapWriteError>;
+    fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), MapWriteError>;
+    fn delete_service(&mut self, key: ServiceKey) -> Result<(), MapWriteError>;
+    /// Removes every socket reverse-translation entry of service `service_id` pointing at
+    /// `backend`, so no socket keeps a translation to a backend that left the service.
+    /// Returns how many went.
+    fn purge_sock_rev(
+        &mut self,
+        service_id: u32,
+        backend: &Backend,
+    ) -> Result<usize, MapWriteError>;
+    /// A copy of the contents, for consistency checks and golden tests.
+    fn snapshot(&self) -> Result<Snapshot, MapWriteError>;
+}
+
+/// The contents of the service maps, ordered, with a stable text form.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub services: BTreeMap<ServiceKey, ServiceValue>,
+    pub slots: BTreeMap<SlotKey, u32>,
+    pub backends: BTreeMap<u32, Backend>,
+}
+
+fn addr(a: u32) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(u32::from_be(a))
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        skiff_datapath_abi::proto::TCP => "TCP".into(),
+        skiff_datapath_abi::proto::UDP => "UDP".into(),
+        skiff_datapath_abi::proto::SCTP => "SCTP".into(),
+        p => format!("proto{p}"),
+    }
+}
+
+impl Snapshot {
+    /// One line per entry: `svc`, `slot`, `backend`, sorted. Used by golden tests and the
+    /// debug CLI, so the format only ever grows.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (k, v) in &self.services {
+            out.push_str(&format!(
+                "svc {}:{}/{} scope={} -> id={} active={} terminating={} flags={:#x}\n",
+                addr(k.addr),
+                u16::from_be(k.port),
+                proto_name(k.proto),
+                k.scope,
+                v.service_id,
+                v.active,
+                v.terminating,
+                v.flags
+            ));
+        }
+        for (k, v) in &self.slots {
+            out.push_str(&format!(
+                "slot {}[{}] -> backend {}\n",
+                k.service_id, k.slot, v
+            ));
+        }
+        for (id, b) in &self.backends {
+            out.push_str(&format!(
+                "backend {} {}:{}/{} flags={:#x}\n",
+                id,
+                addr(b.addr),
+                u16::from_be(b.port),
+                proto_name(b.proto),
+                b.flags
+            ));
+        }
+        out
+    }
+
+    /// Every invariant the datapath relies on: each frontend's slots `0..active+terminating`
+    /// exist and name existing backends. Returns the violations.
+    pub fn dangling(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (k, v) in &self.services {
+            for slot in 0..u32::from(v.active) + u32::from(v.terminating) {
+                let key = SlotKey {
+                    service_id: v.service_id,
+                    slot,
+                };
+                match self.slots.get(&key) {
+                    None => problems.push(format!(
+                        "{k:?}: slot {slot} of service {} missing",
+                        v.service_id
+                    )),
+                    Some(b) if !self.backends.contains_key(b) => {
+                        problems.push(format!("{k:?}: slot {slot} names missing backend {b}"))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        problems
+    }
+}
+
+/// An in-memory [`ServiceMaps`] with the same capacity semantics as the kernel's hash
+/// maps, recording every write in order so tests can check minimality and ordering.
+#[derive(Debug, Default)]
+pub struct FakeServiceMaps {
+    pub sizes: MapSizes,
+    pub contents: Snapshot,
+    /// Every successful write, in order (`put svc ...`, `del slot ...`).
+    pub log: Vec<String>,
+    /// Socket reverse entries as (service id, backend) -> count, for purge tests.
+    pub sock_rev: BTreeMap<(u32, Backend), usize>,
+    /// After each write, check the datapath invariants and record violations here.
+    pub violations: Vec<String>,
+}
+
+impl FakeServiceMaps {
+    pub fn new(sizes: MapSizes) -> Self {
+        FakeServiceMaps {
+            sizes,
+            ..Default::default()
+        }
+    }
+
+    fn full(map: &'static str, sizes: &MapSizes) -> MapWriteError {
+        MapWriteError::Full {
+            map,
+            capacity: sizes.capacity(map),
+            flag: MapSizes::flag(map),
+        }
+    }
+
+    fn check(&mut self, op: String) {
+        for v in self.contents.dangling() {
+            self.violations.push(format!("after `{op}`: {v}"));
+        }
+        self.log.push(op);
+    }
+}
+
+impl ServiceMaps for FakeServiceMaps {
+    fn put_backend(&mut self, id: u32, backend: Backend) -> Result<(), MapWriteError> {
+        let map = &mut self.contents.backends;
+        if !map.contains_key(&id) && map.len() >= self.sizes.backends as usize {
+            return Err(Self::full(map_names::BACKENDS, &self.sizes));
+        }
+        map.insert(id, backend);
+        self.check(format!("put backend {id}"));
+        Ok(())
+    }
+
+    fn delete_backend(&mut self, id: u32) -> Result<(), MapWriteError> {
+        self.contents.backends.remove(&id);
+        self.check(format!("del backend {id}"));
+        Ok(())
+    }
+
+    fn put_slot(&mut self, key: SlotKey, backend_id: u32) -> Result<(), MapWriteError> {
+        let map = &mut self.contents.slots;
+        if !map.contains_key(&key) && map.len() >= self.sizes.slots as usize {
+            return Err(Self::full(map_names::SLOTS, &self.sizes));
+        }
+        map.insert(key, backend_id);
+        self.check(format!("put slot {}[{}]", key.service_id, key.slot));
+        Ok(())
+    }
+
+    fn delete_slot(&mut self, key: SlotKey) -> Result<(), MapWriteError> {
+        self.contents.slots.remove(&key);
+        self.check(format!("del slot {}[{}]", key.service_id, key.slot));
+        Ok(())
+    }
+
+    fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), MapWriteError> {
+        let map = &mut self.contents.services;
+        if !map.contains_key(&key) && map.len() >= self.sizes.services as usize {
+            return Err(Self::full(map_names::SERVICES, &self.sizes));
+        }
+        map.insert(key, value);
+        self.check(format!(
+            "put svc {}:{}/{}",
+            addr(key.addr),
+            u16::from_be(key.port),
+            proto_name(key.proto)
+        ));
+        Ok(())
+    }
+
+    fn delete_service(&mut self, key: ServiceKey) -> Result<(), MapWriteError> {
+        self.contents.services.remove(&key);
+        self.check(format!(
+            "del svc {}:{}/{}",
+            addr(key.addr),
+            u16::from_be(key.port),
+            proto_name(key.proto)
+        ));
+        Ok(())
+    }
+
+    fn purge_sock_rev(
+        &mut self,
+        service_id: u32,
+        backend: &Backend,
+    ) -> Result<usize, MapWriteError> {
+        let n = self.sock_rev.remove(&(service_id, *backend)).unwrap_or(0);
+        self.log.push(format!(
+            "purge sock-rev {service_id} {}:{}",
+            addr(backend.addr),
+            u16::from_be(backend.port)
+        ));
+        Ok(n)
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, MapWriteError> {
+        Ok(self.contents.clone())
+    }
+}

@@ -1,0 +1,135 @@
+//! What the datapath should do, as plain data: service ports with their frontends and
+//! usable endpoints. Built from Kubernetes objects by `translate`, consumed by `reconcile`.
+//! No IO, no BPF, no Kubernetes types.
+
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+
+use skiff_datapath_abi::{proto, service_flags};
+
+/// `namespace/name:port` — the identity kube-proxy gives a service port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServicePortName {
+    pub namespace: String,
+    pub name: String,
+    /// The port's name; empty for a single unnamed port.
+    pub port: String,
+}
+
+impl ServicePortName {
+    pub fn new(namespace: &str, name: &str, port: &str) -> Self {
+        ServicePortName {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            port: port.to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for ServicePortName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)?;
+        if !self.port.is_empty() {
+            write!(f, ":{}", self.port)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => proto::TCP,
+            Protocol::Udp => proto::UDP,
+            Protocol::Sctp => proto::SCTP,
+        }
+    }
+
+    /// Parses a Kubernetes protocol name (`TCP`, `UDP`, `SCTP`; absent means TCP).
+    pub fn from_k8s(name: Option<&str>) -> Option<Protocol> {
+        match name.unwrap_or("TCP") {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FrontendKind {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    ExternalIp,
+}
+
+impl FrontendKind {
+    pub fn flag(self) -> u32 {
+        match self {
+            FrontendKind::ClusterIp => service_flags::CLUSTER_IP,
+            FrontendKind::NodePort => service_flags::NODE_PORT,
+            FrontendKind::LoadBalancer => service_flags::LOAD_BALANCER,
+            FrontendKind::ExternalIp => service_flags::EXTERNAL_IP,
+        }
+    }
+}
+
+/// An address:port where clients reach a service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Frontend {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub proto: Protocol,
+    pub kind: FrontendKind,
+}
+
+/// Whether an endpoint takes new flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EndpointState {
+    /// Ready and not terminating: takes new flows.
+    Active,
+    /// Serving but terminating: takes new flows only when no active endpoint exists.
+    Terminating,
+}
+
+/// A usable backend of a service port. Endpoints that are neither ready nor serving are
+/// not in the model at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Endpoint {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub state: EndpointState,
+    /// Runs on this node.
+    pub local: bool,
+}
+
+/// One service port: its frontends and its usable endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServicePort {
+    pub proto: Option<Protocol>,
+    pub frontends: Vec<Frontend>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// The whole desired state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Model {
+    pub services: BTreeMap<ServicePortName, ServicePort>,
+}

@@ -1,0 +1,652 @@
+//! The only writer of the service maps. Given the desired [`Model`], it computes the
+//! minimal set of map writes against what it applied last and performs them in an order
+//! that keeps the datapath consistent at every step:
+//!
+//! 1. backends a service will use are written before any slot names them;
+//! 2. slots `0..n` are written before a frontend's counts grow to `n`;
+//! 3. frontend counts shrink before the slots beyond them are deleted;
+//! 4. backends are deleted only after no slot names them.
+//!
+//! So a lookup that races with an update always lands on a slot that exists and a backend
+//! that exists (old or new). One endpoint change rewrites only that service's entries.
+//! A failed write (a full map) stops that service's update, is reported with the map and
+//! the flag that sizes it, and every other service still syncs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use skiff_datapath_abi::{backend_flags, Backend, ServiceKey, ServiceValue, SlotKey};
+
+use crate::{
+    lbmap::{MapWriteError, ServiceMaps},
+    model::{EndpointState, Frontend, Model, Protocol, ServicePort, ServicePortName},
+};
+
+/// What one sync did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Map writes and deletes performed.
+    pub writes: usize,
+    /// Service ports that could not be (fully) programmed, and why.
+    pub errors: Vec<(ServicePortName, MapWriteError)>,
+    /// Frontends claimed by more than one service port: the first in name order keeps it.
+    pub conflicts: Vec<String>,
+    /// Socket reverse entries purged for backends that left their service.
+    pub purged_sock_rev: usize,
+}
+
+#[derive(Debug, Default, Clone)]
+struct AppliedService {
+    id: u32,
+    /// Backend id per slot, in slot order.
+    slots: Vec<u32>,
+    frontends: BTreeMap<ServiceKey, ServiceValue>,
+}
+
+/// Smallest-free id allocator (ids start at 1; 0 means "none" in the maps).
+#[derive(Debug, Default, Clone)]
+struct Ids {
+    next: u32,
+    free: BTreeSet<u32>,
+}
+
+impl Ids {
+    fn alloc(&mut self) -> u32 {
+        if let Some(id) = self.free.pop_first() {
+            return id;
+        }
+        self.next += 1;
+        self.next
+    }
+
+    fn release(&mut self, id: u32) {
+        self.free.insert(id);
+    }
+}
+
+type BackendAddr = (u32, u16, u8);
+
+/// Remembers what it wrote; see the module documentation.
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    services: BTreeMap<ServicePortName, AppliedService>,
+    service_ids: Ids,
+    backends: BTreeMap<u32, Backend>,
+    backend_ids: BTreeMap<BackendAddr, u32>,
+    backend_id_alloc: Ids,
+}
+
+fn frontend_key(f: &Frontend) -> ServiceKey {
+    ServiceKey {
+        addr: u32::from(f.addr).to_be(),
+        port: f.port.to_be(),
+        proto: f.proto.number(),
+        scope: 0,
+    }
+}
+
+impl Reconciler {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Brings the maps from the last applied state to `desired`.
+    pub fn sync(&mut self, desired: &Model, maps: &mut dyn ServiceMaps) -> SyncReport {
+        let mut report = SyncReport::default();
+        let owners = self.frontend_owners(desired, &mut report);
+
+        for (name, port) in &desired.services {
+            if let Err(e) = self.sync_service(name, port, &owners, maps, &mut report) {
+                report.errors.push((name.clone(), e));
+            }
+        }
+
+        let gone: Vec<ServicePortName> = self
+            .services
+            .keys()
+            .filter(|n| !desired.services.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Err(e) = self.remove_service(&name, maps, &mut report) {
+                report.errors.push((name, e));
+            }
+        }
+
+        if let Err(e) = self.collect_backends(maps, &mut report) {
+            report
+                .errors
+                .push((ServicePortName::new("", "", "backends"), e));
+        }
+        report
+    }
+
+    /// Which service port owns each frontend key (first in name order wins).
+    fn frontend_owners(
+        &self,
+        desired: &Model,
+        report: &mut SyncReport,
+    ) -> BTreeMap<ServiceKey, ServicePortName> {
+        let mut owners: BTreeMap<ServiceKey, ServicePortName> = BTreeMap::new();
+        for (name, port) in &desired.services {
+            for f in &port.frontends {
+                let key = frontend_key(f);
+                match owners.get(&key) {
+                    Some(owner) if owner != name => report.conflicts.push(format!(
+                        "{}:{}/{} is claimed by {owner} and {name}; {owner} keeps it",
+                        f.addr, f.port, f.proto
+                    )),
+                    Some(_) => {}
+                    None => {
+                        owners.insert(key, name.clone());
+                    }
+                }
+            }
+        }
+        owners
+    }
+
+    fn backend_id(&mut self, b: &Backend) -> u32 {
+        let addr = (b.addr, b.port, b.proto);
+        if let Some(id) = self.backend_ids.get(&addr) {
+            return *id;
+        }
+        let id = self.backend_id_alloc.alloc();
+        self.backend_ids.insert(addr, id);
+        id
+    }
+
+    fn sync_service(
+        &mut self,
+        name: &ServicePortName,
+        port: &ServicePort,
+        owners: &BTreeMap<ServiceKey, ServicePortName>,
+        maps: &mut dyn ServiceMaps,
+        report: &mut SyncReport,
+    ) -> Result<(), MapWriteError> {
+        let proto = port.proto.unwrap_or(Protocol::Tcp).number();
+        // Slot order: active endpoints, then terminating ones, each sorted, so an
+        // unchanged endpoint set always yields the same slots (no churn).
+        let mut endpoints = port.endpoints.clone();
+        endpoints.sort_by_key(|e| (e.state, e.addr, e.port));
+        endpoints.dedup_by_key(|e| (e.addr, e.port));
+        let active = endpoints
+            .iter()
+            .filter(|e| e.state == EndpointState::Active)
+            .count();
+        let terminating = endpoints.len() - active;
+
+        let mut slot_ids = Vec::with_capacity(endpoints.len());
+        for e in &endpoints {
+            let mut flags = 0;
+            if e.state == EndpointState::Terminating {
+                flags |= backend_flags::TERMINATING;
+            }
+            if e.local {
+                flags |= backend_flags::LOCAL;
+            }
+            let b = Backend {
+                addr: u32::from(e.addr).to_be(),
+                port: e.port.to_be(),
+                proto,
+                flags,
+            };
+            let id = self.backend_id(&b);
+            // 1. backends before the slots that name them.
+            if self.backends.get(&id) != Some(&b) {
+                maps.put_backend(id, b)?;
+                report.writes += 1;
+                self.backends.insert(id, b);
+            }
+            slot_ids.push(id);
+        }
+
+        let applied = match self.services.get_mut(name) {
+            Some(a) => a,
+            None => {
+                let id = self.service_ids.alloc();
+                self.services.entry(name.clone()).or_insert(AppliedService {
+                    id,
+                    ..Default::default()
+                })
+            }
+        };
+
+        let before: BTreeSet<u32> = applied.slots.iter().copied().collect();
+
+        // 2. slots 0..n before any count grows.
+        for (i, id) in slot_ids.iter().enumerate() {
+            if applied.slots.get(i) != Some(id) {
+                let key = SlotKey {
+                    service_id: applied.id,
+                    slot: i as u32,
+                };
+                maps.put_slot(key, *id)?;
+                report.writes += 1;
+                if i < applied.slots.len() {
+                    applied.slots[i] = *id;
+                } else {
+                    applied.slots.push(*id);
+                }
+            }
+        }
+
+        // 3. frontends with their new counts.
+        let mut wanted: BTreeMap<ServiceKey, ServiceValue> = BTreeMap::new();
+        for f in &port.frontends {
+            let key = frontend_key(f);
+            if owners.get(&key) != Some(name) {
+                continue;
+            }
+            let v = wanted.entry(key).or_insert(ServiceValue {
+                service_id: applied.id,
+                active: active as u16,
+                terminating: terminating as u16,
+                flags: 0,
+            });
+            v.flags |= f.kind.flag();
+        }
+        for (key, value) in &wanted {
+            if applied.frontends.get(key) != Some(value) {
+                maps.put_service(*key, *value)?;
+                report.writes += 1;
+                applied.frontends.insert(*key, *value);
+            }
+        }
+
+        // 4. slots beyond the new count, now that no frontend counts them.
+        while applied.slots.len() > slot_ids.len() {
+            let i = applied.slots.len() - 1;
+            let key = SlotKey {
+                service_id: applied.id,
+                slot: i as u32,
+            };
+            maps.delete_slot(key)?;
+            report.writes += 1;
+            applied.slots.pop();
+        }
+
+        // 5. frontends the service no longer has.
+        let stale: Vec<ServiceKey> = applied
+            .frontends
+            .keys()
+            .filter(|k| !wanted.contains_key(*k))
+            .copied()
+            .collect();
+        for key in stale {
+            maps.delete_service(key)?;
+            report.writes += 1;
+            applied.frontends.remove(&key);
+        }
+
+        // 6. backends that left this service: no socket keeps their reverse translation
+        // (the stale-UDP-flow bug class: a resolver pinned to a replaced DNS pod).
+        let after: BTreeSet<u32> = applied.slots.iter().copied().collect();
+        for id in before.difference(&after) {
+            if let Some(b) = self.backends.get(id) {
+                report.purged_sock_rev += maps.purge_sock_rev(applied.id, b)?;
+                report.writes += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_service(
+        &mut self,
+        name: &ServicePortName,
+        maps: &mut dyn ServiceMaps,
+        report: &mut SyncReport,
+    ) -> Result<(), MapWriteError> {
+        let Some(applied) = self.services.get_mut(name) else {
+            return Ok(());
+        };
+        let keys: Vec<ServiceKey> = applied.frontends.keys().copied().collect();
+        for key in keys {
+            maps.delete_service(key)?;
+            report.writes += 1;
+            applied.frontends.remove(&key);
+        }
+        while let Some(backend_id) = applied.slots.last().copied() {
+            let key = SlotKey {
+                service_id: applied.id,
+                slot: (applied.slots.len() - 1) as u32,
+            };
+            maps.delete_slot(key)?;
+            report.writes += 1;
+            applied.slots.pop();
+            if !applied.slots.contains(&backend_id) {
+                if let Some(b) = self.backends.get(&backend_id) {
+                    report.purged_sock_rev += maps.purge_sock_rev(applied.id, b)?;
+                    report.writes += 1;
+                }
+            }
+        }
+        let id = applied.id;
+        self.services.remove(name);
+        self.service_ids.release(id);
+        Ok(())
+    }
+
+    /// Deletes backends no slot names any more, purging socket reverse entries of every
+    /// (service, backend) pair that ended.
+    fn collect_backends(
+        &mut self,
+        maps: &mut dyn ServiceMaps,
+        report: &mut SyncReport,
+    ) -> Result<(), MapWriteError> {
+        let used: BTreeSet<u32> = self
+            .services
+            .values()
+            .flat_map(|s| s.slots.iter().copied())
+            .collect();
+        let unused: Vec<u32> = self
+            .backends
+            .keys()
+            .filter(|id| !used.contains(id))
+            .copied()
+            .collect();
+        for id in unused {
+            maps.delete_backend(id)?;
+            report.writes += 1;
+            if let Some(b) = self.backends.remove(&id) {
+                self.backend_ids.remove(&(b.addr, b.port, b.proto));
+            }
+            self.backend_id_alloc.release(id);
+        }
+        Ok(())
+    }
+
+    /// Service id of a service port, if programmed.
+    pub fn service_id(&self, name: &ServicePortName) -> Option<u32> {
+        self.services.get(name).map(|s| s.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::{
+        lbmap::{FakeServiceMaps, MapSizes},
+        model::{Endpoint, FrontendKind},
+    };
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn ep(addr: &str, state: EndpointState) -> Endpoint {
+        Endpoint {
+            addr: ip(addr),
+            port: 8080,
+            state,
+            local: false,
+        }
+    }
+
+    fn web(endpoints: &[Endpoint]) -> (ServicePortName, ServicePort) {
+        (
+            ServicePortName::new("default", "web", "http"),
+            ServicePort {
+                proto: Some(Protocol::Tcp),
+                frontends: vec![
+                    Frontend {
+                        addr: ip("10.43.0.10"),
+                        port: 80,
+                        proto: Protocol::Tcp,
+                        kind: FrontendKind::ClusterIp,
+                    },
+                    Frontend {
+                        addr: ip("192.168.1.10"),
+                        port: 30080,
+                        proto: Protocol::Tcp,
+                        kind: FrontendKind::NodePort,
+                    },
+                ],
+                endpoints: endpoints.to_vec(),
+            },
+        )
+    }
+
+    fn model(services: &[(ServicePortName, ServicePort)]) -> Model {
+        Model {
+            services: services.iter().cloned().collect(),
+        }
+    }
+
+    fn sync(r: &mut Reconciler, maps: &mut FakeServiceMaps, m: &Model) -> SyncReport {
+        maps.log.clear();
+        let report = r.sync(m, maps);
+        assert!(
+            maps.violations.is_empty(),
+            "datapath invariant broken: {:#?}",
+            maps.violations
+        );
+        report
+    }
+
+    #[test]
+    fn install_from_empty_writes_backends_then_slots_then_frontends() {
+        let mut r = Reconciler::new();
+        let mut maps = FakeServiceMaps::new(MapSizes::default());
+        let m = model(&[web(&[
+            ep("10.42.0.5", EndpointState::Active),
+            ep("10.42.0.4", EndpointState::Active),
+            ep("10.42.0.9", EndpointState::Terminating),
+        ])]);
+        let report = sync(&mut r, &mut maps, &m);
+        assert!(report.errors.is_empty());
+        assert_eq!(
+            maps.log,
+            [
+                "put backend 1",
+                "put backend 2",
+                "put backend 3",
+                "put slot 1[0]",
+                "put slot 1[1]",
+                "put slot 1[2]",
+                "put svc 10.43.0.10:80/TCP",
+                "put svc 192.168.1.10:30080/TCP",
+            ]
+        );
+        assert_eq!(
+            maps.contents.render(),
+            "svc 10.43.0.10:80/TCP scope=0 -> id=1 active=2 terminating=1 flags=0x1\n\
+             svc 192.168.1.10:30080/TCP scope=0 -> id=1 active=2 terminating=1 flags=0x2\n\
+             slot 1[0] -> backend 1\n\
+             slot 1[1] -> backend 2\n\
+             slot 1[2] -> backend 3\n\
+             backend 1 10.42.0.4:8080/TCP flags=0x0\n\
+             backend 2 10.42.0.5:8080/TCP flags=0x0\n\
+             backend 3 10.42.0.9:8080/TCP flags=0x1\n"
+        );
+        // A second sync of the same model writes nothing.
+        let report = sync(&mut r, &mut maps, &m);
+        assert_eq!(report.writes, 0);
+        assert!(maps.log.is_empty());
+    }
+
+    #[test]
+    fn one_endpoint_change_touches_only_its_service() {
+        let mut r = Reconciler::new();
+        let mut maps = FakeServiceMaps::new(MapSizes::default());
+        let other = (
+            ServicePortName::new("kube-system", "dns", "dns"),
+            ServicePort {
+                proto: Some(Protocol::Udp),
+                frontends: vec![Frontend {
+                    addr: ip("10.43.0.10"),
+                    port: 53,
+                    proto: Protocol::Udp,
+                    kind: FrontendKind::ClusterIp,
+                }],
+                endpoints: vec![ep("10.42.1.2", EndpointState::Active)],
+            },
+        );
+        let a = ep("10.42.0.4", EndpointState::Active);
+        let b = ep("10.42.0.5", EndpointState::Active);
+        let c = ep("10.42.0.6", EndpointState::Active);
+        sync(&mut r, &mut maps, &model(&[web(&[a, b]), other.clone()]));
+        let web_id = r.service_id(&web(&[]).0).unwrap();
+
+        // Add one endpoint: its backend, its slot, the two frontends' counts.
+        let report = sync(&mut r, &mut maps, &model(&[web(&[a, b, c]), other.clone()]));
+        assert_eq!(
+            maps.log,
+            [
+                "put backend 4",
+                &format!("put slot {web_id}[2]"),
+                "put svc 10.43.0.10:80/TCP",
+                "put svc 192.168.1.10:30080/TCP",
+            ]
+        );
+        assert_eq!(report.writes, 4);
+
+        // Remove a middle endpoint: slots are compacted, counts shrink, then the tail slot
+        // and the unused backend go, and sockets of the removed backend are purged.
+        let (b_id, b_backend) = maps
+            .contents
+            .backends
+            .iter()
+            .find(|(_, be)| be.addr == u32::from(ip("10.42.0.5")).to_be())
+            .map(|(id, be)| (*id, *be))
+            .unwrap();
+        maps.sock_rev.insert((web_id, b_backend), 2);
+        let report = sync(&mut r, &mut maps, &model(&[web(&[a, c]), other]));
+        assert_eq!(
+            maps.log,
+            [
+                &format!("put slot {web_id}[1]"),
+                "put svc 10.43.0.10:80/TCP",
+                "put svc 192.168.1.10:30080/TCP",
+                &format!("del slot {web_id}[2]"),
+                &format!("purge sock-rev {web_id} 10.42.0.5:8080"),
+                &format!("del backend {b_id}"),
+            ]
+        );
+        assert_eq!(report.purged_sock_rev, 2);
+    }
+
+    #[test]
+    fn terminating_endpoints_sit_after_active_ones() {
+        let mut r = Reconciler::new();
+        let mut maps = FakeServiceMaps::new(MapSizes::default());
+        // All terminating: counts say 0 active, 2 terminating (the datapath falls back).
+        sync(
+            &mut r,
+            &mut maps,
+            &model(&[web(&[
+                ep("10.42.0.7", EndpointState::Terminating),
+                ep("10.42.0.8", EndpointState::Terminating),
+            ])]),
+        );
+        let v = maps.contents.services.values().next().unwrap();
+        assert_eq!((v.active, v.terminating), (0, 2));
+        // An endpoint turning from active to terminating rewrites its backend flags.
+        sync(
+            &mut r,
+            &mut maps,
+            &model(&[web(&[ep("10.42.0.7", EndpointState::Active)])]),
+        );
+        let v = maps.contents.services.values().next().unwrap();
+        assert_eq!((v.active, v.terminating), (1, 0));
+        assert_eq!(
+            maps.contents.backends.len(),
+            1,
+            "the unused backend is gone"
+        );
+    }
+
+    #[test]
+    fn no_endpoints_keeps_the_frontend_with_zero_counts() {
+        let mut r = Reconciler::new();
+        let mut maps = FakeServiceMaps::new(MapSizes::default());
+        sync(&mut r, &mut maps, &model(&[web(&[])]));
+        assert_eq!(
+            maps.contents.services.len(),
+            2,
+            "frontends exist so the datapath can refuse"
+        );
+        for v in maps.contents.services.values() {
+            assert_eq!((v.active, v.terminating), (0, 0));
+        }
+    }
+
+    #[test]
+    fn removing_a_service_removes_everything_it_wrote() {
+        let mut r = Reconciler::new();
+        let mut maps = FakeServiceMaps::new(MapSizes::default());
+        sync(
+            &mut r,
+            &mut maps,
+            &model(&[web(&[ep("10.42.0.4", EndpointState::Active)])]),
+        );
+        sync(&mut r, &mut maps, &model(&[]));
+        assert_eq!(maps.contents, Default::default());
+        // Ids are reused after release.
+        sync(
+            &mut r,
+            &mut maps,
+            &model(&[web(&[ep("10.42.0.4", EndpointState::Active)])]),
+        );
+        assert_eq!(r.service_id(&web(&[]).0), Some(1));
+    }
+
+    #[test]
+    fn a_full_map_fails_that_service_only_and_names_the_flag() {
+        let mut r = Reconciler::new();
+        let mut maps = FakeServiceMaps::new(MapSizes {
+            services: 3,
+            ..MapSizes::default()
+        });
+        let big = web(&[ep("10.42.0.4", EndpointState::Active)]); // 2 frontends
+        let mut small = web(&[ep("10.42.0.5", EndpointState::Active)]);
+        small.0 = ServicePortName::new("default", "api", "");
+        small.1.frontends = vec![
+            Frontend {
+                addr: ip("10.43.0.20"),
+                port: 443,
+                proto: Protocol::Tcp,
+                kind: FrontendKind::ClusterIp,
+            },
+            Frontend {
+                addr: ip("10.43.0.21"),
+                port: 443,
+                proto: Protocol::Tcp,
+                kind: FrontendKind::ClusterIp,
+            },
+        ];
+        let report = sync(&mut r, &mut maps, &model(&[big, small]));
+        // "default/api" sorts first and takes 2 entries; "default/web" fits one of two.
+        assert_eq!(report.errors.len(), 1);
+        let (name, err) = &report.errors[0];
+        assert_eq!(name.to_string(), "default/web:http");
+        assert_eq!(
+            err.to_string(),
+            "BPF map SKIFF_SVC_V1 is full (3 entries): raise it with `--map-size-services` \
+             (skiff-agent) and restart the agent"
+        );
+        assert_eq!(maps.contents.services.len(), 3);
+    }
+
+    #[test]
+    fn a_frontend_claimed_twice_goes_to_the_first_service() {
+        let mut r = Reconciler::new();
+        let mut maps = FakeServiceMaps::new(MapSizes::default());
+        let a = web(&[ep("10.42.0.4", EndpointState::Active)]);
+        let mut b = a.clone();
+        b.0 = ServicePortName::new("default", "zzz", "");
+        b.1.endpoints = vec![ep("10.42.0.99", EndpointState::Active)];
+        let report = sync(&mut r, &mut maps, &model(&[a, b]));
+        assert_eq!(report.conflicts.len(), 2, "{:?}", report.conflicts);
+        assert!(report.conflicts[0].contains("default/web:http keeps it"));
+        let owner = r
+            .service_id(&ServicePortName::new("default", "web", "http"))
+            .unwrap();
+        assert!(maps
+            .contents
+            .services
+            .values()
+            .all(|v| v.service_id == owner));
+    }
+}
