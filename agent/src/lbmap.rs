@@ -31,6 +31,7 @@ pub struct MapSizes {
     pub slots: u32,
     pub backends: u32,
     pub sock_rev: u32,
+    pub conntrack: u32,
 }
 
 impl Default for MapSizes {
@@ -41,6 +42,7 @@ impl Default for MapSizes {
             slots: 262144,
             backends: 65536,
             sock_rev: 262144,
+            conntrack: 262144,
         }
     }
 }
@@ -53,6 +55,7 @@ impl MapSizes {
             m if m == map_names::SLOTS => "map-size-slots",
             m if m == map_names::BACKENDS => "map-size-backends",
             m if m == map_names::SOCK_REV => "map-size-sock-rev",
+            m if m == map_names::CONNTRACK => "map-size-conntrack",
             _ => "map-size",
         }
     }
@@ -63,6 +66,7 @@ impl MapSizes {
             m if m == map_names::SLOTS => self.slots,
             m if m == map_names::BACKENDS => self.backends,
             m if m == map_names::SOCK_REV => self.sock_rev,
+            m if m == map_names::CONNTRACK => self.conntrack,
             _ => 0,
         }
     }
@@ -84,6 +88,11 @@ pub trait ServiceMaps {
         service_id: u32,
         backend: &Backend,
     ) -> Result<usize, MapWriteError>;
+    /// Removes every conntrack entry (both directions) of service `service_id` whose flow
+    /// goes to backend `backend_id`, so the next packet of such a flow picks a live
+    /// backend instead of following a dead one (the stale-UDP-flow bug class).
+    fn purge_conntrack(&mut self, service_id: u32, backend_id: u32)
+        -> Result<usize, MapWriteError>;
     /// A copy of the contents, for consistency checks and golden tests.
     fn snapshot(&self) -> Result<Snapshot, MapWriteError>;
 }
@@ -182,6 +191,8 @@ pub struct FakeServiceMaps {
     pub log: Vec<String>,
     /// Socket reverse entries as (service id, backend) -> count, for purge tests.
     pub sock_rev: BTreeMap<(u32, Backend), usize>,
+    /// Conntrack entries as (service id, backend id) -> count, for purge tests.
+    pub conntrack: BTreeMap<(u32, u32), usize>,
     /// After each write, check the datapath invariants and record violations here.
     pub violations: Vec<String>,
 }
@@ -280,6 +291,20 @@ impl ServiceMaps for FakeServiceMaps {
             addr(backend.addr),
             u16::from_be(backend.port)
         ));
+        Ok(n)
+    }
+
+    fn purge_conntrack(
+        &mut self,
+        service_id: u32,
+        backend_id: u32,
+    ) -> Result<usize, MapWriteError> {
+        let n = self
+            .conntrack
+            .remove(&(service_id, backend_id))
+            .unwrap_or(0);
+        self.log
+            .push(format!("purge ct {service_id} backend {backend_id}"));
         Ok(n)
     }
 

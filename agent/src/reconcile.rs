@@ -32,6 +32,8 @@ pub struct SyncReport {
     pub conflicts: Vec<String>,
     /// Socket reverse entries purged for backends that left their service.
     pub purged_sock_rev: usize,
+    /// Conntrack entries purged for backends that left their service.
+    pub purged_conntrack: usize,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -284,7 +286,8 @@ impl Reconciler {
         for id in before.difference(&after) {
             if let Some(b) = self.backends.get(id) {
                 report.purged_sock_rev += maps.purge_sock_rev(applied.id, b)?;
-                report.writes += 1;
+                report.purged_conntrack += maps.purge_conntrack(applied.id, *id)?;
+                report.writes += 2;
             }
         }
         Ok(())
@@ -316,7 +319,8 @@ impl Reconciler {
             if !applied.slots.contains(&backend_id) {
                 if let Some(b) = self.backends.get(&backend_id) {
                     report.purged_sock_rev += maps.purge_sock_rev(applied.id, b)?;
-                    report.writes += 1;
+                    report.purged_conntrack += maps.purge_conntrack(applied.id, backend_id)?;
+                    report.writes += 2;
                 }
             }
         }
@@ -512,6 +516,7 @@ mod tests {
             .map(|(id, be)| (*id, *be))
             .unwrap();
         maps.sock_rev.insert((web_id, b_backend), 2);
+        maps.conntrack.insert((web_id, b_id), 4);
         let report = sync(&mut r, &mut maps, &model(&[web(&[a, c]), other]));
         assert_eq!(
             maps.log,
@@ -521,10 +526,12 @@ mod tests {
                 "put svc 192.168.1.10:30080/TCP",
                 &format!("del slot {web_id}[2]"),
                 &format!("purge sock-rev {web_id} 10.42.0.5:8080"),
+                &format!("purge ct {web_id} backend {b_id}"),
                 &format!("del backend {b_id}"),
             ]
         );
         assert_eq!(report.purged_sock_rev, 2);
+        assert_eq!(report.purged_conntrack, 4);
     }
 
     #[test]

@@ -19,17 +19,18 @@ use aya::{
 };
 pub use counters::{Counters, SockCounters};
 pub use prog_run::ProgRun;
-pub use service_maps::BpfServiceMaps;
-use skiff_datapath_abi::{map_names, program_names};
+pub use service_maps::{ct_expired, partner, BpfServiceMaps};
+use skiff_datapath_abi::{map_names, program_names, NodeConfig};
 
 use crate::lbmap::MapSizes;
 
 /// Maps moved out of the `Ebpf` object into [`BpfServiceMaps`] at load.
-const TAKEN_MAPS: [&str; 4] = [
+const TAKEN_MAPS: [&str; 5] = [
     map_names::SERVICES,
     map_names::SLOTS,
     map_names::BACKENDS,
     map_names::SOCK_REV,
+    map_names::CONNTRACK,
 ];
 
 /// Load-time configuration of the datapath.
@@ -149,6 +150,7 @@ impl Datapath {
             .map_max_entries(map_names::SLOTS, sizes.slots)
             .map_max_entries(map_names::BACKENDS, sizes.backends)
             .map_max_entries(map_names::SOCK_REV, sizes.sock_rev)
+            .map_max_entries(map_names::CONNTRACK, sizes.conntrack)
             .load(object::bytes())
             .map_err(|source| DatapathError::Load {
                 source: Box::new(source),
@@ -160,12 +162,14 @@ impl Datapath {
                 });
             }
         }
-        let program = tc_program(&mut ebpf, program_names::TC_INGRESS)?;
-        program.load().map_err(|source| DatapathError::Program {
-            program: program_names::TC_INGRESS.to_owned(),
-            action: "load (verifier)",
-            source: Box::new(source),
-        })?;
+        for name in [program_names::TC_INGRESS, program_names::TC_EGRESS] {
+            let program = tc_program(&mut ebpf, name)?;
+            program.load().map_err(|source| DatapathError::Program {
+                program: name.to_owned(),
+                action: "load (verifier)",
+                source: Box::new(source),
+            })?;
+        }
         for name in program_names::SOCK_LB {
             let program = sock_program(&mut ebpf, name)?;
             program.load().map_err(|source| DatapathError::Program {
@@ -180,6 +184,7 @@ impl Datapath {
             slots: take_hash_map(&mut ebpf, map_names::SLOTS)?,
             backends: take_hash_map(&mut ebpf, map_names::BACKENDS)?,
             sock_rev: take_hash_map(&mut ebpf, map_names::SOCK_REV)?,
+            conntrack: take_hash_map(&mut ebpf, map_names::CONNTRACK)?,
         };
         Ok(Datapath {
             ebpf,
@@ -216,6 +221,41 @@ impl Datapath {
         self.service_maps
             .take()
             .ok_or(DatapathError::ServiceMapsTaken)
+    }
+
+    /// Writes this node's datapath settings (SNAT address and port range).
+    pub fn set_node_config(&mut self, config: NodeConfig) -> Result<(), DatapathError> {
+        let map =
+            self.ebpf
+                .map_mut(map_names::CONFIG)
+                .ok_or_else(|| DatapathError::MissingMap {
+                    name: map_names::CONFIG.to_owned(),
+                })?;
+        let mut array: aya::maps::Array<_, NodeConfig> =
+            aya::maps::Array::try_from(map).map_err(|source| DatapathError::MapRead {
+                map: map_names::CONFIG,
+                source: Box::new(source),
+            })?;
+        array
+            .set(0, config, 0)
+            .map_err(|source| DatapathError::MapRead {
+                map: map_names::CONFIG,
+                source: Box::new(source),
+            })
+    }
+
+    /// Attaches the tc egress program (reverse translation of replies) to `interface`.
+    pub fn attach_tc_egress(&mut self, interface: &str) -> Result<(), DatapathError> {
+        let name = program_names::TC_EGRESS;
+        let program = tc_program(&mut self.ebpf, name)?;
+        program
+            .attach(interface, TcAttachType::Egress)
+            .map_err(|source| DatapathError::Attach {
+                program: name.to_owned(),
+                interface: interface.to_owned(),
+                source: Box::new(source),
+            })?;
+        Ok(())
     }
 
     /// Reads the per-CPU socket load-balancing counters, summed over CPUs.

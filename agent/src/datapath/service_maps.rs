@@ -2,7 +2,8 @@
 
 use aya::maps::{HashMap, MapData, MapError};
 use skiff_datapath_abi::{
-    map_names, Backend, ServiceKey, ServiceValue, SlotKey, SockRevKey, SockRevValue,
+    ct_dir, ct_flags, ct_timeouts, map_names, proto, Backend, CtKey, CtValue, ServiceKey,
+    ServiceValue, SlotKey, SockRevKey, SockRevValue,
 };
 
 use crate::lbmap::{MapSizes, MapWriteError, ServiceMaps, Snapshot};
@@ -14,6 +15,7 @@ pub struct BpfServiceMaps {
     pub(super) slots: HashMap<MapData, SlotKey, u32>,
     pub(super) backends: HashMap<MapData, u32, Backend>,
     pub(super) sock_rev: HashMap<MapData, SockRevKey, SockRevValue>,
+    pub(super) conntrack: HashMap<MapData, CtKey, CtValue>,
 }
 
 fn write_error(map: &'static str, sizes: &MapSizes, e: MapError) -> MapWriteError {
@@ -97,6 +99,20 @@ impl ServiceMaps for BpfServiceMaps {
         Ok(doomed.len())
     }
 
+    fn purge_conntrack(
+        &mut self,
+        service_id: u32,
+        backend_id: u32,
+    ) -> Result<usize, MapWriteError> {
+        let doomed = self
+            .conntrack_matching(|_, v| v.service_id == service_id && v.backend_id == backend_id)?;
+        for k in &doomed {
+            ignore_missing(self.conntrack.remove(k))
+                .map_err(|e| write_error(map_names::CONNTRACK, &self.sizes, e))?;
+        }
+        Ok(doomed.len())
+    }
+
     fn snapshot(&self) -> Result<Snapshot, MapWriteError> {
         let mut s = Snapshot::default();
         for e in self.services.iter() {
@@ -115,9 +131,90 @@ impl ServiceMaps for BpfServiceMaps {
     }
 }
 
+/// Whether a conntrack entry last seen at `last_seen_ns` is expired at `now_ns`, by the
+/// timeouts of `skiff_datapath_abi::ct_timeouts`.
+pub fn ct_expired(key: &CtKey, value: &CtValue, now_ns: u64) -> bool {
+    let timeout = if key.proto == proto::TCP {
+        if value.flags & ct_flags::CLOSING != 0 {
+            ct_timeouts::TCP_CLOSING
+        } else if value.flags & ct_flags::SEEN_REPLY != 0 {
+            ct_timeouts::TCP_ESTABLISHED
+        } else {
+            ct_timeouts::TCP_SYN
+        }
+    } else {
+        ct_timeouts::UDP
+    };
+    now_ns.saturating_sub(value.last_seen_ns) > timeout * 1_000_000_000
+}
+
 impl BpfServiceMaps {
+    fn conntrack_matching(
+        &self,
+        keep: impl Fn(&CtKey, &CtValue) -> bool,
+    ) -> Result<Vec<CtKey>, MapWriteError> {
+        let mut out = Vec::new();
+        for entry in self.conntrack.iter() {
+            let (k, v) = entry.map_err(|e| write_error(map_names::CONNTRACK, &self.sizes, e))?;
+            if keep(&k, &v) {
+                out.push(k);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every conntrack entry, for `ct list` and tests.
+    pub fn conntrack_entries(&self) -> Result<Vec<(CtKey, CtValue)>, MapWriteError> {
+        let mut out = Vec::new();
+        for entry in self.conntrack.iter() {
+            out.push(entry.map_err(|e| write_error(map_names::CONNTRACK, &self.sizes, e))?);
+        }
+        Ok(out)
+    }
+
+    /// Deletes expired conntrack entries (timeouts by protocol and TCP state). A flow's two
+    /// entries age together: the forward entry's reply partner is found by its rewrite.
+    /// Returns how many entries went.
+    pub fn gc_conntrack(&mut self, now_ns: u64) -> Result<usize, MapWriteError> {
+        let mut doomed = self.conntrack_matching(|k, v| ct_expired(k, v, now_ns))?;
+        // Deleting a forward entry also deletes its reply entry (and the reverse), so a
+        // half-expired pair never leaves a reply rule without its flow.
+        let partners: Vec<CtKey> = doomed
+            .iter()
+            .filter_map(|k| self.conntrack.get(k, 0).ok().map(|v| partner(k, &v)))
+            .collect();
+        doomed.extend(partners);
+        let mut n = 0;
+        for k in &doomed {
+            match self.conntrack.remove(k) {
+                Ok(()) => n += 1,
+                Err(e) => ignore_missing(Err(e))
+                    .map_err(|e| write_error(map_names::CONNTRACK, &self.sizes, e))?,
+            }
+        }
+        Ok(n)
+    }
+
     /// Number of live socket reverse-translation entries.
     pub fn sock_rev_len(&self) -> usize {
         self.sock_rev.keys().filter(|k| k.is_ok()).count()
+    }
+}
+
+/// The key of the other direction of a conntrack entry: a packet rewritten by `v` and
+/// answered comes back with source and destination swapped.
+pub fn partner(k: &CtKey, v: &CtValue) -> CtKey {
+    CtKey {
+        saddr: v.daddr,
+        daddr: v.saddr,
+        sport: v.dport,
+        dport: v.sport,
+        proto: k.proto,
+        dir: if k.dir == ct_dir::FORWARD {
+            ct_dir::REPLY
+        } else {
+            ct_dir::FORWARD
+        },
+        _pad: 0,
     }
 }

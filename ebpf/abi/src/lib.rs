@@ -34,6 +34,11 @@ pub mod map_names {
     pub const SOCK_REV: &str = "SKIFF_SKREV_V1";
     /// `PER_CPU_ARRAY`, index [`super::SockLbCounter`], value `u64`.
     pub const SOCK_STATS: &str = "SKIFF_SKSTAT_V1";
+    /// `LRU_HASH`, key [`super::CtKey`], value [`super::CtValue`]: per-packet connection
+    /// tracking of translated flows (both directions).
+    pub const CONNTRACK: &str = "SKIFF_CT_V1";
+    /// `ARRAY` of one [`super::NodeConfig`]: this node's datapath settings.
+    pub const CONFIG: &str = "SKIFF_CFG_V1";
 
     /// Every map name, for checks that the object and the kernel agree with this crate.
     pub const ALL: &[&str] = &[
@@ -43,8 +48,12 @@ pub mod map_names {
 
 /// Names of the program entry points in the object file.
 pub mod program_names {
-    /// tc ingress on node-facing interfaces (`#[classifier]`).
+    /// tc ingress on node-facing and pod-facing interfaces (`#[classifier]`): new flows to
+    /// frontends are translated, replies of translated flows reverse-translated.
     pub const TC_INGRESS: &str = "skiff_tc_ingress";
+    /// tc egress on node-facing interfaces: reverse translation of replies that did not
+    /// pass a skiff ingress hook (backends behind interfaces skiff does not manage).
+    pub const TC_EGRESS: &str = "skiff_tc_egress";
     /// cgroup v2 `connect4`: translate a service VIP to a backend at connect().
     pub const SOCK_CONNECT4: &str = "skiff_sock_connect4";
     /// cgroup v2 `sendmsg4`: the same for unconnected UDP sends.
@@ -131,11 +140,28 @@ pub enum DropReason {
     ShortUdpHeader = 7,
     /// UDP length field below 8 or larger than the IPv4 payload.
     BadUdpLength = 8,
+    /// A frontend's slot or backend entry was missing (the agent was mid-update or the
+    /// maps are corrupt): the packet is dropped rather than sent untranslated.
+    InconsistentMaps = 9,
+    /// The conntrack map refused an insert (full and no LRU victim, or a race).
+    ConntrackInsertFailed = 10,
+    /// No free source port for SNAT towards this backend after several tries.
+    SnatPortExhausted = 11,
+    /// Rewriting the packet (store or checksum helper) failed.
+    RewriteFailed = 12,
+    /// No route to the translated destination (bpf_fib_lookup failed).
+    NoRoute = 13,
+    /// A packet to a frontend without usable backends that cannot be answered with a
+    /// reject (a TCP RST itself).
+    NoBackend = 14,
+    /// A flow needs SNAT (remote backend, hairpin) but the agent has not configured the
+    /// node's SNAT address yet.
+    SnatNotConfigured = 15,
 }
 
 impl DropReason {
     /// Number of reasons: the size of the drops map.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 16;
     /// All reasons, in index order.
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::ShortEthernet,
@@ -147,6 +173,13 @@ impl DropReason {
         DropReason::BadTcpDataOffset,
         DropReason::ShortUdpHeader,
         DropReason::BadUdpLength,
+        DropReason::InconsistentMaps,
+        DropReason::ConntrackInsertFailed,
+        DropReason::SnatPortExhausted,
+        DropReason::RewriteFailed,
+        DropReason::NoRoute,
+        DropReason::NoBackend,
+        DropReason::SnatNotConfigured,
     ];
 
     /// Stable snake_case name, used in CLI output and metrics labels.
@@ -161,6 +194,13 @@ impl DropReason {
             DropReason::BadTcpDataOffset => "bad_tcp_data_offset",
             DropReason::ShortUdpHeader => "short_udp_header",
             DropReason::BadUdpLength => "bad_udp_length",
+            DropReason::InconsistentMaps => "inconsistent_maps",
+            DropReason::ConntrackInsertFailed => "conntrack_insert_failed",
+            DropReason::SnatPortExhausted => "snat_port_exhausted",
+            DropReason::RewriteFailed => "rewrite_failed",
+            DropReason::NoRoute => "no_route",
+            DropReason::NoBackend => "no_backend",
+            DropReason::SnatNotConfigured => "snat_not_configured",
         }
     }
 
@@ -317,6 +357,93 @@ impl SockLbCounter {
     }
 }
 
+/// Direction of a conntrack entry, [`CtKey::dir`].
+pub mod ct_dir {
+    /// The key is the flow as the client sent it (to the frontend).
+    pub const FORWARD: u8 = 1;
+    /// The key is a reply as it comes back from the backend (after DNAT/SNAT).
+    pub const REPLY: u8 = 2;
+}
+
+/// Key of [`map_names::CONNTRACK`]: a packet's 5-tuple as it arrives, plus direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtKey {
+    /// Source IPv4, network byte order.
+    pub saddr: u32,
+    /// Destination IPv4, network byte order.
+    pub daddr: u32,
+    /// Source port, network byte order.
+    pub sport: u16,
+    /// Destination port, network byte order.
+    pub dport: u16,
+    /// IP protocol ([`proto`]).
+    pub proto: u8,
+    /// [`ct_dir`].
+    pub dir: u8,
+    pub _pad: u16,
+}
+
+/// Bits of [`CtValue::flags`].
+pub mod ct_flags {
+    /// The flow is source-NATed (remote backend or hairpin).
+    pub const SNAT: u32 = 1 << 0;
+    /// A reply has been seen (TCP: past SYN; UDP: bidirectional).
+    pub const SEEN_REPLY: u32 = 1 << 1;
+    /// TCP FIN or RST seen: the entry ages out on the short close timeout.
+    pub const CLOSING: u32 = 1 << 2;
+    /// After rewriting, route the packet from the hook (bpf_fib_lookup +
+    /// bpf_redirect_neigh) instead of handing it to the stack, which would drop a packet
+    /// whose new source is a local address as a martian.
+    pub const REDIRECT: u32 = 1 << 3;
+}
+
+/// Value of [`map_names::CONNTRACK`]: how to rewrite packets matching the key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    /// New source IPv4, network byte order.
+    pub saddr: u32,
+    /// New destination IPv4, network byte order.
+    pub daddr: u32,
+    /// New source port, network byte order.
+    pub sport: u16,
+    /// New destination port, network byte order.
+    pub dport: u16,
+    /// The backend the flow was sent to (host byte order), so removing a backend can
+    /// purge its flows.
+    pub backend_id: u32,
+    /// The service of the frontend (host byte order).
+    pub service_id: u32,
+    /// [`ct_flags`] bits.
+    pub flags: u32,
+    /// `bpf_ktime_get_ns()` of the last packet, refreshed at most once a second.
+    pub last_seen_ns: u64,
+}
+
+/// Conntrack timeouts applied by the agent's garbage collection, in seconds. Values follow
+/// Cilium's (datapath.md §1.3): long for established TCP, short for half-open and closing.
+pub mod ct_timeouts {
+    pub const TCP_SYN: u64 = 60;
+    pub const TCP_ESTABLISHED: u64 = 21600;
+    pub const TCP_CLOSING: u64 = 10;
+    pub const UDP: u64 = 60;
+}
+
+/// Value of [`map_names::CONFIG`] (one entry, index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Source address for SNAT towards remote backends and for hairpin flows, network
+    /// byte order. While it is 0 (agent not configured yet) such flows are dropped with
+    /// `SnatNotConfigured` rather than sent with a source the backend cannot answer.
+    pub snat_addr: u32,
+    /// Lowest SNAT source port (host byte order); 0 means 32768.
+    pub snat_port_min: u16,
+    /// Highest SNAT source port (host byte order); 0 means 60999.
+    pub snat_port_max: u16,
+}
+
 /// A packet and byte counter. Value of [`map_names::STATS`] (one per CPU).
 ///
 /// Both fields are host byte order (the kernel and the agent run on the same machine).
@@ -363,6 +490,15 @@ const _: () = assert!(offset_of!(SockRevKey, port) == 12);
 const _: () = assert!(size_of::<SockRevValue>() == 12);
 const _: () = assert!(offset_of!(SockRevValue, service_id) == 8);
 const _: () = assert!(SockLbCounter::ALL.len() == SockLbCounter::COUNT as usize);
+const _: () = assert!(size_of::<CtKey>() == 16);
+const _: () = assert!(offset_of!(CtKey, sport) == 8);
+const _: () = assert!(offset_of!(CtKey, proto) == 12);
+const _: () = assert!(offset_of!(CtKey, dir) == 13);
+const _: () = assert!(size_of::<CtValue>() == 32);
+const _: () = assert!(offset_of!(CtValue, backend_id) == 12);
+const _: () = assert!(offset_of!(CtValue, flags) == 20);
+const _: () = assert!(offset_of!(CtValue, last_seen_ns) == 24);
+const _: () = assert!(size_of::<NodeConfig>() == 8);
 const _: () = assert!(size_of::<PacketClass>() == 4);
 const _: () = assert!(PacketClass::ALL.len() == PacketClass::COUNT as usize);
 const _: () = assert!(DropReason::ALL.len() == DropReason::COUNT as usize);
@@ -380,6 +516,9 @@ mod user {
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::SockRevKey {}
     unsafe impl aya::Pod for super::SockRevValue {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtValue {}
+    unsafe impl aya::Pod for super::NodeConfig {}
 }
 
 #[cfg(test)]

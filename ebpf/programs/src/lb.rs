@@ -15,7 +15,11 @@ pub enum Choice {
     /// The flow proceeds untranslated and the event is counted.
     Inconsistent,
     /// Translate to this backend.
-    Backend { service_id: u32, backend: Backend },
+    Backend {
+        service_id: u32,
+        backend_id: u32,
+        backend: Backend,
+    },
 }
 
 #[inline(always)]
@@ -50,6 +54,7 @@ pub fn choose(svc: &ServiceValue) -> Choice {
     };
     Choice::Backend {
         service_id: svc.service_id,
+        backend_id,
         backend,
     }
 }

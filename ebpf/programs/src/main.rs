@@ -5,9 +5,14 @@
 #![no_main]
 
 mod counters;
+mod ct;
 mod lb;
 mod maps;
+mod nat;
 mod parse;
+mod redirect;
+mod reject;
+mod service;
 mod sock;
 mod verdict;
 
@@ -18,15 +23,17 @@ use aya_ebpf::{
 use skiff_datapath_abi::DropReason;
 use verdict::Verdict;
 
-/// Hook: tc ingress (TCX or clsact) on node-facing interfaces.
-/// Direction: packets arriving at the node from the wire.
+/// Hook: tc ingress (TCX or clsact) on node-facing interfaces and on the host side of pod
+/// interfaces. Direction: packets arriving at the node (from the wire or from a pod).
 ///
-/// Today it parses Ethernet/IPv4/TCP/UDP, counts each packet by class and drops malformed
-/// IPv4 with a counted reason. Service translation is built on this parser (Datapath I).
+/// Parses Ethernet/IPv4/TCP/UDP (malformed IPv4 is dropped with a counted reason), counts
+/// each packet by class, then translates: replies of translated flows back to their
+/// frontend, known flows to their backend, new flows to a frontend to a chosen backend
+/// (or a TCP RST / ICMP port unreachable when the service has no usable backend).
 #[classifier]
 pub fn skiff_tc_ingress(ctx: TcContext) -> i32 {
     match try_tc_ingress(&ctx) {
-        Ok(verdict) => verdict.tc_action(),
+        Ok(action) => action,
         Err(reason) => {
             counters::count_drop(reason);
             Verdict::Drop.tc_action()
@@ -34,10 +41,32 @@ pub fn skiff_tc_ingress(ctx: TcContext) -> i32 {
     }
 }
 
-fn try_tc_ingress(ctx: &TcContext) -> Result<Verdict, DropReason> {
+fn try_tc_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     let packet = parse::parse(ctx)?;
     counters::count_packet(packet.class, ctx.len());
-    Ok(Verdict::Pass)
+    service::ingress(ctx, &packet)
+}
+
+/// Hook: tc egress on node-facing interfaces. Direction: packets leaving the node.
+/// Reverse-translates replies of translated flows that no skiff ingress hook saw (their
+/// backend sits behind an interface skiff does not manage). Never drops valid traffic.
+#[classifier]
+pub fn skiff_tc_egress(ctx: TcContext) -> i32 {
+    match try_tc_egress(&ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            counters::count_drop(reason);
+            Verdict::Drop.tc_action()
+        }
+    }
+}
+
+fn try_tc_egress(ctx: &TcContext) -> Result<i32, DropReason> {
+    match parse::parse(ctx) {
+        Ok(packet) => service::egress(ctx, &packet),
+        // Malformed packets leaving the node are the stack's own; not ours to judge.
+        Err(_) => Ok(Verdict::Pass.tc_action()),
+    }
 }
 
 /// Hook: cgroup v2 `connect4`, for every socket of processes in the attached cgroup

@@ -7,11 +7,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use skiff_datapath_abi::{
-    Backend, DropReason, PacketClass, ServiceKey, ServiceValue, SlotKey, SockLbCounter, SockRevKey,
-    SockRevValue, TrafficCounter,
+    Backend, CtKey, CtValue, DropReason, NodeConfig, PacketClass, ServiceKey, ServiceValue,
+    SlotKey, SockLbCounter, SockRevKey, SockRevValue, TrafficCounter,
 };
 
 /// Packets and bytes per [`PacketClass`], per CPU (no atomics on the fast path).
@@ -44,3 +44,11 @@ pub static SKIFF_SKREV_V1: LruHashMap<SockRevKey, SockRevValue> =
 #[map]
 pub static SKIFF_SKSTAT_V1: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(SockLbCounter::COUNT, 0);
+
+/// Connection tracking of per-packet translated flows, both directions.
+#[map]
+pub static SKIFF_CT_V1: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(262144, 0);
+
+/// This node's settings, written by the agent at start.
+#[map]
+pub static SKIFF_CFG_V1: Array<NodeConfig> = Array::with_max_entries(1, 0);

@@ -26,20 +26,16 @@ const PULL_LEN: u32 = (ETH_HLEN + 60 + 60) as u32;
 #[derive(Clone, Copy)]
 pub struct Packet {
     pub class: PacketClass,
-    // The fields below are what service translation (Datapath I) consumes; the skeleton
-    // only counts by class.
-    #[allow(dead_code, reason = "consumed by service translation")]
     pub l4_offset: usize,
-    #[allow(dead_code, reason = "consumed by service translation")]
     pub proto: u8,
-    #[allow(dead_code, reason = "consumed by service translation")]
     pub saddr: u32,
-    #[allow(dead_code, reason = "consumed by service translation")]
     pub daddr: u32,
-    #[allow(dead_code, reason = "consumed by service translation")]
     pub sport: u16,
-    #[allow(dead_code, reason = "consumed by service translation")]
     pub dport: u16,
+    /// TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10); 0 for other protocols.
+    pub tcp_flags: u8,
+    /// Offset of the end of the IPv4 packet (Ethernet header included).
+    pub ip_end: usize,
 }
 
 /// Returns a pointer to `N` bytes at `offset`, or `None` if they are not in the linear data.
@@ -86,6 +82,8 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, DropReason> {
         daddr: 0,
         sport: 0,
         dport: 0,
+        tcp_flags: 0,
+        ip_end: 0,
     };
     if u16::from_be_bytes([eth[12], eth[13]]) != ETH_P_IPV4 {
         return Ok(packet);
@@ -112,6 +110,7 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, DropReason> {
         }
         ETH_HLEN + total_len
     };
+    packet.ip_end = ip_end;
     packet.proto = ip[9];
     packet.saddr = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
     packet.daddr = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
@@ -138,6 +137,7 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, DropReason> {
             }
             packet.sport = u16::from_ne_bytes([tcp[0], tcp[1]]);
             packet.dport = u16::from_ne_bytes([tcp[2], tcp[3]]);
+            packet.tcp_flags = tcp[13];
             packet.class = PacketClass::Ipv4Tcp;
         }
         IPPROTO_UDP => {

@@ -79,6 +79,7 @@ pub fn translate(ctx: &SockAddrContext, only_udp: bool) -> Verdict {
         Choice::Backend {
             service_id,
             backend,
+            ..
         } => {
             let rev_key = SockRevKey {
                 cookie: cookie(ctx),

@@ -1,0 +1,192 @@
+//! Per-packet service translation on tc: new flows to a frontend are load-balanced and
+//! tracked; later packets of the flow and its replies follow their conntrack entries.
+//!
+//! Flow to a backend on this node: DNAT only, the client's address is kept, the stack
+//! delivers. Flow to a backend on another node, or a hairpin (a pod reaching itself
+//! through its service): DNAT + SNAT to the node's address with a fresh source port, so
+//! the reply comes back through this node; such packets are routed from the hook.
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST, TC_ACT_OK},
+    helpers::bpf_get_prandom_u32,
+    programs::TcContext,
+};
+use skiff_datapath_abi::{
+    backend_flags, ct_dir, ct_flags, Backend, CtKey, CtValue, DropReason, PacketClass, ServiceKey,
+};
+
+use crate::{
+    ct,
+    lb::{self, Choice},
+    maps::{SKIFF_CFG_V1, SKIFF_CT_V1},
+    nat::{self, Tuple},
+    parse::Packet,
+    redirect, reject,
+};
+
+const SNAT_PORT_MIN: u16 = 32768;
+const SNAT_PORT_MAX: u16 = 60999;
+/// Random probes for a free SNAT port before giving up on a new flow.
+const SNAT_TRIES: u32 = 8;
+
+fn translatable(p: &Packet) -> bool {
+    p.class == PacketClass::Ipv4Tcp || p.class == PacketClass::Ipv4Udp
+}
+
+fn tuple(v: &CtValue) -> Tuple {
+    Tuple {
+        saddr: v.saddr,
+        daddr: v.daddr,
+        sport: v.sport,
+        dport: v.dport,
+    }
+}
+
+/// tc ingress: replies of translated flows, then known flows, then new flows.
+#[inline(always)]
+pub fn ingress(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
+    if !translatable(p) {
+        return Ok(TC_ACT_OK);
+    }
+    if let Some(ct) = ct::lookup(&ct::key(p, ct_dir::REPLY), p.tcp_flags, true) {
+        let t = tuple(&ct);
+        nat::rewrite(ctx, p, &t)?;
+        // The new source is the frontend, a local address for NodePort: route from here.
+        return redirect::fib_redirect(ctx, p, &t);
+    }
+    if let Some(ct) = ct::lookup(&ct::key(p, ct_dir::FORWARD), p.tcp_flags, false) {
+        let t = tuple(&ct);
+        nat::rewrite(ctx, p, &t)?;
+        return if ct.flags & ct_flags::REDIRECT != 0 {
+            redirect::fib_redirect(ctx, p, &t)
+        } else {
+            Ok(TC_ACT_OK)
+        };
+    }
+    new_flow(ctx, p)
+}
+
+/// tc egress: reverse translation of replies that reached the wire side without passing
+/// a skiff ingress hook (a backend behind an interface skiff does not manage).
+#[inline(always)]
+pub fn egress(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
+    if !translatable(p) {
+        return Ok(TC_ACT_OK);
+    }
+    if let Some(ct) = ct::lookup(&ct::key(p, ct_dir::REPLY), p.tcp_flags, true) {
+        nat::rewrite(ctx, p, &tuple(&ct))?;
+    }
+    Ok(TC_ACT_OK)
+}
+
+fn new_flow(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
+    let key = ServiceKey {
+        addr: p.daddr,
+        port: p.dport,
+        proto: p.proto,
+        scope: 0,
+    };
+    let (service_id, backend_id, backend) = match lb::resolve(&key) {
+        Choice::NotAService => return Ok(TC_ACT_OK),
+        Choice::NoBackend => return reject::refuse(ctx, p),
+        Choice::Inconsistent => return Err(DropReason::InconsistentMaps),
+        Choice::Backend {
+            service_id,
+            backend_id,
+            backend,
+        } => (service_id, backend_id, backend),
+    };
+    let hairpin = backend.addr == p.saddr;
+    let snat = hairpin || backend.flags & backend_flags::LOCAL == 0;
+    let flags = if snat {
+        ct_flags::SNAT | ct_flags::REDIRECT
+    } else {
+        0
+    };
+    let now = ct::now();
+    let reply = CtValue {
+        saddr: p.daddr,
+        daddr: p.saddr,
+        sport: p.dport,
+        dport: p.sport,
+        backend_id,
+        service_id,
+        flags: flags | ct_flags::REDIRECT,
+        last_seen_ns: now,
+    };
+    let (src_addr, src_port) = if snat {
+        snat_source(p, &backend, &reply)?
+    } else {
+        let rkey = reply_key(p, &backend, p.saddr, p.sport);
+        SKIFF_CT_V1
+            .insert(&rkey, &reply, BPF_ANY as u64)
+            .map_err(|_| DropReason::ConntrackInsertFailed)?;
+        (p.saddr, p.sport)
+    };
+    let fwd = CtValue {
+        saddr: src_addr,
+        daddr: backend.addr,
+        sport: src_port,
+        dport: backend.port,
+        backend_id,
+        service_id,
+        flags,
+        last_seen_ns: now,
+    };
+    SKIFF_CT_V1
+        .insert(&ct::key(p, ct_dir::FORWARD), &fwd, BPF_ANY as u64)
+        .map_err(|_| DropReason::ConntrackInsertFailed)?;
+    let t = tuple(&fwd);
+    nat::rewrite(ctx, p, &t)?;
+    if snat {
+        redirect::fib_redirect(ctx, p, &t)
+    } else {
+        Ok(TC_ACT_OK)
+    }
+}
+
+fn reply_key(p: &Packet, backend: &Backend, daddr: u32, dport: u16) -> CtKey {
+    CtKey {
+        saddr: backend.addr,
+        daddr,
+        sport: backend.port,
+        dport,
+        proto: p.proto,
+        dir: ct_dir::REPLY,
+        _pad: 0,
+    }
+}
+
+/// Picks a source port on the node's SNAT address whose reply key is free (the client's
+/// own port first, then random ones) and claims it by inserting the reply entry with
+/// BPF_NOEXIST, so two flows can never share a reply key.
+fn snat_source(p: &Packet, backend: &Backend, reply: &CtValue) -> Result<(u32, u16), DropReason> {
+    let cfg = SKIFF_CFG_V1.get(0).copied().unwrap_or_default();
+    if cfg.snat_addr == 0 {
+        return Err(DropReason::SnatNotConfigured);
+    }
+    let min = if cfg.snat_port_min == 0 {
+        SNAT_PORT_MIN
+    } else {
+        cfg.snat_port_min
+    };
+    let max = if cfg.snat_port_max == 0 {
+        SNAT_PORT_MAX
+    } else {
+        cfg.snat_port_max
+    };
+    let span = u32::from(max.saturating_sub(min)) + 1;
+    let own = u16::from_be(p.sport);
+    let mut port = if own >= min && own <= max { own } else { min };
+    let mut i = 0;
+    while i < SNAT_TRIES {
+        let rkey = reply_key(p, backend, cfg.snat_addr, port.to_be());
+        if SKIFF_CT_V1.insert(&rkey, reply, BPF_NOEXIST as u64).is_ok() {
+            return Ok((cfg.snat_addr, port.to_be()));
+        }
+        // SAFETY: helper without preconditions.
+        port = min + (unsafe { bpf_get_prandom_u32() } % span) as u16;
+        i += 1;
+    }
+    Err(DropReason::SnatPortExhausted)
+}
