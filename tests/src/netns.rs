@@ -99,6 +99,13 @@ impl NetNs {
         self.ip(&["link", "set", dev, "up"]);
     }
 
+    /// Sets a sysctl of this namespace (`key` like "net/ipv4/ip_forward").
+    pub fn sysctl(&self, key: &str, value: &str) {
+        let path = format!("/proc/sys/{key}");
+        self.run(|| std::fs::write(&path, value))
+            .unwrap_or_else(|e| panic!("setting {path} in {}: {e}", self.name));
+    }
+
     /// Runs `f` on a thread that has entered this namespace, and returns its result.
     /// Panics in `f` propagate to the caller.
     pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {

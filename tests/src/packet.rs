@@ -168,6 +168,22 @@ impl Packet {
         self
     }
 
+    /// Sets the TCP sequence number.
+    pub fn seq(mut self, value: u32) -> Packet {
+        if let L4::Tcp { seq, .. } = &mut self.l4 {
+            *seq = value;
+        }
+        self
+    }
+
+    /// Sets the TCP acknowledgment number (meaningful with the ACK flag).
+    pub fn ack_number(mut self, value: u32) -> Packet {
+        if let L4::Tcp { ack, .. } = &mut self.l4 {
+            *ack = value;
+        }
+        self
+    }
+
     /// Sets the TTL.
     pub fn ttl(mut self, ttl: u8) -> Packet {
         self.ttl = ttl;
@@ -382,6 +398,13 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
         1 if internet_checksum(l4, 0) != 0 => Err("bad ICMP checksum".into()),
         _ => Ok(()),
     }
+}
+
+/// Zeroes the UDP checksum of `frame` ("no checksum", legal for UDP over IPv4).
+pub fn clear_udp_checksum(frame: &mut [u8]) {
+    let off = l4_offset(frame);
+    frame[off + 6] = 0;
+    frame[off + 7] = 0;
 }
 
 #[cfg(test)]

@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
-use skiff_agent::datapath::{Counters, Datapath};
-use skiff_datapath_abi::{DropReason, PacketClass, TrafficCounter};
+use skiff_agent::datapath::{BpfServiceMaps, Counters, Datapath};
+use skiff_datapath_abi::{DropReason, NodeConfig, PacketClass, TrafficCounter};
+
+use crate::netns::NetNs;
 
 /// tc return codes (include/uapi/linux/pkt_cls.h).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,17 +47,49 @@ pub struct RunResult {
 
 /// A loaded copy of the production object. Each runner has its own maps, so tests that
 /// run in parallel do not see each other's side effects.
+///
+/// Runs execute inside a private network namespace: BPF_PROG_TEST_RUN gives the packet the
+/// loopback device of the caller's namespace, so bpf_fib_lookup sees only the routes set
+/// up here (a "node" with 198.18.0.2/24 on `ext0` and remote pods 198.18.3.0/24 behind
+/// 198.18.0.3), never the host's.
 pub struct ProgRunner {
     datapath: Datapath,
+    ns: NetNs,
 }
 
 impl ProgRunner {
     /// Loads the object (the verifier runs on every program).
     pub fn new() -> ProgRunner {
         crate::privilege::require_privileges();
+        let ns = NetNs::new("progrun");
+        // veth pairs stand in for devices (this kernel has no dummy driver); the peers only
+        // give the devices a carrier.
+        for (dev, cidr) in [("ext0", "198.18.0.2/24"), ("pods0", "198.18.2.1/24")] {
+            let peer = format!("{dev}p");
+            ns.ip(&["link", "add", dev, "type", "veth", "peer", "name", &peer]);
+            ns.ip(&["link", "set", &peer, "up"]);
+            ns.addr(dev, cidr);
+        }
+        let remote_pods = ["route", "add", "198.18.3.0/24", "via", "198.18.0.3"];
+        ns.ip(&remote_pods);
+        // A node forwards; bpf_fib_lookup answers FWD_DISABLED otherwise.
+        ns.sysctl("net/ipv4/conf/all/forwarding", "1");
         ProgRunner {
             datapath: Datapath::load().unwrap_or_else(|e| panic!("loading the datapath: {e}")),
+            ns,
         }
+    }
+
+    /// The service maps, for provisioning through the real reconciler (once per runner).
+    pub fn service_maps(&mut self) -> BpfServiceMaps {
+        self.datapath.service_maps().expect("service maps")
+    }
+
+    /// Sets the node's SNAT configuration.
+    pub fn set_node_config(&mut self, config: NodeConfig) {
+        self.datapath
+            .set_node_config(config)
+            .expect("writing the node config");
     }
 
     pub fn counters(&self) -> Counters {
@@ -70,9 +104,10 @@ impl ProgRunner {
     /// Runs `program` `repeat` times on `packet` (duration is the kernel's mean per run).
     pub fn run_repeat(&mut self, program: &str, packet: &[u8], repeat: u32) -> RunResult {
         let before = self.counters();
+        let datapath = &mut self.datapath;
         let run = self
-            .datapath
-            .prog_run(program, packet, repeat)
+            .ns
+            .run(|| datapath.prog_run(program, packet, repeat))
             .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {program}: {e}"));
         let after = self.counters();
         let class_deltas = after

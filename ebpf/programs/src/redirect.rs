@@ -27,7 +27,8 @@ pub fn fib_redirect(ctx: &TcContext, p: &Packet, tuple: &nat::Tuple) -> Result<i
     params.l4_protocol = p.proto;
     params.sport = tuple.sport;
     params.dport = tuple.dport;
-    params.__bindgen_anon_1.tot_len = ((p.ip_end - crate::parse::ETH_HLEN) as u16).to_be();
+    // Host byte order: the kernel compares it with the route's MTU (FRAG_NEEDED above it).
+    params.__bindgen_anon_1.tot_len = (p.ip_end - crate::parse::ETH_HLEN) as u16;
     // SAFETY: reading the ifindex the kernel filled in the context.
     params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
     params.__bindgen_anon_3.ipv4_src = tuple.saddr;
@@ -51,7 +52,7 @@ pub fn fib_redirect(ctx: &TcContext, p: &Packet, tuple: &nat::Tuple) -> Result<i
     // SAFETY: helper call with a valid ifindex from the FIB and no explicit next hop.
     let r = unsafe { bpf_redirect_neigh(params.ifindex, core::ptr::null_mut(), 0, 0) };
     if r == TC_ACT_REDIRECT as i64 {
-        Ok(TC_ACT_REDIRECT as i32)
+        Ok(TC_ACT_REDIRECT)
     } else {
         Err(DropReason::NoRoute)
     }

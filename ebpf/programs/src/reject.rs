@@ -100,7 +100,7 @@ fn ethernet_reply(ctx: &TcContext, buf: &mut [u8]) -> Result<(), DropReason> {
 fn send_back(ctx: &TcContext) -> i32 {
     // SAFETY: redirect to the egress of the interface the packet arrived on.
     unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) };
-    TC_ACT_REDIRECT as i32
+    TC_ACT_REDIRECT
 }
 
 /// Answers `p` with a TCP RST (RFC 9293 §3.10.7.1: seq from the segment's ACK if it had
@@ -190,8 +190,10 @@ fn icmp_port_unreachable(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason>
             0,
         )
     };
+    // csum_partial (behind bpf_csum_diff) sums native-endian words: its folded result is
+    // already in wire order when stored natively.
     let csum = fold(sum as u32);
-    buf[icmp + 2..icmp + 4].copy_from_slice(&csum.to_be_bytes());
+    buf[icmp + 2..icmp + 4].copy_from_slice(&csum.to_ne_bytes());
 
     let len = (icmp + 8 + quoted) as u32;
     // SAFETY: resizing and rewriting the skb this program owns; len <= ICMP_MAX_LEN.

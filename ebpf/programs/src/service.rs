@@ -119,7 +119,7 @@ fn new_flow(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
     } else {
         let rkey = reply_key(p, &backend, p.saddr, p.sport);
         SKIFF_CT_V1
-            .insert(&rkey, &reply, BPF_ANY as u64)
+            .insert(rkey, reply, BPF_ANY as u64)
             .map_err(|_| DropReason::ConntrackInsertFailed)?;
         (p.saddr, p.sport)
     };
@@ -134,7 +134,7 @@ fn new_flow(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
         last_seen_ns: now,
     };
     SKIFF_CT_V1
-        .insert(&ct::key(p, ct_dir::FORWARD), &fwd, BPF_ANY as u64)
+        .insert(ct::key(p, ct_dir::FORWARD), fwd, BPF_ANY as u64)
         .map_err(|_| DropReason::ConntrackInsertFailed)?;
     let t = tuple(&fwd);
     nat::rewrite(ctx, p, &t)?;
@@ -181,7 +181,7 @@ fn snat_source(p: &Packet, backend: &Backend, reply: &CtValue) -> Result<(u32, u
     let mut i = 0;
     while i < SNAT_TRIES {
         let rkey = reply_key(p, backend, cfg.snat_addr, port.to_be());
-        if SKIFF_CT_V1.insert(&rkey, reply, BPF_NOEXIST as u64).is_ok() {
+        if SKIFF_CT_V1.insert(rkey, reply, BPF_NOEXIST as u64).is_ok() {
             return Ok((cfg.snat_addr, port.to_be()));
         }
         // SAFETY: helper without preconditions.

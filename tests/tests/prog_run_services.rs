@@ -1,0 +1,556 @@
+//! Per-packet service translation through BPF_PROG_TEST_RUN against the production object,
+//! with maps programmed by the real reconciler. Rows compare the whole output frame with
+//! the frame the builder makes for the expected translation (so every header field and
+//! both checksums are checked), and check conntrack side effects.
+//!
+//! Addresses (none exist outside the runner's namespace): node 198.18.0.2 (ext0), external
+//! clients 198.18.0.x, local pods 198.18.2.x, remote pods 198.18.3.x, ClusterIP
+//! 198.18.100.10, LoadBalancer IP 198.18.200.1, ExternalIP 198.18.201.1.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use skiff_agent::{
+    datapath::BpfServiceMaps,
+    model::{
+        Endpoint, EndpointState, Frontend, FrontendKind, Model, Protocol, ServicePort,
+        ServicePortName,
+    },
+    reconcile::{Reconciler, SyncReport},
+};
+use skiff_datapath_abi::{
+    ct_dir, ct_flags,
+    program_names::{TC_EGRESS, TC_INGRESS},
+    DropReason, NodeConfig,
+};
+use skiff_tests::{
+    packet::{clear_udp_checksum, parse, verify_checksums, Packet, TcpFlags, ETH_HLEN},
+    prog_run::{ProgRunner, TcAction},
+};
+
+const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 10);
+const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 1);
+const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 201, 1);
+const NODE_PORT: u16 = 30080;
+
+fn local_pod(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 2, i)
+}
+fn remote_pod(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 3, i)
+}
+fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
+struct Fixture {
+    runner: ProgRunner,
+    maps: BpfServiceMaps,
+    reconciler: Reconciler,
+}
+
+fn fixture() -> Fixture {
+    let mut runner = ProgRunner::new();
+    let maps = runner.service_maps();
+    runner.set_node_config(NodeConfig {
+        snat_addr: u32::from(NODE).to_be(),
+        ..Default::default()
+    });
+    Fixture {
+        runner,
+        maps,
+        reconciler: Reconciler::new(),
+    }
+}
+
+fn ep(addr: Ipv4Addr, state: EndpointState, local: bool) -> Endpoint {
+    Endpoint {
+        addr,
+        port: 8080,
+        state,
+        local,
+    }
+}
+
+/// "default/web": ClusterIP :80, NodePort :30080 on the node, LB IP :80, ExternalIP :80.
+fn web(proto: Protocol, endpoints: &[Endpoint]) -> (ServicePortName, ServicePort) {
+    let f = |addr, port, kind| Frontend {
+        addr,
+        port,
+        proto,
+        kind,
+    };
+    (
+        ServicePortName::new("default", "web", ""),
+        ServicePort {
+            proto: Some(proto),
+            frontends: vec![
+                f(CLUSTER_IP, 80, FrontendKind::ClusterIp),
+                f(NODE, NODE_PORT, FrontendKind::NodePort),
+                f(LB_IP, 80, FrontendKind::LoadBalancer),
+                f(EXTERNAL_IP, 80, FrontendKind::ExternalIp),
+            ],
+            endpoints: endpoints.to_vec(),
+        },
+    )
+}
+
+impl Fixture {
+    fn program(&mut self, services: &[(ServicePortName, ServicePort)]) -> SyncReport {
+        let model = Model {
+            services: services.iter().cloned().collect(),
+        };
+        let report = self.reconciler.sync(&model, &mut self.maps);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        report
+    }
+
+    fn ingress(&mut self, frame: &[u8]) -> (TcAction, Vec<u8>) {
+        let r = self.runner.run(TC_INGRESS, frame);
+        assert!(
+            r.drop_deltas.is_empty(),
+            "unexpected drops {:?}",
+            r.drop_deltas
+        );
+        (r.action, r.packet_out)
+    }
+
+    fn ct_len(&self) -> usize {
+        self.maps.conntrack_entries().expect("conntrack").len()
+    }
+}
+
+fn tcp(src: SocketAddrV4, dst: SocketAddrV4, flags: TcpFlags) -> Packet {
+    Packet::tcp(src, dst, flags).seq(1000).payload(b"")
+}
+
+/// Asserts `out` is exactly `expected` (all fields, checksums included).
+fn assert_frame(out: &[u8], expected: &[u8], what: &str) {
+    verify_checksums(out).unwrap_or_else(|e| panic!("{what}: {e}"));
+    if out != expected {
+        panic!(
+            "{what}: frame differs\n got      {:?}\n expected {:?}",
+            parse(out).map(|p| (p.ipv4, p.transport)),
+            parse(expected).map(|p| (p.ipv4, p.transport))
+        );
+    }
+}
+
+#[test]
+fn nodeport_to_a_local_backend_is_dnated_and_replies_are_reverse_translated() {
+    let mut f = fixture();
+    f.program(&[web(
+        Protocol::Tcp,
+        &[ep(local_pod(10), EndpointState::Active, true)],
+    )]);
+    let client = sa(CLIENT, 40000);
+    let backend = sa(local_pod(10), 8080);
+
+    let syn = tcp(client, sa(NODE, NODE_PORT), TcpFlags::SYN);
+    let (action, out) = f.ingress(&syn.build());
+    assert_eq!(action, TcAction::Ok, "local backend: the stack delivers");
+    assert_frame(
+        &out,
+        &tcp(client, backend, TcpFlags::SYN).build(),
+        "DNAT, client address kept",
+    );
+    assert_eq!(f.ct_len(), 2, "a FORWARD and a REPLY entry");
+    let entries = f.maps.conntrack_entries().unwrap();
+    let (_, fwd) = entries
+        .iter()
+        .find(|(k, _)| k.dir == ct_dir::FORWARD)
+        .unwrap();
+    assert_eq!(fwd.flags & ct_flags::SNAT, 0);
+
+    // The backend's SYN-ACK comes back through the node: source becomes the NodePort, and
+    // the packet is routed from the hook (its new source is a local address).
+    let synack = tcp(backend, client, TcpFlags::SYN_ACK).ack_number(1001);
+    let (action, out) = f.ingress(&synack.build());
+    assert_eq!(action, TcAction::Redirect);
+    assert_frame(
+        &out,
+        &tcp(sa(NODE, NODE_PORT), client, TcpFlags::SYN_ACK)
+            .ack_number(1001)
+            .ttl(63)
+            .build(),
+        "reverse NAT",
+    );
+
+    // More backends appear; the established flow keeps its backend (conntrack).
+    f.program(&[web(
+        Protocol::Tcp,
+        &[
+            ep(local_pod(10), EndpointState::Active, true),
+            ep(local_pod(11), EndpointState::Active, true),
+            ep(local_pod(12), EndpointState::Active, true),
+        ],
+    )]);
+    for _ in 0..20 {
+        let (_, out) = f.ingress(&tcp(client, sa(NODE, NODE_PORT), TcpFlags::ACK).build());
+        assert_frame(
+            &out,
+            &tcp(client, backend, TcpFlags::ACK).build(),
+            "conntrack hit keeps the backend",
+        );
+    }
+}
+
+#[test]
+fn egress_reverse_translates_replies_no_ingress_hook_saw() {
+    let mut f = fixture();
+    f.program(&[web(
+        Protocol::Tcp,
+        &[ep(local_pod(10), EndpointState::Active, true)],
+    )]);
+    let client = sa(CLIENT, 40001);
+    f.ingress(&tcp(client, sa(LB_IP, 80), TcpFlags::SYN).build());
+    let r = f.runner.run(
+        TC_EGRESS,
+        &tcp(sa(local_pod(10), 8080), client, TcpFlags::SYN_ACK).build(),
+    );
+    assert_eq!(r.action, TcAction::Ok);
+    assert_frame(
+        &r.packet_out,
+        &tcp(sa(LB_IP, 80), client, TcpFlags::SYN_ACK).build(),
+        "egress reverse NAT",
+    );
+}
+
+#[test]
+fn udp_frontends_of_every_kind_are_translated_with_valid_or_absent_checksums() {
+    let mut f = fixture();
+    f.program(&[web(
+        Protocol::Udp,
+        &[ep(local_pod(10), EndpointState::Active, true)],
+    )]);
+    let backend = sa(local_pod(10), 8080);
+    for (i, frontend) in [sa(NODE, NODE_PORT), sa(LB_IP, 80), sa(EXTERNAL_IP, 80)]
+        .into_iter()
+        .enumerate()
+    {
+        let client = sa(CLIENT, 41000 + i as u16);
+        let (action, out) = f.ingress(&Packet::udp(client, frontend).payload(b"query").build());
+        assert_eq!(action, TcAction::Ok, "{frontend}");
+        assert_frame(
+            &out,
+            &Packet::udp(client, backend).payload(b"query").build(),
+            &format!("UDP to {frontend}"),
+        );
+    }
+    // A UDP checksum of 0 means "none" and must stay 0 (not become a wrong checksum).
+    let client = sa(CLIENT, 41999);
+    let mut frame = Packet::udp(client, sa(NODE, NODE_PORT))
+        .payload(b"x")
+        .build();
+    clear_udp_checksum(&mut frame);
+    let (_, out) = f.ingress(&frame);
+    let mut expected = Packet::udp(client, backend).payload(b"x").build();
+    clear_udp_checksum(&mut expected);
+    assert_frame(&out, &expected, "zero UDP checksum stays zero");
+}
+
+#[test]
+fn clusterip_traffic_from_a_pod_is_translated_per_packet() {
+    let mut f = fixture();
+    f.program(&[web(
+        Protocol::Tcp,
+        &[ep(local_pod(10), EndpointState::Active, true)],
+    )]);
+    let pod = sa(local_pod(20), 45000);
+    let (action, out) = f.ingress(&tcp(pod, sa(CLUSTER_IP, 80), TcpFlags::SYN).build());
+    assert_eq!(action, TcAction::Ok);
+    assert_frame(
+        &out,
+        &tcp(pod, sa(local_pod(10), 8080), TcpFlags::SYN).build(),
+        "ClusterIP fallback",
+    );
+    let (action, out) = f.ingress(&tcp(sa(local_pod(10), 8080), pod, TcpFlags::SYN_ACK).build());
+    assert_eq!(action, TcAction::Redirect);
+    assert_frame(
+        &out,
+        &tcp(sa(CLUSTER_IP, 80), pod, TcpFlags::SYN_ACK)
+            .ttl(63)
+            .build(),
+        "reply shows the ClusterIP",
+    );
+}
+
+#[test]
+fn a_remote_backend_gets_snat_with_a_collision_free_source_port() {
+    let mut f = fixture();
+    f.program(&[web(
+        Protocol::Tcp,
+        &[ep(remote_pod(10), EndpointState::Active, false)],
+    )]);
+    let backend = sa(remote_pod(10), 8080);
+    let client = sa(CLIENT, 40000);
+    let (action, out) = f.ingress(&tcp(client, sa(NODE, NODE_PORT), TcpFlags::SYN).build());
+    assert_eq!(
+        action,
+        TcAction::Redirect,
+        "SNATed flows are routed from the hook"
+    );
+    assert_frame(
+        &out,
+        &tcp(sa(NODE, 40000), backend, TcpFlags::SYN).ttl(63).build(),
+        "DNAT + SNAT, client port kept when free",
+    );
+
+    let (action, out) = f.ingress(&tcp(backend, sa(NODE, 40000), TcpFlags::SYN_ACK).build());
+    assert_eq!(action, TcAction::Redirect);
+    assert_frame(
+        &out,
+        &tcp(sa(NODE, NODE_PORT), client, TcpFlags::SYN_ACK)
+            .ttl(63)
+            .build(),
+        "reply: both translations undone",
+    );
+
+    // Another client using the same source port must not share the reply key.
+    let other = sa(Ipv4Addr::new(198, 18, 0, 5), 40000);
+    let (_, out) = f.ingress(&tcp(other, sa(NODE, NODE_PORT), TcpFlags::SYN).build());
+    let (src, dst) = parse(&out).unwrap().endpoints().unwrap();
+    assert_eq!(*src.ip(), NODE);
+    assert_ne!(src.port(), 40000, "port 40000 is taken by the first flow");
+    assert!(
+        (32768..=60999).contains(&src.port()),
+        "SNAT port {} outside the range",
+        src.port()
+    );
+    assert_eq!(dst, backend);
+}
+
+#[test]
+fn snat_without_a_configured_address_is_dropped_with_a_reason() {
+    let mut runner = ProgRunner::new();
+    let mut maps = runner.service_maps();
+    let mut reconciler = Reconciler::new();
+    let model = Model {
+        services: [web(
+            Protocol::Tcp,
+            &[ep(remote_pod(10), EndpointState::Active, false)],
+        )]
+        .into_iter()
+        .collect(),
+    };
+    assert!(reconciler.sync(&model, &mut maps).errors.is_empty());
+    let r = runner.run(
+        TC_INGRESS,
+        &tcp(sa(CLIENT, 40000), sa(NODE, NODE_PORT), TcpFlags::SYN).build(),
+    );
+    assert_eq!(r.action, TcAction::Shot);
+    assert_eq!(r.drop_deltas, vec![(DropReason::SnatNotConfigured, 1)]);
+}
+
+#[test]
+fn a_pod_reaching_itself_through_its_service_is_hairpinned() {
+    let mut f = fixture();
+    f.program(&[web(
+        Protocol::Tcp,
+        &[ep(local_pod(10), EndpointState::Active, true)],
+    )]);
+    let me = sa(local_pod(10), 46000);
+    let (action, out) = f.ingress(&tcp(me, sa(CLUSTER_IP, 80), TcpFlags::SYN).build());
+    assert_eq!(action, TcAction::Redirect);
+    assert_frame(
+        &out,
+        &tcp(sa(NODE, 46000), sa(local_pod(10), 8080), TcpFlags::SYN)
+            .ttl(63)
+            .build(),
+        "hairpin SNAT",
+    );
+    let (_, out) =
+        f.ingress(&tcp(sa(local_pod(10), 8080), sa(NODE, 46000), TcpFlags::SYN_ACK).build());
+    assert_frame(
+        &out,
+        &tcp(sa(CLUSTER_IP, 80), me, TcpFlags::SYN_ACK)
+            .ttl(63)
+            .build(),
+        "hairpin reply",
+    );
+}
+
+#[test]
+fn a_tcp_flow_to_a_service_without_backends_gets_a_rst() {
+    let mut f = fixture();
+    f.program(&[web(Protocol::Tcp, &[])]);
+    let client = sa(CLIENT, 40000);
+    let (action, out) = f.ingress(
+        &tcp(client, sa(CLUSTER_IP, 80), TcpFlags::SYN)
+            .payload(b"")
+            .build(),
+    );
+    assert_eq!(
+        action,
+        TcAction::Redirect,
+        "sent back out of the arrival interface"
+    );
+    verify_checksums(&out).unwrap();
+    assert_eq!(out.len(), ETH_HLEN + 40);
+    let p = parse(&out).unwrap();
+    assert_eq!(p.endpoints(), Some((sa(CLUSTER_IP, 80), client)));
+    let etherparse::TransportHeader::Tcp(t) = p.transport.unwrap() else {
+        panic!("not TCP")
+    };
+    assert!(t.rst && t.ack && !t.syn, "RST|ACK");
+    assert_eq!(
+        (t.sequence_number, t.acknowledgment_number),
+        (0, 1001),
+        "ack = SYN seq + 1"
+    );
+    assert_eq!(
+        &out[0..6],
+        &skiff_tests::packet::CLIENT_MAC,
+        "addressed back to the sender"
+    );
+
+    // A segment carrying ACK gets a RST with seq = its ack number and no ACK flag.
+    let (_, out) = f.ingress(
+        &tcp(client, sa(CLUSTER_IP, 80), TcpFlags::ACK)
+            .ack_number(777)
+            .payload(b"data")
+            .build(),
+    );
+    let etherparse::TransportHeader::Tcp(t) = parse(&out).unwrap().transport.unwrap() else {
+        panic!()
+    };
+    assert!(t.rst && !t.ack);
+    assert_eq!(t.sequence_number, 777);
+    assert_eq!(f.ct_len(), 0, "refused flows leave no conntrack state");
+}
+
+#[test]
+fn a_udp_flow_to_a_service_without_backends_gets_icmp_port_unreachable() {
+    let mut f = fixture();
+    f.program(&[web(Protocol::Udp, &[])]);
+    let client = sa(CLIENT, 5353);
+    let query = Packet::udp(client, sa(CLUSTER_IP, 80))
+        .ipv4_options(&[0x94, 4, 0, 0])
+        .payload(b"query-bytes")
+        .build();
+    let (action, out) = f.ingress(&query);
+    assert_eq!(action, TcAction::Redirect);
+    verify_checksums(&out).unwrap();
+    let p = parse(&out).unwrap();
+    let ip = p.ipv4.unwrap();
+    assert_eq!(
+        (Ipv4Addr::from(ip.source), Ipv4Addr::from(ip.destination)),
+        (CLUSTER_IP, CLIENT)
+    );
+    let icmp = &out[ETH_HLEN + 20..];
+    assert_eq!(
+        (icmp[0], icmp[1]),
+        (3, 3),
+        "destination unreachable / port unreachable"
+    );
+    // RFC 792: the original IP header (with its options) and 8 bytes of its payload.
+    let quoted_len = 24 + 8;
+    assert_eq!(&icmp[8..], &query[ETH_HLEN..ETH_HLEN + quoted_len]);
+    assert_eq!(
+        skiff_tests::packet::internet_checksum(icmp, 0),
+        0,
+        "ICMP checksum"
+    );
+}
+
+#[test]
+fn terminating_backends_take_new_flows_only_when_nothing_else_serves() {
+    let mut f = fixture();
+    f.program(&[web(
+        Protocol::Tcp,
+        &[
+            ep(local_pod(10), EndpointState::Active, true),
+            ep(local_pod(11), EndpointState::Terminating, true),
+        ],
+    )]);
+    for port in 0..40 {
+        let (_, out) =
+            f.ingress(&tcp(sa(CLIENT, 50000 + port), sa(NODE, NODE_PORT), TcpFlags::SYN).build());
+        assert_eq!(
+            parse(&out).unwrap().endpoints().unwrap().1,
+            sa(local_pod(10), 8080)
+        );
+    }
+    // An existing flow to the terminating backend keeps working (it was chosen while it was
+    // the only one), until the backend is removed.
+    f.program(&[web(
+        Protocol::Tcp,
+        &[ep(local_pod(11), EndpointState::Terminating, true)],
+    )]);
+    let old = sa(CLIENT, 49999);
+    let (_, out) = f.ingress(&tcp(old, sa(NODE, NODE_PORT), TcpFlags::SYN).build());
+    assert_eq!(
+        parse(&out).unwrap().endpoints().unwrap().1,
+        sa(local_pod(11), 8080),
+        "all terminating: serving ones are used"
+    );
+    f.program(&[web(
+        Protocol::Tcp,
+        &[
+            ep(local_pod(12), EndpointState::Active, true),
+            ep(local_pod(11), EndpointState::Terminating, true),
+        ],
+    )]);
+    let (_, out) = f.ingress(&tcp(old, sa(NODE, NODE_PORT), TcpFlags::ACK).build());
+    assert_eq!(
+        parse(&out).unwrap().endpoints().unwrap().1,
+        sa(local_pod(11), 8080),
+        "existing flow stays on its terminating backend"
+    );
+}
+
+#[test]
+fn removing_a_backend_purges_its_flows_so_udp_clients_move_on() {
+    let mut f = fixture();
+    let a = ep(local_pod(10), EndpointState::Active, true);
+    let b = ep(local_pod(11), EndpointState::Active, true);
+    f.program(&[web(Protocol::Udp, &[a])]);
+    let resolver = sa(CLIENT, 5353);
+    let (_, out) = f.ingress(
+        &Packet::udp(resolver, sa(CLUSTER_IP, 80))
+            .payload(b"q1")
+            .build(),
+    );
+    assert_eq!(
+        parse(&out).unwrap().endpoints().unwrap().1,
+        sa(local_pod(10), 8080)
+    );
+
+    // The DNS pod is replaced: a goes, b comes. The flow's entries are purged at once, not
+    // left to time out while the resolver keeps reusing its source port.
+    let report = f.program(&[web(Protocol::Udp, &[b])]);
+    assert_eq!(
+        report.purged_conntrack, 2,
+        "forward and reply entries of the flow"
+    );
+    let (_, out) = f.ingress(
+        &Packet::udp(resolver, sa(CLUSTER_IP, 80))
+            .payload(b"q2")
+            .build(),
+    );
+    assert_eq!(
+        parse(&out).unwrap().endpoints().unwrap().1,
+        sa(local_pod(11), 8080),
+        "same 5-tuple, live backend"
+    );
+}
+
+#[test]
+fn traffic_to_non_service_addresses_is_untouched() {
+    let mut f = fixture();
+    f.program(&[web(
+        Protocol::Tcp,
+        &[ep(local_pod(10), EndpointState::Active, true)],
+    )]);
+    for frame in [
+        tcp(sa(CLIENT, 40000), sa(NODE, 22), TcpFlags::SYN).build(),
+        tcp(sa(CLIENT, 40000), sa(CLUSTER_IP, 81), TcpFlags::SYN).build(),
+        Packet::udp(sa(CLIENT, 40000), sa(CLUSTER_IP, 80)).build(),
+    ] {
+        let (action, out) = f.ingress(&frame);
+        assert_eq!(action, TcAction::Ok);
+        assert_eq!(out, frame);
+    }
+    assert_eq!(f.ct_len(), 0);
+}
