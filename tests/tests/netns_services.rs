@@ -1,0 +1,336 @@
+//! Per-packet service translation with real traffic: an external client namespace, a node
+//! namespace running skiff's tc programs, backend pods on a bridge in the node, and a
+//! second node with a remote pod. Maps are programmed by the real reconciler.
+//!
+//! ```text
+//!  ext [c0 198.18.0.1] --- [n0 198.18.0.2] node [br0 198.18.2.1] --- pods 198.18.2.1x
+//!                                          [n1 198.18.5.1] --- [m0 198.18.5.2] node2 [198.18.3.1] --- pod 198.18.3.10
+//! ```
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use skiff_agent::{
+    datapath::{BpfServiceMaps, Datapath},
+    model::{
+        Endpoint, EndpointState, Frontend, FrontendKind, Model, Protocol, ServicePort,
+        ServicePortName,
+    },
+    reconcile::Reconciler,
+};
+use skiff_datapath_abi::NodeConfig;
+use skiff_tests::{
+    netns::{veth, NetNs},
+    privilege::require_privileges,
+};
+
+const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 10);
+const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 1);
+const NODE_PORT: u16 = 30080;
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+fn local_pod(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 2, 10 + i)
+}
+const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 10);
+
+struct Cluster {
+    ext: NetNs,
+    node: NetNs,
+    _node2: NetNs,
+    pods: Vec<NetNs>,
+    _remote: NetNs,
+    client_pod: NetNs,
+    _datapath: Datapath,
+    maps: BpfServiceMaps,
+    reconciler: Reconciler,
+}
+
+/// Serves TCP and UDP on 8080 in `ns` at `addr`, answering "<addr> saw <peer>".
+fn serve(ns: &NetNs, addr: Ipv4Addr) {
+    let at = SocketAddrV4::new(addr, 8080);
+    let (tcp, udp) = ns.run(|| (TcpListener::bind(at).unwrap(), UdpSocket::bind(at).unwrap()));
+    std::thread::spawn(move || {
+        for mut conn in tcp.incoming().flatten() {
+            let peer = conn.peer_addr().unwrap();
+            let _ = writeln!(conn, "{at} saw {peer}");
+        }
+    });
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok((_, from)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(format!("{at} saw {from}").as_bytes(), from);
+        }
+    });
+}
+
+fn pod_on_bridge(node: &NetNs, i: u8, addr: Ipv4Addr) -> NetNs {
+    let pod = NetNs::new(&format!("pod{i}"));
+    let host = format!("p{i}");
+    veth(node, &host, &pod, "eth0");
+    node.enslave(&host, "br0");
+    pod.addr("eth0", &format!("{addr}/24"));
+    pod.ip(&["route", "add", "default", "via", "198.18.2.1"]);
+    pod
+}
+
+fn cluster(local_pods: u8) -> Cluster {
+    require_privileges();
+    let ext = NetNs::new("ext");
+    let node = NetNs::new("node");
+    let node2 = NetNs::new("node2");
+    veth(&ext, "c0", &node, "n0");
+    ext.addr("c0", "198.18.0.1/24");
+    ext.ip(&["route", "add", "default", "via", "198.18.0.2"]);
+    node.addr("n0", "198.18.0.2/24");
+    node.bridge("br0");
+    node.addr("br0", "198.18.2.1/24");
+    node.sysctl("net/ipv4/conf/all/forwarding", "1");
+    let pods: Vec<NetNs> = (0..local_pods)
+        .map(|i| pod_on_bridge(&node, i, local_pod(i)))
+        .collect();
+    for (i, pod) in pods.iter().enumerate() {
+        serve(pod, local_pod(i as u8));
+    }
+    let client_pod = pod_on_bridge(&node, 99, Ipv4Addr::new(198, 18, 2, 99));
+
+    // The second node and its pod, reached through n1.
+    veth(&node, "n1", &node2, "m0");
+    node.addr("n1", "198.18.5.1/24");
+    node.ip(&["route", "add", "198.18.3.0/24", "via", "198.18.5.2"]);
+    node2.addr("m0", "198.18.5.2/24");
+    node2.ip(&["route", "add", "198.18.0.0/24", "via", "198.18.5.1"]);
+    node2.sysctl("net/ipv4/conf/all/forwarding", "1");
+    let remote = NetNs::new("remote");
+    veth(&node2, "r0", &remote, "eth0");
+    node2.addr("r0", "198.18.3.1/24");
+    remote.addr("eth0", "198.18.3.10/24");
+    remote.ip(&["route", "add", "default", "via", "198.18.3.1"]);
+    serve(&remote, REMOTE_POD);
+
+    let mut datapath = Datapath::load().expect("loading the datapath");
+    datapath
+        .set_node_config(NodeConfig {
+            snat_addr: u32::from(NODE).to_be(),
+            ..Default::default()
+        })
+        .unwrap();
+    let mut ifaces = vec!["n0".to_owned(), "n1".to_owned(), "p99".to_owned()];
+    ifaces.extend((0..local_pods).map(|i| format!("p{i}")));
+    node.run(|| {
+        for iface in &ifaces {
+            datapath.attach_tc_ingress(iface).unwrap();
+        }
+        datapath.attach_tc_egress("n0").unwrap();
+    });
+    let maps = datapath.service_maps().unwrap();
+    Cluster {
+        ext,
+        node,
+        _node2: node2,
+        pods,
+        _remote: remote,
+        client_pod,
+        _datapath: datapath,
+        maps,
+        reconciler: Reconciler::new(),
+    }
+}
+
+fn service(proto: Protocol, endpoints: &[Endpoint]) -> Model {
+    let f = |addr, port, kind| Frontend {
+        addr,
+        port,
+        proto,
+        kind,
+    };
+    let port = ServicePort {
+        proto: Some(proto),
+        frontends: vec![
+            f(CLUSTER_IP, 80, FrontendKind::ClusterIp),
+            f(NODE, NODE_PORT, FrontendKind::NodePort),
+            f(LB_IP, 80, FrontendKind::LoadBalancer),
+        ],
+        endpoints: endpoints.to_vec(),
+    };
+    Model {
+        services: [(ServicePortName::new("default", "web", ""), port)]
+            .into_iter()
+            .collect(),
+    }
+}
+
+fn local(i: u8) -> Endpoint {
+    Endpoint {
+        addr: local_pod(i),
+        port: 8080,
+        state: EndpointState::Active,
+        local: true,
+    }
+}
+fn remote() -> Endpoint {
+    Endpoint {
+        addr: REMOTE_POD,
+        port: 8080,
+        state: EndpointState::Active,
+        local: false,
+    }
+}
+
+impl Cluster {
+    fn program(&mut self, model: &Model) -> skiff_agent::reconcile::SyncReport {
+        let r = self.reconciler.sync(model, &mut self.maps);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        r
+    }
+}
+
+/// One TCP exchange from `ns`: returns (peer as seen by the client, server's line).
+fn tcp_from(ns: &NetNs, to: SocketAddrV4) -> std::io::Result<(SocketAddrV4, String)> {
+    let stream = ns.run(|| TcpStream::connect_timeout(&to.into(), TIMEOUT))?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    let peer = match stream.peer_addr()? {
+        std::net::SocketAddr::V4(a) => a,
+        other => panic!("{other}"),
+    };
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    Ok((peer, line.trim().to_owned()))
+}
+
+#[test]
+fn nodeport_and_loadbalancer_reach_local_backends_with_the_client_address_kept() {
+    let mut c = cluster(2);
+    c.program(&service(Protocol::Tcp, &[local(0), local(1)]));
+    let mut seen = std::collections::BTreeSet::new();
+    for to in [
+        SocketAddrV4::new(NODE, NODE_PORT),
+        SocketAddrV4::new(LB_IP, 80),
+    ] {
+        for _ in 0..30 {
+            let (peer, line) =
+                tcp_from(&c.ext, to).unwrap_or_else(|e| panic!("connecting to {to}: {e}"));
+            assert_eq!(peer, to, "the client talks to the frontend");
+            let (backend, saw) = line.split_once(" saw ").unwrap();
+            assert!(
+                saw.starts_with("198.18.0.1:"),
+                "local backend sees the real client: {line}"
+            );
+            seen.insert(backend.to_owned());
+        }
+    }
+    assert_eq!(seen.len(), 2, "both local backends serve: {seen:?}");
+}
+
+#[test]
+fn nodeport_to_a_remote_backend_is_snated_and_answered() {
+    let mut c = cluster(0);
+    c.program(&service(Protocol::Tcp, &[remote()]));
+    for _ in 0..10 {
+        let (peer, line) =
+            tcp_from(&c.ext, SocketAddrV4::new(NODE, NODE_PORT)).expect("connect through SNAT");
+        assert_eq!(peer, SocketAddrV4::new(NODE, NODE_PORT));
+        assert!(
+            line.starts_with(&format!("{REMOTE_POD}:8080 saw 198.18.0.2:")),
+            "remote backend sees the node: {line}"
+        );
+    }
+    // UDP too, with replies appearing to come from the NodePort.
+    let sock = c.ext.run(|| UdpSocket::bind("198.18.0.1:0")).unwrap();
+    sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+    c.program(&service(Protocol::Udp, &[remote()]));
+    sock.send_to(b"q", SocketAddrV4::new(NODE, NODE_PORT))
+        .unwrap();
+    let mut buf = [0u8; 128];
+    let (n, from) = sock.recv_from(&mut buf).expect("UDP reply through SNAT");
+    assert_eq!(
+        from,
+        std::net::SocketAddr::V4(SocketAddrV4::new(NODE, NODE_PORT))
+    );
+    assert!(String::from_utf8_lossy(&buf[..n])
+        .starts_with(&format!("{REMOTE_POD}:8080 saw 198.18.0.2:")));
+}
+
+#[test]
+fn clusterip_from_a_pod_without_socket_lb_is_translated_per_packet() {
+    let mut c = cluster(2);
+    c.program(&service(Protocol::Tcp, &[local(0), local(1)]));
+    for _ in 0..10 {
+        let (peer, line) = tcp_from(&c.client_pod, SocketAddrV4::new(CLUSTER_IP, 80))
+            .expect("ClusterIP from a pod");
+        assert_eq!(peer, SocketAddrV4::new(CLUSTER_IP, 80));
+        assert!(line.contains(" saw 198.18.2.99:"), "{line}");
+    }
+}
+
+#[test]
+fn a_service_without_endpoints_is_refused_for_tcp_and_udp() {
+    let mut c = cluster(1);
+    c.program(&service(Protocol::Tcp, &[]));
+    let start = Instant::now();
+    let err = tcp_from(&c.ext, SocketAddrV4::new(NODE, NODE_PORT)).expect_err("no backend");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert!(
+        start.elapsed() < Duration::from_millis(100),
+        "refused in {:?}",
+        start.elapsed()
+    );
+
+    c.program(&service(Protocol::Udp, &[]));
+    let sock = c.ext.run(|| UdpSocket::bind("198.18.0.1:0")).unwrap();
+    sock.connect(SocketAddrV4::new(LB_IP, 80)).unwrap();
+    sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+    sock.send(b"q").unwrap();
+    let mut buf = [0u8; 16];
+    let err = sock.recv(&mut buf).expect_err("ICMP port unreachable");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+}
+
+#[test]
+fn a_udp_client_moves_to_a_live_backend_when_its_backend_is_removed() {
+    let mut c = cluster(2);
+    c.program(&service(Protocol::Udp, &[local(0)]));
+    let sock = c.ext.run(|| UdpSocket::bind("198.18.0.1:0")).unwrap();
+    sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+    sock.connect(SocketAddrV4::new(NODE, NODE_PORT)).unwrap();
+    let mut buf = [0u8; 128];
+    let mut ask = || {
+        sock.send(b"q").unwrap();
+        let n = sock.recv(&mut buf).expect("reply");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    for _ in 0..5 {
+        assert!(ask().starts_with(&format!("{}:8080", local_pod(0))));
+    }
+    // Replace backend 0 by backend 1 (a DNS pod rollout): the same socket, same 5-tuple,
+    // must land on the live backend at once.
+    let report = c.program(&service(Protocol::Udp, &[local(1)]));
+    assert_eq!(report.purged_conntrack, 2);
+    c.pods[0].ip(&["link", "set", "eth0", "down"]);
+    for _ in 0..5 {
+        assert!(
+            ask().starts_with(&format!("{}:8080", local_pod(1))),
+            "moved to the live backend"
+        );
+    }
+    let _ = &c.node;
+}
+
+#[test]
+fn a_pod_reaches_itself_through_its_own_service() {
+    let mut c = cluster(1);
+    c.program(&service(Protocol::Tcp, &[local(0)]));
+    for _ in 0..5 {
+        let (peer, line) =
+            tcp_from(&c.pods[0], SocketAddrV4::new(CLUSTER_IP, 80)).expect("hairpin connect");
+        assert_eq!(peer, SocketAddrV4::new(CLUSTER_IP, 80));
+        assert!(
+            line.starts_with(&format!("{}:8080 saw 198.18.0.2:", local_pod(0))),
+            "hairpin flows are SNATed: {line}"
+        );
+    }
+}
