@@ -63,6 +63,16 @@ impl Ids {
     fn release(&mut self, id: u32) {
         self.free.insert(id);
     }
+
+    /// An allocator for which `used` are taken: the gaps below the highest are free.
+    fn reserved(used: impl Iterator<Item = u32>) -> Ids {
+        let used: BTreeSet<u32> = used.collect();
+        let next = used.last().copied().unwrap_or(0);
+        Ids {
+            next,
+            free: (1..next).filter(|i| !used.contains(i)).collect(),
+        }
+    }
 }
 
 type BackendAddr = (u32, u16, u8);
@@ -359,6 +369,56 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Takes over maps written by an earlier agent (pinned maps after a restart) instead of
+    /// rewriting them: each desired service port adopts the service id found under any of
+    /// its frontends, with its slots and backends as they are; entries no desired service
+    /// claims are remembered as orphans, so the next [`Reconciler::sync`] removes them. Ids
+    /// in use are never handed out again. Call once, before the first sync.
+    pub fn adopt(&mut self, snapshot: &crate::lbmap::Snapshot, desired: &Model) {
+        for (id, b) in &snapshot.backends {
+            self.backends.insert(*id, *b);
+            self.backend_ids.insert((b.addr, b.port, b.proto), *id);
+        }
+        self.backend_id_alloc = Ids::reserved(snapshot.backends.keys().copied());
+
+        let mut by_id: BTreeMap<u32, AppliedService> = BTreeMap::new();
+        for (key, value) in &snapshot.services {
+            let applied = by_id
+                .entry(value.service_id)
+                .or_insert_with(|| AppliedService {
+                    id: value.service_id,
+                    ..Default::default()
+                });
+            applied.frontends.insert(*key, *value);
+        }
+        for applied in by_id.values_mut() {
+            let mut slot = 0;
+            while let Some(b) = snapshot.slots.get(&SlotKey {
+                service_id: applied.id,
+                slot,
+            }) {
+                applied.slots.push(*b);
+                slot += 1;
+            }
+        }
+        self.service_ids = Ids::reserved(by_id.keys().copied());
+
+        for (name, port) in &desired.services {
+            let found = port
+                .frontends
+                .iter()
+                .find_map(|f| snapshot.services.get(&frontend_key(f)))
+                .map(|v| v.service_id);
+            if let Some(applied) = found.and_then(|id| by_id.remove(&id)) {
+                self.services.insert(name.clone(), applied);
+            }
+        }
+        for (id, applied) in by_id {
+            self.services
+                .insert(ServicePortName::new("", "orphan", &id.to_string()), applied);
+        }
+    }
+
     /// Service id of a service port, if programmed.
     pub fn service_id(&self, name: &ServicePortName) -> Option<u32> {
         self.services.get(name).map(|s| s.id)
@@ -634,6 +694,44 @@ mod tests {
              (skiff-agent) and restart the agent"
         );
         assert_eq!(maps.contents.services.len(), 3);
+    }
+
+    #[test]
+    fn a_restarted_reconciler_adopts_the_maps_and_rewrites_nothing() {
+        let mut maps = FakeServiceMaps::new(MapSizes::default());
+        let a = ep("10.42.0.4", EndpointState::Active);
+        let b = ep("10.42.0.5", EndpointState::Active);
+        let mut gone = web(&[a]);
+        gone.0 = ServicePortName::new("default", "gone", "");
+        gone.1.frontends.truncate(1);
+        gone.1.frontends[0].addr = ip("10.43.0.99");
+        let before = model(&[web(&[a, b]), gone]);
+        sync(&mut Reconciler::new(), &mut maps, &before);
+        let written = maps.contents.clone();
+
+        // A new agent, same desired state minus one service: only that service goes.
+        let desired = model(&[web(&[a, b])]);
+        let mut r = Reconciler::new();
+        r.adopt(&written, &desired);
+        let report = sync(&mut r, &mut maps, &desired);
+        // "default/gone" sorted first and got id 1; its flows are purged, its backend stays
+        // (web still uses it).
+        assert_eq!(
+            maps.log,
+            [
+                "del svc 10.43.0.99:80/TCP",
+                "del slot 1[0]",
+                "purge sock-rev 1 10.42.0.4:8080",
+                "purge ct 1 backend 1"
+            ],
+            "{report:?}"
+        );
+        assert_eq!(maps.contents.services.len(), 2);
+        // New ids never collide with adopted ones.
+        let c = ep("10.42.0.6", EndpointState::Active);
+        sync(&mut r, &mut maps, &model(&[web(&[a, b, c])]));
+        assert_eq!(maps.contents.backends.len(), 3);
+        assert!(maps.contents.dangling().is_empty());
     }
 
     #[test]

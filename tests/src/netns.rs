@@ -239,3 +239,36 @@ pub fn wait_for<T>(
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+/// A directory on bpffs for pinned maps and links, removed (unpinned) on drop: programs
+/// attached through links pinned there detach once nothing else holds them.
+#[derive(Debug)]
+pub struct BpffsDir {
+    path: std::path::PathBuf,
+}
+
+impl BpffsDir {
+    pub fn new(tag: &str) -> BpffsDir {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        BpffsDir {
+            path: std::path::PathBuf::from(format!(
+                "/sys/fs/bpf/{PREFIX}{}-{n}-{tag}",
+                std::process::id()
+            )),
+        }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for BpffsDir {
+    fn drop(&mut self) {
+        if self.path.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&self.path) {
+                eprintln!("warning: removing {}: {e}", self.path.display());
+            }
+        }
+    }
+}

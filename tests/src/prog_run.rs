@@ -80,6 +80,11 @@ impl ProgRunner {
         }
     }
 
+    /// Names of the maps and programs in the loaded object.
+    pub fn inventory(&self) -> (Vec<String>, Vec<String>) {
+        self.datapath.inventory()
+    }
+
     /// The service maps, for provisioning through the real reconciler (once per runner).
     pub fn service_maps(&mut self) -> BpfServiceMaps {
         self.datapath.service_maps().expect("service maps")

@@ -14,7 +14,8 @@ use std::{
 };
 
 use skiff_agent::{
-    datapath::{BpfServiceMaps, Datapath},
+    datapath::{BpfServiceMaps, Datapath, DatapathConfig},
+    lbmap::ServiceMaps as _,
     model::{
         Endpoint, EndpointState, Frontend, FrontendKind, Model, Protocol, ServicePort,
         ServicePortName,
@@ -23,7 +24,7 @@ use skiff_agent::{
 };
 use skiff_datapath_abi::NodeConfig;
 use skiff_tests::{
-    netns::{veth, NetNs},
+    netns::{veth, BpffsDir, NetNs},
     privilege::require_privileges,
 };
 
@@ -45,9 +46,11 @@ struct Cluster {
     pods: Vec<NetNs>,
     _remote: NetNs,
     client_pod: NetNs,
-    _datapath: Datapath,
+    datapath: Option<Datapath>,
     maps: BpfServiceMaps,
     reconciler: Reconciler,
+    ifaces: Vec<String>,
+    pins: Option<BpffsDir>,
 }
 
 /// Serves TCP and UDP on 8080 in `ns` at `addr`, answering "<addr> saw <peer>".
@@ -79,6 +82,37 @@ fn pod_on_bridge(node: &NetNs, i: u8, addr: Ipv4Addr) -> NetNs {
 }
 
 fn cluster(local_pods: u8) -> Cluster {
+    cluster_with(local_pods, None)
+}
+
+/// Loads the datapath into `node`, attached to `ifaces` (ingress) and n0 (egress).
+fn start_datapath(
+    node: &NetNs,
+    ifaces: &[String],
+    pins: Option<&BpffsDir>,
+) -> (Datapath, BpfServiceMaps) {
+    let config = DatapathConfig {
+        pin_dir: pins.map(|p| p.path().to_path_buf()),
+        ..Default::default()
+    };
+    let mut datapath = Datapath::load_with(&config).expect("loading the datapath");
+    datapath
+        .set_node_config(NodeConfig {
+            snat_addr: u32::from(NODE).to_be(),
+            ..Default::default()
+        })
+        .unwrap();
+    node.run(|| {
+        for iface in ifaces {
+            datapath.attach_tc_ingress(iface).unwrap();
+        }
+        datapath.attach_tc_egress("n0").unwrap();
+    });
+    let maps = datapath.service_maps().unwrap();
+    (datapath, maps)
+}
+
+fn cluster_with(local_pods: u8, pins: Option<BpffsDir>) -> Cluster {
     require_privileges();
     let ext = NetNs::new("ext");
     let node = NetNs::new("node");
@@ -112,22 +146,9 @@ fn cluster(local_pods: u8) -> Cluster {
     remote.ip(&["route", "add", "default", "via", "198.18.3.1"]);
     serve(&remote, REMOTE_POD);
 
-    let mut datapath = Datapath::load().expect("loading the datapath");
-    datapath
-        .set_node_config(NodeConfig {
-            snat_addr: u32::from(NODE).to_be(),
-            ..Default::default()
-        })
-        .unwrap();
     let mut ifaces = vec!["n0".to_owned(), "n1".to_owned(), "p99".to_owned()];
     ifaces.extend((0..local_pods).map(|i| format!("p{i}")));
-    node.run(|| {
-        for iface in &ifaces {
-            datapath.attach_tc_ingress(iface).unwrap();
-        }
-        datapath.attach_tc_egress("n0").unwrap();
-    });
-    let maps = datapath.service_maps().unwrap();
+    let (datapath, maps) = start_datapath(&node, &ifaces, pins.as_ref());
     Cluster {
         ext,
         node,
@@ -135,9 +156,11 @@ fn cluster(local_pods: u8) -> Cluster {
         pods,
         _remote: remote,
         client_pod,
-        _datapath: datapath,
+        datapath: Some(datapath),
         maps,
         reconciler: Reconciler::new(),
+        ifaces,
+        pins,
     }
 }
 
@@ -182,6 +205,24 @@ fn remote() -> Endpoint {
 }
 
 impl Cluster {
+    /// Simulates an agent restart: the old datapath object goes away (as when the process
+    /// exits), a new one loads from the same pins, reattaches and adopts the maps.
+    fn restart(
+        &mut self,
+        desired: &Model,
+        while_down: impl FnOnce(),
+    ) -> skiff_agent::reconcile::SyncReport {
+        drop(self.datapath.take());
+        while_down();
+        let (datapath, maps) = start_datapath(&self.node, &self.ifaces, self.pins.as_ref());
+        self.datapath = Some(datapath);
+        self.maps = maps;
+        self.reconciler = Reconciler::new();
+        let snapshot = self.maps.snapshot().unwrap();
+        self.reconciler.adopt(&snapshot, desired);
+        self.program(desired)
+    }
+
     fn program(&mut self, model: &Model) -> skiff_agent::reconcile::SyncReport {
         let r = self.reconciler.sync(model, &mut self.maps);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
@@ -332,5 +373,96 @@ fn a_pod_reaches_itself_through_its_own_service() {
             line.starts_with(&format!("{}:8080 saw 198.18.0.2:", local_pod(0))),
             "hairpin flows are SNATed: {line}"
         );
+    }
+}
+
+#[test]
+fn an_agent_restart_during_a_long_tcp_stream_loses_nothing() {
+    let mut c = cluster_with(2, Some(BpffsDir::new("restart")));
+    // Echo servers on both pods, port 9090, behind NodePort 30090. A flow moved to the
+    // other pod mid-stream would be reset by it: only surviving conntrack keeps it alive.
+    for pod in 0..2u8 {
+        let at = SocketAddrV4::new(local_pod(pod), 9090);
+        let listener = c.pods[pod as usize].run(|| TcpListener::bind(at)).unwrap();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match std::io::Read::read(&mut conn, &mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if conn.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    }
+    let echo = Model {
+        services: [(
+            ServicePortName::new("default", "echo", ""),
+            ServicePort {
+                proto: Some(Protocol::Tcp),
+                frontends: vec![Frontend {
+                    addr: NODE,
+                    port: 30090,
+                    proto: Protocol::Tcp,
+                    kind: FrontendKind::NodePort,
+                }],
+                endpoints: (0..2)
+                    .map(|i| Endpoint {
+                        addr: local_pod(i),
+                        port: 9090,
+                        state: EndpointState::Active,
+                        local: true,
+                    })
+                    .collect(),
+            },
+        )]
+        .into_iter()
+        .collect(),
+    };
+    c.program(&echo);
+    let mut stream = c
+        .ext
+        .run(|| TcpStream::connect_timeout(&SocketAddrV4::new(NODE, 30090).into(), TIMEOUT))
+        .expect("connect");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let exchange = |stream: &mut TcpStream, round: u32| {
+        let chunk: Vec<u8> = (0..1024u32).map(|i| (i + round) as u8).collect();
+        stream
+            .write_all(&chunk)
+            .unwrap_or_else(|e| panic!("round {round}: write: {e}"));
+        let mut back = vec![0u8; chunk.len()];
+        std::io::Read::read_exact(stream, &mut back)
+            .unwrap_or_else(|e| panic!("round {round}: read: {e}"));
+        assert_eq!(back, chunk, "round {round}: echo differs");
+    };
+    for round in 0..50 {
+        exchange(&mut stream, round);
+    }
+    let ct_before = c.maps.conntrack_entries().unwrap().len();
+    // While no agent runs, the pinned links keep the programs attached and the pinned
+    // maps keep the flow's state: the stream goes on.
+    let report = c.restart(&echo, || {
+        for round in 50..60 {
+            exchange(&mut stream, round);
+        }
+    });
+    assert_eq!(
+        report.writes, 0,
+        "the restarted agent adopts the maps and rewrites nothing"
+    );
+    assert_eq!(
+        c.maps.conntrack_entries().unwrap().len(),
+        ct_before,
+        "conntrack survived"
+    );
+    for round in 60..100 {
+        exchange(&mut stream, round);
     }
 }

@@ -315,6 +315,31 @@ fn every_abi_map_and_program_is_in_the_object() {
     assert_eq!(counters.classes.len(), PacketClass::COUNT as usize);
     assert_eq!(counters.drops.len(), DropReason::COUNT as usize);
     assert_eq!(counters.total_packets(), 0, "a fresh load starts at zero");
+    // The ABI's list of maps is exactly the object's: a map missing from the list would
+    // silently escape pinning and the restart guarantees.
+    let (maps, programs) = runner.inventory();
+    let mut abi: Vec<String> = skiff_datapath_abi::map_names::ALL
+        .iter()
+        .map(|m| (*m).to_owned())
+        .collect();
+    abi.sort();
+    assert_eq!(maps, abi);
+    for p in [
+        skiff_datapath_abi::program_names::TC_INGRESS,
+        skiff_datapath_abi::program_names::TC_EGRESS,
+    ]
+    .iter()
+    .chain(skiff_datapath_abi::program_names::SOCK_LB)
+    {
+        assert!(
+            programs.iter().any(|x| x == p),
+            "program {p} missing from the object"
+        );
+    }
+    assert_eq!(
+        programs.len(),
+        2 + skiff_datapath_abi::program_names::SOCK_LB.len()
+    );
 }
 
 #[test]

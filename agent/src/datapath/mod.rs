@@ -9,11 +9,19 @@ mod object;
 mod prog_run;
 mod service_maps;
 
-use std::{collections::BTreeSet, fs::File, path::Path};
+use std::{
+    collections::BTreeSet,
+    fs::File,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     maps::HashMap,
-    programs::{tc, CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType},
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::{self, SchedClassifierLink},
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
+    },
     util::KernelVersion,
     Ebpf, EbpfLoader,
 };
@@ -34,10 +42,15 @@ const TAKEN_MAPS: [&str; 5] = [
 ];
 
 /// Load-time configuration of the datapath.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct DatapathConfig {
     /// Capacities of the service maps (the `--map-size-*` agent flags).
     pub map_sizes: MapSizes,
+    /// bpffs directory (e.g. /sys/fs/bpf/skiff) where maps and links are pinned. With it,
+    /// a restarted agent reuses the live maps (conntrack included) and atomically swaps
+    /// its programs into the existing links, so established flows never see a gap.
+    /// Without it, everything goes away with the process.
+    pub pin_dir: Option<PathBuf>,
 }
 
 /// Errors from loading, attaching or reading the datapath. Each says what failed and what
@@ -102,6 +115,8 @@ pub enum DatapathError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    #[error("pinning under {path} failed: {detail}. Is bpffs mounted there (`mount -t bpf bpf /sys/fs/bpf`)?")]
+    Pin { path: String, detail: String },
     #[error("the service maps were already handed out by `Datapath::service_maps`")]
     ServiceMapsTaken,
     #[error("reading map `{map}` failed: {source}")]
@@ -133,6 +148,7 @@ pub struct Datapath {
     attached: BTreeSet<String>,
     /// The service maps, until handed out once by [`Datapath::service_maps`].
     service_maps: Option<BpfServiceMaps>,
+    pin_dir: Option<PathBuf>,
 }
 
 impl Datapath {
@@ -145,7 +161,27 @@ impl Datapath {
     /// kernel (running the verifier), without attaching anything.
     pub fn load_with(config: &DatapathConfig) -> Result<Self, DatapathError> {
         let sizes = config.map_sizes;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        let map_pins: Vec<(&str, PathBuf)> = match &config.pin_dir {
+            Some(dir) => {
+                ensure_bpffs(dir)?;
+                let maps = dir.join("maps");
+                std::fs::create_dir_all(&maps).map_err(|e| DatapathError::Pin {
+                    path: maps.display().to_string(),
+                    detail: e.to_string(),
+                })?;
+                std::fs::create_dir_all(dir.join("links")).map_err(|e| DatapathError::Pin {
+                    path: dir.join("links").display().to_string(),
+                    detail: e.to_string(),
+                })?;
+                map_names::ALL.iter().map(|n| (*n, maps.join(n))).collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &map_pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
             .map_max_entries(map_names::SERVICES, sizes.services)
             .map_max_entries(map_names::SLOTS, sizes.slots)
             .map_max_entries(map_names::BACKENDS, sizes.backends)
@@ -190,6 +226,7 @@ impl Datapath {
             ebpf,
             attached: BTreeSet::new(),
             service_maps: Some(service_maps),
+            pin_dir: config.pin_dir.clone(),
         })
     }
 
@@ -203,15 +240,38 @@ impl Datapath {
             path: cgroup.display().to_string(),
             source,
         })?;
+        let cgroup_tag = cgroup.display().to_string().replace('/', "_");
         for name in program_names::SOCK_LB {
             let program = sock_program(&mut self.ebpf, name)?;
-            program
+            let attach_error = |source| DatapathError::AttachCgroup {
+                program: (*name).to_owned(),
+                path: cgroup.display().to_string(),
+                source: Box::new(source),
+            };
+            let id = program
                 .attach(&dir, CgroupAttachMode::Single)
-                .map_err(|source| DatapathError::AttachCgroup {
-                    program: (*name).to_owned(),
-                    path: cgroup.display().to_string(),
-                    source: Box::new(source),
-                })?;
+                .map_err(attach_error)?;
+            if let Some(pin_dir) = &self.pin_dir {
+                // The new program runs before the old one goes: for a moment both are in
+                // the cgroup's chain, and the second sees an already translated address
+                // (not a frontend) and passes. No connect() ever goes untranslated.
+                let path = pin_dir
+                    .join("links")
+                    .join(format!("sock-{name}-{cgroup_tag}"));
+                let pin_error = |detail: String| DatapathError::Pin {
+                    path: path.display().to_string(),
+                    detail,
+                };
+                if path.exists() {
+                    let old = PinnedLink::from_pin(&path).map_err(|e| pin_error(e.to_string()))?;
+                    old.unpin().map_err(|e| pin_error(e.to_string()))?;
+                }
+                let link = program.take_link(id).map_err(attach_error)?;
+                FdLink::try_from(link)
+                    .map_err(|e| pin_error(format!("{e} (pinning needs bpf_link cgroup attach)")))?
+                    .pin(&path)
+                    .map_err(|e| pin_error(e.to_string()))?;
+            }
         }
         Ok(())
     }
@@ -244,29 +304,31 @@ impl Datapath {
             })
     }
 
-    /// Attaches the tc egress program (reverse translation of replies) to `interface`.
-    pub fn attach_tc_egress(&mut self, interface: &str) -> Result<(), DatapathError> {
-        let name = program_names::TC_EGRESS;
-        let program = tc_program(&mut self.ebpf, name)?;
-        program
-            .attach(interface, TcAttachType::Egress)
-            .map_err(|source| DatapathError::Attach {
-                program: name.to_owned(),
-                interface: interface.to_owned(),
-                source: Box::new(source),
-            })?;
-        Ok(())
-    }
-
     /// Reads the per-CPU socket load-balancing counters, summed over CPUs.
     pub fn sock_counters(&self) -> Result<SockCounters, DatapathError> {
         counters::read_sock(&self.ebpf)
     }
 
     /// Attaches the tc ingress program to `interface` in the calling thread's network
-    /// namespace (TCX on Linux >= 6.6, a clsact qdisc + cls_bpf before that).
+    /// namespace (TCX on Linux >= 6.6, a clsact qdisc + cls_bpf before that). With a pin
+    /// directory, an existing pinned link is updated in place (atomic program swap).
     pub fn attach_tc_ingress(&mut self, interface: &str) -> Result<(), DatapathError> {
-        let name = program_names::TC_INGRESS;
+        self.attach_tc(interface, TcAttachType::Ingress, program_names::TC_INGRESS)?;
+        self.attached.insert(interface.to_owned());
+        Ok(())
+    }
+
+    /// Attaches the tc egress program (reverse translation of replies) to `interface`.
+    pub fn attach_tc_egress(&mut self, interface: &str) -> Result<(), DatapathError> {
+        self.attach_tc(interface, TcAttachType::Egress, program_names::TC_EGRESS)
+    }
+
+    fn attach_tc(
+        &mut self,
+        interface: &str,
+        attach_type: TcAttachType,
+        name: &'static str,
+    ) -> Result<(), DatapathError> {
         let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
         if !tcx {
             match tc::qdisc_add_clsact(interface) {
@@ -281,15 +343,49 @@ impl Datapath {
                 }
             }
         }
+        let attach_error = |source| DatapathError::Attach {
+            program: name.to_owned(),
+            interface: interface.to_owned(),
+            source: Box::new(source),
+        };
+        let pin_path = self.pin_dir.as_ref().map(|d| {
+            let dir = if matches!(attach_type, TcAttachType::Ingress) {
+                "ingress"
+            } else {
+                "egress"
+            };
+            d.join("links").join(format!("tc-{dir}-{interface}"))
+        });
         let program = tc_program(&mut self.ebpf, name)?;
-        program
-            .attach(interface, TcAttachType::Ingress)
-            .map_err(|source| DatapathError::Attach {
-                program: name.to_owned(),
-                interface: interface.to_owned(),
-                source: Box::new(source),
+        // A restarted agent: swap the new program into the live link, no detach gap.
+        if let Some(path) = pin_path.as_ref().filter(|p| p.exists()) {
+            let pinned = PinnedLink::from_pin(path).map_err(|e| DatapathError::Pin {
+                path: path.display().to_string(),
+                detail: e.to_string(),
             })?;
-        self.attached.insert(interface.to_owned());
+            let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| {
+                DatapathError::Pin {
+                    path: path.display().to_string(),
+                    detail: e.to_string(),
+                }
+            })?;
+            program.attach_to_link(link).map_err(attach_error)?;
+            return Ok(());
+        }
+        let id = program
+            .attach(interface, attach_type)
+            .map_err(attach_error)?;
+        if let Some(path) = pin_path {
+            let link = program.take_link(id).map_err(attach_error)?;
+            let fd_link = FdLink::try_from(link).map_err(|e| DatapathError::Pin {
+                path: path.display().to_string(),
+                detail: format!("{e} (pinning needs TCX links, Linux >= 6.6)"),
+            })?;
+            fd_link.pin(&path).map_err(|e| DatapathError::Pin {
+                path: path.display().to_string(),
+                detail: e.to_string(),
+            })?;
+        }
         Ok(())
     }
 
@@ -327,6 +423,56 @@ impl Datapath {
         let prog = tc_program(&mut self.ebpf, program)?;
         prog_run::run(prog, program, packet, repeat)
     }
+}
+
+/// statfs magic of bpffs (include/uapi/linux/magic.h).
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we own; the path is NUL-terminated.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// Makes sure `dir` lives on bpffs. /sys/fs/bpf is mounted if it is not yet (some hosts
+/// do not mount it at boot; Cilium does the same); any other location must already be
+/// on bpffs.
+fn ensure_bpffs(dir: &Path) -> Result<(), DatapathError> {
+    let root = Path::new("/sys/fs/bpf");
+    let mount_point = if dir.starts_with(root) { root } else { dir };
+    if is_bpffs(mount_point) || (mount_point != root && dir.ancestors().any(is_bpffs)) {
+        return Ok(());
+    }
+    if mount_point != root {
+        return Err(DatapathError::Pin {
+            path: dir.display().to_string(),
+            detail: "not on a bpffs mount; use a directory under /sys/fs/bpf".into(),
+        });
+    }
+    let (src, fstype) = (c"bpf", c"bpf");
+    let target = c"/sys/fs/bpf";
+    // SAFETY: static NUL-terminated strings, no data argument.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(DatapathError::Pin {
+            path: root.display().to_string(),
+            detail: format!("mounting bpffs: {}", std::io::Error::last_os_error()),
+        });
+    }
+    Ok(())
 }
 
 fn sock_program<'a>(

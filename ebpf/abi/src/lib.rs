@@ -42,7 +42,7 @@ pub mod map_names {
 
     /// Every map name, for checks that the object and the kernel agree with this crate.
     pub const ALL: &[&str] = &[
-        STATS, DROPS, SERVICES, SLOTS, BACKENDS, SOCK_REV, SOCK_STATS,
+        STATS, DROPS, SERVICES, SLOTS, BACKENDS, SOCK_REV, SOCK_STATS, CONNTRACK, CONFIG,
     ];
 }
 
