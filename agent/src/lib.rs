@@ -3,6 +3,7 @@
 //! (`datapath`, the only module that touches aya).
 
 pub mod datapath;
+pub mod debug;
 pub mod lbmap;
 pub mod model;
 pub mod reconcile;

@@ -1,10 +1,24 @@
 //! `skiff-agent`: the node agent binary.
+//!
+//! Today: load and attach the datapath (`run`), check it (`check`), and read the live
+//! pinned maps (`lb list`, `ct list`, `lb explain`). The API watchers that make `run` a
+//! kube-proxy replacement arrive with the node-agent issue.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
-use anyhow::Context as _;
-use clap::{Parser, Subcommand};
-use skiff_agent::datapath::Datapath;
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+use skiff_agent::{
+    datapath::{Datapath, DatapathConfig, Inspector},
+    debug,
+    lbmap::MapSizes,
+};
+use skiff_datapath_abi::{proto, NodeConfig};
 
 #[derive(Parser)]
 #[command(
@@ -17,14 +31,57 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Args, Clone)]
+struct PinArgs {
+    /// bpffs directory holding the agent's pinned maps and links.
+    #[arg(long, default_value = "/sys/fs/bpf/skiff")]
+    pin_dir: PathBuf,
+}
+
+#[derive(Args)]
+struct Sizes {
+    /// Capacity of the service frontend map (entries; one per frontend).
+    #[arg(long, default_value_t = MapSizes::default().services)]
+    map_size_services: u32,
+    /// Capacity of the backend slot map (entries; one per service backend).
+    #[arg(long, default_value_t = MapSizes::default().slots)]
+    map_size_slots: u32,
+    /// Capacity of the backend map (entries; one per distinct backend).
+    #[arg(long, default_value_t = MapSizes::default().backends)]
+    map_size_backends: u32,
+    /// Capacity of the socket reverse-translation map (LRU).
+    #[arg(long, default_value_t = MapSizes::default().sock_rev)]
+    map_size_sock_rev: u32,
+    /// Capacity of the conntrack map (LRU; two entries per per-packet flow).
+    #[arg(long, default_value_t = MapSizes::default().conntrack)]
+    map_size_conntrack: u32,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Load the datapath, attach tc ingress to the given interfaces and print the packet and
-    /// drop counters every interval. The programs detach when the process exits.
+    /// Load the datapath, attach it, and print packet and drop counters every interval.
+    /// With --pin-dir (default) the programs stay attached after exit; `cleanup` removes
+    /// them.
     Run {
         /// Interfaces (in this network namespace) to attach tc ingress to.
         #[arg(long = "interface", short = 'i', required = true)]
         interfaces: Vec<String>,
+        /// Interfaces to attach tc egress (reply reverse translation) to.
+        #[arg(long = "egress-interface")]
+        egress_interfaces: Vec<String>,
+        /// cgroup v2 directory for socket load balancing (e.g. /sys/fs/cgroup/unified).
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        /// Source address for SNAT towards remote backends and hairpin flows.
+        #[arg(long)]
+        snat_addr: Option<Ipv4Addr>,
+        #[command(flatten)]
+        pins: PinArgs,
+        /// Do not pin anything: everything detaches when the process exits.
+        #[arg(long)]
+        no_pin: bool,
+        #[command(flatten)]
+        sizes: Sizes,
         /// Seconds between counter reports.
         #[arg(long, default_value_t = 5)]
         interval_secs: u64,
@@ -34,6 +91,77 @@ enum Command {
     },
     /// Load the datapath (running the kernel verifier), print what it contains, and exit.
     Check,
+    /// Service load-balancing tables.
+    Lb {
+        #[command(subcommand)]
+        command: LbCommand,
+    },
+    /// Connection tracking.
+    Ct {
+        #[command(subcommand)]
+        command: CtCommand,
+    },
+    /// Remove the pinned maps and links: detaches every skiff program they hold.
+    Cleanup {
+        #[command(flatten)]
+        pins: PinArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum LbCommand {
+    /// Every frontend with its backends and counters, from the live maps.
+    List {
+        #[command(flatten)]
+        pins: PinArgs,
+    },
+    /// Which backend a flow would hit, or why it would be refused.
+    Explain {
+        /// tcp or udp.
+        proto: String,
+        /// Client address, IP:PORT.
+        src: SocketAddrV4,
+        /// Destination (frontend) address, IP:PORT.
+        dst: SocketAddrV4,
+        #[command(flatten)]
+        pins: PinArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtCommand {
+    /// Conntrack entries, optionally filtered.
+    List {
+        /// Only this protocol (tcp or udp).
+        #[arg(long)]
+        proto: Option<String>,
+        /// Only flows with this address at either end, before or after translation.
+        #[arg(long)]
+        addr: Option<Ipv4Addr>,
+        /// Only flows of this service id (see `lb list`).
+        #[arg(long)]
+        service: Option<u32>,
+        #[command(flatten)]
+        pins: PinArgs,
+    },
+}
+
+fn parse_proto(p: &str) -> anyhow::Result<u8> {
+    match p.to_ascii_lowercase().as_str() {
+        "tcp" => Ok(proto::TCP),
+        "udp" => Ok(proto::UDP),
+        other => bail!("unknown protocol `{other}`: use tcp or udp"),
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    // SAFETY: clock_gettime writes into the timespec we own. CLOCK_MONOTONIC is the clock
+    // of bpf_ktime_get_ns, which stamps conntrack entries.
+    unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,13 +180,43 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Run {
             interfaces,
+            egress_interfaces,
+            cgroup,
+            snat_addr,
+            pins,
+            no_pin,
+            sizes,
             interval_secs,
             duration_secs,
         } => {
-            let mut dp = Datapath::load().context("loading the datapath")?;
+            let config = DatapathConfig {
+                map_sizes: MapSizes {
+                    services: sizes.map_size_services,
+                    slots: sizes.map_size_slots,
+                    backends: sizes.map_size_backends,
+                    sock_rev: sizes.map_size_sock_rev,
+                    conntrack: sizes.map_size_conntrack,
+                },
+                pin_dir: (!no_pin).then_some(pins.pin_dir),
+            };
+            let mut dp = Datapath::load_with(&config).context("loading the datapath")?;
+            if let Some(addr) = snat_addr {
+                dp.set_node_config(NodeConfig {
+                    snat_addr: u32::from(addr).to_be(),
+                    ..Default::default()
+                })?;
+            }
             for interface in &interfaces {
                 dp.attach_tc_ingress(interface)?;
                 println!("attached tc ingress to {interface}");
+            }
+            for interface in &egress_interfaces {
+                dp.attach_tc_egress(interface)?;
+                println!("attached tc egress to {interface}");
+            }
+            if let Some(cgroup) = &cgroup {
+                dp.attach_sock_lb(cgroup)?;
+                println!("attached socket load balancing to {}", cgroup.display());
             }
             let start = Instant::now();
             let interval = Duration::from_secs(interval_secs.max(1));
@@ -70,6 +228,80 @@ fn main() -> anyhow::Result<()> {
                     return Ok(());
                 }
             }
+        }
+        Command::Lb {
+            command: LbCommand::List { pins },
+        } => {
+            let inspector = Inspector::new(&pins.pin_dir);
+            let snapshot = inspector.snapshot()?;
+            let service_ids: Vec<u32> = snapshot.services.values().map(|v| v.service_id).collect();
+            let backend_ids: Vec<u32> = snapshot.backends.keys().copied().collect();
+            let sc: BTreeMap<_, _> = inspector
+                .lb_counters(false, &service_ids)?
+                .into_iter()
+                .collect();
+            let bc: BTreeMap<_, _> = inspector
+                .lb_counters(true, &backend_ids)?
+                .into_iter()
+                .collect();
+            print!("{}", debug::lb_list(&snapshot, &sc, &bc));
+            Ok(())
+        }
+        Command::Lb {
+            command:
+                LbCommand::Explain {
+                    proto,
+                    src,
+                    dst,
+                    pins,
+                },
+        } => {
+            let proto = parse_proto(&proto)?;
+            let inspector = Inspector::new(&pins.pin_dir);
+            let snapshot = inspector.snapshot()?;
+            let key = skiff_datapath_abi::CtKey {
+                saddr: u32::from(*src.ip()).to_be(),
+                daddr: u32::from(*dst.ip()).to_be(),
+                sport: src.port().to_be(),
+                dport: dst.port().to_be(),
+                proto,
+                dir: 0,
+                _pad: 0,
+            };
+            let existing = inspector.flow(&key)?;
+            print!("{}", debug::explain(&snapshot, existing, proto, src, dst));
+            Ok(())
+        }
+        Command::Ct {
+            command:
+                CtCommand::List {
+                    proto,
+                    addr,
+                    service,
+                    pins,
+                },
+        } => {
+            let filter = debug::CtFilter {
+                proto: proto.as_deref().map(parse_proto).transpose()?,
+                addr,
+                service_id: service,
+            };
+            let entries = Inspector::new(&pins.pin_dir).conntrack()?;
+            print!("{}", debug::ct_list(&entries, &filter, monotonic_ns()));
+            Ok(())
+        }
+        Command::Cleanup { pins } => {
+            if pins.pin_dir.exists() {
+                std::fs::remove_dir_all(&pins.pin_dir)
+                    .with_context(|| format!("removing {}", pins.pin_dir.display()))?;
+                println!(
+                    "removed {}: skiff's programs are detached",
+                    pins.pin_dir.display()
+                );
+            } else {
+                println!("nothing pinned at {}", pins.pin_dir.display());
+            }
+            Ok(())
         }
     }
 }

@@ -466,3 +466,66 @@ fn an_agent_restart_during_a_long_tcp_stream_loses_nothing() {
         exchange(&mut stream, round);
     }
 }
+
+#[test]
+fn the_debug_views_read_counters_and_flows_from_the_live_pinned_maps() {
+    let pins = BpffsDir::new("debug");
+    let pin_dir = pins.path().to_path_buf();
+    let mut c = cluster_with(2, Some(pins));
+    c.program(&service(Protocol::Tcp, &[local(0), local(1)]));
+    for _ in 0..10 {
+        tcp_from(&c.ext, SocketAddrV4::new(NODE, NODE_PORT)).expect("connect");
+    }
+    let inspector = skiff_agent::datapath::Inspector::new(&pin_dir);
+    let snapshot = inspector.snapshot().unwrap();
+    assert_eq!(
+        snapshot,
+        c.maps.snapshot().unwrap(),
+        "the pins are the live maps"
+    );
+    let sid = snapshot.services.values().next().unwrap().service_id;
+    let svc = inspector.lb_counters(false, &[sid]).unwrap()[0].1;
+    assert_eq!(svc.new_flows, 10, "one new flow per connection");
+    assert!(
+        svc.packets >= 30,
+        "SYN, ACK and FIN at least, per connection: {svc:?}"
+    );
+    let ids: Vec<u32> = snapshot.backends.keys().copied().collect();
+    let per_backend = inspector.lb_counters(true, &ids).unwrap();
+    assert_eq!(
+        per_backend.iter().map(|(_, c)| c.new_flows).sum::<u64>(),
+        10
+    );
+    assert_eq!(
+        per_backend.iter().map(|(_, c)| c.packets).sum::<u64>(),
+        svc.packets
+    );
+
+    let sc = [(sid, svc)].into_iter().collect();
+    let bc = per_backend.into_iter().collect();
+    let list = skiff_agent::debug::lb_list(&snapshot, &sc, &bc);
+    assert!(
+        list.contains(&format!(
+            "198.18.0.2:30080/TCP NodePort service={sid} active=2 terminating=0 new_flows=10"
+        )),
+        "{list}"
+    );
+    let ct = inspector.conntrack().unwrap();
+    assert_eq!(ct.len(), 20, "two entries per connection");
+    let text = skiff_agent::debug::ct_list(&ct, &Default::default(), u64::MAX);
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains(" fwd ") && l.contains("seen-reply"))
+            .count(),
+        10,
+        "{text}"
+    );
+    let explained = skiff_agent::debug::explain(
+        &snapshot,
+        None,
+        6,
+        "198.18.0.1:1".parse().unwrap(),
+        SocketAddrV4::new(NODE, NODE_PORT),
+    );
+    assert!(explained.contains("among 2 active backends"), "{explained}");
+}

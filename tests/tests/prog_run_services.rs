@@ -554,3 +554,59 @@ fn traffic_to_non_service_addresses_is_untouched() {
     }
     assert_eq!(f.ct_len(), 0);
 }
+
+#[test]
+fn conntrack_gc_ages_pairs_by_protocol_state_and_keeps_live_flows() {
+    let mut f = fixture();
+    f.program(&[web(
+        Protocol::Tcp,
+        &[ep(local_pod(10), EndpointState::Active, true)],
+    )]);
+    let half_open = sa(CLIENT, 40000);
+    let established = sa(CLIENT, 40001);
+    f.ingress(&tcp(half_open, sa(NODE, NODE_PORT), TcpFlags::SYN).build());
+    f.ingress(&tcp(established, sa(NODE, NODE_PORT), TcpFlags::SYN).build());
+    f.ingress(&tcp(sa(local_pod(10), 8080), established, TcpFlags::SYN_ACK).build());
+    let entries = f.maps.conntrack_entries().unwrap();
+    assert_eq!(entries.len(), 4);
+    let fwd_flags: Vec<u32> = entries
+        .iter()
+        .filter(|(k, _)| k.dir == ct_dir::FORWARD)
+        .map(|(k, v)| (u16::from_be(k.sport), v.flags))
+        .map(|(port, flags)| {
+            if port == 40001 {
+                flags & ct_flags::SEEN_REPLY
+            } else {
+                0
+            }
+        })
+        .collect();
+    assert!(
+        fwd_flags.contains(&ct_flags::SEEN_REPLY),
+        "the first reply marks the forward entry"
+    );
+    let base = entries.iter().map(|(_, v)| v.last_seen_ns).max().unwrap();
+    let s = 1_000_000_000u64;
+
+    assert_eq!(
+        f.maps.gc_conntrack(base + 30 * s).unwrap(),
+        0,
+        "nothing is idle long enough"
+    );
+    assert_eq!(
+        f.maps.gc_conntrack(base + 61 * s).unwrap(),
+        2,
+        "the half-open flow's pair goes after the SYN timeout"
+    );
+    let left = f.maps.conntrack_entries().unwrap();
+    assert!(left
+        .iter()
+        .all(|(k, v)| u16::from_be(k.sport) == 40001 || u16::from_be(v.dport) == 40001));
+    assert_eq!(
+        f.maps.gc_conntrack(base + 3600 * s).unwrap(),
+        0,
+        "established flows live 6 h"
+    );
+    assert_eq!(f.maps.gc_conntrack(base + 21601 * s).unwrap(), 2);
+    assert_eq!(f.ct_len(), 0);
+}

@@ -92,6 +92,8 @@ pub fn run() -> anyhow::Result<()> {
         .arg(&agent)
         .args([
             "run",
+            // The demo's namespaces are thrown away: nothing must outlive the process.
+            "--no-pin",
             "--interface",
             "n0",
             "--interval-secs",

@@ -5,6 +5,7 @@
 //! rest of the agent and the tests never depend on aya's API directly.
 
 mod counters;
+mod inspect;
 mod object;
 mod prog_run;
 mod service_maps;
@@ -26,6 +27,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 pub use counters::{Counters, SockCounters};
+pub use inspect::Inspector;
 pub use prog_run::ProgRun;
 pub use service_maps::{ct_expired, partner, BpfServiceMaps};
 use skiff_datapath_abi::{map_names, program_names, NodeConfig};
@@ -129,7 +131,7 @@ pub enum DatapathError {
 
 /// `error: cause: cause ...`: aya's errors keep the errno in their source chain, and a
 /// user needs to see it.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {

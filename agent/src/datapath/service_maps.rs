@@ -172,18 +172,22 @@ impl BpfServiceMaps {
         Ok(out)
     }
 
-    /// Deletes expired conntrack entries (timeouts by protocol and TCP state). A flow's two
-    /// entries age together: the forward entry's reply partner is found by its rewrite.
-    /// Returns how many entries went.
+    /// Deletes expired conntrack entries (timeouts by protocol and TCP state). A flow's
+    /// two entries age together: a pair goes only when both are idle past their timeout,
+    /// since each direction refreshes only its own entry. Returns how many entries went.
     pub fn gc_conntrack(&mut self, now_ns: u64) -> Result<usize, MapWriteError> {
-        let mut doomed = self.conntrack_matching(|k, v| ct_expired(k, v, now_ns))?;
-        // Deleting a forward entry also deletes its reply entry (and the reverse), so a
-        // half-expired pair never leaves a reply rule without its flow.
-        let partners: Vec<CtKey> = doomed
-            .iter()
-            .filter_map(|k| self.conntrack.get(k, 0).ok().map(|v| partner(k, &v)))
-            .collect();
-        doomed.extend(partners);
+        let all: std::collections::HashMap<CtKey, CtValue> =
+            self.conntrack_entries()?.into_iter().collect();
+        let mut doomed = Vec::new();
+        for (k, v) in &all {
+            if !ct_expired(k, v, now_ns) {
+                continue;
+            }
+            match all.get(&partner(k, v)) {
+                Some(pv) if !ct_expired(&partner(k, v), pv, now_ns) => {}
+                _ => doomed.push(*k),
+            }
+        }
         let mut n = 0;
         for k in &doomed {
             match self.conntrack.remove(k) {

@@ -39,10 +39,24 @@ pub mod map_names {
     pub const CONNTRACK: &str = "SKIFF_CT_V1";
     /// `ARRAY` of one [`super::NodeConfig`]: this node's datapath settings.
     pub const CONFIG: &str = "SKIFF_CFG_V1";
+    /// `PER_CPU_ARRAY`, index service id, value [`super::LbCounter`].
+    pub const SERVICE_STATS: &str = "SKIFF_SVCST_V1";
+    /// `PER_CPU_ARRAY`, index backend id, value [`super::LbCounter`].
+    pub const BACKEND_STATS: &str = "SKIFF_BEST_V1";
 
     /// Every map name, for checks that the object and the kernel agree with this crate.
     pub const ALL: &[&str] = &[
-        STATS, DROPS, SERVICES, SLOTS, BACKENDS, SOCK_REV, SOCK_STATS, CONNTRACK, CONFIG,
+        STATS,
+        DROPS,
+        SERVICES,
+        SLOTS,
+        BACKENDS,
+        SOCK_REV,
+        SOCK_STATS,
+        CONNTRACK,
+        CONFIG,
+        SERVICE_STATS,
+        BACKEND_STATS,
     ];
 }
 
@@ -444,6 +458,30 @@ pub struct NodeConfig {
     pub snat_port_max: u16,
 }
 
+/// Per-service or per-backend traffic counters (one per CPU; the agent sums them).
+/// Per-packet flows count every forward packet; socket-LB flows count only the
+/// connect()/sendmsg() that chose the backend (later packets never reach BPF).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbCounter {
+    /// New flows (connections, UDP 5-tuples, socket translations), host byte order.
+    pub new_flows: u64,
+    /// Packets translated on the per-packet path, client to backend direction.
+    pub packets: u64,
+    /// Bytes of those packets (whole frames).
+    pub bytes: u64,
+}
+
+impl LbCounter {
+    pub const fn saturating_add(self, o: LbCounter) -> LbCounter {
+        LbCounter {
+            new_flows: self.new_flows.saturating_add(o.new_flows),
+            packets: self.packets.saturating_add(o.packets),
+            bytes: self.bytes.saturating_add(o.bytes),
+        }
+    }
+}
+
 /// A packet and byte counter. Value of [`map_names::STATS`] (one per CPU).
 ///
 /// Both fields are host byte order (the kernel and the agent run on the same machine).
@@ -499,6 +537,8 @@ const _: () = assert!(offset_of!(CtValue, backend_id) == 12);
 const _: () = assert!(offset_of!(CtValue, flags) == 20);
 const _: () = assert!(offset_of!(CtValue, last_seen_ns) == 24);
 const _: () = assert!(size_of::<NodeConfig>() == 8);
+const _: () = assert!(size_of::<LbCounter>() == 24);
+const _: () = assert!(offset_of!(LbCounter, bytes) == 16);
 const _: () = assert!(size_of::<PacketClass>() == 4);
 const _: () = assert!(PacketClass::ALL.len() == PacketClass::COUNT as usize);
 const _: () = assert!(DropReason::ALL.len() == DropReason::COUNT as usize);
@@ -519,6 +559,7 @@ mod user {
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::NodeConfig {}
+    unsafe impl aya::Pod for super::LbCounter {}
 }
 
 #[cfg(test)]

@@ -2,9 +2,9 @@
 //! plain read-modify-write is race free (the kernel disables preemption/migration while a
 //! BPF program runs).
 
-use skiff_datapath_abi::{DropReason, PacketClass, SockLbCounter};
+use skiff_datapath_abi::{DropReason, LbCounter, PacketClass, SockLbCounter};
 
-use crate::maps::{SKIFF_DROPS_V1, SKIFF_SKSTAT_V1, SKIFF_STATS_V1};
+use crate::maps::{SKIFF_BEST_V1, SKIFF_DROPS_V1, SKIFF_SKSTAT_V1, SKIFF_STATS_V1, SKIFF_SVCST_V1};
 
 #[inline(always)]
 pub fn count_packet(class: PacketClass, len: u32) {
@@ -32,4 +32,27 @@ pub fn count_sock(event: SockLbCounter) {
         // SAFETY: as in `count_packet`.
         unsafe { *counter += 1 };
     }
+}
+
+#[inline(always)]
+fn bump(counter: Option<*mut LbCounter>, new_flow: bool, len: u32) {
+    if let Some(c) = counter {
+        // SAFETY: as in `count_packet`.
+        unsafe {
+            if new_flow {
+                (*c).new_flows += 1;
+            }
+            if len > 0 {
+                (*c).packets += 1;
+                (*c).bytes += u64::from(len);
+            }
+        }
+    }
+}
+
+/// Counts a translated packet (`len` > 0) and/or a new flow for a service and a backend.
+#[inline(always)]
+pub fn count_lb(service_id: u32, backend_id: u32, new_flow: bool, len: u32) {
+    bump(SKIFF_SVCST_V1.get_ptr_mut(service_id), new_flow, len);
+    bump(SKIFF_BEST_V1.get_ptr_mut(backend_id), new_flow, len);
 }

@@ -5,7 +5,7 @@
 //! backend's entries when it leaves its service.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use skiff_datapath_abi::{ct_flags, CtKey, CtValue};
+use skiff_datapath_abi::{ct_dir, ct_flags, CtKey, CtValue};
 
 use crate::{maps::SKIFF_CT_V1, parse::Packet};
 
@@ -30,10 +30,40 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// The key of the other direction of an entry: a packet rewritten by `v` and answered
+/// comes back with source and destination swapped.
+#[inline(always)]
+fn partner(key: &CtKey, v: &CtValue) -> CtKey {
+    CtKey {
+        saddr: v.daddr,
+        daddr: v.saddr,
+        sport: v.dport,
+        dport: v.sport,
+        proto: key.proto,
+        dir: if key.dir == ct_dir::REPLY {
+            ct_dir::FORWARD
+        } else {
+            ct_dir::REPLY
+        },
+        _pad: 0,
+    }
+}
+
 /// Looks up `key`; on a hit refreshes its timestamp and TCP state and returns a copy.
+/// The first reply of a flow also marks its forward entry, so both directions age on the
+/// established timeout from then on.
 #[inline(always)]
 pub fn lookup(key: &CtKey, tcp_flags: u8, is_reply: bool) -> Option<CtValue> {
     let entry = SKIFF_CT_V1.get_ptr_mut(key)?;
+    // SAFETY: as below.
+    if is_reply && unsafe { (*entry).flags } & ct_flags::SEEN_REPLY == 0 {
+        // SAFETY: as below.
+        let fwd_key = partner(key, unsafe { &*entry });
+        if let Some(fwd) = SKIFF_CT_V1.get_ptr_mut(fwd_key) {
+            // SAFETY: pointer from a successful lookup, valid for this run.
+            unsafe { (*fwd).flags |= ct_flags::SEEN_REPLY };
+        }
+    }
     // SAFETY: the pointer comes from a successful lookup and stays valid (RCU) for this
     // run; concurrent updates of these plain fields race benignly (last writer wins).
     unsafe {

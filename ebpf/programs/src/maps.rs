@@ -10,8 +10,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use skiff_datapath_abi::{
-    Backend, CtKey, CtValue, DropReason, NodeConfig, PacketClass, ServiceKey, ServiceValue,
-    SlotKey, SockLbCounter, SockRevKey, SockRevValue, TrafficCounter,
+    Backend, CtKey, CtValue, DropReason, LbCounter, NodeConfig, PacketClass, ServiceKey,
+    ServiceValue, SlotKey, SockLbCounter, SockRevKey, SockRevValue, TrafficCounter,
 };
 
 /// Packets and bytes per [`PacketClass`], per CPU (no atomics on the fast path).
@@ -52,3 +52,12 @@ pub static SKIFF_CT_V1: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entrie
 /// This node's settings, written by the agent at start.
 #[map]
 pub static SKIFF_CFG_V1: Array<NodeConfig> = Array::with_max_entries(1, 0);
+
+/// Traffic per service id. Ids are allocated smallest-free, so they stay below the number
+/// of services; ids past the end are simply not counted.
+#[map]
+pub static SKIFF_SVCST_V1: PerCpuArray<LbCounter> = PerCpuArray::with_max_entries(16384, 0);
+
+/// Traffic per backend id.
+#[map]
+pub static SKIFF_BEST_V1: PerCpuArray<LbCounter> = PerCpuArray::with_max_entries(16384, 0);

@@ -16,7 +16,7 @@ use skiff_datapath_abi::{
 };
 
 use crate::{
-    ct,
+    counters, ct,
     lb::{self, Choice},
     maps::{SKIFF_CFG_V1, SKIFF_CT_V1},
     nat::{self, Tuple},
@@ -55,6 +55,7 @@ pub fn ingress(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
         return redirect::fib_redirect(ctx, p, &t);
     }
     if let Some(ct) = ct::lookup(&ct::key(p, ct_dir::FORWARD), p.tcp_flags, false) {
+        counters::count_lb(ct.service_id, ct.backend_id, false, ctx.len());
         let t = tuple(&ct);
         nat::rewrite(ctx, p, &t)?;
         return if ct.flags & ct_flags::REDIRECT != 0 {
@@ -136,6 +137,7 @@ fn new_flow(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
     SKIFF_CT_V1
         .insert(ct::key(p, ct_dir::FORWARD), fwd, BPF_ANY as u64)
         .map_err(|_| DropReason::ConntrackInsertFailed)?;
+    counters::count_lb(service_id, backend_id, true, ctx.len());
     let t = tuple(&fwd);
     nat::rewrite(ctx, p, &t)?;
     if snat {

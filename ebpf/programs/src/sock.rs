@@ -78,9 +78,10 @@ pub fn translate(ctx: &SockAddrContext, only_udp: bool) -> Verdict {
         }
         Choice::Backend {
             service_id,
+            backend_id,
             backend,
-            ..
         } => {
+            crate::counters::count_lb(service_id, backend_id, true, 0);
             let rev_key = SockRevKey {
                 cookie: cookie(ctx),
                 addr: backend.addr,

@@ -1,0 +1,128 @@
+//! Read-only views of the live, pinned maps for the debug commands (`lb list`, `ct list`,
+//! `lb explain`). They open the pins of a running (or stopped) agent; nothing here writes.
+
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use skiff_datapath_abi::{
+    ct_dir, map_names, Backend, CtKey, CtValue, LbCounter, ServiceKey, ServiceValue, SlotKey,
+};
+
+use super::{error_chain, DatapathError};
+use crate::lbmap::Snapshot;
+
+/// The pinned maps of one agent.
+pub struct Inspector {
+    dir: PathBuf,
+}
+
+fn open(dir: &Path, name: &'static str) -> Result<Map, DatapathError> {
+    let path = dir.join("maps").join(name);
+    let data = MapData::from_pin(&path).map_err(|e| DatapathError::Pin {
+        path: path.display().to_string(),
+        detail: format!(
+            "{}. Is skiff-agent running with --pin-dir {}?",
+            error_chain(&e),
+            dir.display()
+        ),
+    })?;
+    Map::from_map_data(data).map_err(|source| DatapathError::MapRead {
+        map: name,
+        source: Box::new(source),
+    })
+}
+
+fn read_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::MapRead {
+        map,
+        source: Box::new(source),
+    }
+}
+
+impl Inspector {
+    pub fn new(pin_dir: &Path) -> Inspector {
+        Inspector {
+            dir: pin_dir.to_path_buf(),
+        }
+    }
+
+    /// Frontends, slots and backends.
+    pub fn snapshot(&self) -> Result<Snapshot, DatapathError> {
+        let mut s = Snapshot::default();
+        let svc: HashMap<_, ServiceKey, ServiceValue> =
+            HashMap::try_from(open(&self.dir, map_names::SERVICES)?)
+                .map_err(read_err(map_names::SERVICES))?;
+        for e in svc.iter() {
+            let (k, v) = e.map_err(read_err(map_names::SERVICES))?;
+            s.services.insert(k, v);
+        }
+        let slots: HashMap<_, SlotKey, u32> = HashMap::try_from(open(&self.dir, map_names::SLOTS)?)
+            .map_err(read_err(map_names::SLOTS))?;
+        for e in slots.iter() {
+            let (k, v) = e.map_err(read_err(map_names::SLOTS))?;
+            s.slots.insert(k, v);
+        }
+        let be: HashMap<_, u32, Backend> = HashMap::try_from(open(&self.dir, map_names::BACKENDS)?)
+            .map_err(read_err(map_names::BACKENDS))?;
+        for e in be.iter() {
+            let (k, v) = e.map_err(read_err(map_names::BACKENDS))?;
+            s.backends.insert(k, v);
+        }
+        Ok(s)
+    }
+
+    /// Conntrack entries.
+    pub fn conntrack(&self) -> Result<Vec<(CtKey, CtValue)>, DatapathError> {
+        let ct: HashMap<_, CtKey, CtValue> =
+            HashMap::try_from(open(&self.dir, map_names::CONNTRACK)?)
+                .map_err(read_err(map_names::CONNTRACK))?;
+        let mut out = Vec::new();
+        for e in ct.iter() {
+            out.push(e.map_err(read_err(map_names::CONNTRACK))?);
+        }
+        Ok(out)
+    }
+
+    /// The forward conntrack entry of a flow, if it exists.
+    pub fn flow(&self, key: &CtKey) -> Result<Option<CtValue>, DatapathError> {
+        let ct: HashMap<_, CtKey, CtValue> =
+            HashMap::try_from(open(&self.dir, map_names::CONNTRACK)?)
+                .map_err(read_err(map_names::CONNTRACK))?;
+        let key = CtKey {
+            dir: ct_dir::FORWARD,
+            ..*key
+        };
+        match ct.get(&key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(read_err(map_names::CONNTRACK)(e)),
+        }
+    }
+
+    /// Per-service (`backends == false`) or per-backend counters for `ids`, summed over CPUs.
+    pub fn lb_counters(
+        &self,
+        backends: bool,
+        ids: &[u32],
+    ) -> Result<Vec<(u32, LbCounter)>, DatapathError> {
+        let name = if backends {
+            map_names::BACKEND_STATS
+        } else {
+            map_names::SERVICE_STATS
+        };
+        let map: PerCpuArray<_, LbCounter> =
+            PerCpuArray::try_from(open(&self.dir, name)?).map_err(read_err(name))?;
+        let mut out = Vec::new();
+        for id in ids {
+            // Ids past the array were not counted (see the map's doc).
+            let sum = match map.get(id, 0) {
+                Ok(v) => v
+                    .iter()
+                    .fold(LbCounter::default(), |a, c| a.saturating_add(*c)),
+                Err(_) => LbCounter::default(),
+            };
+            out.push((*id, sum));
+        }
+        Ok(out)
+    }
+}
