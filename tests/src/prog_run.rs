@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use skiff_agent::datapath::{BpfServiceMaps, Counters, Datapath};
+use skiff_agent::datapath::{BpfServiceMaps, Counters, Datapath, DatapathConfig};
 use skiff_datapath_abi::{DropReason, NodeConfig, PacketClass, TrafficCounter};
 
 use crate::netns::NetNs;
@@ -60,6 +60,11 @@ pub struct ProgRunner {
 impl ProgRunner {
     /// Loads the object (the verifier runs on every program).
     pub fn new() -> ProgRunner {
+        Self::with_config(&DatapathConfig::default())
+    }
+
+    /// Loads the object with `config` (map sizes; no pinning is expected here).
+    pub fn with_config(config: &DatapathConfig) -> ProgRunner {
         crate::privilege::require_privileges();
         let ns = NetNs::new("progrun");
         // veth pairs stand in for devices (this kernel has no dummy driver); the peers only
@@ -75,7 +80,8 @@ impl ProgRunner {
         // A node forwards; bpf_fib_lookup answers FWD_DISABLED otherwise.
         ns.sysctl("net/ipv4/conf/all/forwarding", "1");
         ProgRunner {
-            datapath: Datapath::load().unwrap_or_else(|e| panic!("loading the datapath: {e}")),
+            datapath: Datapath::load_with(config)
+                .unwrap_or_else(|e| panic!("loading the datapath: {e}")),
             ns,
         }
     }

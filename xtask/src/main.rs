@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's automation. Every command that builds eBPF runs `setup`
 //! first, which installs only what is missing and says what it does.
 
+mod bench;
 mod cmd;
 mod lint;
 mod setup;
@@ -33,6 +34,15 @@ enum Command {
         #[arg(long)]
         no_lint: bool,
     },
+    /// Benchmarks (not part of CI): `datapath` prints a markdown table and writes
+    /// bench-results/datapath.json. Pass --quick for a smaller, faster run.
+    Bench {
+        /// What to benchmark: datapath.
+        what: String,
+        /// Smaller scales and shorter runs.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Run what skiff has today on a throwaway network-namespace topology and show it working.
     Up,
     /// (internal) Traffic generator used by `up`, run inside the demo client namespace.
@@ -54,6 +64,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Test { no_lint } => test::run(no_lint),
         Command::Up => up::run(),
+        Command::Bench { what, quick } => bench::run(&what, quick),
         Command::DemoTraffic { target } => up::demo_traffic(target),
     }
 }

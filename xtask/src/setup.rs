@@ -28,7 +28,7 @@ pub fn ensure() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ensure_apt_packages(packages: &[&str]) -> anyhow::Result<()> {
+pub fn ensure_apt_packages(packages: &[&str]) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()

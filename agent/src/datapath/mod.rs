@@ -514,6 +514,51 @@ fn tc_program<'a>(
         })
 }
 
+/// Kernel memory of one skiff map held by this process.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MapMemory {
+    pub name: String,
+    pub max_entries: u32,
+    /// `memlock` from /proc/self/fdinfo: what the kernel charges for the map.
+    pub bytes: u64,
+}
+
+/// Memory of every skiff map this process holds an fd of (map names from the kernel's
+/// map info, sizes from fdinfo). Duplicates (two loaded copies) are all listed.
+pub fn map_memory() -> Vec<MapMemory> {
+    let mut names = std::collections::HashMap::new();
+    for info in aya::maps::loaded_maps().flatten() {
+        if let Some(name) = info.name_as_str().filter(|n| n.starts_with("SKIFF_")) {
+            names.insert(info.id(), (name.to_owned(), info.max_entries()));
+        }
+    }
+    let mut out = Vec::new();
+    let Ok(fds) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return out;
+    };
+    for fd in fds.flatten() {
+        let Ok(text) = std::fs::read_to_string(fd.path()) else {
+            continue;
+        };
+        let field = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if let (Some(id), Some(bytes)) = (field("map_id:"), field("memlock:")) {
+            if let Some((name, max_entries)) = names.get(&(id as u32)) {
+                out.push(MapMemory {
+                    name: name.clone(),
+                    max_entries: *max_entries,
+                    bytes,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
 /// Size in bytes of the embedded eBPF object.
 pub fn object_size() -> usize {
     object::bytes().len()
