@@ -1,5 +1,5 @@
 //! skiff-agent: the node agent. It turns Services and EndpointSlices into eBPF map entries
-//! (`model` → `reconcile` → `lbmap`) and loads, attaches and reads the datapath
+//! (`translate` → `model` → `reconcile` → `lbmap`) and loads, attaches and reads the datapath
 //! (`datapath`, the only module that touches aya).
 
 pub mod datapath;
@@ -7,3 +7,4 @@ pub mod debug;
 pub mod lbmap;
 pub mod model;
 pub mod reconcile;
+pub mod translate;
