@@ -7,4 +7,5 @@
 pub mod field;
 pub mod names;
 pub mod resources;
+pub mod selector;
 pub mod status;
