@@ -6,6 +6,7 @@
 
 pub mod field;
 pub mod names;
+pub mod patch;
 pub mod resources;
 pub mod selector;
 pub mod status;
