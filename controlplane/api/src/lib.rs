@@ -4,6 +4,7 @@
 //! unknown-field detection for `fieldValidation` ([`unknown_fields`]) and the failure
 //! `Status` bodies ([`status`]). The HTTP server is built on top of this crate.
 
+pub mod apply;
 pub mod field;
 pub mod names;
 pub mod patch;
