@@ -5,6 +5,7 @@
 //! `Status` bodies ([`status`]). The HTTP server is built on top of this crate.
 
 pub mod apply;
+pub mod defaults;
 pub mod field;
 pub mod names;
 pub mod patch;
