@@ -78,6 +78,21 @@ fn set_str(slot: &mut Option<String>, v: &str) {
 
 /// Applies upstream's defaults for `kind` to `obj`.
 pub fn apply_defaults(kind: &str, obj: &Value) -> Result<Value, DecodeError> {
+    let mut out = defaulted(kind, obj)?;
+    // k8s-openapi models the workloads' required `spec.selector` as a plain struct, so the
+    // round trip would turn a missing selector into `{}`; keep it missing, so that
+    // validation reports `Required value` like upstream (whose field is a pointer).
+    if matches!(kind, "Deployment" | "ReplicaSet" | "DaemonSet")
+        && obj.pointer("/spec/selector").is_none()
+    {
+        if let Some(spec) = out.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.remove("selector");
+        }
+    }
+    Ok(out)
+}
+
+fn defaulted(kind: &str, obj: &Value) -> Result<Value, DecodeError> {
     match kind {
         "Service" => roundtrip(kind, obj, default_service),
         "Pod" => roundtrip(kind, obj, |p: &mut Pod| {
@@ -586,6 +601,14 @@ mod tests {
                 vec![
                     ("/spec/replicas", json!(0)),
                     ("/spec/strategy", json!({"type": "Recreate"})),
+                ],
+            ),
+            (
+                "Deployment",
+                json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"template": template.clone()}}),
+                vec![
+                    ("/spec/selector", json!(null)),
+                    ("/spec/replicas", json!(1)),
                 ],
             ),
             (

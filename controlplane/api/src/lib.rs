@@ -12,3 +12,4 @@ pub mod patch;
 pub mod resources;
 pub mod selector;
 pub mod status;
+pub mod validation;
