@@ -12,4 +12,5 @@ pub mod patch;
 pub mod resources;
 pub mod selector;
 pub mod status;
+pub mod unknown_fields;
 pub mod validation;
