@@ -313,6 +313,98 @@ pub fn api_versions(server_address: &str) -> Value {
     })
 }
 
+/// What a request path addresses (upstream's `RequestInfo`, minus the verb).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiPath {
+    /// `/api`: the core group's APIVersions.
+    CoreVersions,
+    /// `/apis`: the APIGroupList.
+    Groups,
+    /// `/apis/{group}`: one APIGroup.
+    Group(String),
+    /// `/api/v1`, `/apis/{group}/{version}`: an APIResourceList.
+    GroupVersion { group: String, version: String },
+    /// A resource collection, object or subresource.
+    Resource {
+        resource: &'static ResourceInfo,
+        namespace: Option<String>,
+        name: Option<String>,
+        subresource: Option<&'static Subresource>,
+    },
+}
+
+/// Why a path does not address anything served (the server answers 404).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathError {
+    pub message: String,
+}
+
+impl std::fmt::Display for PathError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for PathError {}
+
+/// Parses an API path (query string ignored) the way upstream's `RequestInfoFactory`
+/// does: `namespaces/{ns}/{resource}...` scopes a namespaced resource, except that
+/// `namespaces/{name}/status` and `/finalize` are subresources of the namespace itself.
+pub fn parse_path(path: &str) -> Result<ApiPath, PathError> {
+    let path = path.split('?').next().unwrap_or("");
+    let parts: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .collect();
+    let not_found = || PathError {
+        message: format!("the server could not find the requested resource ({path})"),
+    };
+    let (group, version, rest) = match parts.as_slice() {
+        ["api"] => return Ok(ApiPath::CoreVersions),
+        ["apis"] => return Ok(ApiPath::Groups),
+        ["apis", g] if GROUP_ORDER.contains(g) => return Ok(ApiPath::Group(g.to_string())),
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return Err(not_found()),
+    };
+    if resources_in(group, version).next().is_none() {
+        return Err(not_found());
+    }
+    let (namespace, rest): (Option<String>, &[&str]) = match rest {
+        ["namespaces", ns, r, ..] if !matches!(*r, "status" | "finalize") => {
+            (Some(ns.to_string()), &rest[2..])
+        }
+        _ => (None, rest),
+    };
+    let (plural, name, sub) = match rest {
+        [] => {
+            return Ok(ApiPath::GroupVersion {
+                group: group.to_string(),
+                version: version.to_string(),
+            })
+        }
+        [p] => (*p, None, None),
+        [p, n] => (*p, Some(n.to_string()), None),
+        [p, n, s] => (*p, Some(n.to_string()), Some(*s)),
+        _ => return Err(not_found()),
+    };
+    let resource = by_plural(group, version, plural).ok_or_else(not_found)?;
+    if namespace.is_some() && !resource.namespaced {
+        return Err(not_found());
+    }
+    let subresource = match sub {
+        None => None,
+        Some(s) => Some(resource.subresource(s).ok_or_else(not_found)?),
+    };
+    Ok(ApiPath::Resource {
+        resource,
+        namespace,
+        name,
+        subresource,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,6 +568,92 @@ mod tests {
             assert_eq!(by_kind(g, v, kind), Some(r), "{kind} by kind");
             assert_eq!(by_api_version_kind(api_version, kind), Some(r));
         }
+    }
+
+    #[test]
+    fn parse_paths() {
+        let res = |plural: &str, ns: Option<&str>, name: Option<&str>, sub: Option<&str>| {
+            let r = RESOURCES.iter().find(|r| r.plural == plural).unwrap();
+            ApiPath::Resource {
+                resource: r,
+                namespace: ns.map(String::from),
+                name: name.map(String::from),
+                subresource: sub.map(|s| r.subresource(s).unwrap()),
+            }
+        };
+        let gv = |g: &str, v: &str| ApiPath::GroupVersion {
+            group: g.into(),
+            version: v.into(),
+        };
+        let cases: Vec<(&str, Option<ApiPath>)> = vec![
+            ("/api", Some(ApiPath::CoreVersions)),
+            ("/api?timeout=32s", Some(ApiPath::CoreVersions)),
+            ("/apis", Some(ApiPath::Groups)),
+            ("/apis/apps", Some(ApiPath::Group("apps".into()))),
+            ("/api/v1", Some(gv("", "v1"))),
+            (
+                "/apis/discovery.k8s.io/v1",
+                Some(gv("discovery.k8s.io", "v1")),
+            ),
+            (
+                "/api/v1/namespaces/default/services",
+                Some(res("services", Some("default"), None, None)),
+            ),
+            (
+                "/api/v1/namespaces/default/services/web",
+                Some(res("services", Some("default"), Some("web"), None)),
+            ),
+            (
+                "/api/v1/namespaces/default/services/web/status",
+                Some(res(
+                    "services",
+                    Some("default"),
+                    Some("web"),
+                    Some("status"),
+                )),
+            ),
+            ("/api/v1/services", Some(res("services", None, None, None))),
+            (
+                "/api/v1/namespaces",
+                Some(res("namespaces", None, None, None)),
+            ),
+            (
+                "/api/v1/namespaces/default",
+                Some(res("namespaces", None, Some("default"), None)),
+            ),
+            (
+                "/api/v1/namespaces/default/status",
+                Some(res("namespaces", None, Some("default"), Some("status"))),
+            ),
+            (
+                "/api/v1/nodes/n1/status",
+                Some(res("nodes", None, Some("n1"), Some("status"))),
+            ),
+            (
+                "/api/v1/namespaces/d/pods/p/binding",
+                Some(res("pods", Some("d"), Some("p"), Some("binding"))),
+            ),
+            (
+                "/apis/apps/v1/namespaces/d/deployments/x/scale",
+                Some(res("deployments", Some("d"), Some("x"), Some("scale"))),
+            ),
+            ("/api/v1/namespaces/d/pods/p/exec", None),
+            ("/api/v1/namespaces/d/nodes/n1", None),
+            (
+                "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+                None,
+            ),
+            ("/apis/apps/v2/deployments", None),
+            ("/openapi/v3", None),
+            ("/api/v1/namespaces/d/widgets", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(parse_path(path).ok(), want, "{path}");
+        }
+        assert_eq!(
+            parse_path("/openapi/v2").unwrap_err().to_string(),
+            "the server could not find the requested resource (/openapi/v2)"
+        );
     }
 
     #[test]
