@@ -540,12 +540,25 @@ fn kind_fields(kind: &str) -> &'static [&'static str] {
             "source",
             "type",
         ],
+        // Added in v1.31 (kubernetes/kubernetes#122541, #123905).
+        "Service" => &["spec.clusterIP", "spec.type"],
         "Secret" => &["type"],
         "Namespace" => &["status.phase"],
         "Node" => &["spec.unschedulable"],
         "ReplicaSet" => &["status.replicas"],
         "Job" => &["status.successful"],
         _ => &[],
+    }
+}
+
+/// Upstream has two wordings: kinds with their own field-label conversion function
+/// (those with extra selectable fields) say `field label not supported: <f>`; the others
+/// go through `DefaultMetaV1FieldSelectorConversion`, which names the two it accepts.
+fn unsupported_field_message(kind: &str, field: &str) -> String {
+    if kind_fields(kind).is_empty() {
+        format!("{field:?} is not a known field selector: only \"metadata.name\", \"metadata.namespace\"")
+    } else {
+        format!("field label not supported: {field}")
     }
 }
 
@@ -616,7 +629,7 @@ pub fn parse_field_selector(input: &str, kind: &str) -> Result<FieldMatcher, Sel
             message: format!("invalid field selector: {m}"),
         })?;
         if !META_FIELDS.contains(&field) && !kind_fields(kind).contains(&field) {
-            return err(pos, format!("field label not supported: {field}"));
+            return err(pos, unsupported_field_message(kind, field));
         }
         requirements.push(FieldRequirement {
             field: field.to_string(),
@@ -893,6 +906,16 @@ mod tests {
         let cases = [
             ("spec.foo=bar", "Pod", "field label not supported: spec.foo"),
             (
+                "spec.type=LoadBalancer",
+                "ConfigMap",
+                "\"spec.type\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\"",
+            ),
+            (
+                "spec.replicas=1",
+                "Deployment",
+                "\"spec.replicas\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\"",
+            ),
+            (
                 "spec.nodeName=x",
                 "Service",
                 "field label not supported: spec.nodeName",
@@ -918,5 +941,17 @@ mod tests {
             assert_eq!(e.message, msg, "{sel:?}");
         }
         assert!(parse_field_selector("status.phase=Active", "Namespace").is_ok());
+        let svc = json!({"metadata": {"name": "web"}, "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10"}});
+        for (sel, want) in [
+            ("spec.type=LoadBalancer", true),
+            ("spec.type!=LoadBalancer", false),
+            ("spec.clusterIP=10.96.0.10", true),
+        ] {
+            assert_eq!(
+                parse_field_selector(sel, "Service").unwrap().matches(&svc),
+                want,
+                "{sel}"
+            );
+        }
     }
 }
