@@ -236,6 +236,17 @@ const SET_ORDER_PREFIX: &str = "$setElementOrder/";
 const DELETE_PRIMITIVE_PREFIX: &str = "$deleteFromPrimitiveList/";
 
 /// Kubernetes strategic merge patch of `patch` onto `original`, an object of `kind`.
+///
+/// Follows upstream's `StrategicMergeMapPatch` (merge options `MergeParallelList` and
+/// `IgnoreUnmatchedNulls`), including its list ordering: after a merge, the items named
+/// by the patch come in the patch's order, the server-only items keep their relative
+/// order, and the two are interleaved by their positions in the original list
+/// (`normalizeElementOrder`); `$setElementOrder` then reorders the same way.
+///
+/// Deliberate differences: a value for a field the original lacks has its directives
+/// resolved (merged into an empty value) instead of being stored verbatim with `$patch`
+/// items in it; and `$patch: merge` in a map is accepted as a no-op (upstream rejects
+/// it as an unknown patch type).
 pub fn strategic_merge_patch(
     kind: &str,
     original: &Value,
@@ -267,8 +278,8 @@ fn merge_map(
     match patch.get(DIRECTIVE) {
         None => {}
         Some(Value::String(d)) if d == "replace" => {
-            // Replace this map wholesale with the patch (minus the directive), but still
-            // resolve directives nested inside it against an empty original.
+            // Replace this map wholesale with the patch (minus the directive), resolving
+            // directives nested inside it against an empty original.
             let mut p = patch.clone();
             p.remove(DIRECTIVE);
             return merge_map(Map::new(), &p, ty, path);
@@ -290,9 +301,12 @@ fn merge_map(
             ));
         };
         let keys: Vec<&str> = keys.iter().filter_map(Value::as_str).collect();
-        // Upstream: every non-directive key in the patch must be listed in $retainKeys.
-        for k in patch.keys().filter(|k| !k.starts_with('$')) {
-            if !keys.contains(&k.as_str()) && patch[k] != Value::Null {
+        // Upstream: every non-directive, non-null key of the patch must be listed.
+        for (k, v) in patch {
+            if k.starts_with('$') || v.is_null() {
+                continue;
+            }
+            if !keys.contains(&k.as_str()) {
                 return perr(format!(
                     "{RETAIN_KEYS} at {path:?} does not list {k:?}, which the patch sets: add it to {RETAIN_KEYS}"
                 ));
@@ -301,25 +315,58 @@ fn merge_map(
         original.retain(|k, _| keys.contains(&k.as_str()));
     }
 
-    // Deletions from primitive lists come first, so that the same patch can also add.
-    for (k, v) in patch {
-        let Some(field) = k.strip_prefix(DELETE_PRIMITIVE_PREFIX) else {
+    // `$setElementOrder/<field>` first, as upstream's mergePatchIntoOriginal: merge the
+    // field's patch list (if any), then impose the order; the field is then done.
+    let mut done: Vec<&str> = Vec::new();
+    for (k, order) in patch {
+        let Some(field) = k.strip_prefix(SET_ORDER_PREFIX) else {
             continue;
         };
-        let Some(remove) = v.as_array() else {
-            return perr(format!("{k} at {path:?} must be a list, got {v}"));
+        let Some(order) = order.as_array() else {
+            return perr(format!("{k} at {path:?} must be a list, got {order}"));
         };
-        if let Some(Value::Array(list)) = original.get_mut(field) {
-            list.retain(|item| !remove.contains(item));
-        }
+        let here = join(path, field);
+        let orig_list = match original.get(field) {
+            Some(Value::Array(a)) => Some(a.clone()),
+            Some(other) if !other.is_null() => {
+                return perr(format!(
+                    "{here}: expected a list in the object, got {other}"
+                ))
+            }
+            _ => None,
+        };
+        let merged = match (orig_list.clone(), patch.get(field)) {
+            (Some(o), None) => o,
+            (o, Some(Value::Array(p))) => merge_list(o.unwrap_or_default(), p, ty, field, &here)?,
+            (None, None) => continue,
+            (_, Some(other)) => {
+                return perr(format!("{here}: expected a list in the patch, got {other}"))
+            }
+        };
+        let key = match list_strategy(ty, field) {
+            ListStrategy::MergeByKey(key) => Some(key),
+            _ => None,
+        };
+        let ordered = normalize_element_order(merged, order, &orig_list.unwrap_or_default(), key);
+        original.insert(field.to_string(), Value::Array(ordered));
+        done.push(field);
     }
 
     for (k, pv) in patch {
         if k == DIRECTIVE
             || k == RETAIN_KEYS
             || k.starts_with(SET_ORDER_PREFIX)
-            || k.starts_with(DELETE_PRIMITIVE_PREFIX)
+            || done.contains(&k.as_str())
         {
+            continue;
+        }
+        if let Some(field) = k.strip_prefix(DELETE_PRIMITIVE_PREFIX) {
+            let Some(remove) = pv.as_array() else {
+                return perr(format!("{k} at {path:?} must be a list, got {pv}"));
+            };
+            if let Some(Value::Array(list)) = original.get_mut(field) {
+                list.retain(|item| !remove.contains(item));
+            }
             continue;
         }
         let here = join(path, k);
@@ -350,23 +397,6 @@ fn merge_map(
             merged.unwrap_or_else(|| Value::Object(Map::new())),
         );
     }
-
-    // `$setElementOrder/<field>`: the client's intended order of the list items it knows.
-    for (k, order) in patch {
-        let Some(field) = k.strip_prefix(SET_ORDER_PREFIX) else {
-            continue;
-        };
-        let Some(order) = order.as_array() else {
-            return perr(format!("{k} at {path:?} must be a list, got {order}"));
-        };
-        if let Some(Value::Array(list)) = original.get_mut(field) {
-            let key = match list_strategy(ty, field) {
-                ListStrategy::MergeByKey(key) => Some(key),
-                _ => None,
-            };
-            reorder(list, order, key);
-        }
-    }
     Ok(Some(original))
 }
 
@@ -384,6 +414,7 @@ fn strip_directives(v: &Value) -> Value {
     }
 }
 
+/// Upstream's `mergeSliceHandler`/`mergeSlice`.
 fn merge_list(
     original: Vec<Value>,
     patch: &[Value],
@@ -391,110 +422,161 @@ fn merge_list(
     field: &str,
     path: &str,
 ) -> Result<Vec<Value>, PatchError> {
-    // A `{"$patch": "replace"}` item replaces the whole list with the other items.
-    let replace = patch
-        .iter()
-        .any(|i| i.get(DIRECTIVE).and_then(Value::as_str) == Some("replace"));
-    let items: Vec<&Value> = patch
-        .iter()
-        .filter(|i| !(i.as_object().is_some_and(|m| m.len() == 1) && i.get(DIRECTIVE).is_some()))
-        .collect();
-    let original = if replace { Vec::new() } else { original };
-
     match list_strategy(parent, field) {
-        ListStrategy::Atomic if !replace => Ok(patch.iter().map(strip_directives).collect()),
-        ListStrategy::Atomic | ListStrategy::MergePrimitives => {
-            let mut out = original;
-            for item in items {
-                if item.is_object() && item.get(DIRECTIVE).is_some() {
-                    return perr(format!(
-                        "{path}: a $patch directive in a list of values is not supported here"
-                    ));
-                }
-                let item = strip_directives(item);
-                if !out.contains(&item) {
-                    out.push(item);
+        // No merge strategy: the patch list replaces the original.
+        ListStrategy::Atomic => Ok(patch.iter().map(strip_directives).collect()),
+        ListStrategy::MergePrimitives => {
+            if patch.iter().any(|v| v.is_object() || v.is_array()) {
+                return perr(format!(
+                    "{path}: a list of values with merge strategy must hold scalars, got {}",
+                    Value::Array(patch.to_vec())
+                ));
+            }
+            let mut merged = original.clone();
+            for v in patch {
+                if !merged.contains(v) {
+                    merged.push(v.clone());
                 }
             }
-            Ok(out)
+            Ok(normalize_element_order(merged, patch, &original, None))
         }
         ListStrategy::MergeByKey(key) => {
-            let item_ty = child(parent, field);
-            let mut out = original;
-            for item in items {
-                let Some(pm) = item.as_object() else {
+            // Special elements first (mergeSliceWithSpecialElements).
+            let mut original = original;
+            let mut items: Vec<&Map<String, Value>> = Vec::new();
+            let mut replace = false;
+            for item in patch {
+                let Some(m) = item.as_object() else {
                     return perr(format!(
                         "{path}: list items must be objects with merge key {key:?}, got {item}"
                     ));
                 };
-                let Some(kv) = pm.get(key) else {
+                match m.get(DIRECTIVE) {
+                    None => items.push(m),
+                    Some(Value::String(d)) if d == "delete" => {
+                        let Some(kv) = m.get(key) else {
+                            return perr(format!(
+                                "{path}: map: {item} does not contain declared merge key: {key}"
+                            ));
+                        };
+                        original.retain(|o| o.get(key) != Some(kv));
+                    }
+                    Some(Value::String(d)) if d == "replace" => replace = true,
+                    Some(Value::String(d)) if d == "merge" => {
+                        return perr(format!(
+                            "{path}: merging lists cannot yet be specified in the patch"
+                        ))
+                    }
+                    Some(other) => {
+                        return perr(format!(
+                            "{path}: unknown patch type: {other} in list item {item}"
+                        ))
+                    }
+                }
+            }
+            let item_ty = child(parent, field);
+            if replace {
+                // The list becomes the patch's ordinary items.
+                return items
+                    .into_iter()
+                    .map(|m| {
+                        Ok(Value::Object(
+                            merge_map(Map::new(), m, item_ty, path)?.unwrap_or_default(),
+                        ))
+                    })
+                    .collect();
+            }
+            // mergeSliceWithoutSpecialElements: merge by key or append.
+            let base = original.clone();
+            let mut merged = original;
+            for m in &items {
+                let Some(kv) = m.get(key) else {
                     return perr(format!(
-                        "{path}: map: {item} does not contain declared merge key: {key}"
+                        "{path}: map: {} does not contain declared merge key: {key}",
+                        Value::Object((*m).clone())
                     ));
                 };
-                let pos = out.iter().position(|o| o.get(key) == Some(kv));
-                match pm.get(DIRECTIVE).and_then(Value::as_str) {
-                    Some("delete") => {
-                        out.retain(|o| o.get(key) != Some(kv));
-                        continue;
-                    }
-                    Some("replace") => {
-                        let mut m = pm.clone();
-                        m.remove(DIRECTIVE);
-                        let v = Value::Object(
-                            merge_map(Map::new(), &m, item_ty, path)?.unwrap_or_default(),
-                        );
-                        match pos {
-                            Some(i) => out[i] = v,
-                            None => out.push(v),
-                        }
-                        continue;
-                    }
-                    _ => {}
-                }
-                match pos {
+                match merged.iter().position(|o| o.get(key) == Some(kv)) {
                     Some(i) => {
-                        let Value::Object(o) = std::mem::take(&mut out[i]) else {
-                            out[i] = strip_directives(item);
-                            continue;
+                        let o = match std::mem::take(&mut merged[i]) {
+                            Value::Object(o) => o,
+                            _ => Map::new(),
                         };
-                        out[i] =
-                            Value::Object(merge_map(o, pm, item_ty, path)?.unwrap_or_default());
+                        merged[i] =
+                            Value::Object(merge_map(o, m, item_ty, path)?.unwrap_or_default());
                     }
-                    None => out.push(Value::Object(
-                        merge_map(Map::new(), pm, item_ty, path)?.unwrap_or_default(),
+                    None => merged.push(Value::Object(
+                        merge_map(Map::new(), m, item_ty, path)?.unwrap_or_default(),
                     )),
                 }
             }
-            Ok(out)
+            let order: Vec<Value> = items.iter().map(|m| Value::Object((*m).clone())).collect();
+            Ok(normalize_element_order(merged, &order, &base, Some(key)))
         }
     }
 }
 
-/// Reorders `list` so the items named in `order` (by merge key value, or by value for
-/// scalars) appear in that order. Items the order does not name (server-only items) stay
-/// at their positions, as upstream's `normalizeElementOrder` keeps them relative to the
-/// others.
-fn reorder(list: &mut [Value], order: &[Value], key: Option<&str>) {
-    let id = |v: &Value| -> Option<Value> {
-        match key {
-            Some(k) => v.get(k).cloned(),
-            None => Some(v.clone()),
-        }
-    };
-    let rank = |v: &Value| {
-        id(v).and_then(|i| {
-            order.iter().position(|o| match key {
-                Some(k) => o.get(k) == Some(&i),
-                None => *o == i,
-            })
-        })
-    };
+/// The identity of a list item: its merge key value, or the value itself for scalars.
+fn identity(v: &Value, key: Option<&str>) -> Option<Value> {
+    match key {
+        Some(k) => v.get(k).cloned(),
+        None => Some(v.clone()),
+    }
+}
+
+fn index_in(list: &[Value], v: &Value, key: Option<&str>) -> Option<usize> {
+    let id = identity(v, key)?;
+    list.iter()
+        .position(|o| identity(o, key).as_ref() == Some(&id))
+}
+
+/// Upstream's `normalizeElementOrder`: splits `merged` into the items `order` names
+/// (sorted by `order`) and the server-only items (sorted by `server_order`), then
+/// interleaves them with `mergeSortedSlice`: a server-only item goes first only when both
+/// it and the next patch item are in `server_order` and it comes earlier there.
+fn normalize_element_order(
+    merged: Vec<Value>,
+    order: &[Value],
+    server_order: &[Value],
+    key: Option<&str>,
+) -> Vec<Value> {
+    let (mut named, mut server_only): (Vec<Value>, Vec<Value>) = merged
+        .into_iter()
+        .partition(|v| index_in(order, v, key).is_some());
+    sort_by_order(&mut named, order, key);
+    sort_by_order(&mut server_only, server_order, key);
+    let mut out = Vec::with_capacity(named.len() + server_only.len());
+    let (mut left, mut right) = (
+        server_only.into_iter().peekable(),
+        named.into_iter().peekable(),
+    );
+    loop {
+        let take_left = match (left.peek(), right.peek()) {
+            (None, None) => break,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some(l), Some(r)) => match (
+                index_in(server_order, l, key),
+                index_in(server_order, r, key),
+            ) {
+                (Some(li), Some(ri)) => li < ri,
+                _ => false,
+            },
+        };
+        let next = if take_left { left.next() } else { right.next() };
+        out.extend(next);
+    }
+    out
+}
+
+/// Upstream's `normalizeSliceOrder`: items found in `order` are sorted by it; the others
+/// keep their slots.
+fn sort_by_order(list: &mut [Value], order: &[Value], key: Option<&str>) {
     let slots: Vec<usize> = (0..list.len())
-        .filter(|&i| rank(&list[i]).is_some())
+        .filter(|&i| index_in(order, &list[i], key).is_some())
         .collect();
     let mut ordered: Vec<Value> = slots.iter().map(|&i| list[i].clone()).collect();
-    ordered.sort_by_key(|v| rank(v).unwrap_or(usize::MAX));
+    ordered.sort_by_key(|v| index_in(order, v, key));
     for (slot, v) in slots.into_iter().zip(ordered) {
         list[slot] = v;
     }
@@ -765,7 +847,8 @@ mod tests {
                 "Service",
                 json!({"metadata": {"finalizers": ["a", "b"]}}),
                 json!({"metadata": {"finalizers": ["c", "a"], "$deleteFromPrimitiveList/finalizers": ["b"]}}),
-                json!({"metadata": {"finalizers": ["a", "c"]}}),
+                // The patch's items come in the patch's order.
+                json!({"metadata": {"finalizers": ["c", "a"]}}),
             ),
             // $setElementOrder on a primitive list.
             (
@@ -786,12 +869,13 @@ mod tests {
                     {"name": "app", "image": "a:2", "env": [{"name": "B", "value": "3"}]},
                     {"name": "side", "image": "s:1"}]}}}}),
             ),
-            // $setElementOrder with a server-only item: it keeps its slot.
+            // $setElementOrder with a server-only item: upstream's mergeSortedSlice puts it
+            // before b, which follows it in the original.
             (
                 "Pod",
                 json!({"spec": {"containers": [{"name": "a"}, {"name": "server"}, {"name": "b"}]}}),
                 json!({"spec": {"$setElementOrder/containers": [{"name": "b"}, {"name": "a"}], "containers": [{"name": "b", "image": "x"}]}}),
-                json!({"spec": {"containers": [{"name": "b", "image": "x"}, {"name": "server"}, {"name": "a"}]}}),
+                json!({"spec": {"containers": [{"name": "server"}, {"name": "b", "image": "x"}, {"name": "a"}]}}),
             ),
             // Directives in a field the original lacks are resolved, not stored.
             (
@@ -813,6 +897,23 @@ mod tests {
                 json!({"status": {"conditions": [{"type": "Available", "status": "False"}, {"type": "Progressing", "status": "True"}]}}),
                 json!({"status": {"conditions": [{"type": "Available", "status": "True"}]}}),
                 json!({"status": {"conditions": [{"type": "Available", "status": "True"}, {"type": "Progressing", "status": "True"}]}}),
+            ),
+            // A new item comes first: it is not in the original, so mergeSortedSlice does
+            // not place the server-only items before it.
+            (
+                "Pod",
+                json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}]}}),
+                json!({"spec": {"containers": [{"name": "c"}]}}),
+                json!({"spec": {"containers": [{"name": "c"}, {"name": "a"}, {"name": "b"}]}}),
+            ),
+            // Patch items keep the patch's order; server-only items interleave by their
+            // original positions.
+            (
+                "Pod",
+                json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}}),
+                json!({"spec": {"containers": [{"name": "c", "image": "1"}, {"name": "a", "image": "2"}]}}),
+                // b (original index 1) precedes c (index 2), so it goes first.
+                json!({"spec": {"containers": [{"name": "b"}, {"name": "c", "image": "1"}, {"name": "a", "image": "2"}]}}),
             ),
             // A scalar replacing a map and vice versa.
             (
@@ -844,6 +945,21 @@ mod tests {
                 "$retainKeys at \"spec\" does not list \"b\", which the patch sets: add it to $retainKeys",
             ),
             (json!([]), json!({}), "a strategic merge patch and the object it patches must both be JSON objects"),
+            (
+                json!({"spec": {"ports": [{"port": 80}]}}),
+                json!({"spec": {"ports": [{"$patch": "merge"}]}}),
+                "spec.ports: merging lists cannot yet be specified in the patch",
+            ),
+            (
+                json!({"spec": {"ports": [{"port": 80}]}}),
+                json!({"spec": {"ports": [{"$patch": "delete", "name": "x"}]}}),
+                "spec.ports: map: {\"$patch\":\"delete\",\"name\":\"x\"} does not contain declared merge key: port",
+            ),
+            (
+                json!({"metadata": {"finalizers": ["a"]}}),
+                json!({"metadata": {"finalizers": [{"x": 1}]}}),
+                "metadata.finalizers: a list of values with merge strategy must hold scalars, got [{\"x\":1}]",
+            ),
         ];
         for (orig, patch, msg) in cases {
             let e = strategic_merge_patch("Service", &orig, &patch).expect_err(&patch.to_string());
