@@ -219,6 +219,29 @@ pub fn is_valid_port_num(port: i64) -> Vec<String> {
     }
 }
 
+/// Characters of upstream's `utilrand.String`: no vowels (no accidental words) and no
+/// look-alikes (0/o, 1/l/i, 3/e).
+pub const GENERATE_NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+/// Upstream's `MaxGeneratedNameLength`: 63 minus the 5 random characters.
+pub const MAX_GENERATED_NAME_LENGTH: usize = 63 - 5;
+
+/// Upstream's `SimpleNameGenerator.GenerateName`: the base (cut to 58 bytes) plus 5
+/// characters from [`GENERATE_NAME_ALPHABET`]. `random_index(n)` must return a random
+/// number below `n`; the caller supplies the randomness so this crate stays pure. On a
+/// name collision the server retries (upstream: up to 7 attempts since v1.32).
+pub fn generate_name(base: &str, mut random_index: impl FnMut(usize) -> usize) -> String {
+    let mut cut = base.len().min(MAX_GENERATED_NAME_LENGTH);
+    while !base.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut name = base[..cut].to_string();
+    for _ in 0..5 {
+        let i = random_index(GENERATE_NAME_ALPHABET.len()) % GENERATE_NAME_ALPHABET.len();
+        name.push(GENERATE_NAME_ALPHABET[i] as char);
+    }
+    name
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,6 +376,30 @@ mod tests {
             (-1, false),
         ] {
             assert_eq!(is_valid_port_num(p).is_empty(), ok, "{p}");
+        }
+    }
+
+    #[test]
+    fn generated_names() {
+        let long = "a".repeat(70);
+        let cases: Vec<(&str, Vec<usize>, String)> = vec![
+            ("web-", vec![0, 1, 2, 3, 4], "web-bcdfg".into()),
+            (
+                "web-",
+                vec![26, 26, 25, 0, 27],
+                "web-99872b".chars().take(9).collect(),
+            ),
+            ("", vec![5, 5, 5, 5, 5], "hhhhh".into()),
+            (&long, vec![0; 5], format!("{}bbbbb", "a".repeat(58))),
+        ];
+        for (base, draws, want) in cases {
+            let mut it = draws.into_iter();
+            let got = generate_name(base, |n| {
+                assert_eq!(n, 27, "the alphabet has 27 characters");
+                it.next().unwrap()
+            });
+            assert_eq!(got, want, "{base:?}");
+            assert!(got.len() <= 63);
         }
     }
 }

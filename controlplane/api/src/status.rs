@@ -207,9 +207,41 @@ pub fn method_not_supported(gr: GroupResource<'_>, action: &str) -> StatusError 
     )
 }
 
-/// 415 for a PATCH or body with a content type the server does not accept.
-pub fn unsupported_media_type(content_type: &str) -> StatusError {
-    status(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/merge-patch+json, application/strategic-merge-patch+json, application/json-patch+json, application/apply-patch+yaml; got {content_type:?}"), None)
+/// 415 for a body whose Content-Type the endpoint does not accept (upstream's
+/// `errUnsupportedMediaType`).
+pub fn unsupported_media_type(accepted: &[&str]) -> StatusError {
+    status(
+        415,
+        "UnsupportedMediaType",
+        format!(
+            "the body of the request was in an unknown format - accepted media types include: {}",
+            accepted.join(", ")
+        ),
+        None,
+    )
+}
+
+/// 406 for an Accept header the server cannot satisfy (upstream's `errNotAcceptable`).
+pub fn not_acceptable(accepted: &[&str]) -> StatusError {
+    status(
+        406,
+        "NotAcceptable",
+        format!(
+            "only the following media types are accepted: {}",
+            accepted.join(", ")
+        ),
+        None,
+    )
+}
+
+/// 500 `Internal error occurred: <err>`, with the error as the single cause.
+pub fn internal_error(err: &str) -> StatusError {
+    status(
+        500,
+        "InternalError",
+        format!("Internal error occurred: {err}"),
+        Some(json!({"causes": [{"message": err}]})),
+    )
 }
 
 /// Success Status, as returned by DELETE of a collection or of an object already gone.
@@ -294,6 +326,19 @@ mod tests {
                 "RequestEntityTooLarge",
                 "Request entity too large: limit is 3145728",
             ),
+            (
+                unsupported_media_type(&["application/json", "application/yaml"]),
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml",
+            ),
+            (
+                not_acceptable(&["application/json"]),
+                406,
+                "NotAcceptable",
+                "only the following media types are accepted: application/json",
+            ),
+            (internal_error("disk full"), 500, "InternalError", "Internal error occurred: disk full"),
             (
                 method_not_supported(DEPLOY, "deletecollection"),
                 405,
