@@ -4,7 +4,7 @@
 //! will: path → resource, fieldValidation, defaulting, validation, patching, apply.
 
 use serde_json::{json, Value};
-use skiff_api::apply::apply;
+use skiff_api::apply::{apply, record_update};
 use skiff_api::defaults::apply_defaults;
 use skiff_api::patch::{apply_patch, PatchType};
 use skiff_api::resources::{parse_path, ApiPath};
@@ -148,45 +148,122 @@ fn ssa_requests(reqs: &[Request]) -> Vec<(&str, Value)> {
 
 const T: &str = "2026-01-01T00:00:00Z";
 
-/// Without ownership records, server-side apply cannot know that port 80 belonged to the
-/// earlier client-side apply: it adds 8080 next to it, and both are named `http`, which
-/// validation refuses, as upstream does when kubectl's client-side-to-server-side
-/// managedFields migration has not run (the fake server gave it nothing to migrate).
+/// The whole log4 session in order, with ownership tracking: client-side apply creates
+/// the Service (an Update entry for `kubectl-client-side-apply`), patches port 80 to 8080,
+/// then `kubectl apply --server-side` applies the same content (shared ownership, no
+/// conflict) and migrates the last-applied annotation with a second manager.
 #[test]
-fn server_side_apply_without_ownership_keeps_old_port() {
+fn full_session_with_managed_fields() {
+    let reqs = load("log4");
+    let mut obj: Option<Value> = None;
+    let mut seen = Vec::new();
+    for r in &reqs {
+        let manager = query(&r.path, "fieldManager").unwrap_or("");
+        let next = match (r.method.as_str(), r.content_type.as_deref()) {
+            ("POST", _) => {
+                let created = create(
+                    "Service",
+                    &serde_json::from_str(&r.body).unwrap(),
+                    FieldValidation::Strict,
+                );
+                record_update("Service", None, &created, manager, "v1", T)
+            }
+            ("PATCH", Some(ct)) => {
+                let mut body: Value = serde_json::from_str(&r.body).unwrap();
+                let current = obj.as_ref().expect("patch after create");
+                if manager == "kubectl-last-applied" {
+                    // kubectl copies the live object's last-applied annotation into this
+                    // apply to take ownership of it. The fake server that recorded the trace
+                    // kept returning the object as first created (port 80), so use the
+                    // annotation a real server would have returned (port 8080) instead.
+                    let ann = "kubectl.kubernetes.io/last-applied-configuration";
+                    body["metadata"]["annotations"][ann] =
+                        current["metadata"]["annotations"][ann].clone();
+                }
+                match PatchType::from_content_type(ct).unwrap() {
+                    PatchType::Apply => {
+                        let force = query(&r.path, "force") == Some("true");
+                        let applied =
+                            apply("Service", Some(current), &body, manager, T, force).unwrap();
+                        create("Service", &applied, FieldValidation::Strict)
+                    }
+                    pt => {
+                        let patched = create(
+                            "Service",
+                            &apply_patch("Service", pt, current, &body).unwrap(),
+                            FieldValidation::Strict,
+                        );
+                        record_update("Service", Some(current), &patched, manager, "v1", T)
+                    }
+                }
+            }
+            _ => continue,
+        };
+        seen.push(format!("{} {}", r.method, manager));
+        obj = Some(next);
+    }
+    assert_eq!(
+        seen,
+        [
+            "POST kubectl-client-side-apply",
+            "PATCH kubectl-client-side-apply",
+            "PATCH kubectl",
+            "PATCH kubectl-last-applied"
+        ]
+    );
+    let obj = obj.unwrap();
+    assert_eq!(obj["spec"], expected_spec(8080));
+    let managers: Vec<(&str, &str)> = obj["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["manager"].as_str().unwrap(),
+                e["operation"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        managers,
+        [
+            ("kubectl-client-side-apply", "Update"),
+            ("kubectl", "Apply"),
+            ("kubectl-last-applied", "Apply")
+        ]
+    );
+}
+
+/// A server-side apply that changes a value the client-side apply manager owns (the
+/// targetPort of port 80, created by the recorded POST) is a 409 conflict naming that
+/// manager and the field; with `force=true` it goes through.
+#[test]
+fn server_side_apply_conflict_with_client_side_owner() {
     let reqs = load("log4");
     let post = reqs.iter().find(|r| r.method == "POST").unwrap();
-    let stored = create(
+    let created = create(
         "Service",
         &serde_json::from_str(&post.body).unwrap(),
         FieldValidation::Strict,
     );
-    let applies = ssa_requests(&reqs);
-    assert_eq!(
-        applies.len(),
-        2,
-        "kubectl apply --server-side sends two apply patches"
-    );
-    let (manager, cfg) = &applies[0];
-    assert_eq!(*manager, "kubectl");
-    let obj = apply_defaults(
+    let obj = record_update(
         "Service",
-        &apply("Service", Some(&stored), cfg, manager, T).unwrap(),
-    )
-    .unwrap();
-    let ports: Vec<i64> = obj["spec"]["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["port"].as_i64().unwrap())
-        .collect();
-    assert_eq!(ports, [80, 8080]);
-    let errs: Vec<String> = validate("Service", &obj)
-        .unwrap()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    assert_eq!(errs, ["spec.ports[1].name: Duplicate value: \"http\""]);
+        None,
+        &created,
+        "kubectl-client-side-apply",
+        "v1",
+        T,
+    );
+    let cfg = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
+                     "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}], "selector": {"app": "web"}}});
+    let err = apply("Service", Some(&obj), &cfg, "kubectl", T, false).unwrap_err();
+    assert_eq!(
+        err.message,
+        format!("Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\" using v1 at {T}: .spec.ports[port=80,protocol=\"TCP\"].targetPort")
+    );
+    assert_eq!(err.status().code, 409);
+    let forced = apply("Service", Some(&obj), &cfg, "kubectl", T, true).unwrap();
+    assert_eq!(forced["spec"]["ports"][0]["targetPort"], 8080);
 }
 
 /// With the ownership kubectl's migration leaves behind (the last-applied configuration's
@@ -210,7 +287,7 @@ fn server_side_apply_after_migration_replaces_port() {
         "fieldsType": "FieldsV1", "fieldsV1": skiff_api::apply::field_set("Service", &last_applied),
     }]);
     for (i, (manager, cfg)) in ssa_requests(&reqs).into_iter().enumerate() {
-        obj = apply("Service", Some(&obj), &cfg, manager, T).unwrap();
+        obj = apply("Service", Some(&obj), &cfg, manager, T, false).unwrap();
         obj = create("Service", &obj, FieldValidation::Strict);
         let entry = &obj["metadata"]["managedFields"].as_array().unwrap()[i];
         assert_eq!(entry["manager"], manager);
