@@ -14,8 +14,7 @@
 //!   the fields the configuration sets (`f:<field>`, `k:{<keys>}` with `.` for list items,
 //!   `v:<value>` for set items); identity fields (`apiVersion`, `kind`, `metadata.name`,
 //!   `metadata.namespace`...) and `status` (served by the status subresource) are not
-//!   tracked, like upstream.
-//!
+//!   tracked, like upstream;
 //! * conflicts: a field the configuration sets to a value different from the current one,
 //!   owned by another manager (Apply or Update), is a conflict (409, upstream's message
 //!   and `FieldManagerConflict` causes) unless `force` is set, in which case the other

@@ -274,6 +274,12 @@ fn default_service(s: &mut Service) {
     if ty == "LoadBalancer" {
         set(&mut spec.allocate_load_balancer_node_ports, true);
     }
+    // The registry keeps `clusterIPs[0]` equal to `clusterIP` (normalizeClusterIPs).
+    if let Some(ip) = spec.cluster_ip.clone().filter(|ip| !ip.is_empty()) {
+        if spec.cluster_ips.as_ref().is_none_or(|c| c.is_empty()) {
+            spec.cluster_ips = Some(vec![ip]);
+        }
+    }
     // The registry (not defaults.go) fills the IP family fields for every type but
     // ExternalName. skiff clusters are single-stack: the family is the clusterIP's when
     // one is given, else IPv4.
@@ -482,6 +488,7 @@ mod tests {
                 vec![
                     ("/spec/externalTrafficPolicy", json!("Local")),
                     ("/spec/ipFamilies", json!(["IPv6"])),
+                    ("/spec/clusterIPs", json!(["fd00::10"])),
                 ],
             ),
             (
