@@ -1,8 +1,32 @@
-//! Kubernetes API semantics for skiff's apiserver, with no IO: which resources exist
-//! ([`resources`]), label and field selectors ([`selector`]), the four patch types
-//! ([`patch`], [`apply`]), defaulting ([`defaults`]), validation ([`validation`]),
-//! unknown-field detection for `fieldValidation` ([`unknown_fields`]) and the failure
-//! `Status` bodies ([`status`]). The HTTP server is built on top of this crate.
+//! Kubernetes API semantics for skiff's apiserver, with no IO: the HTTP server is built
+//! on top of this crate and owns storage, watches and the network.
+//!
+//! | module | what it gives the server |
+//! |---|---|
+//! | [`resources`] | the served resources (upstream's discovery data), discovery documents, request-path parsing |
+//! | [`selector`] | `labelSelector` / `metav1.LabelSelector` / `fieldSelector` parsing and matching |
+//! | [`patch`] | JSON patch, JSON merge patch, strategic merge patch (with per-kind patch metadata) |
+//! | [`apply`] | server-side apply, managedFields for Apply and Update, conflicts |
+//! | [`defaults`] | upstream's defaulting per kind |
+//! | [`validation`] | create and update validation with upstream's field errors |
+//! | [`unknown_fields`] | `fieldValidation` (Strict / Warn / Ignore) |
+//! | [`status`] | failure `Status` bodies (NotFound, AlreadyExists, Conflict, Invalid, ...) |
+//! | [`field`], [`names`] | field errors and upstream's name/label validators |
+//!
+//! The order upstream's apiserver runs these in, which the server should keep:
+//!
+//! * **create** (`POST`): [`resources::parse_path`] → parse body → [`unknown_fields`]
+//!   per `fieldValidation` (raw body: defaulting drops unknown fields) →
+//!   [`defaults::apply_defaults`] → [`validation::validate`] → 422 via
+//!   [`status::invalid`] or store, with [`apply::record_update`] (`old = None`).
+//! * **update** (`PUT`): as create, then [`validation::validate_update`] against the
+//!   stored object; a stale `metadata.resourceVersion` is
+//!   [`status::resource_version_conflict`].
+//! * **patch** (`PATCH`): [`patch::PatchType::from_content_type`] → [`patch::apply_patch`]
+//!   on the stored object (or [`apply::apply`] for `apply-patch+yaml`) → unknown fields →
+//!   defaults → `validate_update` → [`apply::record_update`] for non-apply patches.
+//! * **list/watch**: [`selector::parse_label_selector`] and
+//!   [`selector::parse_field_selector`] once per request, then `matches` per object.
 
 pub mod apply;
 pub mod defaults;
