@@ -413,6 +413,42 @@ pub fn validate_object_meta(meta: &ObjectMeta, namespaced: bool, rule: NameRule,
     for f in meta.finalizers.iter().flatten() {
         errs.extend(validate_finalizer(f, &p.child("finalizers")));
     }
+    // Upstream's validateOwnerReferences: required parts, at most one controller.
+    let op = p.child("ownerReferences");
+    let mut controller: Option<&str> = None;
+    for r in meta.owner_references.iter().flatten() {
+        let version = r.api_version.rsplit('/').next().unwrap_or("");
+        for (field, empty, what) in [
+            ("apiVersion", version.is_empty(), "version"),
+            ("kind", r.kind.is_empty(), "kind"),
+            ("name", r.name.is_empty(), "name"),
+            ("uid", r.uid.is_empty(), "uid"),
+        ] {
+            if empty {
+                let value = match field {
+                    "apiVersion" => &r.api_version,
+                    "kind" => &r.kind,
+                    "name" => &r.name,
+                    _ => &r.uid,
+                };
+                errs.push(FieldError::invalid(
+                    op.child(field),
+                    value.as_str(),
+                    format!("{what} must not be empty"),
+                ));
+            }
+        }
+        if r.controller == Some(true) {
+            match controller {
+                Some(first) => errs.push(FieldError::invalid(
+                    &op,
+                    serde_json::to_value(meta.owner_references.as_ref()).unwrap_or_default(),
+                    format!("Only one reference can have Controller set to true. Found \"true\" in references for {first} and {}", r.name),
+                )),
+                None => controller = Some(r.name.as_str()),
+            }
+        }
+    }
     errs
 }
 
@@ -1280,6 +1316,44 @@ mod tests {
                 "ConfigMap",
                 cm(json!({"name": "a", "namespace": "default", "annotations": {"k": big}})),
                 vec!["metadata.annotations: Too long: may not be more than 262144 bytes".into()],
+            ),
+            (
+                "ConfigMap",
+                cm(json!({"name": "a", "namespace": "default", "ownerReferences": [
+                    {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "u1", "controller": true},
+                    {"apiVersion": "", "kind": "", "name": "x", "uid": ""}]})),
+                vec![
+                    "metadata.ownerReferences.apiVersion: Invalid value: \"\": version must not be empty".into(),
+                    "metadata.ownerReferences.kind: Invalid value: \"\": kind must not be empty".into(),
+                    "metadata.ownerReferences.uid: Invalid value: \"\": uid must not be empty".into(),
+                ],
+            ),
+            (
+                "ConfigMap",
+                cm(json!({"name": "a", "namespace": "default", "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "Pod", "name": "p1", "uid": "u1", "controller": true},
+                    {"apiVersion": "v1", "kind": "Pod", "name": "p2", "uid": "u2", "controller": true}]})),
+                vec![concat!(
+                    "metadata.ownerReferences: Invalid value: [{\"apiVersion\":\"v1\",\"controller\":true,\"kind\":\"Pod\",\"name\":\"p1\",\"uid\":\"u1\"},",
+                    "{\"apiVersion\":\"v1\",\"controller\":true,\"kind\":\"Pod\",\"name\":\"p2\",\"uid\":\"u2\"}]: ",
+                    "Only one reference can have Controller set to true. Found \"true\" in references for p1 and p2"
+                )
+                .into()],
+            ),
+            (
+                "Lease",
+                json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "kube_scheduler", "namespace": "kube-system"}}),
+                vec![format!("metadata.name: Invalid value: \"kube_scheduler\": {subdomain}")],
+            ),
+            (
+                "ServiceAccount",
+                json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": "default"}}),
+                vec![],
+            ),
+            (
+                "Event",
+                json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "web.17a2b3c4d5e6f708", "namespace": "default"}}),
+                vec![],
             ),
             (
                 "ConfigMap",
