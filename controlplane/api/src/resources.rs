@@ -280,24 +280,40 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
     Some(list)
 }
 
+/// One group's entry as `/apis` lists it and `/apis/{group}` returns it (there with
+/// `kind`/`apiVersion`); None for a group skiff does not serve.
+pub fn api_group(group: &str) -> Option<Value> {
+    if group.is_empty() || !GROUP_ORDER.contains(&group) {
+        return None;
+    }
+    let mut versions: Vec<&str> = Vec::new();
+    for r in RESOURCES.iter().filter(|r| r.group == group) {
+        if !versions.contains(&r.version) {
+            versions.push(r.version);
+        }
+    }
+    let gv = |v: &str| json!({"groupVersion": group_version(group, v), "version": v});
+    Some(json!({
+        "kind": "APIGroup",
+        "apiVersion": "v1",
+        "name": group,
+        "versions": versions.iter().map(|v| gv(v)).collect::<Vec<_>>(),
+        "preferredVersion": gv(versions[0]),
+    }))
+}
+
 /// `GET /apis`: the `APIGroupList` of every non-core group (the core group is not listed
 /// here upstream; it is discovered through `/api`).
 pub fn api_group_list() -> Value {
     let groups: Vec<Value> = GROUP_ORDER
         .iter()
-        .map(|g| {
-            let mut versions: Vec<&str> = Vec::new();
-            for r in RESOURCES.iter().filter(|r| r.group == *g) {
-                if !versions.contains(&r.version) {
-                    versions.push(r.version);
-                }
-            }
-            let gv = |v: &str| json!({"groupVersion": group_version(g, v), "version": v});
-            json!({
-                "name": g,
-                "versions": versions.iter().map(|v| gv(v)).collect::<Vec<_>>(),
-                "preferredVersion": gv(versions[0]),
-            })
+        .filter_map(|g| {
+            // Inside the list, groups carry no kind/apiVersion of their own.
+            let mut v = api_group(g)?;
+            let m = v.as_object_mut()?;
+            m.remove("kind");
+            m.remove("apiVersion");
+            Some(v)
         })
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
@@ -803,6 +819,16 @@ mod tests {
             json!({"name": "apps", "versions": [{"groupVersion": "apps/v1", "version": "v1"}],
                    "preferredVersion": {"groupVersion": "apps/v1", "version": "v1"}})
         );
+        assert_eq!(
+            api_group("discovery.k8s.io"),
+            Some(
+                json!({"kind": "APIGroup", "apiVersion": "v1", "name": "discovery.k8s.io",
+                        "versions": [{"groupVersion": "discovery.k8s.io/v1", "version": "v1"}],
+                        "preferredVersion": {"groupVersion": "discovery.k8s.io/v1", "version": "v1"}})
+            )
+        );
+        assert_eq!(api_group(""), None, "the core group is served under /api");
+        assert_eq!(api_group("networking.k8s.io"), None);
         // Every group in the table must be discoverable, or clients never find it.
         for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
             assert!(
