@@ -11,9 +11,11 @@
 //! Strategic merge semantics implemented:
 //! * maps merge recursively; `null` deletes a key;
 //! * lists follow the field's strategy: atomic (replace, the upstream default for a list
-//!   without a `patchStrategy` tag), merge by key (items with the same merge key value are
-//!   merged, others appended), or merge of primitives (set union, original order first);
-//! * directives: `$patch: replace|merge|delete` in maps and in list items,
+//!   without a `patchStrategy` tag; directive keys inside are dropped), merge by key (items
+//!   with the same merge key value are merged, others added), or merge of primitives (set
+//!   union); merged lists are ordered like upstream's `normalizeElementOrder`;
+//! * directives: `$patch: replace|delete` in maps and `replace|delete` in list items
+//!   (`merge` is accepted as a no-op in maps and rejected in lists, as upstream),
 //!   `$retainKeys`, `$setElementOrder/<field>`, `$deleteFromPrimitiveList/<field>`.
 
 use serde_json::{Map, Value};
