@@ -582,6 +582,11 @@ fn validate_service(svc: &Service) -> Errs {
         }
         errs.extend(port_num(i64::from(sp.port), &pp.child("port")));
         errs.extend(protocol(sp.protocol.as_deref(), &pp.child("protocol")));
+        if let Some(ap) = sp.app_protocol.as_deref() {
+            for msg in is_qualified_name(ap) {
+                errs.push(FieldError::invalid(pp.child("appProtocol"), ap, msg));
+            }
+        }
         if let Some(tp) = &sp.target_port {
             errs.extend(port_num_or_name(tp, &pp.child("targetPort")));
         }
@@ -614,6 +619,21 @@ fn validate_service(svc: &Service) -> Errs {
         &["ClientIP", "None"],
         &p.child("sessionAffinity"),
     ));
+    // MaxClientIPServiceAffinitySeconds is one day.
+    let timeout = spec
+        .session_affinity_config
+        .as_ref()
+        .and_then(|c| c.client_ip.as_ref())
+        .and_then(|c| c.timeout_seconds);
+    if let Some(t) = timeout.filter(|t| *t <= 0 || *t > 86400) {
+        errs.push(FieldError::invalid(
+            p.child("sessionAffinityConfig")
+                .child("clientIP")
+                .child("timeoutSeconds"),
+            t,
+            "must be greater than 0 and less than 86400",
+        ));
+    }
     errs.extend(one_of(
         spec.internal_traffic_policy.as_deref(),
         &["Cluster", "Local"],
@@ -1247,6 +1267,18 @@ mod tests {
                 vec!["spec.ports[0].nodePort: Forbidden: may not be used when `type` is 'ClusterIP'"],
             ),
             (svc(json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]})), vec![]),
+            (
+                svc(json!({"ports": [{"port": 80}], "sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}}})),
+                vec!["spec.sessionAffinityConfig.clientIP.timeoutSeconds: Invalid value: 0: must be greater than 0 and less than 86400"],
+            ),
+            (
+                svc(json!({"ports": [{"port": 80, "appProtocol": "kubernetes.io/h2c"}]})),
+                vec![],
+            ),
+            (
+                svc(json!({"ports": [{"port": 80, "appProtocol": "http 2"}]})),
+                vec!["spec.ports[0].appProtocol: Invalid value: \"http 2\": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"],
+            ),
             (
                 svc(json!({"type": "Magic", "ports": [{"port": 80}]})),
                 vec!["spec.type: Unsupported value: \"Magic\": supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""],
