@@ -712,4 +712,85 @@ mod tests {
             "{e}"
         );
     }
+
+    /// Every leaf of `input` must be in `output` with the same value.
+    fn assert_preserved(input: &Value, output: &Value, path: &str) {
+        match (input, output) {
+            (Value::Object(i), Value::Object(o)) => {
+                for (k, v) in i {
+                    let o = o.get(k).unwrap_or_else(|| panic!("{path}.{k} was dropped"));
+                    assert_preserved(v, o, &format!("{path}.{k}"));
+                }
+            }
+            (Value::Array(i), Value::Array(o)) => {
+                assert_eq!(i.len(), o.len(), "{path} length");
+                for (n, (a, b)) in i.iter().zip(o).enumerate() {
+                    assert_preserved(a, b, &format!("{path}[{n}]"));
+                }
+            }
+            (i, o) => assert_eq!(i, o, "{path}"),
+        }
+    }
+
+    /// Stored objects go through defaulting on every write, so it must keep what clients
+    /// sent (timestamps, quantities, status) byte for byte and be idempotent.
+    #[test]
+    fn round_trip_preserves_and_is_idempotent() {
+        let objects = vec![
+            (
+                "Pod",
+                json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "p", "namespace": "default", "uid": "6d1f0f3c-1111-2222-3333-444455556666",
+                             "resourceVersion": "42", "creationTimestamp": "2026-01-01T00:00:00Z",
+                             "labels": {"app": "web"}, "annotations": {"a": "b"},
+                             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "u", "controller": true, "blockOwnerDeletion": true}]},
+                "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "nginx:1.27",
+                    "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}},
+                    "ports": [{"containerPort": 80, "name": "http", "protocol": "TCP"}]}],
+                    "tolerations": [{"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}]},
+                "status": {"phase": "Running", "podIP": "10.244.1.5", "podIPs": [{"ip": "10.244.1.5"}], "startTime": "2026-01-01T00:00:01Z",
+                    "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:05Z"}]}}),
+            ),
+            (
+                "Service",
+                json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "web", "namespace": "default", "creationTimestamp": "2026-01-01T00:00:00Z"},
+                "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.20", "ports": [{"name": "http", "port": 80, "targetPort": "http", "nodePort": 31000}],
+                         "selector": {"app": "web"}},
+                "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10", "ipMode": "VIP"}]}}}),
+            ),
+            (
+                "Deployment",
+                json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "d", "namespace": "default", "generation": 3},
+                "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "d"}},
+                         "template": {"metadata": {"labels": {"app": "d"}}, "spec": {"containers": [{"name": "c", "image": "x:1"}]}}},
+                "status": {"replicas": 3, "readyReplicas": 2, "observedGeneration": 3,
+                           "conditions": [{"type": "Available", "status": "True", "lastUpdateTime": "2026-01-01T00:00:00Z", "lastTransitionTime": "2026-01-01T00:00:00Z", "reason": "MinimumReplicasAvailable", "message": "ok"}]}}),
+            ),
+            (
+                "Node",
+                json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+                "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"]},
+                "status": {"capacity": {"cpu": "2", "memory": "24Gi", "pods": "110"}, "allocatable": {"cpu": "1900m", "memory": "23Gi", "pods": "110"},
+                           "addresses": [{"type": "InternalIP", "address": "192.0.2.1"}],
+                           "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": "2026-01-01T00:00:00Z", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}),
+            ),
+            (
+                "EndpointSlice",
+                json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "web-abc12", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["10.244.1.5"], "conditions": {"ready": true, "serving": true, "terminating": false},
+                               "nodeName": "n1", "targetRef": {"kind": "Pod", "name": "p", "namespace": "default"}}],
+                "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}),
+            ),
+        ];
+        for (kind, obj) in objects {
+            let once = apply_defaults(kind, &obj).unwrap();
+            assert_preserved(&obj, &once, kind);
+            let twice = apply_defaults(kind, &once).unwrap();
+            assert_eq!(once, twice, "{kind}: defaulting is idempotent");
+        }
+    }
 }
