@@ -168,6 +168,40 @@ impl LabelMatcher {
     }
 }
 
+impl std::fmt::Display for Requirement {
+    /// Upstream's `Requirement.String()`: `a=b`, `a!=b`, `a in (x,y)`, `a notin (x)`,
+    /// `a`, `!a`, `a>1`, `a<1`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let k = &self.key;
+        let vals = self.values.join(",");
+        match self.operator {
+            Operator::Equals => write!(f, "{k}={vals}"),
+            Operator::DoubleEquals => write!(f, "{k}=={vals}"),
+            Operator::NotEquals => write!(f, "{k}!={vals}"),
+            Operator::In => write!(f, "{k} in ({vals})"),
+            Operator::NotIn => write!(f, "{k} notin ({vals})"),
+            Operator::Exists => write!(f, "{k}"),
+            Operator::DoesNotExist => write!(f, "!{k}"),
+            Operator::GreaterThan => write!(f, "{k}>{vals}"),
+            Operator::LessThan => write!(f, "{k}<{vals}"),
+        }
+    }
+}
+
+impl std::fmt::Display for LabelMatcher {
+    /// Upstream's `Selector.String()`: requirements sorted by key, comma-joined; both the
+    /// everything and the nothing selector print as the empty string, as upstream.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LabelMatcher::Requirements(reqs) => {
+                let parts: Vec<String> = reqs.iter().map(ToString::to_string).collect();
+                f.write_str(&parts.join(","))
+            }
+            LabelMatcher::Nothing => Ok(()),
+        }
+    }
+}
+
 /// `metadata.labels` of a JSON object as a map; non-string values are ignored.
 pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {
     obj.pointer("/metadata/labels")
@@ -725,6 +759,24 @@ mod tests {
                 (m.matches(&web), m.matches(&db), m.matches(&none)),
                 (w, d, n),
                 "{sel:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn selector_strings() {
+        let cases = [
+            ("app=web", "app=web"),
+            ("tier,app==web", "app==web,tier"),
+            ("app in (b, a), !x", "app in (a,b),!x"),
+            ("a notin (x),b!=y,c>3", "a notin (x),b!=y,c>3"),
+            ("", ""),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                parse_label_selector(input).unwrap().to_string(),
+                want,
+                "{input:?}"
             );
         }
     }
