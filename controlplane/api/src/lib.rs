@@ -11,6 +11,7 @@
 //! | [`validation`] | create and update validation with upstream's field errors |
 //! | [`unknown_fields`] | `fieldValidation` (Strict / Warn / Ignore) |
 //! | [`status`] | failure `Status` bodies (NotFound, AlreadyExists, Conflict, Invalid, ...) |
+//! | [`table`] | `meta.k8s.io/v1` Tables for `kubectl get` (server-side printing) |
 //! | [`field`], [`names`] | field errors and upstream's name/label validators |
 //!
 //! The order upstream's apiserver runs these in, which the server should keep:
@@ -26,7 +27,8 @@
 //!   on the stored object (or [`apply::apply`] for `apply-patch+yaml`) → unknown fields →
 //!   defaults → `validate_update` → [`apply::record_update`] for non-apply patches.
 //! * **list/watch**: [`selector::parse_label_selector`] and
-//!   [`selector::parse_field_selector`] once per request, then `matches` per object.
+//!   [`selector::parse_field_selector`] once per request, then `matches` per object;
+//!   with a Table `Accept`, [`table::table`] (lists) or [`table::row`] (watch events).
 
 pub mod apply;
 pub mod defaults;
@@ -36,5 +38,6 @@ pub mod patch;
 pub mod resources;
 pub mod selector;
 pub mod status;
+pub mod table;
 pub mod unknown_fields;
 pub mod validation;
