@@ -28,7 +28,9 @@
 //!   defaults → `validate_update` → [`apply::record_update`] for non-apply patches.
 //! * **list/watch**: [`selector::parse_label_selector`] and
 //!   [`selector::parse_field_selector`] once per request, then `matches` per object;
-//!   with a Table `Accept`, [`table::table`] (lists) or [`table::row`] (watch events).
+//!   with a Table `Accept`, [`table::table`] for a list, and a one-row
+//!   [`table::table`] as the object of each watch event (upstream sends the column
+//!   definitions with the first event only; sending them every time is also accepted).
 
 pub mod apply;
 pub mod defaults;
