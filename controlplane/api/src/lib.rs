@@ -30,7 +30,7 @@
 //!   [`selector::parse_field_selector`] once per request, then `matches` per object;
 //!   with a Table `Accept`, [`table::table`] for a list, and a one-row
 //!   [`table::table`] as the object of each watch event (upstream sends the column
-//!   definitions with the first event only; sending them every time is also accepted).
+//!   definitions with the first event only: drop `columnDefinitions` after it).
 
 pub mod apply;
 pub mod defaults;
