@@ -293,12 +293,13 @@ pub fn api_group(group: &str) -> Option<Value> {
         }
     }
     let gv = |v: &str| json!({"groupVersion": group_version(group, v), "version": v});
+    let preferred = gv(versions.first()?);
     Some(json!({
         "kind": "APIGroup",
         "apiVersion": "v1",
         "name": group,
         "versions": versions.iter().map(|v| gv(v)).collect::<Vec<_>>(),
-        "preferredVersion": gv(versions[0]),
+        "preferredVersion": preferred,
     }))
 }
 

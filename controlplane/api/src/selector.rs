@@ -122,7 +122,9 @@ impl Requirement {
             Operator::DoesNotExist => got.is_none(),
             // Upstream: the label must exist and parse as an integer, else no match.
             Operator::GreaterThan | Operator::LessThan => {
-                let (Some(v), Ok(limit)) = (got, self.values[0].parse::<i64>()) else {
+                let (Some(v), Some(Ok(limit))) =
+                    (got, self.values.first().map(|l| l.parse::<i64>()))
+                else {
                     return false;
                 };
                 let Ok(v) = v.parse::<i64>() else {
