@@ -52,8 +52,8 @@ impl fmt::Display for UnknownField {
     }
 }
 
-fn schema_json<T: schemars::JsonSchema>() -> Value {
-    serde_json::to_value(schemars::schema_for!(T)).unwrap_or(Value::Null)
+fn schema_json<T: k8s_openapi::schemars::JsonSchema>() -> Value {
+    serde_json::to_value(k8s_openapi::schemars::schema_for!(T)).unwrap_or(Value::Null)
 }
 
 /// The JSON schema (with `$defs`) of a served kind, or None for kinds skiff does not know.
