@@ -383,6 +383,9 @@ pub fn apply(
 /// every field it added or changed (taking it away from other managers, without
 /// conflict), and fields that no longer exist leave every entry. `old` is None on create.
 ///
+/// The entries are taken from `old` (on create, from `new`): managedFields a client sends
+/// in an update body are ignored.
+///
 /// Difference from upstream: maps owned as a whole on creation are listed by their
 /// fields (`f:labels: {f:app: {}}`), without upstream's extra `.` entry for the map.
 pub fn record_update(

@@ -1,8 +1,7 @@
 //! Unknown-field detection for the `fieldValidation` query parameter (Strict: 400, Warn:
 //! a `Warning` header per field, Ignore: nothing), with upstream's wording:
 //! `unknown field "spec.foo"`, paths written like upstream's strict decoder
-//! (`spec.ports[0].foo`, map entries as `metadata.labels.x` never occur since maps accept
-//! any key).
+//! (`spec.ports[0].foo`; keys of maps such as labels are never unknown).
 //!
 //! The schema of each served kind comes from k8s-openapi's `schemars` implementation
 //! (the OpenAPI schema of k8s-openapi's `v1_33` types); the object is walked alongside it:
