@@ -422,6 +422,58 @@ pub fn parse_path(path: &str) -> Result<ApiPath, PathError> {
     })
 }
 
+/// Upstream's `EnsureObjectNamespaceMatchesRequestNamespace`: a body without a namespace
+/// takes the request's, a cluster-scoped request clears it, and a different namespace is a
+/// 400. Call it on create and update bodies before validation.
+pub fn ensure_namespace(
+    obj: &mut Value,
+    request_namespace: Option<&str>,
+) -> Result<(), crate::status::StatusError> {
+    let request_ns = request_namespace.unwrap_or("");
+    let obj_ns = obj
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if obj_ns == request_ns {
+        return Ok(());
+    }
+    if !obj_ns.is_empty() && !request_ns.is_empty() {
+        return Err(crate::status::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
+    }
+    let Some(obj) = obj.as_object_mut() else {
+        return Err(crate::status::bad_request(
+            "the request body must be a JSON object",
+        ));
+    };
+    let meta = obj.entry("metadata").or_insert_with(|| json!({}));
+    if let Some(meta) = meta.as_object_mut() {
+        if request_ns.is_empty() {
+            meta.remove("namespace");
+        } else {
+            meta.insert("namespace".into(), json!(request_ns));
+        }
+    }
+    Ok(())
+}
+
+/// Upstream's check on update (PUT): the body's name must be the URL's.
+pub fn ensure_name(obj: &Value, url_name: &str) -> Result<(), crate::status::StatusError> {
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if name == url_name {
+        Ok(())
+    } else {
+        Err(crate::status::bad_request(format!(
+            "the name of the object ({name}) does not match the name on the URL ({url_name})"
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -670,6 +722,55 @@ mod tests {
         assert_eq!(
             parse_path("/openapi/v2").unwrap_err().to_string(),
             "the server could not find the requested resource (/openapi/v2)"
+        );
+    }
+
+    #[test]
+    fn request_namespace_and_name() {
+        /// (body namespace, request namespace, resulting namespace or error message)
+        type Case<'a> = (
+            Option<&'a str>,
+            Option<&'a str>,
+            Result<Option<&'a str>, &'a str>,
+        );
+        let cases: Vec<Case> = vec![
+            (None, Some("default"), Ok(Some("default"))),
+            (Some("default"), Some("default"), Ok(Some("default"))),
+            (Some("team-a"), None, Ok(None)),
+            (None, None, Ok(None)),
+            (
+                Some("team-a"),
+                Some("default"),
+                Err("the namespace of the provided object does not match the namespace sent on the request"),
+            ),
+        ];
+        for (body_ns, req_ns, want) in cases {
+            let mut obj = json!({"metadata": {"name": "x"}});
+            if let Some(ns) = body_ns {
+                obj["metadata"]["namespace"] = json!(ns);
+            }
+            let got = ensure_namespace(&mut obj, req_ns)
+                .map(|_| {
+                    obj.pointer("/metadata/namespace")
+                        .and_then(Value::as_str)
+                        .map(String::from)
+                })
+                .map_err(|e| e.message().to_string());
+            assert_eq!(
+                got,
+                want.map(|o| o.map(String::from)).map_err(String::from),
+                "{body_ns:?} {req_ns:?}"
+            );
+        }
+        let obj = json!({"metadata": {"name": "web"}});
+        assert!(ensure_name(&obj, "web").is_ok());
+        let e = ensure_name(&obj, "api").unwrap_err();
+        assert_eq!(
+            (e.code, e.message()),
+            (
+                400,
+                "the name of the object (web) does not match the name on the URL (api)"
+            )
         );
     }
 
