@@ -16,7 +16,8 @@
 //!
 //! The order upstream's apiserver runs these in, which the server should keep:
 //!
-//! * **create** (`POST`): [`resources::parse_path`] → parse body → [`unknown_fields`]
+//! * **create** (`POST`): [`resources::parse_path`] → parse body →
+//!   [`resources::ensure_namespace`] (and [`resources::ensure_name`] on `PUT`) → [`unknown_fields`]
 //!   per `fieldValidation` (raw body: defaulting drops unknown fields) →
 //!   [`defaults::apply_defaults`] → [`validation::validate`] → 422 via
 //!   [`status::invalid`] or store, with [`apply::record_update`] (`old = None`).
