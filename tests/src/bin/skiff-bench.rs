@@ -255,7 +255,9 @@ fn prog_run_costs(n: usize) -> ProgRunRow {
     ProgRunRow {
         services: n,
         established_ns: established,
-        new_flow_ns: new_flow,
+        new_flow_single_ns: new_flow_single,
+        established_single_ns: established_single,
+        new_flow_ns: established + (new_flow_single - established_single),
         not_a_service_ns: not_a_service,
     }
 }
