@@ -244,6 +244,7 @@ impl EtcdStore {
         op: TxnOp,
         operation: &'static str,
     ) -> Result<etcd_client::TxnResponse> {
+        crate::check_key(key)?;
         let full = self.full_key(key);
         let mut compares = vec![Compare::version(full.clone(), CompareOp::Greater, 0)];
         if let Some(expected) = expected {
@@ -418,6 +419,7 @@ async fn pump(
 #[async_trait]
 impl Store for EtcdStore {
     async fn create(&self, key: &str, value: Bytes) -> Result<Revision> {
+        crate::check_key(key)?;
         let full = self.full_key(key);
         let txn = Txn::new()
             .when(vec![Compare::create_revision(

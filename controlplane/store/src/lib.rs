@@ -98,6 +98,18 @@ impl Event {
     }
 }
 
+/// Writes need a key: etcd has no empty key, and an empty key would be listed under every
+/// prefix.
+pub(crate) fn check_key(key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(StoreError::InvalidArgument {
+            reason: "the key is empty; keys look like /registry/<resource>/<namespace>/<name>"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 /// How to read a list.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListOptions {

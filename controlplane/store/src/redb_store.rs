@@ -341,6 +341,7 @@ impl RedbStore {
     }
 
     async fn write(&self, key: &str, op: WriteOp) -> Result<(Revision, Option<KeyValue>)> {
+        crate::check_key(key)?;
         let key = key.to_owned();
         self.blocking(move |s| {
             let (revision, prev) = s.write(&key, op)?;

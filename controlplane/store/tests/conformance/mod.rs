@@ -96,6 +96,16 @@ pub async fn create_and_duplicate_create(store: Arc<dyn Store>) {
     }
     assert_eq!(store.get("/t/a").await.unwrap().unwrap().value, b("one"));
     assert!(store.get("/t/missing").await.unwrap().is_none());
+    for result in [
+        store.create("", b("x")).await,
+        store.update("", b("x"), None).await,
+        store.delete("", None).await.map(|(rev, _)| rev),
+    ] {
+        assert!(
+            matches!(result, Err(StoreError::InvalidArgument { .. })),
+            "an empty key must be rejected, got {result:?}"
+        );
+    }
 
     // A deleted key can be created again, as a new incarnation.
     let (del_rev, _) = store.delete("/t/a", None).await.unwrap();
