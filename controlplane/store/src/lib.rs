@@ -33,12 +33,14 @@
 //!
 //! - [`RedbStore`]: an embedded single-file store (redb), one durable transaction per write,
 //!   automatic bounded compaction, in-process watch fan-out.
-//! - [`EtcdStore`]: an etcd v3 cluster; etcd's revisions are the store's revisions.
+//! - `EtcdStore` (cargo feature `etcd`, on by default): an etcd v3 cluster; etcd's revisions
+//!   are the store's revisions.
 //!
 //! Both pass the same conformance suite (`tests/conformance/`).
 
 mod broadcast;
 mod error;
+#[cfg(feature = "etcd")]
 mod etcd;
 mod redb_store;
 
@@ -49,6 +51,7 @@ use bytes::Bytes;
 use futures::Stream;
 
 pub use error::{Result, StoreError};
+#[cfg(feature = "etcd")]
 pub use etcd::{EtcdConfig, EtcdStore};
 pub use redb_store::{RedbConfig, RedbStore};
 

@@ -3,6 +3,7 @@
 //!
 //! Without an `etcd` binary the tests print `SKIPPED: ...` to stderr and return, or fail when
 //! `CI=true` so CI never passes silently without running them.
+#![cfg(feature = "etcd")]
 
 mod conformance;
 
