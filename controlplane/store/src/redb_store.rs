@@ -882,6 +882,41 @@ mod tests {
         assert_eq!(Row::decode(43, &tomb.encode()).unwrap(), tomb);
     }
 
+    /// A write is committed before it is published. A watch that starts in that window must
+    /// neither miss the write nor, once the publish lands, see it a second time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_committed_but_not_yet_published_are_neither_lost_nor_duplicated() {
+        use futures::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path().join("s.redb"), RedbConfig::default()).unwrap();
+        let r1 = store.create("/a", Bytes::from_static(b"1")).await.unwrap();
+
+        // Commit r2 the way `Shared::write` does, but hold back its publish.
+        let txn = store.shared.db.begin_write().unwrap();
+        let late =
+            Shared::stage_write(&txn, "/b", WriteOp::Create(Bytes::from_static(b"2"))).unwrap();
+        txn.commit().unwrap();
+        let r2 = late.revision();
+
+        // Replayed from the log: r1 and r2 are delivered once, from history.
+        let mut from_past = store.watch("/", 0).await.unwrap();
+        assert_eq!(from_past.next().await.unwrap().unwrap().revision(), r1);
+        assert_eq!(from_past.next().await.unwrap().unwrap().revision(), r2);
+        // Watching from r2 (a list at r2 saw it) subscribes live right away.
+        let mut from_r2 = store.watch("/", r2).await.unwrap();
+
+        store.shared.broadcaster.publish(&late);
+        let r3 = store.create("/c", Bytes::from_static(b"3")).await.unwrap();
+        for watch in [&mut from_past, &mut from_r2] {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(10), watch.next())
+                .await
+                .expect("r3 is delivered")
+                .unwrap()
+                .unwrap();
+            assert_eq!(next.revision(), r3, "r2 must not be delivered again");
+        }
+    }
+
     #[test]
     fn row_decode_rejects_garbage() {
         assert!(matches!(
