@@ -145,7 +145,9 @@ impl ListResult {
     }
 }
 
-/// The stream a watch returns: events in revision order; an `Err` item is the last one.
+/// The stream a watch returns: events in revision order. An `Err` item is the last one; the
+/// stream also ends (without an error) when the store is dropped. Either way the client
+/// watches again from the last revision it received.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<Event>> + Send + 'static>>;
 
 /// A versioned key-value store. Object-safe: the apiserver holds an `Arc<dyn Store>`.
@@ -186,8 +188,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Streams changes to keys starting with `prefix` with revision `> from_revision`, first
     /// from history, then live. `from_revision` older than the compacted revision fails with
-    /// [`StoreError::Compacted`] (from this call or, if compaction races the call, as the
-    /// stream's first item). Pass the revision of a list to get exactly what changed since.
+    /// [`StoreError::Compacted`]: from this call, or as the stream's last item if compaction
+    /// overtakes a watcher still replaying history. Pass the revision of a list to get exactly
+    /// what changed since. A future `from_revision` is allowed: the stream waits for it.
     async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream>;
 
     /// The revision of the last committed write (or the store's initial revision).

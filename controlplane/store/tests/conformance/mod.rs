@@ -406,11 +406,23 @@ pub async fn watch_from_now(store: Arc<dyn Store>) {
     store.create("/w/before", b("old")).await.unwrap();
     let from = store.current_revision().await.unwrap();
     let mut watch = store.watch("/w/", from).await.unwrap();
+    // A revision that has not happened yet can be watched from too.
+    let future_from = from + 2;
+    let mut future = store.watch("/w/", future_from).await.unwrap();
 
     let r1 = store.create("/w/a", b("1")).await.unwrap();
     store.create("/other/a", b("not watched")).await.unwrap();
     let r2 = store.update("/w/a", b("2"), None).await.unwrap();
     let (r3, _) = store.delete("/w/a", None).await.unwrap();
+
+    let expected: Vec<Revision> = [r1, r2, r3]
+        .into_iter()
+        .filter(|r| *r > future_from)
+        .collect();
+    assert!(!expected.is_empty());
+    for rev in expected {
+        assert_eq!(next_event(&mut future).await.revision(), rev);
+    }
 
     match next_event(&mut watch).await {
         Event::Put { kv, prev: None } => {
