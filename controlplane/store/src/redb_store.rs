@@ -1,0 +1,940 @@
+//! The embedded backend: one redb file.
+//!
+//! # Layout
+//!
+//! - `log`: revision → row. The append-only revision log (kine's table): each write appends
+//!   one row holding the key, the value, the key's `create_revision`, the revision of the row
+//!   it supersedes (`prev_revision`, 0 for a create) and a tombstone flag for deletes.
+//! - `keys`: (key, revision) → tombstone flag. The per-key index: the last entry of a key is
+//!   its latest state (live or deleted), earlier entries are the history that snapshot reads
+//!   at old revisions need. Reading a key "as of r" is one seek to its last entry `<= r`.
+//!   One index serves both current and snapshot reads, so there is no second "latest" table
+//!   to keep in step with it.
+//! - `meta`: format version, current revision, compacted revision. The current revision is
+//!   stored (not derived from the log) so that revisions are never reused, whatever
+//!   compaction removes.
+//!
+//! # Writes
+//!
+//! Each write is one redb write transaction with `Durability::Immediate` (redb's default:
+//! fsync before `commit` returns), so an acknowledged write survives a crash. Writes are
+//! serialised by a mutex that also covers publishing the event to the [`Broadcaster`], so
+//! live events are published in revision order.
+//!
+//! # Compaction
+//!
+//! Compacting to `c` deletes the rows that no snapshot at `r >= c` can see: rows superseded by
+//! a row at revision `<= c`, and tombstones older than `c`. Every row at or after `c` stays,
+//! and so does the row each of them supersedes unless that is itself at or before `c`
+//! (which is exactly what replaying a watch from `c` needs for `prev` values). The log is
+//! walked from the old compacted revision in chunks of [`COMPACT_CHUNK`] revisions, one
+//! transaction each, so a compaction never holds the write lock for long. Every
+//! `compact_every` writes the store compacts itself to `current - retention`, which keeps
+//! the file bounded under churn (redb reuses freed pages).
+//!
+//! # Watch
+//!
+//! A watch replays the log after `from_revision` in batches (each batch its own read
+//! transaction, checking the compacted revision), then registers with the broadcaster once
+//! its replay position has caught up with the last published revision; events it already
+//! replayed are skipped by revision, so there are no gaps and no duplicates.
+
+use std::collections::VecDeque;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
+
+use crate::broadcast::{Broadcaster, Subscription};
+use crate::{
+    Event, KeyValue, ListOptions, ListResult, Result, Revision, Store, StoreError, WatchStream,
+};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const KEYS: TableDefinition<(&str, u64), bool> = TableDefinition::new("keys");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const META_FORMAT: &str = "format";
+const META_CURRENT: &str = "current_revision";
+const META_COMPACTED: &str = "compacted_revision";
+const FORMAT_VERSION: u64 = 1;
+
+/// Revisions compacted per transaction.
+pub const COMPACT_CHUNK: u64 = 1000;
+/// Events read per replay batch of a watch.
+const REPLAY_BATCH: usize = 256;
+/// Log rows scanned per replay batch at most, so a watch on a quiet prefix does not scan the
+/// whole log in one read.
+const REPLAY_SCAN: usize = 4096;
+
+const BACKEND: &str = "redb";
+
+/// Settings of a [`RedbStore`].
+#[derive(Clone, Debug)]
+pub struct RedbConfig {
+    /// Revisions of history kept by automatic compaction (watch and snapshot reads can go this
+    /// far back). Default 10 000.
+    pub retention: u64,
+    /// Run automatic compaction every this many writes (0 disables it). Default 1 000.
+    pub compact_every: u64,
+    /// Events buffered per live watcher before it is cut off as too slow. Default 1 024.
+    pub watch_buffer: usize,
+}
+
+impl Default for RedbConfig {
+    fn default() -> Self {
+        RedbConfig {
+            retention: 10_000,
+            compact_every: 1_000,
+            watch_buffer: 1_024,
+        }
+    }
+}
+
+/// The embedded store. Cheap to clone (all clones share one database).
+#[derive(Clone)]
+pub struct RedbStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    db: Database,
+    path: PathBuf,
+    config: RedbConfig,
+    /// Serialises writes together with publishing their events (see module docs).
+    writer: Mutex<()>,
+    broadcaster: Broadcaster,
+}
+
+fn db_err(operation: &'static str) -> impl FnOnce(redb::Error) -> StoreError {
+    move |e| StoreError::backend(BACKEND, operation, e)
+}
+
+/// Converts any redb error type into a [`StoreError::Backend`] naming the operation.
+macro_rules! tri {
+    ($e:expr, $op:expr) => {
+        $e.map_err(|e| db_err($op)(e.into()))?
+    };
+}
+
+/// One row of the revision log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Row {
+    key: String,
+    value: Bytes,
+    create_revision: Revision,
+    /// The row of this key this one supersedes; 0 for a create.
+    prev_revision: Revision,
+    deleted: bool,
+}
+
+// Row encoding, version 1 (little endian):
+//   u8 flags (bit 0: tombstone) | u64 create_revision | u64 prev_revision |
+//   u32 key length | key bytes | value bytes (the rest)
+const ROW_HEADER: usize = 1 + 8 + 8 + 4;
+
+impl Row {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(ROW_HEADER + self.key.len() + self.value.len());
+        out.push(u8::from(self.deleted));
+        out.extend_from_slice(&self.create_revision.to_le_bytes());
+        out.extend_from_slice(&self.prev_revision.to_le_bytes());
+        let key_len = u32::try_from(self.key.len()).expect("keys are far shorter than 4 GiB");
+        out.extend_from_slice(&key_len.to_le_bytes());
+        out.extend_from_slice(self.key.as_bytes());
+        out.extend_from_slice(&self.value);
+        out
+    }
+
+    fn decode(revision: Revision, data: &[u8]) -> Result<Row> {
+        let corrupt = |reason: &str| StoreError::Corrupt {
+            location: format!("log row {revision}"),
+            reason: reason.to_owned(),
+        };
+        if data.len() < ROW_HEADER {
+            return Err(corrupt("row shorter than its header"));
+        }
+        let u64_at = |at: usize| u64::from_le_bytes(data[at..at + 8].try_into().expect("8 bytes"));
+        let flags = data[0];
+        if flags > 1 {
+            return Err(corrupt("unknown flags"));
+        }
+        let key_len = u32::from_le_bytes(data[17..21].try_into().expect("4 bytes")) as usize;
+        let key_end = ROW_HEADER
+            .checked_add(key_len)
+            .filter(|end| *end <= data.len())
+            .ok_or_else(|| corrupt("key length past the end of the row"))?;
+        let key = std::str::from_utf8(&data[ROW_HEADER..key_end])
+            .map_err(|_| corrupt("key is not UTF-8"))?
+            .to_owned();
+        Ok(Row {
+            key,
+            value: Bytes::copy_from_slice(&data[key_end..]),
+            create_revision: u64_at(1),
+            prev_revision: u64_at(9),
+            deleted: flags == 1,
+        })
+    }
+
+    fn into_kv(self, mod_revision: Revision) -> KeyValue {
+        KeyValue {
+            key: self.key,
+            value: self.value,
+            create_revision: self.create_revision,
+            mod_revision,
+        }
+    }
+}
+
+fn read_row(log: &impl ReadableTable<u64, &'static [u8]>, revision: Revision) -> Result<Row> {
+    let guard = tri!(log.get(revision), "read log row").ok_or_else(|| StoreError::Corrupt {
+        location: format!("log row {revision}"),
+        reason: "row referenced by the key index or a later row is missing".into(),
+    })?;
+    Row::decode(revision, guard.value())
+}
+
+fn read_meta(meta: &impl ReadableTable<&'static str, u64>, name: &str) -> Result<u64> {
+    tri!(meta.get(name), "read metadata")
+        .map(|g| g.value())
+        .ok_or_else(|| StoreError::Corrupt {
+            location: format!("metadata {name:?}"),
+            reason: "missing".into(),
+        })
+}
+
+/// The key's last index entry at or before `revision`: `(mod_revision, tombstone)`.
+fn latest_entry(
+    keys: &impl ReadableTable<(&'static str, u64), bool>,
+    key: &str,
+    revision: Revision,
+) -> Result<Option<(Revision, bool)>> {
+    let mut range = tri!(keys.range((key, 0)..=(key, revision)), "read key index");
+    match range.next_back() {
+        None => Ok(None),
+        Some(entry) => {
+            let (k, v) = tri!(entry, "read key index");
+            Ok(Some((k.value().1, v.value())))
+        }
+    }
+}
+
+/// The key's live state at `revision`, if any.
+fn live_at(
+    keys: &impl ReadableTable<(&'static str, u64), bool>,
+    log: &impl ReadableTable<u64, &'static [u8]>,
+    key: &str,
+    revision: Revision,
+) -> Result<Option<KeyValue>> {
+    match latest_entry(keys, key, revision)? {
+        Some((rev, false)) => Ok(Some(read_row(log, rev)?.into_kv(rev))),
+        _ => Ok(None),
+    }
+}
+
+/// Checks that a snapshot at `requested` can be read.
+fn check_readable(requested: Revision, current: Revision, compacted: Revision) -> Result<()> {
+    if requested < compacted {
+        return Err(StoreError::Compacted {
+            requested,
+            compacted,
+        });
+    }
+    if requested > current {
+        return Err(StoreError::FutureRevision { requested, current });
+    }
+    Ok(())
+}
+
+enum WriteOp {
+    Create(Bytes),
+    Update(Bytes, Option<Revision>),
+    Delete(Option<Revision>),
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store file at `path`. Blocks on file I/O; call it at start-up or
+    /// from `spawn_blocking`. After a crash redb repairs the file on open, which reads it all.
+    pub fn open(path: impl AsRef<Path>, config: RedbConfig) -> Result<RedbStore> {
+        let path = path.as_ref().to_path_buf();
+        if config.retention == 0 {
+            return Err(StoreError::InvalidArgument {
+                reason: "RedbConfig::retention must be at least 1 revision".into(),
+            });
+        }
+        let db = Database::create(&path).map_err(|e| {
+            StoreError::backend(
+                BACKEND,
+                "open",
+                format!("cannot open store file {}: {e}", path.display()),
+            )
+        })?;
+        let txn = tri!(db.begin_write(), "begin open transaction");
+        let current = {
+            tri!(txn.open_table(LOG), "create log table");
+            tri!(txn.open_table(KEYS), "create key index");
+            let mut meta = tri!(txn.open_table(META), "create metadata table");
+            let format = tri!(meta.get(META_FORMAT), "read metadata").map(|g| g.value());
+            match format {
+                None => {
+                    tri!(meta.insert(META_FORMAT, FORMAT_VERSION), "init metadata");
+                    tri!(meta.insert(META_CURRENT, 0), "init metadata");
+                    tri!(meta.insert(META_COMPACTED, 0), "init metadata");
+                    0
+                }
+                Some(FORMAT_VERSION) => read_meta(&meta, META_CURRENT)?,
+                Some(other) => {
+                    return Err(StoreError::Corrupt {
+                        location: path.display().to_string(),
+                        reason: format!(
+                            "store format {other} is not supported by this build \
+                             (it reads format {FORMAT_VERSION})"
+                        ),
+                    })
+                }
+            }
+        };
+        tri!(txn.commit(), "commit open transaction");
+        let broadcaster = Broadcaster::new(current, config.watch_buffer);
+        Ok(RedbStore {
+            shared: Arc::new(Shared {
+                db,
+                path,
+                config,
+                writer: Mutex::new(()),
+                broadcaster,
+            }),
+        })
+    }
+
+    /// The file backing this store.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Number of rows in the revision log (for tests and metrics: compaction bounds it).
+    pub async fn log_len(&self) -> Result<u64> {
+        self.blocking(|s| {
+            let txn = tri!(s.db.begin_read(), "begin read");
+            let log = tri!(txn.open_table(LOG), "open log");
+            Ok(tri!(log.len(), "count log rows"))
+        })
+        .await
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Shared) -> Result<T> + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || f(&shared))
+            .await
+            .map_err(|e| StoreError::backend(BACKEND, "run blocking task", e))?
+    }
+
+    async fn write(&self, key: &str, op: WriteOp) -> Result<(Revision, Option<KeyValue>)> {
+        crate::check_key(key)?;
+        let key = key.to_owned();
+        self.blocking(move |s| {
+            let (revision, prev) = s.write(&key, op)?;
+            s.maybe_auto_compact(revision);
+            Ok((revision, prev))
+        })
+        .await
+    }
+}
+
+impl Shared {
+    /// Applies one write in its own durable transaction and publishes its event.
+    fn write(&self, key: &str, op: WriteOp) -> Result<(Revision, Option<KeyValue>)> {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let txn = tri!(self.db.begin_write(), "begin write");
+        let event = match Self::stage_write(&txn, key, op) {
+            Ok(event) => event,
+            Err(e) => {
+                tri!(txn.abort(), "abort write");
+                return Err(e);
+            }
+        };
+        tri!(txn.commit(), "commit write");
+        self.broadcaster.publish(&event);
+        Ok(match event {
+            Event::Put { kv, prev } => (kv.mod_revision, prev),
+            Event::Delete { revision, prev } => (revision, Some(prev)),
+        })
+    }
+
+    fn stage_write(txn: &WriteTransaction, key: &str, op: WriteOp) -> Result<Event> {
+        let mut meta = tri!(txn.open_table(META), "open metadata");
+        let mut log = tri!(txn.open_table(LOG), "open log");
+        let mut keys = tri!(txn.open_table(KEYS), "open key index");
+        let current = read_meta(&meta, META_CURRENT)?;
+        let prev = live_at(&keys, &log, key, current)?;
+        let revision = current + 1;
+
+        let check = |expected: Option<Revision>| -> Result<KeyValue> {
+            let prev = prev.clone().ok_or_else(|| StoreError::NotFound {
+                key: key.to_owned(),
+            })?;
+            match expected {
+                Some(expected) if expected != prev.mod_revision => Err(StoreError::Conflict {
+                    key: key.to_owned(),
+                    expected,
+                    current: prev.mod_revision,
+                }),
+                _ => Ok(prev),
+            }
+        };
+        let (row, event) = match op {
+            WriteOp::Create(value) => {
+                if prev.is_some() {
+                    return Err(StoreError::AlreadyExists {
+                        key: key.to_owned(),
+                    });
+                }
+                let row = Row {
+                    key: key.to_owned(),
+                    value,
+                    create_revision: revision,
+                    prev_revision: 0,
+                    deleted: false,
+                };
+                let kv = row.clone().into_kv(revision);
+                (row, Event::Put { kv, prev: None })
+            }
+            WriteOp::Update(value, expected) => {
+                let prev = check(expected)?;
+                let row = Row {
+                    key: key.to_owned(),
+                    value,
+                    create_revision: prev.create_revision,
+                    prev_revision: prev.mod_revision,
+                    deleted: false,
+                };
+                let kv = row.clone().into_kv(revision);
+                (
+                    row,
+                    Event::Put {
+                        kv,
+                        prev: Some(prev),
+                    },
+                )
+            }
+            WriteOp::Delete(expected) => {
+                let prev = check(expected)?;
+                let row = Row {
+                    key: key.to_owned(),
+                    value: Bytes::new(),
+                    create_revision: prev.create_revision,
+                    prev_revision: prev.mod_revision,
+                    deleted: true,
+                };
+                (row, Event::Delete { revision, prev })
+            }
+        };
+        tri!(
+            log.insert(revision, row.encode().as_slice()),
+            "append log row"
+        );
+        tri!(
+            keys.insert((key, revision), row.deleted),
+            "update key index"
+        );
+        tri!(meta.insert(META_CURRENT, revision), "advance revision");
+        Ok(event)
+    }
+
+    /// Every `compact_every` revisions, compacts to `revision - retention`. A failure here is
+    /// logged, not returned: the write that triggered it is already committed.
+    fn maybe_auto_compact(&self, revision: Revision) {
+        let every = self.config.compact_every;
+        if every == 0 || !revision.is_multiple_of(every) || revision <= self.config.retention {
+            return;
+        }
+        if let Err(e) = self.compact(revision - self.config.retention) {
+            tracing::warn!(error = %e, path = %self.path.display(), "automatic compaction failed");
+        }
+    }
+
+    fn compact(&self, target: Revision) -> Result<()> {
+        loop {
+            let txn = tri!(self.db.begin_write(), "begin compaction");
+            let done = match Self::compact_chunk(&txn, target) {
+                Ok(done) => done,
+                Err(e) => {
+                    tri!(txn.abort(), "abort compaction");
+                    return Err(e);
+                }
+            };
+            if done {
+                tri!(txn.abort(), "end compaction");
+                return Ok(());
+            }
+            tri!(txn.commit(), "commit compaction");
+        }
+    }
+
+    /// Compacts up to [`COMPACT_CHUNK`] revisions towards `target`; `Ok(true)` when there was
+    /// nothing left to do.
+    fn compact_chunk(txn: &WriteTransaction, target: Revision) -> Result<bool> {
+        let mut meta = tri!(txn.open_table(META), "open metadata");
+        let mut log = tri!(txn.open_table(LOG), "open log");
+        let mut keys = tri!(txn.open_table(KEYS), "open key index");
+        let current = read_meta(&meta, META_CURRENT)?;
+        let compacted = read_meta(&meta, META_COMPACTED)?;
+        if target > current {
+            return Err(StoreError::FutureRevision {
+                requested: target,
+                current,
+            });
+        }
+        if target <= compacted {
+            return Ok(true);
+        }
+        let end = target.min(compacted + COMPACT_CHUNK);
+        // Rows at `compacted` are re-examined: a tombstone there was kept by the previous
+        // compaction (it was not older than it) and can go now.
+        let mut doomed: Vec<(String, Revision)> = Vec::new();
+        for entry in tri!(log.range(compacted..=end), "scan log") {
+            let (rev, data) = tri!(entry, "scan log");
+            let rev = rev.value();
+            let row = Row::decode(rev, data.value())?;
+            if row.prev_revision != 0 {
+                doomed.push((row.key.clone(), row.prev_revision));
+            }
+            if row.deleted && rev < end {
+                doomed.push((row.key, rev));
+            }
+        }
+        for (key, rev) in &doomed {
+            tri!(log.remove(*rev), "remove log row");
+            tri!(keys.remove((key.as_str(), *rev)), "remove key index entry");
+        }
+        tri!(
+            meta.insert(META_COMPACTED, end),
+            "advance compacted revision"
+        );
+        Ok(false)
+    }
+
+    fn list(&self, prefix: &str, options: &ListOptions) -> Result<ListResult> {
+        let txn = tri!(self.db.begin_read(), "begin read");
+        let meta = tri!(txn.open_table(META), "open metadata");
+        let log = tri!(txn.open_table(LOG), "open log");
+        let keys = tri!(txn.open_table(KEYS), "open key index");
+        let current = read_meta(&meta, META_CURRENT)?;
+        let revision = options.revision.unwrap_or(current);
+        check_readable(revision, current, read_meta(&meta, META_COMPACTED)?)?;
+        let limit = options.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
+
+        let mut items = Vec::new();
+        let mut remaining = 0u64;
+        // Walk distinct keys: seek to the first index entry after the previous key, then seek
+        // that key's last entry at or before `revision`. Two seeks per key, however long its
+        // history.
+        let mut cursor: String = match &options.continue_after {
+            Some(after) if after.as_str() >= prefix => after.clone(),
+            _ => String::new(),
+        };
+        let mut first = cursor.is_empty();
+        loop {
+            let lower = if first {
+                Bound::Included((prefix, 0))
+            } else {
+                Bound::Excluded((cursor.as_str(), u64::MAX))
+            };
+            first = false;
+            let next_key = {
+                let mut range = tri!(
+                    keys.range::<(&str, u64)>((lower, Bound::Unbounded)),
+                    "scan key index"
+                );
+                match range.next() {
+                    None => break,
+                    Some(entry) => {
+                        let (k, _) = tri!(entry, "scan key index");
+                        let k = k.value().0;
+                        if !k.starts_with(prefix) {
+                            break;
+                        }
+                        k.to_owned()
+                    }
+                }
+            };
+            if let Some((rev, false)) = latest_entry(&keys, &next_key, revision)? {
+                if items.len() < limit {
+                    items.push(read_row(&log, rev)?.into_kv(rev));
+                } else {
+                    remaining += 1;
+                }
+            }
+            cursor = next_key;
+        }
+        Ok(ListResult {
+            items,
+            revision,
+            remaining,
+        })
+    }
+
+    fn get_at(&self, key: &str, revision: Option<Revision>) -> Result<Option<KeyValue>> {
+        let txn = tri!(self.db.begin_read(), "begin read");
+        let meta = tri!(txn.open_table(META), "open metadata");
+        let log = tri!(txn.open_table(LOG), "open log");
+        let keys = tri!(txn.open_table(KEYS), "open key index");
+        let current = read_meta(&meta, META_CURRENT)?;
+        let revision = revision.unwrap_or(current);
+        check_readable(revision, current, read_meta(&meta, META_COMPACTED)?)?;
+        live_at(&keys, &log, key, revision)
+    }
+
+    fn revisions(&self) -> Result<(Revision, Revision)> {
+        let txn = tri!(self.db.begin_read(), "begin read");
+        let meta = tri!(txn.open_table(META), "open metadata");
+        Ok((
+            read_meta(&meta, META_CURRENT)?,
+            read_meta(&meta, META_COMPACTED)?,
+        ))
+    }
+
+    /// Reads the next replay batch after `pos`: matching events and the last revision
+    /// scanned (`pos` itself when the log has nothing newer).
+    fn replay_batch(&self, prefix: &str, pos: Revision) -> Result<(Vec<Event>, Revision)> {
+        let txn = tri!(self.db.begin_read(), "begin read");
+        let meta = tri!(txn.open_table(META), "open metadata");
+        let log = tri!(txn.open_table(LOG), "open log");
+        let compacted = read_meta(&meta, META_COMPACTED)?;
+        // Checked in the same snapshot as the rows are read: with `pos >= compacted`, every
+        // row after `pos` and every `prev` they need is still there.
+        if pos < compacted {
+            return Err(StoreError::Compacted {
+                requested: pos,
+                compacted,
+            });
+        }
+        let mut events = Vec::new();
+        let mut scanned_through = pos;
+        for (scanned, entry) in tri!(log.range(pos + 1..), "scan log").enumerate() {
+            if scanned >= REPLAY_SCAN || events.len() >= REPLAY_BATCH {
+                break;
+            }
+            let (rev, data) = tri!(entry, "scan log");
+            let rev = rev.value();
+            scanned_through = rev;
+            let row = Row::decode(rev, data.value())?;
+            if !row.key.starts_with(prefix) {
+                continue;
+            }
+            let prev = match row.prev_revision {
+                0 => None,
+                p => Some(read_row(&log, p)?.into_kv(p)),
+            };
+            events.push(if row.deleted {
+                Event::Delete {
+                    revision: rev,
+                    prev: prev.ok_or_else(|| StoreError::Corrupt {
+                        location: format!("log row {rev}"),
+                        reason: "tombstone without a previous row".into(),
+                    })?,
+                }
+            } else {
+                Event::Put {
+                    kv: row.into_kv(rev),
+                    prev,
+                }
+            });
+        }
+        Ok((events, scanned_through))
+    }
+}
+
+enum WatchState {
+    Replay {
+        shared: Arc<Shared>,
+        prefix: String,
+        pos: Revision,
+        buffered: VecDeque<Event>,
+    },
+    Live {
+        sub: Subscription,
+        prefix: String,
+        buffer: usize,
+        /// Events at or before this revision were already replayed (a commit can be read by
+        /// the replay before it is published).
+        skip_through: Revision,
+    },
+    Done,
+}
+
+impl WatchState {
+    async fn next(self) -> Option<(Result<Event>, WatchState)> {
+        let mut state = self;
+        loop {
+            match state {
+                WatchState::Done => return None,
+                WatchState::Replay {
+                    shared,
+                    prefix,
+                    pos,
+                    mut buffered,
+                } => {
+                    if let Some(event) = buffered.pop_front() {
+                        let pos = event.revision();
+                        let next = WatchState::Replay {
+                            shared,
+                            prefix,
+                            pos,
+                            buffered,
+                        };
+                        return Some((Ok(event), next));
+                    }
+                    let batch = {
+                        let shared = shared.clone();
+                        let prefix = prefix.clone();
+                        tokio::task::spawn_blocking(move || shared.replay_batch(&prefix, pos))
+                            .await
+                            .map_err(|e| StoreError::backend(BACKEND, "run blocking task", e))
+                            .and_then(|r| r)
+                    };
+                    let (events, scanned_through) = match batch {
+                        Ok(b) => b,
+                        Err(e) => return Some((Err(e), WatchState::Done)),
+                    };
+                    if scanned_through == pos {
+                        // Nothing newer in the log: switch to live if nothing newer has been
+                        // published either, else read the log again.
+                        if let Some(sub) = shared.broadcaster.subscribe_if_caught_up(&prefix, pos) {
+                            state = WatchState::Live {
+                                sub,
+                                prefix,
+                                buffer: shared.broadcaster.buffer(),
+                                skip_through: pos,
+                            };
+                            continue;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    // Events are yielded one by one (advancing `pos`); `pos` jumps to
+                    // `scanned_through` only when the batch had no match.
+                    let pos = if events.is_empty() {
+                        scanned_through
+                    } else {
+                        pos
+                    };
+                    state = WatchState::Replay {
+                        shared,
+                        prefix,
+                        pos,
+                        buffered: events.into(),
+                    };
+                }
+                WatchState::Live {
+                    mut sub,
+                    prefix,
+                    buffer,
+                    skip_through,
+                } => match sub.rx.recv().await {
+                    Some(event) if event.revision() <= skip_through => {
+                        state = WatchState::Live {
+                            sub,
+                            prefix,
+                            buffer,
+                            skip_through,
+                        };
+                    }
+                    Some(event) => {
+                        let next = WatchState::Live {
+                            sub,
+                            prefix,
+                            buffer,
+                            skip_through,
+                        };
+                        return Some((Ok(event), next));
+                    }
+                    None if sub.lagged.load(Ordering::Acquire) => {
+                        return Some((
+                            Err(StoreError::WatcherTooSlow { prefix, buffer }),
+                            WatchState::Done,
+                        ));
+                    }
+                    // The store was dropped: the watch simply ends.
+                    None => return None,
+                },
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for RedbStore {
+    async fn create(&self, key: &str, value: Bytes) -> Result<Revision> {
+        Ok(self.write(key, WriteOp::Create(value)).await?.0)
+    }
+
+    async fn update(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected_mod_revision: Option<Revision>,
+    ) -> Result<Revision> {
+        Ok(self
+            .write(key, WriteOp::Update(value, expected_mod_revision))
+            .await?
+            .0)
+    }
+
+    async fn delete(
+        &self,
+        key: &str,
+        expected_mod_revision: Option<Revision>,
+    ) -> Result<(Revision, KeyValue)> {
+        let (revision, prev) = self
+            .write(key, WriteOp::Delete(expected_mod_revision))
+            .await?;
+        let prev = prev.expect("a successful delete always has the deleted state");
+        Ok((revision, prev))
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let key = key.to_owned();
+        self.blocking(move |s| s.get_at(&key, None)).await
+    }
+
+    async fn get_at(&self, key: &str, revision: Revision) -> Result<Option<KeyValue>> {
+        let key = key.to_owned();
+        self.blocking(move |s| s.get_at(&key, Some(revision))).await
+    }
+
+    async fn list(&self, prefix: &str, options: ListOptions) -> Result<ListResult> {
+        let prefix = prefix.to_owned();
+        self.blocking(move |s| s.list(&prefix, &options)).await
+    }
+
+    async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream> {
+        // Fail fast (the common 410 case) instead of from the first poll of the stream.
+        let (_, compacted) = self.blocking(|s| s.revisions()).await?;
+        if from_revision < compacted {
+            return Err(StoreError::Compacted {
+                requested: from_revision,
+                compacted,
+            });
+        }
+        // Watching from now (the common case after a list): subscribe before returning, so
+        // the watcher is live, and counted against its buffer, from this call on.
+        let broadcaster = &self.shared.broadcaster;
+        let state = match broadcaster.subscribe_if_caught_up(prefix, from_revision) {
+            Some(sub) => WatchState::Live {
+                sub,
+                prefix: prefix.to_owned(),
+                buffer: broadcaster.buffer(),
+                skip_through: from_revision,
+            },
+            None => WatchState::Replay {
+                shared: self.shared.clone(),
+                prefix: prefix.to_owned(),
+                pos: from_revision,
+                buffered: VecDeque::new(),
+            },
+        };
+        Ok(Box::pin(futures::stream::unfold(state, WatchState::next)))
+    }
+
+    async fn current_revision(&self) -> Result<Revision> {
+        Ok(self.blocking(|s| s.revisions()).await?.0)
+    }
+
+    async fn compacted_revision(&self) -> Result<Revision> {
+        Ok(self.blocking(|s| s.revisions()).await?.1)
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<()> {
+        self.blocking(move |s| s.compact(revision)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_roundtrip() {
+        let row = Row {
+            key: "/registry/pods/default/web-0".into(),
+            value: Bytes::from_static(b"{\"kind\":\"Pod\"}"),
+            create_revision: 7,
+            prev_revision: 41,
+            deleted: false,
+        };
+        assert_eq!(Row::decode(42, &row.encode()).unwrap(), row);
+        let tomb = Row {
+            value: Bytes::new(),
+            deleted: true,
+            ..row
+        };
+        assert_eq!(Row::decode(43, &tomb.encode()).unwrap(), tomb);
+    }
+
+    /// A write is committed before it is published. A watch that starts in that window must
+    /// neither miss the write nor, once the publish lands, see it a second time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_committed_but_not_yet_published_are_neither_lost_nor_duplicated() {
+        use futures::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path().join("s.redb"), RedbConfig::default()).unwrap();
+        let r1 = store.create("/a", Bytes::from_static(b"1")).await.unwrap();
+
+        // Commit r2 the way `Shared::write` does, but hold back its publish.
+        let txn = store.shared.db.begin_write().unwrap();
+        let late =
+            Shared::stage_write(&txn, "/b", WriteOp::Create(Bytes::from_static(b"2"))).unwrap();
+        txn.commit().unwrap();
+        let r2 = late.revision();
+
+        // Replayed from the log: r1 and r2 are delivered once, from history.
+        let mut from_past = store.watch("/", 0).await.unwrap();
+        assert_eq!(from_past.next().await.unwrap().unwrap().revision(), r1);
+        assert_eq!(from_past.next().await.unwrap().unwrap().revision(), r2);
+        // Watching from r2 (a list at r2 saw it) subscribes live right away.
+        let mut from_r2 = store.watch("/", r2).await.unwrap();
+
+        store.shared.broadcaster.publish(&late);
+        let r3 = store.create("/c", Bytes::from_static(b"3")).await.unwrap();
+        for watch in [&mut from_past, &mut from_r2] {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(10), watch.next())
+                .await
+                .expect("r3 is delivered")
+                .unwrap()
+                .unwrap();
+            assert_eq!(next.revision(), r3, "r2 must not be delivered again");
+        }
+    }
+
+    #[test]
+    fn row_decode_rejects_garbage() {
+        assert!(matches!(
+            Row::decode(1, &[0, 1, 2]),
+            Err(StoreError::Corrupt { .. })
+        ));
+        let mut bad = Row {
+            key: "k".into(),
+            value: Bytes::new(),
+            create_revision: 1,
+            prev_revision: 0,
+            deleted: false,
+        }
+        .encode();
+        bad[17] = 200; // key length past the end
+        assert!(matches!(
+            Row::decode(1, &bad),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+}
