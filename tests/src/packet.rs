@@ -407,6 +407,34 @@ pub fn clear_udp_checksum(frame: &mut [u8]) {
     frame[off + 7] = 0;
 }
 
+/// An ICMP error (`icmp_type`/`code`, e.g. 3/3 port unreachable) from `src` to `dst`
+/// quoting the IPv4 header and first 8 payload bytes of `about` (an Ethernet frame), with
+/// valid outer IPv4 and ICMP checksums.
+pub fn icmp_error(src: Ipv4Addr, dst: Ipv4Addr, icmp_type: u8, code: u8, about: &[u8]) -> Vec<u8> {
+    let ihl = usize::from(about[ETH_HLEN] & 0x0f) * 4;
+    let quoted = &about[ETH_HLEN..ETH_HLEN + ihl + 8];
+    let mut icmp = vec![icmp_type, code, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(quoted);
+    let csum = internet_checksum(&icmp, 0);
+    icmp[2..4].copy_from_slice(&csum.to_be_bytes());
+    let mut ip = Ipv4Header::new(
+        icmp.len() as u16,
+        64,
+        IpNumber::ICMP,
+        src.octets(),
+        dst.octets(),
+    )
+    .expect("valid IPv4 header");
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut out = Vec::new();
+    out.extend_from_slice(&NODE_MAC);
+    out.extend_from_slice(&CLIENT_MAC);
+    out.extend_from_slice(&EtherType::IPV4.0.to_be_bytes());
+    ip.write(&mut out).expect("writing IPv4 header");
+    out.extend_from_slice(&icmp);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

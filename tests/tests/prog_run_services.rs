@@ -610,3 +610,84 @@ fn conntrack_gc_ages_pairs_by_protocol_state_and_keeps_live_flows() {
     assert_eq!(f.maps.gc_conntrack(base + 21601 * s).unwrap(), 2);
     assert_eq!(f.ct_len(), 0);
 }
+
+/// The quoted packet of an ICMP error frame, as (source, destination).
+fn quoted_endpoints(frame: &[u8]) -> (SocketAddrV4, SocketAddrV4) {
+    let inner = &frame[ETH_HLEN + 20 + 8..];
+    let ip = |b: &[u8]| Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+    let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+    (
+        sa(ip(&inner[12..16]), port(&inner[20..22])),
+        sa(ip(&inner[16..20]), port(&inner[22..24])),
+    )
+}
+
+#[test]
+fn icmp_errors_about_translated_flows_are_translated_both_ways() {
+    let mut f = fixture();
+    f.program(&[web(
+        Protocol::Udp,
+        &[ep(local_pod(10), EndpointState::Active, true)],
+    )]);
+    let client = sa(CLIENT, 5353);
+    let frontend = sa(NODE, NODE_PORT);
+    let backend = sa(local_pod(10), 8080);
+    let (_, translated) = f.ingress(&Packet::udp(client, frontend).payload(b"query").build());
+
+    // The backend answers "port unreachable" about the packet it received (client ->
+    // backend): the client must see it from the frontend, about client -> frontend.
+    let err = skiff_tests::packet::icmp_error(local_pod(10), CLIENT, 3, 3, &translated);
+    let (action, out) = f.ingress(&err);
+    assert_eq!(
+        action,
+        TcAction::Redirect,
+        "towards the client: routed from the hook"
+    );
+    verify_checksums(&out).unwrap();
+    let outer = parse(&out).unwrap().ipv4.unwrap();
+    assert_eq!(
+        (
+            Ipv4Addr::from(outer.source),
+            Ipv4Addr::from(outer.destination)
+        ),
+        (NODE, CLIENT)
+    );
+    assert_eq!(
+        quoted_endpoints(&out),
+        (client, frontend),
+        "the quoted packet is the client's own"
+    );
+    let inner_ip = &out[ETH_HLEN + 28..ETH_HLEN + 48];
+    assert_eq!(
+        skiff_tests::packet::internet_checksum(inner_ip, 0),
+        0,
+        "inner IPv4 checksum"
+    );
+
+    // The client answers a reply with "port unreachable" (its socket closed): the backend
+    // must see it about backend -> client.
+    let reply_as_client_saw_it = Packet::udp(frontend, client).payload(b"answer").build();
+    let err = skiff_tests::packet::icmp_error(CLIENT, NODE, 3, 3, &reply_as_client_saw_it);
+    let (action, out) = f.ingress(&err);
+    assert_eq!(
+        action,
+        TcAction::Ok,
+        "towards a local backend: the stack delivers"
+    );
+    verify_checksums(&out).unwrap();
+    let outer = parse(&out).unwrap().ipv4.unwrap();
+    assert_eq!(
+        (
+            Ipv4Addr::from(outer.source),
+            Ipv4Addr::from(outer.destination)
+        ),
+        (CLIENT, local_pod(10))
+    );
+    assert_eq!(quoted_endpoints(&out), (backend, client));
+
+    // Errors about flows skiff does not track pass untouched.
+    let stranger = Packet::udp(sa(CLIENT, 1), sa(Ipv4Addr::new(198, 18, 9, 9), 2)).build();
+    let err = skiff_tests::packet::icmp_error(CLIENT, NODE, 3, 3, &stranger);
+    let (action, out) = f.ingress(&err);
+    assert_eq!((action, out), (TcAction::Ok, err));
+}

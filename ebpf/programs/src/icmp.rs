@@ -31,16 +31,35 @@ pub fn ingress(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
     let icmp_off = p.l4_offset;
     let mut hdr = [0u8; 8];
     // SAFETY: `hdr` is 8 writable bytes; the helper fails cleanly on a short packet.
-    if unsafe { bpf_skb_load_bytes(ctx.as_ptr().cast(), icmp_off as u32, hdr.as_mut_ptr().cast(), 8) } != 0 {
+    if unsafe {
+        bpf_skb_load_bytes(
+            ctx.as_ptr().cast(),
+            icmp_off as u32,
+            hdr.as_mut_ptr().cast(),
+            8,
+        )
+    } != 0
+    {
         return Ok(TC_ACT_OK);
     }
-    if !matches!(hdr[0], ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM) {
+    if !matches!(
+        hdr[0],
+        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM
+    ) {
         return Ok(TC_ACT_OK);
     }
     let inner_off = icmp_off + 8;
     let mut old = [0u8; INNER_LEN];
     // SAFETY: as above.
-    if unsafe { bpf_skb_load_bytes(ctx.as_ptr().cast(), inner_off as u32, old.as_mut_ptr().cast(), INNER_LEN as u32) } != 0 {
+    if unsafe {
+        bpf_skb_load_bytes(
+            ctx.as_ptr().cast(),
+            inner_off as u32,
+            old.as_mut_ptr().cast(),
+            INNER_LEN as u32,
+        )
+    } != 0
+    {
         return Ok(TC_ACT_OK);
     }
     let inner_proto = old[9];
@@ -105,7 +124,16 @@ pub fn ingress(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
     ctx.l4_csum_replace(icmp_off + 2, 0, diff as u64, 0)
         .map_err(|_| DropReason::RewriteFailed)?;
     // SAFETY: storing INNER_LEN bytes inside the packet where they were loaded from.
-    if unsafe { bpf_skb_store_bytes(ctx.as_ptr().cast(), inner_off as u32, new.as_ptr().cast(), INNER_LEN as u32, 0) } != 0 {
+    if unsafe {
+        bpf_skb_store_bytes(
+            ctx.as_ptr().cast(),
+            inner_off as u32,
+            new.as_ptr().cast(),
+            INNER_LEN as u32,
+            0,
+        )
+    } != 0
+    {
         return Err(DropReason::RewriteFailed);
     }
 

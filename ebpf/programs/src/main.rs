@@ -6,6 +6,7 @@
 
 mod counters;
 mod ct;
+mod icmp;
 mod lb;
 mod maps;
 mod nat;

@@ -68,6 +68,20 @@ pub fn rewrite(ctx: &TcContext, p: &Packet, new: &Tuple) -> Result<(), DropReaso
     Ok(())
 }
 
+/// Rewrites only the IPv4 addresses (for ICMP, which has no pseudo-header checksum).
+#[inline(always)]
+pub fn rewrite_l3(ctx: &TcContext, p: &Packet, new: &Tuple) -> Result<(), DropReason> {
+    if new.saddr != p.saddr {
+        ok(ctx.l3_csum_replace(IP_CSUM_OFF, p.saddr.into(), new.saddr.into(), 4))?;
+        ok(ctx.store(IP_SADDR_OFF, &new.saddr, 0))?;
+    }
+    if new.daddr != p.daddr {
+        ok(ctx.l3_csum_replace(IP_CSUM_OFF, p.daddr.into(), new.daddr.into(), 4))?;
+        ok(ctx.store(IP_DADDR_OFF, &new.daddr, 0))?;
+    }
+    Ok(())
+}
+
 /// Decrements the TTL as a router would (packets redirected from tc bypass the stack's
 /// forwarding, which normally does it). Returns false when the TTL is exhausted.
 #[inline(always)]

@@ -45,6 +45,9 @@ fn tuple(v: &CtValue) -> Tuple {
 /// tc ingress: replies of translated flows, then known flows, then new flows.
 #[inline(always)]
 pub fn ingress(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
+    if p.class == PacketClass::Ipv4Icmp {
+        return crate::icmp::ingress(ctx, p);
+    }
     if !translatable(p) {
         return Ok(TC_ACT_OK);
     }
