@@ -82,12 +82,13 @@ pub trait ServiceMaps {
     fn delete_service(&mut self, key: ServiceKey) -> Result<(), MapWriteError>;
     /// Removes every socket reverse-translation entry of service `service_id` pointing at
     /// `backend`, so no socket keeps a translation to a backend that left the service.
-    /// Returns how many went.
+    /// Returns the socket cookies of the entries that went: those sockets may still be
+    /// connected to the backend (connected UDP), see `sockets::destroy_udp`.
     fn purge_sock_rev(
         &mut self,
         service_id: u32,
         backend: &Backend,
-    ) -> Result<usize, MapWriteError>;
+    ) -> Result<Vec<u64>, MapWriteError>;
     /// Removes every conntrack entry (both directions) of service `service_id` whose flow
     /// goes to backend `backend_id`, so the next packet of such a flow picks a live
     /// backend instead of following a dead one (the stale-UDP-flow bug class).
@@ -189,8 +190,8 @@ pub struct FakeServiceMaps {
     pub contents: Snapshot,
     /// Every successful write, in order (`put svc ...`, `del slot ...`).
     pub log: Vec<String>,
-    /// Socket reverse entries as (service id, backend) -> count, for purge tests.
-    pub sock_rev: BTreeMap<(u32, Backend), usize>,
+    /// Socket reverse entries as (service id, backend) -> socket cookies, for purge tests.
+    pub sock_rev: BTreeMap<(u32, Backend), Vec<u64>>,
     /// Conntrack entries as (service id, backend id) -> count, for purge tests.
     pub conntrack: BTreeMap<(u32, u32), usize>,
     /// After each write, check the datapath invariants and record violations here.
@@ -284,8 +285,11 @@ impl ServiceMaps for FakeServiceMaps {
         &mut self,
         service_id: u32,
         backend: &Backend,
-    ) -> Result<usize, MapWriteError> {
-        let n = self.sock_rev.remove(&(service_id, *backend)).unwrap_or(0);
+    ) -> Result<Vec<u64>, MapWriteError> {
+        let n = self
+            .sock_rev
+            .remove(&(service_id, *backend))
+            .unwrap_or_default();
         self.log.push(format!(
             "purge sock-rev {service_id} {}:{}",
             addr(backend.addr),

@@ -7,4 +7,5 @@ pub mod debug;
 pub mod lbmap;
 pub mod model;
 pub mod reconcile;
+pub mod sockets;
 pub mod translate;

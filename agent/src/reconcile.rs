@@ -32,8 +32,26 @@ pub struct SyncReport {
     pub conflicts: Vec<String>,
     /// Socket reverse entries purged for backends that left their service.
     pub purged_sock_rev: usize,
+    /// Sockets (by cookie) that socket-LB had translated to a backend that left its
+    /// service. Connected UDP sockets among them still point at the backend: the caller
+    /// destroys them (`sockets::destroy_udp`) in the namespaces it manages, so clients
+    /// reconnect through the service instead of talking to a dead backend.
+    pub stale_sockets: Vec<(std::net::SocketAddrV4, Vec<u64>)>,
     /// Conntrack entries purged for backends that left their service.
     pub purged_conntrack: usize,
+}
+
+impl SyncReport {
+    fn note_stale_sockets(&mut self, b: &Backend, cookies: Vec<u64>) {
+        self.purged_sock_rev += cookies.len();
+        if !cookies.is_empty() {
+            let addr = std::net::SocketAddrV4::new(
+                std::net::Ipv4Addr::from(u32::from_be(b.addr)),
+                u16::from_be(b.port),
+            );
+            self.stale_sockets.push((addr, cookies));
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -295,7 +313,8 @@ impl Reconciler {
         let after: BTreeSet<u32> = applied.slots.iter().copied().collect();
         for id in before.difference(&after) {
             if let Some(b) = self.backends.get(id) {
-                report.purged_sock_rev += maps.purge_sock_rev(applied.id, b)?;
+                let cookies = maps.purge_sock_rev(applied.id, b)?;
+                report.note_stale_sockets(b, cookies);
                 report.purged_conntrack += maps.purge_conntrack(applied.id, *id)?;
                 report.writes += 2;
             }
@@ -328,7 +347,8 @@ impl Reconciler {
             applied.slots.pop();
             if !applied.slots.contains(&backend_id) {
                 if let Some(b) = self.backends.get(&backend_id) {
-                    report.purged_sock_rev += maps.purge_sock_rev(applied.id, b)?;
+                    let cookies = maps.purge_sock_rev(applied.id, b)?;
+                    report.note_stale_sockets(b, cookies);
                     report.purged_conntrack += maps.purge_conntrack(applied.id, backend_id)?;
                     report.writes += 2;
                 }
@@ -575,7 +595,7 @@ mod tests {
             .find(|(_, be)| be.addr == u32::from(ip("10.42.0.5")).to_be())
             .map(|(id, be)| (*id, *be))
             .unwrap();
-        maps.sock_rev.insert((web_id, b_backend), 2);
+        maps.sock_rev.insert((web_id, b_backend), vec![11, 12]);
         maps.conntrack.insert((web_id, b_id), 4);
         let report = sync(&mut r, &mut maps, &model(&[web(&[a, c]), other]));
         assert_eq!(
@@ -591,6 +611,10 @@ mod tests {
             ]
         );
         assert_eq!(report.purged_sock_rev, 2);
+        assert_eq!(
+            report.stale_sockets,
+            vec![("10.42.0.5:8080".parse().unwrap(), vec![11, 12])]
+        );
         assert_eq!(report.purged_conntrack, 4);
     }
 

@@ -323,3 +323,52 @@ fn removing_a_backend_moves_a_udp_client_and_purges_its_reverse_entries() {
         assert_eq!(from, format!("{VIP}:53"));
     }
 }
+
+#[test]
+fn connected_udp_sockets_to_a_removed_backend_are_destroyed_and_reconnect() {
+    let mut f = fixture(2);
+    f.program(&[service(
+        "dns",
+        Protocol::Udp,
+        53,
+        &[(1, EndpointState::Active)],
+    )]);
+    let mut client = f.client();
+    assert_eq!(client.ask(&format!("udpk-open {VIP}:53")), "ok");
+    let (peer, backend) = ok(&client.ask(&format!("udpk {VIP}:53")), "peer");
+    assert_eq!(
+        (peer.as_str(), backend),
+        (
+            format!("{VIP}:53").as_str(),
+            format!("{}:{BACKEND_PORT}", backend_ip(1))
+        )
+    );
+
+    // The DNS pod is replaced. The socket stays connected to the old pod's address, so the
+    // agent destroys it in the client's namespace.
+    let report = f.program(&[service(
+        "dns",
+        Protocol::Udp,
+        53,
+        &[(2, EndpointState::Active)],
+    )]);
+    f.ns.ip(&["addr", "del", &format!("{}/32", backend_ip(1)), "dev", "lo"]);
+    assert_eq!(report.stale_sockets.len(), 1, "{:?}", report.stale_sockets);
+    let (addr, cookies) = report.stale_sockets[0].clone();
+    let cookies: std::collections::HashSet<u64> = cookies.into_iter().collect();
+    let destroyed =
+        f.ns.run(|| skiff_agent::sockets::destroy_udp(addr, &cookies))
+            .expect("sock_diag destroy");
+    assert_eq!(destroyed, 1);
+
+    // The application learns at once instead of timing out against a dead pod: the socket
+    // was disconnected (send: EDESTADDRREQ) with ECONNABORTED pending (recv). It
+    // reconnects through the service and lands on the live backend.
+    let answer = client.ask(&format!("udpk {VIP}:53"));
+    let words: Vec<&str> = answer.split_whitespace().collect();
+    assert!(words[0] == "err" && ["89", "103"].contains(&words[2]), "{answer}");
+    assert!(words[3].parse::<u64>().unwrap() < 100, "the error is immediate: {answer}");
+    assert_eq!(client.ask(&format!("udpk-open {VIP}:53")), "ok");
+    let (_, backend) = ok(&client.ask(&format!("udpk {VIP}:53")), "peer");
+    assert_eq!(backend, format!("{}:{BACKEND_PORT}", backend_ip(2)));
+}

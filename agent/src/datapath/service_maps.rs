@@ -82,7 +82,7 @@ impl ServiceMaps for BpfServiceMaps {
         &mut self,
         service_id: u32,
         backend: &Backend,
-    ) -> Result<usize, MapWriteError> {
+    ) -> Result<Vec<u64>, MapWriteError> {
         // A full walk of the LRU map; backend removals are rare next to lookups, and the
         // walk is what guarantees no socket keeps a stale translation.
         let mut doomed = Vec::new();
@@ -96,7 +96,7 @@ impl ServiceMaps for BpfServiceMaps {
             ignore_missing(self.sock_rev.remove(k))
                 .map_err(|e| write_error(map_names::SOCK_REV, &self.sizes, e))?;
         }
-        Ok(doomed.len())
+        Ok(doomed.iter().map(|k| k.cookie).collect())
     }
 
     fn purge_conntrack(

@@ -8,6 +8,9 @@
 //! - `udpc ADDR:PORT` a fresh connected UDP socket: send, recv, report
 //!   `ok peer=<getpeername> reply=<payload>`
 //!
+//! - `udpk-open ADDR:PORT` open (or replace) one long-lived connected UDP socket
+//! - `udpk ADDR:PORT` send and receive on it: `ok peer=<getpeername> reply=<payload>`
+//!
 //! Failures answer `err <io error kind> <raw os error> <elapsed ms>`.
 
 use std::{
@@ -78,7 +81,26 @@ fn udp_connected(target: SocketAddr) -> String {
     run().unwrap_or_else(|e| err(e, start))
 }
 
+fn udp_keep(sock: Option<&UdpSocket>) -> String {
+    let start = Instant::now();
+    let Some(sock) = sock else {
+        return "err NotConnected 0 0 no udpk-open yet".into();
+    };
+    let run = || -> std::io::Result<String> {
+        sock.send(b"hello")?;
+        let mut buf = [0u8; 256];
+        let n = sock.recv(&mut buf)?;
+        Ok(format!(
+            "ok peer={} reply={}",
+            sock.peer_addr()?,
+            String::from_utf8_lossy(&buf[..n])
+        ))
+    };
+    run().unwrap_or_else(|e| err(e, start))
+}
+
 fn main() {
+    let mut kept: Option<UdpSocket> = None;
     let udp_sock = UdpSocket::bind("0.0.0.0:0").expect("binding the UDP socket");
     udp_sock.set_read_timeout(Some(TIMEOUT)).expect("timeout");
     let stdin = std::io::stdin();
@@ -100,6 +122,23 @@ fn main() {
             "tcp" => tcp(target),
             "udp" => udp(&udp_sock, target),
             "udpc" => udp_connected(target),
+            "udpk-open" => {
+                let start = Instant::now();
+                let open = || -> std::io::Result<UdpSocket> {
+                    let sock = UdpSocket::bind("0.0.0.0:0")?;
+                    sock.set_read_timeout(Some(TIMEOUT))?;
+                    sock.connect(target)?;
+                    Ok(sock)
+                };
+                match open() {
+                    Ok(sock) => {
+                        kept = Some(sock);
+                        "ok".into()
+                    }
+                    Err(e) => err(e, start),
+                }
+            }
+            "udpk" => udp_keep(kept.as_ref()),
             other => format!("err UnknownCommand 0 0 {other}"),
         };
         writeln!(stdout, "{answer}").unwrap();
