@@ -691,3 +691,48 @@ fn icmp_errors_about_translated_flows_are_translated_both_ways() {
     let (action, out) = f.ingress(&err);
     assert_eq!((action, out), (TcAction::Ok, err));
 }
+
+#[test]
+fn a_full_kernel_map_is_reported_with_its_name_size_and_flag() {
+    let config = skiff_agent::datapath::DatapathConfig {
+        map_sizes: skiff_agent::lbmap::MapSizes {
+            services: 6,
+            ..Default::default()
+        },
+        pin_dir: None,
+    };
+    let mut runner = ProgRunner::with_config(&config);
+    let mut maps = runner.service_maps();
+    let mut reconciler = Reconciler::new();
+    // Two services of four frontends each: the second does not fit into 6 entries.
+    let a = web(
+        Protocol::Tcp,
+        &[ep(local_pod(10), EndpointState::Active, true)],
+    );
+    let mut b = web(
+        Protocol::Udp,
+        &[ep(local_pod(11), EndpointState::Active, true)],
+    );
+    b.0 = ServicePortName::new("default", "zz-dns", "");
+    let model = Model {
+        services: [a, b].into_iter().collect(),
+    };
+    let report = reconciler.sync(&model, &mut maps);
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    let (name, err) = &report.errors[0];
+    assert_eq!(name.to_string(), "default/zz-dns");
+    assert_eq!(
+        err.to_string(),
+        "BPF map SKIFF_SVC_V1 is full (6 entries): raise it with `--map-size-services` (skiff-agent) and restart the agent"
+    );
+    // The service that fit works.
+    let r = runner.run(
+        TC_INGRESS,
+        &tcp(sa(CLIENT, 40000), sa(NODE, NODE_PORT), TcpFlags::SYN).build(),
+    );
+    assert_eq!(r.action, TcAction::Ok);
+    assert_eq!(
+        parse(&r.packet_out).unwrap().endpoints().unwrap().1,
+        sa(local_pod(10), 8080)
+    );
+}

@@ -366,8 +366,14 @@ fn connected_udp_sockets_to_a_removed_backend_are_destroyed_and_reconnect() {
     // reconnects through the service and lands on the live backend.
     let answer = client.ask(&format!("udpk {VIP}:53"));
     let words: Vec<&str> = answer.split_whitespace().collect();
-    assert!(words[0] == "err" && ["89", "103"].contains(&words[2]), "{answer}");
-    assert!(words[3].parse::<u64>().unwrap() < 100, "the error is immediate: {answer}");
+    assert!(
+        words[0] == "err" && ["89", "103"].contains(&words[2]),
+        "{answer}"
+    );
+    assert!(
+        words[3].parse::<u64>().unwrap() < 100,
+        "the error is immediate: {answer}"
+    );
     assert_eq!(client.ask(&format!("udpk-open {VIP}:53")), "ok");
     let (_, backend) = ok(&client.ask(&format!("udpk {VIP}:53")), "peer");
     assert_eq!(backend, format!("{}:{BACKEND_PORT}", backend_ip(2)));
