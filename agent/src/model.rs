@@ -126,6 +126,13 @@ pub struct ServicePort {
     pub proto: Option<Protocol>,
     pub frontends: Vec<Frontend>,
     pub endpoints: Vec<Endpoint>,
+    /// `externalTrafficPolicy: Local` (NodePort/LoadBalancer): traffic from outside the
+    /// cluster to NodePort, LoadBalancer and ExternalIP frontends goes only to endpoints on
+    /// this node, keeps the client's address, and is dropped when there is none here.
+    pub external_local: bool,
+    /// `internalTrafficPolicy: Local`: ClusterIP traffic goes only to endpoints on this
+    /// node; with none, it is refused.
+    pub internal_local: bool,
 }
 
 /// The whole desired state.

@@ -14,11 +14,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use skiff_datapath_abi::{backend_flags, Backend, ServiceKey, ServiceValue, SlotKey};
+use skiff_datapath_abi::{
+    backend_flags, scope, service_flags, Backend, ServiceKey, ServiceValue, SlotKey,
+};
 
 use crate::{
     lbmap::{MapWriteError, ServiceMaps},
-    model::{EndpointState, Frontend, Model, Protocol, ServicePort, ServicePortName},
+    model::{EndpointState, Frontend, FrontendKind, Model, Protocol, ServicePortName},
 };
 
 /// What one sync did.
@@ -105,13 +107,80 @@ pub struct Reconciler {
     backend_id_alloc: Ids,
 }
 
-fn frontend_key(f: &Frontend) -> ServiceKey {
+fn frontend_key(f: &Frontend, scope: u8) -> ServiceKey {
     ServiceKey {
         addr: u32::from(f.addr).to_be(),
         port: f.port.to_be(),
         proto: f.proto.number(),
-        scope: 0,
+        scope,
     }
+}
+
+/// Frontend entries that share one backend list, i.e. one service id. A service port is
+/// one group, or two when a traffic policy is Local: the local group holds only this
+/// node's endpoints and is named `<port>#local`.
+#[derive(Debug, Clone)]
+struct Group {
+    name: ServicePortName,
+    proto: Option<Protocol>,
+    /// Frontend keys with their `service_flags`.
+    frontends: Vec<(ServiceKey, u32)>,
+    endpoints: Vec<crate::model::Endpoint>,
+}
+
+/// Splits service ports into groups (see [`Group`]). With externalTrafficPolicy=Local an
+/// external frontend gets a second, EXTERNAL_LOCAL-scoped entry for traffic arriving from
+/// outside (kube-proxy's KUBE-EXT → KUBE-SVL) while its cluster-scoped entry keeps serving
+/// in-cluster clients from every node; with internalTrafficPolicy=Local the ClusterIP
+/// itself points at the local group.
+fn groups(desired: &Model) -> BTreeMap<ServicePortName, Group> {
+    let mut out = BTreeMap::new();
+    for (name, port) in &desired.services {
+        let mut all = Group {
+            name: name.clone(),
+            proto: port.proto,
+            frontends: Vec::new(),
+            endpoints: port.endpoints.clone(),
+        };
+        let mut local = Group {
+            name: ServicePortName::new(
+                &name.namespace,
+                &name.name,
+                &format!("{}#local", name.port),
+            ),
+            proto: port.proto,
+            frontends: Vec::new(),
+            endpoints: port.endpoints.iter().filter(|e| e.local).copied().collect(),
+        };
+        for f in &port.frontends {
+            let flag = f.kind.flag();
+            if f.kind == FrontendKind::ClusterIp {
+                if port.internal_local {
+                    local
+                        .frontends
+                        .push((frontend_key(f, scope::CLUSTER), flag));
+                } else {
+                    all.frontends.push((frontend_key(f, scope::CLUSTER), flag));
+                }
+            } else {
+                all.frontends.push((frontend_key(f, scope::CLUSTER), flag));
+                if port.external_local {
+                    local.frontends.push((
+                        frontend_key(f, scope::EXTERNAL_LOCAL),
+                        flag | service_flags::LOCAL_DROP,
+                    ));
+                }
+            }
+        }
+        let has_frontends = !all.frontends.is_empty();
+        if has_frontends || local.frontends.is_empty() {
+            out.insert(all.name.clone(), all);
+        }
+        if !local.frontends.is_empty() {
+            out.insert(local.name.clone(), local);
+        }
+    }
+    out
 }
 
 impl Reconciler {
@@ -122,10 +191,11 @@ impl Reconciler {
     /// Brings the maps from the last applied state to `desired`.
     pub fn sync(&mut self, desired: &Model, maps: &mut dyn ServiceMaps) -> SyncReport {
         let mut report = SyncReport::default();
-        let owners = self.frontend_owners(desired, &mut report);
+        let groups = groups(desired);
+        let owners = self.frontend_owners(&groups, &mut report);
 
-        for (name, port) in &desired.services {
-            if let Err(e) = self.sync_service(name, port, &owners, maps, &mut report) {
+        for (name, group) in &groups {
+            if let Err(e) = self.sync_service(group, &owners, maps, &mut report) {
                 report.errors.push((name.clone(), e));
             }
         }
@@ -133,7 +203,7 @@ impl Reconciler {
         let gone: Vec<ServicePortName> = self
             .services
             .keys()
-            .filter(|n| !desired.services.contains_key(*n))
+            .filter(|n| !groups.contains_key(*n))
             .cloned()
             .collect();
         for name in gone {
@@ -153,17 +223,19 @@ impl Reconciler {
     /// Which service port owns each frontend key (first in name order wins).
     fn frontend_owners(
         &self,
-        desired: &Model,
+        groups: &BTreeMap<ServicePortName, Group>,
         report: &mut SyncReport,
     ) -> BTreeMap<ServiceKey, ServicePortName> {
         let mut owners: BTreeMap<ServiceKey, ServicePortName> = BTreeMap::new();
-        for (name, port) in &desired.services {
-            for f in &port.frontends {
-                let key = frontend_key(f);
+        for (name, group) in groups {
+            for (key, _) in &group.frontends {
+                let key = *key;
                 match owners.get(&key) {
                     Some(owner) if owner != name => report.conflicts.push(format!(
                         "{}:{}/{} is claimed by {owner} and {name}; {owner} keeps it",
-                        f.addr, f.port, f.proto
+                        std::net::Ipv4Addr::from(u32::from_be(key.addr)),
+                        u16::from_be(key.port),
+                        key.proto
                     )),
                     Some(_) => {}
                     None => {
@@ -187,16 +259,16 @@ impl Reconciler {
 
     fn sync_service(
         &mut self,
-        name: &ServicePortName,
-        port: &ServicePort,
+        group: &Group,
         owners: &BTreeMap<ServiceKey, ServicePortName>,
         maps: &mut dyn ServiceMaps,
         report: &mut SyncReport,
     ) -> Result<(), MapWriteError> {
-        let proto = port.proto.unwrap_or(Protocol::Tcp).number();
+        let name = &group.name;
+        let proto = group.proto.unwrap_or(Protocol::Tcp).number();
         // Slot order: active endpoints, then terminating ones, each sorted, so an
         // unchanged endpoint set always yields the same slots (no churn).
-        let mut endpoints = port.endpoints.clone();
+        let mut endpoints = group.endpoints.clone();
         endpoints.sort_by_key(|e| (e.state, e.addr, e.port));
         endpoints.dedup_by_key(|e| (e.addr, e.port));
         let active = endpoints
@@ -262,18 +334,17 @@ impl Reconciler {
 
         // 3. frontends with their new counts.
         let mut wanted: BTreeMap<ServiceKey, ServiceValue> = BTreeMap::new();
-        for f in &port.frontends {
-            let key = frontend_key(f);
-            if owners.get(&key) != Some(name) {
+        for (key, flag) in &group.frontends {
+            if owners.get(key) != Some(name) {
                 continue;
             }
-            let v = wanted.entry(key).or_insert(ServiceValue {
+            let v = wanted.entry(*key).or_insert(ServiceValue {
                 service_id: applied.id,
                 active: active as u16,
                 terminating: terminating as u16,
                 flags: 0,
             });
-            v.flags |= f.kind.flag();
+            v.flags |= flag;
         }
         for (key, value) in &wanted {
             if applied.frontends.get(key) != Some(value) {
@@ -423,14 +494,14 @@ impl Reconciler {
         }
         self.service_ids = Ids::reserved(by_id.keys().copied());
 
-        for (name, port) in &desired.services {
-            let found = port
+        for (name, group) in groups(desired) {
+            let found = group
                 .frontends
                 .iter()
-                .find_map(|f| snapshot.services.get(&frontend_key(f)))
+                .find_map(|(key, _)| snapshot.services.get(key))
                 .map(|v| v.service_id);
             if let Some(applied) = found.and_then(|id| by_id.remove(&id)) {
-                self.services.insert(name.clone(), applied);
+                self.services.insert(name, applied);
             }
         }
         for (id, applied) in by_id {
@@ -452,7 +523,7 @@ mod tests {
     use super::*;
     use crate::{
         lbmap::{FakeServiceMaps, MapSizes},
-        model::{Endpoint, FrontendKind},
+        model::{Endpoint, FrontendKind, ServicePort},
     };
 
     fn ip(s: &str) -> Ipv4Addr {
@@ -488,6 +559,7 @@ mod tests {
                     },
                 ],
                 endpoints: endpoints.to_vec(),
+                ..Default::default()
             },
         )
     }
@@ -565,6 +637,7 @@ mod tests {
                     kind: FrontendKind::ClusterIp,
                 }],
                 endpoints: vec![ep("10.42.1.2", EndpointState::Active)],
+                ..Default::default()
             },
         );
         let a = ep("10.42.0.4", EndpointState::Active);
@@ -756,6 +829,49 @@ mod tests {
         sync(&mut r, &mut maps, &model(&[web(&[a, b, c])]));
         assert_eq!(maps.contents.backends.len(), 3);
         assert!(maps.contents.dangling().is_empty());
+    }
+
+    #[test]
+    fn local_traffic_policies_get_their_own_local_only_backend_lists() {
+        let mut r = Reconciler::new();
+        let mut maps = FakeServiceMaps::new(MapSizes::default());
+        let local = Endpoint {
+            local: true,
+            ..ep("10.42.0.4", EndpointState::Active)
+        };
+        let remote = ep("10.42.1.4", EndpointState::Active);
+        let (name, mut port) = web(&[local, remote]);
+        port.external_local = true;
+        sync(&mut r, &mut maps, &model(&[(name.clone(), port.clone())]));
+        assert_eq!(
+            maps.contents.render(),
+            "svc 10.43.0.10:80/TCP scope=0 -> id=1 active=2 terminating=0 flags=0x1\n\
+             svc 192.168.1.10:30080/TCP scope=0 -> id=1 active=2 terminating=0 flags=0x2\n\
+             svc 192.168.1.10:30080/TCP scope=1 -> id=2 active=1 terminating=0 flags=0x12\n\
+             slot 1[0] -> backend 1\n\
+             slot 1[1] -> backend 2\n\
+             slot 2[0] -> backend 1\n\
+             backend 1 10.42.0.4:8080/TCP flags=0x2\n\
+             backend 2 10.42.1.4:8080/TCP flags=0x0\n",
+            "the NodePort keeps a cluster-wide entry for in-cluster clients"
+        );
+        // internalTrafficPolicy=Local moves the ClusterIP to the local list too; turning
+        // both off removes the local list entirely.
+        port.internal_local = true;
+        sync(&mut r, &mut maps, &model(&[(name.clone(), port.clone())]));
+        let cip = maps
+            .contents
+            .services
+            .iter()
+            .find(|(k, _)| k.port == 80u16.to_be())
+            .map(|(_, v)| *v)
+            .unwrap();
+        assert_eq!((cip.service_id, cip.active), (2, 1));
+        port.external_local = false;
+        port.internal_local = false;
+        sync(&mut r, &mut maps, &model(&[(name, port)]));
+        assert!(maps.contents.services.keys().all(|k| k.scope == 0));
+        assert!(maps.contents.slots.keys().all(|k| k.service_id == 1));
     }
 
     #[test]

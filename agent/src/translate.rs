@@ -147,6 +147,8 @@ pub fn translate(
                     proto: Some(port.proto),
                     frontends: port.frontends,
                     endpoints,
+                    external_local: port.external_local,
+                    internal_local: port.internal_local,
                 },
             );
         }
@@ -162,6 +164,8 @@ struct PortFrontends {
     name: String,
     proto: Protocol,
     frontends: Vec<Frontend>,
+    external_local: bool,
+    internal_local: bool,
 }
 
 /// The Service types kube-proxy programs (ExternalName is filtered out before this).
@@ -342,6 +346,11 @@ fn translate_service(
         }
     }
 
+    // kube-proxy's ExternalPolicyLocal: only meaningful for NodePort and LoadBalancer
+    // services (upstream's apiserver rejects it on ClusterIP services).
+    let external_local = service_type != ServiceType::ClusterIp
+        && spec.and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local");
+    let internal_local = spec.and_then(|s| s.internal_traffic_policy.as_deref()) == Some("Local");
     let k8s_ports = spec.and_then(|s| s.ports.as_ref());
     if k8s_ports.is_none_or(|p| p.is_empty()) {
         diag(
@@ -439,6 +448,8 @@ fn translate_service(
             name: port_name,
             proto,
             frontends,
+            external_local,
+            internal_local,
         });
     }
     Some((namespace, name, ports))
@@ -755,6 +766,7 @@ mod tests {
                 proto: Some(proto),
                 frontends,
                 endpoints,
+                ..Default::default()
             },
         )
     }

@@ -96,6 +96,15 @@ impl ProgRunner {
         self.datapath.service_maps().expect("service maps")
     }
 
+    /// Makes test packets count as arriving from outside the cluster (BPF_PROG_TEST_RUN
+    /// gives them the runner namespace's loopback device, which this marks external).
+    pub fn packets_come_from_outside(&mut self) {
+        let datapath = &mut self.datapath;
+        self.ns
+            .run(|| datapath.set_external_interface("lo"))
+            .expect("marking lo external");
+    }
+
     /// Sets the node's SNAT configuration.
     pub fn set_node_config(&mut self, config: NodeConfig) {
         self.datapath

@@ -179,6 +179,7 @@ fn service(proto: Protocol, endpoints: &[Endpoint]) -> Model {
             f(LB_IP, 80, FrontendKind::LoadBalancer),
         ],
         endpoints: endpoints.to_vec(),
+        ..Default::default()
     };
     Model {
         services: [(ServicePortName::new("default", "web", ""), port)]
@@ -421,6 +422,7 @@ fn an_agent_restart_during_a_long_tcp_stream_loses_nothing() {
                         local: true,
                     })
                     .collect(),
+                ..Default::default()
             },
         )]
         .into_iter()

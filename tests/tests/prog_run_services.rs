@@ -92,6 +92,7 @@ fn web(proto: Protocol, endpoints: &[Endpoint]) -> (ServicePortName, ServicePort
                 f(EXTERNAL_IP, 80, FrontendKind::ExternalIp),
             ],
             endpoints: endpoints.to_vec(),
+            ..Default::default()
         },
     )
 }
@@ -735,4 +736,111 @@ fn a_full_kernel_map_is_reported_with_its_name_size_and_flag() {
         parse(&r.packet_out).unwrap().endpoints().unwrap().1,
         sa(local_pod(10), 8080)
     );
+}
+
+fn with_policy(
+    mut svc: (ServicePortName, ServicePort),
+    external: bool,
+    internal: bool,
+) -> (ServicePortName, ServicePort) {
+    svc.1.external_local = external;
+    svc.1.internal_local = internal;
+    svc
+}
+
+#[test]
+fn external_traffic_policy_local_keeps_outside_traffic_on_local_backends() {
+    let mixed = [
+        ep(local_pod(10), EndpointState::Active, true),
+        ep(remote_pod(10), EndpointState::Active, false),
+    ];
+    let mut f = fixture();
+    f.runner.packets_come_from_outside();
+    f.program(&[with_policy(web(Protocol::Tcp, &mixed), true, false)]);
+    for port in 0..30 {
+        let client = sa(CLIENT, 50000 + port);
+        let (action, out) = f.ingress(&tcp(client, sa(NODE, NODE_PORT), TcpFlags::SYN).build());
+        assert_eq!(action, TcAction::Ok);
+        assert_frame(
+            &out,
+            &tcp(client, sa(local_pod(10), 8080), TcpFlags::SYN).build(),
+            "local backend, client address kept",
+        );
+    }
+    // No local endpoint: outside traffic is dropped (the health check fails over), with
+    // its reason.
+    f.program(&[with_policy(web(Protocol::Tcp, &mixed[1..]), true, false)]);
+    let r = f.runner.run(
+        TC_INGRESS,
+        &tcp(sa(CLIENT, 40000), sa(LB_IP, 80), TcpFlags::SYN).build(),
+    );
+    assert_eq!(r.action, TcAction::Shot);
+    assert_eq!(r.drop_deltas, vec![(DropReason::NoLocalBackend, 1)]);
+}
+
+#[test]
+fn in_cluster_traffic_to_an_external_local_service_uses_every_backend() {
+    // Packets from a pod interface (not external): the cluster-wide entry applies.
+    let mut f = fixture();
+    f.program(&[with_policy(
+        web(
+            Protocol::Tcp,
+            &[ep(remote_pod(10), EndpointState::Active, false)],
+        ),
+        true,
+        false,
+    )]);
+    let pod = sa(local_pod(20), 45000);
+    let (action, out) = f.ingress(&tcp(pod, sa(NODE, NODE_PORT), TcpFlags::SYN).build());
+    assert_eq!(action, TcAction::Redirect, "remote backend via SNAT");
+    assert_eq!(
+        parse(&out).unwrap().endpoints().unwrap().1,
+        sa(remote_pod(10), 8080)
+    );
+}
+
+#[test]
+fn internal_traffic_policy_local_refuses_clusterip_without_local_backends() {
+    let mut f = fixture();
+    let remote_only = [ep(remote_pod(10), EndpointState::Active, false)];
+    f.program(&[with_policy(web(Protocol::Tcp, &remote_only), false, true)]);
+    let pod = sa(local_pod(20), 45000);
+    let (action, out) = f.ingress(&tcp(pod, sa(CLUSTER_IP, 80), TcpFlags::SYN).build());
+    assert_eq!(action, TcAction::Redirect);
+    let etherparse::TransportHeader::Tcp(t) = parse(&out).unwrap().transport.unwrap() else {
+        panic!()
+    };
+    assert!(t.rst, "no local endpoint: the ClusterIP refuses");
+    // The NodePort is not affected by the internal policy.
+    let (_, out) = f.ingress(&tcp(pod, sa(NODE, NODE_PORT), TcpFlags::SYN).build());
+    assert_eq!(
+        parse(&out).unwrap().endpoints().unwrap().1,
+        sa(remote_pod(10), 8080)
+    );
+    // With a local endpoint, only it serves the ClusterIP.
+    f.program(&[with_policy(
+        web(
+            Protocol::Tcp,
+            &[
+                ep(local_pod(10), EndpointState::Active, true),
+                remote_only[0],
+            ],
+        ),
+        false,
+        true,
+    )]);
+    for port in 0..20 {
+        let (_, out) = f.ingress(
+            &tcp(
+                sa(local_pod(20), 46000 + port),
+                sa(CLUSTER_IP, 80),
+                TcpFlags::SYN,
+            )
+            .build(),
+        );
+        assert_eq!(
+            parse(&out).unwrap().endpoints().unwrap().1,
+            sa(local_pod(10), 8080)
+        );
+    }
 }

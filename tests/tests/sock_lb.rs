@@ -108,6 +108,7 @@ fn service(
                     local: true,
                 })
                 .collect(),
+            ..Default::default()
         },
     )
 }

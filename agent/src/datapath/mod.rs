@@ -320,6 +320,42 @@ impl Datapath {
         Ok(())
     }
 
+    /// Marks `interface` (in the calling thread's network namespace) as node-facing:
+    /// traffic arriving on it comes from outside the cluster, so externalTrafficPolicy=Local
+    /// applies to it.
+    pub fn set_external_interface(&mut self, interface: &str) -> Result<(), DatapathError> {
+        let name = std::ffi::CString::new(interface).map_err(|_| DatapathError::Pin {
+            path: interface.to_owned(),
+            detail: "interface name contains NUL".into(),
+        })?;
+        // SAFETY: if_nametoindex reads a NUL-terminated string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            return Err(DatapathError::Attach {
+                program: "interface roles".into(),
+                interface: interface.to_owned(),
+                source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
+            });
+        }
+        let map =
+            self.ebpf
+                .map_mut(map_names::IFACES)
+                .ok_or_else(|| DatapathError::MissingMap {
+                    name: map_names::IFACES.to_owned(),
+                })?;
+        let mut roles: HashMap<_, u32, u32> =
+            HashMap::try_from(map).map_err(|source| DatapathError::MapRead {
+                map: map_names::IFACES,
+                source: Box::new(source),
+            })?;
+        roles
+            .insert(ifindex, skiff_datapath_abi::iface_flags::EXTERNAL, 0)
+            .map_err(|source| DatapathError::MapRead {
+                map: map_names::IFACES,
+                source: Box::new(source),
+            })
+    }
+
     /// Attaches the tc egress program (reverse translation of replies) to `interface`.
     pub fn attach_tc_egress(&mut self, interface: &str) -> Result<(), DatapathError> {
         self.attach_tc(interface, TcAttachType::Egress, program_names::TC_EGRESS)

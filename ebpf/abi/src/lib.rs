@@ -39,6 +39,8 @@ pub mod map_names {
     pub const CONNTRACK: &str = "SKIFF_CT_V1";
     /// `ARRAY` of one [`super::NodeConfig`]: this node's datapath settings.
     pub const CONFIG: &str = "SKIFF_CFG_V1";
+    /// `HASH`, key ifindex (`u32`, host byte order), value [`super::iface_flags`] bits.
+    pub const IFACES: &str = "SKIFF_IFACE_V1";
     /// `PER_CPU_ARRAY`, index service id, value [`super::LbCounter`].
     pub const SERVICE_STATS: &str = "SKIFF_SVCST_V1";
     /// `PER_CPU_ARRAY`, index backend id, value [`super::LbCounter`].
@@ -57,6 +59,7 @@ pub mod map_names {
         CONFIG,
         SERVICE_STATS,
         BACKEND_STATS,
+        IFACES,
     ];
 }
 
@@ -171,11 +174,13 @@ pub enum DropReason {
     /// A flow needs SNAT (remote backend, hairpin) but the agent has not configured the
     /// node's SNAT address yet.
     SnatNotConfigured = 15,
+    /// externalTrafficPolicy=Local and no endpoint of the service on this node.
+    NoLocalBackend = 16,
 }
 
 impl DropReason {
     /// Number of reasons: the size of the drops map.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 17;
     /// All reasons, in index order.
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::ShortEthernet,
@@ -194,6 +199,7 @@ impl DropReason {
         DropReason::NoRoute,
         DropReason::NoBackend,
         DropReason::SnatNotConfigured,
+        DropReason::NoLocalBackend,
     ];
 
     /// Stable snake_case name, used in CLI output and metrics labels.
@@ -215,6 +221,7 @@ impl DropReason {
             DropReason::NoRoute => "no_route",
             DropReason::NoBackend => "no_backend",
             DropReason::SnatNotConfigured => "snat_not_configured",
+            DropReason::NoLocalBackend => "no_local_backend",
         }
     }
 
@@ -245,17 +252,37 @@ pub struct ServiceKey {
     pub port: u16,
     /// IP protocol ([`proto`]).
     pub proto: u8,
-    /// 0 for every frontend today; 1 will hold the node-local-only variant of a frontend
-    /// (externalTrafficPolicy/internalTrafficPolicy=Local).
+    /// [`scope`]: which clients this entry serves.
     pub scope: u8,
 }
 
-/// Frontend kinds, bits of [`ServiceValue::flags`].
+/// Frontend kinds and behaviours, bits of [`ServiceValue::flags`].
 pub mod service_flags {
     pub const CLUSTER_IP: u32 = 1 << 0;
     pub const NODE_PORT: u32 = 1 << 1;
     pub const LOAD_BALANCER: u32 = 1 << 2;
     pub const EXTERNAL_IP: u32 = 1 << 3;
+    /// With no usable backend, drop (externalTrafficPolicy=Local on a node without local
+    /// endpoints: the external load balancer's health check must see this node fail)
+    /// instead of refusing.
+    pub const LOCAL_DROP: u32 = 1 << 4;
+}
+
+/// Values of [`ServiceKey::scope`].
+pub mod scope {
+    /// Every client: socket LB, pods, and outside traffic when no EXTERNAL_LOCAL entry
+    /// exists.
+    pub const CLUSTER: u8 = 0;
+    /// Traffic arriving from outside the cluster (an interface marked
+    /// `iface_flags::EXTERNAL`) to a service with externalTrafficPolicy=Local: looked up
+    /// first there, holding only this node's endpoints.
+    pub const EXTERNAL_LOCAL: u8 = 1;
+}
+
+/// Bits of the value of [`map_names::IFACES`].
+pub mod iface_flags {
+    /// A node-facing interface: traffic arriving on it comes from outside the cluster.
+    pub const EXTERNAL: u32 = 1 << 0;
 }
 
 /// Value of [`map_names::SERVICES`].

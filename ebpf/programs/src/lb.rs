@@ -1,16 +1,17 @@
 //! Service lookup and backend choice, shared by every hook that translates.
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use skiff_datapath_abi::{Backend, ServiceKey, ServiceValue, SlotKey};
+use skiff_datapath_abi::{iface_flags, scope, Backend, ServiceKey, ServiceValue, SlotKey};
 
-use crate::maps::{SKIFF_BE_V1, SKIFF_SLOT_V1, SKIFF_SVC_V1};
+use crate::maps::{SKIFF_BE_V1, SKIFF_IFACE_V1, SKIFF_SLOT_V1, SKIFF_SVC_V1};
 
 /// Outcome of choosing a backend for a new flow to a frontend.
 pub enum Choice {
     /// Not a service frontend: leave the flow alone.
     NotAService,
-    /// A frontend with no usable backend: the caller rejects the flow.
-    NoBackend,
+    /// A frontend with no usable backend: the caller rejects (or, with
+    /// `service_flags::LOCAL_DROP`, drops) the flow. Carries the frontend's flags.
+    NoBackend { flags: u32 },
     /// A slot or backend was missing: the agent is mid-update (or the maps are corrupt).
     /// The flow proceeds untranslated and the event is counted.
     Inconsistent,
@@ -37,7 +38,7 @@ pub fn choose(svc: &ServiceValue) -> Choice {
     } else if svc.terminating > 0 {
         (u32::from(svc.active), u32::from(svc.terminating))
     } else {
-        return Choice::NoBackend;
+        return Choice::NoBackend { flags: svc.flags };
     };
     // SAFETY: helper without preconditions.
     let slot = base + unsafe { bpf_get_prandom_u32() } % count;
@@ -66,4 +67,25 @@ pub fn resolve(key: &ServiceKey) -> Choice {
         Some(svc) => choose(&svc),
         None => Choice::NotAService,
     }
+}
+
+/// For traffic from outside the cluster: the EXTERNAL_LOCAL entry of a frontend
+/// (externalTrafficPolicy=Local) wins over its cluster-wide entry.
+#[inline(always)]
+pub fn resolve_external(key: &ServiceKey) -> Choice {
+    let local = ServiceKey {
+        scope: scope::EXTERNAL_LOCAL,
+        ..*key
+    };
+    match lookup(&local) {
+        Some(svc) => choose(&svc),
+        None => resolve(key),
+    }
+}
+
+/// Whether packets arriving on `ifindex` come from outside the cluster.
+#[inline(always)]
+pub fn is_external(ifindex: u32) -> bool {
+    // SAFETY: value copied out under the lookup's RCU protection.
+    unsafe { SKIFF_IFACE_V1.get(ifindex).copied() }.is_some_and(|f| f & iface_flags::EXTERNAL != 0)
 }

@@ -61,3 +61,7 @@ pub static SKIFF_SVCST_V1: PerCpuArray<LbCounter> = PerCpuArray::with_max_entrie
 /// Traffic per backend id.
 #[map]
 pub static SKIFF_BEST_V1: PerCpuArray<LbCounter> = PerCpuArray::with_max_entries(16384, 0);
+
+/// Interface roles by ifindex (`iface_flags`), written by the agent when it attaches.
+#[map]
+pub static SKIFF_IFACE_V1: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);

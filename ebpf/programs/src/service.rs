@@ -12,7 +12,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use skiff_datapath_abi::{
-    backend_flags, ct_dir, ct_flags, Backend, CtKey, CtValue, DropReason, PacketClass, ServiceKey,
+    backend_flags, ct_dir, ct_flags, service_flags, Backend, CtKey, CtValue, DropReason,
+    PacketClass, ServiceKey,
 };
 
 use crate::{
@@ -90,9 +91,19 @@ fn new_flow(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
         proto: p.proto,
         scope: 0,
     };
-    let (service_id, backend_id, backend) = match lb::resolve(&key) {
+    // SAFETY: reading the ifindex the kernel filled in the context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let choice = if lb::is_external(ifindex) {
+        lb::resolve_external(&key)
+    } else {
+        lb::resolve(&key)
+    };
+    let (service_id, backend_id, backend) = match choice {
         Choice::NotAService => return Ok(TC_ACT_OK),
-        Choice::NoBackend => return reject::refuse(ctx, p),
+        Choice::NoBackend { flags } if flags & service_flags::LOCAL_DROP != 0 => {
+            return Err(DropReason::NoLocalBackend)
+        }
+        Choice::NoBackend { .. } => return reject::refuse(ctx, p),
         Choice::Inconsistent => return Err(DropReason::InconsistentMaps),
         Choice::Backend {
             service_id,

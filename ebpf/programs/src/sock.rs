@@ -68,7 +68,7 @@ pub fn translate(ctx: &SockAddrContext, only_udp: bool) -> Verdict {
     };
     match lb::resolve(&key) {
         Choice::NotAService => Verdict::Pass,
-        Choice::NoBackend => {
+        Choice::NoBackend { .. } => {
             count_sock(SockLbCounter::NoBackend);
             Verdict::Refuse
         }

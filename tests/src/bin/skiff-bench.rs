@@ -115,6 +115,7 @@ fn model(svcs: &[SvcPort], node_ports: bool) -> Model {
                         local: true,
                     })
                     .collect(),
+                ..Default::default()
             },
         );
     }
