@@ -107,6 +107,8 @@ fn start_datapath(
             datapath.attach_tc_ingress(iface).unwrap();
         }
         datapath.attach_tc_egress("n0").unwrap();
+        // n0 faces the outside world: externalTrafficPolicy=Local applies to it.
+        datapath.set_external_interface("n0").unwrap();
     });
     let maps = datapath.service_maps().unwrap();
     (datapath, maps)
@@ -530,4 +532,47 @@ fn the_debug_views_read_counters_and_flows_from_the_live_pinned_maps() {
         SocketAddrV4::new(NODE, NODE_PORT),
     );
     assert!(explained.contains("among 2 active backends"), "{explained}");
+}
+
+#[test]
+fn external_traffic_policy_local_preserves_the_client_address_and_drops_without_local_backends() {
+    let mut c = cluster(1);
+    let mut model = service(Protocol::Tcp, &[local(0), remote()]);
+    for port in model.services.values_mut() {
+        port.external_local = true;
+    }
+    c.program(&model);
+    for _ in 0..20 {
+        let (_, line) = tcp_from(&c.ext, SocketAddrV4::new(NODE, NODE_PORT)).expect("connect");
+        assert!(
+            line.starts_with(&format!("{}:8080 saw 198.18.0.1:", local_pod(0))),
+            "only the local backend, and it sees the real client: {line}"
+        );
+    }
+    // In-cluster clients still reach every backend through the same NodePort.
+    let mut remote_seen = false;
+    for _ in 0..30 {
+        let (_, line) =
+            tcp_from(&c.client_pod, SocketAddrV4::new(NODE, NODE_PORT)).expect("connect");
+        remote_seen |= line.starts_with(&format!("{REMOTE_POD}:8080"));
+    }
+    assert!(
+        remote_seen,
+        "30 in-cluster connections over 2 backends reach the remote one"
+    );
+    // Without a local endpoint, outside connections are dropped, not refused: the
+    // external load balancer's health check must see this node fail.
+    let mut model = service(Protocol::Tcp, &[remote()]);
+    for port in model.services.values_mut() {
+        port.external_local = true;
+    }
+    c.program(&model);
+    let stream = c.ext.run(|| {
+        TcpStream::connect_timeout(
+            &SocketAddrV4::new(NODE, NODE_PORT).into(),
+            Duration::from_millis(300),
+        )
+    });
+    let err = stream.expect_err("dropped");
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
 }
