@@ -3,9 +3,12 @@
 //! ([`FakeServiceMaps`]) for unprivileged tests. Neither side of this trait knows about
 //! Kubernetes objects; keys and values are the ABI types.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
-use skiff_datapath_abi::{map_names, Backend, ServiceKey, ServiceValue, SlotKey};
+use skiff_datapath_abi::{map_names, Backend, ServiceKey, ServiceOptions, ServiceValue, SlotKey};
 
 /// A failed map write. Says which map, what went wrong, and for a full map which flag
 /// raises its size (Cilium users' "argument list too long" is the lesson here).
@@ -94,6 +97,26 @@ pub trait ServiceMaps {
     /// backend instead of following a dead one (the stale-UDP-flow bug class).
     fn purge_conntrack(&mut self, service_id: u32, backend_id: u32)
         -> Result<usize, MapWriteError>;
+    /// Allows clients in `range` to open flows to service `service_id`'s source-range
+    /// checked frontends.
+    fn put_source_range(
+        &mut self,
+        service_id: u32,
+        range: (Ipv4Addr, u8),
+    ) -> Result<(), MapWriteError>;
+    fn delete_source_range(
+        &mut self,
+        service_id: u32,
+        range: (Ipv4Addr, u8),
+    ) -> Result<(), MapWriteError>;
+    fn put_service_options(
+        &mut self,
+        service_id: u32,
+        options: ServiceOptions,
+    ) -> Result<(), MapWriteError>;
+    fn delete_service_options(&mut self, service_id: u32) -> Result<(), MapWriteError>;
+    /// Forgets every client's session affinity to `backend_id` for service `service_id`.
+    fn purge_affinity(&mut self, service_id: u32, backend_id: u32) -> Result<usize, MapWriteError>;
     /// A copy of the contents, for consistency checks and golden tests.
     fn snapshot(&self) -> Result<Snapshot, MapWriteError>;
 }
@@ -104,6 +127,9 @@ pub struct Snapshot {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     pub slots: BTreeMap<SlotKey, u32>,
     pub backends: BTreeMap<u32, Backend>,
+    /// (service id, range base, prefix length).
+    pub source_ranges: BTreeSet<(u32, Ipv4Addr, u8)>,
+    pub options: BTreeMap<u32, ServiceOptions>,
 }
 
 fn addr(a: u32) -> std::net::Ipv4Addr {
@@ -143,6 +169,15 @@ impl Snapshot {
                 k.service_id, k.slot, v
             ));
         }
+        for (id, a, l) in &self.source_ranges {
+            out.push_str(&format!("range {id} {a}/{l}\n"));
+        }
+        for (id, o) in &self.options {
+            out.push_str(&format!(
+                "options {id} affinity={}s\n",
+                o.affinity_timeout_s
+            ));
+        }
         for (id, b) in &self.backends {
             out.push_str(&format!(
                 "backend {} {}:{}/{} flags={:#x}\n",
@@ -177,6 +212,14 @@ impl Snapshot {
                     Some(_) => {}
                 }
             }
+            if v.flags & skiff_datapath_abi::service_flags::AFFINITY != 0
+                && !self.options.contains_key(&v.service_id)
+            {
+                problems.push(format!(
+                    "{k:?}: affinity flag without options for service {}",
+                    v.service_id
+                ));
+            }
         }
         problems
     }
@@ -194,6 +237,8 @@ pub struct FakeServiceMaps {
     pub sock_rev: BTreeMap<(u32, Backend), Vec<u64>>,
     /// Conntrack entries as (service id, backend id) -> count, for purge tests.
     pub conntrack: BTreeMap<(u32, u32), usize>,
+    /// Affinity entries as (service id, backend id) -> count, for purge tests.
+    pub affinity: BTreeMap<(u32, u32), usize>,
     /// After each write, check the datapath invariants and record violations here.
     pub violations: Vec<String>,
 }
@@ -309,6 +354,53 @@ impl ServiceMaps for FakeServiceMaps {
             .unwrap_or(0);
         self.log
             .push(format!("purge ct {service_id} backend {backend_id}"));
+        Ok(n)
+    }
+
+    fn put_source_range(
+        &mut self,
+        service_id: u32,
+        range: (Ipv4Addr, u8),
+    ) -> Result<(), MapWriteError> {
+        self.contents
+            .source_ranges
+            .insert((service_id, range.0, range.1));
+        self.check(format!("put range {service_id} {}/{}", range.0, range.1));
+        Ok(())
+    }
+
+    fn delete_source_range(
+        &mut self,
+        service_id: u32,
+        range: (Ipv4Addr, u8),
+    ) -> Result<(), MapWriteError> {
+        self.contents
+            .source_ranges
+            .remove(&(service_id, range.0, range.1));
+        self.check(format!("del range {service_id} {}/{}", range.0, range.1));
+        Ok(())
+    }
+
+    fn put_service_options(
+        &mut self,
+        service_id: u32,
+        options: ServiceOptions,
+    ) -> Result<(), MapWriteError> {
+        self.contents.options.insert(service_id, options);
+        self.check(format!("put options {service_id}"));
+        Ok(())
+    }
+
+    fn delete_service_options(&mut self, service_id: u32) -> Result<(), MapWriteError> {
+        self.contents.options.remove(&service_id);
+        self.check(format!("del options {service_id}"));
+        Ok(())
+    }
+
+    fn purge_affinity(&mut self, service_id: u32, backend_id: u32) -> Result<usize, MapWriteError> {
+        let n = self.affinity.remove(&(service_id, backend_id)).unwrap_or(0);
+        self.log
+            .push(format!("purge affinity {service_id} backend {backend_id}"));
         Ok(n)
     }
 

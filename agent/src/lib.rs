@@ -6,6 +6,7 @@ pub mod datapath;
 pub mod debug;
 pub mod lbmap;
 pub mod model;
+pub mod policy;
 pub mod reconcile;
 pub mod sockets;
 pub mod translate;

@@ -133,6 +133,11 @@ pub struct ServicePort {
     /// `internalTrafficPolicy: Local`: ClusterIP traffic goes only to endpoints on this
     /// node; with none, it is refused.
     pub internal_local: bool,
+    /// `loadBalancerSourceRanges` (address, prefix length): when non-empty, only these
+    /// sources reach the LoadBalancer and ExternalIP frontends from outside.
+    pub source_ranges: Vec<(Ipv4Addr, u8)>,
+    /// `sessionAffinity: ClientIP` with its timeout in seconds.
+    pub affinity_timeout: Option<u32>,
 }
 
 /// The whole desired state.

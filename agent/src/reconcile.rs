@@ -41,6 +41,8 @@ pub struct SyncReport {
     pub stale_sockets: Vec<(std::net::SocketAddrV4, Vec<u64>)>,
     /// Conntrack entries purged for backends that left their service.
     pub purged_conntrack: usize,
+    /// Session affinity entries purged for backends that left their service.
+    pub purged_affinity: usize,
 }
 
 impl SyncReport {
@@ -62,6 +64,8 @@ struct AppliedService {
     /// Backend id per slot, in slot order.
     slots: Vec<u32>,
     frontends: BTreeMap<ServiceKey, ServiceValue>,
+    source_ranges: BTreeSet<(std::net::Ipv4Addr, u8)>,
+    options: Option<skiff_datapath_abi::ServiceOptions>,
 }
 
 /// Smallest-free id allocator (ids start at 1; 0 means "none" in the maps).
@@ -126,6 +130,9 @@ struct Group {
     /// Frontend keys with their `service_flags`.
     frontends: Vec<(ServiceKey, u32)>,
     endpoints: Vec<crate::model::Endpoint>,
+    /// loadBalancerSourceRanges, written when a frontend carries SOURCE_RANGES.
+    source_ranges: BTreeSet<(std::net::Ipv4Addr, u8)>,
+    affinity_timeout: Option<u32>,
 }
 
 /// Splits service ports into groups (see [`Group`]). With externalTrafficPolicy=Local an
@@ -136,11 +143,14 @@ struct Group {
 fn groups(desired: &Model) -> BTreeMap<ServicePortName, Group> {
     let mut out = BTreeMap::new();
     for (name, port) in &desired.services {
+        let ranges: BTreeSet<_> = port.source_ranges.iter().copied().collect();
         let mut all = Group {
             name: name.clone(),
             proto: port.proto,
             frontends: Vec::new(),
             endpoints: port.endpoints.clone(),
+            source_ranges: ranges.clone(),
+            affinity_timeout: port.affinity_timeout,
         };
         let mut local = Group {
             name: ServicePortName::new(
@@ -151,9 +161,24 @@ fn groups(desired: &Model) -> BTreeMap<ServicePortName, Group> {
             proto: port.proto,
             frontends: Vec::new(),
             endpoints: port.endpoints.iter().filter(|e| e.local).copied().collect(),
+            source_ranges: ranges.clone(),
+            affinity_timeout: port.affinity_timeout,
         };
         for f in &port.frontends {
-            let flag = f.kind.flag();
+            let mut flag = f.kind.flag();
+            // kube-proxy's KUBE-FW chains: source ranges guard the load-balancer address;
+            // skiff applies them to ExternalIPs as well (both are reachable from outside).
+            if !ranges.is_empty()
+                && matches!(
+                    f.kind,
+                    FrontendKind::LoadBalancer | FrontendKind::ExternalIp
+                )
+            {
+                flag |= service_flags::SOURCE_RANGES;
+            }
+            if port.affinity_timeout.is_some() {
+                flag |= service_flags::AFFINITY;
+            }
             if f.kind == FrontendKind::ClusterIp {
                 if port.internal_local {
                     local
@@ -332,6 +357,36 @@ impl Reconciler {
             }
         }
 
+        // Source ranges and options before the frontends whose flags make the datapath
+        // read them.
+        let wants_ranges = group
+            .frontends
+            .iter()
+            .any(|(_, f)| f & service_flags::SOURCE_RANGES != 0);
+        let ranges: BTreeSet<_> = if wants_ranges {
+            group.source_ranges.clone()
+        } else {
+            BTreeSet::new()
+        };
+        for r in ranges.difference(&applied.source_ranges.clone()) {
+            maps.put_source_range(applied.id, *r)?;
+            report.writes += 1;
+            applied.source_ranges.insert(*r);
+        }
+        let options = group
+            .affinity_timeout
+            .map(|t| skiff_datapath_abi::ServiceOptions {
+                affinity_timeout_s: t,
+                _pad: 0,
+            });
+        if let Some(o) = options {
+            if applied.options != Some(o) {
+                maps.put_service_options(applied.id, o)?;
+                report.writes += 1;
+                applied.options = Some(o);
+            }
+        }
+
         // 3. frontends with their new counts.
         let mut wanted: BTreeMap<ServiceKey, ServiceValue> = BTreeMap::new();
         for (key, flag) in &group.frontends {
@@ -379,6 +434,18 @@ impl Reconciler {
             applied.frontends.remove(&key);
         }
 
+        // Ranges and options no frontend needs any more.
+        for r in applied.source_ranges.clone().difference(&ranges) {
+            maps.delete_source_range(applied.id, *r)?;
+            report.writes += 1;
+            applied.source_ranges.remove(r);
+        }
+        if options.is_none() && applied.options.is_some() {
+            maps.delete_service_options(applied.id)?;
+            report.writes += 1;
+            applied.options = None;
+        }
+
         // 6. backends that left this service: no socket keeps their reverse translation
         // (the stale-UDP-flow bug class: a resolver pinned to a replaced DNS pod).
         let after: BTreeSet<u32> = applied.slots.iter().copied().collect();
@@ -387,6 +454,7 @@ impl Reconciler {
                 let cookies = maps.purge_sock_rev(applied.id, b)?;
                 report.note_stale_sockets(b, cookies);
                 report.purged_conntrack += maps.purge_conntrack(applied.id, *id)?;
+                report.purged_affinity += maps.purge_affinity(applied.id, *id)?;
                 report.writes += 2;
             }
         }
@@ -421,9 +489,19 @@ impl Reconciler {
                     let cookies = maps.purge_sock_rev(applied.id, b)?;
                     report.note_stale_sockets(b, cookies);
                     report.purged_conntrack += maps.purge_conntrack(applied.id, backend_id)?;
+                    report.purged_affinity += maps.purge_affinity(applied.id, backend_id)?;
                     report.writes += 2;
                 }
             }
+        }
+        for r in applied.source_ranges.clone() {
+            maps.delete_source_range(applied.id, r)?;
+            report.writes += 1;
+            applied.source_ranges.remove(&r);
+        }
+        if applied.options.take().is_some() {
+            maps.delete_service_options(applied.id)?;
+            report.writes += 1;
         }
         let id = applied.id;
         self.services.remove(name);
@@ -481,6 +559,16 @@ impl Reconciler {
                     ..Default::default()
                 });
             applied.frontends.insert(*key, *value);
+        }
+        for (id, a, l) in &snapshot.source_ranges {
+            if let Some(applied) = by_id.get_mut(id) {
+                applied.source_ranges.insert((*a, *l));
+            }
+        }
+        for (id, o) in &snapshot.options {
+            if let Some(applied) = by_id.get_mut(id) {
+                applied.options = Some(*o);
+            }
         }
         for applied in by_id.values_mut() {
             let mut slot = 0;
@@ -680,6 +768,7 @@ mod tests {
                 &format!("del slot {web_id}[2]"),
                 &format!("purge sock-rev {web_id} 10.42.0.5:8080"),
                 &format!("purge ct {web_id} backend {b_id}"),
+                &format!("purge affinity {web_id} backend {b_id}"),
                 &format!("del backend {b_id}"),
             ]
         );
@@ -819,7 +908,8 @@ mod tests {
                 "del svc 10.43.0.99:80/TCP",
                 "del slot 1[0]",
                 "purge sock-rev 1 10.42.0.4:8080",
-                "purge ct 1 backend 1"
+                "purge ct 1 backend 1",
+                "purge affinity 1 backend 1"
             ],
             "{report:?}"
         );

@@ -149,6 +149,8 @@ pub fn translate(
                     endpoints,
                     external_local: port.external_local,
                     internal_local: port.internal_local,
+                    source_ranges: port.source_ranges,
+                    affinity_timeout: port.affinity_timeout,
                 },
             );
         }
@@ -166,6 +168,25 @@ struct PortFrontends {
     frontends: Vec<Frontend>,
     external_local: bool,
     internal_local: bool,
+    source_ranges: Vec<(Ipv4Addr, u8)>,
+    affinity_timeout: Option<u32>,
+}
+
+/// Parses an IPv4 or IPv6 CIDR: `Some(Some(v4 range))`, `Some(None)` for IPv6, `None`
+/// when malformed. Host bits are cleared, as upstream's validation does.
+pub fn parse_cidr(s: &str) -> Option<Option<(Ipv4Addr, u8)>> {
+    let (addr, len) = s.trim().split_once('/')?;
+    let len: u8 = len.parse().ok()?;
+    if addr.contains(':') {
+        let _: std::net::Ipv6Addr = addr.parse().ok()?;
+        return (len <= 128).then_some(None);
+    }
+    let addr: Ipv4Addr = addr.parse().ok()?;
+    if len > 32 {
+        return None;
+    }
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    Some(Some((Ipv4Addr::from(u32::from(addr) & mask), len)))
 }
 
 /// The Service types kube-proxy programs (ExternalName is filtered out before this).
@@ -351,6 +372,38 @@ fn translate_service(
     let external_local = service_type != ServiceType::ClusterIp
         && spec.and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local");
     let internal_local = spec.and_then(|s| s.internal_traffic_policy.as_deref()) == Some("Local");
+    // kube-proxy honours loadBalancerSourceRanges for LoadBalancer services only.
+    let mut source_ranges = Vec::new();
+    if service_type == ServiceType::LoadBalancer {
+        for (i, cidr) in spec
+            .and_then(|s| s.load_balancer_source_ranges.as_ref())
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            match parse_cidr(cidr) {
+                Some(Some(range)) => source_ranges.push(range),
+                // An IPv6 range never matches an IPv4 client: nothing to program.
+                Some(None) => {}
+                None => diag(
+                    format!("spec.loadBalancerSourceRanges[{i}]"),
+                    format!(
+                        "{cidr:?} is not a CIDR (like 203.0.113.0/24); it is ignored, so \
+                         fewer sources are allowed than intended. Fix the range."
+                    ),
+                ),
+            }
+        }
+    }
+    // Session affinity: kube-proxy's default timeout is 10800 s (3 h).
+    let affinity_timeout = (spec.and_then(|s| s.session_affinity.as_deref()) == Some("ClientIP"))
+        .then(|| {
+            spec.and_then(|s| s.session_affinity_config.as_ref())
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .filter(|t| *t > 0)
+                .map_or(10800, |t| t as u32)
+        });
     let k8s_ports = spec.and_then(|s| s.ports.as_ref());
     if k8s_ports.is_none_or(|p| p.is_empty()) {
         diag(
@@ -450,6 +503,8 @@ fn translate_service(
             frontends,
             external_local,
             internal_local,
+            source_ranges: source_ranges.clone(),
+            affinity_timeout,
         });
     }
     Some((namespace, name, ports))
@@ -1836,6 +1891,61 @@ mod tests {
         if let Some(v) = value {
             obj.insert(key.into(), v);
         }
+    }
+
+    #[test]
+    fn traffic_policies_source_ranges_and_session_affinity() {
+        let svc = json!({
+            "metadata": {"namespace": "default", "name": "lb"},
+            "spec": {
+                "type": "LoadBalancer",
+                "clusterIP": "10.43.0.20",
+                "externalTrafficPolicy": "Local",
+                "internalTrafficPolicy": "Local",
+                "sessionAffinity": "ClientIP",
+                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
+                "loadBalancerSourceRanges": ["203.0.113.7/24", "not-a-cidr", "2001:db8::/32"],
+                "ports": [{"port": 80, "nodePort": 30080}]
+            }
+        });
+        let services: Vec<Service> = vec![serde_json::from_value(svc).unwrap()];
+        let (model, diags) = translate(&services, &[], &node_a());
+        let port = &model.services[&ServicePortName::new("default", "lb", "")];
+        assert!(port.external_local && port.internal_local);
+        assert_eq!(port.affinity_timeout, Some(60));
+        // Host bits are cleared; the IPv6 range is not an error, just not IPv4.
+        assert_eq!(port.source_ranges, vec![(ip("203.0.113.0"), 24)]);
+        assert_eq!(
+            diags,
+            vec![diag(
+                "Service default/lb",
+                "spec.loadBalancerSourceRanges[1]",
+                "\"not-a-cidr\" is not a CIDR (like 203.0.113.0/24); it is ignored, so fewer \
+                 sources are allowed than intended. Fix the range."
+            )]
+        );
+
+        // Defaults: affinity None -> no timeout; ClientIP without config -> 10800 s;
+        // externalTrafficPolicy is meaningless on a ClusterIP service.
+        let svc = json!({
+            "metadata": {"namespace": "default", "name": "c"},
+            "spec": {
+                "clusterIP": "10.43.0.21",
+                "externalTrafficPolicy": "Local",
+                "sessionAffinity": "ClientIP",
+                "loadBalancerSourceRanges": ["203.0.113.0/24"],
+                "ports": [{"port": 80}]
+            }
+        });
+        let services: Vec<Service> = vec![serde_json::from_value(svc).unwrap()];
+        let (model, _) = translate(&services, &[], &node_a());
+        let port = &model.services[&ServicePortName::new("default", "c", "")];
+        assert!(!port.external_local && !port.internal_local);
+        assert_eq!(port.affinity_timeout, Some(10800));
+        assert!(
+            port.source_ranges.is_empty(),
+            "source ranges are for LoadBalancer services"
+        );
     }
 
     #[test]

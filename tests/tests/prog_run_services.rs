@@ -11,6 +11,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use skiff_agent::{
     datapath::BpfServiceMaps,
+    lbmap::ServiceMaps as _,
     model::{
         Endpoint, EndpointState, Frontend, FrontendKind, Model, Protocol, ServicePort,
         ServicePortName,
@@ -841,6 +842,101 @@ fn internal_traffic_policy_local_refuses_clusterip_without_local_backends() {
         assert_eq!(
             parse(&out).unwrap().endpoints().unwrap().1,
             sa(local_pod(10), 8080)
+        );
+    }
+}
+
+#[test]
+fn load_balancer_source_ranges_admit_only_listed_clients() {
+    let mut f = fixture();
+    let mut svc = web(
+        Protocol::Tcp,
+        &[ep(local_pod(10), EndpointState::Active, true)],
+    );
+    svc.1.source_ranges = vec![(Ipv4Addr::new(198, 18, 0, 0), 30)];
+    f.program(&[svc]);
+    let inside = sa(CLIENT, 40000); // 198.18.0.1
+    let outside = sa(Ipv4Addr::new(198, 18, 0, 5), 40000);
+    for frontend in [sa(LB_IP, 80), sa(EXTERNAL_IP, 80)] {
+        let (action, out) = f.ingress(&tcp(inside, frontend, TcpFlags::SYN).build());
+        assert_eq!(action, TcAction::Ok);
+        assert_eq!(
+            parse(&out).unwrap().endpoints().unwrap().1,
+            sa(local_pod(10), 8080)
+        );
+        let r = f
+            .runner
+            .run(TC_INGRESS, &tcp(outside, frontend, TcpFlags::SYN).build());
+        assert_eq!(r.action, TcAction::Shot, "{frontend}");
+        assert_eq!(r.drop_deltas, vec![(DropReason::SourceRangeDenied, 1)]);
+    }
+    // The ranges guard the externally reachable frontends only.
+    let (action, _) = f.ingress(&tcp(outside, sa(CLUSTER_IP, 80), TcpFlags::SYN).build());
+    assert_eq!(action, TcAction::Ok);
+    // Removing the ranges opens the service again, and the trie is emptied.
+    f.program(&[web(
+        Protocol::Tcp,
+        &[ep(local_pod(10), EndpointState::Active, true)],
+    )]);
+    let (action, _) = f.ingress(
+        &tcp(
+            sa(Ipv4Addr::new(198, 18, 0, 9), 1),
+            sa(LB_IP, 80),
+            TcpFlags::SYN,
+        )
+        .build(),
+    );
+    assert_eq!(action, TcAction::Ok);
+    assert!(f.maps.snapshot().unwrap().source_ranges.is_empty());
+}
+
+#[test]
+fn session_affinity_sticks_to_a_backend_until_it_leaves_or_the_timeout_passes() {
+    let mut f = fixture();
+    let three: Vec<Endpoint> = (10..13)
+        .map(|i| ep(local_pod(i), EndpointState::Active, true))
+        .collect();
+    let mut svc = web(Protocol::Tcp, &three);
+    svc.1.affinity_timeout = Some(1);
+    f.program(&[svc.clone()]);
+    let backend_of = |f: &mut Fixture, client: Ipv4Addr, port: u16| {
+        let (_, out) =
+            f.ingress(&tcp(sa(client, port), sa(NODE, NODE_PORT), TcpFlags::SYN).build());
+        parse(&out).unwrap().endpoints().unwrap().1
+    };
+    let first = backend_of(&mut f, CLIENT, 50000);
+    for port in 50001..50030 {
+        assert_eq!(
+            backend_of(&mut f, CLIENT, port),
+            first,
+            "the same client sticks to its backend"
+        );
+    }
+    // The remembered backend leaves the service: its affinity entries go with it.
+    let remaining: Vec<Endpoint> = three
+        .iter()
+        .copied()
+        .filter(|e| sa(e.addr, 8080) != first)
+        .collect();
+    svc.1.endpoints = remaining;
+    let report = f.program(&[svc.clone()]);
+    assert_eq!(report.purged_affinity, 1);
+    let second = backend_of(&mut f, CLIENT, 51000);
+    assert_ne!(second, first);
+    // After the 1 s timeout without new flows the client is balanced afresh: poll new flows
+    // (each one also refreshes the entry only if it is still valid) until one differs.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut port = 52000;
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let b = backend_of(&mut f, CLIENT, port);
+        port += 1;
+        if b != second {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "affinity never expired"
         );
     }
 }

@@ -37,8 +37,10 @@ pub fn run(no_lint: bool) -> anyhow::Result<()> {
     let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
 
     eprintln!("\n== unit tests (host crates) ==");
+    // --no-fail-fast: one failing crate must not hide the results of the others.
     let unit = cargo_test(cargo().args([
         "test",
+        "--no-fail-fast",
         "--workspace",
         "--exclude",
         "skiff-datapath",
@@ -50,7 +52,9 @@ pub fn run(no_lint: bool) -> anyhow::Result<()> {
     let mut privileged = Tally::default();
     let mut skipped_suite = None;
     match missing_privileges() {
-        None => privileged = cargo_test(cargo().args(["test", "-p", "skiff-tests"]))?,
+        None => {
+            privileged = cargo_test(cargo().args(["test", "--no-fail-fast", "-p", "skiff-tests"]))?
+        }
         Some(why) => {
             let count = count_tests("skiff-tests")?;
             eprintln!("\n{}", "!".repeat(78));

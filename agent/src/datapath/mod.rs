@@ -35,12 +35,15 @@ use skiff_datapath_abi::{map_names, program_names, NodeConfig};
 use crate::lbmap::MapSizes;
 
 /// Maps moved out of the `Ebpf` object into [`BpfServiceMaps`] at load.
-const TAKEN_MAPS: [&str; 5] = [
+const TAKEN_MAPS: [&str; 8] = [
     map_names::SERVICES,
     map_names::SLOTS,
     map_names::BACKENDS,
     map_names::SOCK_REV,
     map_names::CONNTRACK,
+    map_names::SOURCE_RANGES,
+    map_names::SERVICE_OPTIONS,
+    map_names::AFFINITY,
 ];
 
 /// Load-time configuration of the datapath.
@@ -223,6 +226,21 @@ impl Datapath {
             backends: take_hash_map(&mut ebpf, map_names::BACKENDS)?,
             sock_rev: take_hash_map(&mut ebpf, map_names::SOCK_REV)?,
             conntrack: take_hash_map(&mut ebpf, map_names::CONNTRACK)?,
+            source_ranges: {
+                let map = ebpf.take_map(map_names::SOURCE_RANGES).ok_or_else(|| {
+                    DatapathError::MissingMap {
+                        name: map_names::SOURCE_RANGES.to_owned(),
+                    }
+                })?;
+                aya::maps::lpm_trie::LpmTrie::try_from(map).map_err(|source| {
+                    DatapathError::MapRead {
+                        map: map_names::SOURCE_RANGES,
+                        source: Box::new(source),
+                    }
+                })?
+            },
+            options: take_hash_map(&mut ebpf, map_names::SERVICE_OPTIONS)?,
+            affinity: take_hash_map(&mut ebpf, map_names::AFFINITY)?,
         };
         Ok(Datapath {
             ebpf,

@@ -1,9 +1,13 @@
 //! [`ServiceMaps`] over the live BPF maps.
 
-use aya::maps::{HashMap, MapData, MapError};
+use aya::maps::{
+    lpm_trie::{Key, LpmTrie},
+    HashMap, MapData, MapError,
+};
 use skiff_datapath_abi::{
-    ct_dir, ct_flags, ct_timeouts, map_names, proto, Backend, CtKey, CtValue, ServiceKey,
-    ServiceValue, SlotKey, SockRevKey, SockRevValue,
+    ct_dir, ct_flags, ct_timeouts, map_names, proto, AffinityKey, AffinityValue, Backend, CtKey,
+    CtValue, ServiceKey, ServiceOptions, ServiceValue, SlotKey, SockRevKey, SockRevValue,
+    SourceRangeKey,
 };
 
 use crate::lbmap::{MapSizes, MapWriteError, ServiceMaps, Snapshot};
@@ -16,6 +20,20 @@ pub struct BpfServiceMaps {
     pub(super) backends: HashMap<MapData, u32, Backend>,
     pub(super) sock_rev: HashMap<MapData, SockRevKey, SockRevValue>,
     pub(super) conntrack: HashMap<MapData, CtKey, CtValue>,
+    pub(super) source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
+    pub(super) options: HashMap<MapData, u32, ServiceOptions>,
+    pub(super) affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+}
+
+fn range_key(service_id: u32, range: (std::net::Ipv4Addr, u8)) -> Key<SourceRangeKey> {
+    // The service id is always matched whole: 32 bits, then the range's prefix.
+    Key::new(
+        32 + u32::from(range.1),
+        SourceRangeKey {
+            service_id_be: service_id.to_be(),
+            addr: u32::from(range.0).to_be(),
+        },
+    )
 }
 
 fn write_error(map: &'static str, sizes: &MapSizes, e: MapError) -> MapWriteError {
@@ -113,6 +131,55 @@ impl ServiceMaps for BpfServiceMaps {
         Ok(doomed.len())
     }
 
+    fn put_source_range(
+        &mut self,
+        service_id: u32,
+        range: (std::net::Ipv4Addr, u8),
+    ) -> Result<(), MapWriteError> {
+        self.source_ranges
+            .insert(&range_key(service_id, range), 1, 0)
+            .map_err(|e| write_error(map_names::SOURCE_RANGES, &self.sizes, e))
+    }
+
+    fn delete_source_range(
+        &mut self,
+        service_id: u32,
+        range: (std::net::Ipv4Addr, u8),
+    ) -> Result<(), MapWriteError> {
+        ignore_missing(self.source_ranges.remove(&range_key(service_id, range)))
+            .map_err(|e| write_error(map_names::SOURCE_RANGES, &self.sizes, e))
+    }
+
+    fn put_service_options(
+        &mut self,
+        service_id: u32,
+        options: ServiceOptions,
+    ) -> Result<(), MapWriteError> {
+        self.options
+            .insert(service_id, options, 0)
+            .map_err(|e| write_error(map_names::SERVICE_OPTIONS, &self.sizes, e))
+    }
+
+    fn delete_service_options(&mut self, service_id: u32) -> Result<(), MapWriteError> {
+        ignore_missing(self.options.remove(&service_id))
+            .map_err(|e| write_error(map_names::SERVICE_OPTIONS, &self.sizes, e))
+    }
+
+    fn purge_affinity(&mut self, service_id: u32, backend_id: u32) -> Result<usize, MapWriteError> {
+        let mut doomed = Vec::new();
+        for entry in self.affinity.iter() {
+            let (k, v) = entry.map_err(|e| write_error(map_names::AFFINITY, &self.sizes, e))?;
+            if k.service_id == service_id && v.backend_id == backend_id {
+                doomed.push(k);
+            }
+        }
+        for k in &doomed {
+            ignore_missing(self.affinity.remove(k))
+                .map_err(|e| write_error(map_names::AFFINITY, &self.sizes, e))?;
+        }
+        Ok(doomed.len())
+    }
+
     fn snapshot(&self) -> Result<Snapshot, MapWriteError> {
         let mut s = Snapshot::default();
         for e in self.services.iter() {
@@ -126,6 +193,19 @@ impl ServiceMaps for BpfServiceMaps {
         for e in self.backends.iter() {
             let (k, v) = e.map_err(|e| write_error(map_names::BACKENDS, &self.sizes, e))?;
             s.backends.insert(k, v);
+        }
+        for e in self.source_ranges.keys() {
+            let k = e.map_err(|e| write_error(map_names::SOURCE_RANGES, &self.sizes, e))?;
+            let data = k.data();
+            s.source_ranges.insert((
+                u32::from_be(data.service_id_be),
+                std::net::Ipv4Addr::from(u32::from_be(data.addr)),
+                (k.prefix_len() - 32) as u8,
+            ));
+        }
+        for e in self.options.iter() {
+            let (k, v) = e.map_err(|e| write_error(map_names::SERVICE_OPTIONS, &self.sizes, e))?;
+            s.options.insert(k, v);
         }
         Ok(s)
     }

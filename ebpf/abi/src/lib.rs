@@ -41,6 +41,13 @@ pub mod map_names {
     pub const CONFIG: &str = "SKIFF_CFG_V1";
     /// `HASH`, key ifindex (`u32`, host byte order), value [`super::iface_flags`] bits.
     pub const IFACES: &str = "SKIFF_IFACE_V1";
+    /// `LPM_TRIE`, key prefix length + [`super::SourceRangeKey`], value `u8` (1): allowed
+    /// client ranges per service id.
+    pub const SOURCE_RANGES: &str = "SKIFF_SRCRNG_V1";
+    /// `HASH`, key service id (`u32`), value [`super::ServiceOptions`].
+    pub const SERVICE_OPTIONS: &str = "SKIFF_SVCOPT_V1";
+    /// `LRU_HASH`, key [`super::AffinityKey`], value [`super::AffinityValue`].
+    pub const AFFINITY: &str = "SKIFF_AFFIN_V1";
     /// `PER_CPU_ARRAY`, index service id, value [`super::LbCounter`].
     pub const SERVICE_STATS: &str = "SKIFF_SVCST_V1";
     /// `PER_CPU_ARRAY`, index backend id, value [`super::LbCounter`].
@@ -60,6 +67,9 @@ pub mod map_names {
         SERVICE_STATS,
         BACKEND_STATS,
         IFACES,
+        SOURCE_RANGES,
+        SERVICE_OPTIONS,
+        AFFINITY,
     ];
 }
 
@@ -176,11 +186,13 @@ pub enum DropReason {
     SnatNotConfigured = 15,
     /// externalTrafficPolicy=Local and no endpoint of the service on this node.
     NoLocalBackend = 16,
+    /// The client is outside the service's loadBalancerSourceRanges.
+    SourceRangeDenied = 17,
 }
 
 impl DropReason {
     /// Number of reasons: the size of the drops map.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
     /// All reasons, in index order.
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::ShortEthernet,
@@ -200,6 +212,7 @@ impl DropReason {
         DropReason::NoBackend,
         DropReason::SnatNotConfigured,
         DropReason::NoLocalBackend,
+        DropReason::SourceRangeDenied,
     ];
 
     /// Stable snake_case name, used in CLI output and metrics labels.
@@ -222,6 +235,7 @@ impl DropReason {
             DropReason::NoBackend => "no_backend",
             DropReason::SnatNotConfigured => "snat_not_configured",
             DropReason::NoLocalBackend => "no_local_backend",
+            DropReason::SourceRangeDenied => "source_range_denied",
         }
     }
 
@@ -266,6 +280,11 @@ pub mod service_flags {
     /// endpoints: the external load balancer's health check must see this node fail)
     /// instead of refusing.
     pub const LOCAL_DROP: u32 = 1 << 4;
+    /// New flows from sources outside the service's `loadBalancerSourceRanges`
+    /// (`SKIFF_SRCRANGE_V1`) are dropped.
+    pub const SOURCE_RANGES: u32 = 1 << 5;
+    /// sessionAffinity: ClientIP (`SKIFF_AFFINITY_V1`, timeout in `SKIFF_SVCOPT_V1`).
+    pub const AFFINITY: u32 = 1 << 6;
 }
 
 /// Values of [`ServiceKey::scope`].
@@ -485,6 +504,58 @@ pub struct NodeConfig {
     pub snat_port_max: u16,
 }
 
+/// Data of a [`map_names::SOURCE_RANGES`] key; the LPM prefix length is 32 (the service
+/// id, always matched whole) plus the range's prefix length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRangeKey {
+    /// Service id, **big-endian**: the trie matches bytes in order.
+    pub service_id_be: u32,
+    /// Client IPv4 address or range base, network byte order.
+    pub addr: u32,
+}
+
+/// Value of [`map_names::SERVICE_OPTIONS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceOptions {
+    /// Session affinity timeout in seconds (host byte order); 0 = no affinity.
+    pub affinity_timeout_s: u32,
+    pub _pad: u32,
+}
+
+/// Values of [`AffinityKey::kind`].
+pub mod affinity_kind {
+    /// Per-packet path: the client is its IPv4 address.
+    pub const CLIENT_IP: u32 = 0;
+    /// Socket path: the client is its network namespace (netns cookie), so every socket of
+    /// a pod shares the affinity.
+    pub const NETNS: u32 = 1;
+}
+
+/// Key of [`map_names::AFFINITY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    /// Client IPv4 (network byte order, zero-extended) or netns cookie.
+    pub client: u64,
+    /// Service id (host byte order).
+    pub service_id: u32,
+    /// [`affinity_kind`].
+    pub kind: u32,
+}
+
+/// Value of [`map_names::AFFINITY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityValue {
+    /// The remembered backend (host byte order).
+    pub backend_id: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` of the last new flow that used it.
+    pub last_used_ns: u64,
+}
+
 /// Per-service or per-backend traffic counters (one per CPU; the agent sums them).
 /// Per-packet flows count every forward packet; socket-LB flows count only the
 /// connect()/sendmsg() that chose the backend (later packets never reach BPF).
@@ -565,6 +636,12 @@ const _: () = assert!(offset_of!(CtValue, flags) == 20);
 const _: () = assert!(offset_of!(CtValue, last_seen_ns) == 24);
 const _: () = assert!(size_of::<NodeConfig>() == 8);
 const _: () = assert!(size_of::<LbCounter>() == 24);
+const _: () = assert!(size_of::<SourceRangeKey>() == 8);
+const _: () = assert!(size_of::<ServiceOptions>() == 8);
+const _: () = assert!(size_of::<AffinityKey>() == 16);
+const _: () = assert!(offset_of!(AffinityKey, service_id) == 8);
+const _: () = assert!(size_of::<AffinityValue>() == 16);
+const _: () = assert!(offset_of!(AffinityValue, last_used_ns) == 8);
 const _: () = assert!(offset_of!(LbCounter, bytes) == 16);
 const _: () = assert!(size_of::<PacketClass>() == 4);
 const _: () = assert!(PacketClass::ALL.len() == PacketClass::COUNT as usize);
@@ -587,6 +664,10 @@ mod user {
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::LbCounter {}
+    unsafe impl aya::Pod for super::SourceRangeKey {}
+    unsafe impl aya::Pod for super::ServiceOptions {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::AffinityValue {}
 }
 
 #[cfg(test)]

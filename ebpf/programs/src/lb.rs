@@ -1,14 +1,19 @@
 //! Service lookup and backend choice, shared by every hook that translates.
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use skiff_datapath_abi::{iface_flags, scope, Backend, ServiceKey, ServiceValue, SlotKey};
+use aya_ebpf::maps::lpm_trie::Key;
+use skiff_datapath_abi::{
+    iface_flags, scope, service_flags, AffinityKey, AffinityValue, Backend, ServiceKey,
+    ServiceValue, SlotKey, SourceRangeKey,
+};
 
-use crate::maps::{SKIFF_BE_V1, SKIFF_IFACE_V1, SKIFF_SLOT_V1, SKIFF_SVC_V1};
+use crate::maps::{
+    SKIFF_AFFIN_V1, SKIFF_BE_V1, SKIFF_IFACE_V1, SKIFF_SLOT_V1, SKIFF_SRCRNG_V1, SKIFF_SVCOPT_V1,
+    SKIFF_SVC_V1,
+};
 
 /// Outcome of choosing a backend for a new flow to a frontend.
 pub enum Choice {
-    /// Not a service frontend: leave the flow alone.
-    NotAService,
     /// A frontend with no usable backend: the caller rejects (or, with
     /// `service_flags::LOCAL_DROP`, drops) the flow. Carries the frontend's flags.
     NoBackend { flags: u32 },
@@ -60,27 +65,74 @@ pub fn choose(svc: &ServiceValue) -> Choice {
     }
 }
 
-/// Looks up the frontend and chooses a backend.
-#[inline(always)]
-pub fn resolve(key: &ServiceKey) -> Choice {
-    match lookup(key) {
-        Some(svc) => choose(&svc),
-        None => Choice::NotAService,
-    }
-}
-
 /// For traffic from outside the cluster: the EXTERNAL_LOCAL entry of a frontend
 /// (externalTrafficPolicy=Local) wins over its cluster-wide entry.
 #[inline(always)]
-pub fn resolve_external(key: &ServiceKey) -> Choice {
+pub fn lookup_external(key: &ServiceKey) -> Option<ServiceValue> {
     let local = ServiceKey {
         scope: scope::EXTERNAL_LOCAL,
         ..*key
     };
-    match lookup(&local) {
-        Some(svc) => choose(&svc),
-        None => resolve(key),
+    lookup(&local).or_else(|| lookup(key))
+}
+
+/// Whether `saddr` may open flows to service `service_id` (loadBalancerSourceRanges).
+#[inline(always)]
+pub fn source_allowed(service_id: u32, saddr: u32) -> bool {
+    let key = Key::new(
+        64,
+        SourceRangeKey {
+            service_id_be: service_id.to_be(),
+            addr: saddr,
+        },
+    );
+    SKIFF_SRCRNG_V1.get(key).is_some()
+}
+
+/// [`choose`], honouring session affinity: a client that opened a flow to the service
+/// within its timeout goes to the same backend, as long as that backend still exists
+/// (the agent purges the entries of a backend that leaves the service).
+#[inline(always)]
+pub fn choose_sticky(svc: &ServiceValue, client: u64, kind: u32) -> Choice {
+    if svc.flags & service_flags::AFFINITY == 0 {
+        return choose(svc);
     }
+    // SAFETY: values copied out under the lookups' RCU protection.
+    let timeout_ns = u64::from(
+        unsafe { SKIFF_SVCOPT_V1.get(svc.service_id).copied() }.map_or(0, |o| o.affinity_timeout_s),
+    ) * 1_000_000_000;
+    let key = AffinityKey {
+        client,
+        service_id: svc.service_id,
+        kind,
+    };
+    let now = crate::ct::now();
+    if let Some(entry) = SKIFF_AFFIN_V1.get_ptr_mut(key) {
+        // SAFETY: pointer from a successful lookup, valid for this run.
+        let remembered = unsafe { *entry };
+        if now.wrapping_sub(remembered.last_used_ns) <= timeout_ns {
+            if let Some(backend) = unsafe { SKIFF_BE_V1.get(remembered.backend_id).copied() } {
+                // SAFETY: as above.
+                unsafe { (*entry).last_used_ns = now };
+                return Choice::Backend {
+                    service_id: svc.service_id,
+                    backend_id: remembered.backend_id,
+                    backend,
+                };
+            }
+        }
+    }
+    let choice = choose(svc);
+    if let Choice::Backend { backend_id, .. } = &choice {
+        let value = AffinityValue {
+            backend_id: *backend_id,
+            _pad: 0,
+            last_used_ns: now,
+        };
+        // Best effort: without the entry the next flow is balanced afresh.
+        let _ = SKIFF_AFFIN_V1.insert(key, value, 0);
+    }
+    choice
 }
 
 /// Whether packets arriving on `ifindex` come from outside the cluster.

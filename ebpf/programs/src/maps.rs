@@ -7,11 +7,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray},
 };
 use skiff_datapath_abi::{
-    Backend, CtKey, CtValue, DropReason, LbCounter, NodeConfig, PacketClass, ServiceKey,
-    ServiceValue, SlotKey, SockLbCounter, SockRevKey, SockRevValue, TrafficCounter,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, DropReason, LbCounter, NodeConfig,
+    PacketClass, ServiceKey, ServiceOptions, ServiceValue, SlotKey, SockLbCounter, SockRevKey,
+    SockRevValue, SourceRangeKey, TrafficCounter,
 };
 
 /// Packets and bytes per [`PacketClass`], per CPU (no atomics on the fast path).
@@ -65,3 +66,16 @@ pub static SKIFF_BEST_V1: PerCpuArray<LbCounter> = PerCpuArray::with_max_entries
 /// Interface roles by ifindex (`iface_flags`), written by the agent when it attaches.
 #[map]
 pub static SKIFF_IFACE_V1: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+
+/// Allowed source ranges per service id (loadBalancerSourceRanges).
+#[map]
+pub static SKIFF_SRCRNG_V1: LpmTrie<SourceRangeKey, u8> = LpmTrie::with_max_entries(16384, 0);
+
+/// Per-service options (session affinity timeout).
+#[map]
+pub static SKIFF_SVCOPT_V1: HashMap<u32, ServiceOptions> = HashMap::with_max_entries(65536, 0);
+
+/// Session affinity: client -> backend, per service.
+#[map]
+pub static SKIFF_AFFIN_V1: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::with_max_entries(65536, 0);

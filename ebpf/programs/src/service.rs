@@ -12,8 +12,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use skiff_datapath_abi::{
-    backend_flags, ct_dir, ct_flags, service_flags, Backend, CtKey, CtValue, DropReason,
-    PacketClass, ServiceKey,
+    affinity_kind, backend_flags, ct_dir, ct_flags, service_flags, Backend, CtKey, CtValue,
+    DropReason, PacketClass, ServiceKey,
 };
 
 use crate::{
@@ -93,13 +93,20 @@ fn new_flow(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
     };
     // SAFETY: reading the ifindex the kernel filled in the context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let choice = if lb::is_external(ifindex) {
-        lb::resolve_external(&key)
+    let svc = if lb::is_external(ifindex) {
+        lb::lookup_external(&key)
     } else {
-        lb::resolve(&key)
+        lb::lookup(&key)
     };
+    let Some(svc) = svc else {
+        return Ok(TC_ACT_OK);
+    };
+    if svc.flags & service_flags::SOURCE_RANGES != 0 && !lb::source_allowed(svc.service_id, p.saddr)
+    {
+        return Err(DropReason::SourceRangeDenied);
+    }
+    let choice = lb::choose_sticky(&svc, u64::from(p.saddr), affinity_kind::CLIENT_IP);
     let (service_id, backend_id, backend) = match choice {
-        Choice::NotAService => return Ok(TC_ACT_OK),
         Choice::NoBackend { flags } if flags & service_flags::LOCAL_DROP != 0 => {
             return Err(DropReason::NoLocalBackend)
         }

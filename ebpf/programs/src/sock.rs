@@ -7,8 +7,14 @@
 //! accepts full-width stores to `user_ip4`/`user_port`, and LLVM would otherwise narrow
 //! `user_port` (a port in its low 16 bits) to a 16-bit access.
 
-use aya_ebpf::{helpers::bpf_get_socket_cookie, programs::SockAddrContext, EbpfContext as _};
-use skiff_datapath_abi::{proto, ServiceKey, SockLbCounter, SockRevKey, SockRevValue};
+use aya_ebpf::{
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    programs::SockAddrContext,
+    EbpfContext as _,
+};
+use skiff_datapath_abi::{
+    affinity_kind, proto, ServiceKey, SockLbCounter, SockRevKey, SockRevValue,
+};
 
 use crate::{
     counters::count_sock,
@@ -66,8 +72,12 @@ pub fn translate(ctx: &SockAddrContext, only_udp: bool) -> Verdict {
         proto,
         scope: 0,
     };
-    match lb::resolve(&key) {
-        Choice::NotAService => Verdict::Pass,
+    let Some(svc) = lb::lookup(&key) else {
+        return Verdict::Pass;
+    };
+    // SAFETY: bpf_get_netns_cookie is allowed for sock_addr programs (Linux >= 5.7).
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    match lb::choose_sticky(&svc, netns, affinity_kind::NETNS) {
         Choice::NoBackend { .. } => {
             count_sock(SockLbCounter::NoBackend);
             Verdict::Refuse
