@@ -193,11 +193,14 @@ impl Store {
         let dir = data_dir.join(network);
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let lock_path = dir.join("lock");
+        // Mode 0750 is what host-local gives its lock file; matched so the directories
+        // look the same whichever plugin made them.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode_bits(0o750)
             .open(&lock_path)
             .map_err(io_err(&lock_path))?;
         let lock = Flock::lock(file, FlockArg::LockExclusive)
@@ -239,7 +242,7 @@ impl Store {
         let mut f = match OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode_0644()
+            .mode_bits(0o644)
             .open(&path)
         {
             Ok(f) => f,
@@ -390,15 +393,15 @@ pub fn candidates(set: &[Range], last: Option<Ipv4Addr>) -> Vec<(usize, Ipv4Addr
     all
 }
 
-trait Mode0644 {
-    fn mode_0644(&mut self) -> &mut Self;
+trait ModeBits {
+    fn mode_bits(&mut self, mode: u32) -> &mut Self;
 }
 
-impl Mode0644 for OpenOptions {
-    /// host-local creates reservation files 0644.
-    fn mode_0644(&mut self) -> &mut Self {
+impl ModeBits for OpenOptions {
+    /// host-local creates reservation files 0644 and its lock file 0750.
+    fn mode_bits(&mut self, mode: u32) -> &mut Self {
         use std::os::unix::fs::OpenOptionsExt;
-        self.mode(0o644)
+        self.mode(mode)
     }
 }
 
