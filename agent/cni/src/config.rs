@@ -6,7 +6,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::{
-    error::{CniError, Result, DECODE, INCOMPATIBLE_VERSION, INVALID_CONFIG, INVALID_ENV},
+    error::{
+        CniError, Result, DECODE, INCOMPATIBLE_VERSION, INVALID_CONFIG, INVALID_ENV,
+        UNSUPPORTED_FIELD,
+    },
     ipam::{self, Range},
 };
 
@@ -206,6 +209,14 @@ pub struct NetConf {
     pub ipam: Option<IpamConf>,
     pub dns: Option<Value>,
     pub prev_result: Option<Value>,
+    /// bridge-plugin keys skiff-cni does not implement; refused (code 2) when set rather
+    /// than silently ignored.
+    #[serde(default)]
+    pub ip_masq: bool,
+    #[serde(default)]
+    pub vlan: u32,
+    #[serde(default)]
+    pub promisc_mode: bool,
     #[serde(rename = "cni.dev/valid-attachments")]
     pub valid_attachments: Option<Vec<Attachment>>,
 }
@@ -265,6 +276,21 @@ impl NetConf {
                 format!("\"bridge\": {:?} {why}", conf.bridge),
             )
         })?;
+        for (key, set) in [
+            ("ipMasq", conf.ip_masq),
+            ("vlan", conf.vlan != 0),
+            ("promiscMode", conf.promisc_mode),
+        ] {
+            if set {
+                return Err(CniError::new(
+                    UNSUPPORTED_FIELD,
+                    format!("unsupported field \"{key}\""),
+                    format!(
+                        "skiff-cni does not implement the bridge plugin's \"{key}\" (masquerading is the skiff agent's job); remove it from the config"
+                    ),
+                ));
+            }
+        }
         if let Some(mtu) = conf.mtu {
             if !(68..=65535).contains(&mtu) {
                 return Err(invalid(
@@ -461,6 +487,8 @@ mod tests {
         assert_eq!(ipam.sets.len(), 1);
         assert_eq!(ipam.routes[1].gw, Some(Ipv4Addr::new(10, 250, 0, 9)));
         assert_eq!(ipam.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        let masq = NetConf::parse(&json!({"name": "n", "ipMasq": true})).unwrap_err();
+        assert_eq!(masq.code, UNSUPPORTED_FIELD);
         let bad = NetConf::parse(&json!({"name": "n", "ipam": {"type": "dhcp"}})).unwrap();
         assert_eq!(bad.ipam().unwrap_err().code, INVALID_CONFIG);
     }

@@ -4,6 +4,8 @@ use serde_json::{json, Value};
 
 /// 1: incompatible CNI version.
 pub const INCOMPATIBLE_VERSION: u32 = 1;
+/// 2: unsupported field in the network configuration.
+pub const UNSUPPORTED_FIELD: u32 = 2;
 /// 3: container unknown or does not exist (the runtime need not call DEL).
 pub const UNKNOWN_CONTAINER: u32 = 3;
 /// 4: invalid necessary environment variables.

@@ -538,8 +538,12 @@ fn cmd_del(conf: &NetConf, env: &Env) -> Result<()> {
         .link_by_name(&host_name)
         .map_err(nl_err(format!("looking up {host_name}")))?
     {
-        host.delete_link(l.index)
-            .map_err(nl_err(format!("deleting {host_name}")))?;
+        // Only our own port: on a name-hash collision the link belongs to another
+        // attachment (whose ADD succeeded where this one failed), and must stay.
+        if l.alias.as_deref() == Some(alias(&conf.name, id, ifname).as_str()) {
+            host.delete_link(l.index)
+                .map_err(nl_err(format!("deleting {host_name}")))?;
+        }
     }
     if let Some(path) = env.netns.as_deref() {
         if let Ok(ns) = File::open(path) {
@@ -554,7 +558,8 @@ fn cmd_del(conf: &NetConf, env: &Env) -> Result<()> {
             }
         }
     }
-    if ipam.sets.is_empty() && !ipam.data_dir.join(&conf.name).exists() {
+    // Nothing was ever allocated on this network: do not create its directory on DEL.
+    if !ipam.data_dir.join(&conf.name).exists() {
         return Ok(());
     }
     lock_store(&ipam, &conf.name)?

@@ -125,6 +125,19 @@ fn add_check_del_lifecycle_1_1_0() {
     del2.run(&conf).expect_ok("DEL without CNI_NETNS");
     assert!(data.ip_files("life").is_empty());
     assert!(host.veths().is_empty());
+
+    // DEL deletes only its own port: a link that merely has the derived name (a hash
+    // collision, or someone else's) stays.
+    let squatter = skiff_cni::host_veth_name("life", "ctr3", "eth0");
+    host.ip(&[
+        "link", "add", &squatter, "type", "veth", "peer", "name", "sq-peer",
+    ]);
+    let mut del3 = Call::new(BIN, &host, "DEL");
+    del3.container_id = Some("ctr3");
+    del3.ifname = Some("eth0");
+    del3.run(&conf)
+        .expect_ok("DEL of an attachment that never was");
+    assert!(host.link(&squatter).is_some(), "DEL removed a foreign link");
 }
 
 #[test]
@@ -362,6 +375,9 @@ fn errors_have_codes_and_leak_nothing() {
     let mut v = good.clone();
     v["ipam"]["type"] = json!("dhcp");
     add().run(&v).expect_err(7, "foreign ipam type");
+    let mut v = good.clone();
+    v["ipMasq"] = json!(true);
+    add().run(&v).expect_err(2, "ipMasq is not implemented");
     no_leak("bad config", 0, 0);
 
     // The /30 holds one pod: a second one finds the range exhausted (try again later).

@@ -21,6 +21,18 @@ const PREFIX: &str = "skt-";
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 static CLEAN_STALE: std::sync::Once = std::sync::Once::new();
 
+/// CI=true (or 1, as `cargo xtask test` accepts): skips become failures.
+fn in_ci() -> bool {
+    matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"))
+}
+
+/// Writes straight to the stderr handle: libtest captures `eprintln!` of passing tests,
+/// and a skip must be seen.
+fn say_skipped(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{why}");
+}
+
 /// Whether this test can run. Not root: prints SKIPPED (and fails under CI=true, where a
 /// skip would hide a broken set-up).
 pub fn privileged(test: &str) -> bool {
@@ -28,10 +40,10 @@ pub fn privileged(test: &str) -> bool {
         return true;
     }
     let why = format!("SKIPPED: {test}: needs root to create network namespaces");
-    if std::env::var("CI").as_deref() == Ok("true") {
+    if in_ci() {
         panic!("{why} (CI=true: run the suite as root, e.g. through `cargo xtask test`)");
     }
-    eprintln!("{why}");
+    say_skipped(&why);
     false
 }
 
@@ -390,9 +402,9 @@ pub fn reference_plugins(test: &str) -> Option<PathBuf> {
         "SKIPPED: {test}: Debian's reference CNI plugins are not in /usr/lib/cni \
          (apt-get install -y containernetworking-plugins)"
     );
-    if std::env::var("CI").as_deref() == Ok("true") {
+    if in_ci() {
         panic!("{why}");
     }
-    eprintln!("{why}");
+    say_skipped(&why);
     None
 }
