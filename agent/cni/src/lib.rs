@@ -4,6 +4,41 @@
 //!
 //! [`run`] is the whole plugin as a function of environment and stdin, so the binary is a
 //! thin wrapper and the protocol logic can be unit-tested.
+//!
+//! # Configuration (the reference `bridge` plugin's keys, where implemented)
+//! - `bridge` (default `skiff0`, created if missing), `isGateway`, `isDefaultGateway`
+//!   (implies isGateway), `mtu`, `hairpinMode` (default **true**: a pod reaching a
+//!   Service VIP that translates back to itself needs the frame to leave and re-enter its
+//!   own port), `dns` (copied into the result).
+//! - `ipam`: host-local keys, `type` must be `host-local` (or absent): `ranges` (range sets
+//!   of `{subnet, rangeStart, rangeEnd, gateway}`) or the legacy `subnet`/`rangeStart`/
+//!   `rangeEnd`/`gateway`, `routes` (`{dst, gw?}`), `dataDir` (default
+//!   `/var/lib/cni/networks`). IPv4 only.
+//! - `ipMasq`, `vlan`, `promiscMode` are refused with code 2 instead of being ignored.
+//!
+//! # Commands
+//! - ADD: bridge (+ gateway address and `ip_forward=1` when a gateway), one address per
+//!   range set, veth `veth<hash>` on the bridge with hairpin on and an alias
+//!   `skiff-cni <network> <containerID> <ifname>`, container end created directly in
+//!   `CNI_NETNS` as `CNI_IFNAME`, addresses, routes, lo up. Any failure after the address
+//!   was reserved rolls back veth and reservation.
+//! - DEL: idempotent; needs neither the namespace nor prevResult (the host veth name is
+//!   derived from network, container ID and ifname).
+//! - CHECK: container interface (name, MAC), addresses, routes against prevResult; host
+//!   veth on the bridge; reservations on disk.
+//! - GC: removes reservation files and host veths (found by alias) of attachments not in
+//!   `cni.dev/valid-attachments`.
+//! - STATUS: ready (exit 0) iff the config names at least one IPv4 range (the agent fills
+//!   `ipam.ranges` from the node's pod CIDR and writes an empty list until it knows it),
+//!   the IPAM directory can be created and locked, and every range set has a free
+//!   address; otherwise code 50.
+//! - VERSION: 0.4.0, 1.0.0, 1.1.0; a config's `cniVersions` picks the highest shared.
+//!
+//! # Error codes
+//! 1 version, 2 unsupported field, 3 CNI_NETNS does not exist, 4 bad CNI_* variable
+//! (also a CNI_NETNS that is not a network namespace), 5 I/O, 6 undecodable stdin or
+//! prevResult, 7 invalid config, 11 range exhausted, 50 not ready; plugin-specific: 100
+//! attachment already exists, 101 CHECK mismatch, 102 netlink failure.
 
 pub mod config;
 pub mod error;
