@@ -714,7 +714,15 @@ fn cmd_check(conf: &NetConf, env: &Env) -> Result<()> {
 
 fn cmd_gc(conf: &NetConf) -> Result<()> {
     let ipam = conf.ipam()?;
-    let valid = conf.valid_attachments.clone().unwrap_or_default();
+    // Without the list every attachment would look stale; refuse rather than wipe the
+    // node (libcni always sends it, empty when nothing is valid).
+    let valid = conf.valid_attachments.clone().ok_or_else(|| {
+        CniError::new(
+            INVALID_CONFIG,
+            "GC needs cni.dev/valid-attachments",
+            "the runtime must pass \"cni.dev/valid-attachments\" (an empty list when no attachment is valid)",
+        )
+    })?;
     let is_valid = |id: &str, ifname: &str| {
         valid
             .iter()

@@ -238,6 +238,10 @@ fn gc_removes_attachments_not_listed() {
     assert_eq!(host.veths().len(), 2);
     assert_eq!(data.ip_files("gc"), ["10.250.4.2", "10.250.4.3"]);
 
+    Call::new(BIN, &host, "GC")
+        .run(&conf)
+        .expect_err(7, "GC without valid-attachments");
+    assert_eq!(host.veths().len(), 2, "a refused GC removes nothing");
     conf["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
     Call::new(BIN, &host, "GC").run(&conf).expect_ok("GC");
     assert_eq!(
