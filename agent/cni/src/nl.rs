@@ -62,8 +62,8 @@ impl Netlink {
         let mut sock = Socket::new(NETLINK_ROUTE)?;
         sock.bind_auto()?;
         sock.connect(&SocketAddr::new(0, 0))?;
-        // Without strict checking the kernel ignores a name filter on RTM_GETLINK for
-        // some requests; extended acks give better errors. Both are best effort.
+        // Extended acks make the kernel attach a reason to some errors; best effort, the
+        // errno alone is still reported when a kernel does not support them.
         let _ = sock.set_ext_ack(true);
         Ok(Netlink { sock, seq: 0 })
     }
