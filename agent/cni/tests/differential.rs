@@ -15,7 +15,11 @@ const NET: &str = "diff";
 const SUBNET: &str = "10.250.60.0/24";
 
 fn config(ty: &str, data: &TempDir) -> Value {
-    let mut c = conf("1.0.0", NET, "skbd", SUBNET, data);
+    config_v("1.0.0", ty, data)
+}
+
+fn config_v(version: &str, ty: &str, data: &TempDir) -> Value {
+    let mut c = conf(version, NET, "skbd", SUBNET, data);
     c["type"] = json!(ty);
     c
 }
@@ -105,6 +109,14 @@ fn matches_reference_bridge_and_host_local() {
     };
     let bridge_bin = refdir.join("bridge");
     let bridge_bin = bridge_bin.to_str().unwrap();
+    // 1.0.0 is the newest version Debian's plugins speak; 0.4.0 has its own result shape.
+    for version in ["1.0.0", "0.4.0"] {
+        compare_with_reference(bridge_bin, version);
+    }
+}
+
+fn compare_with_reference(bridge_bin: &str, version: &str) {
+    let config = |ty: &str, data: &TempDir| config_v(version, ty, data);
     let (r, s) = (Side::new("ref"), Side::new("sk"));
 
     let rres = Call::new(bridge_bin, &r.host, "ADD")
@@ -119,14 +131,14 @@ fn matches_reference_bridge_and_host_local() {
     assert_eq!(
         normalize(sres.clone(), &s.c.path()),
         normalize(rres.clone(), &r.c.path()),
-        "ADD results differ (left: skiff-cni, right: bridge)"
+        "{version}: ADD results differ (left: skiff-cni, right: bridge)"
     );
     let rveth = rres["interfaces"][1]["name"].as_str().unwrap();
     let sveth = sres["interfaces"][1]["name"].as_str().unwrap();
     assert_eq!(
         observe(&s.host, &s.c, sveth),
         observe(&r.host, &r.c, rveth),
-        "kernel state differs (left: skiff-cni, right: bridge)"
+        "{version}: kernel state differs (left: skiff-cni, right: bridge)"
     );
     // The one deliberate difference: bridge leaves the container's lo down (that is the
     // loopback plugin's job); skiff-cni, usually the only plugin, brings it up.
@@ -140,7 +152,7 @@ fn matches_reference_bridge_and_host_local() {
     assert_eq!(
         file_view(&s.data),
         file_view(&r.data),
-        "IPAM files differ (left: skiff-cni, right: host-local)"
+        "{version}: IPAM files differ (left: skiff-cni, right: host-local)"
     );
 
     Call::new(bridge_bin, &r.host, "DEL")
