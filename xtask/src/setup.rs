@@ -13,8 +13,14 @@ use anyhow::{bail, Context as _};
 use crate::cmd::{self, is_root, nightly, output};
 
 /// Debian packages: `protobuf-compiler` (etcd-client's build script needs protoc),
-/// `iproute2` (the netns test harness), `etcd-server` (the store's etcd backend tests).
-const APT_PACKAGES: &[&str] = &["iproute2", "protobuf-compiler", "etcd-server"];
+/// `iproute2` (the netns test harness), `etcd-server` (the store's etcd backend tests),
+/// `containernetworking-plugins` (the reference CNI plugins skiff-cni is tested against).
+const APT_PACKAGES: &[&str] = &[
+    "iproute2",
+    "protobuf-compiler",
+    "etcd-server",
+    "containernetworking-plugins",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Opt-in: a rust-src tarball matching the nightly, for machines that cannot download it.
 const RUST_SRC_TARBALL_ENV: &str = "SKIFF_RUST_SRC_TARBALL";

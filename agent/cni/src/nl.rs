@@ -1,0 +1,429 @@
+//! Synchronous rtnetlink: one blocking NETLINK_ROUTE socket per network namespace, with the
+//! message types of `netlink-packet-route`. Only the request/ack/dump loop is written here;
+//! every message layout comes from the crate.
+//!
+//! A netlink socket stays bound to the network namespace it was created in, so
+//! [`Netlink::open_in`] enters the target namespace just long enough to create the socket
+//! and then returns the thread to where it was.
+
+use std::{
+    fs::File,
+    io,
+    net::{IpAddr, Ipv4Addr},
+    os::fd::AsRawFd,
+};
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
+};
+use netlink_packet_route::{
+    address::{AddressAttribute, AddressMessage},
+    link::{
+        InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+        LinkFlags, LinkInfo, LinkMessage,
+    },
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType},
+    AddressFamily, RouteNetlinkMessage,
+};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use nix::sched::{setns, CloneFlags};
+
+/// A link as far as the plugin cares.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: String,
+    pub mtu: u32,
+    pub up: bool,
+    pub master: Option<u32>,
+    pub kind: Option<InfoKind>,
+    pub alias: Option<String>,
+}
+
+/// An IPv4 route of the main table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route4 {
+    pub dst: Ipv4Addr,
+    pub prefix: u8,
+    pub gw: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
+}
+
+pub struct Netlink {
+    sock: Socket,
+    seq: u32,
+}
+
+impl Netlink {
+    /// A socket in the calling thread's network namespace.
+    pub fn open() -> io::Result<Netlink> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        // Extended acks make the kernel attach a reason to some errors; best effort, the
+        // errno alone is still reported when a kernel does not support them.
+        let _ = sock.set_ext_ack(true);
+        Ok(Netlink { sock, seq: 0 })
+    }
+
+    /// A socket in the network namespace `ns` (an open `/run/netns/x` or
+    /// `/proc/<pid>/ns/net`). Fails with EINVAL if `ns` is not a network namespace.
+    pub fn open_in(ns: &File) -> io::Result<Netlink> {
+        let here = File::open("/proc/thread-self/ns/net")?;
+        setns(ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        let result = Netlink::open();
+        // Returning is not optional: every later host-side operation assumes it.
+        setns(&here, CloneFlags::CLONE_NEWNET).map_err(|e| {
+            io::Error::other(format!(
+                "could not return to the original network namespace: {e}"
+            ))
+        })?;
+        result
+    }
+
+    fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        header.sequence_number = seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        packet.finalize();
+        let mut buf = vec![0; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        self.sock.send(&buf, 0)?;
+
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let mut out = Vec::new();
+        let mut rx = vec![0u8; 1 << 16];
+        loop {
+            let n = self.sock.recv(&mut &mut rx[..], 0)?;
+            let mut off = 0;
+            while off < n {
+                let pkt = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[off..n])
+                    .map_err(|e| io::Error::other(format!("decoding netlink reply: {e}")))?;
+                let len = pkt.header.length as usize;
+                if pkt.header.sequence_number != seq {
+                    off += len.max(1);
+                    continue;
+                }
+                match pkt.payload {
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            None => Ok(out),
+                            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
+                        };
+                    }
+                    NetlinkPayload::InnerMessage(m) => {
+                        out.push(m);
+                        if !dump && flags & NLM_F_ACK == 0 {
+                            return Ok(out);
+                        }
+                    }
+                    _ => {}
+                }
+                if len == 0 {
+                    break;
+                }
+                off += len;
+            }
+        }
+    }
+
+    fn ack(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+        self.request(msg, NLM_F_ACK | flags).map(|_| ())
+    }
+
+    pub fn links(&mut self) -> io::Result<Vec<Link>> {
+        let msgs = self.request(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(to_link(&l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    pub fn link_by_name(&mut self, name: &str) -> io::Result<Option<Link>> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.request(RouteNetlinkMessage::GetLink(msg), 0) {
+            Ok(msgs) => Ok(msgs.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(to_link(&l)),
+                _ => None,
+            })),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates bridge `name` unless it exists; returns it up. `Ok(None)` if a link of that
+    /// name exists but is not a bridge.
+    pub fn ensure_bridge(&mut self, name: &str, mtu: Option<u32>) -> io::Result<Option<Link>> {
+        if self.link_by_name(name)?.is_none() {
+            let mut msg = LinkMessage::default();
+            msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+            if let Some(mtu) = mtu {
+                msg.attributes.push(LinkAttribute::Mtu(mtu));
+            }
+            msg.attributes
+                .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                    InfoKind::Bridge,
+                )]));
+            match self.ack(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL) {
+                // Another plugin instance created it first: fine, use theirs.
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                other => other?,
+            }
+        }
+        let Some(link) = self.link_by_name(name)? else {
+            return Err(io::Error::other(format!(
+                "bridge {name} vanished right after creation"
+            )));
+        };
+        if link.kind != Some(InfoKind::Bridge) {
+            return Ok(None);
+        }
+        if !link.up {
+            self.set_up(link.index)?;
+        }
+        Ok(Some(link))
+    }
+
+    /// Creates a veth pair: `host` here, `peer` directly inside the namespace `peer_ns`
+    /// (so the container-side name never clashes with a host interface).
+    pub fn create_veth(
+        &mut self,
+        host: &str,
+        peer: &str,
+        peer_ns: &File,
+        mtu: Option<u32>,
+    ) -> io::Result<()> {
+        let mut peer_msg = LinkMessage::default();
+        peer_msg
+            .attributes
+            .push(LinkAttribute::IfName(peer.to_string()));
+        peer_msg
+            .attributes
+            .push(LinkAttribute::NetNsFd(peer_ns.as_raw_fd()));
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(host.to_string()));
+        if let Some(mtu) = mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+            peer_msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
+        ]));
+        self.ack(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
+    }
+
+    pub fn set_up(&mut self, index: u32) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        self.ack(RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
+    /// Enslaves `index` to `master`, labels it with `alias` and brings it up.
+    pub fn attach_port(&mut self, index: u32, master: u32, alias: &str) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        msg.attributes.push(LinkAttribute::Controller(master));
+        msg.attributes
+            .push(LinkAttribute::IfAlias(alias.to_string()));
+        self.ack(RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
+    /// Sets the bridge-port hairpin flag (IFLA_BRPORT_MODE through IFLA_INFO_SLAVE_DATA,
+    /// what `ip link set X type bridge_slave hairpin on` sends).
+    pub fn set_hairpin(&mut self, index: u32, on: bool) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                on,
+            )])),
+        ]));
+        self.ack(RouteNetlinkMessage::NewLink(msg), 0)
+    }
+
+    /// Deletes link `index`; a link that is already gone is not an error.
+    pub fn delete_link(&mut self, index: u32) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        match self.ack(RouteNetlinkMessage::DelLink(msg), 0) {
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Adds `addr/prefix` to link `index`; an address that is already there is fine.
+    pub fn add_addr(&mut self, index: u32, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.prefix_len = prefix;
+        msg.header.index = index;
+        msg.attributes
+            .push(AddressAttribute::Local(IpAddr::V4(addr)));
+        msg.attributes
+            .push(AddressAttribute::Address(IpAddr::V4(addr)));
+        let bits = u32::from(addr);
+        let mask = if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix)
+        };
+        msg.attributes
+            .push(AddressAttribute::Broadcast(Ipv4Addr::from(bits | !mask)));
+        match self.ack(
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// IPv4 addresses of link `index` (or of all links with `None`).
+    pub fn addrs(&mut self, index: Option<u32>) -> io::Result<Vec<(u32, Ipv4Addr, u8)>> {
+        let mut req = AddressMessage::default();
+        req.header.family = AddressFamily::Inet;
+        let msgs = self.request(RouteNetlinkMessage::GetAddress(req), NLM_F_DUMP)?;
+        let mut out = Vec::new();
+        for m in msgs {
+            let RouteNetlinkMessage::NewAddress(a) = m else {
+                continue;
+            };
+            if index.is_some_and(|i| i != a.header.index) {
+                continue;
+            }
+            for attr in &a.attributes {
+                if let AddressAttribute::Local(IpAddr::V4(ip)) = attr {
+                    out.push((a.header.index, *ip, a.header.prefix_len));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds an IPv4 route in the main table; an identical existing route is fine.
+    pub fn add_route(&mut self, route: &Route4) -> io::Result<()> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        msg.header.destination_prefix_length = route.prefix;
+        msg.header.table = netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN;
+        msg.header.protocol = RouteProtocol::Boot;
+        msg.header.kind = RouteType::Unicast;
+        msg.header.scope = if route.gw.is_some() {
+            RouteScope::Universe
+        } else {
+            RouteScope::Link
+        };
+        if route.prefix > 0 {
+            msg.attributes
+                .push(RouteAttribute::Destination(RouteAddress::Inet(route.dst)));
+        }
+        if let Some(gw) = route.gw {
+            msg.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+        }
+        if let Some(oif) = route.oif {
+            msg.attributes.push(RouteAttribute::Oif(oif));
+        }
+        match self.ack(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// IPv4 unicast routes of the main table.
+    pub fn routes(&mut self) -> io::Result<Vec<Route4>> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = AddressFamily::Inet;
+        let msgs = self.request(RouteNetlinkMessage::GetRoute(req), NLM_F_DUMP)?;
+        let mut out = Vec::new();
+        for m in msgs {
+            let RouteNetlinkMessage::NewRoute(r) = m else {
+                continue;
+            };
+            if r.header.table != netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN
+                || r.header.kind != RouteType::Unicast
+            {
+                continue;
+            }
+            let mut route = Route4 {
+                dst: Ipv4Addr::UNSPECIFIED,
+                prefix: r.header.destination_prefix_length,
+                gw: None,
+                oif: None,
+            };
+            for attr in &r.attributes {
+                match attr {
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => route.dst = *d,
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => route.gw = Some(*g),
+                    RouteAttribute::Oif(o) => route.oif = Some(*o),
+                    _ => {}
+                }
+            }
+            out.push(route);
+        }
+        Ok(out)
+    }
+}
+
+fn to_link(l: &LinkMessage) -> Link {
+    let mut link = Link {
+        index: l.header.index,
+        name: String::new(),
+        mac: String::new(),
+        mtu: 0,
+        up: l.header.flags.contains(LinkFlags::Up),
+        master: None,
+        kind: None,
+        alias: None,
+    };
+    for attr in &l.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n.clone(),
+            LinkAttribute::Address(a) => {
+                link.mac = a
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":")
+            }
+            LinkAttribute::Mtu(m) => link.mtu = *m,
+            LinkAttribute::Controller(m) => link.master = Some(*m),
+            LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let LinkInfo::Kind(k) = i {
+                        link.kind = Some(k.clone());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
