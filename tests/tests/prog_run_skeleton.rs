@@ -336,9 +336,12 @@ fn every_abi_map_and_program_is_in_the_object() {
             "program {p} missing from the object"
         );
     }
+    assert!(programs
+        .iter()
+        .any(|x| x == skiff_datapath_abi::program_names::SOCK_POST_BIND4));
     assert_eq!(
         programs.len(),
-        2 + skiff_datapath_abi::program_names::SOCK_LB.len()
+        3 + skiff_datapath_abi::program_names::SOCK_LB.len()
     );
 }
 

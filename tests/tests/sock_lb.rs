@@ -379,3 +379,58 @@ fn connected_udp_sockets_to_a_removed_backend_are_destroyed_and_reconnect() {
     let (_, backend) = ok(&client.ask(&format!("udpk {VIP}:53")), "peer");
     assert_eq!(backend, format!("{}:{BACKEND_PORT}", backend_ip(2)));
 }
+
+#[test]
+fn host_processes_cannot_bind_nodeports_on_node_addresses() {
+    let mut f = fixture(1);
+    let node = backend_ip(1); // stands in for a node address in this namespace
+    f.datapath
+        .attach_bind_protection(f.cgroup.path())
+        .expect("attach post_bind4");
+    f.datapath
+        .set_bind_protection(30000, 32767, &[node], true)
+        .unwrap();
+    let mut client = f.client();
+    for (cmd, want) in [
+        ("bind-tcp 0.0.0.0:30080", "err AddrInUse 98"),
+        ("bind-udp 0.0.0.0:32767", "err AddrInUse 98"),
+        (&*format!("bind-tcp {node}:30000"), "err AddrInUse 98"),
+        // Outside the range, or on an address that is not the node's: allowed.
+        ("bind-tcp 0.0.0.0:8081", "ok"),
+        ("bind-tcp 0.0.0.0:29999", "ok"),
+        ("bind-tcp 127.0.0.1:30080", "ok"),
+    ] {
+        let answer = client.ask(cmd);
+        assert!(
+            answer.starts_with(want),
+            "`{cmd}` answered `{answer}`, want `{want}`"
+        );
+    }
+    // The agent can turn it off.
+    f.datapath
+        .set_bind_protection(30000, 32767, &[node], false)
+        .unwrap();
+    assert_eq!(client.ask("bind-tcp 0.0.0.0:30080"), "ok");
+}
+
+#[test]
+fn socket_lb_session_affinity_keys_on_the_client_namespace() {
+    let mut f = fixture(3);
+    let active = [
+        (1, EndpointState::Active),
+        (2, EndpointState::Active),
+        (3, EndpointState::Active),
+    ];
+    let mut svc = service("web", Protocol::Tcp, 80, &active);
+    svc.1.affinity_timeout = Some(60);
+    f.program(&[svc]);
+    let mut client = f.client();
+    let (_, first) = ok(&client.ask(&format!("tcp {VIP}:80")), "peer");
+    for _ in 0..20 {
+        let (_, backend) = ok(&client.ask(&format!("tcp {VIP}:80")), "peer");
+        assert_eq!(
+            backend, first,
+            "every socket of the namespace sticks to one backend"
+        );
+    }
+}

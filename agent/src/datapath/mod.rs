@@ -219,6 +219,13 @@ impl Datapath {
                 source: Box::new(source),
             })?;
         }
+        bind_program(&mut ebpf)?
+            .load()
+            .map_err(|source| DatapathError::Program {
+                program: program_names::SOCK_POST_BIND4.to_owned(),
+                action: "load (verifier)",
+                source: Box::new(source),
+            })?;
         let service_maps = BpfServiceMaps {
             sizes,
             services: take_hash_map(&mut ebpf, map_names::SERVICES)?,
@@ -292,6 +299,97 @@ impl Datapath {
                     .pin(&path)
                     .map_err(|e| pin_error(e.to_string()))?;
             }
+        }
+        Ok(())
+    }
+
+    /// NodePort bind protection: binds of ports in `port_min..=port_max` on the wildcard
+    /// or one of `node_addrs` by processes in `cgroup` (and below) fail with EADDRINUSE.
+    /// `enabled: false` turns it off without detaching.
+    pub fn set_bind_protection(
+        &mut self,
+        port_min: u16,
+        port_max: u16,
+        node_addrs: &[std::net::Ipv4Addr],
+        enabled: bool,
+    ) -> Result<(), DatapathError> {
+        let read_err = |map: &'static str| {
+            move |source| DatapathError::MapRead {
+                map,
+                source: Box::new(source),
+            }
+        };
+        {
+            let map = self.ebpf.map_mut(map_names::NODE_ADDRS).ok_or_else(|| {
+                DatapathError::MissingMap {
+                    name: map_names::NODE_ADDRS.to_owned(),
+                }
+            })?;
+            let mut addrs: HashMap<_, u32, u8> =
+                HashMap::try_from(map).map_err(read_err(map_names::NODE_ADDRS))?;
+            for a in node_addrs {
+                addrs
+                    .insert(u32::from(*a).to_be(), 1, 0)
+                    .map_err(read_err(map_names::NODE_ADDRS))?;
+            }
+        }
+        let map = self
+            .ebpf
+            .map_mut(map_names::BIND_PROTECTION)
+            .ok_or_else(|| DatapathError::MissingMap {
+                name: map_names::BIND_PROTECTION.to_owned(),
+            })?;
+        let mut array: aya::maps::Array<_, skiff_datapath_abi::BindProtection> =
+            aya::maps::Array::try_from(map).map_err(read_err(map_names::BIND_PROTECTION))?;
+        array
+            .set(
+                0,
+                skiff_datapath_abi::BindProtection {
+                    port_min,
+                    port_max,
+                    enabled: u32::from(enabled),
+                },
+                0,
+            )
+            .map_err(read_err(map_names::BIND_PROTECTION))
+    }
+
+    /// Attaches NodePort bind protection (post_bind4) to the cgroup v2 directory `cgroup`.
+    pub fn attach_bind_protection(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
+        let dir = File::open(cgroup).map_err(|source| DatapathError::Cgroup {
+            path: cgroup.display().to_string(),
+            source,
+        })?;
+        let program = bind_program(&mut self.ebpf)?;
+        let id = program
+            .attach(&dir, CgroupAttachMode::Single)
+            .map_err(|source| DatapathError::AttachCgroup {
+                program: program_names::SOCK_POST_BIND4.to_owned(),
+                path: cgroup.display().to_string(),
+                source: Box::new(source),
+            })?;
+        if let Some(pin_dir) = &self.pin_dir {
+            let tag = cgroup.display().to_string().replace('/', "_");
+            let path = pin_dir.join("links").join(format!("bind-{tag}"));
+            let pin_error = |detail: String| DatapathError::Pin {
+                path: path.display().to_string(),
+                detail,
+            };
+            if path.exists() {
+                let old = PinnedLink::from_pin(&path).map_err(|e| pin_error(e.to_string()))?;
+                old.unpin().map_err(|e| pin_error(e.to_string()))?;
+            }
+            let link = program
+                .take_link(id)
+                .map_err(|source| DatapathError::AttachCgroup {
+                    program: program_names::SOCK_POST_BIND4.to_owned(),
+                    path: cgroup.display().to_string(),
+                    source: Box::new(source),
+                })?;
+            FdLink::try_from(link)
+                .map_err(|e| pin_error(e.to_string()))?
+                .pin(&path)
+                .map_err(|e| pin_error(e.to_string()))?;
         }
         Ok(())
     }
@@ -537,6 +635,15 @@ fn sock_program<'a>(
 ) -> Result<&'a mut CgroupSockAddr, DatapathError> {
     ebpf.program_mut(name)
         .and_then(|p| <&mut CgroupSockAddr>::try_from(p).ok())
+        .ok_or_else(|| DatapathError::MissingProgram {
+            name: name.to_owned(),
+        })
+}
+
+fn bind_program(ebpf: &mut Ebpf) -> Result<&mut aya::programs::CgroupSock, DatapathError> {
+    let name = program_names::SOCK_POST_BIND4;
+    ebpf.program_mut(name)
+        .and_then(|p| <&mut aya::programs::CgroupSock>::try_from(p).ok())
         .ok_or_else(|| DatapathError::MissingProgram {
             name: name.to_owned(),
         })

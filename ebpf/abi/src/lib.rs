@@ -48,6 +48,10 @@ pub mod map_names {
     pub const SERVICE_OPTIONS: &str = "SKIFF_SVCOPT_V1";
     /// `LRU_HASH`, key [`super::AffinityKey`], value [`super::AffinityValue`].
     pub const AFFINITY: &str = "SKIFF_AFFIN_V1";
+    /// `ARRAY` of one [`super::BindProtection`].
+    pub const BIND_PROTECTION: &str = "SKIFF_BINDP_V1";
+    /// `HASH`, key node IPv4 address (network byte order), value `u8` (1).
+    pub const NODE_ADDRS: &str = "SKIFF_NODEIP_V1";
     /// `PER_CPU_ARRAY`, index service id, value [`super::LbCounter`].
     pub const SERVICE_STATS: &str = "SKIFF_SVCST_V1";
     /// `PER_CPU_ARRAY`, index backend id, value [`super::LbCounter`].
@@ -70,6 +74,8 @@ pub mod map_names {
         SOURCE_RANGES,
         SERVICE_OPTIONS,
         AFFINITY,
+        BIND_PROTECTION,
+        NODE_ADDRS,
     ];
 }
 
@@ -89,6 +95,8 @@ pub mod program_names {
     pub const SOCK_RECVMSG4: &str = "skiff_sock_recvmsg4";
     /// cgroup v2 `getpeername4`: show the VIP as the peer of a translated socket.
     pub const SOCK_GETPEERNAME4: &str = "skiff_sock_getpeername4";
+    /// cgroup v2 `post_bind4`: NodePort bind protection.
+    pub const SOCK_POST_BIND4: &str = "skiff_sock_post_bind4";
 
     /// The socket-LB programs with their cgroup attach points, in attach order.
     pub const SOCK_LB: &[&str] = &[
@@ -556,6 +564,20 @@ pub struct AffinityValue {
     pub last_used_ns: u64,
 }
 
+/// Value of [`map_names::BIND_PROTECTION`]: host processes may not bind ports in
+/// `[port_min, port_max]` (the NodePort range) on node addresses or the wildcard, so no
+/// local daemon silently steals a NodePort (Cilium's `nodePort.bindProtection`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BindProtection {
+    /// Host byte order.
+    pub port_min: u16,
+    /// Host byte order.
+    pub port_max: u16,
+    /// 1 when enabled.
+    pub enabled: u32,
+}
+
 /// Per-service or per-backend traffic counters (one per CPU; the agent sums them).
 /// Per-packet flows count every forward packet; socket-LB flows count only the
 /// connect()/sendmsg() that chose the backend (later packets never reach BPF).
@@ -637,6 +659,7 @@ const _: () = assert!(offset_of!(CtValue, last_seen_ns) == 24);
 const _: () = assert!(size_of::<NodeConfig>() == 8);
 const _: () = assert!(size_of::<LbCounter>() == 24);
 const _: () = assert!(size_of::<SourceRangeKey>() == 8);
+const _: () = assert!(size_of::<BindProtection>() == 8);
 const _: () = assert!(size_of::<ServiceOptions>() == 8);
 const _: () = assert!(size_of::<AffinityKey>() == 16);
 const _: () = assert!(offset_of!(AffinityKey, service_id) == 8);
@@ -665,6 +688,7 @@ mod user {
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::LbCounter {}
     unsafe impl aya::Pod for super::SourceRangeKey {}
+    unsafe impl aya::Pod for super::BindProtection {}
     unsafe impl aya::Pod for super::ServiceOptions {}
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::AffinityValue {}

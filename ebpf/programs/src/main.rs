@@ -18,8 +18,8 @@ mod sock;
 mod verdict;
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, classifier},
-    programs::{SockAddrContext, TcContext},
+    macros::{cgroup_sock, cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, SockContext, TcContext},
 };
 use skiff_datapath_abi::DropReason;
 use verdict::Verdict;
@@ -97,6 +97,14 @@ pub fn skiff_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername4)]
 pub fn skiff_sock_getpeername4(ctx: SockAddrContext) -> i32 {
     sock::reverse(&ctx).sock_action()
+}
+
+/// Hook: cgroup v2 `post_bind4`. Direction: a bind() that has just succeeded in the
+/// stack. Undoes it with EADDRINUSE when the port is in the NodePort range on a node
+/// address (NodePort bind protection).
+#[cgroup_sock(post_bind4)]
+pub fn skiff_sock_post_bind4(ctx: SockContext) -> i32 {
+    sock::post_bind(&ctx).sock_action()
 }
 
 #[cfg(not(test))]

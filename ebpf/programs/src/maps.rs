@@ -10,9 +10,9 @@ use aya_ebpf::{
     maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray},
 };
 use skiff_datapath_abi::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, DropReason, LbCounter, NodeConfig,
-    PacketClass, ServiceKey, ServiceOptions, ServiceValue, SlotKey, SockLbCounter, SockRevKey,
-    SockRevValue, SourceRangeKey, TrafficCounter,
+    AffinityKey, AffinityValue, Backend, BindProtection, CtKey, CtValue, DropReason, LbCounter,
+    NodeConfig, PacketClass, ServiceKey, ServiceOptions, ServiceValue, SlotKey, SockLbCounter,
+    SockRevKey, SockRevValue, SourceRangeKey, TrafficCounter,
 };
 
 /// Packets and bytes per [`PacketClass`], per CPU (no atomics on the fast path).
@@ -79,3 +79,11 @@ pub static SKIFF_SVCOPT_V1: HashMap<u32, ServiceOptions> = HashMap::with_max_ent
 #[map]
 pub static SKIFF_AFFIN_V1: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::with_max_entries(65536, 0);
+
+/// NodePort bind protection settings.
+#[map]
+pub static SKIFF_BINDP_V1: Array<BindProtection> = Array::with_max_entries(1, 0);
+
+/// This node's addresses.
+#[map]
+pub static SKIFF_NODEIP_V1: HashMap<u32, u8> = HashMap::with_max_entries(256, 0);

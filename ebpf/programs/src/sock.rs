@@ -9,7 +9,7 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
-    programs::SockAddrContext,
+    programs::{SockAddrContext, SockContext},
     EbpfContext as _,
 };
 use skiff_datapath_abi::{
@@ -19,7 +19,7 @@ use skiff_datapath_abi::{
 use crate::{
     counters::count_sock,
     lb::{self, Choice},
-    maps::SKIFF_SKREV_V1,
+    maps::{SKIFF_BINDP_V1, SKIFF_NODEIP_V1, SKIFF_SKREV_V1},
     verdict::Verdict,
 };
 
@@ -129,4 +129,32 @@ pub fn reverse(ctx: &SockAddrContext) -> Verdict {
         count_sock(SockLbCounter::ReverseTranslated);
     }
     Verdict::Pass
+}
+
+/// post_bind4: refuse a bind of a NodePort-range port on a node address or the wildcard.
+#[inline(always)]
+pub fn post_bind(ctx: &SockContext) -> Verdict {
+    let Some(cfg) = SKIFF_BINDP_V1.get(0).copied() else {
+        return Verdict::Pass;
+    };
+    if cfg.enabled == 0 {
+        return Verdict::Pass;
+    }
+    // SAFETY: reading fields of the context the kernel passed (4-byte loads).
+    let (port, addr) = unsafe {
+        (
+            core::ptr::read_volatile(&(*ctx.sock).src_port),
+            core::ptr::read_volatile(&(*ctx.sock).src_ip4),
+        )
+    };
+    // src_port is host byte order in struct bpf_sock.
+    if port < u32::from(cfg.port_min) || port > u32::from(cfg.port_max) {
+        return Verdict::Pass;
+    }
+    // SAFETY: value copied out under the lookup's RCU protection.
+    if addr == 0 || unsafe { SKIFF_NODEIP_V1.get(addr) }.is_some() {
+        Verdict::Taken
+    } else {
+        Verdict::Pass
+    }
 }

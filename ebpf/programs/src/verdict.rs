@@ -7,6 +7,8 @@ use aya_ebpf::{
 
 /// ECONNREFUSED (include/uapi/asm-generic/errno.h).
 const ECONNREFUSED: i32 = 111;
+/// EADDRINUSE (include/uapi/asm-generic/errno.h).
+const EADDRINUSE: i32 = 98;
 
 /// A program's decision. Drops that have a reason travel as `Err(DropReason)` instead, so
 /// they are always counted; `Drop` here is only the code an entry point returns for them.
@@ -19,6 +21,8 @@ pub enum Verdict {
     /// Socket hooks: fail the system call with ECONNREFUSED (a service with no usable
     /// backend is refused at once, never black-holed).
     Refuse,
+    /// Socket hooks: fail bind() with EADDRINUSE (the port belongs to a NodePort).
+    Taken,
 }
 
 impl Verdict {
@@ -27,7 +31,7 @@ impl Verdict {
     pub fn tc_action(self) -> i32 {
         match self {
             Verdict::Pass => TC_ACT_OK,
-            Verdict::Drop | Verdict::Refuse => TC_ACT_SHOT,
+            Verdict::Drop | Verdict::Refuse | Verdict::Taken => TC_ACT_SHOT,
         }
     }
 
@@ -40,6 +44,11 @@ impl Verdict {
             Verdict::Drop | Verdict::Refuse => {
                 // SAFETY: bpf_set_retval is available to all cgroup program types.
                 unsafe { bpf_set_retval(-ECONNREFUSED) };
+                0
+            }
+            Verdict::Taken => {
+                // SAFETY: as above.
+                unsafe { bpf_set_retval(-EADDRINUSE) };
                 0
             }
         }

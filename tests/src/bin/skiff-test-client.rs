@@ -11,6 +11,8 @@
 //! - `udpk-open ADDR:PORT` open (or replace) one long-lived connected UDP socket
 //! - `udpk ADDR:PORT` send and receive on it: `ok peer=<getpeername> reply=<payload>`
 //!
+//! - `bind-tcp ADDR:PORT` / `bind-udp ADDR:PORT` bind a socket there (and close it): `ok`
+//!
 //! Failures answer `err <io error kind> <raw os error> <elapsed ms>`.
 
 use std::{
@@ -139,6 +141,20 @@ fn main() {
                 }
             }
             "udpk" => udp_keep(kept.as_ref()),
+            "bind-tcp" => {
+                let start = Instant::now();
+                match std::net::TcpListener::bind(target) {
+                    Ok(_) => "ok".into(),
+                    Err(e) => err(e, start),
+                }
+            }
+            "bind-udp" => {
+                let start = Instant::now();
+                match UdpSocket::bind(target) {
+                    Ok(_) => "ok".into(),
+                    Err(e) => err(e, start),
+                }
+            }
             other => format!("err UnknownCommand 0 0 {other}"),
         };
         writeln!(stdout, "{answer}").unwrap();
