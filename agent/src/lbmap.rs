@@ -35,6 +35,8 @@ pub struct MapSizes {
     pub backends: u32,
     pub sock_rev: u32,
     pub conntrack: u32,
+    /// Maglev tables (services using Maglev), `TABLE_SIZE` entries of 4 bytes each.
+    pub maglev_tables: u32,
 }
 
 impl Default for MapSizes {
@@ -46,6 +48,7 @@ impl Default for MapSizes {
             backends: 65536,
             sock_rev: 262144,
             conntrack: 262144,
+            maglev_tables: skiff_datapath_abi::maglev::DEFAULT_TABLES,
         }
     }
 }
@@ -59,6 +62,7 @@ impl MapSizes {
             m if m == map_names::BACKENDS => "map-size-backends",
             m if m == map_names::SOCK_REV => "map-size-sock-rev",
             m if m == map_names::CONNTRACK => "map-size-conntrack",
+            m if m == map_names::MAGLEV => "maglev-tables",
             _ => "map-size",
         }
     }
@@ -70,6 +74,7 @@ impl MapSizes {
             m if m == map_names::BACKENDS => self.backends,
             m if m == map_names::SOCK_REV => self.sock_rev,
             m if m == map_names::CONNTRACK => self.conntrack,
+            m if m == map_names::MAGLEV => self.maglev_tables,
             _ => 0,
         }
     }
@@ -115,6 +120,12 @@ pub trait ServiceMaps {
         options: ServiceOptions,
     ) -> Result<(), MapWriteError>;
     fn delete_service_options(&mut self, service_id: u32) -> Result<(), MapWriteError>;
+    /// Writes entries (index in table, backend id) of Maglev table `table`.
+    fn put_maglev_entries(
+        &mut self,
+        table: u32,
+        entries: &[(u32, u32)],
+    ) -> Result<(), MapWriteError>;
     /// Forgets every client's session affinity to `backend_id` for service `service_id`.
     fn purge_affinity(&mut self, service_id: u32, backend_id: u32) -> Result<usize, MapWriteError>;
     /// A copy of the contents, for consistency checks and golden tests.
@@ -239,6 +250,8 @@ pub struct FakeServiceMaps {
     pub conntrack: BTreeMap<(u32, u32), usize>,
     /// Affinity entries as (service id, backend id) -> count, for purge tests.
     pub affinity: BTreeMap<(u32, u32), usize>,
+    /// Maglev tables by number (only tables that were written).
+    pub maglev: BTreeMap<u32, Vec<u32>>,
     /// After each write, check the datapath invariants and record violations here.
     pub violations: Vec<String>,
 }
@@ -394,6 +407,26 @@ impl ServiceMaps for FakeServiceMaps {
     fn delete_service_options(&mut self, service_id: u32) -> Result<(), MapWriteError> {
         self.contents.options.remove(&service_id);
         self.check(format!("del options {service_id}"));
+        Ok(())
+    }
+
+    fn put_maglev_entries(
+        &mut self,
+        table: u32,
+        entries: &[(u32, u32)],
+    ) -> Result<(), MapWriteError> {
+        if table >= self.sizes.maglev_tables {
+            return Err(Self::full(map_names::MAGLEV, &self.sizes));
+        }
+        let t = self
+            .maglev
+            .entry(table)
+            .or_insert_with(|| vec![0; skiff_datapath_abi::maglev::TABLE_SIZE as usize]);
+        for (i, id) in entries {
+            t[*i as usize] = *id;
+        }
+        self.log
+            .push(format!("put maglev {table} x{}", entries.len()));
         Ok(())
     }
 

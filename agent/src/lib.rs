@@ -5,6 +5,7 @@
 pub mod datapath;
 pub mod debug;
 pub mod lbmap;
+pub mod maglev;
 pub mod model;
 pub mod policy;
 pub mod reconcile;

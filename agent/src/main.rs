@@ -55,6 +55,9 @@ struct Sizes {
     /// Capacity of the conntrack map (LRU; two entries per per-packet flow).
     #[arg(long, default_value_t = MapSizes::default().conntrack)]
     map_size_conntrack: u32,
+    /// Number of Maglev tables (services using Maglev); each costs 64 KiB.
+    #[arg(long, default_value_t = MapSizes::default().maglev_tables)]
+    maglev_tables: u32,
 }
 
 #[derive(Subcommand)]
@@ -196,6 +199,7 @@ fn main() -> anyhow::Result<()> {
                     backends: sizes.map_size_backends,
                     sock_rev: sizes.map_size_sock_rev,
                     conntrack: sizes.map_size_conntrack,
+                    maglev_tables: sizes.maglev_tables,
                 },
                 pin_dir: (!no_pin).then_some(pins.pin_dir),
             };

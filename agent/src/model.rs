@@ -138,6 +138,9 @@ pub struct ServicePort {
     pub source_ranges: Vec<(Ipv4Addr, u8)>,
     /// `sessionAffinity: ClientIP` with its timeout in seconds.
     pub affinity_timeout: Option<u32>,
+    /// Maglev consistent hashing instead of random choice for traffic from outside
+    /// (annotation `skiff.io/lb-algorithm: maglev`).
+    pub maglev: bool,
 }
 
 /// The whole desired state.

@@ -66,6 +66,8 @@ struct AppliedService {
     frontends: BTreeMap<ServiceKey, ServiceValue>,
     source_ranges: BTreeSet<(std::net::Ipv4Addr, u8)>,
     options: Option<skiff_datapath_abi::ServiceOptions>,
+    /// Maglev table number and its contents (None: contents unknown, rewrite all).
+    maglev: Option<(u32, Option<Vec<u32>>)>,
 }
 
 /// Smallest-free id allocator (ids start at 1; 0 means "none" in the maps).
@@ -109,6 +111,8 @@ pub struct Reconciler {
     backends: BTreeMap<u32, Backend>,
     backend_ids: BTreeMap<BackendAddr, u32>,
     backend_id_alloc: Ids,
+    /// Maglev table numbers + 1 (the allocator hands out ids from 1).
+    maglev_tables: Ids,
 }
 
 fn frontend_key(f: &Frontend, scope: u8) -> ServiceKey {
@@ -133,6 +137,7 @@ struct Group {
     /// loadBalancerSourceRanges, written when a frontend carries SOURCE_RANGES.
     source_ranges: BTreeSet<(std::net::Ipv4Addr, u8)>,
     affinity_timeout: Option<u32>,
+    maglev: bool,
 }
 
 /// Splits service ports into groups (see [`Group`]). With externalTrafficPolicy=Local an
@@ -151,6 +156,7 @@ fn groups(desired: &Model) -> BTreeMap<ServicePortName, Group> {
             endpoints: port.endpoints.clone(),
             source_ranges: ranges.clone(),
             affinity_timeout: port.affinity_timeout,
+            maglev: port.maglev,
         };
         let mut local = Group {
             name: ServicePortName::new(
@@ -163,6 +169,7 @@ fn groups(desired: &Model) -> BTreeMap<ServicePortName, Group> {
             endpoints: port.endpoints.iter().filter(|e| e.local).copied().collect(),
             source_ranges: ranges.clone(),
             affinity_timeout: port.affinity_timeout,
+            maglev: port.maglev,
         };
         for f in &port.frontends {
             let mut flag = f.kind.flag();
@@ -178,6 +185,9 @@ fn groups(desired: &Model) -> BTreeMap<ServicePortName, Group> {
             }
             if port.affinity_timeout.is_some() {
                 flag |= service_flags::AFFINITY;
+            }
+            if port.maglev {
+                flag |= service_flags::MAGLEV;
             }
             if f.kind == FrontendKind::ClusterIp {
                 if port.internal_local {
@@ -373,12 +383,50 @@ impl Reconciler {
             report.writes += 1;
             applied.source_ranges.insert(*r);
         }
-        let options = group
-            .affinity_timeout
-            .map(|t| skiff_datapath_abi::ServiceOptions {
-                affinity_timeout_s: t,
-                _pad: 0,
-            });
+        // Maglev: the table over the usable backends (active ones, or the terminating
+        // ones when none is active), diffed against what the table holds.
+        if group.maglev {
+            let table_no = match applied.maglev {
+                Some((t, _)) => t,
+                None => {
+                    let t = self.maglev_tables.alloc() - 1;
+                    applied.maglev = Some((t, None));
+                    t
+                }
+            };
+            let usable: Vec<(std::net::SocketAddrV4, u32)> = endpoints
+                .iter()
+                .zip(&slot_ids)
+                .filter(|(e, _)| {
+                    if active > 0 {
+                        e.state == EndpointState::Active
+                    } else {
+                        true
+                    }
+                })
+                .map(|(e, id)| (std::net::SocketAddrV4::new(e.addr, e.port), *id))
+                .collect();
+            let table = crate::maglev::build(&usable, skiff_datapath_abi::maglev::TABLE_SIZE);
+            let old = applied.maglev.as_ref().and_then(|(_, t)| t.as_ref());
+            let changes: Vec<(u32, u32)> = table
+                .iter()
+                .enumerate()
+                .filter(|(i, id)| old.is_none_or(|o| o[*i] != **id))
+                .map(|(i, id)| (i as u32, *id))
+                .collect();
+            if !changes.is_empty() {
+                maps.put_maglev_entries(table_no, &changes)?;
+                report.writes += 1;
+            }
+            applied.maglev = Some((table_no, Some(table)));
+        }
+        let maglev_table = applied.maglev.as_ref().map_or(0, |(t, _)| t + 1);
+        let options = (group.affinity_timeout.is_some() || group.maglev).then(|| {
+            skiff_datapath_abi::ServiceOptions {
+                affinity_timeout_s: group.affinity_timeout.unwrap_or(0),
+                maglev_table: if group.maglev { maglev_table } else { 0 },
+            }
+        });
         if let Some(o) = options {
             if applied.options != Some(o) {
                 maps.put_service_options(applied.id, o)?;
@@ -445,6 +493,11 @@ impl Reconciler {
             report.writes += 1;
             applied.options = None;
         }
+        if !group.maglev {
+            if let Some((t, _)) = applied.maglev.take() {
+                self.maglev_tables.release(t + 1);
+            }
+        }
 
         // 6. backends that left this service: no socket keeps their reverse translation
         // (the stale-UDP-flow bug class: a resolver pinned to a replaced DNS pod).
@@ -502,6 +555,9 @@ impl Reconciler {
         if applied.options.take().is_some() {
             maps.delete_service_options(applied.id)?;
             report.writes += 1;
+        }
+        if let Some((t, _)) = applied.maglev.take() {
+            self.maglev_tables.release(t + 1);
         }
         let id = applied.id;
         self.services.remove(name);
@@ -568,8 +624,20 @@ impl Reconciler {
         for (id, o) in &snapshot.options {
             if let Some(applied) = by_id.get_mut(id) {
                 applied.options = Some(*o);
+                if o.maglev_table > 0 {
+                    // The table's contents are not read back: the first sync rewrites
+                    // it with the same values (no flow moves).
+                    applied.maglev = Some((o.maglev_table - 1, None));
+                }
             }
         }
+        self.maglev_tables = Ids::reserved(
+            snapshot
+                .options
+                .values()
+                .filter(|o| o.maglev_table > 0)
+                .map(|o| o.maglev_table),
+        );
         for applied in by_id.values_mut() {
             let mut slot = 0;
             while let Some(b) = snapshot.slots.get(&SlotKey {

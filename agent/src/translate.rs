@@ -151,6 +151,7 @@ pub fn translate(
                     internal_local: port.internal_local,
                     source_ranges: port.source_ranges,
                     affinity_timeout: port.affinity_timeout,
+                    maglev: port.maglev,
                 },
             );
         }
@@ -170,6 +171,7 @@ struct PortFrontends {
     internal_local: bool,
     source_ranges: Vec<(Ipv4Addr, u8)>,
     affinity_timeout: Option<u32>,
+    maglev: bool,
 }
 
 /// Parses an IPv4 or IPv6 CIDR: `Some(Some(v4 range))`, `Some(None)` for IPv6, `None`
@@ -395,6 +397,24 @@ fn translate_service(
             }
         }
     }
+    // skiff's per-service load-balancing algorithm (Cilium: service.cilium.io/lb-algorithm).
+    let maglev = match svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("skiff.io/lb-algorithm"))
+        .map(String::as_str)
+    {
+        None | Some("random") => false,
+        Some("maglev") => true,
+        Some(other) => {
+            diag(
+                "metadata.annotations[skiff.io/lb-algorithm]".into(),
+                format!("{other:?} is not a load-balancing algorithm (use random or maglev); random is used."),
+            );
+            false
+        }
+    };
     // Session affinity: kube-proxy's default timeout is 10800 s (3 h).
     let affinity_timeout = (spec.and_then(|s| s.session_affinity.as_deref()) == Some("ClientIP"))
         .then(|| {
@@ -505,6 +525,7 @@ fn translate_service(
             internal_local,
             source_ranges: source_ranges.clone(),
             affinity_timeout,
+            maglev,
         });
     }
     Some((namespace, name, ports))

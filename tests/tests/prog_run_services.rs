@@ -940,3 +940,61 @@ fn session_affinity_sticks_to_a_backend_until_it_leaves_or_the_timeout_passes() 
         );
     }
 }
+
+#[test]
+fn maglev_nodes_agree_on_every_flow_and_follow_the_user_space_table() {
+    let backends: Vec<Endpoint> = (10..20)
+        .map(|i| ep(local_pod(i), EndpointState::Active, true))
+        .collect();
+    let mut svc = web(Protocol::Tcp, &backends);
+    svc.1.maglev = true;
+    // Node 1 programs just the service; node 2 has another service first (different
+    // ids) and receives the endpoints in reverse order.
+    let mut node1 = fixture();
+    node1.program(&[svc.clone()]);
+    let mut node2 = fixture();
+    let mut other = web(
+        Protocol::Udp,
+        &[ep(local_pod(99), EndpointState::Active, true)],
+    );
+    other.0 = ServicePortName::new("default", "aaa-first", "");
+    node2.program(&[other.clone()]);
+    let mut reversed = svc.clone();
+    reversed.1.endpoints.reverse();
+    node2.program(&[other, reversed]);
+
+    let addrs: Vec<(std::net::SocketAddrV4, u32)> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (sa(e.addr, 8080), i as u32 + 1))
+        .collect();
+    let table = skiff_agent::maglev::build(&addrs, skiff_datapath_abi::maglev::TABLE_SIZE);
+    for i in 0..5_000u32 {
+        let client = sa(
+            Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 16, 0)) + (i % 4096)),
+            10000 + (i / 4096) as u16,
+        );
+        let frame = tcp(client, sa(NODE, NODE_PORT), TcpFlags::SYN).build();
+        let (_, out1) = node1.ingress(&frame);
+        let (_, out2) = node2.ingress(&frame);
+        let b1 = parse(&out1).unwrap().endpoints().unwrap().1;
+        let b2 = parse(&out2).unwrap().endpoints().unwrap().1;
+        assert_eq!(b1, b2, "flow {client}: the nodes disagree");
+        let h = skiff_datapath_abi::maglev::flow_hash(
+            u32::from(*client.ip()).to_be(),
+            u32::from(NODE).to_be(),
+            client.port().to_be(),
+            NODE_PORT.to_be(),
+            6,
+        );
+        let predicted = addrs
+            .iter()
+            .find(|(_, id)| *id == table[(h % skiff_datapath_abi::maglev::TABLE_SIZE) as usize])
+            .unwrap()
+            .0;
+        assert_eq!(
+            b1, predicted,
+            "flow {client}: the datapath does not follow the table"
+        );
+    }
+}

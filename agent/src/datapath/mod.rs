@@ -35,7 +35,8 @@ use skiff_datapath_abi::{map_names, program_names, NodeConfig};
 use crate::lbmap::MapSizes;
 
 /// Maps moved out of the `Ebpf` object into [`BpfServiceMaps`] at load.
-const TAKEN_MAPS: [&str; 8] = [
+const TAKEN_MAPS: [&str; 9] = [
+    map_names::MAGLEV,
     map_names::SERVICES,
     map_names::SLOTS,
     map_names::BACKENDS,
@@ -192,6 +193,10 @@ impl Datapath {
             .map_max_entries(map_names::BACKENDS, sizes.backends)
             .map_max_entries(map_names::SOCK_REV, sizes.sock_rev)
             .map_max_entries(map_names::CONNTRACK, sizes.conntrack)
+            .map_max_entries(
+                map_names::MAGLEV,
+                sizes.maglev_tables.max(1) * skiff_datapath_abi::maglev::TABLE_SIZE,
+            )
             .load(object::bytes())
             .map_err(|source| DatapathError::Load {
                 source: Box::new(source),
@@ -248,6 +253,17 @@ impl Datapath {
             },
             options: take_hash_map(&mut ebpf, map_names::SERVICE_OPTIONS)?,
             affinity: take_hash_map(&mut ebpf, map_names::AFFINITY)?,
+            maglev: {
+                let map =
+                    ebpf.take_map(map_names::MAGLEV)
+                        .ok_or_else(|| DatapathError::MissingMap {
+                            name: map_names::MAGLEV.to_owned(),
+                        })?;
+                aya::maps::Array::try_from(map).map_err(|source| DatapathError::MapRead {
+                    map: map_names::MAGLEV,
+                    source: Box::new(source),
+                })?
+            },
         };
         Ok(Datapath {
             ebpf,

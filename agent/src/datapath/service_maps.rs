@@ -23,6 +23,7 @@ pub struct BpfServiceMaps {
     pub(super) source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     pub(super) options: HashMap<MapData, u32, ServiceOptions>,
     pub(super) affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    pub(super) maglev: aya::maps::Array<MapData, u32>,
 }
 
 fn range_key(service_id: u32, range: (std::net::Ipv4Addr, u8)) -> Key<SourceRangeKey> {
@@ -163,6 +164,27 @@ impl ServiceMaps for BpfServiceMaps {
     fn delete_service_options(&mut self, service_id: u32) -> Result<(), MapWriteError> {
         ignore_missing(self.options.remove(&service_id))
             .map_err(|e| write_error(map_names::SERVICE_OPTIONS, &self.sizes, e))
+    }
+
+    fn put_maglev_entries(
+        &mut self,
+        table: u32,
+        entries: &[(u32, u32)],
+    ) -> Result<(), MapWriteError> {
+        if table >= self.sizes.maglev_tables {
+            return Err(MapWriteError::Full {
+                map: map_names::MAGLEV,
+                capacity: self.sizes.maglev_tables,
+                flag: MapSizes::flag(map_names::MAGLEV),
+            });
+        }
+        let base = table * skiff_datapath_abi::maglev::TABLE_SIZE;
+        for (i, id) in entries {
+            self.maglev
+                .set(base + i, id, 0)
+                .map_err(|e| write_error(map_names::MAGLEV, &self.sizes, e))?;
+        }
+        Ok(())
     }
 
     fn purge_affinity(&mut self, service_id: u32, backend_id: u32) -> Result<usize, MapWriteError> {

@@ -52,6 +52,9 @@ pub mod map_names {
     pub const BIND_PROTECTION: &str = "SKIFF_BINDP_V1";
     /// `HASH`, key node IPv4 address (network byte order), value `u8` (1).
     pub const NODE_ADDRS: &str = "SKIFF_NODEIP_V1";
+    /// `ARRAY` of `u32` backend ids: Maglev lookup tables, [`super::maglev::TABLE_SIZE`]
+    /// entries per table, table `t` at `t * TABLE_SIZE`.
+    pub const MAGLEV: &str = "SKIFF_MAGLEV_V1";
     /// `PER_CPU_ARRAY`, index service id, value [`super::LbCounter`].
     pub const SERVICE_STATS: &str = "SKIFF_SVCST_V1";
     /// `PER_CPU_ARRAY`, index backend id, value [`super::LbCounter`].
@@ -76,6 +79,7 @@ pub mod map_names {
         AFFINITY,
         BIND_PROTECTION,
         NODE_ADDRS,
+        MAGLEV,
     ];
 }
 
@@ -293,6 +297,8 @@ pub mod service_flags {
     pub const SOURCE_RANGES: u32 = 1 << 5;
     /// sessionAffinity: ClientIP (`SKIFF_AFFINITY_V1`, timeout in `SKIFF_SVCOPT_V1`).
     pub const AFFINITY: u32 = 1 << 6;
+    /// Maglev consistent hashing (`SKIFF_MAGLEV_V1`, table number in `SKIFF_SVCOPT_V1`).
+    pub const MAGLEV: u32 = 1 << 7;
 }
 
 /// Values of [`ServiceKey::scope`].
@@ -529,7 +535,9 @@ pub struct SourceRangeKey {
 pub struct ServiceOptions {
     /// Session affinity timeout in seconds (host byte order); 0 = no affinity.
     pub affinity_timeout_s: u32,
-    pub _pad: u32,
+    /// Maglev table number + 1 in [`map_names::MAGLEV`] (host byte order); 0 = random
+    /// choice.
+    pub maglev_table: u32,
 }
 
 /// Values of [`AffinityKey::kind`].
@@ -576,6 +584,37 @@ pub struct BindProtection {
     pub port_max: u16,
     /// 1 when enabled.
     pub enabled: u32,
+}
+
+/// Maglev consistent hashing (Eisenbud et al., NSDI 2016): the flow hash both the
+/// datapath and the agent compute, and the table geometry. The table contents are built in
+/// user space (`skiff_agent::maglev`).
+pub mod maglev {
+    /// Entries per table: a prime (Cilium's default), ≥ 100 × backends keeps the
+    /// disruption of a backend change within ~1% of optimal.
+    pub const TABLE_SIZE: u32 = 16381;
+    /// Default number of tables (services using Maglev) per node.
+    pub const DEFAULT_TABLES: u32 = 64;
+
+    /// Hash of a flow's 5-tuple (raw network-order fields as stored in the packet), the
+    /// same on every node: a murmur3-style finaliser over the mixed fields. No loops, so
+    /// the verifier sees straight-line code.
+    #[inline(always)]
+    pub const fn flow_hash(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> u32 {
+        let mut h: u32 = 0x9e37_79b9;
+        h ^= saddr;
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h = h.rotate_left(13) ^ daddr;
+        h = h.wrapping_mul(0xc2b2_ae35);
+        h = h.rotate_left(13) ^ ((sport as u32) << 16 | dport as u32);
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= proto as u32;
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+        h = h.wrapping_mul(0xc2b2_ae35);
+        h ^ (h >> 16)
+    }
 }
 
 /// Per-service or per-backend traffic counters (one per CPU; the agent sums them).

@@ -3,13 +3,13 @@
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use aya_ebpf::maps::lpm_trie::Key;
 use skiff_datapath_abi::{
-    iface_flags, scope, service_flags, AffinityKey, AffinityValue, Backend, ServiceKey,
+    iface_flags, maglev, scope, service_flags, AffinityKey, AffinityValue, Backend, ServiceKey,
     ServiceValue, SlotKey, SourceRangeKey,
 };
 
 use crate::maps::{
-    SKIFF_AFFIN_V1, SKIFF_BE_V1, SKIFF_IFACE_V1, SKIFF_SLOT_V1, SKIFF_SRCRNG_V1, SKIFF_SVCOPT_V1,
-    SKIFF_SVC_V1,
+    SKIFF_AFFIN_V1, SKIFF_BE_V1, SKIFF_IFACE_V1, SKIFF_MAGLEV_V1, SKIFF_SLOT_V1, SKIFF_SRCRNG_V1,
+    SKIFF_SVCOPT_V1, SKIFF_SVC_V1,
 };
 
 /// Outcome of choosing a backend for a new flow to a frontend.
@@ -89,13 +89,42 @@ pub fn source_allowed(service_id: u32, saddr: u32) -> bool {
     SKIFF_SRCRNG_V1.get(key).is_some()
 }
 
+/// Maglev: the flow's hash picks an entry of the service's table; every node computes
+/// the same table, so every node picks the same backend for the same flow.
+#[inline(always)]
+pub fn choose_maglev(svc: &ServiceValue, hash: u32) -> Choice {
+    // SAFETY: values copied out under the lookups' RCU protection.
+    let table =
+        unsafe { SKIFF_SVCOPT_V1.get(svc.service_id).copied() }.map_or(0, |o| o.maglev_table);
+    if table == 0 {
+        return choose(svc);
+    }
+    let index = (table - 1) * maglev::TABLE_SIZE + hash % maglev::TABLE_SIZE;
+    let Some(backend_id) = SKIFF_MAGLEV_V1.get(index).copied() else {
+        return Choice::Inconsistent;
+    };
+    if backend_id == 0 {
+        // An empty table: the service has no usable backend.
+        return Choice::NoBackend { flags: svc.flags };
+    }
+    // SAFETY: as above.
+    match unsafe { SKIFF_BE_V1.get(backend_id).copied() } {
+        Some(backend) => Choice::Backend {
+            service_id: svc.service_id,
+            backend_id,
+            backend,
+        },
+        None => Choice::Inconsistent,
+    }
+}
+
 /// [`choose`], honouring session affinity: a client that opened a flow to the service
 /// within its timeout goes to the same backend, as long as that backend still exists
 /// (the agent purges the entries of a backend that leaves the service).
 #[inline(always)]
-pub fn choose_sticky(svc: &ServiceValue, client: u64, kind: u32) -> Choice {
+pub fn choose_sticky(svc: &ServiceValue, client: u64, kind: u32, hash: Option<u32>) -> Choice {
     if svc.flags & service_flags::AFFINITY == 0 {
-        return choose(svc);
+        return pick(svc, hash);
     }
     // SAFETY: values copied out under the lookups' RCU protection.
     let timeout_ns = u64::from(
@@ -122,8 +151,24 @@ pub fn choose_sticky(svc: &ServiceValue, client: u64, kind: u32) -> Choice {
             }
         }
     }
-    let choice = choose(svc);
-    if let Choice::Backend { backend_id, .. } = &choice {
+    let choice = pick(svc, hash);
+    remember(&key, &choice, now);
+    choice
+}
+
+/// Maglev for services that use it when the caller has a flow hash (the per-packet path;
+/// socket LB is east-west and stays random, as in Cilium), random otherwise.
+#[inline(always)]
+fn pick(svc: &ServiceValue, hash: Option<u32>) -> Choice {
+    match hash {
+        Some(h) if svc.flags & service_flags::MAGLEV != 0 => choose_maglev(svc, h),
+        _ => choose(svc),
+    }
+}
+
+#[inline(always)]
+fn remember(key: &AffinityKey, choice: &Choice, now: u64) {
+    if let Choice::Backend { backend_id, .. } = choice {
         let value = AffinityValue {
             backend_id: *backend_id,
             _pad: 0,
@@ -132,7 +177,6 @@ pub fn choose_sticky(svc: &ServiceValue, client: u64, kind: u32) -> Choice {
         // Best effort: without the entry the next flow is balanced afresh.
         let _ = SKIFF_AFFIN_V1.insert(key, value, 0);
     }
-    choice
 }
 
 /// Whether packets arriving on `ifindex` come from outside the cluster.

@@ -87,3 +87,9 @@ pub static SKIFF_BINDP_V1: Array<BindProtection> = Array::with_max_entries(1, 0)
 /// This node's addresses.
 #[map]
 pub static SKIFF_NODEIP_V1: HashMap<u32, u8> = HashMap::with_max_entries(256, 0);
+
+/// Maglev lookup tables (backend ids). Sized by the agent (tables × TABLE_SIZE); the
+/// default here is one table so an agent without Maglev services pays 64 KiB.
+#[map]
+pub static SKIFF_MAGLEV_V1: Array<u32> =
+    Array::with_max_entries(skiff_datapath_abi::maglev::TABLE_SIZE, 0);

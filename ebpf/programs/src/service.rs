@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use skiff_datapath_abi::{
-    affinity_kind, backend_flags, ct_dir, ct_flags, service_flags, Backend, CtKey, CtValue,
+    affinity_kind, backend_flags, ct_dir, ct_flags, maglev, service_flags, Backend, CtKey, CtValue,
     DropReason, PacketClass, ServiceKey,
 };
 
@@ -105,7 +105,20 @@ fn new_flow(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
     {
         return Err(DropReason::SourceRangeDenied);
     }
-    let choice = lb::choose_sticky(&svc, u64::from(p.saddr), affinity_kind::CLIENT_IP);
+    // With session affinity the source port must not matter (Cilium GH#26709), so the
+    // Maglev hash leaves it out then.
+    let sport = if svc.flags & service_flags::AFFINITY != 0 {
+        0
+    } else {
+        p.sport
+    };
+    let hash = maglev::flow_hash(p.saddr, p.daddr, sport, p.dport, p.proto);
+    let choice = lb::choose_sticky(
+        &svc,
+        u64::from(p.saddr),
+        affinity_kind::CLIENT_IP,
+        Some(hash),
+    );
     let (service_id, backend_id, backend) = match choice {
         Choice::NoBackend { flags } if flags & service_flags::LOCAL_DROP != 0 => {
             return Err(DropReason::NoLocalBackend)

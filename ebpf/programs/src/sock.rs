@@ -77,7 +77,7 @@ pub fn translate(ctx: &SockAddrContext, only_udp: bool) -> Verdict {
     };
     // SAFETY: bpf_get_netns_cookie is allowed for sock_addr programs (Linux >= 5.7).
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    match lb::choose_sticky(&svc, netns, affinity_kind::NETNS) {
+    match lb::choose_sticky(&svc, netns, affinity_kind::NETNS, None) {
         Choice::NoBackend { .. } => {
             count_sock(SockLbCounter::NoBackend);
             Verdict::Refuse
