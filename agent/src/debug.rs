@@ -68,6 +68,23 @@ pub fn lb_list(
             c.packets,
             c.bytes
         );
+        if let Some(o) = s.options.get(&v.service_id) {
+            if o.affinity_timeout_s > 0 {
+                let _ = writeln!(
+                    out,
+                    "  session affinity: ClientIP, {}s",
+                    o.affinity_timeout_s
+                );
+            }
+            if o.maglev_table > 0 {
+                let _ = writeln!(
+                    out,
+                    "  maglev: table {} ({} KiB)",
+                    o.maglev_table - 1,
+                    (skiff_datapath_abi::maglev::TABLE_SIZE * 4).div_ceil(1024)
+                );
+            }
+        }
         if v.active == 0 && v.terminating == 0 {
             let _ = writeln!(out, "  (no usable backend: new flows are refused)");
         }
@@ -115,6 +132,14 @@ pub fn lb_list(
     }
     if s.services.is_empty() {
         out.push_str("no service frontends programmed\n");
+    }
+    let tables = s.options.values().filter(|o| o.maglev_table > 0).count() as u32;
+    if tables > 0 {
+        let _ = writeln!(
+            out,
+            "maglev tables in use: {tables} ({} KiB)",
+            tables * (skiff_datapath_abi::maglev::TABLE_SIZE * 4).div_ceil(1024)
+        );
     }
     out
 }
@@ -335,6 +360,20 @@ mod tests {
                 packets: 10,
                 bytes: 640,
             },
+        );
+        let mut with_maglev = snapshot();
+        with_maglev.options.insert(
+            2,
+            skiff_datapath_abi::ServiceOptions {
+                affinity_timeout_s: 0,
+                maglev_table: 1,
+            },
+        );
+        let text = lb_list(&with_maglev, &BTreeMap::new(), &BTreeMap::new());
+        assert!(
+            text.contains("  maglev: table 0 (64 KiB)\n")
+                && text.ends_with("maglev tables in use: 1 (64 KiB)\n"),
+            "{text}"
         );
         let text = lb_list(&snapshot(), &sc, &BTreeMap::new());
         assert_eq!(

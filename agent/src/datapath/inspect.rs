@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use skiff_datapath_abi::{
-    ct_dir, map_names, Backend, CtKey, CtValue, LbCounter, ServiceKey, ServiceValue, SlotKey,
+    ct_dir, map_names, Backend, CtKey, CtValue, LbCounter, ServiceKey, ServiceOptions,
+    ServiceValue, SlotKey,
 };
 
 use super::{error_chain, DatapathError};
@@ -67,6 +68,13 @@ impl Inspector {
         for e in be.iter() {
             let (k, v) = e.map_err(read_err(map_names::BACKENDS))?;
             s.backends.insert(k, v);
+        }
+        let opts: HashMap<_, u32, ServiceOptions> =
+            HashMap::try_from(open(&self.dir, map_names::SERVICE_OPTIONS)?)
+                .map_err(read_err(map_names::SERVICE_OPTIONS))?;
+        for e in opts.iter() {
+            let (k, v) = e.map_err(read_err(map_names::SERVICE_OPTIONS))?;
+            s.options.insert(k, v);
         }
         Ok(s)
     }
