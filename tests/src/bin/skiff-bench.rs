@@ -136,6 +136,7 @@ fn sizes_for(n: usize, endpoints: usize) -> MapSizes {
 struct Report {
     machine: BTreeMap<String, String>,
     prog_run: Vec<ProgRunRow>,
+    selection: Vec<SelectionRow>,
     programming: Vec<ProgrammingRow>,
     memory: Vec<skiff_agent::datapath::MapMemory>,
     traffic: Vec<TrafficRow>,
@@ -154,6 +155,13 @@ struct ProgRunRow {
     /// established_ns + (new_flow_single_ns - established_single_ns).
     new_flow_ns: f64,
     not_a_service_ns: f64,
+}
+
+#[derive(serde::Serialize)]
+struct SelectionRow {
+    backends: usize,
+    random_new_flow_ns: f64,
+    maglev_new_flow_ns: f64,
 }
 
 #[derive(serde::Serialize)]
@@ -260,6 +268,52 @@ fn prog_run_costs(n: usize) -> ProgRunRow {
         established_single_ns: established_single,
         new_flow_ns: established + (new_flow_single - established_single),
         not_a_service_ns: not_a_service,
+    }
+}
+
+/// New-flow cost (net of single-run overhead, as in `prog_run_costs`) of random vs Maglev
+/// selection for one NodePort service with `backends` backends.
+fn selection_costs(backends: usize) -> SelectionRow {
+    let cost = |maglev: bool| {
+        let config = DatapathConfig {
+            map_sizes: sizes_for(1, backends),
+            pin_dir: None,
+        };
+        let mut runner = ProgRunner::with_config(&config);
+        let mut maps = runner.service_maps();
+        let mut svcs = services(1, backends);
+        svcs[0].endpoints = (0..backends).map(|e| (fake_endpoint(1, e), 8080)).collect();
+        let mut m = model(&svcs, true);
+        for port in m.services.values_mut() {
+            port.maglev = maglev;
+        }
+        let report = Reconciler::new().sync(&m, &mut maps);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let to = SocketAddrV4::new(NODE, NODE_PORT);
+        let flows = 3000u16;
+        let (mut new_total, mut est_total) = (0u128, 0u128);
+        for i in 0..flows {
+            let c = SocketAddrV4::new(CLIENT, 2000 + i);
+            new_total += runner
+                .run(TC_INGRESS, &Packet::tcp(c, to, TcpFlags::SYN).build())
+                .duration
+                .as_nanos();
+            est_total += runner
+                .run(TC_INGRESS, &Packet::tcp(c, to, TcpFlags::ACK).build())
+                .duration
+                .as_nanos();
+        }
+        let ack = Packet::tcp(SocketAddrV4::new(CLIENT, 2000), to, TcpFlags::ACK).build();
+        let established = runner
+            .run_repeat(TC_INGRESS, &ack, 100_000)
+            .duration
+            .as_nanos() as f64;
+        established + (new_total as f64 - est_total as f64) / f64::from(flows)
+    };
+    SelectionRow {
+        backends,
+        random_new_flow_ns: cost(false),
+        maglev_new_flow_ns: cost(true),
     }
 }
 
@@ -539,6 +593,13 @@ fn render(r: &Report) -> String {
             last.new_flow_ns / first.new_flow_ns
         ));
     }
+    s.push_str("\n### Backend selection, new NodePort flow (BPF_PROG_TEST_RUN)\n\n| backends | random | Maglev |\n|---:|---:|---:|\n");
+    for r in &r.selection {
+        s.push_str(&format!(
+            "| {} | {:.0} ns | {:.0} ns |\n",
+            r.backends, r.random_new_flow_ns, r.maglev_new_flow_ns
+        ));
+    }
     s.push_str("\n### Programming cost\n\n| change | services × endpoints | skiff | iptables-restore | ratio |\n|---|---:|---:|---:|---:|\n");
     for p in &r.programming {
         s.push_str(&format!(
@@ -609,6 +670,10 @@ fn main() -> anyhow::Result<()> {
         eprintln!("prog-run: {n} services");
         report.prog_run.push(prog_run_costs(n));
     }
+    eprintln!("selection: random vs maglev at 1000 backends");
+    report
+        .selection
+        .push(selection_costs(if quick { 100 } else { 1000 }));
     let (pn, pe) = if quick { (1000, 10) } else { (10_000, 10) };
     eprintln!("programming: {pn} services x {pe} endpoints");
     report.programming = programming_costs(pn, pe)?;
