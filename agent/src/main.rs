@@ -104,6 +104,11 @@ enum Command {
         #[command(subcommand)]
         command: CtCommand,
     },
+    /// Packet counters by class and drops by reason, from the live maps.
+    Drops {
+        #[command(flatten)]
+        pins: PinArgs,
+    },
     /// Remove the pinned maps and links: detaches every skiff program they hold.
     Cleanup {
         #[command(flatten)]
@@ -222,11 +227,16 @@ fn main() -> anyhow::Result<()> {
                 dp.attach_sock_lb(cgroup)?;
                 println!("attached socket load balancing to {}", cgroup.display());
             }
+            let mut maps = dp.service_maps()?;
             let start = Instant::now();
             let interval = Duration::from_secs(interval_secs.max(1));
             loop {
                 std::thread::sleep(interval);
+                // Conntrack garbage collection is the agent's job (the datapath only
+                // stamps entries): expired pairs go every interval.
+                let collected = maps.gc_conntrack(monotonic_ns())?;
                 print!("{}", dp.counters()?.render());
+                println!("conntrack_gc_deleted {collected}");
                 println!("--");
                 if duration_secs.is_some_and(|d| start.elapsed() >= Duration::from_secs(d)) {
                     return Ok(());
@@ -292,6 +302,10 @@ fn main() -> anyhow::Result<()> {
             };
             let entries = Inspector::new(&pins.pin_dir).conntrack()?;
             print!("{}", debug::ct_list(&entries, &filter, monotonic_ns()));
+            Ok(())
+        }
+        Command::Drops { pins } => {
+            print!("{}", Inspector::new(&pins.pin_dir).counters()?.render());
             Ok(())
         }
         Command::Cleanup { pins } => {

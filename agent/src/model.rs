@@ -141,10 +141,119 @@ pub struct ServicePort {
     /// Maglev consistent hashing instead of random choice for traffic from outside
     /// (annotation `skiff.io/lb-algorithm: maglev`).
     pub maglev: bool,
+    /// `healthCheckNodePort` (LoadBalancer with externalTrafficPolicy=Local): the agent
+    /// answers `/healthz` there with the local endpoint count, so the external load
+    /// balancer only sends traffic to nodes with local endpoints.
+    pub health_check_node_port: Option<u16>,
 }
 
 /// The whole desired state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Model {
     pub services: BTreeMap<ServicePortName, ServicePort>,
+}
+
+/// One health-check node port and what it reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub port: u16,
+    /// The service (namespace/name) it reports for.
+    pub service: (String, String),
+    /// Ready endpoints of the service on this node, over all its ports (kube-proxy's
+    /// `localEndpoints`): 0 means the node must fail the check (503).
+    pub local_endpoints: usize,
+}
+
+impl Model {
+    /// The health-check node ports this node serves, with their local endpoint counts.
+    pub fn health_checks(&self) -> Vec<HealthCheck> {
+        let mut by_port: BTreeMap<u16, HealthCheck> = BTreeMap::new();
+        for (name, port) in &self.services {
+            let Some(hc) = port.health_check_node_port else {
+                continue;
+            };
+            let entry = by_port.entry(hc).or_insert_with(|| HealthCheck {
+                port: hc,
+                service: (name.namespace.clone(), name.name.clone()),
+                local_endpoints: 0,
+            });
+            let mut local: Vec<_> = port
+                .endpoints
+                .iter()
+                .filter(|e| e.local && e.state == EndpointState::Active)
+                .map(|e| e.addr)
+                .collect();
+            local.sort();
+            local.dedup();
+            entry.local_endpoints = entry.local_endpoints.max(local.len());
+        }
+        by_port.into_values().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_checks_count_ready_local_endpoints_per_service() {
+        let ep = |a: [u8; 4], state, local| Endpoint {
+            addr: Ipv4Addr::from(a),
+            port: 8080,
+            state,
+            local,
+        };
+        let port = |hc, endpoints: Vec<Endpoint>| ServicePort {
+            endpoints,
+            health_check_node_port: hc,
+            ..Default::default()
+        };
+        let m = Model {
+            services: [
+                (
+                    ServicePortName::new("default", "lb", "http"),
+                    port(
+                        Some(31000),
+                        vec![
+                            ep([10, 42, 0, 4], EndpointState::Active, true),
+                            ep([10, 42, 0, 5], EndpointState::Terminating, true),
+                            ep([10, 42, 1, 4], EndpointState::Active, false),
+                        ],
+                    ),
+                ),
+                (
+                    ServicePortName::new("default", "lb", "https"),
+                    port(
+                        Some(31000),
+                        vec![ep([10, 42, 0, 4], EndpointState::Active, true)],
+                    ),
+                ),
+                (
+                    ServicePortName::new("default", "empty", ""),
+                    port(Some(31001), vec![]),
+                ),
+                (
+                    ServicePortName::new("default", "plain", ""),
+                    port(None, vec![]),
+                ),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        assert_eq!(
+            m.health_checks(),
+            vec![
+                HealthCheck {
+                    port: 31000,
+                    service: ("default".into(), "lb".into()),
+                    local_endpoints: 1
+                },
+                HealthCheck {
+                    port: 31001,
+                    service: ("default".into(), "empty".into()),
+                    local_endpoints: 0
+                },
+            ]
+        );
+    }
 }

@@ -152,6 +152,7 @@ pub fn translate(
                     source_ranges: port.source_ranges,
                     affinity_timeout: port.affinity_timeout,
                     maglev: port.maglev,
+                    health_check_node_port: port.health_check_node_port,
                 },
             );
         }
@@ -172,6 +173,7 @@ struct PortFrontends {
     source_ranges: Vec<(Ipv4Addr, u8)>,
     affinity_timeout: Option<u32>,
     maglev: bool,
+    health_check_node_port: Option<u16>,
 }
 
 /// Parses an IPv4 or IPv6 CIDR: `Some(Some(v4 range))`, `Some(None)` for IPv6, `None`
@@ -397,6 +399,12 @@ fn translate_service(
             }
         }
     }
+    // Only meaningful (and only allocated upstream) for LoadBalancer + eTP=Local.
+    let health_check_node_port = (service_type == ServiceType::LoadBalancer && external_local)
+        .then(|| spec.and_then(|s| s.health_check_node_port))
+        .flatten()
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p > 0);
     // skiff's per-service load-balancing algorithm (Cilium: service.cilium.io/lb-algorithm).
     let maglev = match svc
         .metadata
@@ -526,6 +534,7 @@ fn translate_service(
             source_ranges: source_ranges.clone(),
             affinity_timeout,
             maglev,
+            health_check_node_port,
         });
     }
     Some((namespace, name, ports))

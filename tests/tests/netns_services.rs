@@ -514,6 +514,19 @@ fn the_debug_views_read_counters_and_flows_from_the_live_pinned_maps() {
         )),
         "{list}"
     );
+    let counters = inspector.counters().unwrap();
+    assert!(
+        counters
+            .class(skiff_datapath_abi::PacketClass::Ipv4Tcp)
+            .packets
+            >= 30
+    );
+    assert_eq!(
+        counters.drops.iter().map(|(_, n)| n).sum::<u64>(),
+        0,
+        "{}",
+        counters.render()
+    );
     let ct = inspector.conntrack().unwrap();
     assert_eq!(ct.len(), 20, "two entries per connection");
     let text = skiff_agent::debug::ct_list(&ct, &Default::default(), u64::MAX);

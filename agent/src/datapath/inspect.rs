@@ -107,6 +107,35 @@ impl Inspector {
         }
     }
 
+    /// Packet classes and drops by reason, summed over CPUs.
+    pub fn counters(&self) -> Result<super::Counters, DatapathError> {
+        use skiff_datapath_abi::{DropReason, PacketClass, TrafficCounter};
+        let stats: PerCpuArray<_, TrafficCounter> =
+            PerCpuArray::try_from(open(&self.dir, map_names::STATS)?)
+                .map_err(read_err(map_names::STATS))?;
+        let drops: PerCpuArray<_, u64> = PerCpuArray::try_from(open(&self.dir, map_names::DROPS)?)
+            .map_err(read_err(map_names::DROPS))?;
+        let mut out = super::Counters::default();
+        for class in PacketClass::ALL {
+            let v = stats
+                .get(&(class as u32), 0)
+                .map_err(read_err(map_names::STATS))?;
+            out.classes.push((
+                class,
+                v.iter()
+                    .fold(TrafficCounter::default(), |a, c| a.saturating_add(*c)),
+            ));
+        }
+        for reason in DropReason::ALL {
+            let v = drops
+                .get(&(reason as u32), 0)
+                .map_err(read_err(map_names::DROPS))?;
+            out.drops
+                .push((reason, v.iter().fold(0u64, |a, c| a.saturating_add(*c))));
+        }
+        Ok(out)
+    }
+
     /// Per-service (`backends == false`) or per-backend counters for `ids`, summed over CPUs.
     pub fn lb_counters(
         &self,

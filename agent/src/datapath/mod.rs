@@ -370,6 +370,32 @@ impl Datapath {
             .map_err(read_err(map_names::BIND_PROTECTION))
     }
 
+    /// Ports in the NodePort range that processes may still bind (the agent's own
+    /// health-check node ports). Replaces the previous set.
+    pub fn set_bind_exemptions(&mut self, ports: &[u16]) -> Result<(), DatapathError> {
+        let map =
+            self.ebpf
+                .map_mut(map_names::BIND_EXEMPT)
+                .ok_or_else(|| DatapathError::MissingMap {
+                    name: map_names::BIND_EXEMPT.to_owned(),
+                })?;
+        let err = |source| DatapathError::MapRead {
+            map: map_names::BIND_EXEMPT,
+            source: Box::new(source),
+        };
+        let mut exempt: HashMap<_, u32, u8> = HashMap::try_from(map).map_err(err)?;
+        let old: Vec<u32> = exempt.keys().filter_map(Result::ok).collect();
+        for p in ports {
+            exempt.insert(u32::from(*p), 1, 0).map_err(err)?;
+        }
+        for p in old {
+            if !ports.iter().any(|x| u32::from(*x) == p) {
+                let _ = exempt.remove(&p);
+            }
+        }
+        Ok(())
+    }
+
     /// Attaches NodePort bind protection (post_bind4) to the cgroup v2 directory `cgroup`.
     pub fn attach_bind_protection(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
         let dir = File::open(cgroup).map_err(|source| DatapathError::Cgroup {

@@ -52,6 +52,9 @@ pub mod map_names {
     pub const BIND_PROTECTION: &str = "SKIFF_BINDP_V1";
     /// `HASH`, key node IPv4 address (network byte order), value `u8` (1).
     pub const NODE_ADDRS: &str = "SKIFF_NODEIP_V1";
+    /// `HASH`, key port (`u32`, host byte order), value `u8` (1): NodePort-range ports the
+    /// agent itself binds (health-check node ports), exempt from bind protection.
+    pub const BIND_EXEMPT: &str = "SKIFF_BINDOK_V1";
     /// `ARRAY` of `u32` backend ids: Maglev lookup tables, [`super::maglev::TABLE_SIZE`]
     /// entries per table, table `t` at `t * TABLE_SIZE`.
     pub const MAGLEV: &str = "SKIFF_MAGLEV_V1";
@@ -80,6 +83,7 @@ pub mod map_names {
         BIND_PROTECTION,
         NODE_ADDRS,
         MAGLEV,
+        BIND_EXEMPT,
     ];
 }
 

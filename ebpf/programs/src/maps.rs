@@ -93,3 +93,7 @@ pub static SKIFF_NODEIP_V1: HashMap<u32, u8> = HashMap::with_max_entries(256, 0)
 #[map]
 pub static SKIFF_MAGLEV_V1: Array<u32> =
     Array::with_max_entries(skiff_datapath_abi::maglev::TABLE_SIZE, 0);
+
+/// Ports exempt from bind protection (the agent's health-check node ports).
+#[map]
+pub static SKIFF_BINDOK_V1: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);

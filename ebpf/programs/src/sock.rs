@@ -19,7 +19,7 @@ use skiff_datapath_abi::{
 use crate::{
     counters::count_sock,
     lb::{self, Choice},
-    maps::{SKIFF_BINDP_V1, SKIFF_NODEIP_V1, SKIFF_SKREV_V1},
+    maps::{SKIFF_BINDOK_V1, SKIFF_BINDP_V1, SKIFF_NODEIP_V1, SKIFF_SKREV_V1},
     verdict::Verdict,
 };
 
@@ -149,6 +149,10 @@ pub fn post_bind(ctx: &SockContext) -> Verdict {
     };
     // src_port is host byte order in struct bpf_sock.
     if port < u32::from(cfg.port_min) || port > u32::from(cfg.port_max) {
+        return Verdict::Pass;
+    }
+    // SAFETY: value copied out under the lookup's RCU protection.
+    if unsafe { SKIFF_BINDOK_V1.get(port) }.is_some() {
         return Verdict::Pass;
     }
     // SAFETY: value copied out under the lookup's RCU protection.

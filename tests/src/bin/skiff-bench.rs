@@ -612,7 +612,7 @@ fn render(r: &Report) -> String {
             p.iptables_restore_ms / p.skiff_ms
         ));
     }
-    s.push_str("\n### Map memory (kernel memlock, default capacities)\n\n| map | max entries | bytes | bytes/entry |\n|---|---:|---:|---:|\n");
+    s.push_str("\n### Map memory (kernel memlock, capacities sized for the programming row's services)\n\n| map | max entries | bytes | bytes/entry |\n|---|---:|---:|---:|\n");
     for m in &r.memory {
         s.push_str(&format!(
             "| {} | {} | {} | {:.0} |\n",
@@ -678,12 +678,16 @@ fn main() -> anyhow::Result<()> {
     eprintln!("programming: {pn} services x {pe} endpoints");
     report.programming = programming_costs(pn, pe)?;
     {
-        let config = DatapathConfig::default();
+        // Capacities sized for the installed services, as an operator would set them.
+        let config = DatapathConfig {
+            map_sizes: sizes_for(pn, pe),
+            pin_dir: None,
+        };
         let mut dp = Datapath::load_with(&config)?;
         let mut maps = dp.service_maps()?;
         let svcs = services(pn, pe);
         let r = Reconciler::new().sync(&model(&svcs, true), &mut maps);
-        assert!(r.errors.is_empty());
+        assert!(r.errors.is_empty(), "{:?}", r.errors.first());
         report.memory = map_memory();
     }
     let scales: &[usize] = if quick {
