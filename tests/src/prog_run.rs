@@ -79,6 +79,24 @@ impl ProgRunner {
         ns.ip(&remote_pods);
         // A node forwards; bpf_fib_lookup answers FWD_DISABLED otherwise.
         ns.sysctl("net/ipv4/conf/all/forwarding", "1");
+        // Resolved neighbours for the remote pods' gateway and the external client, so
+        // bpf_fib_lookup can answer SUCCESS with MAC addresses (what XDP needs).
+        for (ip, mac) in [
+            ("198.18.0.3", "02:00:00:00:00:03"),
+            ("198.18.0.1", "02:00:00:00:00:01"),
+        ] {
+            ns.ip(&[
+                "neigh",
+                "add",
+                ip,
+                "lladdr",
+                mac,
+                "dev",
+                "ext0",
+                "nud",
+                "permanent",
+            ]);
+        }
         ProgRunner {
             datapath: Datapath::load_with(config)
                 .unwrap_or_else(|e| panic!("loading the datapath: {e}")),
@@ -114,6 +132,27 @@ impl ProgRunner {
 
     pub fn counters(&self) -> Counters {
         self.datapath.counters().expect("reading counters")
+    }
+
+    /// Runs the XDP program once on `packet`: (XDP action, output frame).
+    pub fn run_xdp(&mut self, packet: &[u8]) -> (u32, Vec<u8>) {
+        let datapath = &mut self.datapath;
+        let run = self
+            .ns
+            .run(|| datapath.prog_run_xdp(packet, 1))
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of the XDP program: {e}"));
+        (run.return_code, run.packet_out)
+    }
+
+    /// The MAC address of `dev` in the runner's namespace.
+    pub fn mac_of(&self, dev: &str) -> [u8; 6] {
+        let out = self.ns.ip_output(&["-br", "link", "show", dev]);
+        let mac = out.split_whitespace().nth(2).expect("ip -br link output");
+        let mut b = [0u8; 6];
+        for (i, part) in mac.split(':').enumerate() {
+            b[i] = u8::from_str_radix(part, 16).expect("hex");
+        }
+        b
     }
 
     /// Runs `program` once on `packet`.

@@ -998,3 +998,96 @@ fn maglev_nodes_agree_on_every_flow_and_follow_the_user_space_table() {
         );
     }
 }
+
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+#[test]
+fn xdp_and_tc_translate_remote_backend_flows_identically() {
+    let remote = [ep(remote_pod(10), EndpointState::Active, false)];
+    let mut tc = fixture();
+    tc.runner.packets_come_from_outside();
+    let mut xdp = fixture();
+    xdp.runner.packets_come_from_outside();
+    for f in [&mut tc, &mut xdp] {
+        f.program(&[web(Protocol::Tcp, &remote), {
+            let mut u = web(Protocol::Udp, &remote);
+            u.0 = ServicePortName::new("default", "web-udp", "");
+            u
+        }]);
+    }
+    let client = sa(CLIENT, 40000);
+    let mut zero_csum_udp = Packet::udp(client, sa(NODE, NODE_PORT))
+        .payload(b"q")
+        .build();
+    clear_udp_checksum(&mut zero_csum_udp);
+    let frames = [
+        tcp(client, sa(NODE, NODE_PORT), TcpFlags::SYN).build(),
+        // Distinct client ports keep the SNAT port deterministic (the client's own port is
+        // free); a collision would pick a random one, differently on each runner.
+        tcp(sa(CLIENT, 40002), sa(LB_IP, 80), TcpFlags::SYN).build(),
+        Packet::udp(sa(CLIENT, 40001), sa(NODE, NODE_PORT))
+            .payload(b"query")
+            .build(),
+        zero_csum_udp,
+        // Later packets and the backend's replies follow the flows' conntrack entries.
+        tcp(client, sa(NODE, NODE_PORT), TcpFlags::ACK).build(),
+        tcp(sa(remote_pod(10), 8080), sa(NODE, 40000), TcpFlags::SYN_ACK).build(),
+    ];
+    let ext0 = xdp.runner.mac_of("ext0");
+    for (i, frame) in frames.iter().enumerate() {
+        let (tc_action, tc_out) = tc.ingress(frame);
+        let (xdp_action, xdp_out) = xdp.runner.run_xdp(frame);
+        assert_eq!(tc_action, TcAction::Redirect, "frame {i}");
+        assert_eq!(
+            xdp_action, XDP_REDIRECT,
+            "frame {i}: XDP forwards it itself"
+        );
+        verify_checksums(&xdp_out).unwrap_or_else(|e| panic!("frame {i}: {e}"));
+        assert_eq!(
+            &xdp_out[ETH_HLEN..],
+            &tc_out[ETH_HLEN..],
+            "frame {i}: same translation on both paths"
+        );
+        assert_eq!(
+            &xdp_out[6..12],
+            &ext0,
+            "frame {i}: source MAC of the egress device"
+        );
+        let next_hop: [u8; 6] = if i == 5 {
+            [2, 0, 0, 0, 0, 1]
+        } else {
+            [2, 0, 0, 0, 0, 3]
+        };
+        assert_eq!(
+            &xdp_out[0..6],
+            &next_hop,
+            "frame {i}: destination MAC of the next hop"
+        );
+    }
+}
+
+#[test]
+fn xdp_passes_local_backends_and_non_service_traffic_to_tc() {
+    let mut f = fixture();
+    f.runner.packets_come_from_outside();
+    f.program(&[web(
+        Protocol::Tcp,
+        &[ep(local_pod(10), EndpointState::Active, true)],
+    )]);
+    let syn = tcp(sa(CLIENT, 40000), sa(NODE, NODE_PORT), TcpFlags::SYN).build();
+    let (action, out) = f.runner.run_xdp(&syn);
+    assert_eq!(
+        (action, &out),
+        (XDP_PASS, &syn),
+        "local backend: untouched, for tc"
+    );
+    // tc picks the flow XDP already tracked.
+    let (_, out) = f.ingress(&syn);
+    assert_eq!(
+        parse(&out).unwrap().endpoints().unwrap().1,
+        sa(local_pod(10), 8080)
+    );
+    let other = tcp(sa(CLIENT, 40000), sa(NODE, 22), TcpFlags::SYN).build();
+    assert_eq!(f.runner.run_xdp(&other), (XDP_PASS, other));
+}

@@ -339,9 +339,12 @@ fn every_abi_map_and_program_is_in_the_object() {
     assert!(programs
         .iter()
         .any(|x| x == skiff_datapath_abi::program_names::SOCK_POST_BIND4));
+    assert!(programs
+        .iter()
+        .any(|x| x == skiff_datapath_abi::program_names::XDP));
     assert_eq!(
         programs.len(),
-        3 + skiff_datapath_abi::program_names::SOCK_LB.len()
+        4 + skiff_datapath_abi::program_names::SOCK_LB.len()
     );
 }
 

@@ -224,6 +224,13 @@ impl Datapath {
                 source: Box::new(source),
             })?;
         }
+        xdp_program(&mut ebpf)?
+            .load()
+            .map_err(|source| DatapathError::Program {
+                program: program_names::XDP.to_owned(),
+                action: "load (verifier)",
+                source: Box::new(source),
+            })?;
         bind_program(&mut ebpf)?
             .load()
             .map_err(|source| DatapathError::Program {
@@ -514,6 +521,60 @@ impl Datapath {
             })
     }
 
+    /// Attaches XDP acceleration to `interface` (in the calling thread's namespace):
+    /// `native` runs it in the driver (veth supports it; the receiving side of a redirect
+    /// must then have XDP too), otherwise generic (skb) mode. With a pin directory the link
+    /// is pinned and a restarted agent swaps its program in.
+    pub fn attach_xdp(&mut self, interface: &str, native: bool) -> Result<(), DatapathError> {
+        use aya::programs::{xdp::XdpLink, XdpMode};
+        let name = program_names::XDP;
+        let attach_error = |source| DatapathError::Attach {
+            program: name.to_owned(),
+            interface: interface.to_owned(),
+            source: Box::new(source),
+        };
+        let pin_path = self
+            .pin_dir
+            .as_ref()
+            .map(|d| d.join("links").join(format!("xdp-{interface}")));
+        let program = xdp_program(&mut self.ebpf)?;
+        if let Some(path) = pin_path.as_ref().filter(|p| p.exists()) {
+            let pin_error = |e: String| DatapathError::Pin {
+                path: path.display().to_string(),
+                detail: e,
+            };
+            let pinned = PinnedLink::from_pin(path).map_err(|e| pin_error(e.to_string()))?;
+            let link =
+                XdpLink::try_from(FdLink::from(pinned)).map_err(|e| pin_error(e.to_string()))?;
+            program.attach_to_link(link).map_err(attach_error)?;
+            return Ok(());
+        }
+        let mode = if native {
+            XdpMode::Driver
+        } else {
+            XdpMode::Skb
+        };
+        let id = program.attach(interface, mode).map_err(attach_error)?;
+        if let Some(path) = pin_path {
+            let link = program.take_link(id).map_err(attach_error)?;
+            let pin_error = |e: String| DatapathError::Pin {
+                path: path.display().to_string(),
+                detail: e,
+            };
+            FdLink::try_from(link)
+                .map_err(|e| pin_error(e.to_string()))?
+                .pin(&path)
+                .map_err(|e| pin_error(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Runs the XDP program through BPF_PROG_TEST_RUN (see [`Datapath::prog_run`]).
+    pub fn prog_run_xdp(&mut self, packet: &[u8], repeat: u32) -> Result<ProgRun, DatapathError> {
+        let prog = xdp_program(&mut self.ebpf)?;
+        prog_run::run_xdp(prog, packet, repeat)
+    }
+
     /// Attaches the tc egress program (reverse translation of replies) to `interface`.
     pub fn attach_tc_egress(&mut self, interface: &str) -> Result<(), DatapathError> {
         self.attach_tc(interface, TcAttachType::Egress, program_names::TC_EGRESS)
@@ -677,6 +738,15 @@ fn sock_program<'a>(
 ) -> Result<&'a mut CgroupSockAddr, DatapathError> {
     ebpf.program_mut(name)
         .and_then(|p| <&mut CgroupSockAddr>::try_from(p).ok())
+        .ok_or_else(|| DatapathError::MissingProgram {
+            name: name.to_owned(),
+        })
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut aya::programs::Xdp, DatapathError> {
+    let name = program_names::XDP;
+    ebpf.program_mut(name)
+        .and_then(|p| <&mut aya::programs::Xdp>::try_from(p).ok())
         .ok_or_else(|| DatapathError::MissingProgram {
             name: name.to_owned(),
         })

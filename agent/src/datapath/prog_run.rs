@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
+use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp};
 
 use super::DatapathError;
 
@@ -36,6 +36,28 @@ pub(super) fn run(
         })
         .map_err(|source| DatapathError::Program {
             program: name.to_owned(),
+            action: "BPF_PROG_TEST_RUN",
+            source: Box::new(source),
+        })?;
+    out.truncate(result.data_size_out as usize);
+    Ok(ProgRun {
+        return_code: result.return_value,
+        packet_out: out,
+        duration: result.duration,
+    })
+}
+
+pub(super) fn run_xdp(program: &Xdp, packet: &[u8], repeat: u32) -> Result<ProgRun, DatapathError> {
+    let mut out = vec![0u8; packet.len() + HEADROOM];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            repeat: repeat.max(1),
+            ..TestRunOptions::default()
+        })
+        .map_err(|source| DatapathError::Program {
+            program: skiff_datapath_abi::program_names::XDP.to_owned(),
             action: "BPF_PROG_TEST_RUN",
             source: Box::new(source),
         })?;

@@ -105,6 +105,8 @@ pub mod program_names {
     pub const SOCK_GETPEERNAME4: &str = "skiff_sock_getpeername4";
     /// cgroup v2 `post_bind4`: NodePort bind protection.
     pub const SOCK_POST_BIND4: &str = "skiff_sock_post_bind4";
+    /// XDP on node-facing interfaces: acceleration of flows to remote backends.
+    pub const XDP: &str = "skiff_xdp";
 
     /// The socket-LB programs with their cgroup attach points, in attach order.
     pub const SOCK_LB: &[&str] = &[

@@ -16,10 +16,12 @@ mod reject;
 mod service;
 mod sock;
 mod verdict;
+mod xdp;
 
 use aya_ebpf::{
-    macros::{cgroup_sock, cgroup_sock_addr, classifier},
-    programs::{SockAddrContext, SockContext, TcContext},
+    bindings::xdp_action,
+    macros::{cgroup_sock, cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, SockContext, TcContext, XdpContext},
 };
 use skiff_datapath_abi::DropReason;
 use verdict::Verdict;
@@ -105,6 +107,21 @@ pub fn skiff_sock_getpeername4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock(post_bind4)]
 pub fn skiff_sock_post_bind4(ctx: SockContext) -> i32 {
     sock::post_bind(&ctx).sock_action()
+}
+
+/// Hook: XDP on node-facing interfaces (opt-in, native or generic). Direction: frames
+/// arriving from the wire, before the stack. Translates and forwards NodePort /
+/// LoadBalancer / ExternalIP flows to remote backends (and their SNATed replies); passes
+/// everything else to tc.
+#[xdp]
+pub fn skiff_xdp(ctx: XdpContext) -> u32 {
+    match xdp::try_xdp(&ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            counters::count_drop(reason);
+            xdp_action::XDP_DROP
+        }
+    }
 }
 
 #[cfg(not(test))]

@@ -4,7 +4,7 @@
 //! verifier demands before it lets a program dereference packet memory. Variable offsets
 //! (the IPv4 IHL) are masked to their 4-bit field first so the verifier can bound them.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use skiff_datapath_abi::{DropReason, PacketClass};
 
 pub const ETH_HLEN: usize = 14;
@@ -38,9 +38,57 @@ pub struct Packet {
     pub ip_end: usize,
 }
 
+/// What the parser needs from a hook's context: the packet's linear bytes, its full
+/// length, and (tc only) a way to make headers linear.
+pub trait PacketCtx {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    fn len(&self) -> u32;
+    fn pull(&self, len: u32);
+}
+
+impl PacketCtx for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        TcContext::len(self)
+    }
+    #[inline(always)]
+    fn pull(&self, len: u32) {
+        // On failure the bounds checks report the packet as truncated.
+        let _ = self.pull_data(len);
+    }
+}
+
+impl PacketCtx for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        (XdpContext::data_end(self) - XdpContext::data(self)) as u32
+    }
+    #[inline(always)]
+    fn pull(&self, _len: u32) {
+        // XDP frames are linear (multi-buffer frames are not attached in skiff's mode).
+    }
+}
+
 /// Returns a pointer to `N` bytes at `offset`, or `None` if they are not in the linear data.
 #[inline(always)]
-fn bytes_at<const N: usize>(ctx: &TcContext, offset: usize) -> Option<*const [u8; N]> {
+fn bytes_at<const N: usize, C: PacketCtx>(ctx: &C, offset: usize) -> Option<*const [u8; N]> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + N > end {
@@ -50,28 +98,28 @@ fn bytes_at<const N: usize>(ctx: &TcContext, offset: usize) -> Option<*const [u8
 }
 
 #[inline(always)]
-fn read<const N: usize>(ctx: &TcContext, offset: usize) -> Option<[u8; N]> {
+fn read<const N: usize, C: PacketCtx>(ctx: &C, offset: usize) -> Option<[u8; N]> {
     // SAFETY: `bytes_at` checked that the N bytes lie inside [data, data_end).
-    bytes_at::<N>(ctx, offset).map(|p| unsafe { *p })
+    bytes_at::<N, C>(ctx, offset).map(|p| unsafe { *p })
 }
 
 /// Parses Ethernet, IPv4 and the TCP/UDP header. Malformed IPv4 is an `Err` with the
 /// reason; anything that is not IPv4 is `Ok` with class `NonIpv4`.
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<Packet, DropReason> {
+pub fn parse<C: PacketCtx>(ctx: &C) -> Result<Packet, DropReason> {
     let skb_len = ctx.len();
     let linear = (ctx.data_end() - ctx.data()) as u32;
     if linear < PULL_LEN && linear < skb_len {
         // Headers may sit in paged fragments (GRO, some drivers). Make them linear; on
         // failure the bounds checks below report the packet as truncated.
-        let _ = ctx.pull_data(if skb_len < PULL_LEN {
+        ctx.pull(if skb_len < PULL_LEN {
             skb_len
         } else {
             PULL_LEN
         });
     }
 
-    let Some(eth) = read::<{ ETH_HLEN }>(ctx, 0) else {
+    let Some(eth) = read::<{ ETH_HLEN }, C>(ctx, 0) else {
         return Err(DropReason::ShortEthernet);
     };
     let mut packet = Packet {
@@ -89,7 +137,7 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, DropReason> {
         return Ok(packet);
     }
 
-    let Some(ip) = read::<IPV4_MIN_HLEN>(ctx, ETH_HLEN) else {
+    let Some(ip) = read::<IPV4_MIN_HLEN, C>(ctx, ETH_HLEN) else {
         return Err(DropReason::ShortIpv4Header);
     };
     if ip[0] >> 4 != 4 {
@@ -128,7 +176,7 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, DropReason> {
             if l4 + TCP_MIN_HLEN > ip_end {
                 return Err(DropReason::ShortTcpHeader);
             }
-            let Some(tcp) = read::<TCP_MIN_HLEN>(ctx, l4) else {
+            let Some(tcp) = read::<TCP_MIN_HLEN, C>(ctx, l4) else {
                 return Err(DropReason::ShortTcpHeader);
             };
             let doff = ((tcp[12] >> 4) as usize) * 4;
@@ -144,7 +192,7 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, DropReason> {
             if l4 + UDP_HLEN > ip_end {
                 return Err(DropReason::ShortUdpHeader);
             }
-            let Some(udp) = read::<UDP_HLEN>(ctx, l4) else {
+            let Some(udp) = read::<UDP_HLEN, C>(ctx, l4) else {
                 return Err(DropReason::ShortUdpHeader);
             };
             let udp_len = u16::from_be_bytes([udp[4], udp[5]]) as usize;

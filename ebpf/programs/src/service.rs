@@ -34,7 +34,7 @@ fn translatable(p: &Packet) -> bool {
     p.class == PacketClass::Ipv4Tcp || p.class == PacketClass::Ipv4Udp
 }
 
-fn tuple(v: &CtValue) -> Tuple {
+pub fn tuple(v: &CtValue) -> Tuple {
     Tuple {
         saddr: v.saddr,
         daddr: v.daddr,
@@ -84,22 +84,34 @@ pub fn egress(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
     Ok(TC_ACT_OK)
 }
 
-fn new_flow(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
+/// What to do with the first packet of a flow to a possible frontend.
+pub enum Plan {
+    /// Not a frontend (for this interface's scope): leave it.
+    NotAService,
+    /// A frontend without usable backends: refuse (RST / ICMP unreachable).
+    Refuse,
+    /// Tracked and to be rewritten as `fwd` says; `snat` flows are routed from the hook.
+    Translate { fwd: CtValue, snat: bool },
+}
+
+/// Looks up the frontend, applies source ranges, chooses a backend (affinity, Maglev or
+/// random) and records the flow's two conntrack entries. Shared by tc and XDP so both
+/// paths make the same decisions; the caller only applies them.
+#[inline(always)]
+pub fn plan_new_flow(p: &Packet, external: bool) -> Result<Plan, DropReason> {
     let key = ServiceKey {
         addr: p.daddr,
         port: p.dport,
         proto: p.proto,
         scope: 0,
     };
-    // SAFETY: reading the ifindex the kernel filled in the context.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let svc = if lb::is_external(ifindex) {
+    let svc = if external {
         lb::lookup_external(&key)
     } else {
         lb::lookup(&key)
     };
     let Some(svc) = svc else {
-        return Ok(TC_ACT_OK);
+        return Ok(Plan::NotAService);
     };
     if svc.flags & service_flags::SOURCE_RANGES != 0 && !lb::source_allowed(svc.service_id, p.saddr)
     {
@@ -123,7 +135,7 @@ fn new_flow(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
         Choice::NoBackend { flags } if flags & service_flags::LOCAL_DROP != 0 => {
             return Err(DropReason::NoLocalBackend)
         }
-        Choice::NoBackend { .. } => return reject::refuse(ctx, p),
+        Choice::NoBackend { .. } => return Ok(Plan::Refuse),
         Choice::Inconsistent => return Err(DropReason::InconsistentMaps),
         Choice::Backend {
             service_id,
@@ -171,13 +183,26 @@ fn new_flow(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
     SKIFF_CT_V1
         .insert(ct::key(p, ct_dir::FORWARD), fwd, BPF_ANY as u64)
         .map_err(|_| DropReason::ConntrackInsertFailed)?;
-    counters::count_lb(service_id, backend_id, true, ctx.len());
-    let t = tuple(&fwd);
-    nat::rewrite(ctx, p, &t)?;
-    if snat {
-        redirect::fib_redirect(ctx, p, &t)
-    } else {
-        Ok(TC_ACT_OK)
+    counters::count_lb(service_id, backend_id, true, 0);
+    Ok(Plan::Translate { fwd, snat })
+}
+
+fn new_flow(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
+    // SAFETY: reading the ifindex the kernel filled in the context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    match plan_new_flow(p, lb::is_external(ifindex))? {
+        Plan::NotAService => Ok(TC_ACT_OK),
+        Plan::Refuse => reject::refuse(ctx, p),
+        Plan::Translate { fwd, snat } => {
+            counters::count_lb(fwd.service_id, fwd.backend_id, false, ctx.len());
+            let t = tuple(&fwd);
+            nat::rewrite(ctx, p, &t)?;
+            if snat {
+                redirect::fib_redirect(ctx, p, &t)
+            } else {
+                Ok(TC_ACT_OK)
+            }
+        }
     }
 }
 
