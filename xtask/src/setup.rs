@@ -14,9 +14,11 @@ use crate::cmd::{self, is_root, nightly, output};
 
 /// Debian packages: `protobuf-compiler` (etcd-client's build script needs protoc),
 /// `iproute2` (the netns test harness), `etcd-server` (the store's etcd backend tests),
-/// `containernetworking-plugins` (the reference CNI plugins skiff-cni is tested against).
+/// `containernetworking-plugins` (the reference CNI plugins skiff-cni is tested against),
+/// `ethtool` (the XDP test turns off checksum offload on a veth that plays a wire).
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
+    "ethtool",
     "protobuf-compiler",
     "etcd-server",
     "containernetworking-plugins",

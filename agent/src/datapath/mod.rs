@@ -569,6 +569,32 @@ impl Datapath {
         Ok(())
     }
 
+    /// (redirected, passed) frames of the XDP program, summed over CPUs.
+    pub fn xdp_counters(&self) -> Result<(u64, u64), DatapathError> {
+        let map = self
+            .ebpf
+            .map(map_names::XDP_STATS)
+            .ok_or_else(|| DatapathError::MissingMap {
+                name: map_names::XDP_STATS.to_owned(),
+            })?;
+        let array: aya::maps::PerCpuArray<_, u64> =
+            aya::maps::PerCpuArray::try_from(map).map_err(|source| DatapathError::MapRead {
+                map: map_names::XDP_STATS,
+                source: Box::new(source),
+            })?;
+        let mut sums = [0u64; 2];
+        for (i, sum) in sums.iter_mut().enumerate() {
+            let v = array
+                .get(&(i as u32), 0)
+                .map_err(|source| DatapathError::MapRead {
+                    map: map_names::XDP_STATS,
+                    source: Box::new(source),
+                })?;
+            *sum = v.iter().sum();
+        }
+        Ok((sums[0], sums[1]))
+    }
+
     /// Runs the XDP program through BPF_PROG_TEST_RUN (see [`Datapath::prog_run`]).
     pub fn prog_run_xdp(&mut self, packet: &[u8], repeat: u32) -> Result<ProgRun, DatapathError> {
         let prog = xdp_program(&mut self.ebpf)?;

@@ -55,6 +55,8 @@ pub mod map_names {
     /// `HASH`, key port (`u32`, host byte order), value `u8` (1): NodePort-range ports the
     /// agent itself binds (health-check node ports), exempt from bind protection.
     pub const BIND_EXEMPT: &str = "SKIFF_BINDOK_V1";
+    /// `PER_CPU_ARRAY`, index [`super::XdpCounter`], value `u64`.
+    pub const XDP_STATS: &str = "SKIFF_XDPST_V1";
     /// `ARRAY` of `u32` backend ids: Maglev lookup tables, [`super::maglev::TABLE_SIZE`]
     /// entries per table, table `t` at `t * TABLE_SIZE`.
     pub const MAGLEV: &str = "SKIFF_MAGLEV_V1";
@@ -84,6 +86,7 @@ pub mod map_names {
         NODE_ADDRS,
         MAGLEV,
         BIND_EXEMPT,
+        XDP_STATS,
     ];
 }
 
@@ -621,6 +624,22 @@ pub mod maglev {
         h = h.wrapping_mul(0xc2b2_ae35);
         h ^ (h >> 16)
     }
+}
+
+/// What the XDP program did with frames: the index into [`map_names::XDP_STATS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum XdpCounter {
+    /// Translated and forwarded from XDP.
+    Redirected = 0,
+    /// Handed to the stack (and tc).
+    Passed = 1,
+}
+
+impl XdpCounter {
+    pub const COUNT: u32 = 2;
+    pub const ALL: [XdpCounter; Self::COUNT as usize] =
+        [XdpCounter::Redirected, XdpCounter::Passed];
 }
 
 /// Per-service or per-backend traffic counters (one per CPU; the agent sums them).

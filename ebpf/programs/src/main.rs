@@ -116,7 +116,18 @@ pub fn skiff_sock_post_bind4(ctx: SockContext) -> i32 {
 #[xdp]
 pub fn skiff_xdp(ctx: XdpContext) -> u32 {
     match xdp::try_xdp(&ctx) {
-        Ok(action) => action,
+        Ok(action) => {
+            let event = if action == xdp_action::XDP_REDIRECT {
+                skiff_datapath_abi::XdpCounter::Redirected
+            } else {
+                skiff_datapath_abi::XdpCounter::Passed
+            };
+            if let Some(c) = maps::SKIFF_XDPST_V1.get_ptr_mut(event as u32) {
+                // SAFETY: this CPU's slot, valid for this run.
+                unsafe { *c += 1 };
+            }
+            action
+        }
         Err(reason) => {
             counters::count_drop(reason);
             xdp_action::XDP_DROP

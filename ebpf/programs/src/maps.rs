@@ -97,3 +97,8 @@ pub static SKIFF_MAGLEV_V1: Array<u32> =
 /// Ports exempt from bind protection (the agent's health-check node ports).
 #[map]
 pub static SKIFF_BINDOK_V1: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+/// XDP outcomes per `XdpCounter`, per CPU.
+#[map]
+pub static SKIFF_XDPST_V1: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(skiff_datapath_abi::XdpCounter::COUNT, 0);

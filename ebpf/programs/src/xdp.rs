@@ -4,6 +4,10 @@
 //! interface the FIB names, with its Ethernet addresses, before any skb exists. Anything
 //! else — local backends, refusals, a next hop without a resolved neighbour, non-TCP/UDP —
 //! passes to the stack, where the tc program finds the same conntrack state.
+//!
+//! Frames must carry complete L4 checksums, as frames from a NIC do. A veth peer with TX
+//! checksum offload hands over CHECKSUM_PARTIAL frames (pseudo-header sum only); XDP cannot
+//! see that state, so such a link needs `ethtool -K <peer> tx off` before XDP is enabled.
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibLookup, xdp_action, BPF_FIB_LKUP_RET_SUCCESS},
