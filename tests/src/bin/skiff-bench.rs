@@ -140,6 +140,7 @@ struct Report {
     programming: Vec<ProgrammingRow>,
     memory: Vec<skiff_agent::datapath::MapMemory>,
     traffic: Vec<TrafficRow>,
+    forwarding: Vec<ForwardingRow>,
 }
 
 #[derive(serde::Serialize)]
@@ -171,6 +172,13 @@ struct ProgrammingRow {
     endpoints_each: usize,
     skiff_ms: f64,
     iptables_restore_ms: f64,
+}
+
+#[derive(serde::Serialize)]
+struct ForwardingRow {
+    mode: String,
+    sent_pps: f64,
+    received_pps: f64,
 }
 
 #[derive(serde::Serialize)]
@@ -572,6 +580,150 @@ fn traffic(scales: &[usize], duration: Duration) -> anyhow::Result<Vec<TrafficRo
     Ok(rows)
 }
 
+/// NodePort → remote backend forwarding rate with small UDP datagrams (one sender
+/// thread, `duration` per mode), counted where they arrive: the backend pod on node2.
+fn forwarding(duration: Duration) -> anyhow::Result<Vec<ForwardingRow>> {
+    use std::sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    };
+    let client = NetNs::new("fclient");
+    let node = NetNs::new("fnode");
+    let node2 = NetNs::new("fnode2");
+    let pod = NetNs::new("fpod");
+    veth(&client, "c0", &node, "n0");
+    client.addr("c0", "198.18.0.1/24");
+    client.ip(&["route", "add", "default", "via", "198.18.0.2"]);
+    node.addr("n0", "198.18.0.2/24");
+    node.sysctl("net/ipv4/conf/all/forwarding", "1");
+    veth(&node, "n1", &node2, "m0");
+    node.addr("n1", "198.18.5.1/24");
+    node.ip(&["route", "add", "198.18.3.0/24", "via", "198.18.5.2"]);
+    node2.addr("m0", "198.18.5.2/24");
+    node2.ip(&["route", "add", "198.18.0.0/24", "via", "198.18.5.1"]);
+    node2.sysctl("net/ipv4/conf/all/forwarding", "1");
+    veth(&node2, "r0", &pod, "eth0");
+    node2.addr("r0", "198.18.3.1/24");
+    pod.addr("eth0", "198.18.3.10/24");
+    pod.ip(&["route", "add", "default", "via", "198.18.3.1"]);
+    // Frames from a wire carry full checksums (needed by XDP); make the client's veth
+    // behave like one for every mode alike.
+    let _ = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            client.name(),
+            "ethtool",
+            "-K",
+            "c0",
+            "tx",
+            "off",
+        ])
+        .status();
+    let received = Arc::new(AtomicU64::new(0));
+    let sink = pod.run(|| std::net::UdpSocket::bind("198.18.3.10:9000"))?;
+    {
+        let received = received.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while sink.recv(&mut buf).is_ok() {
+                received.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    let backend = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(198, 18, 3, 10), 9000));
+    let nodeport = SocketAddr::V4(SocketAddrV4::new(NODE, NODE_PORT));
+    let svc = SvcPort {
+        namespace: "bench".into(),
+        name: "udp".into(),
+        port_name: "p".into(),
+        cluster_ip: cluster_ip(0),
+        port: 9000,
+        node_port: Some(NODE_PORT),
+        endpoints: vec![(Ipv4Addr::new(198, 18, 3, 10), 9000)],
+    };
+    let run = |mode: &str, to: SocketAddr| -> anyhow::Result<ForwardingRow> {
+        let sender = client.run(|| std::net::UdpSocket::bind("198.18.0.1:0"))?;
+        // Warm up (ARP, conntrack) then count.
+        for _ in 0..100 {
+            let _ = sender.send_to(b"warmup-packet-00", to);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let before = received.load(Ordering::Relaxed);
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while start.elapsed() < duration {
+            for _ in 0..64 {
+                if sender.send_to(b"0123456789abcdef", to).is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        // Let the queues drain before reading the count.
+        std::thread::sleep(Duration::from_millis(300));
+        let got = received.load(Ordering::Relaxed) - before;
+        Ok(ForwardingRow {
+            mode: mode.into(),
+            sent_pps: sent as f64 / elapsed,
+            received_pps: got as f64 / elapsed,
+        })
+    };
+    let mut rows = vec![run("routing (no service)", backend)?];
+    // kube-proxy: NodePort DNAT + masquerade in the node.
+    let mut udp_rules = kube_proxy::ruleset(std::slice::from_ref(&svc), "198.18.2.0/24");
+    udp_rules = udp_rules.replace("-m tcp -p tcp", "-m udp -p udp");
+    iptables_restore(&node, &udp_rules, false)?;
+    rows.push(run("kube-proxy iptables", nodeport)?);
+    iptables_restore(&node, "*nat\nCOMMIT\n", false)?;
+    let mut dp = Datapath::load_with(&DatapathConfig::default())?;
+    dp.set_node_config(NodeConfig {
+        snat_addr: u32::from(NODE).to_be(),
+        ..Default::default()
+    })?;
+    node.run(|| -> anyhow::Result<()> {
+        dp.attach_tc_ingress("n0")?;
+        dp.attach_tc_ingress("n1")?;
+        dp.set_external_interface("n0")?;
+        Ok(())
+    })?;
+    let mut maps = dp.service_maps()?;
+    let m = Model {
+        services: [(
+            ServicePortName::new("bench", "udp", "p"),
+            ServicePort {
+                proto: Some(Protocol::Udp),
+                frontends: vec![Frontend {
+                    addr: NODE,
+                    port: NODE_PORT,
+                    proto: Protocol::Udp,
+                    kind: FrontendKind::NodePort,
+                }],
+                endpoints: vec![Endpoint {
+                    addr: Ipv4Addr::new(198, 18, 3, 10),
+                    port: 9000,
+                    state: EndpointState::Active,
+                    local: false,
+                }],
+                ..Default::default()
+            },
+        )]
+        .into_iter()
+        .collect(),
+    };
+    let report = Reconciler::new().sync(&m, &mut maps);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    rows.push(run("skiff tc", nodeport)?);
+    node.run(|| dp.attach_xdp("n0", true))?;
+    node2.run(|| dp.attach_xdp("m0", true))?;
+    rows.push(run("skiff XDP (native)", nodeport)?);
+    let (redirected, _) = dp.xdp_counters()?;
+    eprintln!("xdp redirected {redirected} frames");
+    drop(maps);
+    drop(dp);
+    Ok(rows)
+}
+
 fn render(r: &Report) -> String {
     let mut s = String::new();
     s.push_str("### Per-packet cost (BPF_PROG_TEST_RUN, tc ingress, NodePort)\n\n");
@@ -620,6 +772,13 @@ fn render(r: &Report) -> String {
             m.max_entries,
             m.bytes,
             m.bytes as f64 / f64::from(m.max_entries.max(1))
+        ));
+    }
+    s.push_str("\n### NodePort → remote backend forwarding, 16-byte UDP payloads, one sender thread\n\n| mode | sent pps | received pps |\n|---|---:|---:|\n");
+    for f in &r.forwarding {
+        s.push_str(&format!(
+            "| {} | {:.0} | {:.0} |\n",
+            f.mode, f.sent_pps, f.received_pps
         ));
     }
     s.push_str("\n### Real traffic (1 client thread, connections without keep-alive, 1-byte request/response)\n\n");
@@ -698,6 +857,9 @@ fn main() -> anyhow::Result<()> {
     let duration = Duration::from_secs(if quick { 1 } else { 3 });
     eprintln!("traffic: {scales:?} services, {duration:?} per point");
     report.traffic = traffic(scales, duration)?;
+
+    eprintln!("forwarding: small UDP, NodePort -> remote backend");
+    report.forwarding = forwarding(duration)?;
 
     let table = render(&report);
     println!("{table}");
