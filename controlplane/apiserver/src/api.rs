@@ -285,25 +285,9 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
             ));
         }
     }
-    if let Some(len) = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        if len > MAX_BODY_BYTES {
-            return status_response(st::request_entity_too_large(&format!(
-                "limit is {MAX_BODY_BYTES}"
-            )));
-        }
-    }
-    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+    let body = match read_body(body).await {
         Ok(b) => b,
-        Err(_) => {
-            return status_response(st::request_entity_too_large(&format!(
-                "limit is {MAX_BODY_BYTES}"
-            )))
-        }
+        Err(e) => return status_response(e),
     };
     let h = |n: header::HeaderName| {
         parts
@@ -326,6 +310,34 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
         Err(e) => status_response(e),
     }
 }
+
+/// Reads a request body up to [`MAX_BODY_BYTES`]. A larger body is answered with 413 after
+/// draining up to [`DRAIN_BYTES`] of it: answering and closing while an HTTP/1.1 client is
+/// still writing makes it fail with a broken pipe instead of reading the Status.
+async fn read_body(body: Body) -> Result<Bytes, StatusError> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| st::bad_request(format!("reading the request body: {e}")))?;
+        total += chunk.len();
+        if total <= MAX_BODY_BYTES {
+            buf.extend_from_slice(&chunk);
+        } else if total > DRAIN_BYTES {
+            break;
+        }
+    }
+    if total > MAX_BODY_BYTES {
+        return Err(st::request_entity_too_large(&format!(
+            "limit is {MAX_BODY_BYTES}"
+        )));
+    }
+    Ok(buf.freeze())
+}
+
+/// How much of an oversized body is read (and discarded) before answering 413.
+const DRAIN_BYTES: usize = 4 * MAX_BODY_BYTES;
 
 fn not_found_path(path: &str) -> StatusError {
     let mut e = st::bad_request(format!(

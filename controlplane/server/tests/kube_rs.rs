@@ -1,0 +1,632 @@
+//! kube-rs (the node agent's client) against an in-process API server on 127.0.0.1, with a
+//! handle on the store so tests can compact it.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use kube::runtime::watcher;
+use serde_json::json;
+use skiff_store::{RedbStore, Store};
+
+struct InProcess {
+    server: Option<skiff_apiserver::RunningServer>,
+    store: Arc<RedbStore>,
+    client: kube::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            drop(tokio::spawn(s.shutdown()));
+        }
+    }
+}
+
+async fn start() -> InProcess {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        RedbStore::open(dir.path().join("store.redb"), Default::default()).expect("redb store"),
+    );
+    let server = skiff_apiserver::start(
+        skiff_apiserver::Config {
+            data_dir: dir.path().to_path_buf(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            advertise: vec![],
+            service_cidr: Default::default(),
+        },
+        store.clone(),
+    )
+    .await
+    .expect("starting the API server");
+    let client = support::kube_client(&server.credentials.kubeconfig_path).await;
+    support::wait_ready(&client).await;
+    InProcess {
+        server: Some(server),
+        store,
+        client,
+        _dir: dir,
+    }
+}
+
+fn api_err(e: kube::Error) -> Box<kube::core::Status> {
+    match e {
+        kube::Error::Api(s) => s,
+        other => panic!("expected an API error Status, got {other:?}"),
+    }
+}
+
+fn cm(name: &str, labels: serde_json::Value) -> ConfigMap {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "labels": labels},
+        "data": {"k": "v"},
+    }))
+    .unwrap()
+}
+
+fn deployment(name: &str) -> Deployment {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [
+                    {"name": "a", "image": "busybox"},
+                    {"name": "b", "image": "busybox"},
+                ]},
+            },
+        },
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_crud_conflicts_and_errors() {
+    let s = start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(s.client.clone(), "default");
+
+    let created = cms
+        .create(&PostParams::default(), &cm("a", json!({"x": "1"})))
+        .await
+        .unwrap();
+    let meta = &created.metadata;
+    assert!(
+        meta.uid.as_deref().is_some_and(|u| u.len() == 36),
+        "{meta:?}"
+    );
+    assert!(meta.creation_timestamp.is_some());
+    let rv1 = meta.resource_version.clone().unwrap();
+    assert_eq!(
+        cms.get("a")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version
+            .unwrap(),
+        rv1
+    );
+
+    // AlreadyExists.
+    let e = api_err(
+        cms.create(&PostParams::default(), &cm("a", json!({})))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((e.code, e.reason.as_str()), (409, "AlreadyExists"), "{e:?}");
+
+    // Update with the current version, then a stale one: 409 Conflict.
+    let mut upd = created.clone();
+    upd.data = Some([("k".to_string(), "v2".to_string())].into());
+    let updated = cms
+        .replace("a", &PostParams::default(), &upd)
+        .await
+        .unwrap();
+    assert_ne!(
+        updated.metadata.resource_version.as_deref(),
+        Some(rv1.as_str())
+    );
+    let e = api_err(
+        cms.replace("a", &PostParams::default(), &upd)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((e.code, e.reason.as_str()), (409, "Conflict"), "{e:?}");
+    assert!(
+        e.message.contains("the object has been modified; please apply your changes to the latest version and try again"),
+        "{}",
+        e.message
+    );
+
+    // Not found, invalid (nothing stored), dry run (nothing stored).
+    let e = api_err(cms.get("missing").await.unwrap_err());
+    assert_eq!((e.code, e.reason.as_str()), (404, "NotFound"));
+    let e = api_err(
+        cms.create(&PostParams::default(), &cm("Bad_Name", json!({})))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"), "{e:?}");
+    assert!(
+        e.message
+            .contains("metadata.name: Invalid value: \"Bad_Name\""),
+        "{}",
+        e.message
+    );
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    cms.create(&dry, &cm("dry", json!({}))).await.unwrap();
+    assert!(cms.get_opt("dry").await.unwrap().is_none());
+
+    // generateName.
+    let mut g = cm("", json!({}));
+    g.metadata.name = None;
+    g.metadata.generate_name = Some("gen-".into());
+    let g = cms.create(&PostParams::default(), &g).await.unwrap();
+    let gname = g.metadata.name.unwrap();
+    assert!(gname.starts_with("gen-") && gname.len() == 9, "{gname}");
+
+    // Every patch type.
+    let pp = PatchParams::default();
+    let p = cms
+        .patch("a", &pp, &Patch::Merge(json!({"data": {"m": "1"}})))
+        .await
+        .unwrap();
+    assert_eq!(p.data.as_ref().unwrap()["m"], "1");
+    let jp: json_patch_kube::Patch =
+        serde_json::from_value(json!([{"op": "add", "path": "/data/j", "value": "2"}])).unwrap();
+    let p = cms.patch("a", &pp, &Patch::Json::<()>(jp)).await.unwrap();
+    assert_eq!(p.data.as_ref().unwrap()["j"], "2");
+    let p = cms
+        .patch(
+            "a",
+            &pp,
+            &Patch::Strategic(json!({"metadata": {"labels": {"s": "3"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(p.metadata.labels.as_ref().unwrap()["s"], "3");
+    // Applying a field another manager set with an Update conflicts, like upstream...
+    let apply = PatchParams::apply("tester");
+    let cfg = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": "applied"}});
+    let e = api_err(
+        cms.patch("a", &apply, &Patch::Apply(&cfg))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((e.code, e.reason.as_str()), (409, "Conflict"), "{e:?}");
+    assert!(e.message.contains(".data.k"), "{}", e.message);
+    // ...unless forced.
+    let p = cms
+        .patch("a", &apply.clone().force(), &Patch::Apply(&cfg))
+        .await
+        .unwrap();
+    assert_eq!(p.data.as_ref().unwrap()["k"], "applied");
+    let managers: Vec<String> = p
+        .metadata
+        .managed_fields
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert!(managers.contains(&"tester".to_string()), "{managers:?}");
+    // Another manager applying a different value conflicts without force...
+    let other = PatchParams::apply("other");
+    let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": "mine"}});
+    let e = api_err(
+        cms.patch("a", &other, &Patch::Apply(&body))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 409, "{e:?}");
+    // ...and takes the field over with it.
+    let p = cms
+        .patch("a", &other.force(), &Patch::Apply(&body))
+        .await
+        .unwrap();
+    assert_eq!(p.data.as_ref().unwrap()["k"], "mine");
+    // Apply creates.
+    let p = cms
+        .patch(
+            "applied",
+            &PatchParams::apply("tester"),
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied"}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(p.metadata.uid.is_some());
+
+    // Pagination.
+    for i in 0..5 {
+        cms.create(
+            &PostParams::default(),
+            &cm(&format!("p{i}"), json!({"page": "yes"})),
+        )
+        .await
+        .unwrap();
+    }
+    let lp = ListParams::default().labels("page=yes").limit(2);
+    let first = cms.list(&lp).await.unwrap();
+    assert_eq!(first.items.len(), 2);
+    let mut names: Vec<String> = first
+        .items
+        .iter()
+        .map(|c| c.metadata.name.clone().unwrap())
+        .collect();
+    let mut token = first.metadata.continue_;
+    while let Some(t) = token.filter(|t| !t.is_empty()) {
+        let page = cms.list(&lp.clone().continue_token(&t)).await.unwrap();
+        names.extend(page.items.iter().map(|c| c.metadata.name.clone().unwrap()));
+        token = page.metadata.continue_;
+    }
+    assert_eq!(names, ["p0", "p1", "p2", "p3", "p4"]);
+    let unfiltered = cms.list(&ListParams::default().limit(1)).await.unwrap();
+    assert!(unfiltered.metadata.remaining_item_count.unwrap() >= 7);
+
+    // Finalizers: delete marks, removing the last finalizer deletes.
+    let mut f = cm("fin", json!({}));
+    f.metadata.finalizers = Some(vec!["skiff.test/hold".into()]);
+    cms.create(&PostParams::default(), &f).await.unwrap();
+    cms.delete("fin", &DeleteParams::background())
+        .await
+        .unwrap();
+    let marked = cms.get("fin").await.unwrap();
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    cms.patch(
+        "fin",
+        &pp,
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert!(cms.get_opt("fin").await.unwrap().is_none());
+    cms.delete("a", &DeleteParams::default()).await.unwrap();
+    let e = api_err(cms.delete("a", &DeleteParams::default()).await.unwrap_err());
+    assert_eq!(e.code, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_deployments_subresources_and_raw_errors() {
+    let s = start().await;
+    let svcs: Api<Service> = Api::namespaced(s.client.clone(), "default");
+    let svc: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"type": "NodePort", "selector": {"app": "web"}, "ports": [{"port": 80}]},
+    }))
+    .unwrap();
+    let svc = svcs.create(&PostParams::default(), &svc).await.unwrap();
+    let spec = svc.spec.unwrap();
+    let ip = spec.cluster_ip.unwrap();
+    assert!(ip.starts_with("10.43."), "{ip}");
+    let np = spec.ports.unwrap()[0].node_port.unwrap();
+    assert!((30000..=32767).contains(&np), "{np}");
+
+    let deps: Api<Deployment> = Api::namespaced(s.client.clone(), "default");
+    deps.create(&PostParams::default(), &deployment("web"))
+        .await
+        .unwrap();
+    // Strategic merge: containers merge by name (b keeps its image, a changes).
+    let d = deps
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "nginx"}]}}}})),
+        )
+        .await
+        .unwrap();
+    let cs = d
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers
+        .clone();
+    assert_eq!(cs.len(), 2);
+    assert_eq!(cs[0].image.as_deref(), Some("nginx"));
+    assert_eq!(cs[1].image.as_deref(), Some("busybox"));
+    assert_eq!(d.metadata.generation, Some(2));
+
+    // The main endpoint ignores status; /status writes only status.
+    let d = deps
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"replicas": 7}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(d.status.and_then(|s| s.replicas), None);
+    let d = deps
+        .patch_status(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 9}, "status": {"replicas": 1}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(d.status.unwrap().replicas, Some(1));
+    assert_eq!(d.spec.unwrap().replicas, Some(1));
+
+    // /scale.
+    let sc = deps.get_scale("web").await.unwrap();
+    assert_eq!(sc.spec.unwrap().replicas, Some(1));
+    assert_eq!(sc.status.unwrap().selector.as_deref(), Some("app=web"));
+    deps.patch_scale(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 4}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        deps.get("web").await.unwrap().spec.unwrap().replicas,
+        Some(4)
+    );
+
+    // Raw requests: body too large, malformed, unknown resource, strict field validation.
+    let raw = |method: &str, path: &str, ct: &str, body: Vec<u8>| {
+        http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("Content-Type", ct)
+            .body(body)
+            .unwrap()
+    };
+    let big = vec![b' '; skiff_apiserver::MAX_BODY_BYTES + 1];
+    let e = api_err(
+        s.client
+            .request_text(raw(
+                "POST",
+                "/api/v1/namespaces/default/configmaps",
+                "application/json",
+                big,
+            ))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 413, "{e:?}");
+    let e = api_err(
+        s.client
+            .request_text(raw(
+                "POST",
+                "/api/v1/namespaces/default/configmaps",
+                "application/json",
+                b"{not json".to_vec(),
+            ))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 400, "{e:?}");
+    let e = api_err(
+        s.client
+            .request_text(raw(
+                "GET",
+                "/api/v1/namespaces/default/widgets",
+                "application/json",
+                vec![],
+            ))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 404, "{e:?}");
+    let body = serde_json::to_vec(
+        &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "u"}, "bogus": 1}),
+    )
+    .unwrap();
+    let e = api_err(
+        s.client
+            .request_text(raw(
+                "POST",
+                "/api/v1/namespaces/default/configmaps?fieldValidation=Strict",
+                "application/json",
+                body.clone(),
+            ))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 400, "{e:?}");
+    assert!(e.message.contains("bogus"), "{}", e.message);
+    // Warn creates it and says why in a Warning header (kube logs it; the create succeeds).
+    s.client
+        .request_text(raw(
+            "POST",
+            "/api/v1/namespaces/default/configmaps?fieldValidation=Warn",
+            "application/json",
+            body,
+        ))
+        .await
+        .unwrap();
+
+    // Anonymous: 401.
+    let mut cfg = kube::Config::new(support_url(&s));
+    cfg.accept_invalid_certs = true;
+    let anon = kube::Client::try_from(cfg).unwrap();
+    let e = api_err(
+        Api::<ConfigMap>::namespaced(anon, "default")
+            .list(&ListParams::default())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((e.code, e.reason.as_str()), (401, "Unauthorized"));
+}
+
+fn support_url(s: &InProcess) -> http::Uri {
+    format!("https://{}", s.server.as_ref().unwrap().addr)
+        .parse()
+        .unwrap()
+}
+
+async fn next_event<S, K>(stream: &mut S, what: &str) -> WatchEvent<K>
+where
+    S: futures::Stream<Item = kube::Result<WatchEvent<K>>> + Unpin,
+{
+    tokio::time::timeout(Duration::from_secs(20), stream.next())
+        .await
+        .unwrap_or_else(|_| panic!("no watch event while waiting for {what}"))
+        .unwrap_or_else(|| panic!("watch ended while waiting for {what}"))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_selectors_and_expired_versions() {
+    let s = start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(s.client.clone(), "default");
+    let list = cms.list(&ListParams::default()).await.unwrap();
+    let rv = list.metadata.resource_version.unwrap();
+    let mut w = cms
+        .watch(&WatchParams::default().labels("app=web").timeout(60), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    cms.create(&PostParams::default(), &cm("other", json!({"app": "db"})))
+        .await
+        .unwrap();
+    cms.create(&PostParams::default(), &cm("w", json!({"app": "web"})))
+        .await
+        .unwrap();
+    match next_event(&mut w, "ADDED w").await {
+        WatchEvent::Added(c) => assert_eq!(c.metadata.name.as_deref(), Some("w")),
+        other => panic!("expected ADDED w, got {other:?}"),
+    }
+    // Stops matching: DELETED, as upstream.
+    cms.patch(
+        "w",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"app": "x"}}})),
+    )
+    .await
+    .unwrap();
+    match next_event(&mut w, "DELETED w").await {
+        WatchEvent::Deleted(c) => assert_eq!(c.metadata.labels.unwrap()["app"], "x"),
+        other => panic!("expected DELETED w, got {other:?}"),
+    }
+
+    // A watch from a compacted version: ERROR 410 Expired.
+    let cur = s.store.current_revision().await.unwrap();
+    s.store.compact(cur).await.unwrap();
+    let mut old = cms
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    match next_event(&mut old, "ERROR 410").await {
+        WatchEvent::Error(e) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired"), "{e:?}"),
+        other => panic!("expected ERROR 410, got {other:?}"),
+    }
+
+    // sendInitialEvents: current state, then the initial-events-end bookmark.
+    let wp = WatchParams::streaming_lists();
+    let mut sl = cms.watch(&wp, "").await.unwrap().boxed();
+    let mut added = 0;
+    loop {
+        match next_event(&mut sl, "initial events").await {
+            WatchEvent::Added(_) => added += 1,
+            WatchEvent::Bookmark(b) => {
+                assert_eq!(
+                    b.metadata
+                        .annotations
+                        .get("k8s.io/initial-events-end")
+                        .map(String::as_str),
+                    Some("true")
+                );
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(added, 2);
+}
+
+/// kube-rs's `watcher` (what the node agent runs) re-lists after a 410 caused by
+/// compaction and keeps delivering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_watcher_relists_across_compaction() {
+    let s = start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(s.client.clone(), "default");
+    cms.create(&PostParams::default(), &cm("m0", json!({"app": "watched"})))
+        .await
+        .unwrap();
+    // A short server-side timeout makes the watcher re-watch from the last version it saw;
+    // with a selector nothing else moves that version forward, so after compaction the
+    // re-watch is too old (410) and the watcher must re-list.
+    let cfg = watcher::Config::default().labels("app=watched").timeout(1);
+    let mut stream = watcher(cms.clone(), cfg).boxed();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Watcher errors are items of the stream (the watcher recovers on the next poll), so
+    // this yields Results.
+    macro_rules! next {
+        () => {
+            tokio::time::timeout(
+                deadline.saturating_duration_since(Instant::now()),
+                stream.next(),
+            )
+            .await
+            .expect("watcher made no progress before the deadline")
+            .expect("watcher ended")
+        };
+    }
+    // First list.
+    let mut inits = 0;
+    loop {
+        match next!().expect("watcher error before compaction") {
+            watcher::Event::Init => inits += 1,
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(inits, 1);
+    // Move the store past the watcher's version and compact it away.
+    for i in 0..3 {
+        cms.create(
+            &PostParams::default(),
+            &cm(&format!("noise{i}"), json!({"app": "other"})),
+        )
+        .await
+        .unwrap();
+    }
+    let cur = s.store.current_revision().await.unwrap();
+    s.store.compact(cur).await.unwrap();
+    // The next re-watch gets 410 Expired (surfaced as an error item); the watcher then
+    // re-lists (a second Init).
+    let mut saw_expired = false;
+    loop {
+        match next!() {
+            Err(watcher::Error::WatchError(e)) if e.code == 410 => saw_expired = true,
+            Err(e) => panic!("unexpected watcher error {e:?}"),
+            Ok(watcher::Event::Init) => break,
+            Ok(_) => {}
+        }
+    }
+    assert!(saw_expired, "the watcher re-listed without a 410");
+    cms.create(&PostParams::default(), &cm("m1", json!({"app": "watched"})))
+        .await
+        .unwrap();
+    loop {
+        match next!().expect("watcher error after re-list") {
+            watcher::Event::Apply(c) | watcher::Event::InitApply(c)
+                if c.metadata.name.as_deref() == Some("m1") =>
+            {
+                break
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Shared test support: a real `skiff-controlplane` process (or an in-process server with
+//! a store handle) on 127.0.0.1 with a free port and a temporary data directory.
+
+#![allow(dead_code)] // each test binary uses part of this module
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server gets to come up (a cold debug binary on a busy CI machine).
+pub const START_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Something a test needs is missing: under `CI=true` that is a failure, otherwise the
+/// test prints `SKIPPED: <why>` and returns.
+pub fn skip_or_fail(why: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{why} (CI=true: a missing test dependency is a failure)");
+    }
+    eprintln!("SKIPPED: {why}");
+}
+
+/// A server process; killed on drop.
+pub struct ServerProcess {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub kubeconfig: PathBuf,
+    pub url: String,
+}
+
+impl ServerProcess {
+    /// Starts the binary with `--listen 127.0.0.1:0` and waits for its kubeconfig; call
+    /// [`wait_ready`] before using it.
+    pub fn start() -> ServerProcess {
+        let dir = tempfile::tempdir().expect("creating a temporary data directory");
+        let log = std::fs::File::create(dir.path().join("server.log")).expect("server log");
+        let child = Command::new(env!("CARGO_BIN_EXE_skiff-controlplane"))
+            .args(["server", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning skiff-controlplane");
+        let kubeconfig = dir.path().join("data/admin.kubeconfig");
+        let deadline = Instant::now() + START_DEADLINE;
+        let mut s = ServerProcess {
+            child,
+            dir,
+            kubeconfig,
+            url: String::new(),
+        };
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&s.kubeconfig) {
+                if let Some(line) = text
+                    .lines()
+                    .find(|l| l.trim_start().starts_with("server: "))
+                {
+                    s.url = line.trim_start().trim_start_matches("server: ").to_string();
+                    break;
+                }
+            }
+            if let Ok(Some(status)) = s.child.try_wait() {
+                panic!("skiff-controlplane exited with {status}: {}", s.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no kubeconfig after {START_DEADLINE:?}: {}",
+                s.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A kube-rs client for a kubeconfig.
+pub async fn kube_client(kubeconfig: &Path) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("reading the kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig -> kube::Config");
+    kube::Client::try_from(cfg).expect("kube client")
+}
+
+/// Polls `/readyz` until it answers `ok` or the deadline passes.
+pub async fn wait_ready(client: &kube::Client) {
+    let deadline = Instant::now() + START_DEADLINE;
+    loop {
+        let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
+        match client.request_text(req).await {
+            Ok(t) if t == "ok" => return,
+            other => {
+                assert!(Instant::now() < deadline, "server not ready: {other:?}");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    }
+}
+
+/// The directory holding the versioned kubectl binaries (`kubectl.1.29` ... `kubectl.1.33`)
+/// next to the `kubectl` on PATH.
+pub fn kubectl_dir() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    for d in std::env::split_paths(&path) {
+        let k = d.join("kubectl");
+        if k.is_file() {
+            let real = std::fs::canonicalize(&k).ok()?;
+            return real.parent().map(Path::to_path_buf);
+        }
+    }
+    None
+}
+
+/// `kubectl.<version>` (e.g. `1.29`), if installed.
+pub fn kubectl(version: &str) -> Option<PathBuf> {
+    let p = kubectl_dir()?.join(format!("kubectl.{version}"));
+    p.is_file().then_some(p)
+}
