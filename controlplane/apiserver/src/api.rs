@@ -843,8 +843,9 @@ fn field_validation(
 
 fn with_warnings(mut r: Response, warnings: &[String]) -> Response {
     for w in warnings {
-        // RFC 7234 warning format, as upstream: `299 - "<text>"`.
-        let v = format!("299 - \"{}\"", w.replace('"', "'"));
+        // RFC 7234 warning format, as upstream: `299 - "<text>"`, with `"` and `\`
+        // escaped inside the quoted string (client-go unescapes them).
+        let v = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
         if let Ok(hv) = HeaderValue::from_str(&v) {
             r.headers_mut().append("Warning", hv);
         }

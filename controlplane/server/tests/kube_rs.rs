@@ -468,6 +468,83 @@ async fn services_deployments_subresources_and_raw_errors() {
     assert_eq!((e.code, e.reason.as_str()), (401, "Unauthorized"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_authenticates() {
+    let s = start().await;
+    let token = s.server.as_ref().unwrap().credentials.admin_token.clone();
+    let ca = s.server.as_ref().unwrap().credentials.ca_pem.clone();
+    let mut cfg = kube::Config::new(support_url(&s));
+    cfg.root_cert = Some(vec![rustls_pemfile_der(&ca)]);
+    cfg.auth_info.token = Some(token.into());
+    let client = kube::Client::try_from(cfg.clone()).unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    cms.create(&PostParams::default(), &cm("t", json!({})))
+        .await
+        .unwrap();
+    cfg.auth_info.token = Some("not-the-token".to_string().into());
+    let bad: Api<ConfigMap> = Api::namespaced(kube::Client::try_from(cfg).unwrap(), "default");
+    let e = api_err(bad.get("t").await.unwrap_err());
+    assert_eq!(e.code, 401);
+}
+
+/// The DER of the first PEM block (the CA certificate), for kube::Config::root_cert.
+fn rustls_pemfile_der(pem: &str) -> Vec<u8> {
+    use base64::Engine;
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
+}
+
+/// A watcher that stops reading must not hold up writers or other watchers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_watcher_blocks_nobody() {
+    let s = start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(s.client.clone(), "default");
+    let rv = cms
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    // Never polled after the request: its TCP window and server-side buffers fill up.
+    let stalled = cms
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let mut live = cms
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    // Enough data to overflow socket buffers and the per-watch channel many times.
+    let payload = "x".repeat(32 * 1024);
+    const N: usize = 200;
+    let writer = {
+        let cms = cms.clone();
+        tokio::spawn(async move {
+            for i in 0..N {
+                let mut c = cm(&format!("big{i}"), json!({}));
+                c.data = Some([("blob".to_string(), payload.clone())].into());
+                cms.create(&PostParams::default(), &c).await.unwrap();
+            }
+        })
+    };
+    for i in 0..N {
+        match next_event(&mut live, "the live watcher's events").await {
+            WatchEvent::Added(c) => assert_eq!(c.metadata.name.unwrap(), format!("big{i}")),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(60), writer)
+        .await
+        .expect("writers were blocked")
+        .unwrap();
+    drop(stalled);
+}
+
 fn support_url(s: &InProcess) -> http::Uri {
     format!("https://{}", s.server.as_ref().unwrap().addr)
         .parse()

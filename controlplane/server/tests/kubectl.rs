@@ -344,6 +344,22 @@ fn kubectl_1_33_label_annotate_patch_edit_diff_explain_watch() {
         "{res}"
     );
 
+    // Unknown fields: kubectl's default --validate=strict is enforced by the server
+    // (fieldValidation=Strict); --validate=warn shows the server's Warning header.
+    let typo = testdata("unknown-field.yaml");
+    let err = k.fails(&["apply", "-f", &typo]);
+    assert!(err.contains("unknown field \"bogus\""), "{err}");
+    let out = k
+        .command(&["apply", "--validate=warn", "-f", &typo])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Warning: unknown field \"bogus\""),
+        "{stderr}"
+    );
+
     // Errors come back with upstream's messages.
     let err = k.fails(&["create", "-f", &testdata("bad-name.yaml")]);
     assert!(
