@@ -131,3 +131,89 @@ pub fn kubectl(version: &str) -> Option<PathBuf> {
     let p = kubectl_dir()?.join(format!("kubectl.{version}"));
     p.is_file().then_some(p)
 }
+
+/// A throwaway single-member etcd on 127.0.0.1 (ports picked free; retried if taken).
+pub struct Etcd {
+    child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port on 127.0.0.1")
+        .port()
+}
+
+impl Etcd {
+    /// Starts etcd and connects a store to it, or returns None after SKIPPED (a failure
+    /// under CI=true) when etcd is not installed.
+    pub async fn start() -> Option<(Etcd, skiff_store::EtcdStore)> {
+        let binary = std::env::var_os("PATH").and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("etcd"))
+                .find(|p| p.is_file())
+        });
+        let Some(binary) = binary else {
+            skip_or_fail("etcd is not installed (apt-get install etcd-server)");
+            return None;
+        };
+        let mut last = String::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let url = format!("http://127.0.0.1:{}", free_port());
+            let peer = format!("http://127.0.0.1:{}", free_port());
+            let log_path = dir.path().join("etcd.log");
+            let child = Command::new(&binary)
+                .arg("--name=test")
+                .arg(format!("--data-dir={}", dir.path().join("data").display()))
+                .arg(format!("--listen-client-urls={url}"))
+                .arg(format!("--advertise-client-urls={url}"))
+                .arg(format!("--listen-peer-urls={peer}"))
+                .arg(format!("--initial-advertise-peer-urls={peer}"))
+                .arg(format!("--initial-cluster=test={peer}"))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log_path).expect("etcd log"))
+                .spawn()
+                .expect("spawn etcd");
+            let mut etcd = Etcd {
+                child,
+                url,
+                _dir: dir,
+            };
+            let deadline = Instant::now() + START_DEADLINE;
+            loop {
+                if let Ok(Some(status)) = etcd.child.try_wait() {
+                    last = format!(
+                        "etcd exited with {status}: {}",
+                        std::fs::read_to_string(&log_path).unwrap_or_default()
+                    );
+                    break;
+                }
+                let mut cfg = skiff_store::EtcdConfig::new([etcd.url.clone()]);
+                cfg.connect_timeout = Duration::from_millis(500);
+                cfg.key_prefix = "/skiff-test".into();
+                if let Ok(store) = skiff_store::EtcdStore::connect(cfg).await {
+                    use skiff_store::Store;
+                    if store.current_revision().await.is_ok() {
+                        return Some((etcd, store));
+                    }
+                }
+                if Instant::now() > deadline {
+                    last = "etcd not ready before the deadline".into();
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        panic!("etcd did not start: {last}");
+    }
+}
