@@ -39,6 +39,8 @@ pub struct AppState {
     admin_cert: CertificateDer<'static>,
     server_address: String,
     service_cidr: crate::alloc::ServiceCidr,
+    /// How long a watch without `timeoutSeconds` lasts.
+    pub(crate) watch_timeout: std::time::Duration,
 }
 
 impl AppState {
@@ -48,6 +50,7 @@ impl AppState {
         admin_cert: CertificateDer<'static>,
         server_address: String,
         service_cidr: crate::alloc::ServiceCidr,
+        watch_timeout: std::time::Duration,
     ) -> Arc<AppState> {
         Arc::new(AppState {
             store,
@@ -55,6 +58,7 @@ impl AppState {
             admin_cert,
             server_address,
             service_cidr,
+            watch_timeout,
         })
     }
 

@@ -24,6 +24,22 @@ pub struct Config {
     pub advertise: Vec<IpAddr>,
     /// The Service ClusterIP range.
     pub service_cidr: crate::alloc::ServiceCidr,
+    /// Upstream's `--min-request-timeout`: a watch without `timeoutSeconds` ends after a
+    /// random time between this and twice this (clients then re-watch).
+    pub min_request_timeout: std::time::Duration,
+}
+
+impl Config {
+    /// Defaults for everything but the data directory and listen address.
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Config {
+        Config {
+            data_dir,
+            listen,
+            advertise: Vec::new(),
+            service_cidr: Default::default(),
+            min_request_timeout: std::time::Duration::from_secs(1800),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +135,7 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<RunningServe
         admin_der,
         addr.to_string(),
         config.service_cidr,
+        config.min_request_timeout,
     );
     state.bootstrap().await;
     let router = crate::api::router(state);

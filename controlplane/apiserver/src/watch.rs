@@ -23,9 +23,6 @@ use tokio::sync::mpsc;
 use crate::api::{decode_kv, list_objects, AppState, Ctx, Selectors, Target};
 use crate::util;
 
-/// Upstream picks a random timeout in [min-request-timeout, 2x] (1800 s default); a fixed
-/// 30 minutes is enough here and clients re-watch anyway.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 /// How often a watch that allows bookmarks gets one (upstream: about once a minute; more
 /// often here so clients' resume points stay fresh).
 const BOOKMARK_EVERY: Duration = Duration::from_secs(10);
@@ -92,7 +89,11 @@ pub(crate) async fn watch(
 ) -> Result<Response, StatusError> {
     let sel = Selectors::parse(t, ctx)?;
     let timeout = match ctx.q("timeoutSeconds") {
-        "" => DEFAULT_TIMEOUT,
+        // Upstream: random in [min-request-timeout, 2x), so that watches started together
+        // do not all end together.
+        "" => state
+            .watch_timeout
+            .mul_f64(1.0 + crate::pki::random_bytes(1)[0] as f64 / 256.0),
         s => Duration::from_secs(s.parse::<u64>().map_err(|_| {
             st::bad_request(format!(
                 "timeoutSeconds: Invalid value: {s:?}: must be a non-negative integer"

@@ -45,6 +45,10 @@ enum Command {
         /// The Service ClusterIP range (IPv4).
         #[arg(long, default_value = "10.43.0.0/16")]
         service_cidr: skiff_apiserver::alloc::ServiceCidr,
+        /// Seconds a watch without timeoutSeconds lasts (randomised up to twice this), as
+        /// kube-apiserver's flag of the same name.
+        #[arg(long, default_value_t = 1800)]
+        min_request_timeout: u64,
     },
 }
 
@@ -66,6 +70,7 @@ async fn main() -> Result<()> {
             store,
             etcd_endpoints,
             service_cidr,
+            min_request_timeout,
         } => {
             std::fs::create_dir_all(&data_dir)
                 .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
@@ -98,6 +103,7 @@ async fn main() -> Result<()> {
                     listen,
                     advertise: advertise_address,
                     service_cidr,
+                    min_request_timeout: std::time::Duration::from_secs(min_request_timeout),
                 },
                 store,
             )

@@ -14,30 +14,12 @@ use kube::api::{
 };
 use kube::runtime::watcher;
 use serde_json::json;
-use skiff_store::{RedbStore, Store};
+use skiff_store::Store;
 
-struct InProcess {
-    server: Option<skiff_apiserver::RunningServer>,
-    store: Arc<dyn Store>,
-    client: kube::Client,
-    _dir: tempfile::TempDir,
-    _etcd: Option<support::Etcd>,
-}
-
-impl Drop for InProcess {
-    fn drop(&mut self) {
-        if let Some(s) = self.server.take() {
-            drop(tokio::spawn(s.shutdown()));
-        }
-    }
-}
+use support::InProcess;
 
 async fn start() -> InProcess {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        RedbStore::open(dir.path().join("store.redb"), Default::default()).expect("redb store"),
-    );
-    start_with(dir, store, None).await
+    InProcess::redb(Duration::from_secs(1800)).await
 }
 
 async fn start_with(
@@ -45,26 +27,7 @@ async fn start_with(
     store: Arc<dyn Store>,
     etcd: Option<support::Etcd>,
 ) -> InProcess {
-    let server = skiff_apiserver::start(
-        skiff_apiserver::Config {
-            data_dir: dir.path().to_path_buf(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            advertise: vec![],
-            service_cidr: Default::default(),
-        },
-        store.clone(),
-    )
-    .await
-    .expect("starting the API server");
-    let client = support::kube_client(&server.credentials.kubeconfig_path).await;
-    support::wait_ready(&client).await;
-    InProcess {
-        server: Some(server),
-        store,
-        client,
-        _dir: dir,
-        _etcd: etcd,
-    }
+    InProcess::start_with(dir, store, etcd, Duration::from_secs(1800)).await
 }
 
 /// The same API over the etcd backend: CRUD, list, watch and 410 after compaction.

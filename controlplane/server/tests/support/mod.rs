@@ -217,3 +217,60 @@ impl Etcd {
         panic!("etcd did not start: {last}");
     }
 }
+
+/// An API server in this process, with a handle on its store (tests compact it).
+pub struct InProcess {
+    pub server: Option<skiff_apiserver::RunningServer>,
+    pub store: std::sync::Arc<dyn skiff_store::Store>,
+    pub client: kube::Client,
+    pub dir: tempfile::TempDir,
+    pub etcd: Option<Etcd>,
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            drop(tokio::spawn(s.shutdown()));
+        }
+    }
+}
+
+impl InProcess {
+    /// Over a fresh redb store; watches without timeoutSeconds last `min_request_timeout`
+    /// (to 2x).
+    pub async fn redb(min_request_timeout: Duration) -> InProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(
+            skiff_store::RedbStore::open(dir.path().join("store.redb"), Default::default())
+                .expect("redb store"),
+        );
+        InProcess::start_with(dir, store, None, min_request_timeout).await
+    }
+
+    pub async fn start_with(
+        dir: tempfile::TempDir,
+        store: std::sync::Arc<dyn skiff_store::Store>,
+        etcd: Option<Etcd>,
+        min_request_timeout: Duration,
+    ) -> InProcess {
+        let mut cfg =
+            skiff_apiserver::Config::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap());
+        cfg.min_request_timeout = min_request_timeout;
+        let server = skiff_apiserver::start(cfg, store.clone())
+            .await
+            .expect("starting the API server");
+        let client = kube_client(&server.credentials.kubeconfig_path).await;
+        wait_ready(&client).await;
+        InProcess {
+            server: Some(server),
+            store,
+            client,
+            dir,
+            etcd,
+        }
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("admin.kubeconfig")
+    }
+}
