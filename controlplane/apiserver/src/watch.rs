@@ -193,7 +193,14 @@ pub(crate) async fn watch(
             tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY);
         loop {
             tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => return,
+                _ = tokio::time::sleep_until(deadline) => {
+                    // Upstream sends a last bookmark as the watch ends, so that the client
+                    // resumes from the newest version instead of re-listing.
+                    if bookmarks && enc.table.is_none() {
+                        let _ = send(enc.bookmark(last, false)).await;
+                    }
+                    return;
+                }
                 _ = tx.closed() => return,
                 _ = tick.tick(), if bookmarks && enc.table.is_none() => {
                     if !send(enc.bookmark(last, false)).await {

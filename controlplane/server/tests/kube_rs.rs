@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
@@ -588,6 +588,92 @@ async fn a_stalled_watcher_blocks_nobody() {
     drop(stalled);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_binding_delete_collection_and_bookmarks() {
+    let s = start().await;
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "p", "labels": {"group": "g"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+    }))
+    .unwrap();
+    let created = pods.create(&PostParams::default(), &pod).await.unwrap();
+    assert_eq!(created.status.unwrap().phase.as_deref(), Some("Pending"));
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"kind": "Node", "name": "node-1"}});
+    let _: serde_json::Value = pods
+        .create_subresource("binding", "p", &PostParams::default(), &binding)
+        .await
+        .unwrap();
+    assert_eq!(
+        pods.get("p")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .node_name
+            .as_deref(),
+        Some("node-1")
+    );
+    // A pod is bound once.
+    let e = api_err(
+        pods.create_subresource::<_, serde_json::Value>(
+            "binding",
+            "p",
+            &PostParams::default(),
+            &binding,
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(e.code, 409, "{e:?}");
+
+    // Bookmarks carry the latest version even when nothing matches the selector; one
+    // comes just before the watch times out.
+    let rv = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut w = pods
+        .watch(&WatchParams::default().labels("group=none").timeout(2), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let mut q = pod.clone();
+    q.metadata.name = Some("q".into());
+    let q = pods.create(&PostParams::default(), &q).await.unwrap();
+    match next_event(&mut w, "a BOOKMARK").await {
+        WatchEvent::Bookmark(b) => assert_eq!(
+            Some(b.metadata.resource_version),
+            q.metadata.resource_version
+        ),
+        other => panic!("expected a BOOKMARK, got {other:?}"),
+    }
+
+    // DELETE on the collection honours the selector.
+    let mut other = pod.clone();
+    other.metadata.name = Some("other".into());
+    other.metadata.labels = None;
+    pods.create(&PostParams::default(), &other).await.unwrap();
+    pods.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels("group=g"),
+    )
+    .await
+    .unwrap();
+    let left: Vec<String> = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|p| p.metadata.name.unwrap())
+        .collect();
+    assert_eq!(left, ["other"]);
+}
+
 fn support_url(s: &InProcess) -> http::Uri {
     format!("https://{}", s.server.as_ref().unwrap().addr)
         .parse()
@@ -684,10 +770,15 @@ async fn runtime_watcher_relists_across_compaction() {
     cms.create(&PostParams::default(), &cm("m0", json!({"app": "watched"})))
         .await
         .unwrap();
-    // A short server-side timeout makes the watcher re-watch from the last version it saw;
-    // with a selector nothing else moves that version forward, so after compaction the
-    // re-watch is too old (410) and the watcher must re-list.
-    let cfg = watcher::Config::default().labels("app=watched").timeout(1);
+    // The watcher lists, then watches from the list's version (the watch request goes out
+    // on the next poll, and again every second: the server-side timeout is 1 s). With a
+    // selector nothing moves that version forward, so once the store is compacted past it
+    // the (re-)watch is too old (410) and the watcher must re-list. Bookmarks are off: the
+    // server's bookmarks would move the watcher to the newest version and avoid the 410.
+    let cfg = watcher::Config::default()
+        .labels("app=watched")
+        .timeout(1)
+        .disable_bookmarks();
     let mut stream = watcher(cms.clone(), cfg).boxed();
     let deadline = Instant::now() + Duration::from_secs(60);
     // Watcher errors are items of the stream (the watcher recovers on the next poll), so
