@@ -299,7 +299,71 @@ fn documents() -> &'static BTreeMap<String, (Value, String)> {
     })
 }
 
-pub(crate) fn serve(path: &str, _ctx: &Ctx) -> Result<Response, StatusError> {
+/// Swagger 2.0 (`/openapi/v2`, JSON) from the same schemas and operations.
+fn swagger_v2() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut definitions = Map::new();
+        let mut paths = Map::new();
+        for (doc, _) in documents().values() {
+            let text = serde_json::to_string(doc)
+                .unwrap_or_default()
+                .replace("#/components/schemas/", "#/definitions/");
+            let doc: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            if let Some(schemas) = doc.pointer("/components/schemas").and_then(Value::as_object) {
+                for (k, v) in schemas {
+                    definitions.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+            for (path, ops) in doc["paths"].as_object().into_iter().flatten() {
+                let mut out = Map::new();
+                for (method, op) in ops.as_object().into_iter().flatten() {
+                    let mut op = op.clone();
+                    let schema_ref = op
+                        .pointer("/responses/200/content/application~1json/schema")
+                        .cloned()
+                        .unwrap_or(json!({}));
+                    let mut params: Vec<Value> = op["parameters"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|p| json!({"name": p["name"], "in": "query", "type": "string", "uniqueItems": true, "description": p["description"]}))
+                        .collect();
+                    if let Some(m) = op.as_object_mut() {
+                        if m.remove("requestBody").is_some() {
+                            let schema = if method == "patch" { json!({"type": "object"}) } else { schema_ref.clone() };
+                            params.push(json!({"name": "body", "in": "body", "required": true, "schema": schema}));
+                        }
+                        m.insert("parameters".into(), Value::Array(params));
+                        m.insert("responses".into(), json!({"200": {"description": "OK", "schema": schema_ref}}));
+                        if method == "patch" {
+                            m.insert("consumes".into(), json!(["application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json", "application/apply-patch+yaml"]));
+                        }
+                    }
+                    out.insert(method.clone(), op);
+                }
+                paths.insert(path.clone(), Value::Object(out));
+            }
+        }
+        json!({
+            "swagger": "2.0",
+            "info": {"title": "Kubernetes", "version": format!("v1.{}.0", crate::api::KUBE_MINOR)},
+            "paths": paths,
+            "definitions": definitions,
+        })
+    })
+}
+
+pub(crate) fn serve(path: &str, ctx: &Ctx) -> Result<Response, StatusError> {
+    if path == "/openapi/v2" {
+        // Only JSON: kubectl <= 1.28 asks for protobuf alone and gets 406 (use
+        // --validate=false with those versions).
+        let accept = ctx.accept.as_str();
+        if accept.is_empty() || accept.contains("application/json") || accept.contains("*/*") {
+            return Ok(json_response(200, swagger_v2()));
+        }
+        return Err(st::not_acceptable(&["application/json"]));
+    }
     let not_found = || {
         let mut e = st::bad_request(format!(
             "the server could not find the requested resource ({path})"
@@ -341,6 +405,32 @@ mod tests {
             Value::Array(a) => a.iter().for_each(|x| find_refs(x, out)),
             _ => {}
         }
+    }
+
+    #[test]
+    fn swagger_v2_refs_resolve() {
+        let doc = swagger_v2();
+        let defs = doc["definitions"].as_object().unwrap();
+        let mut refs = Vec::new();
+        find_refs(doc, &mut refs);
+        assert!(refs.len() > 100);
+        for r in refs {
+            let name = r
+                .strip_prefix("#/definitions/")
+                .unwrap_or_else(|| panic!("{r}"));
+            assert!(defs.contains_key(name), "dangling {r}");
+        }
+        let patch =
+            &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
+        assert_eq!(
+            patch["x-kubernetes-group-version-kind"]["kind"],
+            "Deployment"
+        );
+        assert!(patch["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["in"] == "body"));
     }
 
     #[test]

@@ -498,6 +498,36 @@ async fn services_deployments_subresources_and_raw_errors() {
         .await
         .unwrap();
 
+    // OpenAPI: v3 index and group documents, v2 as JSON.
+    let v3: serde_json::Value = serde_json::from_str(
+        &s.client
+            .request_text(raw("GET", "/openapi/v3", "", vec![]))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let url = v3["paths"]["apis/apps/v1"]["serverRelativeURL"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let apps: serde_json::Value = serde_json::from_str(
+        &s.client
+            .request_text(raw("GET", &url, "", vec![]))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(apps["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"].is_object());
+    let v2: serde_json::Value = serde_json::from_str(
+        &s.client
+            .request_text(raw("GET", "/openapi/v2", "", vec![]))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(v2["swagger"], "2.0");
+    assert!(v2["definitions"]["io.k8s.api.core.v1.Service"].is_object());
+
     // Anonymous: 401.
     let mut cfg = kube::Config::new(support_url(&s));
     cfg.accept_invalid_certs = true;
