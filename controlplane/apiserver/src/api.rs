@@ -1315,6 +1315,10 @@ fn finish_update(
     recorded: bool,
 ) -> Result<Value, StatusError> {
     let kind = t.r.kind;
+    let mut requested = requested;
+    if kind == "Service" && mode == Mode::Main {
+        keep_allocated_values(current, &mut requested);
+    }
     let mut new = defaulted(kind, &requested)?;
     // Status subresource semantics (upstream's strategies' PrepareForUpdate).
     match mode {
@@ -1401,6 +1405,47 @@ fn finish_update(
         );
     }
     Ok(new)
+}
+
+/// Upstream's `patchAllocatedValues`: an update that leaves out a Service's allocated
+/// ClusterIP(s) or node ports (e.g. `kubectl replace` of the original manifest) keeps them.
+fn keep_allocated_values(current: &Value, new: &mut Value) {
+    let empty = |v: Option<&Value>| match v {
+        None | Some(Value::Null) => true,
+        Some(Value::String(s)) => s.is_empty(),
+        Some(Value::Array(a)) => a.is_empty(),
+        _ => false,
+    };
+    let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for f in ["clusterIP", "clusterIPs"] {
+        if empty(spec.get(f)) {
+            if let Some(v) = current.pointer(&format!("/spec/{f}")) {
+                spec.insert(f.into(), v.clone());
+            }
+        }
+    }
+    let old_ports = current
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+        for p in ports.iter_mut() {
+            if !empty(p.get("nodePort")) && p.get("nodePort") != Some(&json!(0)) {
+                continue;
+            }
+            let same = old_ports.iter().find(|o| {
+                o.get("port") == p.get("port")
+                    && o.get("protocol").unwrap_or(&json!("TCP"))
+                        == p.get("protocol").unwrap_or(&json!("TCP"))
+            });
+            if let Some(np) = same.and_then(|o| o.get("nodePort")) {
+                p["nodePort"] = np.clone();
+            }
+        }
+    }
 }
 
 /// The `autoscaling/v1` Scale of a Deployment or ReplicaSet.

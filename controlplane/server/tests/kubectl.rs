@@ -370,6 +370,14 @@ fn kubectl_1_33_label_annotate_patch_edit_diff_explain_watch() {
     );
     let stale = k.ok(&["get", "cm", "settings", "-o", "json"]);
     k.ok(&["label", "cm", "settings", "bump=1"]);
+    // replace with the original manifest (no clusterIP) keeps the allocated ClusterIP.
+    let ip = k.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    assert!(ip.starts_with("10.43."), "{ip}");
+    k.ok(&["replace", "-f", &testdata("svc.yaml")]);
+    assert_eq!(
+        k.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]),
+        ip
+    );
     let stale_file = k.home.path().join("stale.json");
     std::fs::write(&stale_file, stale).unwrap();
     let err = k.fails(&["replace", "-f", stale_file.to_str().unwrap()]);
