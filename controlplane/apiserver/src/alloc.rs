@@ -49,6 +49,11 @@ impl std::str::FromStr for ServiceCidr {
 }
 
 impl ServiceCidr {
+    /// The first usable address, reserved for the `kubernetes` Service (upstream's rule).
+    pub fn kubernetes_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.base) + 1)
+    }
+
     fn size(&self) -> u32 {
         1u32 << (32 - self.prefix)
     }

@@ -62,8 +62,98 @@ impl AppState {
         })
     }
 
-    /// Creates the namespaces upstream's apiserver always has.
-    pub async fn bootstrap(&self) {
+    /// Creates the namespaces upstream's apiserver always has, and the `default/kubernetes`
+    /// Service (ClusterIP: the range's first address) with its EndpointSlice and Endpoints
+    /// pointing at this server (upstream's bootstrap controller and endpoint reconciler).
+    pub async fn bootstrap(&self, endpoint_ip: std::net::IpAddr, port: u16) {
+        self.bootstrap_namespaces().await;
+        let ip = self.service_cidr.kubernetes_ip().to_string();
+        let meta = |labels: Value| {
+            json!({
+                "name": "kubernetes", "namespace": "default", "uid": util::uuid_v4(),
+                "creationTimestamp": now_rfc3339(), "generation": 1, "labels": labels,
+            })
+        };
+        let svc = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": meta(json!({"component": "apiserver", "provider": "kubernetes"})),
+            "spec": {
+                "type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
+                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}],
+                "sessionAffinity": "None", "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+                "internalTrafficPolicy": "Cluster",
+            },
+            "status": {"loadBalancer": {}},
+        });
+        let family = if endpoint_ip.is_ipv4() {
+            "IPv4"
+        } else {
+            "IPv6"
+        };
+        let slice = json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": meta(json!({
+                "kubernetes.io/service-name": "kubernetes",
+                "endpointslice.kubernetes.io/managed-by": "endpointslicemirroring-controller.k8s.io",
+            })),
+            "addressType": family,
+            "endpoints": [{"addresses": [endpoint_ip.to_string()], "conditions": {"ready": true}}],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+        });
+        let endpoints = json!({
+            "apiVersion": "v1", "kind": "Endpoints",
+            "metadata": meta(json!({"endpointslice.kubernetes.io/skip-mirror": "true"})),
+            "subsets": [{
+                "addresses": [{"ip": endpoint_ip.to_string()}],
+                "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+            }],
+        });
+        // The Service is created once (its ClusterIP never changes); the endpoints follow
+        // this start's address and port.
+        self.put_system_object("/registry/services/default/kubernetes", svc, false)
+            .await;
+        self.put_system_object("/registry/endpointslices/default/kubernetes", slice, true)
+            .await;
+        self.put_system_object("/registry/endpoints/default/kubernetes", endpoints, true)
+            .await;
+    }
+
+    /// Creates `obj` at `key` if absent; with `reconcile`, replaces the content fields of
+    /// an existing one when they differ (keeping its metadata).
+    async fn put_system_object(&self, key: &str, obj: Value, reconcile: bool) {
+        match self.store.get(key).await {
+            Ok(None) => {
+                if let Err(e) = self.store.create(key, to_bytes(&obj)).await {
+                    tracing::warn!("creating {key}: {e}");
+                }
+            }
+            Ok(Some(kv)) if reconcile => {
+                let Ok(mut cur) = serde_json::from_slice::<Value>(&kv.value) else {
+                    return;
+                };
+                let mut changed = false;
+                for (k, v) in obj.as_object().into_iter().flatten() {
+                    if k != "metadata" && cur.get(k) != Some(v) {
+                        cur[k] = v.clone();
+                        changed = true;
+                    }
+                }
+                if changed {
+                    if let Err(e) = self
+                        .store
+                        .update(key, to_bytes(&cur), Some(kv.mod_revision))
+                        .await
+                    {
+                        tracing::warn!("updating {key}: {e}");
+                    }
+                }
+            }
+            Ok(Some(_)) => {}
+            Err(e) => tracing::warn!("reading {key}: {e}"),
+        }
+    }
+
+    async fn bootstrap_namespaces(&self) {
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let key = format!("/registry/namespaces/{ns}");
             let obj = json!({

@@ -137,7 +137,17 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<RunningServe
         config.service_cidr,
         config.min_request_timeout,
     );
-    state.bootstrap().await;
+    // Where pods reach this server: the first advertise address, else the listen address.
+    let endpoint_ip = config
+        .advertise
+        .first()
+        .copied()
+        .unwrap_or(if addr.ip().is_unspecified() {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            addr.ip()
+        });
+    state.bootstrap(endpoint_ip, addr.port()).await;
     let router = crate::api::router(state);
 
     let (tx, mut rx) = watch::channel(false);

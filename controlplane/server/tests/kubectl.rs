@@ -135,7 +135,14 @@ fn apply_get_delete(version: &str) {
     ] {
         assert!(header.contains(col), "{table}");
     }
-    let row = lines.next().unwrap_or("");
+    // The bootstrap `kubernetes` Service is listed too.
+    assert!(
+        lines
+            .clone()
+            .any(|l| l.starts_with("kubernetes ") && l.contains("10.43.0.1")),
+        "{table}"
+    );
+    let row = lines.find(|l| l.starts_with("web ")).unwrap_or("");
     assert!(
         row.starts_with("web ")
             && row.contains("ClusterIP")
@@ -150,7 +157,7 @@ fn apply_get_delete(version: &str) {
     );
     assert_eq!(
         k.ok(&["get", "svc,deploy", "-o", "name"]),
-        "service/web\ndeployment.apps/web\n"
+        "service/kubernetes\nservice/web\ndeployment.apps/web\n"
     );
     let json: serde_json::Value =
         serde_json::from_str(&k.ok(&["get", "svc", "web", "-o", "json"])).unwrap();
@@ -171,7 +178,10 @@ fn apply_get_delete(version: &str) {
     );
     let err = k.fails(&["get", "svc", "web"]);
     assert!(err.contains("services \"web\" not found"), "{err}");
-    assert!(k.run(&["get", "svc"]).stdout.is_empty());
+    assert_eq!(
+        k.ok(&["get", "svc,deploy", "-o", "name"]),
+        "service/kubernetes\n"
+    );
 }
 
 #[test]
@@ -404,6 +414,7 @@ fn kubectl_1_33_label_annotate_patch_edit_diff_explain_watch() {
             .unwrap_or_else(|_| panic!("kubectl get -w printed no line for {what}"))
     };
     assert!(recv("the header").contains("CLUSTER-IP"));
+    assert!(recv("the kubernetes Service's row").starts_with("kubernetes "));
     assert!(recv("the initial row").starts_with("web "));
     k.ok(&["label", "svc", "web", "watched=yes"]);
     assert!(recv("the MODIFIED event").starts_with("web "));

@@ -18,7 +18,7 @@ v1 = client.CoreV1Api()
 
 svcs = v1.list_namespaced_service("default")
 names = [s.metadata.name for s in svcs.items]
-assert names == ["web"], names
+assert names == ["kubernetes", "web"], names
 svc = v1.read_namespaced_service("web", "default")
 assert svc.spec.cluster_ip.startswith("10.43."), svc.spec.cluster_ip
 
