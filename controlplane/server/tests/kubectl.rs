@@ -423,3 +423,46 @@ fn kubectl_1_33_label_annotate_patch_edit_diff_explain_watch() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A restart on the same data directory keeps the objects and the credentials.
+#[test]
+fn restart_keeps_objects_and_credentials() {
+    let server = ServerProcess::start();
+    let Some(k) = Kubectl::new("1.33", &server) else {
+        return;
+    };
+    k.wait_ready(&server);
+    k.ok(&["apply", "-f", &testdata("svc.yaml")]);
+    let uid = k.ok(&["get", "svc", "web", "-o", "jsonpath={.metadata.uid}"]);
+    let ca = std::fs::read_to_string(server.data_dir().join("pki/ca.crt")).unwrap();
+    let server = ServerProcess::start_in(server.stop());
+    k.wait_ready(&server);
+    assert_eq!(
+        k.ok(&["get", "svc", "web", "-o", "jsonpath={.metadata.uid}"]),
+        uid
+    );
+    assert_eq!(
+        std::fs::read_to_string(server.data_dir().join("pki/ca.crt")).unwrap(),
+        ca
+    );
+}
+
+#[test]
+fn etcd_store_needs_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff-controlplane"))
+        .args([
+            "server",
+            "--store",
+            "etcd",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--store etcd needs --etcd-endpoints"), "{err}");
+}

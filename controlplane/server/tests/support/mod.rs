@@ -31,7 +31,20 @@ impl ServerProcess {
     /// Starts the binary with `--listen 127.0.0.1:0` and waits for its kubeconfig; call
     /// [`wait_ready`] before using it.
     pub fn start() -> ServerProcess {
-        let dir = tempfile::tempdir().expect("creating a temporary data directory");
+        ServerProcess::start_in(tempfile::tempdir().expect("creating a temporary data directory"))
+    }
+
+    /// Stops the process and returns its directory (data dir and log) for a restart.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().expect("placeholder dir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    /// Starts in `dir` (`dir/data` is the data directory; an existing one is reused).
+    pub fn start_in(dir: tempfile::TempDir) -> ServerProcess {
+        let _ = std::fs::remove_file(dir.path().join("data/admin.kubeconfig"));
         let log = std::fs::File::create(dir.path().join("server.log")).expect("server log");
         let child = Command::new(env!("CARGO_BIN_EXE_skiff-controlplane"))
             .args(["server", "--data-dir"])
