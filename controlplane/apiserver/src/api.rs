@@ -1712,6 +1712,38 @@ async fn delete_one(
                 ));
             }
         }
+        let grace = pod_grace_period(t.r, &obj, opts);
+        if grace > 0 {
+            // Graceful pod deletion: the pod's kubelet (skiff's node agent) stops it and then
+            // deletes it with gracePeriodSeconds=0. A second delete may only shorten the
+            // period.
+            let marked_with = obj
+                .pointer("/metadata/deletionGracePeriodSeconds")
+                .and_then(Value::as_i64);
+            let already = obj.pointer("/metadata/deletionTimestamp").is_some();
+            if dry || (already && marked_with.is_some_and(|g| g <= grace)) {
+                return Ok((200, obj));
+            }
+            let mut marked = obj.clone();
+            marked["metadata"]["deletionTimestamp"] =
+                json!(util::rfc3339(util::now_unix() + grace));
+            marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+            if let Some(m) = marked.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.remove("resourceVersion");
+            }
+            match state
+                .store
+                .update(&key, to_bytes(&marked), Some(kv.mod_revision))
+                .await
+            {
+                Ok(rev) => {
+                    set_rv(&mut marked, rev);
+                    return Ok((200, marked));
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(store_error(e)),
+            }
+        }
         if !finalizers(&obj).is_empty() {
             // Graceful: mark for deletion; whoever owns a finalizer removes it and the
             // update that removes the last one deletes the object.
@@ -1757,6 +1789,34 @@ async fn delete_one(
         t.name(),
         "the object kept changing; try again",
     ))
+}
+
+/// Upstream's pod `CheckGracefulDelete`: the period is `gracePeriodSeconds` from the
+/// DeleteOptions, else the pod's `terminationGracePeriodSeconds` (default 30); a pod that
+/// is not bound to a node, or has finished, is deleted at once (0). Other kinds: 0.
+fn pod_grace_period(r: &ResourceInfo, obj: &Value, opts: &Value) -> i64 {
+    if r.kind != "Pod" {
+        return 0;
+    }
+    let node = obj
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let phase = obj
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if node.is_empty() || matches!(phase, "Succeeded" | "Failed") {
+        return 0;
+    }
+    opts.get("gracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .or_else(|| {
+            obj.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+        })
+        .unwrap_or(30)
+        .max(0)
 }
 
 fn deleted_body(t: &Target, obj: Value) -> Value {

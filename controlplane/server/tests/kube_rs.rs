@@ -657,6 +657,29 @@ async fn pod_binding_delete_collection_and_bookmarks() {
     );
     assert_eq!(e.code, 409, "{e:?}");
 
+    // A bound pod is deleted gracefully: marked, then gone once deleted with grace 0
+    // (what the node agent does after stopping it).
+    let pending = pods.delete("p", &DeleteParams::default()).await.unwrap();
+    let pending = pending.left().expect("a pod being deleted is returned");
+    assert_eq!(pending.metadata.deletion_grace_period_seconds, Some(30));
+    assert!(pods
+        .get("p")
+        .await
+        .unwrap()
+        .metadata
+        .deletion_timestamp
+        .is_some());
+    pods.delete(
+        "p",
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(pods.get_opt("p").await.unwrap().is_none());
+
     // Bookmarks carry the latest version even when nothing matches the selector; one
     // comes just before the watch times out.
     let rv = pods
