@@ -161,8 +161,6 @@ pub(crate) async fn watch(
 
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let stream = state.store.watch(&t.prefix(), from).await;
-    let state = state.clone();
-    let _ = &state;
     tokio::spawn(async move {
         let send = |b: Bytes| {
             let tx = tx.clone();
@@ -218,7 +216,7 @@ pub(crate) async fn watch(
                         Some(Err(e)) => {
                             // WatcherTooSlow and store failures end the stream; the client
                             // re-watches from the last version it saw.
-                            tracing::debug!("watch on {} ended: {e}", t_prefix(&enc));
+                            tracing::debug!("watch on {} ended: {e}", enc.kind);
                             return;
                         }
                     };
@@ -248,10 +246,6 @@ pub(crate) async fn watch(
         HeaderValue::from_static("no-cache, private"),
     );
     Ok(r)
-}
-
-fn t_prefix(enc: &Encoder) -> &'static str {
-    enc.kind
 }
 
 fn too_old(rv: u64) -> StatusError {
