@@ -399,10 +399,15 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
         user_agent: h(header::USER_AGENT),
         body,
     };
-    match route(&state, &path, ctx).await {
+    let method = ctx.method.clone();
+    let query = parts.uri.query().unwrap_or("").to_string();
+    let r = match route(&state, &path, ctx).await {
         Ok(r) => r,
         Err(e) => status_response(e),
-    }
+    };
+    // Access log (RUST_LOG=skiff_apiserver=debug); watch responses log when they start.
+    tracing::debug!(%method, path, query, status = r.status().as_u16(), "request");
+    r
 }
 
 /// Reads a request body up to [`MAX_BODY_BYTES`]. A larger body is answered with 413 after
