@@ -321,6 +321,27 @@ async fn typed_crud_conflicts_and_errors() {
     let unfiltered = cms.list(&ListParams::default().limit(1)).await.unwrap();
     assert!(unfiltered.metadata.remaining_item_count.unwrap() >= 7);
 
+    // A rejected write changes nothing (same resourceVersion, same content).
+    let before = cms.get("a").await.unwrap();
+    let e = api_err(
+        cms.patch(
+            "a",
+            &pp,
+            &Patch::Merge(
+                json!({"metadata": {"labels": {"bad": "not valid!"}}, "data": {"new": "x"}}),
+            ),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(e.code, 422, "{e:?}");
+    let after = cms.get("a").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version,
+        before.metadata.resource_version
+    );
+    assert_eq!(after.data, before.data);
+
     // Finalizers: delete marks, removing the last finalizer deletes.
     let mut f = cm("fin", json!({}));
     f.metadata.finalizers = Some(vec!["skiff.test/hold".into()]);
