@@ -41,6 +41,7 @@ pub struct AppState {
     service_cidr: crate::alloc::ServiceCidr,
     /// How long a watch without `timeoutSeconds` lasts.
     pub(crate) watch_timeout: std::time::Duration,
+    pub(crate) cache: crate::cache::WatchCache,
 }
 
 impl AppState {
@@ -53,6 +54,7 @@ impl AppState {
         watch_timeout: std::time::Duration,
     ) -> Arc<AppState> {
         Arc::new(AppState {
+            cache: crate::cache::WatchCache::new(store.clone()),
             store,
             admin_token,
             admin_cert,

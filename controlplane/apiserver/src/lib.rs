@@ -7,10 +7,12 @@
 //! | [`pki`] | first-start CA, serving and admin certificates, token, `admin.kubeconfig` |
 //! | `api` | discovery, CRUD, subresources, lists (with pagination and selectors) |
 //! | `watch` | `?watch=true` streams |
+//! | `cache` | watch fan-out: one store watch per resource, recent history, slow clients cut off |
 //! | `openapi` | `/openapi/v3` documents for kubectl's validation and `explain` |
 
 pub mod alloc;
 mod api;
+mod cache;
 mod openapi;
 pub mod pki;
 pub mod server;

@@ -160,7 +160,8 @@ pub(crate) async fn watch(
     };
 
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let stream = state.store.watch(&t.prefix(), from).await;
+    let root = format!("/registry/{}/", t.r.plural);
+    let stream = state.cache.watch(&root, &t.prefix(), from).await;
     tokio::spawn(async move {
         let send = |b: Bytes| {
             let tx = tx.clone();
