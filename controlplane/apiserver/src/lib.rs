@@ -1,0 +1,23 @@
+//! skiff's Kubernetes-compatible API server: the only crate that knows HTTP routing and
+//! wire formats. Kubernetes semantics come from `skiff-api`, storage from `skiff-store`.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`server`] | HTTPS (rustls), authentication, the accept loop: [`server::start`] |
+//! | [`pki`] | first-start CA, serving and admin certificates, token, `admin.kubeconfig` |
+//! | `api` | discovery, CRUD, subresources, lists (with pagination and selectors) |
+//! | `watch` | `?watch=true` streams |
+//! | `cache` | watch fan-out: one store watch per resource, recent history, slow clients cut off |
+//! | `openapi` | `/openapi/v3` documents for kubectl's validation and `explain` |
+
+pub mod alloc;
+mod api;
+mod cache;
+mod openapi;
+pub mod pki;
+pub mod server;
+mod util;
+mod watch;
+
+pub use api::MAX_BODY_BYTES;
+pub use server::{start, Config, RunningServer};

@@ -1,0 +1,280 @@
+//! `?watch=true`: newline-delimited JSON `WatchEvent`s streamed from the store.
+//!
+//! Each watch has its own task reading its own store watch stream and writing into a
+//! bounded channel that the HTTP body drains. A client that stops reading fills only its
+//! own channel; its store stream then overflows and the store cuts it off
+//! (`WatcherTooSlow`), which ends that response: other watchers and writers never wait for
+//! it. The client re-watches from the last resourceVersion it saw, as client-go does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use skiff_api::status::{self as st, StatusError};
+use skiff_api::table;
+use skiff_store::{Event, StoreError};
+use tokio::sync::mpsc;
+
+use crate::api::{decode_kv, list_objects, AppState, Ctx, Selectors, Target};
+use crate::util;
+
+/// How often a watch that allows bookmarks gets one (upstream: about once a minute; more
+/// often here so clients' resume points stay fresh).
+const BOOKMARK_EVERY: Duration = Duration::from_secs(10);
+
+struct Encoder {
+    kind: &'static str,
+    api_version: String,
+    table: Option<table::IncludeObject>,
+    sent_columns: bool,
+}
+
+impl Encoder {
+    fn event(&mut self, ty: &str, obj: &Value) -> Bytes {
+        let object = match self.table {
+            Some(include) if ty != "ERROR" && ty != "BOOKMARK" => {
+                let rv = obj
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let mut t = table::table(
+                    self.kind,
+                    std::slice::from_ref(obj),
+                    rv,
+                    include,
+                    util::now_unix(),
+                );
+                // Upstream sends the column definitions with the first event only.
+                if self.sent_columns {
+                    t["columnDefinitions"] = json!([]);
+                }
+                self.sent_columns = true;
+                t
+            }
+            _ => obj.clone(),
+        };
+        let mut line =
+            serde_json::to_vec(&json!({"type": ty, "object": object})).unwrap_or_default();
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+
+    fn bookmark(&mut self, rv: u64, initial_end: bool) -> Bytes {
+        let mut meta = json!({"resourceVersion": rv.to_string()});
+        if initial_end {
+            meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        let obj = json!({"kind": self.kind, "apiVersion": self.api_version, "metadata": meta});
+        self.event("BOOKMARK", &obj)
+    }
+
+    fn error(&mut self, e: StatusError) -> Bytes {
+        self.event("ERROR", &e.body)
+    }
+}
+
+fn parse_bool(ctx: &Ctx, k: &str) -> bool {
+    matches!(ctx.q(k), "true" | "1")
+}
+
+pub(crate) async fn watch(
+    state: &Arc<AppState>,
+    t: &Target,
+    ctx: &Ctx,
+) -> Result<Response, StatusError> {
+    let sel = Selectors::parse(t, ctx)?;
+    let timeout = match ctx.q("timeoutSeconds") {
+        // Upstream: random in [min-request-timeout, 2x), so that watches started together
+        // do not all end together.
+        "" => state
+            .watch_timeout
+            .mul_f64(1.0 + crate::pki::random_bytes(1)[0] as f64 / 256.0),
+        s => Duration::from_secs(s.parse::<u64>().map_err(|_| {
+            st::bad_request(format!(
+                "timeoutSeconds: Invalid value: {s:?}: must be a non-negative integer"
+            ))
+        })?),
+    };
+    let bookmarks = parse_bool(ctx, "allowWatchBookmarks");
+    let send_initial = parse_bool(ctx, "sendInitialEvents");
+    let rv = ctx.q("resourceVersion").to_string();
+    let rvm = ctx.q("resourceVersionMatch");
+    if send_initial && rvm != "NotOlderThan" {
+        // Upstream's validation of the watch-list feature.
+        return Err(st::invalid(
+            "meta.k8s.io",
+            "ListOptions",
+            "",
+            &[skiff_api::field::FieldError::forbidden(
+                "sendInitialEvents",
+                "sendInitialEvents is forbidden unless resourceVersionMatch is \"NotOlderThan\"",
+            )],
+        ));
+    }
+    if !send_initial && !rvm.is_empty() {
+        return Err(st::bad_request(
+            "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+        ));
+    }
+    let table = if ctx.wants_table() {
+        Some(ctx.include_object()?)
+    } else {
+        None
+    };
+    let mut enc = Encoder {
+        kind: t.r.kind,
+        api_version: t.r.api_version(),
+        table,
+        sent_columns: false,
+    };
+    // Where the live stream starts, and which objects to replay first as ADDED. Upstream:
+    // unset or "0" (and sendInitialEvents) replay the current state; any other version
+    // streams what changed after it.
+    let replay = send_initial || rv.is_empty() || rv == "0";
+    let (initial, from) = if replay {
+        let page = list_objects(state, t, &sel, None, None, None).await?;
+        if send_initial && !rv.is_empty() && rv != "0" {
+            let want: u64 = rv
+                .parse()
+                .map_err(|_| st::bad_request(format!("invalid resource version {rv:?}")))?;
+            if want > page.revision {
+                return Err(st::bad_request(format!(
+                    "Too large resource version: {want}, current: {}",
+                    page.revision
+                )));
+            }
+        }
+        (page.items, page.revision)
+    } else {
+        let n: u64 = rv.parse().map_err(|_| {
+            st::bad_request(format!(
+                "invalid resource version {rv:?}: resourceVersion must be an unsigned integer"
+            ))
+        })?;
+        (Vec::new(), n)
+    };
+
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let root = format!("/registry/{}/", t.r.plural);
+    let stream = state.cache.watch(&root, &t.prefix(), from).await;
+    tokio::spawn(async move {
+        let send = |b: Bytes| {
+            let tx = tx.clone();
+            async move { tx.send(b).await.is_ok() }
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        for obj in &initial {
+            if !send(enc.event("ADDED", obj)).await {
+                return;
+            }
+        }
+        if send_initial && !send(enc.bookmark(from, true)).await {
+            return;
+        }
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(StoreError::Compacted { .. }) => {
+                let _ = send(enc.error(too_old(from))).await;
+                return;
+            }
+            Err(e) => {
+                let _ = send(enc.error(st::internal_error(&e.to_string()))).await;
+                return;
+            }
+        };
+        let mut last = from;
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    // Upstream sends a last bookmark as the watch ends, so that the client
+                    // resumes from the newest version instead of re-listing.
+                    if bookmarks && enc.table.is_none() {
+                        let _ = send(enc.bookmark(last, false)).await;
+                    }
+                    return;
+                }
+                _ = tx.closed() => return,
+                _ = tick.tick(), if bookmarks && enc.table.is_none() => {
+                    if !send(enc.bookmark(last, false)).await {
+                        return;
+                    }
+                }
+                ev = stream.next() => {
+                    let ev = match ev {
+                        None => return,
+                        Some(Ok(ev)) => ev,
+                        Some(Err(StoreError::Compacted { .. })) => {
+                            let _ = send(enc.error(too_old(last))).await;
+                            return;
+                        }
+                        Some(Err(e)) => {
+                            // WatcherTooSlow and store failures end the stream; the client
+                            // re-watches from the last version it saw.
+                            tracing::debug!("watch on {} ended: {e}", enc.kind);
+                            return;
+                        }
+                    };
+                    last = ev.revision();
+                    if let Some((ty, obj)) = translate(&sel, &ev) {
+                        if !send(enc.event(ty, &obj)).await {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    let mut r = Response::new(Body::from_stream(body));
+    *r.status_mut() = StatusCode::OK;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
+    Ok(r)
+}
+
+fn too_old(rv: u64) -> StatusError {
+    st::expired(format!("too old resource version: {rv}"))
+}
+
+/// A store event as a watch event under selectors: an object that starts matching is
+/// ADDED, one that stops matching is DELETED (with its new state), as upstream's
+/// watch cache does.
+fn translate(sel: &Selectors, ev: &Event) -> Option<(&'static str, Value)> {
+    match ev {
+        Event::Put { kv, prev } => {
+            let cur = decode_kv(kv, kv.mod_revision);
+            let cur_m = sel.matches(&cur);
+            let prev_m = prev
+                .as_ref()
+                .map(|p| sel.matches(&decode_kv(p, p.mod_revision)))
+                .unwrap_or(false);
+            match (prev_m, cur_m) {
+                (false, true) => Some(("ADDED", cur)),
+                (true, true) => Some(("MODIFIED", cur)),
+                (true, false) => Some(("DELETED", cur)),
+                (false, false) => None,
+            }
+        }
+        Event::Delete { revision, prev } => {
+            let obj = decode_kv(prev, *revision);
+            sel.matches(&obj).then_some(("DELETED", obj))
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! `skiff-controlplane`: the control plane binary. Today: the Kubernetes API server.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use skiff_store::Store;
+
+#[derive(Parser)]
+#[command(
+    name = "skiff-controlplane",
+    version,
+    about = "skiff's lean Kubernetes control plane"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum StoreKind {
+    Redb,
+    Etcd,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the Kubernetes API over HTTPS.
+    Server {
+        /// Where the store (redb), certificates and admin.kubeconfig live.
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        listen: SocketAddr,
+        /// Extra IP addresses for the serving certificate (repeat or comma-separate).
+        #[arg(long, value_delimiter = ',')]
+        advertise_address: Vec<IpAddr>,
+        #[arg(long, value_enum, default_value = "redb")]
+        store: StoreKind,
+        /// etcd endpoints for `--store etcd` (comma-separated URLs).
+        #[arg(long, value_delimiter = ',')]
+        etcd_endpoints: Vec<String>,
+        /// The Service ClusterIP range (IPv4).
+        #[arg(long, default_value = "10.43.0.0/16")]
+        service_cidr: skiff_apiserver::alloc::ServiceCidr,
+        /// Seconds a watch without timeoutSeconds lasts (randomised up to twice this), as
+        /// kube-apiserver's flag of the same name.
+        #[arg(long, default_value_t = 1800)]
+        min_request_timeout: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Server {
+            data_dir,
+            listen,
+            advertise_address,
+            store,
+            etcd_endpoints,
+            service_cidr,
+            min_request_timeout,
+        } => {
+            std::fs::create_dir_all(&data_dir)
+                .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+            let store: Arc<dyn Store> = match store {
+                StoreKind::Redb => {
+                    let path = data_dir.join("store.redb");
+                    Arc::new(
+                        skiff_store::RedbStore::open(&path, Default::default()).with_context(
+                            || format!("opening the redb store {}", path.display()),
+                        )?,
+                    )
+                }
+                StoreKind::Etcd => {
+                    if etcd_endpoints.is_empty() {
+                        bail!("--store etcd needs --etcd-endpoints URL[,URL...]");
+                    }
+                    let cfg = skiff_store::EtcdConfig::new(etcd_endpoints.clone());
+                    Arc::new(
+                        skiff_store::EtcdStore::connect(cfg)
+                            .await
+                            .with_context(|| {
+                                format!("connecting to etcd at {}", etcd_endpoints.join(","))
+                            })?,
+                    )
+                }
+            };
+            let server = skiff_apiserver::start(
+                skiff_apiserver::Config {
+                    data_dir: data_dir.clone(),
+                    listen,
+                    advertise: advertise_address,
+                    service_cidr,
+                    min_request_timeout: std::time::Duration::from_secs(min_request_timeout),
+                },
+                store,
+            )
+            .await
+            .context("starting the API server")?;
+            tracing::info!(
+                "API server ready on https://{}; admin kubeconfig: {} (export KUBECONFIG={})",
+                server.addr,
+                server.credentials.kubeconfig_path.display(),
+                server.credentials.kubeconfig_path.display()
+            );
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {
+                    tracing::info!("interrupted, shutting down");
+                    server.shutdown().await;
+                }
+            }
+            Ok(())
+        }
+    }
+}
