@@ -11,3 +11,4 @@ pub mod policy;
 pub mod reconcile;
 pub mod sockets;
 pub mod translate;
+pub mod watch;

@@ -91,6 +91,20 @@ enum Command {
         /// Stop after this many seconds (default: run until killed).
         #[arg(long)]
         duration_secs: Option<u64>,
+        /// Watch Services and EndpointSlices through this kubeconfig and program them
+        /// (skiff's admin.kubeconfig, or any cluster's). Without it, only the datapath runs.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// This node's name (EndpointSlice nodeName decides which endpoints are local).
+        #[arg(long, default_value = "")]
+        node_name: String,
+        /// This node's addresses (NodePorts listen on each).
+        #[arg(long = "node-address")]
+        node_addresses: Vec<Ipv4Addr>,
+        /// ExternalIPs inside this CIDR are programmed (repeatable); others are reported
+        /// and ignored (CVE-2020-8554). Default: none.
+        #[arg(long = "external-ip-cidr")]
+        external_ip_cidrs: Vec<String>,
     },
     /// Load the datapath (running the kernel verifier), print what it contains, and exit.
     Check,
@@ -196,7 +210,18 @@ fn main() -> anyhow::Result<()> {
             sizes,
             interval_secs,
             duration_secs,
+            kubeconfig,
+            node_name,
+            node_addresses,
+            external_ip_cidrs,
         } => {
+            let mut external = Vec::new();
+            for c in &external_ip_cidrs {
+                match skiff_agent::translate::parse_cidr(c) {
+                    Some(Some(r)) => external.push(r),
+                    _ => bail!("--external-ip-cidr {c:?} is not an IPv4 CIDR like 203.0.113.0/24"),
+                }
+            }
             let config = DatapathConfig {
                 map_sizes: MapSizes {
                     services: sizes.map_size_services,
@@ -228,6 +253,67 @@ fn main() -> anyhow::Result<()> {
                 println!("attached socket load balancing to {}", cgroup.display());
             }
             let mut maps = dp.service_maps()?;
+            if let Some(path) = kubeconfig {
+                let config = skiff_agent::watch::SyncConfig {
+                    node: skiff_agent::translate::NodeContext {
+                        node_name,
+                        node_addresses,
+                    },
+                    external_ip_cidrs: external,
+                };
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                return rt.block_on(async move {
+                    let kc = kube::config::Kubeconfig::read_from(&path)
+                        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+                    let kconf = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                        .await
+                        .with_context(|| format!("using kubeconfig {}", path.display()))?;
+                    let client = kube::Client::try_from(kconf)?;
+                    // Take over what an earlier agent programmed (pinned maps): the first
+                    // complete sync then only changes what changed meanwhile.
+                    let mut reconciler = skiff_agent::reconcile::Reconciler::new();
+                    let snapshot = skiff_agent::lbmap::ServiceMaps::snapshot(&maps)?;
+                    println!("watching Services and EndpointSlices through {}", path.display());
+                    skiff_agent::watch::run(
+                        client,
+                        config,
+                        &mut maps,
+                        &mut reconciler,
+                        Some(snapshot),
+                        skiff_agent::watch::Hooks {
+                            on_sync: |s: &skiff_agent::watch::Synced| {
+                                println!(
+                                    "synced {} services, {} slices: {} map writes, {} errors, {} diagnostics",
+                                    s.services,
+                                    s.slices,
+                                    s.report.writes,
+                                    s.report.errors.len(),
+                                    s.diagnostics.len()
+                                );
+                                for (name, e) in &s.report.errors {
+                                    println!("  error {name}: {e}");
+                                }
+                                for d in &s.diagnostics {
+                                    println!("  {d}");
+                                }
+                            },
+                            on_error: |e: &str| println!("watch error (retrying): {e}"),
+                            tick: Duration::from_secs(interval_secs.max(1)),
+                            on_tick: |m: &mut skiff_agent::datapath::BpfServiceMaps| {
+                                if let Ok(n) = m.gc_conntrack(monotonic_ns()) {
+                                    if n > 0 {
+                                        println!("conntrack_gc_deleted {n}");
+                                    }
+                                }
+                            },
+                        },
+                    )
+                    .await;
+                    Ok(())
+                });
+            }
             let start = Instant::now();
             let interval = Duration::from_secs(interval_secs.max(1));
             loop {

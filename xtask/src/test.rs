@@ -53,6 +53,8 @@ pub fn run(no_lint: bool) -> anyhow::Result<()> {
     let mut skipped_suite = None;
     match missing_privileges() {
         None => {
+            // The agent-with-API tests start the real API server binary.
+            crate::cmd::run(cargo().args(["build", "-p", "skiff-controlplane"]))?;
             privileged = cargo_test(cargo().args(["test", "--no-fail-fast", "-p", "skiff-tests"]))?
         }
         Some(why) => {

@@ -1,0 +1,289 @@
+//! The agent against a real API server: skiff-controlplane runs as a process on loopback,
+//! the agent's service sync (kube-rs watchers → translate → reconcile) programs a real
+//! datapath, and a client process in a test namespace + cgroup talks to the Service's
+//! ClusterIP. Objects are written with kube-rs, as any controller would.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use kube::{
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    Api, Client,
+};
+use skiff_agent::{
+    datapath::Datapath,
+    reconcile::Reconciler,
+    translate::NodeContext,
+    watch::{self, SyncConfig},
+};
+use skiff_tests::{
+    cgroup::{Cgroup, LineChild},
+    netns::NetNs,
+    privilege::require_privileges,
+};
+
+fn controlplane_binary() -> PathBuf {
+    // target/debug/deps/<test> -> target/debug/skiff-controlplane (built by xtask first).
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("skiff-controlplane");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p skiff-controlplane` (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
+struct ApiServer {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl ApiServer {
+    fn start(dir: &Path, port: u16) -> ApiServer {
+        let child = Command::new(controlplane_binary())
+            .args(["server", "--data-dir"])
+            .arg(dir)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting skiff-controlplane");
+        ApiServer {
+            child,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("admin.kubeconfig")
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn client(kubeconfig: &Path) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if kubeconfig.exists() {
+            let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+            let conf = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .unwrap();
+            let c = Client::try_from(conf).unwrap();
+            if c.apiserver_version().await.is_ok() {
+                return c;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the API server did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn slice(name: &str, ips: &[Ipv4Addr]) -> EndpointSlice {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": ips.iter().map(|ip| serde_json::json!({"addresses": [ip.to_string()], "conditions": {"ready": true}})).collect::<Vec<_>>(),
+        "ports": [{"port": 8080, "protocol": "TCP"}]
+    }))
+    .unwrap()
+}
+
+/// Polls `ask` until `check` accepts its answer, or fails after `timeout`.
+fn eventually(
+    client: &mut LineChild,
+    cmd: &str,
+    timeout: Duration,
+    check: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let answer = client.ask(cmd);
+        if check(&answer) {
+            return answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{cmd}` still answers `{answer}` after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn services_written_to_the_api_are_programmed_and_survive_an_api_server_restart() {
+    require_privileges();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let data = tempdir();
+    let port = free_port();
+    let mut api = Some(ApiServer::start(&data, port));
+    let kubeconfig = api.as_ref().unwrap().kubeconfig();
+    let kube = rt.block_on(client(&kubeconfig));
+
+    // Backends on loopback of a test namespace; skiff's socket LB for its cgroup.
+    let ns = NetNs::new("agentapi");
+    let backends = [Ipv4Addr::new(198, 18, 1, 1), Ipv4Addr::new(198, 18, 1, 2)];
+    for b in backends {
+        ns.ip(&["addr", "add", &format!("{b}/32"), "dev", "lo"]);
+        let l = ns
+            .run(|| TcpListener::bind(SocketAddrV4::new(b, 8080)))
+            .unwrap();
+        std::thread::spawn(move || {
+            for mut c in l.incoming().flatten() {
+                let _ = std::io::Write::write_all(&mut c, format!("{b}\n").as_bytes());
+            }
+        });
+    }
+    let cgroup = Cgroup::new("agentapi");
+    let mut datapath = Datapath::load().unwrap();
+    datapath.attach_sock_lb(cgroup.path()).unwrap();
+    let mut maps = datapath.service_maps().unwrap();
+
+    // The agent: its own thread and runtime, like the skiff-agent binary.
+    let agent_kubeconfig = kubeconfig.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let client = client(&agent_kubeconfig).await;
+            let config = SyncConfig {
+                node: NodeContext {
+                    node_name: "node-a".into(),
+                    node_addresses: vec![],
+                },
+                external_ip_cidrs: vec![],
+            };
+            let hooks = watch::Hooks {
+                on_sync: |_: &watch::Synced| {},
+                on_error: |_: &str| {},
+                tick: Duration::from_secs(5),
+                on_tick: |_: &mut skiff_agent::datapath::BpfServiceMaps| {},
+            };
+            watch::run(
+                client,
+                config,
+                &mut maps,
+                &mut Reconciler::new(),
+                None,
+                hooks,
+            )
+            .await;
+        });
+        drop(datapath);
+    });
+
+    // A Service and its EndpointSlice, written through the API.
+    let services: Api<Service> = Api::namespaced(kube.clone(), "default");
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"ports": [{"port": 80, "targetPort": 8080}]}
+    }))
+    .unwrap();
+    let svc = rt
+        .block_on(services.create(&PostParams::default(), &svc))
+        .unwrap();
+    let vip: Ipv4Addr = svc.spec.unwrap().cluster_ip.unwrap().parse().unwrap();
+    let slices: Api<EndpointSlice> = Api::namespaced(kube.clone(), "default");
+    rt.block_on(slices.create(&PostParams::default(), &slice("web-1", &backends)))
+        .unwrap();
+
+    let mut client = LineChild::spawn(
+        Path::new(env!("CARGO_BIN_EXE_skiff-test-client")),
+        &[],
+        &ns,
+        &cgroup,
+    );
+    let cmd = format!("tcp {vip}:80");
+    let answer = eventually(&mut client, &cmd, Duration::from_secs(10), |a| {
+        a.starts_with("ok")
+    });
+    assert!(answer.contains(&format!("peer={vip}:80")), "{answer}");
+
+    // One endpoint goes: traffic follows the API.
+    let only_second = slice("web-1", &backends[1..]);
+    let patch = PatchParams::apply("skiff-test").force();
+    rt.block_on(slices.patch("web-1", &patch, &Patch::Apply(&only_second)))
+        .unwrap();
+    // A single answer from the second backend proves nothing (it was a candidate all
+    // along): wait for 20 in a row, which random choice over two backends gives with
+    // probability 1e-6.
+    let want = format!("reply={}", backends[1]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut streak = 0;
+    while streak < 20 {
+        let a = client.ask(&cmd);
+        streak = if a.ends_with(&want) { streak + 1 } else { 0 };
+        assert!(
+            Instant::now() < deadline,
+            "traffic never settled on {}: {a}",
+            backends[1]
+        );
+    }
+
+    // The API server goes away: nothing is deleted, traffic goes on.
+    drop(api.take());
+    for _ in 0..10 {
+        let a = client.ask(&cmd);
+        assert!(a.starts_with("ok"), "with the API server down: {a}");
+    }
+    // It comes back (same data); the agent's watchers relist and keep following it.
+    let _api = ApiServer::start(&data, port);
+    let kube = rt.block_on(client_for(&kubeconfig));
+    let services: Api<Service> = Api::namespaced(kube, "default");
+    rt.block_on(services.delete("web", &DeleteParams::default()))
+        .unwrap();
+    // Without the frontend the ClusterIP is just an address with no route in this
+    // namespace: connect() fails locally (no packet leaves).
+    eventually(&mut client, &cmd, Duration::from_secs(20), |a| {
+        a.starts_with("err") && !a.contains(" 111 ")
+    });
+}
+
+async fn client_for(kubeconfig: &Path) -> Client {
+    client(kubeconfig).await
+}
+
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "skiff-agent-api-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
