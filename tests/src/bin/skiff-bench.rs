@@ -136,6 +136,7 @@ fn sizes_for(n: usize, endpoints: usize) -> MapSizes {
 struct Report {
     machine: BTreeMap<String, String>,
     prog_run: Vec<ProgRunRow>,
+    connect4: Vec<Connect4Row>,
     selection: Vec<SelectionRow>,
     programming: Vec<ProgrammingRow>,
     memory: Vec<skiff_agent::datapath::MapMemory>,
@@ -156,6 +157,15 @@ struct ProgRunRow {
     /// established_ns + (new_flow_single_ns - established_single_ns).
     new_flow_ns: f64,
     not_a_service_ns: f64,
+}
+
+#[derive(serde::Serialize)]
+struct Connect4Row {
+    services: usize,
+    /// Mean connect() of an unconnected UDP socket to a service VIP (socket LB runs).
+    vip_connect_ns: f64,
+    /// The same to the backend address directly (no service lookup).
+    direct_connect_ns: f64,
 }
 
 #[derive(serde::Serialize)]
@@ -277,6 +287,65 @@ fn prog_run_costs(n: usize) -> ProgRunRow {
         new_flow_ns: established + (new_flow_single - established_single),
         not_a_service_ns: not_a_service,
     }
+}
+
+/// Socket-LB cost: connect() of a UDP socket (no packet is sent) to a VIP, with connect4
+/// translating it, vs to the backend address directly, from this process moved into a
+/// cgroup with socket LB attached. The difference is what connect4 adds per connect().
+fn connect4_cost(n: usize) -> anyhow::Result<Connect4Row> {
+    let ns = NetNs::new("c4");
+    ns.ip(&["addr", "add", "198.18.1.1/32", "dev", "lo"]);
+    let cgroup = Cgroup::new("c4");
+    std::fs::write(cgroup.path().join("cgroup.procs"), "0").context("joining the cgroup")?;
+    let config = DatapathConfig {
+        map_sizes: sizes_for(n, 1),
+        pin_dir: None,
+    };
+    let mut dp = Datapath::load_with(&config)?;
+    dp.attach_sock_lb(cgroup.path())?;
+    let mut maps = dp.service_maps()?;
+    let mut svcs = services(n, 1);
+    svcs[0].endpoints = vec![(Ipv4Addr::new(198, 18, 1, 1), 8080)];
+    // The measured service speaks UDP (connect() on UDP sends nothing).
+    let mut m = model(&svcs, false);
+    for port in m.services.values_mut() {
+        port.proto = Some(Protocol::Udp);
+        for f in &mut port.frontends {
+            f.proto = Protocol::Udp;
+        }
+    }
+    let report = Reconciler::new().sync(&m, &mut maps);
+    assert!(report.errors.is_empty(), "{:?}", report.errors.first());
+    let rounds = 20_000u32;
+    let time = |to: SocketAddr| -> anyhow::Result<f64> {
+        ns.run(|| -> anyhow::Result<f64> {
+            let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            let start = Instant::now();
+            for _ in 0..rounds {
+                sock.connect(to)?;
+            }
+            Ok(start.elapsed().as_nanos() as f64 / f64::from(rounds))
+        })
+    };
+    // Warm up both paths, then measure them interleaved to share any drift.
+    time(SocketAddr::V4(SocketAddrV4::new(cluster_ip(0), 80)))?;
+    let mut vip = 0.0;
+    let mut direct = 0.0;
+    for _ in 0..3 {
+        vip += time(SocketAddr::V4(SocketAddrV4::new(cluster_ip(0), 80)))?;
+        direct += time(SocketAddr::V4(SocketAddrV4::new(
+            Ipv4Addr::new(198, 18, 1, 1),
+            8080,
+        )))?;
+    }
+    std::fs::write(cgroup2_root().join("cgroup.procs"), "0").context("leaving the cgroup")?;
+    drop(maps);
+    drop(dp);
+    Ok(Connect4Row {
+        services: n,
+        vip_connect_ns: vip / 3.0,
+        direct_connect_ns: direct / 3.0,
+    })
 }
 
 /// New-flow cost (net of single-run overhead, as in `prog_run_costs`) of random vs Maglev
@@ -745,6 +814,16 @@ fn render(r: &Report) -> String {
             last.new_flow_ns / first.new_flow_ns
         ));
     }
+    s.push_str("\n### Socket LB: UDP connect() to a VIP vs to the backend directly\n\n| services | to the VIP (connect4 translates) | direct | connect4 adds |\n|---:|---:|---:|---:|\n");
+    for c in &r.connect4 {
+        s.push_str(&format!(
+            "| {} | {:.0} ns | {:.0} ns | {:.0} ns |\n",
+            c.services,
+            c.vip_connect_ns,
+            c.direct_connect_ns,
+            c.vip_connect_ns - c.direct_connect_ns
+        ));
+    }
     s.push_str("\n### Backend selection, new NodePort flow (BPF_PROG_TEST_RUN)\n\n| backends | random | Maglev |\n|---:|---:|---:|\n");
     for r in &r.selection {
         s.push_str(&format!(
@@ -820,6 +899,19 @@ fn main() -> anyhow::Result<()> {
         machine: machine(),
         ..Default::default()
     };
+    let c4_scales: &[usize] = if quick {
+        &[1, 1000]
+    } else {
+        &[1, 1000, 10_000, 100_000]
+    };
+    for &n in c4_scales {
+        eprintln!("connect4: {n} services");
+        report.connect4.push(connect4_cost(n)?);
+    }
+    if args.iter().any(|a| a == "--only-connect4") {
+        println!("{}", render(&report));
+        return Ok(());
+    }
     let prog_scales: &[usize] = if quick {
         &[1, 1000]
     } else {
