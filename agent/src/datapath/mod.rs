@@ -598,7 +598,7 @@ impl Datapath {
     /// Runs the XDP program through BPF_PROG_TEST_RUN (see [`Datapath::prog_run`]).
     pub fn prog_run_xdp(&mut self, packet: &[u8], repeat: u32) -> Result<ProgRun, DatapathError> {
         let prog = xdp_program(&mut self.ebpf)?;
-        prog_run::run_xdp(prog, packet, repeat)
+        prog_run::run(prog, program_names::XDP, packet, repeat)
     }
 
     /// Attaches the tc egress program (reverse translation of replies) to `interface`.
@@ -758,33 +758,38 @@ fn ensure_bpffs(dir: &Path) -> Result<(), DatapathError> {
     Ok(())
 }
 
-fn sock_program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &str,
-) -> Result<&'a mut CgroupSockAddr, DatapathError> {
+/// The program `name` of the object as its concrete type.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, DatapathError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program>,
+{
     ebpf.program_mut(name)
-        .and_then(|p| <&mut CgroupSockAddr>::try_from(p).ok())
+        .and_then(|p| <&mut T>::try_from(p).ok())
         .ok_or_else(|| DatapathError::MissingProgram {
             name: name.to_owned(),
         })
 }
 
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut aya::programs::Xdp, DatapathError> {
-    let name = program_names::XDP;
-    ebpf.program_mut(name)
-        .and_then(|p| <&mut aya::programs::Xdp>::try_from(p).ok())
-        .ok_or_else(|| DatapathError::MissingProgram {
-            name: name.to_owned(),
-        })
+    program(ebpf, program_names::XDP)
 }
 
 fn bind_program(ebpf: &mut Ebpf) -> Result<&mut aya::programs::CgroupSock, DatapathError> {
-    let name = program_names::SOCK_POST_BIND4;
-    ebpf.program_mut(name)
-        .and_then(|p| <&mut aya::programs::CgroupSock>::try_from(p).ok())
-        .ok_or_else(|| DatapathError::MissingProgram {
-            name: name.to_owned(),
-        })
+    program(ebpf, program_names::SOCK_POST_BIND4)
+}
+
+fn sock_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<&'a mut CgroupSockAddr, DatapathError> {
+    program(ebpf, name)
+}
+
+fn tc_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<&'a mut SchedClassifier, DatapathError> {
+    program(ebpf, name)
 }
 
 fn take_hash_map<K: aya::Pod, V: aya::Pod>(
@@ -800,17 +805,6 @@ fn take_hash_map<K: aya::Pod, V: aya::Pod>(
         map: name,
         source: Box::new(source),
     })
-}
-
-fn tc_program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &str,
-) -> Result<&'a mut SchedClassifier, DatapathError> {
-    ebpf.program_mut(name)
-        .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
-        .ok_or_else(|| DatapathError::MissingProgram {
-            name: name.to_owned(),
-        })
 }
 
 /// Kernel memory of one skiff map held by this process.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp};
+use aya::programs::{TestRun, TestRunOptions, TestRunResult};
 
 use super::DatapathError;
 
@@ -20,12 +20,16 @@ pub struct ProgRun {
     pub duration: Duration,
 }
 
-pub(super) fn run(
-    program: &SchedClassifier,
+/// Runs `program` (tc or XDP: both take packet data) on `packet`, `repeat` times.
+pub(super) fn run<P>(
+    program: &P,
     name: &str,
     packet: &[u8],
     repeat: u32,
-) -> Result<ProgRun, DatapathError> {
+) -> Result<ProgRun, DatapathError>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
     let mut out = vec![0u8; packet.len() + HEADROOM];
     let result = program
         .test_run(TestRunOptions {
@@ -36,28 +40,6 @@ pub(super) fn run(
         })
         .map_err(|source| DatapathError::Program {
             program: name.to_owned(),
-            action: "BPF_PROG_TEST_RUN",
-            source: Box::new(source),
-        })?;
-    out.truncate(result.data_size_out as usize);
-    Ok(ProgRun {
-        return_code: result.return_value,
-        packet_out: out,
-        duration: result.duration,
-    })
-}
-
-pub(super) fn run_xdp(program: &Xdp, packet: &[u8], repeat: u32) -> Result<ProgRun, DatapathError> {
-    let mut out = vec![0u8; packet.len() + HEADROOM];
-    let result = program
-        .test_run(TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            repeat: repeat.max(1),
-            ..TestRunOptions::default()
-        })
-        .map_err(|source| DatapathError::Program {
-            program: skiff_datapath_abi::program_names::XDP.to_owned(),
             action: "BPF_PROG_TEST_RUN",
             source: Box::new(source),
         })?;
