@@ -60,52 +60,73 @@ struct Sizes {
     maglev_tables: u32,
 }
 
+#[derive(Args)]
+struct RunArgs {
+    /// Interfaces (in this network namespace) to attach tc ingress to.
+    #[arg(long = "interface", short = 'i', required = true)]
+    interfaces: Vec<String>,
+    /// Interfaces to attach tc egress (reply reverse translation) to.
+    #[arg(long = "egress-interface")]
+    egress_interfaces: Vec<String>,
+    /// cgroup v2 directory for socket load balancing (e.g. /sys/fs/cgroup/unified).
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+    /// Source address for SNAT towards remote backends and hairpin flows.
+    #[arg(long)]
+    snat_addr: Option<Ipv4Addr>,
+    #[command(flatten)]
+    pins: PinArgs,
+    /// Do not pin anything: everything detaches when the process exits.
+    #[arg(long)]
+    no_pin: bool,
+    #[command(flatten)]
+    sizes: Sizes,
+    /// Seconds between counter reports.
+    #[arg(long, default_value_t = 5)]
+    interval_secs: u64,
+    /// Stop after this many seconds (default: run until killed).
+    #[arg(long)]
+    duration_secs: Option<u64>,
+    /// Watch Services and EndpointSlices through this kubeconfig and program them
+    /// (skiff's admin.kubeconfig, or any cluster's). Without it, only the datapath runs.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// This node's name (EndpointSlice nodeName decides which endpoints are local).
+    #[arg(long, default_value = "")]
+    node_name: String,
+    /// This node's addresses (NodePorts listen on each).
+    #[arg(long = "node-address")]
+    node_addresses: Vec<Ipv4Addr>,
+    /// ExternalIPs inside this CIDR are programmed (repeatable); others are reported
+    /// and ignored (CVE-2020-8554). Default: none.
+    #[arg(long = "external-ip-cidr")]
+    external_ip_cidrs: Vec<String>,
+    /// Cluster-wide backend choice for traffic from outside: random or maglev (a
+    /// Service's `skiff.io/lb-algorithm` annotation overrides it).
+    #[arg(long, default_value = "random")]
+    lb_algorithm: String,
+    /// Accelerate NodePort/LoadBalancer/ExternalIP flows to remote backends with XDP on
+    /// these node-facing interfaces (repeatable; frames must carry full checksums).
+    #[arg(long = "xdp-interface")]
+    xdp_interfaces: Vec<String>,
+    /// Use generic (skb) XDP instead of native (driver) mode.
+    #[arg(long)]
+    xdp_generic: bool,
+    /// NodePort range (bind protection and health-check ports), `MIN-MAX`.
+    #[arg(long, default_value = "30000-32767")]
+    node_port_range: String,
+    /// Turn off NodePort bind protection (processes in --cgroup may then bind
+    /// NodePort-range ports on node addresses).
+    #[arg(long)]
+    no_bind_protection: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Load the datapath, attach it, and print packet and drop counters every interval.
     /// With --pin-dir (default) the programs stay attached after exit; `cleanup` removes
     /// them.
-    Run {
-        /// Interfaces (in this network namespace) to attach tc ingress to.
-        #[arg(long = "interface", short = 'i', required = true)]
-        interfaces: Vec<String>,
-        /// Interfaces to attach tc egress (reply reverse translation) to.
-        #[arg(long = "egress-interface")]
-        egress_interfaces: Vec<String>,
-        /// cgroup v2 directory for socket load balancing (e.g. /sys/fs/cgroup/unified).
-        #[arg(long)]
-        cgroup: Option<PathBuf>,
-        /// Source address for SNAT towards remote backends and hairpin flows.
-        #[arg(long)]
-        snat_addr: Option<Ipv4Addr>,
-        #[command(flatten)]
-        pins: PinArgs,
-        /// Do not pin anything: everything detaches when the process exits.
-        #[arg(long)]
-        no_pin: bool,
-        #[command(flatten)]
-        sizes: Sizes,
-        /// Seconds between counter reports.
-        #[arg(long, default_value_t = 5)]
-        interval_secs: u64,
-        /// Stop after this many seconds (default: run until killed).
-        #[arg(long)]
-        duration_secs: Option<u64>,
-        /// Watch Services and EndpointSlices through this kubeconfig and program them
-        /// (skiff's admin.kubeconfig, or any cluster's). Without it, only the datapath runs.
-        #[arg(long)]
-        kubeconfig: Option<PathBuf>,
-        /// This node's name (EndpointSlice nodeName decides which endpoints are local).
-        #[arg(long, default_value = "")]
-        node_name: String,
-        /// This node's addresses (NodePorts listen on each).
-        #[arg(long = "node-address")]
-        node_addresses: Vec<Ipv4Addr>,
-        /// ExternalIPs inside this CIDR are programmed (repeatable); others are reported
-        /// and ignored (CVE-2020-8554). Default: none.
-        #[arg(long = "external-ip-cidr")]
-        external_ip_cidrs: Vec<String>,
-    },
+    Run(Box<RunArgs>),
     /// Load the datapath (running the kernel verifier), print what it contains, and exit.
     Check,
     /// Service load-balancing tables.
@@ -200,21 +221,39 @@ fn main() -> anyhow::Result<()> {
             println!("maps: {}", maps.join(", "));
             Ok(())
         }
-        Command::Run {
-            interfaces,
-            egress_interfaces,
-            cgroup,
-            snat_addr,
-            pins,
-            no_pin,
-            sizes,
-            interval_secs,
-            duration_secs,
-            kubeconfig,
-            node_name,
-            node_addresses,
-            external_ip_cidrs,
-        } => {
+        Command::Run(run) => {
+            let RunArgs {
+                interfaces,
+                egress_interfaces,
+                cgroup,
+                snat_addr,
+                pins,
+                no_pin,
+                sizes,
+                interval_secs,
+                duration_secs,
+                kubeconfig,
+                node_name,
+                node_addresses,
+                external_ip_cidrs,
+                lb_algorithm,
+                xdp_interfaces,
+                xdp_generic,
+                node_port_range,
+                no_bind_protection,
+            } = *run;
+            let default_maglev = match lb_algorithm.as_str() {
+                "random" => false,
+                "maglev" => true,
+                other => bail!("--lb-algorithm {other:?}: use random or maglev"),
+            };
+            let (np_min, np_max) = node_port_range
+                .split_once('-')
+                .and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)))
+                .filter(|(a, b)| a <= b)
+                .with_context(|| {
+                    format!("--node-port-range {node_port_range:?} is not MIN-MAX like 30000-32767")
+                })?;
             let mut external = Vec::new();
             for c in &external_ip_cidrs {
                 match skiff_agent::translate::parse_cidr(c) {
@@ -248,16 +287,30 @@ fn main() -> anyhow::Result<()> {
                 dp.attach_tc_egress(interface)?;
                 println!("attached tc egress to {interface}");
             }
+            for interface in &xdp_interfaces {
+                dp.set_external_interface(interface)?;
+                dp.attach_xdp(interface, !xdp_generic)?;
+                println!(
+                    "attached XDP ({}) to {interface}",
+                    if xdp_generic { "generic" } else { "native" }
+                );
+            }
             if let Some(cgroup) = &cgroup {
                 dp.attach_sock_lb(cgroup)?;
                 println!("attached socket load balancing to {}", cgroup.display());
+                dp.attach_bind_protection(cgroup)?;
+                dp.set_bind_protection(np_min, np_max, &node_addresses, !no_bind_protection)?;
+                if !no_bind_protection {
+                    println!("NodePort bind protection on for ports {np_min}-{np_max}");
+                }
             }
             let mut maps = dp.service_maps()?;
             if let Some(path) = kubeconfig {
                 let config = skiff_agent::watch::SyncConfig {
                     node: skiff_agent::translate::NodeContext {
                         node_name,
-                        node_addresses,
+                        node_addresses: node_addresses.clone(),
+                        default_maglev,
                     },
                     external_ip_cidrs: external,
                 };

@@ -53,6 +53,9 @@ pub struct NodeContext {
     pub node_name: String,
     /// The addresses NodePorts are exposed on.
     pub node_addresses: Vec<Ipv4Addr>,
+    /// Cluster-wide default load-balancing algorithm is Maglev (a Service's
+    /// `skiff.io/lb-algorithm` annotation overrides it either way).
+    pub default_maglev: bool,
 }
 
 /// A value that could not be translated and was dropped.
@@ -413,7 +416,8 @@ fn translate_service(
         .and_then(|a| a.get("skiff.io/lb-algorithm"))
         .map(String::as_str)
     {
-        None | Some("random") => false,
+        None => node.default_maglev,
+        Some("random") => false,
         Some("maglev") => true,
         Some(other) => {
             diag(
@@ -875,6 +879,7 @@ mod tests {
         NodeContext {
             node_name: "node-a".into(),
             node_addresses: vec![ip("192.168.1.10"), ip("192.168.1.11")],
+            ..Default::default()
         }
     }
 
@@ -1175,6 +1180,7 @@ mod tests {
                 node: NodeContext {
                     node_name: "node-a".into(),
                     node_addresses: vec![ip("192.168.1.10")],
+                    ..Default::default()
                 },
                 want: model(vec![port(
                     "default",
@@ -1378,6 +1384,7 @@ mod tests {
                 NodeContext {
                     node_name: String::new(),
                     node_addresses: vec![],
+                    ..Default::default()
                 },
                 false,
             ),

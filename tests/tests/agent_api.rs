@@ -184,6 +184,7 @@ fn services_written_to_the_api_are_programmed_and_survive_an_api_server_restart(
                 node: NodeContext {
                     node_name: "node-a".into(),
                     node_addresses: vec![],
+                    ..Default::default()
                 },
                 external_ip_cidrs: vec![],
             };
