@@ -308,19 +308,8 @@ impl Datapath {
                 let path = pin_dir
                     .join("links")
                     .join(format!("sock-{name}-{cgroup_tag}"));
-                let pin_error = |detail: String| DatapathError::Pin {
-                    path: path.display().to_string(),
-                    detail,
-                };
-                if path.exists() {
-                    let old = PinnedLink::from_pin(&path).map_err(|e| pin_error(e.to_string()))?;
-                    old.unpin().map_err(|e| pin_error(e.to_string()))?;
-                }
                 let link = program.take_link(id).map_err(attach_error)?;
-                FdLink::try_from(link)
-                    .map_err(|e| pin_error(format!("{e} (pinning needs bpf_link cgroup attach)")))?
-                    .pin(&path)
-                    .map_err(|e| pin_error(e.to_string()))?;
+                pin_link(link, &path, " (pinning needs bpf_link cgroup attach)")?;
             }
         }
         Ok(())
@@ -420,14 +409,6 @@ impl Datapath {
         if let Some(pin_dir) = &self.pin_dir {
             let tag = cgroup.display().to_string().replace('/', "_");
             let path = pin_dir.join("links").join(format!("bind-{tag}"));
-            let pin_error = |detail: String| DatapathError::Pin {
-                path: path.display().to_string(),
-                detail,
-            };
-            if path.exists() {
-                let old = PinnedLink::from_pin(&path).map_err(|e| pin_error(e.to_string()))?;
-                old.unpin().map_err(|e| pin_error(e.to_string()))?;
-            }
             let link = program
                 .take_link(id)
                 .map_err(|source| DatapathError::AttachCgroup {
@@ -435,10 +416,7 @@ impl Datapath {
                     path: cgroup.display().to_string(),
                     source: Box::new(source),
                 })?;
-            FdLink::try_from(link)
-                .map_err(|e| pin_error(e.to_string()))?
-                .pin(&path)
-                .map_err(|e| pin_error(e.to_string()))?;
+            pin_link(link, &path, "")?;
         }
         Ok(())
     }
@@ -539,13 +517,7 @@ impl Datapath {
             .map(|d| d.join("links").join(format!("xdp-{interface}")));
         let program = xdp_program(&mut self.ebpf)?;
         if let Some(path) = pin_path.as_ref().filter(|p| p.exists()) {
-            let pin_error = |e: String| DatapathError::Pin {
-                path: path.display().to_string(),
-                detail: e,
-            };
-            let pinned = PinnedLink::from_pin(path).map_err(|e| pin_error(e.to_string()))?;
-            let link =
-                XdpLink::try_from(FdLink::from(pinned)).map_err(|e| pin_error(e.to_string()))?;
+            let link: XdpLink = pinned_link(path)?;
             program.attach_to_link(link).map_err(attach_error)?;
             return Ok(());
         }
@@ -557,14 +529,7 @@ impl Datapath {
         let id = program.attach(interface, mode).map_err(attach_error)?;
         if let Some(path) = pin_path {
             let link = program.take_link(id).map_err(attach_error)?;
-            let pin_error = |e: String| DatapathError::Pin {
-                path: path.display().to_string(),
-                detail: e,
-            };
-            FdLink::try_from(link)
-                .map_err(|e| pin_error(e.to_string()))?
-                .pin(&path)
-                .map_err(|e| pin_error(e.to_string()))?;
+            pin_link(link, &path, "")?;
         }
         Ok(())
     }
@@ -642,16 +607,7 @@ impl Datapath {
         let program = tc_program(&mut self.ebpf, name)?;
         // A restarted agent: swap the new program into the live link, no detach gap.
         if let Some(path) = pin_path.as_ref().filter(|p| p.exists()) {
-            let pinned = PinnedLink::from_pin(path).map_err(|e| DatapathError::Pin {
-                path: path.display().to_string(),
-                detail: e.to_string(),
-            })?;
-            let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| {
-                DatapathError::Pin {
-                    path: path.display().to_string(),
-                    detail: e.to_string(),
-                }
-            })?;
+            let link: SchedClassifierLink = pinned_link(path)?;
             program.attach_to_link(link).map_err(attach_error)?;
             return Ok(());
         }
@@ -660,14 +616,7 @@ impl Datapath {
             .map_err(attach_error)?;
         if let Some(path) = pin_path {
             let link = program.take_link(id).map_err(attach_error)?;
-            let fd_link = FdLink::try_from(link).map_err(|e| DatapathError::Pin {
-                path: path.display().to_string(),
-                detail: format!("{e} (pinning needs TCX links, Linux >= 6.6)"),
-            })?;
-            fd_link.pin(&path).map_err(|e| DatapathError::Pin {
-                path: path.display().to_string(),
-                detail: e.to_string(),
-            })?;
+            pin_link(link, &path, " (pinning needs TCX links, Linux >= 6.6)")?;
         }
         Ok(())
     }
@@ -756,6 +705,41 @@ fn ensure_bpffs(dir: &Path) -> Result<(), DatapathError> {
         });
     }
     Ok(())
+}
+
+fn pin_error(path: &Path, detail: impl std::fmt::Display) -> DatapathError {
+    DatapathError::Pin {
+        path: path.display().to_string(),
+        detail: detail.to_string(),
+    }
+}
+
+/// Pins `link` at `path`, first unpinning a link an earlier agent left there (the new
+/// link is already attached, so the old one can go without a gap).
+fn pin_link<L>(link: L, path: &Path, hint: &str) -> Result<(), DatapathError>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::fmt::Display,
+{
+    if path.exists() {
+        let old = PinnedLink::from_pin(path).map_err(|e| pin_error(path, e))?;
+        old.unpin().map_err(|e| pin_error(path, e))?;
+    }
+    FdLink::try_from(link)
+        .map_err(|e| pin_error(path, format!("{e}{hint}")))?
+        .pin(path)
+        .map_err(|e| pin_error(path, e))?;
+    Ok(())
+}
+
+/// Opens the link pinned at `path` as a program's link type (to swap a program in).
+fn pinned_link<L>(path: &Path) -> Result<L, DatapathError>
+where
+    L: TryFrom<FdLink>,
+    <L as TryFrom<FdLink>>::Error: std::fmt::Display,
+{
+    let pinned = PinnedLink::from_pin(path).map_err(|e| pin_error(path, e))?;
+    L::try_from(FdLink::from(pinned)).map_err(|e| pin_error(path, e))
 }
 
 /// The program `name` of the object as its concrete type.
