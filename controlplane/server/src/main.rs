@@ -1,4 +1,7 @@
-//! `skiff-controlplane`: the control plane binary. Today: the Kubernetes API server.
+//! `skiff-controlplane`: the control plane binary. `server` runs the Kubernetes API server
+//! and, unless `--disable-controllers`, the controllers in the same process (k3s style);
+//! they reach the API through a loopback kube-rs client with the admin credential, never
+//! the store, so `controllers --kubeconfig` runs exactly the same code as its own process.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -49,7 +52,39 @@ enum Command {
         /// kube-apiserver's flag of the same name.
         #[arg(long, default_value_t = 1800)]
         min_request_timeout: u64,
+        /// Serve the API only; run no controllers in this process.
+        #[arg(long)]
+        disable_controllers: bool,
+        #[command(flatten)]
+        controllers: ControllerArgs,
     },
+    /// Run the controllers alone against an API server (any conformant one).
+    Controllers {
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        #[command(flatten)]
+        controllers: ControllerArgs,
+    },
+}
+
+/// Controller settings, shared by `server` and `controllers`.
+#[derive(clap::Args, Clone)]
+struct ControllerArgs {}
+
+impl ControllerArgs {
+    fn config(&self) -> skiff_controllers::Config {
+        skiff_controllers::Config::default()
+    }
+}
+
+/// A kube-rs client from a kubeconfig file.
+async fn client_from(kubeconfig: &std::path::Path) -> Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading the kubeconfig {}", kubeconfig.display()))?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .with_context(|| format!("using the kubeconfig {}", kubeconfig.display()))?;
+    kube::Client::try_from(cfg).context("building the API client")
 }
 
 #[tokio::main]
@@ -71,6 +106,8 @@ async fn main() -> Result<()> {
             etcd_endpoints,
             service_cidr,
             min_request_timeout,
+            disable_controllers,
+            controllers,
         } => {
             std::fs::create_dir_all(&data_dir)
                 .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
@@ -115,13 +152,38 @@ async fn main() -> Result<()> {
                 server.credentials.kubeconfig_path.display(),
                 server.credentials.kubeconfig_path.display()
             );
+            let kubeconfig = server.credentials.kubeconfig_path.clone();
+            let controllers = async {
+                if disable_controllers {
+                    tracing::info!("controllers disabled (--disable-controllers)");
+                } else {
+                    let client = client_from(&kubeconfig).await?;
+                    skiff_controllers::run(client, controllers.config()).await?;
+                }
+                // Only an error ends the server; stopped controllers leave the API serving.
+                std::future::pending::<Result<()>>().await
+            };
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {
                     tracing::info!("interrupted, shutting down");
                     server.shutdown().await;
+                    Ok(())
+                }
+                r = controllers => {
+                    server.shutdown().await;
+                    r.context("the in-process controllers stopped")
                 }
             }
-            Ok(())
+        }
+        Command::Controllers {
+            kubeconfig,
+            controllers,
+        } => {
+            let client = client_from(&kubeconfig).await?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => Ok(()),
+                r = skiff_controllers::run(client, controllers.config()) => r,
+            }
         }
     }
 }
