@@ -12,7 +12,9 @@ use anyhow::{bail, Context as _};
 
 use crate::cmd::{self, is_root, nightly, output};
 
-/// Debian packages: `protobuf-compiler` (etcd-client's build script needs protoc),
+/// Debian packages: `protobuf-compiler` + `libprotobuf-dev` (etcd-client's build script
+/// needs protoc and the well-known types, `google/protobuf/descriptor.proto`, which only
+/// the -dev package ships),
 /// `iproute2` (the netns test harness), `etcd-server` (the store's etcd backend tests),
 /// `containernetworking-plugins` (the reference CNI plugins skiff-cni is tested against),
 /// `ethtool` (the XDP test turns off checksum offload on a veth that plays a wire).
@@ -20,6 +22,7 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
     "protobuf-compiler",
+    "libprotobuf-dev",
     "etcd-server",
     "containernetworking-plugins",
 ];
@@ -41,8 +44,10 @@ pub fn ensure_apt_packages(packages: &[&str]) -> anyhow::Result<()> {
         .iter()
         .copied()
         .filter(|p| {
+            // "install ok installed" only: a package dpkg knows but removed reads
+            // "unknown ok not-installed", which also ends in "installed".
             output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
-                .is_none_or(|s| !s.ends_with("installed"))
+                .is_none_or(|s| s.trim() != "install ok installed")
         })
         .collect();
     if missing.is_empty() {
