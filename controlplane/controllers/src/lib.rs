@@ -62,7 +62,8 @@ impl Ctx {
 /// themselves; a returned error means a bug or a lost API server that did not come back).
 pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let ctx = Ctx::new(client, config);
-    let mut set = tokio::task::JoinSet::new();
+    let mut set: tokio::task::JoinSet<(&'static str, anyhow::Result<()>)> =
+        tokio::task::JoinSet::new();
     // Each controller registers here: `set.spawn(named("name", module::run(ctx.clone())));`
     let _ = &ctx;
     while let Some(done) = set.join_next().await {
