@@ -1,17 +1,29 @@
-//! ClusterIP and NodePort allocation for Services (upstream's service REST `BeforeCreate`
-//! allocators), IPv4 only.
+//! ClusterIP and NodePort allocation for Services (upstream's service REST allocators),
+//! IPv4 only.
 //!
-//! Allocation reads the Services in the store and picks a free value; two concurrent
-//! creates could pick the same one (upstream serialises through an allocation bitmap in
-//! the store). Acceptable for a single-writer control plane; noted for the integrator.
-
-use std::collections::HashSet;
+//! Every allocated value is a reservation key in the store, created with create-if-absent
+//! (`/registry/skiff.io/serviceips/<ip>`, `/registry/skiff.io/servicenodeports/<port>`,
+//! value: the holding Service's namespace, name and uid). That is KEP-1880's object-per-IP
+//! model rather than the legacy bitmap: two API servers on one etcd, or two concurrent
+//! creates on one server, can never hand out the same value, because only one `create` of
+//! a key succeeds. A reservation whose holder is gone or no longer uses the value (a crash
+//! between reserving and writing the Service) is taken over, and the repair pass
+//! ([`Allocator::repair`], at startup and every 3 minutes like upstream's repair
+//! controllers) re-creates missing reservations, removes leaked ones and reports
+//! duplicates.
+//!
+//! Dynamic values come from the upper band first: offset `min(max(16, size/16), 256)` for
+//! IPs (upstream's ClusterIP static band) and `min(max(16, size/32), 128)` for node ports
+//! (KEP-3668), so values users pick by hand from the low band rarely collide.
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
+use bytes::Bytes;
 use serde_json::{json, Value};
 use skiff_api::field::FieldError;
 use skiff_api::status::{self as st, StatusError};
-use skiff_store::{ListOptions, Store};
+use skiff_store::{ListOptions, Store, StoreError};
 
 /// The Service ClusterIP range (k3s's default 10.43.0.0/16).
 #[derive(Clone, Copy, Debug)]
@@ -64,9 +76,6 @@ impl ServiceCidr {
     }
 }
 
-pub const NODE_PORT_MIN: i64 = 30000;
-pub const NODE_PORT_MAX: i64 = 32767;
-
 fn invalid(name: &str, field: &str, value: Value, detail: &str) -> StatusError {
     st::invalid(
         "",
@@ -76,140 +85,645 @@ fn invalid(name: &str, field: &str, value: Value, detail: &str) -> StatusError {
     )
 }
 
-/// Fills `spec.clusterIP(s)` and node ports of a Service being created.
-pub async fn allocate(
-    store: &dyn Store,
-    cidr: ServiceCidr,
-    svc: &mut Value,
-) -> Result<(), StatusError> {
-    let name = svc
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let ty = svc
-        .pointer("/spec/type")
-        .and_then(Value::as_str)
-        .unwrap_or("ClusterIP")
-        .to_string();
-    if ty == "ExternalName" {
-        return Ok(());
-    }
-    let services = store
-        .list("/registry/services/", ListOptions::default())
-        .await
-        .map_err(|e| st::internal_error(&e.to_string()))?;
-    let mut used_ips = HashSet::new();
-    let mut used_ports = HashSet::new();
-    for kv in &services.items {
-        let Ok(v) = serde_json::from_slice::<Value>(&kv.value) else {
-            continue;
-        };
-        if let Some(ip) = v.pointer("/spec/clusterIP").and_then(Value::as_str) {
-            used_ips.insert(ip.to_string());
+const IP_PREFIX: &str = "/registry/skiff.io/serviceips/";
+const PORT_PREFIX: &str = "/registry/skiff.io/servicenodeports/";
+
+/// The NodePort range (`--service-node-port-range`, upstream's default 30000-32767).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodePortRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl Default for NodePortRange {
+    fn default() -> Self {
+        NodePortRange {
+            min: 30000,
+            max: 32767,
         }
-        for p in v
+    }
+}
+
+impl std::str::FromStr for NodePortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a port range like 30000-32767");
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let min: u16 = a.trim().parse().map_err(|_| bad())?;
+        let max: u16 = b.trim().parse().map_err(|_| bad())?;
+        if min == 0 || min > max {
+            return Err(format!(
+                "{s:?}: the range must be non-empty and start above 0"
+            ));
+        }
+        Ok(NodePortRange { min, max })
+    }
+}
+
+impl std::fmt::Display for NodePortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.min, self.max)
+    }
+}
+
+impl NodePortRange {
+    fn size(&self) -> u32 {
+        u32::from(self.max - self.min) + 1
+    }
+    fn contains(&self, p: i64) -> bool {
+        (i64::from(self.min)..=i64::from(self.max)).contains(&p)
+    }
+}
+
+/// Offsets of a range of `size` values in allocation order: a random start inside the
+/// upper band `[band, size)`, then the lower band `[0, band)`.
+fn candidates(size: u32, band: u32, seed: u32) -> impl Iterator<Item = u32> {
+    let band = band.min(size);
+    let upper = size - band;
+    let start = if upper > 0 { seed % upper } else { 0 };
+    (0..upper)
+        .map(move |i| band + (start + i) % upper)
+        .chain(0..band)
+}
+
+fn random_u32() -> u32 {
+    u32::from_le_bytes(crate::pki::random_bytes(4).try_into().unwrap_or([0; 4]))
+}
+
+/// The values a Service holds: its ClusterIP and its node ports (incl. healthCheckNodePort).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Held {
+    ip: Option<Ipv4Addr>,
+    ports: BTreeSet<i64>,
+}
+
+impl Held {
+    fn of(svc: &Value) -> Held {
+        let ip = svc
+            .pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok());
+        let mut ports: BTreeSet<i64> = svc
             .pointer("/spec/ports")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
+            .filter_map(|p| p.get("nodePort").and_then(Value::as_i64))
+            .filter(|n| *n != 0)
+            .collect();
+        if let Some(h) = svc
+            .pointer("/spec/healthCheckNodePort")
+            .and_then(Value::as_i64)
+            .filter(|n| *n != 0)
         {
-            if let Some(n) = p.get("nodePort").and_then(Value::as_i64) {
-                used_ports.insert(n);
-            }
+            ports.insert(h);
         }
+        Held { ip, ports }
     }
-    let requested = svc
-        .pointer("/spec/clusterIP")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let ip = if requested == "None" {
-        requested
-    } else if requested.is_empty() {
-        // Random probing like upstream's allocator; the first address is left for the
-        // `kubernetes` Service, as upstream reserves it.
-        let size = cidr.size();
-        let start =
-            u32::from_le_bytes(crate::pki::random_bytes(4).try_into().unwrap_or([0; 4])) % size;
-        let base = u32::from(cidr.base);
-        (0..size)
-            .map(|i| (start + i) % size)
-            .filter(|off| *off > 1 && *off < size - 1)
-            .map(|off| Ipv4Addr::from(base + off).to_string())
-            .find(|ip| !used_ips.contains(ip))
-            .ok_or_else(|| {
-                st::internal_error(&format!(
-                    "failed to allocate a serviceIP: range {}/{} is full",
-                    cidr.base, cidr.prefix
-                ))
-            })?
-    } else {
-        let parsed: Ipv4Addr = requested.parse().map_err(|_| {
-            invalid(
-                &name,
-                "spec.clusterIPs[0]",
-                json!(requested),
-                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
-            )
-        })?;
-        if !cidr.contains(parsed) {
-            return Err(invalid(
-                &name,
-                "spec.clusterIPs",
-                json!([requested]),
-                &format!(
-                    "failed to allocate IP {requested}: the provided IP ({requested}) is not in the valid range. The range of valid IPs is {}/{}",
-                    cidr.base, cidr.prefix
-                ),
-            ));
-        }
-        if used_ips.contains(&requested) {
-            return Err(invalid(
-                &name,
-                "spec.clusterIPs",
-                json!([requested]),
-                &format!("failed to allocate IP {requested}: provided IP is already allocated"),
-            ));
-        }
-        requested
-    };
-    svc["spec"]["clusterIP"] = json!(ip);
-    svc["spec"]["clusterIPs"] = json!([ip]);
 
-    if ty == "NodePort" || ty == "LoadBalancer" {
-        let mut next = NODE_PORT_MIN;
-        if let Some(ports) = svc.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
-            for (i, p) in ports.iter_mut().enumerate() {
-                match p.get("nodePort").and_then(Value::as_i64) {
-                    Some(n) if n != 0 => {
-                        if used_ports.contains(&n) {
-                            return Err(invalid(
-                                &name,
-                                &format!("spec.ports[{i}].nodePort"),
-                                json!(n),
-                                "provided port is already allocated",
-                            ));
-                        }
-                        used_ports.insert(n);
+    fn keys(&self) -> BTreeSet<String> {
+        self.ip
+            .map(|ip| format!("{IP_PREFIX}{ip}"))
+            .into_iter()
+            .chain(self.ports.iter().map(|p| format!("{PORT_PREFIX}{p}")))
+            .collect()
+    }
+}
+
+/// How old a reservation must be before a missing holder makes it a leak: a create that
+/// reserved a value but has not written its Service yet is in flight, not leaked.
+const LEAK_GRACE_SECS: i64 = 60;
+
+fn holder_of(svc: &Value) -> Value {
+    json!({
+        "namespace": svc.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or(""),
+        "name": svc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or(""),
+        "uid": svc.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or(""),
+        "reservedAt": crate::util::now_unix(),
+    })
+}
+
+/// Old enough that a holder which does not use it has leaked it.
+fn past_grace(holder: &Value) -> bool {
+    let at = holder
+        .get("reservedAt")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    crate::util::now_unix() - at >= LEAK_GRACE_SECS
+}
+
+fn str_at<'a>(v: &'a Value, p: &str) -> &'a str {
+    v.pointer(p).and_then(Value::as_str).unwrap_or("")
+}
+
+/// Keys one request reserved; [`Allocator::release`] them if the write that needed them
+/// fails, so a rejected request leaves nothing behind.
+#[derive(Debug, Default)]
+#[must_use = "release the keys if the Service write fails"]
+pub struct Reservation {
+    pub keys: Vec<String>,
+}
+
+/// What a repair pass found and fixed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RepairReport {
+    /// Reservations re-created for values Services hold.
+    pub restored: Vec<String>,
+    /// Reservations removed because no Service holds the value.
+    pub leaked: Vec<String>,
+    /// Values two Services hold at once (can only be fixed by a user).
+    pub duplicates: Vec<String>,
+}
+
+pub struct Allocator {
+    store: Arc<dyn Store>,
+    cidr: ServiceCidr,
+    ports: NodePortRange,
+}
+
+fn internal(e: StoreError) -> StatusError {
+    st::internal_error(&e.to_string())
+}
+
+impl Allocator {
+    pub fn new(store: Arc<dyn Store>, cidr: ServiceCidr, ports: NodePortRange) -> Allocator {
+        Allocator { store, cidr, ports }
+    }
+
+    pub fn cidr(&self) -> ServiceCidr {
+        self.cidr
+    }
+
+    /// Is the Service `holder` names alive with the same uid and still using `key`?
+    async fn holder_uses(&self, holder: &Value, key: &str) -> Result<bool, StoreError> {
+        let svc_key = format!(
+            "/registry/services/{}/{}",
+            str_at(holder, "/namespace"),
+            str_at(holder, "/name")
+        );
+        let Some(kv) = self.store.get(&svc_key).await? else {
+            return Ok(false);
+        };
+        let Ok(svc) = serde_json::from_slice::<Value>(&kv.value) else {
+            return Ok(false);
+        };
+        Ok(str_at(&svc, "/metadata/uid") == str_at(holder, "/uid")
+            && Held::of(&svc).keys().contains(key))
+    }
+
+    /// Reserves `key` for `holder`: created if absent, taken over if its holder is gone or
+    /// no longer uses it. `Ok(false)`: a live Service holds it. With `dry`, only checks.
+    async fn reserve(&self, key: &str, holder: &Value, dry: bool) -> Result<bool, StoreError> {
+        let bytes = Bytes::from(serde_json::to_vec(holder).unwrap_or_default());
+        for _ in 0..4 {
+            let existing = self.store.get(key).await?;
+            match existing {
+                None if dry => return Ok(true),
+                None => match self.store.create(key, bytes.clone()).await {
+                    Ok(_) => return Ok(true),
+                    Err(StoreError::AlreadyExists { .. }) => continue,
+                    Err(e) => return Err(e),
+                },
+                Some(kv) => {
+                    let cur: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
+                    if str_at(&cur, "/uid") == str_at(holder, "/uid")
+                        && !str_at(holder, "/uid").is_empty()
+                    {
+                        return Ok(true);
                     }
-                    _ => {
-                        while used_ports.contains(&next) && next <= NODE_PORT_MAX {
-                            next += 1;
+                    if !past_grace(&cur) || self.holder_uses(&cur, key).await? {
+                        return Ok(false);
+                    }
+                    if dry {
+                        return Ok(true);
+                    }
+                    tracing::info!(
+                        "taking over the leaked reservation {key} (held by {}/{} which no longer uses it)",
+                        str_at(&cur, "/namespace"),
+                        str_at(&cur, "/name")
+                    );
+                    match self
+                        .store
+                        .update(key, bytes.clone(), Some(kv.mod_revision))
+                        .await
+                    {
+                        Ok(_) => return Ok(true),
+                        Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound { .. }) => {
+                            continue
                         }
-                        if next > NODE_PORT_MAX {
-                            return Err(st::internal_error(
-                                "failed to allocate a nodePort: range is full",
-                            ));
-                        }
-                        p["nodePort"] = json!(next);
-                        used_ports.insert(next);
+                        Err(e) => return Err(e),
                     }
                 }
             }
         }
+        Ok(false)
     }
-    Ok(())
+
+    /// Suffixes (IPs or ports) of the reservations under `prefix`.
+    async fn used(&self, prefix: &str) -> Result<HashSet<String>, StoreError> {
+        let page = self.store.list(prefix, ListOptions::default()).await?;
+        Ok(page
+            .items
+            .iter()
+            .filter_map(|kv| kv.key.strip_prefix(prefix).map(str::to_string))
+            .collect())
+    }
+
+    async fn dynamic_ip(
+        &self,
+        holder: &Value,
+        dry: bool,
+        res: &mut Reservation,
+    ) -> Result<Ipv4Addr, StatusError> {
+        let size = self.cidr.size();
+        let band = (size / 16).clamp(16, 256);
+        let used = self.used(IP_PREFIX).await.map_err(internal)?;
+        let base = u32::from(self.cidr.base);
+        let kubernetes = self.cidr.kubernetes_ip();
+        for off in candidates(size, band, random_u32()) {
+            // Neither the network nor the broadcast address, nor the `kubernetes` one.
+            if off == 0 || off == size - 1 {
+                continue;
+            }
+            let ip = Ipv4Addr::from(base + off);
+            if ip == kubernetes || used.contains(&ip.to_string()) {
+                continue;
+            }
+            let key = format!("{IP_PREFIX}{ip}");
+            if self.reserve(&key, holder, dry).await.map_err(internal)? {
+                if !dry {
+                    res.keys.push(key);
+                }
+                return Ok(ip);
+            }
+        }
+        Err(st::internal_error(&format!(
+            "failed to allocate a serviceIP: range is full (no free address in {}/{})",
+            self.cidr.base, self.cidr.prefix
+        )))
+    }
+
+    async fn dynamic_port(
+        &self,
+        holder: &Value,
+        taken_here: &BTreeSet<i64>,
+        dry: bool,
+        res: &mut Reservation,
+    ) -> Result<i64, StatusError> {
+        let size = self.ports.size();
+        let band = (size / 32).clamp(16, 128);
+        let used = self.used(PORT_PREFIX).await.map_err(internal)?;
+        for off in candidates(size, band, random_u32()) {
+            let port = i64::from(self.ports.min) + i64::from(off);
+            if taken_here.contains(&port) || used.contains(&port.to_string()) {
+                continue;
+            }
+            let key = format!("{PORT_PREFIX}{port}");
+            if self.reserve(&key, holder, dry).await.map_err(internal)? {
+                if !dry {
+                    res.keys.push(key);
+                }
+                return Ok(port);
+            }
+        }
+        Err(st::internal_error(&format!(
+            "failed to allocate a nodePort: range {} is full",
+            self.ports
+        )))
+    }
+
+    /// Reserves a node port the user asked for, or explains why it cannot be had.
+    async fn requested_port(
+        &self,
+        name: &str,
+        field: &str,
+        port: i64,
+        holder: &Value,
+        dry: bool,
+        res: &mut Reservation,
+    ) -> Result<(), StatusError> {
+        if !self.ports.contains(port) {
+            return Err(invalid(
+                name,
+                field,
+                json!(port),
+                &format!(
+                    "provided port is not in the valid range. The range of valid ports is {}",
+                    self.ports
+                ),
+            ));
+        }
+        let key = format!("{PORT_PREFIX}{port}");
+        if !self.reserve(&key, holder, dry).await.map_err(internal)? {
+            return Err(invalid(
+                name,
+                field,
+                json!(port),
+                "provided port is already allocated",
+            ));
+        }
+        if !dry {
+            res.keys.push(key);
+        }
+        Ok(())
+    }
+
+    /// Fills and reserves what `svc` needs beyond what `old` (the stored object of an
+    /// update) already holds. On error, everything reserved here has been released.
+    async fn fill(
+        &self,
+        old: Option<&Value>,
+        svc: &mut Value,
+        dry: bool,
+    ) -> Result<Reservation, StatusError> {
+        let mut res = Reservation::default();
+        match self.fill_inner(old, svc, dry, &mut res).await {
+            Ok(()) => Ok(res),
+            Err(e) => {
+                self.release(std::mem::take(&mut res.keys)).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn fill_inner(
+        &self,
+        old: Option<&Value>,
+        svc: &mut Value,
+        dry: bool,
+        res: &mut Reservation,
+    ) -> Result<(), StatusError> {
+        let name = str_at(svc, "/metadata/name").to_string();
+        let ty = svc
+            .pointer("/spec/type")
+            .and_then(Value::as_str)
+            .unwrap_or("ClusterIP")
+            .to_string();
+        let holder = holder_of(svc);
+        let old_held = old.map(Held::of).unwrap_or_default();
+        let old_keys = old_held.keys();
+        if ty == "ExternalName" {
+            return Ok(());
+        }
+
+        // ClusterIP.
+        let requested = str_at(svc, "/spec/clusterIP").to_string();
+        if requested != "None" {
+            let ip = if requested.is_empty() {
+                self.dynamic_ip(&holder, dry, res).await?
+            } else {
+                let parsed: Ipv4Addr = requested.parse().map_err(|_| {
+                    invalid(
+                        &name,
+                        "spec.clusterIPs[0]",
+                        json!(requested),
+                        "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+                    )
+                })?;
+                let key = format!("{IP_PREFIX}{parsed}");
+                if !old_keys.contains(&key) {
+                    if !self.cidr.contains(parsed) {
+                        return Err(invalid(
+                            &name,
+                            "spec.clusterIPs",
+                            json!([requested]),
+                            &format!(
+                                "failed to allocate IP {requested}: the provided IP ({requested}) is not in the valid range. The range of valid IPs is {}/{}",
+                                self.cidr.base, self.cidr.prefix
+                            ),
+                        ));
+                    }
+                    if !self.reserve(&key, &holder, dry).await.map_err(internal)? {
+                        return Err(invalid(
+                            &name,
+                            "spec.clusterIPs",
+                            json!([requested]),
+                            &format!(
+                                "failed to allocate IP {requested}: provided IP is already allocated"
+                            ),
+                        ));
+                    }
+                    if !dry {
+                        res.keys.push(key);
+                    }
+                }
+                parsed
+            };
+            svc["spec"]["clusterIP"] = json!(ip.to_string());
+            svc["spec"]["clusterIPs"] = json!([ip.to_string()]);
+        }
+
+        // Node ports: NodePort, and LoadBalancer unless allocateLoadBalancerNodePorts=false.
+        let wants_node_ports = ty == "NodePort"
+            || (ty == "LoadBalancer"
+                && svc
+                    .pointer("/spec/allocateLoadBalancerNodePorts")
+                    .and_then(Value::as_bool)
+                    != Some(false));
+        let mut taken_here: BTreeSet<i64> = BTreeSet::new();
+        let n_ports = svc
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        for i in 0..n_ports {
+            let field = format!("spec.ports[{i}].nodePort");
+            let current = svc["spec"]["ports"][i]
+                .get("nodePort")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            if current != 0 {
+                // The same number for TCP and UDP of one Service is allowed (upstream).
+                if !taken_here.insert(current) {
+                    continue;
+                }
+                if !old_held.ports.contains(&current) {
+                    self.requested_port(&name, &field, current, &holder, dry, res)
+                        .await?;
+                }
+            } else if wants_node_ports {
+                let port = self.dynamic_port(&holder, &taken_here, dry, res).await?;
+                taken_here.insert(port);
+                svc["spec"]["ports"][i]["nodePort"] = json!(port);
+            }
+        }
+
+        // healthCheckNodePort: only LoadBalancer with externalTrafficPolicy=Local has one.
+        let local = str_at(svc, "/spec/externalTrafficPolicy") == "Local";
+        if ty == "LoadBalancer" && local {
+            let current = svc
+                .pointer("/spec/healthCheckNodePort")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            let kept = old
+                .and_then(|o| o.pointer("/spec/healthCheckNodePort"))
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            if current == 0 && kept != 0 {
+                svc["spec"]["healthCheckNodePort"] = json!(kept);
+            } else if current == 0 {
+                let port = self.dynamic_port(&holder, &taken_here, dry, res).await?;
+                svc["spec"]["healthCheckNodePort"] = json!(port);
+            } else if !old_held.ports.contains(&current) {
+                if taken_here.contains(&current) {
+                    return Err(invalid(
+                        &name,
+                        "spec.healthCheckNodePort",
+                        json!(current),
+                        "provided port is already allocated",
+                    ));
+                }
+                self.requested_port(
+                    &name,
+                    "spec.healthCheckNodePort",
+                    current,
+                    &holder,
+                    dry,
+                    res,
+                )
+                .await?;
+            }
+        } else if let Some(spec) = svc.get_mut("spec").and_then(Value::as_object_mut) {
+            // No longer LoadBalancer+Local: upstream releases and clears it.
+            spec.remove("healthCheckNodePort");
+        }
+        Ok(())
+    }
+
+    /// A Service being created: fills `spec.clusterIP(s)`, node ports and
+    /// healthCheckNodePort and reserves them (nothing is written with `dry`).
+    pub async fn on_create(&self, svc: &mut Value, dry: bool) -> Result<Reservation, StatusError> {
+        self.fill(None, svc, dry).await
+    }
+
+    /// A Service update from `old` to `new`: fills node ports / healthCheckNodePort the new
+    /// spec needs and reserves values `old` did not hold. Returns the reservation and the
+    /// keys to [`Allocator::release`] once the update is committed (values `old` held that
+    /// `new` does not).
+    pub async fn on_update(
+        &self,
+        old: &Value,
+        new: &mut Value,
+        dry: bool,
+    ) -> Result<(Reservation, Vec<String>), StatusError> {
+        let res = self.fill(Some(old), new, dry).await?;
+        let keep = Held::of(new).keys();
+        let freed = Held::of(old)
+            .keys()
+            .into_iter()
+            .filter(|k| !keep.contains(k))
+            .collect();
+        Ok((res, freed))
+    }
+
+    /// Releases reservation keys (best effort: a failure leaves a leak the repair pass and
+    /// the take-over rule fix).
+    pub async fn release(&self, keys: Vec<String>) {
+        for k in keys {
+            match self.store.delete(&k, None).await {
+                Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                Err(e) => tracing::warn!("releasing {k}: {e} (the repair pass will retry)"),
+            }
+        }
+    }
+
+    /// A Service was deleted: releases what it held (only reservations it still owns).
+    pub async fn on_delete(&self, svc: &Value) {
+        let uid = str_at(svc, "/metadata/uid");
+        for key in Held::of(svc).keys() {
+            let Ok(Some(kv)) = self.store.get(&key).await else {
+                continue;
+            };
+            let cur: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
+            if str_at(&cur, "/uid") != uid {
+                continue;
+            }
+            match self.store.delete(&key, Some(kv.mod_revision)).await {
+                Ok(_) | Err(StoreError::NotFound { .. }) | Err(StoreError::Conflict { .. }) => {}
+                Err(e) => tracing::warn!("releasing {key}: {e} (the repair pass will retry)"),
+            }
+        }
+    }
+
+    /// Upstream's repair controllers: every value a Service holds has its reservation, no
+    /// reservation outlives its Service, duplicates are reported.
+    pub async fn repair(&self) -> Result<RepairReport, StoreError> {
+        let mut report = RepairReport::default();
+        let services = self
+            .store
+            .list("/registry/services/", ListOptions::default())
+            .await?;
+        // key -> holders (in creation order, so the oldest keeps a duplicated value).
+        let mut wanted: BTreeMap<String, Vec<(String, Value)>> = BTreeMap::new();
+        for kv in &services.items {
+            let Ok(svc) = serde_json::from_slice::<Value>(&kv.value) else {
+                continue;
+            };
+            let created = str_at(&svc, "/metadata/creationTimestamp").to_string();
+            for key in Held::of(&svc).keys() {
+                wanted
+                    .entry(key)
+                    .or_default()
+                    .push((created.clone(), holder_of(&svc)));
+            }
+        }
+        for holders in wanted.values_mut() {
+            holders.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        let mut existing = BTreeMap::new();
+        for prefix in [IP_PREFIX, PORT_PREFIX] {
+            for kv in self.store.list(prefix, ListOptions::default()).await?.items {
+                existing.insert(kv.key.clone(), kv);
+            }
+        }
+        for (key, kv) in &existing {
+            let cur: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
+            let live = wanted.get(key).is_some_and(|hs| {
+                hs.iter()
+                    .any(|(_, h)| str_at(h, "/uid") == str_at(&cur, "/uid"))
+            });
+            if !live && past_grace(&cur) {
+                match self.store.delete(key, Some(kv.mod_revision)).await {
+                    Ok(_) => report.leaked.push(key.clone()),
+                    Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        for (key, holders) in &wanted {
+            if holders.len() > 1 {
+                let names: Vec<String> = holders
+                    .iter()
+                    .map(|(_, h)| format!("{}/{}", str_at(h, "/namespace"), str_at(h, "/name")))
+                    .collect();
+                report.duplicates.push(format!(
+                    "{} held by {}",
+                    key.rsplit('/').next().unwrap_or(key),
+                    names.join(", ")
+                ));
+            }
+            let cur_ok = existing.get(key).is_some_and(|kv| {
+                let cur: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
+                holders
+                    .iter()
+                    .any(|(_, h)| str_at(h, "/uid") == str_at(&cur, "/uid"))
+            });
+            if !cur_ok {
+                let bytes = Bytes::from(serde_json::to_vec(&holders[0].1).unwrap_or_default());
+                let r = match existing.get(key) {
+                    Some(kv) => self.store.update(key, bytes, Some(kv.mod_revision)).await,
+                    None => self.store.create(key, bytes).await,
+                };
+                match r {
+                    Ok(_) => report.restored.push(key.clone()),
+                    Err(StoreError::AlreadyExists { .. })
+                    | Err(StoreError::Conflict { .. })
+                    | Err(StoreError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(report)
+    }
 }
 
 #[cfg(test)]
@@ -224,5 +738,306 @@ mod tests {
         assert!(!c.contains(Ipv4Addr::new(10, 44, 0, 1)));
         assert!("10.0.0.0".parse::<ServiceCidr>().is_err());
         assert!("10.0.0.0/31".parse::<ServiceCidr>().is_err());
+    }
+
+    fn svc(name: &str, spec: Value) -> Value {
+        json!({
+            "metadata": {"namespace": "default", "name": name, "uid": format!("uid-{name}"),
+                         "creationTimestamp": format!("2026-01-01T00:00:{:02}Z", name.len() % 60)},
+            "spec": spec,
+        })
+    }
+
+    async fn store() -> (tempfile::TempDir, Arc<dyn Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let s =
+            skiff_store::RedbStore::open(dir.path().join("s.redb"), Default::default()).unwrap();
+        (dir, Arc::new(s))
+    }
+
+    /// Writes the Service as the API would after a successful allocation.
+    async fn commit(store: &Arc<dyn Store>, v: &Value) {
+        let key = format!("/registry/services/default/{}", str_at(v, "/metadata/name"));
+        store
+            .create(&key, Bytes::from(serde_json::to_vec(v).unwrap()))
+            .await
+            .unwrap();
+    }
+
+    fn alloc(store: &Arc<dyn Store>, cidr: &str) -> Allocator {
+        Allocator::new(
+            store.clone(),
+            cidr.parse().unwrap(),
+            NodePortRange::default(),
+        )
+    }
+
+    #[test]
+    fn candidates_cover_the_upper_band_first_then_the_lower() {
+        let order: Vec<u32> = candidates(256, 16, 12345).collect();
+        assert_eq!(order.len(), 256);
+        assert!(order[..240].iter().all(|o| *o >= 16), "upper band first");
+        assert_eq!(&order[240..], &(0..16).collect::<Vec<_>>()[..]);
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            (0..256).collect::<Vec<_>>(),
+            "every offset exactly once"
+        );
+        assert_eq!(
+            "30000-32767".parse::<NodePortRange>().unwrap(),
+            NodePortRange::default()
+        );
+        assert!("32767-30000".parse::<NodePortRange>().is_err());
+        assert!("30000".parse::<NodePortRange>().is_err());
+    }
+
+    #[tokio::test]
+    async fn dynamic_ips_use_the_upper_band_until_it_is_full() {
+        let (_d, store) = store().await;
+        let a = alloc(&store, "10.96.0.0/24");
+        let mut seen = HashSet::new();
+        // 256 addresses - network - broadcast - kubernetes (.1) = 253 dynamic ones; the
+        // upper band (.16-.254) has 239.
+        for i in 0..253 {
+            let mut s = svc(&format!("s{i}"), json!({"type": "ClusterIP"}));
+            let r = a.on_create(&mut s, false).await.unwrap();
+            assert_eq!(r.keys.len(), 1);
+            let ip: Ipv4Addr = str_at(&s, "/spec/clusterIP").parse().unwrap();
+            let last = ip.octets()[3];
+            assert!(last != 0 && last != 255 && last != 1, "{ip}");
+            if i < 239 {
+                assert!(last >= 16, "allocation {i} took {ip} from the static band");
+            }
+            assert!(seen.insert(ip), "{ip} handed out twice");
+            commit(&store, &s).await;
+        }
+        let mut s = svc("full", json!({"type": "ClusterIP"}));
+        let e = a.on_create(&mut s, false).await.unwrap_err();
+        assert!(e.message().contains("range is full"), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn concurrent_creates_never_share_an_ip() {
+        let (_d, store) = store().await;
+        let a = Arc::new(alloc(&store, "10.96.0.0/27"));
+        // 32 - network - broadcast - kubernetes = 29 addresses for 29 racing creates.
+        let tasks: Vec<_> = (0..29)
+            .map(|i| {
+                let a = a.clone();
+                tokio::spawn(async move {
+                    let mut s = svc(&format!("c{i}"), json!({}));
+                    a.on_create(&mut s, false).await.map(|_| s)
+                })
+            })
+            .collect();
+        let mut ips = HashSet::new();
+        for t in tasks {
+            let s = t.await.unwrap().expect("every create gets an address");
+            assert!(ips.insert(str_at(&s, "/spec/clusterIP").to_string()));
+        }
+        assert_eq!(ips.len(), 29);
+    }
+
+    #[tokio::test]
+    async fn requested_ips_are_honoured_or_rejected_with_the_field() {
+        let (_d, store) = store().await;
+        let a = alloc(&store, "10.43.0.0/16");
+        let mut s = svc("a", json!({"clusterIP": "10.43.0.10"}));
+        let _ = a.on_create(&mut s, false).await.unwrap();
+        commit(&store, &s).await;
+        let mut dup = svc("b", json!({"clusterIP": "10.43.0.10"}));
+        let e = a.on_create(&mut dup, false).await.unwrap_err();
+        assert_eq!(e.code, 422);
+        assert!(
+            e.message().contains("spec.clusterIPs: Invalid value: [\"10.43.0.10\"]: failed to allocate IP 10.43.0.10: provided IP is already allocated"),
+            "{e:?}"
+        );
+        let mut out = svc("c", json!({"clusterIP": "10.44.0.1"}));
+        let e = a.on_create(&mut out, false).await.unwrap_err();
+        assert!(
+            e.message()
+                .contains("The range of valid IPs is 10.43.0.0/16"),
+            "{e:?}"
+        );
+        let mut bad = svc("d", json!({"clusterIP": "ten"}));
+        assert!(a
+            .on_create(&mut bad, false)
+            .await
+            .unwrap_err()
+            .message()
+            .to_string()
+            .contains("spec.clusterIPs[0]"));
+        // Dry run reserves nothing.
+        let mut dry = svc("e", json!({"clusterIP": "10.43.0.11"}));
+        let r = a.on_create(&mut dry, true).await.unwrap();
+        assert!(r.keys.is_empty());
+        assert!(store
+            .get(&format!("{IP_PREFIX}10.43.0.11"))
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn a_reservation_whose_service_is_gone_is_taken_over() {
+        let (_d, store) = store().await;
+        let a = alloc(&store, "10.43.0.0/16");
+        // A crash between reserving and writing the Service left this behind.
+        store
+            .create(
+                &format!("{IP_PREFIX}10.43.0.20"),
+                Bytes::from(
+                    serde_json::to_vec(
+                        &json!({"namespace": "default", "name": "ghost", "uid": "x"}),
+                    )
+                    .unwrap(),
+                ),
+            )
+            .await
+            .unwrap();
+        let mut s = svc("real", json!({"clusterIP": "10.43.0.20"}));
+        let r = a.on_create(&mut s, false).await.unwrap();
+        assert_eq!(r.keys, vec![format!("{IP_PREFIX}10.43.0.20")]);
+        // A fresh reservation of a Service not written yet is a create in flight: it is
+        // neither taken over nor removed by the repair pass.
+        let in_flight = svc("in-flight", json!({"clusterIP": "10.43.0.21"}));
+        let _ = a.on_create(&mut in_flight.clone(), false).await.unwrap();
+        let mut late = svc("late", json!({"clusterIP": "10.43.0.21"}));
+        let e = a.on_create(&mut late, false).await.unwrap_err();
+        assert!(e.message().contains("already allocated"), "{e:?}");
+        let r = a.repair().await.unwrap();
+        assert!(
+            !r.leaked.contains(&format!("{IP_PREFIX}10.43.0.21")),
+            "{r:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn node_ports_and_health_check_ports() {
+        let (_d, store) = store().await;
+        let a = alloc(&store, "10.43.0.0/16");
+        let mut np = svc(
+            "np",
+            json!({"type": "NodePort", "ports": [{"port": 80}, {"port": 81, "nodePort": 30001}]}),
+        );
+        let _ = a.on_create(&mut np, false).await.unwrap();
+        let p0 = np
+            .pointer("/spec/ports/0/nodePort")
+            .and_then(Value::as_i64)
+            .unwrap();
+        // KEP-3668: dynamic node ports avoid the static band (30000 + 86) while they can.
+        assert!((30086..=32767).contains(&p0), "{p0}");
+        commit(&store, &np).await;
+        let mut clash = svc(
+            "clash",
+            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30001}]}),
+        );
+        let e = a.on_create(&mut clash, false).await.unwrap_err();
+        assert!(
+            e.message().contains(
+                "spec.ports[0].nodePort: Invalid value: 30001: provided port is already allocated"
+            ),
+            "{e:?}"
+        );
+        // Nothing of the rejected request stays reserved: its ClusterIP was released.
+        let ips = a.used(IP_PREFIX).await.unwrap();
+        assert_eq!(ips.len(), 1, "{ips:?}");
+        let mut range = svc(
+            "range",
+            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 8080}]}),
+        );
+        let e = a.on_create(&mut range, false).await.unwrap_err();
+        assert!(
+            e.message()
+                .contains("The range of valid ports is 30000-32767"),
+            "{e:?}"
+        );
+
+        let mut lb = svc(
+            "lb",
+            json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "ports": [{"port": 80}]}),
+        );
+        let _ = a.on_create(&mut lb, false).await.unwrap();
+        let hc = lb
+            .pointer("/spec/healthCheckNodePort")
+            .and_then(Value::as_i64)
+            .unwrap();
+        assert_ne!(
+            hc,
+            lb.pointer("/spec/ports/0/nodePort")
+                .and_then(Value::as_i64)
+                .unwrap()
+        );
+        commit(&store, &lb).await;
+        // eTP back to Cluster: the health check port is cleared and freed after the write.
+        let mut cluster = lb.clone();
+        cluster["spec"]["externalTrafficPolicy"] = json!("Cluster");
+        let (r, freed) = a.on_update(&lb, &mut cluster, false).await.unwrap();
+        assert!(r.keys.is_empty());
+        assert!(cluster.pointer("/spec/healthCheckNodePort").is_none());
+        assert_eq!(freed, vec![format!("{PORT_PREFIX}{hc}")]);
+
+        // ClusterIP -> NodePort on update allocates the node port then.
+        let mut plain = svc(
+            "plain",
+            json!({"type": "ClusterIP", "ports": [{"port": 80}]}),
+        );
+        let _ = a.on_create(&mut plain, false).await.unwrap();
+        let mut to_np = plain.clone();
+        to_np["spec"]["type"] = json!("NodePort");
+        let (r, freed) = a.on_update(&plain, &mut to_np, false).await.unwrap();
+        assert_eq!(r.keys.len(), 1, "only the new node port: {:?}", r.keys);
+        assert!(freed.is_empty());
+        assert!(to_np
+            .pointer("/spec/ports/0/nodePort")
+            .and_then(Value::as_i64)
+            .is_some());
+    }
+
+    #[tokio::test]
+    async fn repair_restores_removes_and_reports() {
+        let (_d, store) = store().await;
+        let a = alloc(&store, "10.43.0.0/16");
+        // Two Services written without reservations (an older skiff), one IP shared.
+        let one = svc(
+            "one",
+            json!({"clusterIP": "10.43.1.1", "ports": [{"port": 80, "nodePort": 30500}]}),
+        );
+        let two = svc("twotwo", json!({"clusterIP": "10.43.1.1"}));
+        commit(&store, &one).await;
+        commit(&store, &two).await;
+        store
+            .create(
+                &format!("{IP_PREFIX}10.43.9.9"),
+                Bytes::from(
+                    serde_json::to_vec(
+                        &json!({"namespace": "default", "name": "gone", "uid": "g"}),
+                    )
+                    .unwrap(),
+                ),
+            )
+            .await
+            .unwrap();
+        let r = a.repair().await.unwrap();
+        assert_eq!(r.leaked, vec![format!("{IP_PREFIX}10.43.9.9")]);
+        assert_eq!(
+            r.restored,
+            vec![
+                format!("{IP_PREFIX}10.43.1.1"),
+                format!("{PORT_PREFIX}30500")
+            ]
+        );
+        assert_eq!(r.duplicates.len(), 1, "{:?}", r.duplicates);
+        assert!(
+            r.duplicates[0].contains("default/one") && r.duplicates[0].contains("default/twotwo")
+        );
+        // Idempotent: a second pass finds only the duplicate again.
+        let again = a.repair().await.unwrap();
+        assert!(again.restored.is_empty() && again.leaked.is_empty());
+        // Deleting the holder frees the value.
+        a.on_delete(&one).await;
+        assert!(!a.used(PORT_PREFIX).await.unwrap().contains("30500"));
     }
 }

@@ -39,6 +39,7 @@ pub struct AppState {
     admin_cert: CertificateDer<'static>,
     server_address: String,
     service_cidr: crate::alloc::ServiceCidr,
+    alloc: crate::alloc::Allocator,
     /// How long a watch without `timeoutSeconds` lasts.
     pub(crate) watch_timeout: std::time::Duration,
     pub(crate) cache: crate::cache::WatchCache,
@@ -51,10 +52,12 @@ impl AppState {
         admin_cert: CertificateDer<'static>,
         server_address: String,
         service_cidr: crate::alloc::ServiceCidr,
+        node_ports: crate::alloc::NodePortRange,
         watch_timeout: std::time::Duration,
     ) -> Arc<AppState> {
         Arc::new(AppState {
             cache: crate::cache::WatchCache::new(store.clone()),
+            alloc: crate::alloc::Allocator::new(store.clone(), service_cidr, node_ports),
             store,
             admin_token,
             admin_cert,
@@ -118,6 +121,27 @@ impl AppState {
             .await;
         self.put_system_object("/registry/endpoints/default/kubernetes", endpoints, true)
             .await;
+        self.repair_allocations().await;
+    }
+
+    /// One pass of the ClusterIP / NodePort repair (see `alloc`), logged.
+    pub async fn repair_allocations(&self) {
+        match self.alloc.repair().await {
+            Ok(r) => {
+                for k in &r.restored {
+                    tracing::info!("allocation repair: restored the reservation {k}");
+                }
+                for k in &r.leaked {
+                    tracing::info!("allocation repair: released the leaked reservation {k}");
+                }
+                for d in &r.duplicates {
+                    tracing::warn!(
+                        "allocation repair: {d}; delete or change one of these Services"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!("allocation repair failed: {e} (retried in 3 minutes)"),
+        }
     }
 
     /// Creates `obj` at `key` if absent; with `reconcile`, replaces the content fields of
@@ -1112,9 +1136,11 @@ async fn create_object(
     reset_status_for_create(t.r, &mut obj);
     validate_create(t.r, &obj)?;
     namespace_exists(state, t).await?;
-    if t.r.kind == "Service" {
-        crate::alloc::allocate(state.store.as_ref(), state.service_cidr, &mut obj).await?;
-    }
+    let reservation = if t.r.kind == "Service" {
+        Some(state.alloc.on_create(&mut obj, dry).await?)
+    } else {
+        None
+    };
     if let Some(m) = manager {
         obj = apply::record_update(t.r.kind, None, &obj, m, &t.r.api_version(), &now_rfc3339());
     }
@@ -1126,14 +1152,17 @@ async fn create_object(
         }
         return Ok(obj);
     }
-    let rev = state
-        .store
-        .create(&key, to_bytes(&obj))
-        .await
-        .map_err(|e| match e {
-            StoreError::AlreadyExists { .. } => st::already_exists(t.gr(), &name),
-            other => store_error(other),
-        })?;
+    let created = state.store.create(&key, to_bytes(&obj)).await;
+    if created.is_err() {
+        // A rejected create leaves nothing behind: not even its ClusterIP reservation.
+        if let Some(r) = reservation {
+            state.alloc.release(r.keys).await;
+        }
+    }
+    let rev = created.map_err(|e| match e {
+        StoreError::AlreadyExists { .. } => st::already_exists(t.gr(), &name),
+        other => store_error(other),
+    })?;
     set_rv(&mut obj, rev);
     Ok(obj)
 }
@@ -1314,7 +1343,14 @@ async fn write_existing(
         };
         let current = decode_kv(&kv, kv.mod_revision);
         let (requested, warnings, recorded) = requested_state(t, ctx, mode, &current)?;
-        let new = finish_update(t, ctx, mode, &current, requested, recorded)?;
+        let mut new = finish_update(t, ctx, mode, &current, requested, recorded)?;
+        // Node ports / healthCheckNodePort a changed Service spec now needs, reserved
+        // before the write and released again if it does not commit.
+        let (reservation, freed) = if t.r.kind == "Service" && mode == Mode::Main {
+            state.alloc.on_update(&current, &mut new, dry).await?
+        } else {
+            Default::default()
+        };
         if without_managed_fields(&new) == without_managed_fields(&current) && !dry {
             // Nothing changed: upstream skips the write and keeps the resourceVersion.
             let body = if mode == Mode::Scale {
@@ -1351,6 +1387,13 @@ async fn write_existing(
                 .update(&t.key(t.name()), to_bytes(&stored), Some(kv.mod_revision))
                 .await
         };
+        if result.is_err() {
+            state.alloc.release(reservation.keys).await;
+        } else if finalize && t.r.kind == "Service" {
+            state.alloc.on_delete(&new).await;
+        } else {
+            state.alloc.release(freed).await;
+        }
         match result {
             Ok(rev) => {
                 let mut out = new;
@@ -1719,6 +1762,22 @@ async fn delete_one(
                 ));
             }
         }
+        // Upstream's deletion strategy: Foreground and Orphan propagation are carried out
+        // by the garbage collector, which the `foregroundDeletion` / `orphan` finalizer
+        // (added here) tells what to do before the object may go.
+        let mut obj = obj;
+        let policy_finalizer = match opts.get("propagationPolicy").and_then(Value::as_str) {
+            Some("Foreground") => Some("foregroundDeletion"),
+            Some("Orphan") => Some("orphan"),
+            _ => None,
+        };
+        if let Some(f) = policy_finalizer {
+            let mut fs = finalizers(&obj);
+            if obj.pointer("/metadata/deletionTimestamp").is_none() && !fs.contains(&json!(f)) {
+                fs.push(json!(f));
+                obj["metadata"]["finalizers"] = Value::Array(fs);
+            }
+        }
         let grace = pod_grace_period(t.r, &obj, opts);
         if grace > 0 {
             // Graceful pod deletion: the pod's kubelet (skiff's node agent) stops it and then
@@ -1781,6 +1840,9 @@ async fn delete_one(
         }
         match state.store.delete(&key, Some(kv.mod_revision)).await {
             Ok(_) => {
+                if t.r.kind == "Service" {
+                    state.alloc.on_delete(&obj).await;
+                }
                 if t.r.kind == "Namespace" {
                     delete_namespace_contents(state, t.name()).await;
                 }
@@ -1845,8 +1907,14 @@ async fn delete_namespace_contents(state: &AppState, ns: &str) {
         let prefix = format!("/registry/{}/{ns}/", r.plural);
         if let Ok(page) = state.store.list(&prefix, ListOptions::default()).await {
             for kv in page.items {
-                if let Err(e) = state.store.delete(&kv.key, None).await {
-                    tracing::warn!("deleting {} with its namespace: {e}", kv.key);
+                match state.store.delete(&kv.key, None).await {
+                    Ok(_) if r.kind == "Service" => {
+                        if let Ok(svc) = serde_json::from_slice::<Value>(&kv.value) {
+                            state.alloc.on_delete(&svc).await;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("deleting {} with its namespace: {e}", kv.key),
                 }
             }
         }

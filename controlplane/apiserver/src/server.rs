@@ -24,6 +24,8 @@ pub struct Config {
     pub advertise: Vec<IpAddr>,
     /// The Service ClusterIP range.
     pub service_cidr: crate::alloc::ServiceCidr,
+    /// The NodePort range (also for healthCheckNodePort).
+    pub node_port_range: crate::alloc::NodePortRange,
     /// Upstream's `--min-request-timeout`: a watch without `timeoutSeconds` ends after a
     /// random time between this and twice this (clients then re-watch).
     pub min_request_timeout: std::time::Duration,
@@ -37,6 +39,7 @@ impl Config {
             listen,
             advertise: Vec::new(),
             service_cidr: Default::default(),
+            node_port_range: Default::default(),
             min_request_timeout: std::time::Duration::from_secs(1800),
         }
     }
@@ -135,6 +138,7 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<RunningServe
         admin_der,
         addr.to_string(),
         config.service_cidr,
+        config.node_port_range,
         config.min_request_timeout,
     );
     // Where pods reach this server: the first advertise address, else the listen address.
@@ -148,6 +152,14 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<RunningServe
             addr.ip()
         });
     state.bootstrap(endpoint_ip, addr.port()).await;
+    // Upstream's repair controllers run at startup and every 3 minutes.
+    let repair_state = state.clone();
+    let _repair = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(180)).await;
+            repair_state.repair_allocations().await;
+        }
+    });
     let router = crate::api::router(state);
 
     let (tx, mut rx) = watch::channel(false);

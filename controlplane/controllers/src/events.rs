@@ -38,12 +38,15 @@ impl EventType {
     }
 }
 
+/// (uid or ns/name, type, reason, message): what makes two Events "the same".
+type EventKey = (String, EventType, String, String);
+
 #[derive(Clone)]
 pub struct Recorder {
     client: Client,
     component: String,
-    /// (uid or ns/name, type, reason, message) → (namespace, event name, count).
-    seen: Arc<Mutex<HashMap<(String, EventType, String, String), (String, String, i32)>>>,
+    /// → (namespace, event name, count).
+    seen: Arc<Mutex<HashMap<EventKey, (String, String, i32)>>>,
 }
 
 /// An `ObjectReference` to `obj` for `involvedObject`.
@@ -127,7 +130,9 @@ impl Recorder {
                     return;
                 }
                 // Expired or deleted: fall through and create a new one.
-                Err(e) => tracing::debug!("event {name}: bumping count failed ({e}); creating anew"),
+                Err(e) => {
+                    tracing::debug!("event {name}: bumping count failed ({e}); creating anew")
+                }
             }
         }
         let nanos = SystemTime::now()

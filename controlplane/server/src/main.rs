@@ -48,6 +48,9 @@ enum Command {
         /// The Service ClusterIP range (IPv4).
         #[arg(long, default_value = "10.43.0.0/16")]
         service_cidr: skiff_apiserver::alloc::ServiceCidr,
+        /// The NodePort range, also used for healthCheckNodePort (upstream's flag).
+        #[arg(long, default_value = "30000-32767")]
+        service_node_port_range: skiff_apiserver::alloc::NodePortRange,
         /// Seconds a watch without timeoutSeconds lasts (randomised up to twice this), as
         /// kube-apiserver's flag of the same name.
         #[arg(long, default_value_t = 1800)]
@@ -105,6 +108,7 @@ async fn main() -> Result<()> {
             store,
             etcd_endpoints,
             service_cidr,
+            service_node_port_range,
             min_request_timeout,
             disable_controllers,
             controllers,
@@ -140,6 +144,7 @@ async fn main() -> Result<()> {
                     listen,
                     advertise: advertise_address,
                     service_cidr,
+                    node_port_range: service_node_port_range,
                     min_request_timeout: std::time::Duration::from_secs(min_request_timeout),
                 },
                 store,

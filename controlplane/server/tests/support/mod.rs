@@ -44,12 +44,26 @@ impl ServerProcess {
 
     /// Starts in `dir` (`dir/data` is the data directory; an existing one is reused).
     pub fn start_in(dir: tempfile::TempDir) -> ServerProcess {
+        ServerProcess::start_in_with(dir, &[])
+    }
+
+    /// [`ServerProcess::start`] with extra `server` flags.
+    pub fn start_with(extra: &[&str]) -> ServerProcess {
+        ServerProcess::start_in_with(
+            tempfile::tempdir().expect("creating a temporary data directory"),
+            extra,
+        )
+    }
+
+    /// [`ServerProcess::start_in`] with extra `server` flags.
+    pub fn start_in_with(dir: tempfile::TempDir, extra: &[&str]) -> ServerProcess {
         let _ = std::fs::remove_file(dir.path().join("data/admin.kubeconfig"));
         let log = std::fs::File::create(dir.path().join("server.log")).expect("server log");
         let child = Command::new(env!("CARGO_BIN_EXE_skiff-controlplane"))
             .args(["server", "--data-dir"])
             .arg(dir.path().join("data"))
             .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
