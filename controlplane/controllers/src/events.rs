@@ -40,13 +40,15 @@ impl EventType {
 
 /// (uid or ns/name, type, reason, message): what makes two Events "the same".
 type EventKey = (String, EventType, String, String);
+/// The Event written for a key: (namespace, name, count).
+type Written = HashMap<EventKey, (String, String, i32)>;
 
 #[derive(Clone)]
 pub struct Recorder {
     client: Client,
     component: String,
     /// → (namespace, event name, count).
-    seen: Arc<Mutex<HashMap<EventKey, (String, String, i32)>>>,
+    seen: Arc<Mutex<Written>>,
 }
 
 /// An `ObjectReference` to `obj` for `involvedObject`.
