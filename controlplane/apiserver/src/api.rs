@@ -36,6 +36,11 @@ pub const KUBE_MINOR: &str = "33";
 pub struct AppState {
     pub store: Arc<dyn Store>,
     admin_token: String,
+    pub(crate) ca_pem: String,
+    pub(crate) join_secret: String,
+    pub(crate) data_dir: std::path::PathBuf,
+    /// The URL clients use (written into the kubeconfigs this server hands out).
+    pub(crate) server_url: String,
     admin_cert: CertificateDer<'static>,
     server_address: String,
     service_cidr: crate::alloc::ServiceCidr,
@@ -48,22 +53,29 @@ pub struct AppState {
 impl AppState {
     pub fn new(
         store: Arc<dyn Store>,
-        admin_token: String,
+        config: &crate::server::Config,
+        creds: &crate::pki::Credentials,
         admin_cert: CertificateDer<'static>,
         server_address: String,
-        service_cidr: crate::alloc::ServiceCidr,
-        node_ports: crate::alloc::NodePortRange,
-        watch_timeout: std::time::Duration,
+        server_url: String,
     ) -> Arc<AppState> {
         Arc::new(AppState {
             cache: crate::cache::WatchCache::new(store.clone()),
-            alloc: crate::alloc::Allocator::new(store.clone(), service_cidr, node_ports),
+            alloc: crate::alloc::Allocator::new(
+                store.clone(),
+                config.service_cidr,
+                config.node_port_range,
+            ),
             store,
-            admin_token,
+            admin_token: creds.admin_token.clone(),
+            ca_pem: creds.ca_pem.clone(),
+            join_secret: crate::pki::join_secret(&creds.join_token).to_string(),
+            data_dir: config.data_dir.clone(),
+            server_url,
             admin_cert,
             server_address,
-            service_cidr,
-            watch_timeout,
+            service_cidr: config.service_cidr,
+            watch_timeout: config.min_request_timeout,
         })
     }
 
@@ -227,7 +239,10 @@ impl AppState {
         // rustls already verified that a presented certificate chains to the cluster CA.
         match conn.and_then(|c| c.client_cert.as_ref()) {
             Some(c) if *c == self.admin_cert => Identity::Admin,
-            Some(_) => Identity::OtherCertificate,
+            Some(c) => match crate::pki::node_of_certificate(c) {
+                Some(node) => Identity::Node(node),
+                None => Identity::OtherCertificate,
+            },
             None => Identity::Anonymous,
         }
     }
@@ -258,8 +273,8 @@ pub(crate) fn status_response(e: StatusError) -> Response {
     json_response(e.code, &e.body)
 }
 
-fn text(code: StatusCode, body: &'static str) -> Response {
-    let mut r = Response::new(Body::from(body));
+pub(crate) fn text(code: StatusCode, body: impl Into<Body>) -> Response {
+    let mut r = Response::new(body.into());
     *r.status_mut() = code;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -285,6 +300,7 @@ pub(crate) struct Ctx {
     pub content_type: String,
     pub user_agent: String,
     pub body: Bytes,
+    pub identity: Identity,
 }
 
 impl Ctx {
@@ -390,25 +406,32 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
         }
         _ => {}
     }
-    match state.authenticate(&parts.headers, parts.extensions.get::<ConnInfo>()) {
-        Identity::Admin => {}
+    if path == "/cacerts" {
+        // Public, as k3s's: a joining agent checks it against the hash in its join token.
+        return text(StatusCode::OK, state.ca_pem.clone());
+    }
+    let identity = state.authenticate(&parts.headers, parts.extensions.get::<ConnInfo>());
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(e) => return status_response(e),
+    };
+    if path == crate::join::JOIN_PATH {
+        return crate::join::handle(&state, &parts.method, &parts.headers, &body).await;
+    }
+    match &identity {
+        Identity::Admin | Identity::Node(_) => {}
         Identity::Anonymous => return status_response(st::unauthorized("")),
         Identity::OtherCertificate => {
-            // Only the admin is authorized until node identities exist.
             return status_response(st::forbidden(
                 GroupResource {
                     group: "",
                     resource: "",
                 },
                 "",
-                "only the cluster admin is authorized (node identities are not implemented yet)",
+                "this client certificate names neither the cluster admin nor a node (system:node:<name> in group system:nodes)",
             ));
         }
     }
-    let body = match read_body(body).await {
-        Ok(b) => b,
-        Err(e) => return status_response(e),
-    };
     let h = |n: header::HeaderName| {
         parts
             .headers
@@ -424,6 +447,7 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
         content_type: h(header::CONTENT_TYPE),
         user_agent: h(header::USER_AGENT),
         body,
+        identity,
     };
     let method = ctx.method.clone();
     let query = parts.uri.query().unwrap_or("").to_string();
@@ -580,6 +604,9 @@ async fn resource_request(
 ) -> Result<Response, StatusError> {
     let m = ctx.method.clone();
     let sub_name = sub.map(|s| s.name);
+    if let Identity::Node(node) = &ctx.identity {
+        crate::authz::authorize_node(state, node, &t, sub_name, &ctx).await?;
+    }
     if t.r.namespaced && t.ns.is_none() && !(m == Method::GET && t.name.is_none()) {
         // Only list and watch work across namespaces.
         return Err(st::method_not_supported(t.gr(), verb_of(&m)));

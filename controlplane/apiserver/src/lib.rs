@@ -8,11 +8,15 @@
 //! | `api` | discovery, CRUD, subresources, lists (with pagination and selectors) |
 //! | `watch` | `?watch=true` streams |
 //! | `cache` | watch fan-out: one store watch per resource, recent history, slow clients cut off |
+//! | `authz` | what a node identity may do (upstream's Node authorizer + NodeRestriction) |
+//! | `join` | `POST /skiff/v1/join`: a node credential for the join token |
 //! | `openapi` | `/openapi/v3` documents for kubectl's validation and `explain` |
 
 pub mod alloc;
 mod api;
+mod authz;
 mod cache;
+mod join;
 mod openapi;
 pub mod pki;
 pub mod server;

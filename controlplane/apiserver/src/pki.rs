@@ -9,6 +9,7 @@
 //! | `pki/serving.crt`, `pki/serving.key` | the HTTPS certificate; re-issued on every start so that its SANs follow `--advertise-address` |
 //! | `pki/admin.crt`, `pki/admin.key` | the admin client certificate (`CN=skiff-admin, O=system:masters`) |
 //! | `pki/admin.token` | the admin bearer token |
+//! | `pki/join.token` | the node join token (`K10<CA sha256>::node:<secret>`), for `POST /skiff/v1/join` |
 //! | `admin.kubeconfig` | a kubeconfig with the CA and the admin client certificate |
 //!
 //! Keys are written with mode 0600.
@@ -52,6 +53,8 @@ pub struct Credentials {
     pub admin_cert_pem: String,
     pub admin_key_pem: String,
     pub admin_token: String,
+    /// Authenticates `POST /skiff/v1/join` (see [`join_token`]); `pki/join.token`.
+    pub join_token: String,
     pub kubeconfig_path: PathBuf,
 }
 
@@ -219,6 +222,16 @@ pub fn ensure(
         }
     };
 
+    let join_path = pki.join("join.token");
+    let join_token = match read(&join_path)? {
+        Some(t) if !t.trim().is_empty() => t.trim().to_string(),
+        _ => {
+            let t = join_token(&ca_pem, &hex(&random_bytes(32)));
+            write_file(&join_path, &t, true)?;
+            t
+        }
+    };
+
     let kubeconfig_path = data_dir.join("admin.kubeconfig");
     write_file(
         &kubeconfig_path,
@@ -233,12 +246,24 @@ pub fn ensure(
         admin_cert_pem,
         admin_key_pem,
         admin_token,
+        join_token,
         kubeconfig_path,
     })
 }
 
 /// A kubeconfig (the same shape k3s writes) for the admin client certificate.
 pub fn kubeconfig(server_url: &str, ca_pem: &str, cert_pem: &str, key_pem: &str) -> String {
+    kubeconfig_for(ADMIN_USER, server_url, ca_pem, cert_pem, key_pem)
+}
+
+/// A kubeconfig for the client certificate of `user`.
+pub fn kubeconfig_for(
+    user: &str,
+    server_url: &str,
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> String {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
     format!(
         "apiVersion: v1
@@ -251,12 +276,12 @@ clusters:
 contexts:
 - context:
     cluster: skiff
-    user: skiff-admin
+    user: {user}
   name: skiff
 current-context: skiff
 preferences: {{}}
 users:
-- name: skiff-admin
+- name: {user}
   user:
     client-certificate-data: {cert}
     client-key-data: {key}
@@ -265,6 +290,62 @@ users:
         cert = b64(cert_pem),
         key = b64(key_pem),
     )
+}
+
+/// The group of node identities (upstream's `system:nodes`).
+pub const NODE_GROUP: &str = "system:nodes";
+/// A node's user name prefix (upstream's `system:node:<nodeName>`).
+pub const NODE_USER_PREFIX: &str = "system:node:";
+
+/// The join token: `K10<sha256 of the CA certificate PEM, hex>::node:<secret>`, k3s's
+/// shape. The CA hash lets a joining agent pin the CA it downloads from `/cacerts` before
+/// it trusts the server; the secret authenticates the join request.
+pub fn join_token(ca_pem: &str, secret: &str) -> String {
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(ca_pem.as_bytes());
+    format!("K10{}::node:{secret}", hex(&hash))
+}
+
+/// The secret part of a join token (or the bare secret).
+pub fn join_secret(token: &str) -> &str {
+    token.rsplit_once("::node:").map_or(token, |(_, s)| s)
+}
+
+/// Issues a client certificate for node `name` (`CN=system:node:<name>, O=system:nodes`,
+/// as the kubelet's) signed by the cluster CA under `data_dir`.
+pub fn issue_node_certificate(data_dir: &Path, name: &str) -> Result<(String, String), PkiError> {
+    let ca_key = data_dir.join("pki/ca.key");
+    let ca_key_pem = read(&ca_key)?.ok_or_else(|| PkiError::Invalid {
+        path: ca_key.clone(),
+        message: "the CA key is missing".into(),
+    })?;
+    let ca_keypair = KeyPair::from_pem(&ca_key_pem).map_err(|e| PkiError::Invalid {
+        path: ca_key.clone(),
+        message: e.to_string(),
+    })?;
+    let issuer = Issuer::new(ca_params(), ca_keypair);
+    let mut p = CertificateParams::default();
+    p.distinguished_name = dn(&format!("{NODE_USER_PREFIX}{name}"), Some(NODE_GROUP));
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate().map_err(cert_err("generating a node key"))?;
+    let cert = p
+        .signed_by(&key, &issuer)
+        .map_err(cert_err("signing a node certificate"))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// The node name of a client certificate issued by [`issue_node_certificate`] (the caller
+/// has verified it chains to the cluster CA), or None for any other subject.
+pub fn node_of_certificate(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let in_group = subject
+        .iter_organization()
+        .any(|o| o.as_str().ok() == Some(NODE_GROUP));
+    let cn = subject.iter_common_name().next()?.as_str().ok()?;
+    let name = cn.strip_prefix(NODE_USER_PREFIX)?;
+    (in_group && !name.is_empty()).then(|| name.to_string())
 }
 
 #[cfg(test)]

@@ -63,8 +63,11 @@ pub enum ServerError {
 pub enum Identity {
     /// The admin (client certificate `CN=skiff-admin,O=system:masters` or the admin token).
     Admin,
-    /// A client certificate signed by the cluster CA that is not the admin's. Node
-    /// identities will be such certificates; until they exist the authorizer denies them.
+    /// A node (`CN=system:node:<name>, O=system:nodes`, issued through the join token):
+    /// may read what an agent needs and write only its own Node, Lease and pods' status.
+    Node(String),
+    /// A client certificate signed by the cluster CA that is neither the admin's nor a
+    /// node's: authenticated, authorized for nothing.
     OtherCertificate,
     Anonymous,
 }
@@ -134,12 +137,11 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<RunningServe
         .map_err(|e| ServerError::Tls(format!("admin certificate: {e}")))?;
     let state = crate::api::AppState::new(
         store,
-        creds.admin_token.clone(),
+        &config,
+        &creds,
         admin_der,
         addr.to_string(),
-        config.service_cidr,
-        config.node_port_range,
-        config.min_request_timeout,
+        url.clone(),
     );
     // Where pods reach this server: the first advertise address, else the listen address.
     let endpoint_ip = config
