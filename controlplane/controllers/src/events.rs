@@ -38,12 +38,17 @@ impl EventType {
     }
 }
 
+/// (uid or ns/name, type, reason, message): what makes two Events "the same".
+type EventKey = (String, EventType, String, String);
+/// The Event written for a key: (namespace, name, count).
+type Written = HashMap<EventKey, (String, String, i32)>;
+
 #[derive(Clone)]
 pub struct Recorder {
     client: Client,
     component: String,
-    /// (uid or ns/name, type, reason, message) → (namespace, event name, count).
-    seen: Arc<Mutex<HashMap<(String, EventType, String, String), (String, String, i32)>>>,
+    /// → (namespace, event name, count).
+    seen: Arc<Mutex<Written>>,
 }
 
 /// An `ObjectReference` to `obj` for `involvedObject`.

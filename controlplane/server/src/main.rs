@@ -134,14 +134,12 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     // --- endpoints helper: service-facing controllers ---
     // Bad controller flags fail before anything starts (not after the API is serving).
-    if let Command::Server { controllers, .. } | Command::Controllers { controllers, .. } =
-        &cli.command
-    {
-        controllers
-            .config()
-            .validate()
-            .map_err(anyhow::Error::msg)?;
-    }
+    let (Command::Server { controllers, .. } | Command::Controllers { controllers, .. }) =
+        &cli.command;
+    controllers
+        .config()
+        .validate()
+        .map_err(anyhow::Error::msg)?;
     // --- end endpoints helper ---
     match cli.command {
         Command::Server {

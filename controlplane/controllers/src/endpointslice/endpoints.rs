@@ -24,6 +24,12 @@ pub const MAX_CAPACITY: usize = 1000;
 
 type PortKey = (String, i32, String, Option<String>);
 type AddrKey = (String, String);
+/// A port (None: a headless Service without ports) and the addresses serving it, each
+/// with its readiness.
+type PortAddrs = (
+    Option<EndpointPort>,
+    BTreeMap<AddrKey, (EndpointAddress, bool)>,
+);
 
 fn port_key(p: &EndpointPort) -> PortKey {
     (
@@ -51,13 +57,7 @@ pub fn desired_subsets(svc: &Service, pods: &[&Pod]) -> (Vec<EndpointSubset>, bo
     let headless = spec.cluster_ip.as_deref() == Some("None");
     let ports = spec.ports.unwrap_or_default();
     // Port (None: headless without ports) → address → (address, ready).
-    let mut by_port: BTreeMap<
-        Option<PortKey>,
-        (
-            Option<EndpointPort>,
-            BTreeMap<AddrKey, (EndpointAddress, bool)>,
-        ),
-    > = BTreeMap::new();
+    let mut by_port: BTreeMap<Option<PortKey>, PortAddrs> = BTreeMap::new();
     let mut sorted: Vec<&Pod> = pods.to_vec();
     sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     for pod in sorted {

@@ -110,11 +110,12 @@ pub fn find_port(pod: &Pod, sp: &ServicePort) -> Option<i32> {
 
 /// When the pod's state last changed in a way the endpoints show: the Ready condition's
 /// last transition, else the pod's creation (upstream's `getPodTriggerTime`, plus the
-/// creation time for pods that never reported readiness).
-pub fn trigger_time(pod: &Pod) -> Option<Time> {
+/// creation time for pods that never reported readiness). The flag says which it is.
+pub fn trigger_time(pod: &Pod) -> Option<(Time, bool)> {
     ready_condition(pod)
         .and_then(|c| c.last_transition_time.clone())
-        .or_else(|| pod.metadata.creation_timestamp.clone())
+        .map(|t| (t, true))
+        .or_else(|| pod.metadata.creation_timestamp.clone().map(|t| (t, false)))
 }
 
 /// Whether `labels` satisfy a Service's equality-based selector.

@@ -12,6 +12,7 @@
 //!    unchanged slice that they fit closest to full, and only then new slices;
 //! 4. creates are turned into updates of slices that would be deleted (no churn);
 //! 5. a Service with no endpoints at all keeps one empty placeholder slice.
+//!
 //! A slice whose endpoints and labels are already right is not written.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -531,7 +532,10 @@ mod tests {
         )
     }
 
-    fn conditions(plan: &Plan) -> Vec<(String, Option<bool>, Option<bool>, Option<bool>)> {
+    /// (pod, ready, serving, terminating)
+    type Conditions = (String, Option<bool>, Option<bool>, Option<bool>);
+
+    fn conditions(plan: &Plan) -> Vec<Conditions> {
         plan.create
             .iter()
             .chain(&plan.update)
@@ -899,7 +903,7 @@ mod tests {
     #[test]
     fn trigger_time_is_written_on_changed_slices_only() {
         let svc = http_svc();
-        let pods = vec![pod("a", "10.42.0.1", true)];
+        let pods = [pod("a", "10.42.0.1", true)];
         let refs: Vec<&Pod> = pods.iter().collect();
         let t = ts("2026-01-01T00:01:00Z");
         let zones = HashMap::new();

@@ -23,7 +23,8 @@ use super::pods;
 
 #[derive(Default)]
 struct State {
-    pods: HashMap<String, Timestamp>,
+    /// Pod name → (trigger time, whether it came from the Ready condition).
+    pods: HashMap<String, (Timestamp, bool)>,
     service: Option<Timestamp>,
 }
 
@@ -44,14 +45,19 @@ impl TriggerTimeTracker {
         let mut min: Option<Timestamp> = None;
         let mut now_pods = HashMap::with_capacity(pods.len());
         for p in pods {
-            let Some(t) = pods::trigger_time(p) else {
+            let Some((t, from_ready)) = pods::trigger_time(p) else {
                 continue;
             };
             let name = p.metadata.name.clone().unwrap_or_default();
-            if state.pods.get(&name).is_none_or(|last| t.0 > *last) {
+            // Moved: a later time, or the first Ready transition after the creation time
+            // stood in for it (both can fall in the same second).
+            let moved = state.pods.get(&name).is_none_or(|&(last, last_ready)| {
+                t.0 > last || (t.0 == last && from_ready && !last_ready)
+            });
+            if moved {
                 min = Some(min.map_or(t.0, |m| m.min(t.0)));
             }
-            now_pods.insert(name, t.0);
+            now_pods.insert(name, (t.0, from_ready));
         }
         let svc_time = svc.metadata.creation_timestamp.as_ref().map(|t| t.0);
         if let Some(t) = svc_time {
@@ -108,6 +114,30 @@ mod tests {
             tracker.compute(&svc, &[&a2, &b2]),
             Some(ts("2026-01-01T00:10:00Z"))
         );
+        // A pod created without a Ready condition that turns ready within the same
+        // second: its first Ready transition still counts as a change.
+        let mut c = pod("c", "10.42.0.3", true);
+        c.status.as_mut().unwrap().conditions = None;
+        c.metadata.creation_timestamp = Some(ts("2026-01-01T00:20:00Z"));
+        assert_eq!(
+            tracker.compute(&svc, &[&a2, &b2, &c]),
+            Some(ts("2026-01-01T00:20:00Z"))
+        );
+        let mut c_ready = pod("c", "10.42.0.3", true);
+        c_ready.metadata.creation_timestamp = c.metadata.creation_timestamp.clone();
+        c_ready
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap()[0]
+            .last_transition_time = Some(ts("2026-01-01T00:20:00Z"));
+        assert_eq!(
+            tracker.compute(&svc, &[&a2, &b2, &c_ready]),
+            Some(ts("2026-01-01T00:20:00Z"))
+        );
+        assert_eq!(tracker.compute(&svc, &[&a2, &b2, &c_ready]), None);
         tracker.delete_service("default", "web");
         assert_eq!(
             tracker.compute(&svc, &[&a2]),
