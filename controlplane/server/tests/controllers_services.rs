@@ -426,6 +426,30 @@ async fn endpoints_follow_pod_readiness_termination_and_deletion() {
     // Nor is the API server's own default/kubernetes slice taken over.
     assert!(managed_slices(&slices, "kubernetes").await.is_empty());
 
+    // The Service loses its selector: its managed slices go (its Endpoints stay, now
+    // the user's, as upstream's endpoints controller leaves selector-less Services').
+    let sel_gone = svcs
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"selector": null}})),
+        )
+        .await
+        .unwrap();
+    assert!(sel_gone.spec.unwrap().selector.is_none());
+    eventually(
+        "managed slices removed with the selector",
+        &server,
+        || async {
+            managed_slices(&slices, "web")
+                .await
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(eps.get_opt("web").await.unwrap().is_some());
+
     // The Service is deleted: its slices and Endpoints go.
     svcs.delete("web", &DeleteParams::default()).await.unwrap();
     eventually(
@@ -493,6 +517,58 @@ async fn two_hundred_fifty_pods_make_three_slices() {
         (endpoints_ips(&ep).0.len() == 250).then_some(())
     })
     .await;
+
+    // One pod turns not ready: exactly one slice is rewritten.
+    let versions = |s: &[EndpointSlice]| -> Vec<(String, String)> {
+        let mut v: Vec<_> = s
+            .iter()
+            .map(|s| (s.name_any(), s.resource_version().unwrap_or_default()))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = versions(&managed_slices(&slices, "big").await);
+    set_pod_status(&pods, "big-123", "10.42.0.124", false).await;
+    let after = eventually("big-123 not ready", &server, || async {
+        let s = managed_slices(&slices, "big").await;
+        endpoint_states(&s)
+            .iter()
+            .any(|e| e.0 == "big-123" && !e.1)
+            .then(|| versions(&s))
+    })
+    .await;
+    let changed: Vec<_> = before.iter().zip(&after).filter(|(b, a)| b != a).collect();
+    assert_eq!(before.len(), after.len());
+    assert_eq!(changed.len(), 1, "before {before:?}, after {after:?}");
+
+    // After a restart the controller resyncs everything and writes nothing: the slices
+    // and the Endpoints keep their resourceVersions. (A Service created after the restart
+    // gets its slice once the resync queued before it has been worked through.)
+    eventually("the Endpoints show big-123 not ready", &server, || async {
+        let ep = eps.get_opt("big").await.unwrap()?;
+        (endpoints_ips(&ep).1 == vec!["10.42.0.124".to_string()]).then_some(())
+    })
+    .await;
+    let ep_version = eps.get("big").await.unwrap().resource_version();
+    let dir = server.stop();
+    let server = ServerProcess::start_in_with_args(dir, &[]);
+    let client = support::kube_client(&server.kubeconfig).await;
+    support::wait_ready(&client).await;
+    let svcs: Api<Service> = Api::default_namespaced(client.clone());
+    let slices: Api<EndpointSlice> = Api::default_namespaced(client.clone());
+    let eps: Api<Endpoints> = Api::default_namespaced(client.clone());
+    let probe: Service = serde_json::from_value(json!({
+        "metadata": {"name": "probe"},
+        "spec": {"selector": {"app": "probe"}, "ports": [{"port": 80}]},
+    }))
+    .unwrap();
+    svcs.create(&PostParams::default(), &probe).await.unwrap();
+    eventually("the probe Service's slice", &server, || async {
+        (!managed_slices(&slices, "probe").await.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(versions(&managed_slices(&slices, "big").await), after);
+    assert_eq!(eps.get("big").await.unwrap().resource_version(), ep_version);
 }
 
 async fn lb_ips(svcs: &Api<Service>, name: &str) -> Vec<String> {
