@@ -100,11 +100,30 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     )
     .default_backoff();
     let s = shared.clone();
+    // A relist (after a lost watch) reports no deletions: Services known before and
+    // missing from it are queued so their slices and Endpoints are cleaned up.
+    let mut known: BTreeSet<Key> = BTreeSet::new();
+    let mut relisted: BTreeSet<Key> = BTreeSet::new();
     tasks.spawn(consume("services", svc_events, move |ev| match ev {
-        watcher::Event::Apply(o) | watcher::Event::InitApply(o) | watcher::Event::Delete(o) => {
+        watcher::Event::Apply(o) => {
+            known.insert(key_of(&o));
             s.queue.add(key_of(&o))
         }
-        _ => {}
+        watcher::Event::Delete(o) => {
+            known.remove(&key_of(&o));
+            s.queue.add(key_of(&o))
+        }
+        watcher::Event::Init => relisted.clear(),
+        watcher::Event::InitApply(o) => {
+            relisted.insert(key_of(&o));
+            s.queue.add(key_of(&o))
+        }
+        watcher::Event::InitDone => {
+            for gone in known.difference(&relisted) {
+                s.queue.add(gone.clone());
+            }
+            known = std::mem::take(&mut relisted);
+        }
     }));
     // Pod memberships are computed against the Services: list those first.
     shared
@@ -122,7 +141,8 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     tasks.spawn(consume("pods", pod_events, move |ev| match ev {
         watcher::Event::Apply(p) | watcher::Event::InitApply(p) => s.pod_changed(&p, false),
         watcher::Event::Delete(p) => s.pod_changed(&p, true),
-        _ => {}
+        watcher::Event::InitDone => s.pods_relisted(),
+        watcher::Event::Init => {}
     }));
     let node_events = reflector::reflector(
         node_writer,
@@ -263,6 +283,33 @@ impl Shared {
         };
         for svc in now.iter().chain(before.iter().flatten()) {
             self.queue.add((key.0.clone(), svc.clone()));
+        }
+    }
+
+    /// After a relist (which reports no deletions): pods that vanished leave their
+    /// Services.
+    fn pods_relisted(&self) {
+        let present: BTreeSet<Key> = self
+            .pods
+            .state()
+            .iter()
+            .map(|p| key_of(p.as_ref()))
+            .collect();
+        let gone: Vec<(Key, BTreeSet<String>)> = {
+            let mut m = self.memberships.lock().unwrap_or_else(|e| e.into_inner());
+            let keys: Vec<Key> = m
+                .keys()
+                .filter(|k| !present.contains(*k))
+                .cloned()
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| m.remove(&k).map(|v| (k, v)))
+                .collect()
+        };
+        for ((ns, _), services) in gone {
+            for svc in services {
+                self.queue.add((ns.clone(), svc));
+            }
         }
     }
 
