@@ -928,3 +928,111 @@ async fn deleting_a_namespace_deletes_its_contents() {
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(listed.trim().is_empty(), "still listed: {listed}");
 }
+
+/// A `skiff-controlplane controllers` process; killed on drop.
+struct ControllersProcess(std::process::Child);
+
+impl Drop for ControllersProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_controllers_process_takes_the_same_flags() {
+    let (server, client) = start(&["--disable-controllers"]).await;
+    let log = std::fs::File::create(server.dir.path().join("controllers.log")).unwrap();
+    let _controllers = ControllersProcess(
+        Command::new(env!("CARGO_BIN_EXE_skiff-controlplane"))
+            .arg("controllers")
+            .arg("--kubeconfig")
+            .arg(&server.kubeconfig)
+            .args([
+                "--lb-pool",
+                "192.0.2.50/32",
+                "--max-endpoints-per-slice",
+                "2",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning skiff-controlplane controllers"),
+    );
+    let svcs: Api<Service> = Api::default_namespaced(client.clone());
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let slices: Api<EndpointSlice> = Api::default_namespaced(client.clone());
+    svcs.create(&PostParams::default(), &lb_service("lb", json!({})))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let name = format!("lb-{i}");
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app": "lb"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "x"}]},
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        set_pod_status(&pods, &name, &format!("10.42.0.{}", 20 + i), true).await;
+    }
+    let controllers_log =
+        || std::fs::read_to_string(server.dir.path().join("controllers.log")).unwrap_or_default();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let ips = lb_ips(&svcs, "lb").await;
+        let mut sizes: Vec<usize> = managed_slices(&slices, "lb")
+            .await
+            .iter()
+            .map(|s| s.endpoints.len())
+            .collect();
+        sizes.sort();
+        if ips == vec!["192.0.2.50"] && sizes == vec![1, 2] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ips {ips:?}, slice sizes {sizes:?}; controllers log:\n{}",
+            controllers_log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn bad_controller_flags_fail_before_anything_starts() {
+    for (args, want) in [
+        (
+            vec!["--max-endpoints-per-slice", "1001"],
+            "1001 is not in 1..=1000",
+        ),
+        (
+            vec!["--lb-pool", "192.0.2.9-192.0.2.1"],
+            "the range starts after it ends",
+        ),
+        (
+            vec![
+                "--cluster-cidr",
+                "10.42.0.0/16",
+                "--node-cidr-mask-size",
+                "12",
+            ],
+            "shorter than --cluster-cidr 10.42.0.0/16's prefix",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_skiff-controlplane"))
+            .args(["server", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(&args)
+            .output()
+            .expect("running skiff-controlplane");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(
+            !dir.path().join("data/admin.kubeconfig").exists(),
+            "{args:?}: the server started before rejecting the flags"
+        );
+    }
+}
