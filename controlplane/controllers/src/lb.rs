@@ -13,7 +13,9 @@
 //! own. Two Services claiming one IP (statuses written by hand, or by two controllers):
 //! the older one (creationTimestamp, then namespace/name) keeps it, the other is moved.
 //! A Service whose type changes away from LoadBalancer gets its status cleared. Writes go
-//! through `/status`. Syncs run one at a time, so two Services never race for one IP.
+//! through `/status`. Syncs run one at a time, so two Services never race for one IP, and
+//! any sync that would write or report a failure decides on a fresh list of Services (the
+//! cache may still show a just-deleted Service holding its IP).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -28,7 +30,7 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{
-    api::{Patch, PatchParams},
+    api::{ListParams, Patch, PatchParams},
     runtime::{
         controller::{Action, Config as ControllerConfig},
         reflector::{ObjectRef, Store},
@@ -300,6 +302,8 @@ struct State {
 pub enum Error {
     #[error("writing the status of Service {0}: {1}")]
     Write(String, #[source] kube::Error),
+    #[error("listing Services: {0}")]
+    List(#[source] kube::Error),
 }
 
 pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
@@ -370,6 +374,28 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     anyhow::bail!("the loadbalancer controller stream ended")
 }
 
+/// `key`'s outcome when allocating over `services` (None: `key` is not an eligible one
+/// among them).
+fn pool_outcome<'a>(
+    state: &State,
+    key: &Key,
+    services: impl Iterator<Item = &'a Service>,
+) -> Option<Outcome> {
+    let claims: Vec<Claim> = services
+        .filter(|s| eligible(s))
+        .map(|s| Claim {
+            key: key_of(s),
+            created: s.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            requested: requested(s),
+            current: known_ips(state, s)
+                .iter()
+                .filter_map(|ip| ip.parse().ok())
+                .collect(),
+        })
+        .collect();
+    allocate(&state.pool, &claims).remove(key)
+}
+
 fn key_of(svc: &Service) -> Key {
     (svc.namespace().unwrap_or_default(), svc.name_any())
 }
@@ -426,24 +452,31 @@ async fn reconcile(svc: Arc<Service>, state: Arc<State>) -> Result<Action, Error
             Outcome::Assigned(ips)
         }
     } else {
-        let claims: Vec<Claim> = state
-            .services
-            .state()
-            .iter()
-            .filter(|s| eligible(s))
-            .map(|s| Claim {
-                key: key_of(s),
-                created: s.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                requested: requested(s),
-                current: known_ips(&state, s)
+        let cached = state.services.state();
+        match pool_outcome(&state, &key, cached.iter().map(|s| s.as_ref())) {
+            Some(Outcome::Assigned(ips))
+                if ips
                     .iter()
-                    .filter_map(|ip| ip.parse().ok())
-                    .collect(),
-            })
-            .collect();
-        allocate(&state.pool, &claims)
-            .remove(&key)
-            .unwrap_or_else(|| Outcome::Pending("the Service is not in the cache yet".into()))
+                    .map(Ipv4Addr::to_string)
+                    .eq(current.iter().cloned()) =>
+            {
+                Outcome::Assigned(ips)
+            }
+            _ => {
+                // About to write or to report a failure: decide on a fresh list, not on a
+                // cache that may lag (a Service deleted a moment ago still holding its IP, a
+                // status written by another sync not seen yet).
+                let live = Api::<Service>::all(state.ctx.client.clone())
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(Error::List)?;
+                match pool_outcome(&state, &key, live.items.iter()) {
+                    Some(o) => o,
+                    // Deleted or changed since the cache saw it: its own event re-runs it.
+                    None => return Ok(Action::await_change()),
+                }
+            }
+        }
     };
 
     match outcome {

@@ -17,7 +17,7 @@ use std::{
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Node;
 use kube::{
-    api::{Patch, PatchParams},
+    api::{ListParams, Patch, PatchParams},
     runtime::{
         controller::{Action, Config as ControllerConfig},
         reflector::{ObjectRef, Store},
@@ -90,6 +90,8 @@ struct State {
 pub enum Error {
     #[error("setting the podCIDR of Node {0}: {1}")]
     Write(String, #[source] kube::Error),
+    #[error("listing Nodes: {0}")]
+    List(#[source] kube::Error),
 }
 
 pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
@@ -138,6 +140,16 @@ fn error_policy(node: Arc<Node>, e: &Error, state: Arc<State>) -> Action {
     Action::requeue(delay)
 }
 
+/// The blocks `nodes` hold, plus those written but maybe not yet in `nodes`.
+fn used_blocks<'a>(state: &State, nodes: impl Iterator<Item = &'a Node>) -> Vec<Ipv4Cidr> {
+    let nodes: Vec<&Node> = nodes.collect();
+    let mut written = state.written.lock().unwrap_or_else(|e| e.into_inner());
+    written.retain(|n, _| nodes.iter().any(|o| o.name_any() == *n && !has_pod_cidr(o)));
+    let mut used: Vec<Ipv4Cidr> = nodes.iter().flat_map(|n| node_cidrs(n)).collect();
+    used.extend(written.values().copied());
+    used
+}
+
 async fn reconcile(node: Arc<Node>, state: Arc<State>) -> Result<Action, Error> {
     let name = node.name_any();
     if has_pod_cidr(&node) {
@@ -150,21 +162,31 @@ async fn reconcile(node: Arc<Node>, state: Arc<State>) -> Result<Action, Error> 
     }
     let cluster = state.ctx.config.cluster_cidr;
     let mask = state.ctx.config.node_cidr_mask_size;
-    let mut used: Vec<Ipv4Cidr> = Vec::new();
+    if state
+        .written
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(&name)
     {
-        let mut written = state.written.lock().unwrap_or_else(|e| e.into_inner());
-        if written.contains_key(&name) {
-            // Written a moment ago, not in the cache yet: its update will re-run it.
-            return Ok(Action::requeue(Duration::from_secs(5)));
-        }
-        let all = state.nodes.state();
-        written.retain(|n, _| all.iter().any(|o| o.name_any() == *n && !has_pod_cidr(o)));
-        for n in &all {
-            used.extend(node_cidrs(n));
-        }
-        used.extend(written.values().copied());
+        // Written a moment ago, not in the cache yet: its update will re-run it.
+        return Ok(Action::requeue(Duration::from_secs(5)));
     }
-    let Some(block) = allocate(&cluster, mask, &used) else {
+    let cached = state.nodes.state();
+    let mut found = allocate(
+        &cluster,
+        mask,
+        &used_blocks(&state, cached.iter().map(|n| n.as_ref())),
+    );
+    if found.is_none() {
+        // Before reporting exhaustion, look again on a fresh list: the cache may still
+        // hold a Node deleted a moment ago (the deletion is what re-ran this one).
+        let live = Api::<Node>::all(state.ctx.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(Error::List)?;
+        found = allocate(&cluster, mask, &used_blocks(&state, live.items.iter()));
+    }
+    let Some(block) = found else {
         let why = format!(
             "No CIDR left in --cluster-cidr {cluster} for Node {name}: all {} /{mask} blocks are allocated",
             cluster.subnet_count(mask).unwrap_or(0)
