@@ -413,6 +413,9 @@ fn known_ips(state: &State, svc: &Service) -> Vec<String> {
     let mut written = state.written.lock().unwrap_or_else(|e| e.into_inner());
     let cached = status_ips(svc);
     if let Some((rv, ips)) = written.get(&key) {
+        // The cache has caught up once it shows our write's resourceVersion or a later
+        // one (opaque upstream; skiff's and etcd's are store revisions, so "later" is a
+        // larger number).
         let seen = svc.resource_version().is_some_and(|cur| {
             cur == *rv || matches!((cur.parse::<u64>(), rv.parse::<u64>()), (Ok(c), Ok(w)) if c > w)
         });
