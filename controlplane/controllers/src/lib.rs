@@ -16,9 +16,23 @@
 //! |---|---|
 //! | [`backoff`] | per-key exponential backoff for failed reconciles |
 //! | [`events`] | core/v1 Event recorder (deduplicated with `count`, like client-go's) |
+// --- endpoints helper: service-facing controllers ---
+//! | [`endpointslice`] | EndpointSlices and legacy Endpoints of selector Services |
+//! | [`lb`] | LoadBalancer IPs from `--lb-pool` (or node addresses) into Service status |
+//! | [`nodeipam`] | `spec.podCIDR(s)` for Nodes from `--cluster-cidr` |
+//! | [`workqueue`] | client-go style deduplicating work queue |
+//! | [`cidr`] | IPv4 CIDR / range parsing for the flags |
+// --- end endpoints helper ---
 
 pub mod backoff;
 pub mod events;
+// --- endpoints helper: service-facing controllers ---
+pub mod cidr;
+pub mod endpointslice;
+pub mod lb;
+pub mod nodeipam;
+pub mod workqueue;
+// --- end endpoints helper ---
 
 use std::sync::Arc;
 
@@ -29,15 +43,56 @@ use kube::Client;
 pub struct Config {
     /// Name used as Event `source.component` / `reportingComponent`.
     pub component: String,
+    // --- endpoints helper: service-facing controllers ---
+    /// Endpoints per EndpointSlice (`--max-endpoints-per-slice`, upstream 100, at most 1000).
+    pub max_endpoints_per_slice: usize,
+    /// Services synced in parallel (`--concurrent-service-endpoint-syncs`, upstream 5).
+    pub concurrent_service_endpoint_syncs: usize,
+    /// LoadBalancer IP pool (`--lb-pool`); empty: publish node addresses.
+    pub lb_pool: lb::Pool,
+    /// Pod network the Nodes' podCIDRs come from (`--cluster-cidr`, k3s 10.42.0.0/16).
+    pub cluster_cidr: cidr::Ipv4Cidr,
+    /// Prefix length of each Node's podCIDR (`--node-cidr-mask-size`, upstream 24).
+    pub node_cidr_mask_size: u8,
+    // --- end endpoints helper ---
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             component: "skiff-controller-manager".into(),
+            // --- endpoints helper: service-facing controllers ---
+            max_endpoints_per_slice: 100,
+            concurrent_service_endpoint_syncs: 5,
+            lb_pool: lb::Pool::default(),
+            cluster_cidr: cidr::Ipv4Cidr::new(std::net::Ipv4Addr::new(10, 42, 0, 0), 16)
+                .expect("a valid CIDR"),
+            node_cidr_mask_size: 24,
+            // --- end endpoints helper ---
         }
     }
 }
+
+// --- endpoints helper: service-facing controllers ---
+/// The largest `--max-endpoints-per-slice` upstream accepts.
+pub const MAX_ENDPOINTS_PER_SLICE_LIMIT: usize = 1000;
+
+impl Config {
+    /// Rejects settings the controllers cannot run with, saying which flag and why.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=MAX_ENDPOINTS_PER_SLICE_LIMIT).contains(&self.max_endpoints_per_slice) {
+            return Err(format!(
+                "--max-endpoints-per-slice {}: must be between 1 and {MAX_ENDPOINTS_PER_SLICE_LIMIT} (upstream's limit)",
+                self.max_endpoints_per_slice
+            ));
+        }
+        if self.concurrent_service_endpoint_syncs == 0 {
+            return Err("--concurrent-service-endpoint-syncs must be at least 1".into());
+        }
+        nodeipam::validate(&self.cluster_cidr, self.node_cidr_mask_size)
+    }
+}
+// --- end endpoints helper ---
 
 /// What every controller gets: the API client, the settings and the Event recorder.
 #[derive(Clone)]
@@ -61,11 +116,19 @@ impl Ctx {
 /// Runs every controller until one of them fails for good (they retry API errors
 /// themselves; a returned error means a bug or a lost API server that did not come back).
 pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
+    // --- endpoints helper: service-facing controllers ---
+    config.validate().map_err(anyhow::Error::msg)?;
+    // --- end endpoints helper ---
     let ctx = Ctx::new(client, config);
     let mut set: tokio::task::JoinSet<(&'static str, anyhow::Result<()>)> =
         tokio::task::JoinSet::new();
     // Each controller registers here: `set.spawn(named("name", module::run(ctx.clone())));`
     let _ = &ctx;
+    // --- endpoints helper: service-facing controllers ---
+    set.spawn(named("endpointslice", endpointslice::run(ctx.clone())));
+    set.spawn(named("loadbalancer", lb::run(ctx.clone())));
+    set.spawn(named("nodeipam", nodeipam::run(ctx.clone())));
+    // --- end endpoints helper ---
     while let Some(done) = set.join_next().await {
         match done {
             Ok((name, Ok(()))) => tracing::info!("controller {name} stopped"),

@@ -72,11 +72,46 @@ enum Command {
 
 /// Controller settings, shared by `server` and `controllers`.
 #[derive(clap::Args, Clone)]
-struct ControllerArgs {}
+struct ControllerArgs {
+    // --- endpoints helper: service-facing controllers ---
+    /// Endpoints per EndpointSlice (1..1000), as kube-controller-manager's flag.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    max_endpoints_per_slice: u32,
+    /// Services whose endpoints are synced in parallel.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    concurrent_service_endpoint_syncs: u32,
+    /// LoadBalancer IPs: CIDRs (network and broadcast addresses left out) or
+    /// `a.b.c.d-a.b.c.e` ranges; repeat or comma-separate. None: LoadBalancer Services
+    /// get the nodes' addresses (k3s ServiceLB style).
+    #[arg(long, value_delimiter = ',', value_parser = parse_lb_range)]
+    lb_pool: Vec<skiff_controllers::cidr::Ipv4Range>,
+    /// The pod network Nodes' podCIDRs are cut from.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    cluster_cidr: skiff_controllers::cidr::Ipv4Cidr,
+    /// Prefix length of each Node's podCIDR.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
+    // --- end endpoints helper ---
+}
+
+// --- endpoints helper: service-facing controllers ---
+fn parse_lb_range(s: &str) -> Result<skiff_controllers::cidr::Ipv4Range, String> {
+    s.parse()
+}
+// --- end endpoints helper ---
 
 impl ControllerArgs {
     fn config(&self) -> skiff_controllers::Config {
-        skiff_controllers::Config::default()
+        skiff_controllers::Config {
+            // --- endpoints helper: service-facing controllers ---
+            max_endpoints_per_slice: self.max_endpoints_per_slice as usize,
+            concurrent_service_endpoint_syncs: self.concurrent_service_endpoint_syncs as usize,
+            lb_pool: skiff_controllers::lb::Pool::new(self.lb_pool.clone()),
+            cluster_cidr: self.cluster_cidr,
+            node_cidr_mask_size: self.node_cidr_mask_size,
+            // --- end endpoints helper ---
+            ..skiff_controllers::Config::default()
+        }
     }
 }
 
@@ -100,6 +135,15 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // --- endpoints helper: service-facing controllers ---
+    // Bad controller flags fail before anything starts (not after the API is serving).
+    let (Command::Server { controllers, .. } | Command::Controllers { controllers, .. }) =
+        &cli.command;
+    controllers
+        .config()
+        .validate()
+        .map_err(anyhow::Error::msg)?;
+    // --- end endpoints helper ---
     match cli.command {
         Command::Server {
             data_dir,

@@ -301,3 +301,51 @@ impl InProcess {
         self.dir.path().join("admin.kubeconfig")
     }
 }
+
+// --- endpoints helper: servers with extra flags ---
+impl ServerProcess {
+    /// Like [`ServerProcess::start_in`], passing `args` (e.g. `--lb-pool ...`) to `server`.
+    pub fn start_in_with_args(dir: tempfile::TempDir, args: &[&str]) -> ServerProcess {
+        let _ = std::fs::remove_file(dir.path().join("data/admin.kubeconfig"));
+        let log = std::fs::File::create(dir.path().join("server.log")).expect("server log");
+        let child = Command::new(env!("CARGO_BIN_EXE_skiff-controlplane"))
+            .args(["server", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning skiff-controlplane");
+        let kubeconfig = dir.path().join("data/admin.kubeconfig");
+        let deadline = Instant::now() + START_DEADLINE;
+        let mut s = ServerProcess {
+            child,
+            dir,
+            kubeconfig,
+            url: String::new(),
+        };
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&s.kubeconfig) {
+                if let Some(line) = text
+                    .lines()
+                    .find(|l| l.trim_start().starts_with("server: "))
+                {
+                    s.url = line.trim_start().trim_start_matches("server: ").to_string();
+                    break;
+                }
+            }
+            if let Ok(Some(status)) = s.child.try_wait() {
+                panic!("skiff-controlplane exited with {status}: {}", s.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no kubeconfig after {START_DEADLINE:?}: {}",
+                s.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s
+    }
+}
+// --- end endpoints helper ---
