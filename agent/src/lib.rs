@@ -4,9 +4,13 @@
 
 pub mod datapath;
 pub mod debug;
+pub mod health;
 pub mod lbmap;
 pub mod maglev;
+pub mod metrics;
 pub mod model;
+pub mod netsetup;
+pub mod node;
 pub mod policy;
 pub mod reconcile;
 pub mod sockets;

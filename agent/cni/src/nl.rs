@@ -15,7 +15,7 @@ use std::{
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REQUEST,
+    NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage},
@@ -388,6 +388,154 @@ impl Netlink {
             out.push(route);
         }
         Ok(out)
+    }
+}
+
+// ---- Used by the node agent (skiff-agent's netsetup): routes it owns, told apart from
+// everybody else's by their protocol number, and the bridge's addresses.
+
+/// What a main-table IPv4 route does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RouteAction {
+    /// Unicast through a gateway (`ip route replace DST via GW`).
+    Via(Ipv4Addr),
+    /// `ip route replace unreachable DST`: the lookup fails at once with EHOSTUNREACH
+    /// (ICMP host unreachable for forwarded packets) instead of following the default route.
+    Unreachable,
+    /// Anything else (directly connected, blackhole, multipath…): reported, never written.
+    Other,
+}
+
+/// One IPv4 route of the main table with the fields that identify it for the kernel
+/// (destination, prefix, tos, priority) plus its protocol and action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub dst: Ipv4Addr,
+    pub prefix: u8,
+    pub tos: u8,
+    pub priority: u32,
+    pub protocol: u8,
+    pub action: RouteAction,
+}
+
+impl Netlink {
+    /// Every IPv4 route of the main table (unicast and otherwise).
+    pub fn main_routes(&mut self) -> io::Result<Vec<RouteEntry>> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = AddressFamily::Inet;
+        let msgs = self.request(RouteNetlinkMessage::GetRoute(req), NLM_F_DUMP)?;
+        let mut out = Vec::new();
+        for m in msgs {
+            let RouteNetlinkMessage::NewRoute(r) = m else {
+                continue;
+            };
+            let mut table = u32::from(r.header.table);
+            let mut entry = RouteEntry {
+                dst: Ipv4Addr::UNSPECIFIED,
+                prefix: r.header.destination_prefix_length,
+                tos: r.header.tos,
+                priority: 0,
+                protocol: r.header.protocol.into(),
+                action: RouteAction::Other,
+            };
+            let mut gw = None;
+            for attr in &r.attributes {
+                match attr {
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => entry.dst = *d,
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
+                    RouteAttribute::Priority(p) => entry.priority = *p,
+                    // Tables above 255 only travel in the attribute.
+                    RouteAttribute::Table(t) => table = *t,
+                    _ => {}
+                }
+            }
+            if table != u32::from(netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN) {
+                continue;
+            }
+            entry.action = match (r.header.kind, gw) {
+                (RouteType::Unicast, Some(g)) => RouteAction::Via(g),
+                (RouteType::Unreachable, _) => RouteAction::Unreachable,
+                _ => RouteAction::Other,
+            };
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    fn route_message(dst: Ipv4Addr, prefix: u8, action: RouteAction, protocol: u8) -> RouteMessage {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        msg.header.destination_prefix_length = prefix;
+        msg.header.table = netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN;
+        msg.header.protocol = RouteProtocol::from(protocol);
+        msg.header.scope = RouteScope::Universe;
+        msg.header.kind = match action {
+            RouteAction::Unreachable => RouteType::Unreachable,
+            _ => RouteType::Unicast,
+        };
+        if prefix > 0 {
+            msg.attributes
+                .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        }
+        if let RouteAction::Via(gw) = action {
+            msg.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+        }
+        msg
+    }
+
+    /// `ip route replace` of a main-table route with `protocol`: creates it, or replaces
+    /// the route with the same destination, tos 0 and priority 0. The caller checks that
+    /// such a route is its own first (the kernel would replace anybody's).
+    pub fn replace_route(
+        &mut self,
+        dst: Ipv4Addr,
+        prefix: u8,
+        action: RouteAction,
+        protocol: u8,
+    ) -> io::Result<()> {
+        if action == RouteAction::Other {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "only via and unreachable routes can be written",
+            ));
+        }
+        let msg = Self::route_message(dst, prefix, action, protocol);
+        self.ack(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
+    /// Deletes the main-table route `dst/prefix` of `protocol` (the kernel matches the
+    /// protocol too, so another owner's route of the same destination stays). A route that
+    /// is already gone is not an error.
+    pub fn delete_route(
+        &mut self,
+        dst: Ipv4Addr,
+        prefix: u8,
+        action: RouteAction,
+        protocol: u8,
+    ) -> io::Result<()> {
+        let msg = Self::route_message(dst, prefix, action, protocol);
+        match self.ack(RouteNetlinkMessage::DelRoute(msg), 0) {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Removes `addr/prefix` from link `index`; an absent address is not an error.
+    pub fn delete_addr(&mut self, index: u32, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.prefix_len = prefix;
+        msg.header.index = index;
+        msg.attributes
+            .push(AddressAttribute::Local(IpAddr::V4(addr)));
+        match self.ack(RouteNetlinkMessage::DelAddress(msg), 0) {
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => Ok(()),
+            other => other,
+        }
     }
 }
 

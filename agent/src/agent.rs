@@ -1,0 +1,278 @@
+//! (Binary-only module of `skiff-agent run --kubeconfig`.) Wires the library's pieces
+//! into one process on one current-thread runtime: the service sync, the Node heartbeat,
+//! the pod network, /healthz, the healthCheckNodePort servers and /metrics, until SIGTERM
+//! or Ctrl-C. Everything runs on the main thread, so netlink and /proc/sys act on the
+//! agent's own network namespace.
+//!
+//! On exit nothing is torn down: pinned maps and links keep translating, routes and the
+//! bridge keep pods connected, and the Node stays registered (its Lease expires; the node
+//! lifecycle controller takes it from there), so a restart is invisible to traffic.
+
+use std::{
+    cell::{Cell, RefCell},
+    net::SocketAddr,
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _};
+use skiff_agent::{
+    datapath::{BpfServiceMaps, Datapath},
+    health::{self, HealthCheckServers, ProxyHealth},
+    metrics::{self, Metrics},
+    netsetup::{self, NetConfig, NetSetup},
+    node::{self, HostInfo, NodeConfig},
+    reconcile::{MapUsage, Reconciler},
+    watch::{self, SyncConfig, Synced},
+};
+
+use super::NodeArgs;
+
+pub struct Agent {
+    pub kubeconfig: PathBuf,
+    pub sync: SyncConfig,
+    pub dp: Datapath,
+    pub maps: BpfServiceMaps,
+    pub node: NodeArgs,
+    pub interval: Duration,
+}
+
+fn cidrs(flag: &str, values: &[String]) -> anyhow::Result<Vec<netsetup::Cidr>> {
+    values
+        .iter()
+        .filter(|v| !v.is_empty())
+        .map(|v| match skiff_agent::translate::parse_cidr(v) {
+            Some(Some(c)) => Ok(c),
+            _ => bail!("--{flag} {v:?} is not an IPv4 CIDR like 10.43.0.0/16"),
+        })
+        .collect()
+}
+
+fn bind_flag(flag: &str, value: &str) -> anyhow::Result<Option<SocketAddr>> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .with_context(|| format!("--{flag} {value:?} is not an address like 0.0.0.0:10256"))
+}
+
+pub async fn run(a: Agent) -> anyhow::Result<()> {
+    let Agent {
+        kubeconfig,
+        sync,
+        dp,
+        mut maps,
+        node: args,
+        interval,
+    } = a;
+    // Validate every flag before touching the system.
+    let pod_network = match args.pod_network.as_str() {
+        "direct" => true,
+        "none" => false,
+        other => bail!("--pod-network {other:?}: use direct or none"),
+    };
+    let mut unreachable = cidrs("service-cidr", &args.service_cidrs)?;
+    unreachable.extend(cidrs("lb-pool", &args.lb_pools)?);
+    let healthz_addr = bind_flag("healthz-bind-address", &args.healthz_bind_address)?;
+    let metrics_addr = bind_flag("metrics-bind-address", &args.metrics_bind_address)?;
+    let node_name = sync.node.node_name.clone();
+    if (!args.no_register_node || pod_network) && node_name.is_empty() {
+        bail!("--node-name is required to register the Node and set up the pod network (or pass --no-register-node --pod-network none)");
+    }
+
+    let kc = kube::config::Kubeconfig::read_from(&kubeconfig)
+        .with_context(|| format!("reading kubeconfig {}", kubeconfig.display()))?;
+    let kconf = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .with_context(|| format!("using kubeconfig {}", kubeconfig.display()))?;
+    let client = kube::Client::try_from(kconf)?;
+
+    let proxy_health = ProxyHealth::new(Duration::from_secs(args.health_timeout_secs));
+    let metrics = Metrics::new();
+    if let Some(addr) = healthz_addr {
+        let l = health::bind(addr).context("starting /healthz")?;
+        tokio::spawn(health::serve(
+            l,
+            health::healthz_router(proxy_health.clone()),
+        ));
+        println!("serving /healthz on {addr}");
+    }
+    if let Some(addr) = metrics_addr {
+        let l = health::bind(addr).context("starting /metrics")?;
+        tokio::spawn(health::serve(l, metrics::router(metrics.clone())));
+        println!("serving /metrics on {addr}");
+    }
+
+    let mut setup = if pod_network {
+        let mut cfg = NetConfig::new(&node_name);
+        cfg.bridge = args.bridge.clone();
+        cfg.mtu = args.mtu;
+        cfg.cni_conf_dir = args.cni_conf_dir.clone();
+        cfg.cni_bin_dir = args.cni_bin_dir.clone();
+        cfg.cni_source = Some(match &args.cni_plugin {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()
+                .context("finding the skiff-agent binary")?
+                .with_file_name(netsetup::CNI_BINARY),
+        });
+        cfg.unreachable = unreachable;
+        let mut s = NetSetup::new(cfg).context("setting up the pod network")?;
+        s.prepare().context("installing skiff-cni")?;
+        Some(s)
+    } else {
+        None
+    };
+
+    let info = if args.no_register_node {
+        None
+    } else {
+        Some(HostInfo::gather(std::path::Path::new("/")).context("reading the host")?)
+    };
+    let node_addresses = sync.node.node_addresses.clone();
+    let node_task = async {
+        let Some(info) = info else {
+            return std::future::pending::<()>().await;
+        };
+        let mut cfg = NodeConfig::new(&node_name, node_addresses);
+        cfg.lease_renew_period = Duration::from_secs(args.node_lease_renew_secs.max(1));
+        cfg.status_report_period = Duration::from_secs(args.node_status_report_secs.max(1));
+        let mut registered = false;
+        node::run(client.clone(), cfg, info, |hb| {
+            if hb.errors.is_empty() && !registered {
+                registered = true;
+                println!(
+                    "Node {node_name} registered, podCIDR {}",
+                    hb.pod_cidr.as_deref().unwrap_or("(not assigned yet)")
+                );
+            }
+            for e in &hb.errors {
+                println!("node heartbeat: {e}");
+            }
+        })
+        .await;
+    };
+
+    let health_ref = &proxy_health;
+    let net_task = async {
+        let Some(setup) = setup.as_mut() else {
+            return std::future::pending::<()>().await;
+        };
+        netsetup::run(
+            client.clone(),
+            setup,
+            netsetup::NetHooks {
+                on_apply: |a: &netsetup::Applied, eligible: bool| {
+                    health_ref.set_node_eligible(eligible);
+                    for r in &a.routes_added {
+                        println!("route {r}");
+                    }
+                    for r in &a.routes_deleted {
+                        println!("route deleted: {r}");
+                    }
+                    for e in a.errors.iter().chain(&a.diagnostics) {
+                        println!("pod network: {e}");
+                    }
+                },
+                on_error: |e: &str| println!("pod network: {e} (retrying)"),
+            },
+        )
+        .await;
+    };
+
+    // The sync's hooks share the datapath (bind exemptions on sync, counters on tick).
+    let dp = RefCell::new(dp);
+    let usage = Cell::new(MapUsage::default());
+    let hc_servers = RefCell::new(HealthCheckServers::new(
+        args.health_check_addresses.clone(),
+        proxy_health.clone(),
+    ));
+    let mut reconciler = Reconciler::new();
+    // Take over what an earlier agent programmed (pinned maps): the first complete sync
+    // then only changes what changed meanwhile.
+    let snapshot = skiff_agent::lbmap::ServiceMaps::snapshot(&maps)?;
+    println!(
+        "watching Services and EndpointSlices through {}",
+        kubeconfig.display()
+    );
+    let sync_task = watch::run(
+        client.clone(),
+        sync,
+        &mut maps,
+        &mut reconciler,
+        Some(snapshot),
+        watch::Hooks {
+            on_sync: |s: &Synced| {
+                println!(
+                    "synced {} services, {} slices in {:?}: {} map writes, {} errors, {} diagnostics",
+                    s.services,
+                    s.slices,
+                    s.duration,
+                    s.report.writes,
+                    s.report.errors.len(),
+                    s.diagnostics.len()
+                );
+                for (name, e) in &s.report.errors {
+                    println!("  error {name}: {e}");
+                }
+                for d in &s.diagnostics {
+                    println!("  {d}");
+                }
+                usage.set(s.usage);
+                metrics.observe_sync(
+                    s.duration,
+                    s.report.errors.len(),
+                    &s.programming_latencies,
+                    &s.service_ids,
+                );
+                // A failed write leaves the change pending: /healthz turns 503 if it
+                // stays that way past the timeout.
+                if s.report.errors.is_empty() {
+                    proxy_health.updated();
+                } else {
+                    proxy_health.queued();
+                }
+                let ports: Vec<u16> = s.health_checks.iter().map(|c| c.port).collect();
+                if let Err(e) = dp.borrow_mut().set_bind_exemptions(&ports) {
+                    println!("  health check ports: {e}");
+                }
+                for e in hc_servers.borrow_mut().update(&s.health_checks) {
+                    println!("  {e}");
+                }
+            },
+            on_error: |e: &str| println!("watch error (retrying): {e}"),
+            tick: interval,
+            on_tick: |m: &mut BpfServiceMaps| {
+                let ids = metrics.service_ids();
+                match metrics::sample_datapath(
+                    &dp.borrow(),
+                    m,
+                    usage.get(),
+                    &ids,
+                    super::monotonic_ns(),
+                ) {
+                    Ok((sample, collected)) => {
+                        metrics.set_datapath(sample);
+                        if collected > 0 {
+                            println!("conntrack_gc_deleted {collected}");
+                        }
+                    }
+                    Err(e) => println!("sampling the datapath: {e}"),
+                }
+            },
+            on_pending: || proxy_health.queued(),
+        },
+    );
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = sync_task => {}
+        _ = node_task => {}
+        _ = net_task => {}
+        _ = term.recv() => println!("SIGTERM: exiting; maps, routes and the Node stay"),
+        _ = tokio::signal::ctrl_c() => println!("interrupted: exiting; maps, routes and the Node stay"),
+    }
+    Ok(())
+}
