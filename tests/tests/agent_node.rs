@@ -865,3 +865,239 @@ fn healthz_health_check_node_ports_and_metrics_answer_over_http() {
         },
     );
 }
+
+// ---- 4. The skiff-agent binary, end to end inside a namespace ----
+
+fn sibling_binary(name: &str) -> PathBuf {
+    let bin = controlplane_binary().with_file_name(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p skiff-controlplane -p skiff-agent -p skiff-cni` (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A child process killed (SIGKILL) on drop unless it already exited.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `f` with a kube client on a thread inside `ns` (the API server listens on that
+/// namespace's loopback).
+fn in_ns<T: Send>(
+    ns: &NetNs,
+    kubeconfig: &Path,
+    f: impl FnOnce(Client) -> futures_like::BoxFuture<T> + Send,
+) -> T {
+    ns.run(|| {
+        runtime().block_on(async {
+            let c = client(kubeconfig).await;
+            f(c).await
+        })
+    })
+}
+
+mod futures_like {
+    pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+}
+
+#[test]
+fn the_agent_binary_registers_sets_up_the_node_and_leaves_it_on_sigterm() {
+    require_privileges();
+    let agent_bin = sibling_binary("skiff-agent");
+    let cni_bin = sibling_binary("skiff-cni");
+    let ns = NetNs::new("e2e");
+    let wire = NetNs::new("e2ewire");
+    veth(&ns, "eth0", &wire, "eth0");
+    ns.addr("eth0", "192.168.78.1/24");
+
+    let data = temp_dir("e2e-data");
+    let api_port = free_port();
+    let _api = Proc(
+        Command::new("ip")
+            .args(["netns", "exec", ns.name()])
+            .arg(controlplane_binary())
+            .args(["server", "--disable-controllers", "--data-dir"])
+            .arg(&data)
+            .args(["--listen", &format!("127.0.0.1:{api_port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let kubeconfig = data.join("admin.kubeconfig");
+    in_ns(&ns, &kubeconfig, |c| {
+        Box::pin(async move {
+            put_node(&c, "node-b", "192.168.78.2", Some("10.244.1.0/24")).await;
+        })
+    });
+
+    let conf_dir = temp_dir("e2e-conf");
+    let bin_dir = temp_dir("e2e-bin");
+    let (healthz, metrics_port) = (free_port(), free_port());
+    let log = temp_dir("e2e-log").join("agent.log");
+    let mut agent = Proc(
+        Command::new("ip")
+            .args(["netns", "exec", ns.name()])
+            .arg(&agent_bin)
+            .args([
+                "run",
+                "--interface",
+                "eth0",
+                "--no-pin",
+                "--interval-secs",
+                "1",
+            ])
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["--node-name", "node-a", "--node-address", "192.168.78.1"])
+            .args(["--node-lease-renew-secs", "1"])
+            .arg("--cni-conf-dir")
+            .arg(&conf_dir)
+            .arg("--cni-bin-dir")
+            .arg(&bin_dir)
+            .args(["--healthz-bind-address", &format!("127.0.0.1:{healthz}")])
+            .args([
+                "--metrics-bind-address",
+                &format!("127.0.0.1:{metrics_port}"),
+            ])
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    // Registered and Ready; the control plane (here: the test) assigns the range.
+    eventually("node-a registered Ready", Duration::from_secs(20), || {
+        if let Ok(Some(status)) = agent.0.try_wait() {
+            panic!("skiff-agent exited with {status}: {}", agent_log());
+        }
+        let n = in_ns(&ns, &kubeconfig, |c| {
+            Box::pin(async move { Api::<Node>::all(c).get_opt("node-a").await })
+        })
+        .map_err(|e| e.to_string())?
+        .ok_or("no Node yet")?;
+        match condition(&n, "Ready") {
+            Some(c) if c.status == "True" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    in_ns(&ns, &kubeconfig, |c| {
+        Box::pin(async move {
+            Api::<Node>::all(c)
+                .patch(
+                    "node-a",
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({"spec": {"podCIDR": "10.244.0.0/24", "podCIDRs": ["10.244.0.0/24"]}})),
+                )
+                .await
+                .unwrap();
+        })
+    });
+    let want = set(&[
+        "10.244.1.0/24 via 192.168.78.2 dev eth0",
+        "unreachable 10.43.0.0/16",
+    ]);
+    eventually("routes and skiff0", Duration::from_secs(10), || {
+        let routes = skiff_routes(&ns);
+        let addr = ns.ip_output(&["-o", "-4", "addr", "show"]);
+        if routes == want && addr.contains("skiff0") && addr.contains("10.244.0.1/24") {
+            Ok(())
+        } else {
+            Err(format!("{routes:?} {addr}\n{}", agent_log()))
+        }
+    });
+
+    // skiff-cni was installed from next to the agent and accepts the written config:
+    // STATUS says ready (its IPAM directory redirected into a temp dir).
+    assert_eq!(
+        std::fs::read(bin_dir.join("skiff-cni")).unwrap(),
+        std::fs::read(&cni_bin).unwrap()
+    );
+    let list: serde_json::Value =
+        eventually("conflist with a range", Duration::from_secs(5), || {
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(conf_dir.join("10-skiff.conflist")).unwrap())
+                    .unwrap();
+            if v["plugins"][0]["ipam"]["ranges"][0][0]["subnet"] == "10.244.0.0/24" {
+                Ok(v)
+            } else {
+                Err(v.to_string())
+            }
+        });
+    let ipam_dir = temp_dir("e2e-ipam");
+    let mut plugin_conf = list["plugins"][0].clone();
+    plugin_conf["name"] = list["name"].clone();
+    plugin_conf["cniVersion"] = list["cniVersion"].clone();
+    plugin_conf["ipam"]["dataDir"] = ipam_dir.display().to_string().into();
+    let mut status = Command::new(bin_dir.join("skiff-cni"))
+        .env("CNI_COMMAND", "STATUS")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    status
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(plugin_conf.to_string().as_bytes())
+        .unwrap();
+    let out = status.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "skiff-cni STATUS: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // /healthz and /metrics of the binary, on the namespace's loopback.
+    let (code, body) = eventually("the binary's /healthz", Duration::from_secs(10), || {
+        ns.run(|| http_get(SocketAddr::from(([127, 0, 0, 1], healthz)), "/healthz"))
+            .map_err(|e| e.to_string())
+    });
+    assert_eq!(code, 200, "{body}");
+    let text = eventually(
+        "the binary's /metrics with datapath counters",
+        Duration::from_secs(10),
+        || {
+            let (_, text) = ns
+                .run(|| http_get(SocketAddr::from(([127, 0, 0, 1], metrics_port)), "/metrics"))
+                .map_err(|e| e.to_string())?;
+            if text.contains("skiff_drops_total{") && text.contains("skiff_syncs_total") {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        },
+    );
+    metrics::parse(&text).unwrap();
+
+    // SIGTERM: a clean exit that leaves Node, routes and bridge in place.
+    // SAFETY: kill(2) on the pid of our own child.
+    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
+    let exited = eventually("the agent to exit", Duration::from_secs(10), || {
+        agent.0.try_wait().unwrap().ok_or("running".to_string())
+    });
+    assert!(exited.success(), "{exited}: {}", agent_log());
+    assert!(agent_log().contains("SIGTERM"), "{}", agent_log());
+    assert_eq!(skiff_routes(&ns), want);
+    let still = in_ns(&ns, &kubeconfig, |c| {
+        Box::pin(async move { Api::<Node>::all(c).get_opt("node-a").await.unwrap() })
+    });
+    assert!(still.is_some(), "the Node must stay after SIGTERM");
+    for d in [
+        data,
+        conf_dir,
+        bin_dir,
+        ipam_dir,
+        log.parent().unwrap().to_path_buf(),
+    ] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
