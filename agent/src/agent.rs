@@ -28,6 +28,108 @@ use skiff_agent::{
 
 use super::NodeArgs;
 
+/// Gathers and renders `skiff-agent status`.
+pub fn status(
+    kubeconfig: Option<PathBuf>,
+    node_name: &str,
+    healthz: SocketAddr,
+    metrics_addr: SocketAddr,
+) -> String {
+    use skiff_agent::status::{self as st, ApiView, NodeView};
+    let healthz = st::http_get(healthz, "/healthz");
+    let metrics = st::http_get(metrics_addr, "/metrics").and_then(|(code, body)| {
+        if code == 200 {
+            metrics::parse(&body)
+        } else {
+            Err(format!("{metrics_addr}/metrics answered HTTP {code}"))
+        }
+    });
+    let routes = skiff_cni::nl::Netlink::open()
+        .and_then(|mut nl| nl.main_routes())
+        .map(|rs| {
+            rs.into_iter()
+                .filter(|r| r.protocol == netsetup::RTPROT_SKIFF)
+                .map(|r| match r.action {
+                    skiff_cni::nl::RouteAction::Via(gw) => {
+                        format!("{}/{} via {gw}", r.dst, r.prefix)
+                    }
+                    skiff_cni::nl::RouteAction::Unreachable => {
+                        format!("unreachable {}/{}", r.dst, r.prefix)
+                    }
+                    skiff_cni::nl::RouteAction::Other => format!("{}/{}", r.dst, r.prefix),
+                })
+                .collect()
+        })
+        .map_err(|e| e.to_string());
+    let api = kubeconfig.map(|path| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let kc = kube::config::Kubeconfig::read_from(&path)
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            let conf = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| format!("using {}: {e}", path.display()))?;
+            let server = conf.cluster_url.to_string();
+            let client = kube::Client::try_from(conf).map_err(|e| e.to_string())?;
+            let version = tokio::time::timeout(Duration::from_secs(5), client.apiserver_version())
+                .await
+                .map_err(|_| format!("{server}: no answer in 5 s"))?
+                .map_err(|e| format!("{server}: {e}"))?;
+            let node = if node_name.is_empty() {
+                None
+            } else {
+                Some(
+                    async {
+                        let n = kube::Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+                            .get(node_name)
+                            .await
+                            .map_err(|e| format!("Node {node_name}: {e}"))?;
+                        let lease =
+                            kube::Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+                                client.clone(),
+                                node::LEASE_NAMESPACE,
+                            )
+                            .get_opt(node_name)
+                            .await
+                            .ok()
+                            .flatten();
+                        let now = std::time::SystemTime::now();
+                        Ok(NodeView {
+                            name: node_name.to_owned(),
+                            ready: n
+                                .status
+                                .as_ref()
+                                .and_then(|s| s.conditions.as_ref())
+                                .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+                                .map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default())),
+                            pod_cidr: n.spec.as_ref().and_then(|s| s.pod_cidr.clone()),
+                            lease_age: lease.and_then(|l| l.spec?.renew_time).and_then(|t| {
+                                now.duration_since(std::time::SystemTime::from(t.0)).ok()
+                            }),
+                        })
+                    }
+                    .await,
+                )
+            };
+            Ok(ApiView {
+                server,
+                version: version.git_version,
+                node,
+            })
+        })
+    });
+    st::render(&st::Inputs {
+        healthz,
+        metrics,
+        api,
+        routes,
+        now: std::time::SystemTime::now(),
+    })
+}
+
 pub struct Agent {
     pub kubeconfig: PathBuf,
     pub sync: SyncConfig,
@@ -140,6 +242,7 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
         cfg.status_report_period = Duration::from_secs(args.node_status_report_secs.max(1));
         let mut registered = false;
         node::run(client.clone(), cfg, info, |hb| {
+            metrics.observe_heartbeat(hb.errors.is_empty());
             if hb.errors.is_empty() && !registered {
                 registered = true;
                 println!(
@@ -175,7 +278,10 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
                         println!("pod network: {e}");
                     }
                 },
-                on_error: |e: &str| println!("pod network: {e} (retrying)"),
+                on_error: |e: &str| {
+                    metrics.observe_watch_error();
+                    println!("pod network: {e} (retrying)")
+                },
             },
         )
         .await;
@@ -241,7 +347,10 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
                     println!("  {e}");
                 }
             },
-            on_error: |e: &str| println!("watch error (retrying): {e}"),
+            on_error: |e: &str| {
+                metrics.observe_watch_error();
+                println!("watch error (retrying): {e}")
+            },
             tick: interval,
             on_tick: |m: &mut BpfServiceMaps| {
                 let ids = metrics.service_ids();

@@ -14,5 +14,6 @@ pub mod node;
 pub mod policy;
 pub mod reconcile;
 pub mod sockets;
+pub mod status;
 pub mod translate;
 pub mod watch;

@@ -203,6 +203,22 @@ enum Command {
         #[command(flatten)]
         pins: PinArgs,
     },
+    /// One screen about the agent on this node: health, API connection, Node and podCIDR,
+    /// last sync, programming latency, map usage against capacity, routes.
+    Status {
+        /// Also ask the API about the Node (Ready, podCIDR, Lease).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// The Node to show (with --kubeconfig).
+        #[arg(long, default_value = "")]
+        node_name: String,
+        /// Where the agent serves /healthz.
+        #[arg(long, default_value = "127.0.0.1:10256")]
+        healthz_address: std::net::SocketAddr,
+        /// Where the agent serves /metrics.
+        #[arg(long, default_value = "127.0.0.1:10249")]
+        metrics_address: std::net::SocketAddr,
+    },
     /// Remove the pinned maps and links: detaches every skiff program they hold.
     Cleanup {
         #[command(flatten)]
@@ -466,6 +482,18 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Drops { pins } => {
             print!("{}", Inspector::new(&pins.pin_dir).counters()?.render());
+            Ok(())
+        }
+        Command::Status {
+            kubeconfig,
+            node_name,
+            healthz_address,
+            metrics_address,
+        } => {
+            print!(
+                "{}",
+                agent::status(kubeconfig, &node_name, healthz_address, metrics_address)
+            );
             Ok(())
         }
         Command::Cleanup { pins } => {

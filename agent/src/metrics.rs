@@ -126,6 +126,10 @@ struct Inner {
     last_sync: Option<SystemTime>,
     service_names: BTreeMap<u32, ServicePortName>,
     datapath: Option<DatapathSample>,
+    watch_errors: u64,
+    heartbeats_ok: u64,
+    heartbeats_failed: u64,
+    last_heartbeat: Option<SystemTime>,
 }
 
 /// The agent's metrics, shared between the sync loop and the HTTP server.
@@ -145,6 +149,10 @@ impl Metrics {
                 last_sync: None,
                 service_names: BTreeMap::new(),
                 datapath: None,
+                watch_errors: 0,
+                heartbeats_ok: 0,
+                heartbeats_failed: 0,
+                last_heartbeat: None,
             }),
         })
     }
@@ -171,6 +179,22 @@ impl Metrics {
             m.programming.observe(l.as_secs_f64());
         }
         m.service_names = service_ids.iter().map(|(n, id)| (*id, n.clone())).collect();
+    }
+
+    /// A watch of the API failed (kube-rs retries with backoff).
+    pub fn observe_watch_error(&self) {
+        self.lock().watch_errors += 1;
+    }
+
+    /// One Node heartbeat round (Lease renewal + status check): ok or not.
+    pub fn observe_heartbeat(&self, ok: bool) {
+        let mut m = self.lock();
+        if ok {
+            m.heartbeats_ok += 1;
+            m.last_heartbeat = Some(SystemTime::now());
+        } else {
+            m.heartbeats_failed += 1;
+        }
     }
 
     /// Service ids currently programmed (for sampling their counters).
@@ -213,17 +237,54 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE skiff_sync_errors_total counter");
         let _ = writeln!(out, "skiff_sync_errors_total {}", m.sync_errors);
-        if let Some(t) = m.last_sync {
-            let secs = t
-                .duration_since(SystemTime::UNIX_EPOCH)
+        let unix = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap_or_default()
-                .as_secs_f64();
+                .as_secs_f64()
+        };
+        if let Some(t) = m.last_sync {
             let _ = writeln!(
                 out,
                 "# HELP skiff_last_sync_timestamp_seconds When the service maps were last reprogrammed."
             );
             let _ = writeln!(out, "# TYPE skiff_last_sync_timestamp_seconds gauge");
-            let _ = writeln!(out, "skiff_last_sync_timestamp_seconds {secs}");
+            let _ = writeln!(out, "skiff_last_sync_timestamp_seconds {}", unix(t));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP skiff_watch_errors_total Failed API watches (each is retried with backoff)."
+        );
+        let _ = writeln!(out, "# TYPE skiff_watch_errors_total counter");
+        let _ = writeln!(out, "skiff_watch_errors_total {}", m.watch_errors);
+        let _ = writeln!(
+            out,
+            "# HELP skiff_node_heartbeats_total Node heartbeat rounds (Lease renewal and status check), by result."
+        );
+        let _ = writeln!(out, "# TYPE skiff_node_heartbeats_total counter");
+        let _ = writeln!(
+            out,
+            "skiff_node_heartbeats_total{{result=\"ok\"}} {}",
+            m.heartbeats_ok
+        );
+        let _ = writeln!(
+            out,
+            "skiff_node_heartbeats_total{{result=\"error\"}} {}",
+            m.heartbeats_failed
+        );
+        if let Some(t) = m.last_heartbeat {
+            let _ = writeln!(
+                out,
+                "# HELP skiff_node_last_heartbeat_timestamp_seconds When the Node heartbeat last succeeded."
+            );
+            let _ = writeln!(
+                out,
+                "# TYPE skiff_node_last_heartbeat_timestamp_seconds gauge"
+            );
+            let _ = writeln!(
+                out,
+                "skiff_node_last_heartbeat_timestamp_seconds {}",
+                unix(t)
+            );
         }
         let Some(dp) = &m.datapath else {
             return out;

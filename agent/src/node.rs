@@ -441,6 +441,8 @@ pub struct NodeAgent {
     cfg: NodeConfig,
     info: HostInfo,
     node: Option<Node>,
+    /// The Lease as last written (its resourceVersion makes the next renewal one update).
+    lease: Option<Lease>,
     last_report: Option<Instant>,
 }
 
@@ -451,6 +453,7 @@ impl NodeAgent {
             cfg,
             info,
             node: None,
+            lease: None,
             last_report: None,
         }
     }
@@ -525,12 +528,33 @@ impl NodeAgent {
         }
     }
 
+    /// Renews the Lease like the kubelet's lease controller: an update of the last Lease
+    /// it wrote (one request per renewal); after a conflict or when it has none, a fresh
+    /// read, or a create when the Lease does not exist.
     async fn renew_lease(&mut self, node: &Node) -> Result<(), kube::Error> {
         let leases: Api<Lease> = Api::namespaced(self.client.clone(), LEASE_NAMESPACE);
         let want = lease(&self.cfg, node, Timestamp::now());
+        if let Some(mut cached) = self.lease.take() {
+            cached.spec = want.spec.clone();
+            match leases
+                .replace(&self.cfg.name, &PostParams::default(), &cached)
+                .await
+            {
+                Ok(l) => {
+                    self.lease = Some(l);
+                    return Ok(());
+                }
+                // Changed or deleted meanwhile: read it again below.
+                Err(e) if is_status(&e, 409) || is_status(&e, 404) => {}
+                Err(e) => return Err(e),
+            }
+        }
         match leases.get_opt(&self.cfg.name).await? {
             None => match leases.create(&PostParams::default(), &want).await {
-                Ok(_) => Ok(()),
+                Ok(l) => {
+                    self.lease = Some(l);
+                    Ok(())
+                }
                 // Created concurrently (a restarted agent racing its predecessor): the
                 // next round updates it.
                 Err(e) if is_status(&e, 409) => Ok(()),
@@ -541,10 +565,12 @@ impl NodeAgent {
                 if have.metadata.owner_references.is_none() {
                     have.metadata.owner_references = want.metadata.owner_references;
                 }
-                leases
-                    .replace(&self.cfg.name, &PostParams::default(), &have)
-                    .await
-                    .map(|_| ())
+                self.lease = Some(
+                    leases
+                        .replace(&self.cfg.name, &PostParams::default(), &have)
+                        .await?,
+                );
+                Ok(())
             }
         }
     }

@@ -1078,6 +1078,35 @@ fn the_agent_binary_registers_sets_up_the_node_and_leaves_it_on_sigterm() {
     );
     metrics::parse(&text).unwrap();
 
+    // `skiff-agent status` puts it on one screen.
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.name()])
+        .arg(&agent_bin)
+        .arg("status")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--node-name", "node-a"])
+        .args(["--healthz-address", &format!("127.0.0.1:{healthz}")])
+        .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    for want in [
+        "agent health   healthy (HTTP 200)",
+        "node           node-a: Ready=True (KubeletReady)",
+        "podCIDR        10.244.0.0/24",
+        "map services",
+        "routes         2 (protocol 115)",
+        "  10.244.1.0/24 via 192.168.78.2",
+    ] {
+        assert!(screen.contains(want), "{want:?} missing from\n{screen}");
+    }
+    assert!(
+        !screen.contains("UNREACHABLE") && !screen.contains("never"),
+        "{screen}"
+    );
+
     // SIGTERM: a clean exit that leaves Node, routes and bridge in place.
     // SAFETY: kill(2) on the pid of our own child.
     unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
