@@ -232,6 +232,7 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
     } else {
         Some(HostInfo::gather(std::path::Path::new("/")).context("reading the host")?)
     };
+    let health_ref = &proxy_health;
     let node_addresses = sync.node.node_addresses.clone();
     let node_task = async {
         let Some(info) = info else {
@@ -243,6 +244,9 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
         let mut registered = false;
         node::run(client.clone(), cfg, info, |hb| {
             metrics.observe_heartbeat(hb.errors.is_empty());
+            if let Some(eligible) = hb.eligible {
+                health_ref.set_node_eligible(eligible);
+            }
             if hb.errors.is_empty() && !registered {
                 registered = true;
                 println!(
@@ -257,7 +261,6 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
         .await;
     };
 
-    let health_ref = &proxy_health;
     let net_task = async {
         let Some(setup) = setup.as_mut() else {
             return std::future::pending::<()>().await;

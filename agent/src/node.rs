@@ -432,6 +432,8 @@ pub struct Heartbeat {
     pub lease_renewed: bool,
     pub status_posted: bool,
     pub pod_cidr: Option<String>,
+    /// kube-proxy's node eligibility, from the Node just read (`None`: not read).
+    pub eligible: Option<bool>,
     pub errors: Vec<String>,
 }
 
@@ -475,6 +477,7 @@ impl NodeAgent {
             Ok((posted, node)) => {
                 hb.status_posted = posted;
                 hb.pod_cidr = node.spec.as_ref().and_then(|s| s.pod_cidr.clone());
+                hb.eligible = Some(crate::netsetup::node_eligible(&node));
                 self.node = Some(node);
             }
             Err(e) => hb
