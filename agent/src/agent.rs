@@ -49,15 +49,7 @@ pub fn status(
         .map(|rs| {
             rs.into_iter()
                 .filter(|r| r.protocol == netsetup::RTPROT_SKIFF)
-                .map(|r| match r.action {
-                    skiff_cni::nl::RouteAction::Via(gw) => {
-                        format!("{}/{} via {gw}", r.dst, r.prefix)
-                    }
-                    skiff_cni::nl::RouteAction::Unreachable => {
-                        format!("unreachable {}/{}", r.dst, r.prefix)
-                    }
-                    skiff_cni::nl::RouteAction::Other => format!("{}/{}", r.dst, r.prefix),
-                })
+                .map(|r| netsetup::show_route(r.dst, r.prefix, r.action))
                 .collect()
         })
         .map_err(|e| e.to_string());
@@ -175,6 +167,18 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
         "none" => false,
         other => bail!("--pod-network {other:?}: use direct or none"),
     };
+    let tunnel = match args.tunnel.as_str() {
+        "none" => None,
+        "vxlan" if (1..=0xff_ffff).contains(&args.vxlan_vni) => Some(netsetup::VxlanConfig {
+            vni: args.vxlan_vni,
+            port: args.vxlan_port,
+        }),
+        "vxlan" => bail!(
+            "--vxlan-vni {}: a VNI is 24 bits, 1..=16777215",
+            args.vxlan_vni
+        ),
+        other => bail!("--tunnel {other:?}: use none (direct routing) or vxlan"),
+    };
     let mut unreachable = cidrs("service-cidr", &args.service_cidrs)?;
     unreachable.extend(cidrs("lb-pool", &args.lb_pools)?);
     let healthz_addr = bind_flag("healthz-bind-address", &args.healthz_bind_address)?;
@@ -220,6 +224,7 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
                 .with_file_name(netsetup::CNI_BINARY),
         });
         cfg.unreachable = unreachable;
+        cfg.tunnel = tunnel;
         let mut s = NetSetup::new(cfg).context("setting up the pod network")?;
         s.prepare().context("installing skiff-cni")?;
         Some(s)

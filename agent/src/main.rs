@@ -142,10 +142,21 @@ struct NodeArgs {
     /// other nodes' podCIDRs via their InternalIPs) or `none` (another CNI owns it).
     #[arg(long, default_value = "direct")]
     pod_network: String,
+    /// How pod traffic reaches other nodes: `none` (direct routing via their InternalIPs,
+    /// which must be on a connected network) or `vxlan` (an overlay, for nodes that do not
+    /// share an L2 segment).
+    #[arg(long, default_value = "none")]
+    tunnel: String,
+    /// VXLAN network identifier (with --tunnel vxlan).
+    #[arg(long, default_value_t = 1)]
+    vxlan_vni: u32,
+    /// VXLAN UDP port (with --tunnel vxlan): 4789 (IANA); flannel's default is 8472.
+    #[arg(long, default_value_t = 4789)]
+    vxlan_port: u16,
     /// Bridge holding the pod range's gateway.
     #[arg(long, default_value = "skiff0")]
     bridge: String,
-    /// MTU of the bridge and pod interfaces (default: the kernel's).
+    /// MTU of the bridge and pod interfaces (default: the kernel's; 1450 with VXLAN).
     #[arg(long)]
     mtu: Option<u32>,
     /// Where the CNI network config (10-skiff.conflist) is written.

@@ -1,6 +1,8 @@
-//! The pod network on the node, direct-routing mode (flannel's host-gw, Calico without
-//! encapsulation): every node's pods live in its `spec.podCIDR` behind a bridge, and the
-//! nodes route each other's pod ranges through their InternalIPs.
+//! The pod network on the node: every node's pods live in its `spec.podCIDR` behind a
+//! bridge, and the nodes route each other's pod ranges. Direct routing (flannel's host-gw,
+//! Calico without encapsulation) sends them through the other node's InternalIP, which
+//! must be on a connected network; the VXLAN overlay ([`VxlanConfig`], flannel's vxlan
+//! backend) encapsulates them instead, for nodes that do not share an L2 segment.
 //!
 //! What the agent keeps true, from the Node objects:
 //! - bridge `skiff0` up, holding the gateway (first address) of this node's podCIDR;
@@ -8,7 +10,12 @@
 //!   (`"ranges": []` until the control plane assigns one, so skiff-cni's STATUS says not
 //!   ready), and the `skiff-cni` binary in `<cni-bin-dir>` (copied from next to the agent,
 //!   through a temporary file and rename(2), so a runtime never execs half a binary);
-//! - `<podCIDR> via <InternalIP>` for every other node;
+//! - `<podCIDR> via <InternalIP>` for every other node (direct), or with VXLAN: device
+//!   `skiff.vxlan` (no learning, MAC derived from the node's InternalIP by [`vtep_mac`], so
+//!   no node has to publish it), holding `<own podCIDR network>/32` so traffic it
+//!   originates returns through the tunnel; per other node `<podCIDR> via <its network
+//!   address> dev skiff.vxlan onlink`, a permanent ARP entry for that address → its VTEP
+//!   MAC, and an FDB entry VTEP MAC → its InternalIP;
 //! - `unreachable` routes for the service CIDR and the LB pools: a packet to a VIP the
 //!   datapath did not translate fails at once (EHOSTUNREACH locally, ICMP host unreachable
 //!   when forwarded) instead of leaving by the default route.
@@ -37,6 +44,46 @@ use kube::{
     Api, Client, ResourceExt as _,
 };
 use skiff_cni::nl::{Netlink, RouteAction};
+
+/// Name of the VXLAN device.
+pub const VXLAN_DEVICE: &str = "skiff.vxlan";
+/// Bytes VXLAN over IPv4 adds to a frame (outer IPv4 20 + UDP 8 + VXLAN 8 + inner
+/// Ethernet 14): pod MTU is 1500 − 50 unless `--mtu` says otherwise.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// The VXLAN overlay's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanConfig {
+    pub vni: u32,
+    /// UDP destination port: 4789 (IANA) by default; flannel uses Linux's legacy 8472.
+    pub port: u16,
+}
+
+impl Default for VxlanConfig {
+    fn default() -> Self {
+        VxlanConfig { vni: 1, port: 4789 }
+    }
+}
+
+/// The VTEP MAC of the node with InternalIP `ip`: `0e:73:` + the address (locally
+/// administered, unicast; 0x73 is `s`). Unique per node because InternalIPs are, and
+/// computable by every node, so nothing is published in the API.
+pub fn vtep_mac(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x0e, 0x73, o[0], o[1], o[2], o[3]]
+}
+
+/// Where a route of the node network goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Hop {
+    /// Direct routing: through the node's InternalIP on a connected network.
+    Via(Ipv4Addr),
+    /// VXLAN: through the remote range's network address on the VXLAN device, whose FDB
+    /// sends it to `vtep` (the remote node's InternalIP).
+    Tunnel { gw: Ipv4Addr, vtep: Ipv4Addr },
+    /// `unreachable`: service and LB ranges.
+    Unreachable,
+}
 
 use crate::watch::Cache;
 
@@ -87,6 +134,8 @@ pub struct NetConfig {
     pub cni_source: Option<PathBuf>,
     /// Ranges that get `unreachable` routes (service CIDR, LB pools).
     pub unreachable: Vec<Cidr>,
+    /// The VXLAN overlay instead of direct routing.
+    pub tunnel: Option<VxlanConfig>,
     /// How often the routes are re-checked even without Node changes (a link flap removes
     /// the kernel's routes through it).
     pub resync: Duration,
@@ -102,8 +151,15 @@ impl NetConfig {
             cni_bin_dir: PathBuf::from("/opt/cni/bin"),
             cni_source: None,
             unreachable: Vec::new(),
+            tunnel: None,
             resync: Duration::from_secs(30),
         }
+    }
+
+    /// MTU of pod interfaces: `mtu`, else the VXLAN default when tunnelling.
+    pub fn pod_mtu(&self) -> Option<u32> {
+        self.mtu
+            .or_else(|| self.tunnel.as_ref().map(|_| 1500 - VXLAN_OVERHEAD))
     }
 }
 
@@ -134,7 +190,9 @@ pub fn pod_cidr(node: &Node) -> Option<Cidr> {
 pub struct Desired {
     /// This node's pod range, once assigned.
     pub pod_cidr: Option<Cidr>,
-    pub routes: BTreeMap<Cidr, RouteAction>,
+    /// This node's InternalIP (the VXLAN underlay address).
+    pub node_ip: Option<Ipv4Addr>,
+    pub routes: BTreeMap<Cidr, Hop>,
 }
 
 /// The desired network for `cfg.node_name` given every Node, plus what was left out and
@@ -145,12 +203,11 @@ pub fn desired(nodes: &[Node], cfg: &NetConfig) -> (Desired, Vec<String>) {
     let mut d = Desired::default();
     let mut diagnostics = Vec::new();
     for r in &cfg.unreachable {
-        d.routes.insert(*r, RouteAction::Unreachable);
+        d.routes.insert(*r, Hop::Unreachable);
     }
-    d.pod_cidr = nodes
-        .iter()
-        .find(|n| n.name_any() == cfg.node_name)
-        .and_then(pod_cidr);
+    let own = nodes.iter().find(|n| n.name_any() == cfg.node_name);
+    d.pod_cidr = own.and_then(pod_cidr);
+    d.node_ip = own.and_then(internal_ip);
     let mut sorted: Vec<&Node> = nodes.iter().collect();
     sorted.sort_by_key(|n| n.name_any());
     let mut taken: Vec<(Cidr, String)> = Vec::new();
@@ -188,7 +245,14 @@ pub fn desired(nodes: &[Node], cfg: &NetConfig) -> (Desired, Vec<String>) {
             continue;
         }
         taken.push((cidr, format!("Node {name}")));
-        d.routes.insert(cidr, RouteAction::Via(ip));
+        let hop = match cfg.tunnel {
+            Some(_) => Hop::Tunnel {
+                gw: cidr.0,
+                vtep: ip,
+            },
+            None => Hop::Via(ip),
+        };
+        d.routes.insert(cidr, hop);
     }
     (d, diagnostics)
 }
@@ -217,7 +281,7 @@ pub fn conflist(cfg: &NetConfig, pod_cidr: Option<Cidr>) -> serde_json::Value {
             "dataDir": skiff_cni::config::DEFAULT_DATA_DIR,
         },
     });
-    if let Some(mtu) = cfg.mtu {
+    if let Some(mtu) = cfg.pod_mtu() {
         plugin["mtu"] = mtu.into();
     }
     serde_json::json!({
@@ -297,9 +361,13 @@ pub struct Applied {
     pub diagnostics: Vec<String>,
 }
 
-fn show_route(dst: Ipv4Addr, prefix: u8, action: RouteAction) -> String {
+/// A route as `ip route` would print it (roughly).
+pub fn show_route(dst: Ipv4Addr, prefix: u8, action: RouteAction) -> String {
     match action {
         RouteAction::Via(gw) => format!("{dst}/{prefix} via {gw}"),
+        RouteAction::Onlink { gw, .. } => {
+            format!("{dst}/{prefix} via {gw} dev {VXLAN_DEVICE} onlink")
+        }
         RouteAction::Unreachable => format!("unreachable {dst}/{prefix}"),
         RouteAction::Other => format!("{dst}/{prefix}"),
     }
@@ -364,10 +432,98 @@ impl NetSetup {
                 Err(e) => out.errors.push(e.to_string()),
             }
         }
-        if let Err(e) = self.sync_routes(want, &mut out) {
+        let tunnel = match (&self.cfg.tunnel, want.node_ip) {
+            (Some(v), Some(ip)) => {
+                let v = v.clone();
+                match self.ensure_tunnel(&v, ip, want) {
+                    Ok(index) => Some(index),
+                    Err(e) => {
+                        out.errors.push(format!("setting up {VXLAN_DEVICE}: {e}"));
+                        None
+                    }
+                }
+            }
+            (Some(_), None) => {
+                out.errors.push(format!(
+                    "Node {} has no InternalIP yet: no VXLAN underlay address",
+                    self.cfg.node_name
+                ));
+                None
+            }
+            (None, _) => {
+                if let Err(e) = self.remove_stale_tunnel() {
+                    out.errors.push(format!("removing {VXLAN_DEVICE}: {e}"));
+                }
+                None
+            }
+        };
+        if let Err(e) = self.sync_routes(want, tunnel, &mut out) {
             out.errors.push(format!("reading the routing table: {e}"));
         }
         out
+    }
+
+    /// The VXLAN device for underlay address `local`, holding `<podCIDR network>/32`, with
+    /// exactly the ARP and FDB entries of the tunnel routes in `want`. Returns its index.
+    fn ensure_tunnel(
+        &mut self,
+        v: &VxlanConfig,
+        local: Ipv4Addr,
+        want: &Desired,
+    ) -> io::Result<u32> {
+        let (link, _) = self.nl.ensure_vxlan(
+            VXLAN_DEVICE,
+            v.vni,
+            v.port,
+            local,
+            vtep_mac(local),
+            self.cfg.pod_mtu(),
+        )?;
+        let addr = want.pod_cidr.map(|c| (c.0, 32u8));
+        for (_, a, p) in self.nl.addrs(Some(link.index))? {
+            if Some((a, p)) != addr {
+                self.nl.delete_addr(link.index, a, p)?;
+            }
+        }
+        if let Some((a, p)) = addr {
+            self.nl.add_addr(link.index, a, p)?;
+        }
+        let mut arp = BTreeMap::new();
+        let mut fdb = BTreeMap::new();
+        for hop in want.routes.values() {
+            if let Hop::Tunnel { gw, vtep } = *hop {
+                arp.insert(gw, vtep_mac(vtep));
+                fdb.insert(vtep, vtep_mac(vtep));
+            }
+        }
+        for (table, is_fdb) in [(&arp, false), (&fdb, true)] {
+            let have = self.nl.permanent_neighbours(link.index, is_fdb)?;
+            for (ip, mac) in &have {
+                if table.get(ip) != Some(mac) {
+                    self.nl.delete_neighbour(link.index, *ip, *mac, is_fdb)?;
+                }
+            }
+            for (ip, mac) in table {
+                if !have.contains(&(*ip, *mac)) {
+                    self.nl.replace_neighbour(link.index, *ip, *mac, is_fdb)?;
+                }
+            }
+        }
+        Ok(link.index)
+    }
+
+    /// Deletes a VXLAN device this agent created (recognised by its alias) once the
+    /// overlay is off; its routes go with it.
+    fn remove_stale_tunnel(&mut self) -> io::Result<()> {
+        if let Some(l) = self.nl.link_by_name(VXLAN_DEVICE)? {
+            if l.alias
+                .as_deref()
+                .is_some_and(|a| a.starts_with("skiff vxlan "))
+            {
+                self.nl.delete_link(l.index)?;
+            }
+        }
+        Ok(())
     }
 
     /// Bridge up with exactly the gateway address of `cidr` (a stale address from an
@@ -399,15 +555,33 @@ impl NetSetup {
         Ok(changed)
     }
 
-    fn sync_routes(&mut self, want: &Desired, out: &mut Applied) -> io::Result<()> {
+    fn sync_routes(
+        &mut self,
+        want: &Desired,
+        tunnel: Option<u32>,
+        out: &mut Applied,
+    ) -> io::Result<()> {
+        let mut wanted: BTreeMap<Cidr, RouteAction> = BTreeMap::new();
+        for (&(dst, prefix), hop) in &want.routes {
+            let action = match *hop {
+                Hop::Via(gw) => RouteAction::Via(gw),
+                Hop::Unreachable => RouteAction::Unreachable,
+                Hop::Tunnel { gw, .. } => match tunnel {
+                    Some(oif) => RouteAction::Onlink { gw, oif },
+                    // Reported by apply; without the device the route cannot exist.
+                    None => continue,
+                },
+            };
+            wanted.insert((dst, prefix), action);
+        }
         let table = self.nl.main_routes()?;
         // Ours that are no longer wanted (or wanted differently) go first, so a changed
         // next hop is a replace of our own route.
         for r in table.iter().filter(|r| r.protocol == RTPROT_SKIFF) {
-            if want.routes.get(&(r.dst, r.prefix)) == Some(&r.action) {
+            if wanted.get(&(r.dst, r.prefix)) == Some(&r.action) {
                 continue;
             }
-            if want.routes.contains_key(&(r.dst, r.prefix)) && r.tos == 0 && r.priority == 0 {
+            if wanted.contains_key(&(r.dst, r.prefix)) && r.tos == 0 && r.priority == 0 {
                 // Replaced below.
                 continue;
             }
@@ -424,7 +598,7 @@ impl NetSetup {
                 )),
             }
         }
-        for (&(dst, prefix), &action) in &want.routes {
+        for (&(dst, prefix), &action) in &wanted {
             let same_key = table
                 .iter()
                 .find(|r| (r.dst, r.prefix, r.tos, r.priority) == (dst, prefix, 0, 0));
@@ -563,16 +737,38 @@ mod tests {
         assert_eq!(
             d.routes.into_iter().collect::<Vec<_>>(),
             vec![
-                ((Ipv4Addr::new(10, 43, 0, 0), 16), RouteAction::Unreachable),
+                ((Ipv4Addr::new(10, 43, 0, 0), 16), Hop::Unreachable),
                 (
                     (Ipv4Addr::new(10, 244, 1, 0), 24),
-                    RouteAction::Via(Ipv4Addr::new(192, 0, 2, 2))
+                    Hop::Via(Ipv4Addr::new(192, 0, 2, 2))
                 ),
             ]
         );
         assert_eq!(diags.len(), 2, "{diags:?}");
         assert!(diags[0].contains("Node d") && diags[0].contains("this node"));
         assert!(diags[1].contains("Node e") && diags[1].contains("10.43.0.0/16"));
+        assert_eq!(d.node_ip, Some(Ipv4Addr::new(192, 0, 2, 1)));
+
+        // The overlay: the same nodes, tunnelled to their VTEPs; pods get a smaller MTU.
+        let mut vx = cfg();
+        vx.tunnel = Some(VxlanConfig::default());
+        let (d, _) = desired(&nodes, &vx);
+        assert_eq!(
+            d.routes[&(Ipv4Addr::new(10, 244, 1, 0), 24)],
+            Hop::Tunnel {
+                gw: Ipv4Addr::new(10, 244, 1, 0),
+                vtep: Ipv4Addr::new(192, 0, 2, 2)
+            }
+        );
+        assert_eq!(vx.pod_mtu(), Some(1450));
+        assert_eq!(
+            conflist(&vx, d.pod_cidr)["plugins"][0]["mtu"],
+            serde_json::json!(1450)
+        );
+        assert_eq!(
+            vtep_mac(Ipv4Addr::new(192, 0, 2, 2)),
+            [0x0e, 0x73, 192, 0, 2, 2]
+        );
     }
 
     #[test]

@@ -1130,3 +1130,170 @@ fn the_agent_binary_registers_sets_up_the_node_and_leaves_it_on_sigterm() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+// ---- 5. The VXLAN overlay between two node namespaces ----
+
+/// Starts the pod network of `node` inside `ns` with the overlay, on its own thread.
+fn start_overlay_node(ns: &NetNs, kubeconfig: &Path, node: &str, conf: &Path) {
+    let mut cfg = NetConfig::new(node);
+    cfg.cni_conf_dir = conf.to_path_buf();
+    cfg.unreachable = vec![(Ipv4Addr::new(10, 43, 0, 0), 16)];
+    cfg.tunnel = Some(netsetup::VxlanConfig::default());
+    cfg.resync = Duration::from_millis(500);
+    let mut setup = ns.run(|| NetSetup::new(cfg)).unwrap();
+    setup.prepare().unwrap();
+    let kc = kubeconfig.to_path_buf();
+    std::thread::spawn(move || {
+        runtime().block_on(async move {
+            let c = client(&kc).await;
+            let hooks = netsetup::NetHooks {
+                on_apply: |_: &netsetup::Applied, _| {},
+                on_error: |_: &str| {},
+            };
+            netsetup::run(c, &mut setup, hooks).await;
+        })
+    });
+}
+
+/// RX packets of `dev` in `ns` (`ip -s link`).
+fn rx_packets(ns: &NetNs, dev: &str) -> u64 {
+    let text = ns.ip_output(&["-s", "link", "show", dev]);
+    let mut lines = text.lines();
+    while let Some(l) = lines.next() {
+        if l.trim_start().starts_with("RX:") {
+            return lines
+                .next()
+                .and_then(|n| n.split_whitespace().nth(1))
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    0
+}
+
+#[test]
+fn the_vxlan_overlay_carries_pod_traffic_between_two_node_namespaces() {
+    require_privileges();
+    let rt = runtime();
+    let api = ApiServer::start("vxlan");
+    let kubeconfig = api.kubeconfig();
+    let kube = rt.block_on(client(&kubeconfig));
+    let a = NetNs::new("vxa");
+    let b = NetNs::new("vxb");
+    veth(&a, "eth0", &b, "eth0");
+    a.addr("eth0", "192.168.79.1/24");
+    b.addr("eth0", "192.168.79.2/24");
+    rt.block_on(async {
+        put_node(&kube, "node-a", "192.168.79.1", Some("10.244.0.0/24")).await;
+        put_node(&kube, "node-b", "192.168.79.2", Some("10.244.1.0/24")).await;
+        // Far away (no shared segment): the overlay still routes to it.
+        put_node(&kube, "node-c", "192.0.2.30", Some("10.244.2.0/24")).await;
+    });
+    let conf = temp_dir("vxlan-conf");
+    start_overlay_node(&a, &kubeconfig, "node-a", &conf.join("a"));
+    start_overlay_node(&b, &kubeconfig, "node-b", &conf.join("b"));
+
+    let want = set(&[
+        "10.244.1.0/24 via 10.244.1.0 dev skiff.vxlan onlink",
+        "10.244.2.0/24 via 10.244.2.0 dev skiff.vxlan onlink",
+        "unreachable 10.43.0.0/16",
+    ]);
+    eventually("node-a's tunnel routes", Duration::from_secs(10), || {
+        let have = skiff_routes(&a);
+        if have == want {
+            Ok(())
+        } else {
+            Err(format!("{have:?}"))
+        }
+    });
+    let neigh = a.ip_output(&["neigh", "show", "dev", "skiff.vxlan"]);
+    assert!(
+        neigh.contains("10.244.1.0 lladdr 0e:73:c0:a8:4f:02 PERMANENT"),
+        "{neigh}"
+    );
+    let fdb = |ns: &NetNs| {
+        let out = Command::new("bridge")
+            .args(["-n", ns.name(), "fdb", "show", "dev", "skiff.vxlan"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let f = fdb(&a);
+    assert!(
+        f.contains("0e:73:c0:a8:4f:02 dst 192.168.79.2 self permanent"),
+        "{f}"
+    );
+    assert!(
+        f.contains("0e:73:c0:00:02:1e dst 192.0.2.30 self permanent"),
+        "{f}"
+    );
+    assert!(a
+        .ip_output(&["-o", "-4", "addr", "show", "dev", "skiff.vxlan"])
+        .contains("10.244.0.0/32"));
+
+    // Real traffic: node-a reaches node-b's pod gateway only through the tunnel (its only
+    // route to 10.244.1.0/24), and the reply comes back the same way.
+    eventually("node-b's skiff0 gateway", Duration::from_secs(10), || {
+        let t = b.ip_output(&["-o", "-4", "addr", "show", "dev", "skiff0"]);
+        if t.contains("10.244.1.1/24") {
+            Ok(())
+        } else {
+            Err(t)
+        }
+    });
+    let listener = b
+        .run(|| TcpListener::bind(SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 1), 8080)))
+        .unwrap();
+    std::thread::spawn(move || {
+        for mut c in listener.incoming().flatten() {
+            let peer = c
+                .peer_addr()
+                .map(|p| p.ip().to_string())
+                .unwrap_or_default();
+            let _ = c.write_all(format!("hello {peer}\n").as_bytes());
+        }
+    });
+    let rx_before = rx_packets(&b, "skiff.vxlan");
+    let reply = a
+        .run(|| -> std::io::Result<String> {
+            let mut s = TcpStream::connect_timeout(
+                &SocketAddr::from(([10, 244, 1, 1], 8080)),
+                Duration::from_secs(5),
+            )?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })
+        .unwrap();
+    assert_eq!(
+        reply, "hello 10.244.0.0\n",
+        "sourced from node-a's tunnel address"
+    );
+    assert!(
+        rx_packets(&b, "skiff.vxlan") > rx_before,
+        "traffic crossed the tunnel"
+    );
+
+    // node-c goes: its route, ARP and FDB entries go.
+    rt.block_on(Api::<Node>::all(kube.clone()).delete("node-c", &DeleteParams::default()))
+        .unwrap();
+    eventually(
+        "node-c's tunnel state removed",
+        Duration::from_secs(10),
+        || {
+            let routes = skiff_routes(&a);
+            let f = fdb(&a);
+            let n = a.ip_output(&["neigh", "show", "dev", "skiff.vxlan"]);
+            if !routes.iter().any(|r| r.contains("10.244.2.0"))
+                && !f.contains("192.0.2.30")
+                && !n.contains("10.244.2.0")
+            {
+                Ok(())
+            } else {
+                Err(format!("{routes:?}\n{f}\n{n}"))
+            }
+        },
+    );
+    let _ = std::fs::remove_dir_all(conf);
+}
