@@ -298,6 +298,11 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
     // The sync's hooks share the datapath (bind exemptions on sync, counters on tick).
     let dp = RefCell::new(dp);
     let usage = Cell::new(MapUsage::default());
+    // No check before the first sync: until then the maps hold what an earlier agent
+    // wrote and the reconciler has not taken it over yet.
+    let synced = Cell::new(false);
+    let check_every = Duration::from_secs(args.consistency_check_secs.max(1));
+    let last_check = Cell::new(std::time::Instant::now());
     let hc_servers = RefCell::new(HealthCheckServers::new(
         args.health_check_addresses.clone(),
         proxy_health.clone(),
@@ -334,6 +339,7 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
                     println!("  {d}");
                 }
                 usage.set(s.usage);
+                synced.set(true);
                 metrics.observe_sync(
                     s.duration,
                     s.report.errors.len(),
@@ -376,6 +382,21 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
                         }
                     }
                     Err(e) => println!("sampling the datapath: {e}"),
+                }
+                if synced.get() && last_check.get().elapsed() >= check_every {
+                    last_check.set(std::time::Instant::now());
+                    match skiff_agent::lbmap::ServiceMaps::snapshot(m) {
+                        Ok(snap) => {
+                            let problems = metrics::consistency(&snap, usage.get());
+                            for (check, n) in &problems {
+                                if *n > 0 {
+                                    println!("consistency check {check}: {n} problems");
+                                }
+                            }
+                            metrics.set_consistency(problems);
+                        }
+                        Err(e) => println!("consistency check: reading the maps: {e}"),
+                    }
                 }
             },
             on_pending: || proxy_health.queued(),

@@ -185,6 +185,10 @@ struct NodeArgs {
     /// Addresses the healthCheckNodePort servers listen on (repeatable; default all).
     #[arg(long = "health-check-address", default_value = "0.0.0.0")]
     health_check_addresses: Vec<std::net::IpAddr>,
+    /// Seconds between consistency checks (the maps read back and compared with what the
+    /// agent wrote; a full map walk, so not too often at scale).
+    #[arg(long, default_value_t = 60)]
+    consistency_check_secs: u64,
     /// Seconds a received change may wait for programming before /healthz says 503
     /// (kube-proxy: twice its 30 s sync period).
     #[arg(long, default_value_t = 60)]

@@ -127,6 +127,9 @@ struct Inner {
     service_names: BTreeMap<u32, ServicePortName>,
     datapath: Option<DatapathSample>,
     watch_errors: u64,
+    /// Latest consistency check: (check, problems found), and how many ran.
+    consistency: Vec<(&'static str, u64)>,
+    consistency_checks: u64,
     heartbeats_ok: u64,
     heartbeats_failed: u64,
     last_heartbeat: Option<SystemTime>,
@@ -150,6 +153,8 @@ impl Metrics {
                 service_names: BTreeMap::new(),
                 datapath: None,
                 watch_errors: 0,
+                consistency: Vec::new(),
+                consistency_checks: 0,
                 heartbeats_ok: 0,
                 heartbeats_failed: 0,
                 last_heartbeat: None,
@@ -179,6 +184,13 @@ impl Metrics {
             m.programming.observe(l.as_secs_f64());
         }
         m.service_names = service_ids.iter().map(|(n, id)| (*id, n.clone())).collect();
+    }
+
+    /// Records a consistency check ([`consistency`]).
+    pub fn set_consistency(&self, problems: Vec<(&'static str, u64)>) {
+        let mut m = self.lock();
+        m.consistency = problems;
+        m.consistency_checks += 1;
     }
 
     /// A watch of the API failed (kube-rs retries with backoff).
@@ -256,6 +268,26 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE skiff_watch_errors_total counter");
         let _ = writeln!(out, "skiff_watch_errors_total {}", m.watch_errors);
+        if m.consistency_checks > 0 {
+            let _ = writeln!(
+                out,
+                "# HELP skiff_consistency_checks_total Comparisons of the maps' contents with what the agent wrote."
+            );
+            let _ = writeln!(out, "# TYPE skiff_consistency_checks_total counter");
+            let _ = writeln!(
+                out,
+                "skiff_consistency_checks_total {}",
+                m.consistency_checks
+            );
+            let _ = writeln!(
+                out,
+                "# HELP skiff_consistency_problems Problems the last consistency check found, by check (0: consistent)."
+            );
+            let _ = writeln!(out, "# TYPE skiff_consistency_problems gauge");
+            for (check, n) in &m.consistency {
+                let _ = writeln!(out, "skiff_consistency_problems{{check=\"{check}\"}} {n}");
+            }
+        }
         let _ = writeln!(
             out,
             "# HELP skiff_node_heartbeats_total Node heartbeat rounds (Lease renewal and status check), by result."
@@ -432,6 +464,23 @@ pub fn sample_datapath(
     ))
 }
 
+/// The consistency check: the service maps as read back (`snapshot`) against what the
+/// reconciler holds it wrote (`usage`), plus the datapath's invariants
+/// ([`crate::lbmap::Snapshot::dangling`]: every slot a frontend counts exists and names an
+/// existing backend). Each entry is a check and how many problems it found.
+pub fn consistency(
+    snapshot: &crate::lbmap::Snapshot,
+    usage: crate::reconcile::MapUsage,
+) -> Vec<(&'static str, u64)> {
+    let diff = |a: usize, b: usize| a.abs_diff(b) as u64;
+    vec![
+        ("dangling", snapshot.dangling().len() as u64),
+        ("services", diff(snapshot.services.len(), usage.services)),
+        ("slots", diff(snapshot.slots.len(), usage.slots)),
+        ("backends", diff(snapshot.backends.len(), usage.backends)),
+    ]
+}
+
 /// The `/metrics` router.
 pub fn router(metrics: Arc<Metrics>) -> Router {
     Router::new().route(
@@ -529,6 +578,44 @@ mod tests {
         assert_eq!(get("x_bucket{le=\"0.1\"}"), 3.0);
         assert_eq!(get("x_bucket{le=\"+Inf\"}"), 4.0);
         assert_eq!(get("x_count"), 4.0);
+    }
+
+    #[test]
+    fn consistency_finds_dangling_slots_and_count_mismatches() {
+        use skiff_datapath_abi::{ServiceKey, ServiceValue};
+        let mut snap = crate::lbmap::Snapshot::default();
+        snap.services.insert(
+            ServiceKey::default(),
+            ServiceValue {
+                service_id: 1,
+                active: 2,
+                terminating: 0,
+                flags: 0,
+            },
+        );
+        // Slot 0 exists but names no backend; slot 1 is missing.
+        snap.slots.insert(
+            skiff_datapath_abi::SlotKey {
+                service_id: 1,
+                slot: 0,
+            },
+            7,
+        );
+        let usage = crate::reconcile::MapUsage {
+            services: 1,
+            slots: 2,
+            backends: 1,
+            maglev_tables: 0,
+        };
+        assert_eq!(
+            consistency(&snap, usage),
+            vec![
+                ("dangling", 2),
+                ("services", 0),
+                ("slots", 1),
+                ("backends", 1)
+            ]
+        );
     }
 
     #[test]

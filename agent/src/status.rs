@@ -222,6 +222,22 @@ pub fn render(i: &Inputs) -> String {
                     get(m, &format!("{lat}_count")).unwrap_or(0.0)
                 );
             }
+            let problems: Vec<String> = m
+                .iter()
+                .filter_map(|(n, v)| {
+                    let check = n
+                        .strip_prefix("skiff_consistency_problems{check=\"")?
+                        .strip_suffix("\"}")?;
+                    (*v > 0.0).then(|| format!("{check}: {v}"))
+                })
+                .collect();
+            let _ = match get(m, "skiff_consistency_checks_total") {
+                None => writeln!(out, "consistency    not checked yet"),
+                Some(_) if problems.is_empty() => {
+                    writeln!(out, "consistency    ok (maps match what the agent wrote)")
+                }
+                Some(_) => writeln!(out, "consistency    PROBLEMS: {}", problems.join(", ")),
+            };
             let mut maps: Vec<(String, f64, f64)> = m
                 .iter()
                 .filter_map(|(n, v)| {
@@ -284,6 +300,15 @@ mod tests {
                 "skiff_network_programming_duration_seconds_count".to_string(),
                 100.0,
             ),
+            ("skiff_consistency_checks_total".to_string(), 3.0),
+            (
+                "skiff_consistency_problems{check=\"dangling\"}".to_string(),
+                0.0,
+            ),
+            (
+                "skiff_consistency_problems{check=\"slots\"}".to_string(),
+                2.0,
+            ),
             ("skiff_map_entries{map=\"services\"}".to_string(), 950.0),
             ("skiff_map_capacity{map=\"services\"}".to_string(), 1000.0),
         ];
@@ -310,6 +335,7 @@ mod tests {
             "last sync      2.0s ago (4 syncs",
             "programming    p50 ≤ 10ms p99 ≤ 50ms (100 changes)",
             "95.0%  <- nearly full",
+            "consistency    PROBLEMS: slots: 2",
             "routes         unreadable: netlink: permission denied",
         ] {
             assert!(screen.contains(want), "{want:?} missing from\n{screen}");

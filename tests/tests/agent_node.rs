@@ -739,6 +739,8 @@ fn healthz_health_check_node_ports_and_metrics_answer_over_http() {
                         let (sample, _) =
                             metrics::sample_datapath(&dp, m, usage.get(), &ids, 0).unwrap();
                         m2.set_datapath(sample);
+                        let snap = skiff_agent::lbmap::ServiceMaps::snapshot(m).unwrap();
+                        m2.set_consistency(metrics::consistency(&snap, usage.get()));
                     },
                     on_pending: || p2.queued(),
                 },
@@ -847,6 +849,12 @@ fn healthz_health_check_node_ports_and_metrics_answer_over_http() {
         .unwrap()
         .1;
     assert_eq!(le_60, le_inf);
+    // The maps hold exactly what the reconciler wrote.
+    for check in ["dangling", "services", "slots", "backends"] {
+        let series = format!("skiff_consistency_problems{{check=\"{check}\"}}");
+        let v = parsed.iter().find(|(n, _)| *n == series).map(|(_, v)| *v);
+        assert_eq!(v, Some(0.0), "{series}");
+    }
     let services_fill = parsed
         .iter()
         .find(|(n, _)| n == "skiff_map_entries{map=\"services\"}")
@@ -957,7 +965,12 @@ fn the_agent_binary_registers_sets_up_the_node_and_leaves_it_on_sigterm() {
             .arg("--kubeconfig")
             .arg(&kubeconfig)
             .args(["--node-name", "node-a", "--node-address", "192.168.78.1"])
-            .args(["--node-lease-renew-secs", "1"])
+            .args([
+                "--node-lease-renew-secs",
+                "1",
+                "--consistency-check-secs",
+                "1",
+            ])
             .arg("--cni-conf-dir")
             .arg(&conf_dir)
             .arg("--cni-bin-dir")
@@ -1078,30 +1091,36 @@ fn the_agent_binary_registers_sets_up_the_node_and_leaves_it_on_sigterm() {
     );
     metrics::parse(&text).unwrap();
 
-    // `skiff-agent status` puts it on one screen.
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns.name()])
-        .arg(&agent_bin)
-        .arg("status")
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .args(["--node-name", "node-a"])
-        .args(["--healthz-address", &format!("127.0.0.1:{healthz}")])
-        .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
-        .output()
-        .unwrap();
-    let screen = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{screen}");
-    for want in [
+    // `skiff-agent status` puts it on one screen (polled: the first consistency check runs
+    // a second after the first sync).
+    let wants = [
         "agent health   healthy (HTTP 200)",
         "node           node-a: Ready=True (KubeletReady)",
         "podCIDR        10.244.0.0/24",
         "map services",
         "routes         2 (protocol 115)",
         "  10.244.1.0/24 via 192.168.78.2",
-    ] {
-        assert!(screen.contains(want), "{want:?} missing from\n{screen}");
-    }
+        "consistency    ok",
+    ];
+    let screen = eventually("a complete status screen", Duration::from_secs(10), || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns.name()])
+            .arg(&agent_bin)
+            .arg("status")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["--node-name", "node-a"])
+            .args(["--healthz-address", &format!("127.0.0.1:{healthz}")])
+            .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
+            .output()
+            .unwrap();
+        let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && wants.iter().all(|w| screen.contains(w)) {
+            Ok(screen)
+        } else {
+            Err(screen)
+        }
+    });
     assert!(
         !screen.contains("UNREACHABLE") && !screen.contains("never"),
         "{screen}"
