@@ -307,6 +307,8 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
         args.health_check_addresses.clone(),
         proxy_health.clone(),
     ));
+    let checks = RefCell::new(Vec::new());
+    let hc_failed = Cell::new(false);
     let mut reconciler = Reconciler::new();
     // Take over what an earlier agent programmed (pinned maps): the first complete sync
     // then only changes what changed meanwhile.
@@ -357,9 +359,12 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
                 if let Err(e) = dp.borrow_mut().set_bind_exemptions(&ports) {
                     println!("  health check ports: {e}");
                 }
-                for e in hc_servers.borrow_mut().update(&s.health_checks) {
+                *checks.borrow_mut() = s.health_checks.clone();
+                let errors = hc_servers.borrow_mut().update(&s.health_checks);
+                for e in &errors {
                     println!("  {e}");
                 }
+                hc_failed.set(!errors.is_empty());
             },
             on_error: |e: &str| {
                 metrics.observe_watch_error();
@@ -367,6 +372,15 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
             },
             tick: interval,
             on_tick: |m: &mut BpfServiceMaps| {
+                // A health check port that could not be bound (still held by a process
+                // that is going away) is retried every tick, not only at the next change.
+                if hc_failed.get() {
+                    let errors = hc_servers.borrow_mut().update(&checks.borrow());
+                    if errors.is_empty() {
+                        println!("health check node ports all bound now");
+                    }
+                    hc_failed.set(!errors.is_empty());
+                }
                 let ids = metrics.service_ids();
                 match metrics::sample_datapath(
                     &dp.borrow(),

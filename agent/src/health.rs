@@ -358,6 +358,36 @@ mod tests {
     }
 
     #[test]
+    fn a_busy_port_is_reported_and_bound_on_a_later_update() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = busy.local_addr().unwrap().port();
+            let mut servers = HealthCheckServers::new(
+                vec![std::net::Ipv4Addr::LOCALHOST.into()],
+                ProxyHealth::new(Duration::from_secs(60)),
+            );
+            let check = HealthCheck {
+                port,
+                service: ("default".into(), "lb".into()),
+                local_endpoints: 1,
+            };
+            let errors = servers.update(std::slice::from_ref(&check));
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(errors[0].contains(&port.to_string()) && errors[0].contains("default/lb"));
+            assert!(servers.ports().is_empty());
+            drop(busy);
+            assert!(servers.update(std::slice::from_ref(&check)).is_empty());
+            assert_eq!(servers.ports(), [port]);
+            servers.update(&[]);
+            assert!(servers.ports().is_empty());
+        });
+    }
+
+    #[test]
     fn service_answers() {
         let mut c = HealthCheck {
             port: 31000,

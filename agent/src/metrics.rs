@@ -432,12 +432,13 @@ pub fn sample_datapath(
     now_ns: u64,
 ) -> Result<(DatapathSample, usize), String> {
     use skiff_datapath_abi::map_names;
+    // Garbage collection first: it must not wait for a counter read to succeed.
+    let (collected, conntrack) = maps
+        .gc_conntrack_counted(now_ns)
+        .map_err(|e| format!("conntrack GC: {e}"))?;
     let counters = dp.counters().map_err(|e| e.to_string())?;
     let services = dp
         .lb_counters(false, service_ids)
-        .map_err(|e| e.to_string())?;
-    let (collected, conntrack) = maps
-        .gc_conntrack_counted(now_ns)
         .map_err(|e| e.to_string())?;
     let sizes = maps.sizes();
     // Labelled by role (services, slots…), not by the versioned BPF map name.
