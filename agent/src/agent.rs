@@ -128,6 +128,7 @@ pub struct Agent {
     pub dp: Datapath,
     pub maps: BpfServiceMaps,
     pub node: NodeArgs,
+    pub plan: Plan,
     pub interval: Duration,
 }
 
@@ -152,6 +153,49 @@ fn bind_flag(flag: &str, value: &str) -> anyhow::Result<Option<SocketAddr>> {
         .with_context(|| format!("--{flag} {value:?} is not an address like 0.0.0.0:10256"))
 }
 
+/// The node-side flags, validated (before anything on the system is touched).
+pub struct Plan {
+    pod_network: bool,
+    tunnel: Option<netsetup::VxlanConfig>,
+    unreachable: Vec<netsetup::Cidr>,
+    healthz_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
+}
+
+impl Plan {
+    pub fn new(args: &NodeArgs, node_name: &str) -> anyhow::Result<Plan> {
+        let pod_network = match args.pod_network.as_str() {
+            "direct" => true,
+            "none" => false,
+            other => bail!("--pod-network {other:?}: use direct or none"),
+        };
+        let tunnel = match args.tunnel.as_str() {
+            "none" => None,
+            "vxlan" if (1..=0xff_ffff).contains(&args.vxlan_vni) => Some(netsetup::VxlanConfig {
+                vni: args.vxlan_vni,
+                port: args.vxlan_port,
+            }),
+            "vxlan" => bail!(
+                "--vxlan-vni {}: a VNI is 24 bits, 1..=16777215",
+                args.vxlan_vni
+            ),
+            other => bail!("--tunnel {other:?}: use none (direct routing) or vxlan"),
+        };
+        let mut unreachable = cidrs("service-cidr", &args.service_cidrs)?;
+        unreachable.extend(cidrs("lb-pool", &args.lb_pools)?);
+        if (!args.no_register_node || pod_network) && node_name.is_empty() {
+            bail!("--node-name is required to register the Node and set up the pod network (or pass --no-register-node --pod-network none)");
+        }
+        Ok(Plan {
+            pod_network,
+            tunnel,
+            unreachable,
+            healthz_addr: bind_flag("healthz-bind-address", &args.healthz_bind_address)?,
+            metrics_addr: bind_flag("metrics-bind-address", &args.metrics_bind_address)?,
+        })
+    }
+}
+
 pub async fn run(a: Agent) -> anyhow::Result<()> {
     let Agent {
         kubeconfig,
@@ -159,34 +203,17 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
         dp,
         mut maps,
         node: args,
+        plan,
         interval,
     } = a;
-    // Validate every flag before touching the system.
-    let pod_network = match args.pod_network.as_str() {
-        "direct" => true,
-        "none" => false,
-        other => bail!("--pod-network {other:?}: use direct or none"),
-    };
-    let tunnel = match args.tunnel.as_str() {
-        "none" => None,
-        "vxlan" if (1..=0xff_ffff).contains(&args.vxlan_vni) => Some(netsetup::VxlanConfig {
-            vni: args.vxlan_vni,
-            port: args.vxlan_port,
-        }),
-        "vxlan" => bail!(
-            "--vxlan-vni {}: a VNI is 24 bits, 1..=16777215",
-            args.vxlan_vni
-        ),
-        other => bail!("--tunnel {other:?}: use none (direct routing) or vxlan"),
-    };
-    let mut unreachable = cidrs("service-cidr", &args.service_cidrs)?;
-    unreachable.extend(cidrs("lb-pool", &args.lb_pools)?);
-    let healthz_addr = bind_flag("healthz-bind-address", &args.healthz_bind_address)?;
-    let metrics_addr = bind_flag("metrics-bind-address", &args.metrics_bind_address)?;
+    let Plan {
+        pod_network,
+        tunnel,
+        unreachable,
+        healthz_addr,
+        metrics_addr,
+    } = plan;
     let node_name = sync.node.node_name.clone();
-    if (!args.no_register_node || pod_network) && node_name.is_empty() {
-        bail!("--node-name is required to register the Node and set up the pod network (or pass --no-register-node --pod-network none)");
-    }
 
     let kc = kube::config::Kubeconfig::read_from(&kubeconfig)
         .with_context(|| format!("reading kubeconfig {}", kubeconfig.display()))?;

@@ -354,6 +354,11 @@ fn main() -> anyhow::Result<()> {
                     _ => bail!("--external-ip-cidr {c:?} is not an IPv4 CIDR like 203.0.113.0/24"),
                 }
             }
+            // The node side's flags are checked before the datapath is touched.
+            let plan = match &kubeconfig {
+                Some(_) => Some(agent::Plan::new(&node, &node_name)?),
+                None => None,
+            };
             let config = DatapathConfig {
                 map_sizes: MapSizes {
                     services: sizes.map_size_services,
@@ -398,7 +403,7 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             let mut maps = dp.service_maps()?;
-            if let Some(path) = kubeconfig {
+            if let (Some(path), Some(plan)) = (kubeconfig, plan) {
                 let config = skiff_agent::watch::SyncConfig {
                     node: skiff_agent::translate::NodeContext {
                         node_name,
@@ -416,6 +421,7 @@ fn main() -> anyhow::Result<()> {
                     dp,
                     maps,
                     node,
+                    plan,
                     interval: Duration::from_secs(interval_secs.max(1)),
                 }));
             }
