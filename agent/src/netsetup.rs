@@ -642,16 +642,6 @@ pub struct NetHooks<A, E> {
     pub on_error: E,
 }
 
-/// kube-proxy's node eligibility (pkg/proxy/healthcheck: SyncNode).
-pub fn node_eligible(node: &Node) -> bool {
-    node.metadata.deletion_timestamp.is_none()
-        && !node
-            .spec
-            .as_ref()
-            .and_then(|s| s.taints.as_ref())
-            .is_some_and(|ts| ts.iter().any(|t| t.key == "ToBeDeletedByClusterAutoscaler"))
-}
-
 /// Watches Nodes and keeps the node network in line, forever. Nothing is applied (so no
 /// route removed) until the Node list is complete, and again after each relist until it is.
 pub async fn run<A, E>(client: Client, setup: &mut NetSetup, hooks: NetHooks<A, E>)
@@ -697,7 +687,7 @@ where
         let eligible = all
             .iter()
             .find(|n| n.name_any() == setup.cfg.node_name)
-            .is_none_or(node_eligible);
+            .is_none_or(crate::node::eligible);
         let mut applied = setup.apply(&want);
         applied.diagnostics = diagnostics;
         on_apply(&applied, eligible);
@@ -808,17 +798,5 @@ mod tests {
         let err = install_cni(&dir.join("missing"), &dir).unwrap_err();
         assert!(err.to_string().contains("--cni-plugin"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn eligibility_follows_kube_proxy() {
-        let mut n = node("a", "192.0.2.1", None);
-        assert!(node_eligible(&n));
-        n.spec.as_mut().unwrap().taints = Some(vec![k8s_openapi::api::core::v1::Taint {
-            key: "ToBeDeletedByClusterAutoscaler".into(),
-            effect: "NoSchedule".into(),
-            ..Default::default()
-        }]);
-        assert!(!node_eligible(&n));
     }
 }

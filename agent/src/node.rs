@@ -426,6 +426,16 @@ pub async fn register(
         .await
 }
 
+/// kube-proxy's node eligibility (pkg/proxy/healthcheck: SyncNode).
+pub fn eligible(node: &Node) -> bool {
+    node.metadata.deletion_timestamp.is_none()
+        && !node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|ts| ts.iter().any(|t| t.key == "ToBeDeletedByClusterAutoscaler"))
+}
+
 /// What one heartbeat round did (for the caller's log and `status`).
 #[derive(Debug, Clone, Default)]
 pub struct Heartbeat {
@@ -477,7 +487,7 @@ impl NodeAgent {
             Ok((posted, node)) => {
                 hb.status_posted = posted;
                 hb.pod_cidr = node.spec.as_ref().and_then(|s| s.pod_cidr.clone());
-                hb.eligible = Some(crate::netsetup::node_eligible(&node));
+                hb.eligible = Some(eligible(&node));
                 self.node = Some(node);
             }
             Err(e) => hb
@@ -708,5 +718,23 @@ mod tests {
         assert_eq!(l["kubernetes.io/hostname"], "node-a");
         assert_eq!(l["kubernetes.io/arch"], "amd64");
         assert!(!l.contains_key("node.kubernetes.io/instance-type"));
+    }
+
+    #[test]
+    fn eligibility_follows_kube_proxy() {
+        let mut n: Node =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "a"}, "spec": {}}))
+                .unwrap();
+        assert!(eligible(&n));
+        n.spec.as_mut().unwrap().taints = Some(vec![k8s_openapi::api::core::v1::Taint {
+            key: "ToBeDeletedByClusterAutoscaler".into(),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        }]);
+        assert!(!eligible(&n));
+        n.spec.as_mut().unwrap().taints = None;
+        assert!(eligible(&n));
+        n.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        assert!(!eligible(&n), "a Node being deleted is not eligible");
     }
 }
