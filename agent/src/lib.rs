@@ -4,11 +4,16 @@
 
 pub mod datapath;
 pub mod debug;
+pub mod health;
 pub mod lbmap;
 pub mod maglev;
+pub mod metrics;
 pub mod model;
+pub mod netsetup;
+pub mod node;
 pub mod policy;
 pub mod reconcile;
 pub mod sockets;
+pub mod status;
 pub mod translate;
 pub mod watch;

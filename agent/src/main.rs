@@ -1,8 +1,10 @@
 //! `skiff-agent`: the node agent binary.
 //!
-//! Today: load and attach the datapath (`run`), check it (`check`), and read the live
-//! pinned maps (`lb list`, `ct list`, `lb explain`). The API watchers that make `run` a
-//! kube-proxy replacement arrive with the node-agent issue.
+//! `run` loads and attaches the datapath; with `--kubeconfig` it is the node agent: service
+//! sync from the API (kube-proxy replacement), Node registration + Lease heartbeat, the pod
+//! network (bridge, CNI config + plugin, routes to other nodes, unreachable service
+//! ranges), `/healthz`, healthCheckNodePort servers and `/metrics`. `check` verifies the
+//! object; `lb list`, `ct list`, `lb explain`, `drops` read the live pinned maps.
 
 use std::{
     collections::BTreeMap,
@@ -119,6 +121,78 @@ struct RunArgs {
     /// NodePort-range ports on node addresses).
     #[arg(long)]
     no_bind_protection: bool,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// The node side (used with --kubeconfig).
+#[derive(Args)]
+struct NodeArgs {
+    /// Do not register/refresh the Node and its Lease (a kubelet owns them, e.g. when
+    /// skiff replaces kube-proxy on an existing cluster).
+    #[arg(long)]
+    no_register_node: bool,
+    /// Seconds between Lease renewals (the Lease lasts 40 s).
+    #[arg(long, default_value_t = 10)]
+    node_lease_renew_secs: u64,
+    /// Seconds between Node status posts when nothing changed.
+    #[arg(long, default_value_t = 60)]
+    node_status_report_secs: u64,
+    /// Pod network on this node: `direct` (bridge, CNI config and plugin, routes to the
+    /// other nodes' podCIDRs via their InternalIPs) or `none` (another CNI owns it).
+    #[arg(long, default_value = "direct")]
+    pod_network: String,
+    /// How pod traffic reaches other nodes: `none` (direct routing via their InternalIPs,
+    /// which must be on a connected network) or `vxlan` (an overlay, for nodes that do not
+    /// share an L2 segment).
+    #[arg(long, default_value = "none")]
+    tunnel: String,
+    /// VXLAN network identifier (with --tunnel vxlan).
+    #[arg(long, default_value_t = 1)]
+    vxlan_vni: u32,
+    /// VXLAN UDP port (with --tunnel vxlan): 4789 (IANA); flannel's default is 8472.
+    #[arg(long, default_value_t = 4789)]
+    vxlan_port: u16,
+    /// Bridge holding the pod range's gateway.
+    #[arg(long, default_value = "skiff0")]
+    bridge: String,
+    /// MTU of the bridge and pod interfaces (default: the kernel's; 1450 with VXLAN).
+    #[arg(long)]
+    mtu: Option<u32>,
+    /// Where the CNI network config (10-skiff.conflist) is written.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// Where skiff-cni is installed: /opt/cni/bin for most runtimes, /usr/lib/cni for
+    /// Debian's containerd and podman packages.
+    #[arg(long, default_value = "/opt/cni/bin")]
+    cni_bin_dir: PathBuf,
+    /// The skiff-cni binary to install (default: next to skiff-agent).
+    #[arg(long)]
+    cni_plugin: Option<PathBuf>,
+    /// Service CIDR: gets an unreachable route, so untranslated packets to a ClusterIP
+    /// fail at once (repeatable).
+    #[arg(long = "service-cidr", default_value = "10.43.0.0/16")]
+    service_cidrs: Vec<String>,
+    /// LoadBalancer address pool: gets an unreachable route too (repeatable).
+    #[arg(long = "lb-pool")]
+    lb_pools: Vec<String>,
+    /// /healthz and /livez in kube-proxy's format; empty to turn off.
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    healthz_bind_address: String,
+    /// Prometheus /metrics; empty to turn off.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    metrics_bind_address: String,
+    /// Addresses the healthCheckNodePort servers listen on (repeatable; default all).
+    #[arg(long = "health-check-address", default_value = "0.0.0.0")]
+    health_check_addresses: Vec<std::net::IpAddr>,
+    /// Seconds between consistency checks (the maps read back and compared with what the
+    /// agent wrote; a full map walk, so not too often at scale).
+    #[arg(long, default_value_t = 60)]
+    consistency_check_secs: u64,
+    /// Seconds a received change may wait for programming before /healthz says 503
+    /// (kube-proxy: twice its 30 s sync period).
+    #[arg(long, default_value_t = 60)]
+    health_timeout_secs: u64,
 }
 
 #[derive(Subcommand)]
@@ -143,6 +217,22 @@ enum Command {
     Drops {
         #[command(flatten)]
         pins: PinArgs,
+    },
+    /// One screen about the agent on this node: health, API connection, Node and podCIDR,
+    /// last sync, programming latency, map usage against capacity, routes.
+    Status {
+        /// Also ask the API about the Node (Ready, podCIDR, Lease).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// The Node to show (with --kubeconfig).
+        #[arg(long, default_value = "")]
+        node_name: String,
+        /// Where the agent serves /healthz.
+        #[arg(long, default_value = "127.0.0.1:10256")]
+        healthz_address: std::net::SocketAddr,
+        /// Where the agent serves /metrics.
+        #[arg(long, default_value = "127.0.0.1:10249")]
+        metrics_address: std::net::SocketAddr,
     },
     /// Remove the pinned maps and links: detaches every skiff program they hold.
     Cleanup {
@@ -197,6 +287,8 @@ fn parse_proto(p: &str) -> anyhow::Result<u8> {
     }
 }
 
+mod agent;
+
 fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes into the timespec we own. CLOCK_MONOTONIC is the clock
     // of bpf_ktime_get_ns, which stamps conntrack entries.
@@ -241,6 +333,7 @@ fn main() -> anyhow::Result<()> {
                 xdp_generic,
                 node_port_range,
                 no_bind_protection,
+                node,
             } = *run;
             let default_maglev = match lb_algorithm.as_str() {
                 "random" => false,
@@ -261,6 +354,11 @@ fn main() -> anyhow::Result<()> {
                     _ => bail!("--external-ip-cidr {c:?} is not an IPv4 CIDR like 203.0.113.0/24"),
                 }
             }
+            // The node side's flags are checked before the datapath is touched.
+            let plan = match &kubeconfig {
+                Some(_) => Some(agent::Plan::new(&node, &node_name)?),
+                None => None,
+            };
             let config = DatapathConfig {
                 map_sizes: MapSizes {
                     services: sizes.map_size_services,
@@ -305,7 +403,7 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             let mut maps = dp.service_maps()?;
-            if let Some(path) = kubeconfig {
+            if let (Some(path), Some(plan)) = (kubeconfig, plan) {
                 let config = skiff_agent::watch::SyncConfig {
                     node: skiff_agent::translate::NodeContext {
                         node_name,
@@ -317,55 +415,15 @@ fn main() -> anyhow::Result<()> {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
-                return rt.block_on(async move {
-                    let kc = kube::config::Kubeconfig::read_from(&path)
-                        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-                    let kconf = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                        .await
-                        .with_context(|| format!("using kubeconfig {}", path.display()))?;
-                    let client = kube::Client::try_from(kconf)?;
-                    // Take over what an earlier agent programmed (pinned maps): the first
-                    // complete sync then only changes what changed meanwhile.
-                    let mut reconciler = skiff_agent::reconcile::Reconciler::new();
-                    let snapshot = skiff_agent::lbmap::ServiceMaps::snapshot(&maps)?;
-                    println!("watching Services and EndpointSlices through {}", path.display());
-                    skiff_agent::watch::run(
-                        client,
-                        config,
-                        &mut maps,
-                        &mut reconciler,
-                        Some(snapshot),
-                        skiff_agent::watch::Hooks {
-                            on_sync: |s: &skiff_agent::watch::Synced| {
-                                println!(
-                                    "synced {} services, {} slices: {} map writes, {} errors, {} diagnostics",
-                                    s.services,
-                                    s.slices,
-                                    s.report.writes,
-                                    s.report.errors.len(),
-                                    s.diagnostics.len()
-                                );
-                                for (name, e) in &s.report.errors {
-                                    println!("  error {name}: {e}");
-                                }
-                                for d in &s.diagnostics {
-                                    println!("  {d}");
-                                }
-                            },
-                            on_error: |e: &str| println!("watch error (retrying): {e}"),
-                            tick: Duration::from_secs(interval_secs.max(1)),
-                            on_tick: |m: &mut skiff_agent::datapath::BpfServiceMaps| {
-                                if let Ok(n) = m.gc_conntrack(monotonic_ns()) {
-                                    if n > 0 {
-                                        println!("conntrack_gc_deleted {n}");
-                                    }
-                                }
-                            },
-                        },
-                    )
-                    .await;
-                    Ok(())
-                });
+                return rt.block_on(agent::run(agent::Agent {
+                    kubeconfig: path,
+                    sync: config,
+                    dp,
+                    maps,
+                    node,
+                    plan,
+                    interval: Duration::from_secs(interval_secs.max(1)),
+                }));
             }
             let start = Instant::now();
             let interval = Duration::from_secs(interval_secs.max(1));
@@ -445,6 +503,18 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Drops { pins } => {
             print!("{}", Inspector::new(&pins.pin_dir).counters()?.render());
+            Ok(())
+        }
+        Command::Status {
+            kubeconfig,
+            node_name,
+            healthz_address,
+            metrics_address,
+        } => {
+            print!(
+                "{}",
+                agent::status(kubeconfig, &node_name, healthz_address, metrics_address)
+            );
             Ok(())
         }
         Command::Cleanup { pins } => {

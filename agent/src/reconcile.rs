@@ -23,6 +23,15 @@ use crate::{
     model::{EndpointState, Frontend, FrontendKind, Model, Protocol, ServicePortName},
 };
 
+/// Entries in use per service map, as the reconciler wrote them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MapUsage {
+    pub services: usize,
+    pub slots: usize,
+    pub backends: usize,
+    pub maglev_tables: usize,
+}
+
 /// What one sync did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SyncReport {
@@ -663,6 +672,29 @@ impl Reconciler {
         for (id, applied) in by_id {
             self.services
                 .insert(ServicePortName::new("", "orphan", &id.to_string()), applied);
+        }
+    }
+
+    /// Every programmed group (service port, `<port>#local` for a Local traffic policy)
+    /// with its service id, in name order.
+    pub fn service_ids(&self) -> Vec<(ServicePortName, u32)> {
+        self.services
+            .iter()
+            .map(|(n, a)| (n.clone(), a.id))
+            .collect()
+    }
+
+    /// Entries this reconciler holds in each map (what it wrote, so no map walk).
+    pub fn usage(&self) -> MapUsage {
+        MapUsage {
+            services: self.services.values().map(|a| a.frontends.len()).sum(),
+            slots: self.services.values().map(|a| a.slots.len()).sum(),
+            backends: self.backends.len(),
+            maglev_tables: self
+                .services
+                .values()
+                .filter(|a| a.maglev.is_some())
+                .count(),
         }
     }
 

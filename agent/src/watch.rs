@@ -8,7 +8,12 @@
 //! atomically at `InitDone` (kube-rs' watcher state machine), never object by object, so
 //! a half-listed cache never black-holes a service.
 
-use std::{collections::BTreeMap, fmt::Debug, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    fmt::Debug,
+    net::Ipv4Addr,
+    time::{Duration, Instant, SystemTime},
+};
 
 use futures::{stream, StreamExt as _};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
@@ -19,10 +24,15 @@ use kube::{
 
 use crate::{
     lbmap::ServiceMaps,
+    model::{HealthCheck, ServicePortName},
     policy,
-    reconcile::{Reconciler, SyncReport},
+    reconcile::{MapUsage, Reconciler, SyncReport},
     translate::{translate, Diagnostic, NodeContext},
 };
+
+/// The EndpointSlice annotation the endpoints controller sets to when the change that
+/// produced this version of the slice happened (a Pod or Service update).
+pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 /// A complete view of one kind, switched atomically on relists.
 #[derive(Debug)]
@@ -94,6 +104,70 @@ pub struct Synced {
     pub diagnostics: Vec<Diagnostic>,
     pub services: usize,
     pub slices: usize,
+    /// Translate + reconcile time.
+    pub duration: Duration,
+    /// Network programming latency of each EndpointSlice change this sync applied: now −
+    /// its trigger-time annotation (kube-proxy's rule: changes without the annotation, and
+    /// changes older than the watch, are not measured).
+    pub programming_latencies: Vec<Duration>,
+    /// The healthCheckNodePorts this node serves, with their local endpoint counts.
+    pub health_checks: Vec<HealthCheck>,
+    /// Programmed service ports (reconciler groups, `<port>#local` for Local policies) and
+    /// their service ids, as the per-service counters are keyed.
+    pub service_ids: Vec<(ServicePortName, u32)>,
+    /// Entries the reconciler holds in each map.
+    pub usage: MapUsage,
+}
+
+/// Tracks EndpointSlice trigger times between syncs (kube-proxy's
+/// EndpointsChangeTracker.lastChangeTriggerTimes).
+#[derive(Debug)]
+pub struct TriggerTimes {
+    start: SystemTime,
+    seen: BTreeMap<(String, String), String>,
+    pending: Vec<SystemTime>,
+}
+
+impl TriggerTimes {
+    pub fn new(start: SystemTime) -> TriggerTimes {
+        TriggerTimes {
+            start,
+            seen: BTreeMap::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// Notes a slice as listed or changed: a trigger time not seen before for this slice,
+    /// and later than the watch's start, is pending until the next sync.
+    pub fn note(&mut self, slice: &EndpointSlice) {
+        let Some(value) = slice.annotations().get(TRIGGER_TIME_ANNOTATION) else {
+            return;
+        };
+        let k = key(slice);
+        if self.seen.get(&k) == Some(value) {
+            return;
+        }
+        self.seen.insert(k, value.clone());
+        let Ok(t) = value.parse::<k8s_openapi::jiff::Timestamp>() else {
+            return;
+        };
+        let t = SystemTime::from(t);
+        if t > self.start {
+            self.pending.push(t);
+        }
+    }
+
+    pub fn forget(&mut self, slice: &EndpointSlice) {
+        self.seen.remove(&key(slice));
+    }
+
+    /// Latencies of the pending changes at `now`, clearing them.
+    pub fn take(&mut self, now: SystemTime) -> Vec<Duration> {
+        self.pending
+            .drain(..)
+            .map(|t| now.duration_since(t).unwrap_or_default())
+            .collect()
+    }
 }
 
 /// Settings of the service sync.
@@ -105,7 +179,7 @@ pub struct SyncConfig {
 }
 
 /// What the caller wants to hear from [`run`].
-pub struct Hooks<S, E, T> {
+pub struct Hooks<S, E, T, P> {
     /// After each reprogramming.
     pub on_sync: S,
     /// After each watch error (kube-rs retries with backoff).
@@ -114,6 +188,9 @@ pub struct Hooks<S, E, T> {
     pub tick: std::time::Duration,
     /// Periodic work on the maps (conntrack GC).
     pub on_tick: T,
+    /// A change arrived that cannot be programmed yet (a cache is still listing): the
+    /// proxy health's "queued update". The next `on_sync` means it is programmed.
+    pub on_pending: P,
 }
 
 enum Update {
@@ -129,25 +206,28 @@ enum Update {
 /// caches are complete. `on_sync` sees each outcome; `on_error` each watch error;
 /// `on_tick` runs every `tick` with the maps (conntrack GC, reports). `adopt`: the maps'
 /// contents left by an earlier agent, taken over at the first complete sync.
-pub async fn run<M, S, E, T>(
+pub async fn run<M, S, E, T, P>(
     client: Client,
     config: SyncConfig,
     maps: &mut M,
     reconciler: &mut Reconciler,
     mut adopt: Option<crate::lbmap::Snapshot>,
-    hooks: Hooks<S, E, T>,
+    hooks: Hooks<S, E, T, P>,
 ) where
     M: ServiceMaps,
     S: FnMut(&Synced),
     E: FnMut(&str),
     T: FnMut(&mut M),
+    P: FnMut(),
 {
     let Hooks {
         mut on_sync,
         mut on_error,
         tick,
         mut on_tick,
+        mut on_pending,
     } = hooks;
+    let mut triggers = TriggerTimes::new(SystemTime::now());
     let services = watcher(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
@@ -184,7 +264,14 @@ pub async fn run<M, S, E, T>(
         let mut changed = false;
         let mut handle = |u: Update, changed: &mut bool| match u {
             Update::Services(e) => *changed |= svc_cache.apply(*e),
-            Update::Slices(e) => *changed |= slice_cache.apply(*e),
+            Update::Slices(e) => {
+                match e.as_ref() {
+                    watcher::Event::Apply(s) | watcher::Event::InitApply(s) => triggers.note(s),
+                    watcher::Event::Delete(s) => triggers.forget(s),
+                    _ => {}
+                }
+                *changed |= slice_cache.apply(*e)
+            }
             Update::Error(e) => on_error(&e),
         };
         handle(first, &mut changed);
@@ -192,9 +279,14 @@ pub async fn run<M, S, E, T>(
         while let Some(Some(u)) = futures::FutureExt::now_or_never(updates.next()) {
             handle(u, &mut changed);
         }
-        if !changed || !svc_cache.ready() || !slice_cache.ready() {
+        if !changed {
             continue;
         }
+        if !svc_cache.ready() || !slice_cache.ready() {
+            on_pending();
+            continue;
+        }
+        let started = Instant::now();
         let services = svc_cache.objects();
         let slices = slice_cache.objects();
         let (mut model, mut diagnostics) = translate(&services, &slices, &config.node);
@@ -208,11 +300,17 @@ pub async fn run<M, S, E, T>(
             reconciler.adopt(&snapshot, &model);
         }
         let report = reconciler.sync(&model, maps);
+        let duration = started.elapsed();
         on_sync(&Synced {
             report,
             diagnostics,
             services: services.len(),
             slices: slices.len(),
+            duration,
+            programming_latencies: triggers.take(SystemTime::now()),
+            health_checks: model.health_checks(),
+            service_ids: reconciler.service_ids(),
+            usage: reconciler.usage(),
         });
     }
 }
@@ -220,6 +318,36 @@ pub async fn run<M, S, E, T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn annotated(name: &str, trigger: &str) -> EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "default", "name": name,
+                "annotations": {TRIGGER_TIME_ANNOTATION: trigger}},
+            "addressType": "IPv4", "endpoints": []
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn trigger_times_count_each_change_once_and_skip_old_ones() {
+        let start: SystemTime = "2026-01-01T00:00:00Z"
+            .parse::<k8s_openapi::jiff::Timestamp>()
+            .unwrap()
+            .into();
+        let mut t = TriggerTimes::new(start);
+        t.note(&annotated("old", "2025-12-31T23:59:00Z"));
+        t.note(&annotated("a", "2026-01-01T00:00:01Z"));
+        // A relist re-delivers the same version: not a new change.
+        t.note(&annotated("a", "2026-01-01T00:00:01Z"));
+        t.note(&annotated("b", "2026-01-01T00:00:01.5Z"));
+        let now = start + Duration::from_secs(2);
+        let mut got = t.take(now);
+        got.sort();
+        assert_eq!(got, [Duration::from_millis(500), Duration::from_secs(1)]);
+        assert!(t.take(now).is_empty());
+        t.note(&annotated("a", "2026-01-01T00:00:01.9Z"));
+        assert_eq!(t.take(now), [Duration::from_millis(100)]);
+    }
 
     fn svc(name: &str) -> Service {
         serde_json::from_value(

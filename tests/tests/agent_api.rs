@@ -193,6 +193,7 @@ fn services_written_to_the_api_are_programmed_and_survive_an_api_server_restart(
                 on_error: |_: &str| {},
                 tick: Duration::from_secs(5),
                 on_tick: |_: &mut skiff_agent::datapath::BpfServiceMaps| {},
+                on_pending: || {},
             };
             watch::run(
                 client,

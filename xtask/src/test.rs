@@ -53,8 +53,17 @@ pub fn run(no_lint: bool) -> anyhow::Result<()> {
     let mut skipped_suite = None;
     match missing_privileges() {
         None => {
-            // The agent-with-API tests start the real API server binary.
-            crate::cmd::run(cargo().args(["build", "-p", "skiff-controlplane"]))?;
+            // The agent-with-API tests start the real API server binary; agent_node.rs
+            // also runs the skiff-agent binary, which installs skiff-cni from next to it.
+            crate::cmd::run(cargo().args([
+                "build",
+                "-p",
+                "skiff-controlplane",
+                "-p",
+                "skiff-agent",
+                "-p",
+                "skiff-cni",
+            ]))?;
             privileged = cargo_test(cargo().args(["test", "--no-fail-fast", "-p", "skiff-tests"]))?
         }
         Some(why) => {

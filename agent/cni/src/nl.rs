@@ -15,15 +15,21 @@ use std::{
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REQUEST,
+    NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage},
     link::{
-        InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
-        LinkFlags, LinkInfo, LinkMessage,
+        InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan,
+        LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
     },
-    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType},
+    neighbour::{
+        NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+    },
+    route::{
+        RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope,
+        RouteType,
+    },
     AddressFamily, RouteNetlinkMessage,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -388,6 +394,348 @@ impl Netlink {
             out.push(route);
         }
         Ok(out)
+    }
+}
+
+// ---- Used by the node agent (skiff-agent's netsetup): routes it owns, told apart from
+// everybody else's by their protocol number, and the bridge's addresses.
+
+/// What a main-table IPv4 route does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RouteAction {
+    /// Unicast through a gateway (`ip route replace DST via GW`).
+    Via(Ipv4Addr),
+    /// Unicast through a gateway that is on-link on `oif` without a connected route
+    /// (`ip route replace DST via GW dev OIF onlink`): how an overlay device is used.
+    Onlink { gw: Ipv4Addr, oif: u32 },
+    /// `ip route replace unreachable DST`: the lookup fails at once with EHOSTUNREACH
+    /// (ICMP host unreachable for forwarded packets) instead of following the default route.
+    Unreachable,
+    /// Anything else (directly connected, blackhole, multipath…): reported, never written.
+    Other,
+}
+
+/// One IPv4 route of the main table with the fields that identify it for the kernel
+/// (destination, prefix, tos, priority) plus its protocol and action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub dst: Ipv4Addr,
+    pub prefix: u8,
+    pub tos: u8,
+    pub priority: u32,
+    pub protocol: u8,
+    pub action: RouteAction,
+}
+
+impl Netlink {
+    /// Every IPv4 route of the main table (unicast and otherwise).
+    pub fn main_routes(&mut self) -> io::Result<Vec<RouteEntry>> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = AddressFamily::Inet;
+        let msgs = self.request(RouteNetlinkMessage::GetRoute(req), NLM_F_DUMP)?;
+        let mut out = Vec::new();
+        for m in msgs {
+            let RouteNetlinkMessage::NewRoute(r) = m else {
+                continue;
+            };
+            let mut table = u32::from(r.header.table);
+            let mut entry = RouteEntry {
+                dst: Ipv4Addr::UNSPECIFIED,
+                prefix: r.header.destination_prefix_length,
+                tos: r.header.tos,
+                priority: 0,
+                protocol: r.header.protocol.into(),
+                action: RouteAction::Other,
+            };
+            let mut gw = None;
+            let mut oif = None;
+            for attr in &r.attributes {
+                match attr {
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => entry.dst = *d,
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
+                    RouteAttribute::Oif(o) => oif = Some(*o),
+                    RouteAttribute::Priority(p) => entry.priority = *p,
+                    // Tables above 255 only travel in the attribute.
+                    RouteAttribute::Table(t) => table = *t,
+                    _ => {}
+                }
+            }
+            if table != u32::from(netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN) {
+                continue;
+            }
+            let onlink = r.header.flags.contains(RouteFlags::Onlink);
+            entry.action = match (r.header.kind, gw) {
+                (RouteType::Unicast, Some(g)) => match oif {
+                    Some(oif) if onlink => RouteAction::Onlink { gw: g, oif },
+                    _ => RouteAction::Via(g),
+                },
+                (RouteType::Unreachable, _) => RouteAction::Unreachable,
+                _ => RouteAction::Other,
+            };
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    fn route_message(dst: Ipv4Addr, prefix: u8, action: RouteAction, protocol: u8) -> RouteMessage {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        msg.header.destination_prefix_length = prefix;
+        msg.header.table = netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN;
+        msg.header.protocol = RouteProtocol::from(protocol);
+        msg.header.scope = RouteScope::Universe;
+        msg.header.kind = match action {
+            RouteAction::Unreachable => RouteType::Unreachable,
+            _ => RouteType::Unicast,
+        };
+        if prefix > 0 {
+            msg.attributes
+                .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        }
+        match action {
+            RouteAction::Via(gw) => msg
+                .attributes
+                .push(RouteAttribute::Gateway(RouteAddress::Inet(gw))),
+            RouteAction::Onlink { gw, oif } => {
+                msg.header.flags = RouteFlags::Onlink;
+                msg.attributes
+                    .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+                msg.attributes.push(RouteAttribute::Oif(oif));
+            }
+            _ => {}
+        }
+        msg
+    }
+
+    /// `ip route replace` of a main-table route with `protocol`: creates it, or replaces
+    /// the route with the same destination, tos 0 and priority 0. The caller checks that
+    /// such a route is its own first (the kernel would replace anybody's).
+    pub fn replace_route(
+        &mut self,
+        dst: Ipv4Addr,
+        prefix: u8,
+        action: RouteAction,
+        protocol: u8,
+    ) -> io::Result<()> {
+        if action == RouteAction::Other {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "only via and unreachable routes can be written",
+            ));
+        }
+        let msg = Self::route_message(dst, prefix, action, protocol);
+        self.ack(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
+    /// Deletes the main-table route `dst/prefix` of `protocol` (the kernel matches the
+    /// protocol too, so another owner's route of the same destination stays). A route that
+    /// is already gone is not an error.
+    pub fn delete_route(
+        &mut self,
+        dst: Ipv4Addr,
+        prefix: u8,
+        action: RouteAction,
+        protocol: u8,
+    ) -> io::Result<()> {
+        let msg = Self::route_message(dst, prefix, action, protocol);
+        match self.ack(RouteNetlinkMessage::DelRoute(msg), 0) {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Creates VXLAN device `name` (VNI `vni`, UDP `port`, underlay source `local`, MAC
+    /// `mac`, no learning: the FDB is programmed) unless one with exactly these settings
+    /// exists; a device of that name with other settings is replaced. The settings are
+    /// recorded in the link's alias, which is how an existing device is recognised.
+    /// Returns the link, up, and whether it was (re)created.
+    pub fn ensure_vxlan(
+        &mut self,
+        name: &str,
+        vni: u32,
+        port: u16,
+        local: Ipv4Addr,
+        mac: [u8; 6],
+        mtu: Option<u32>,
+    ) -> io::Result<(Link, bool)> {
+        let alias = format!("skiff vxlan vni={vni} port={port} local={local}");
+        let mac_text = mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        let mut created = false;
+        match self.link_by_name(name)? {
+            Some(l)
+                if l.kind == Some(InfoKind::Vxlan)
+                    && l.alias.as_deref() == Some(alias.as_str())
+                    && l.mac == mac_text
+                    && mtu.is_none_or(|m| m == l.mtu) => {}
+            Some(l) if l.kind != Some(InfoKind::Vxlan) => {
+                return Err(io::Error::other(format!(
+                    "a link named {name} exists and is not a VXLAN device"
+                )))
+            }
+            other => {
+                if let Some(l) = other {
+                    self.delete_link(l.index)?;
+                }
+                let mut msg = LinkMessage::default();
+                msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+                msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+                if let Some(mtu) = mtu {
+                    msg.attributes.push(LinkAttribute::Mtu(mtu));
+                }
+                msg.attributes.push(LinkAttribute::LinkInfo(vec![
+                    LinkInfo::Kind(InfoKind::Vxlan),
+                    LinkInfo::Data(InfoData::Vxlan(vec![
+                        InfoVxlan::Id(vni),
+                        InfoVxlan::Local(local),
+                        InfoVxlan::Port(port),
+                        InfoVxlan::Learning(false),
+                    ])),
+                ]));
+                self.ack(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)?;
+                created = true;
+            }
+        }
+        let link = self
+            .link_by_name(name)?
+            .ok_or_else(|| io::Error::other(format!("{name} vanished right after creation")))?;
+        if created || !link.up {
+            // IFLA_IFALIAS is only applied by a set, not at creation.
+            let mut msg = LinkMessage::default();
+            msg.header.index = link.index;
+            msg.header.flags = LinkFlags::Up;
+            msg.header.change_mask = LinkFlags::Up;
+            msg.attributes.push(LinkAttribute::IfAlias(alias));
+            self.ack(RouteNetlinkMessage::SetLink(msg), 0)?;
+        }
+        Ok((link, created))
+    }
+
+    fn neighbour_message(
+        family: AddressFamily,
+        index: u32,
+        ip: Ipv4Addr,
+        mac: Option<[u8; 6]>,
+    ) -> NeighbourMessage {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = family;
+        msg.header.ifindex = index;
+        msg.header.state = NeighbourState::Permanent;
+        if family == AddressFamily::Bridge {
+            // NTF_SELF: the entry belongs to the VXLAN device's own FDB.
+            msg.header.flags = NeighbourFlags::Own;
+        }
+        if let Some(mac) = mac {
+            msg.attributes
+                .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        }
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        msg
+    }
+
+    /// Permanent entries of link `index`: ARP entries (`fdb == false`: IP → MAC) or FDB
+    /// entries (`fdb == true`: MAC → remote underlay IP).
+    pub fn permanent_neighbours(
+        &mut self,
+        index: u32,
+        fdb: bool,
+    ) -> io::Result<Vec<(Ipv4Addr, [u8; 6])>> {
+        let mut req = NeighbourMessage::default();
+        req.header.family = if fdb {
+            AddressFamily::Bridge
+        } else {
+            AddressFamily::Inet
+        };
+        let msgs = self.request(RouteNetlinkMessage::GetNeighbour(req), NLM_F_DUMP)?;
+        let mut out = Vec::new();
+        for m in msgs {
+            let RouteNetlinkMessage::NewNeighbour(n) = m else {
+                continue;
+            };
+            if n.header.ifindex != index || n.header.state != NeighbourState::Permanent {
+                continue;
+            }
+            let mut ip = None;
+            let mut mac = None;
+            for a in &n.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(i)) => ip = Some(*i),
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) if b.len() == 4 => {
+                        ip = Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+                    }
+                    NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
+                        mac = Some([b[0], b[1], b[2], b[3], b[4], b[5]])
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(ip), Some(mac)) = (ip, mac) {
+                out.push((ip, mac));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `ip neigh replace IP lladdr MAC dev INDEX nud permanent` (`fdb == false`) or
+    /// `bridge fdb replace MAC dev INDEX dst IP self permanent` (`fdb == true`).
+    pub fn replace_neighbour(
+        &mut self,
+        index: u32,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+        fdb: bool,
+    ) -> io::Result<()> {
+        let family = if fdb {
+            AddressFamily::Bridge
+        } else {
+            AddressFamily::Inet
+        };
+        let msg = Self::neighbour_message(family, index, ip, Some(mac));
+        self.ack(
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
+    /// Deletes what [`Netlink::replace_neighbour`] wrote; a missing entry is not an error.
+    pub fn delete_neighbour(
+        &mut self,
+        index: u32,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+        fdb: bool,
+    ) -> io::Result<()> {
+        let family = if fdb {
+            AddressFamily::Bridge
+        } else {
+            AddressFamily::Inet
+        };
+        let msg = Self::neighbour_message(family, index, ip, fdb.then_some(mac));
+        match self.ack(RouteNetlinkMessage::DelNeighbour(msg), 0) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Removes `addr/prefix` from link `index`; an absent address is not an error.
+    pub fn delete_addr(&mut self, index: u32, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.prefix_len = prefix;
+        msg.header.index = index;
+        msg.attributes
+            .push(AddressAttribute::Local(IpAddr::V4(addr)));
+        match self.ack(RouteNetlinkMessage::DelAddress(msg), 0) {
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => Ok(()),
+            other => other,
+        }
     }
 }
 

@@ -4,7 +4,9 @@ use aya::{
     maps::{MapData, PerCpuArray},
     Ebpf,
 };
-use skiff_datapath_abi::{map_names, DropReason, PacketClass, SockLbCounter, TrafficCounter};
+use skiff_datapath_abi::{
+    map_names, DropReason, LbCounter, PacketClass, SockLbCounter, TrafficCounter,
+};
 
 use super::DatapathError;
 
@@ -123,6 +125,32 @@ pub(super) fn read_sock(ebpf: &Ebpf) -> Result<SockCounters, DatapathError> {
             .push((event, values.iter().fold(0u64, |a, v| a.saturating_add(*v))));
     }
     Ok(out)
+}
+
+pub(super) fn read_lb(
+    ebpf: &Ebpf,
+    backends: bool,
+    ids: &[u32],
+) -> Result<Vec<(u32, LbCounter)>, DatapathError> {
+    let name = if backends {
+        map_names::BACKEND_STATS
+    } else {
+        map_names::SERVICE_STATS
+    };
+    let map = per_cpu::<LbCounter>(ebpf, name)?;
+    Ok(ids
+        .iter()
+        .map(|id| {
+            let sum = map
+                .get(id, 0)
+                .map(|v| {
+                    v.iter()
+                        .fold(LbCounter::default(), |a, c| a.saturating_add(*c))
+                })
+                .unwrap_or_default();
+            (*id, sum)
+        })
+        .collect())
 }
 
 fn per_cpu<'a, V: aya::Pod>(

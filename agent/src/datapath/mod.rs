@@ -449,6 +449,16 @@ impl Datapath {
             })
     }
 
+    /// Per-service (`backends == false`) or per-backend counters of `ids`, summed over
+    /// CPUs (ids past the array's end were never counted and read as zero).
+    pub fn lb_counters(
+        &self,
+        backends: bool,
+        ids: &[u32],
+    ) -> Result<Vec<(u32, skiff_datapath_abi::LbCounter)>, DatapathError> {
+        counters::read_lb(&self.ebpf, backends, ids)
+    }
+
     /// Reads the per-CPU socket load-balancing counters, summed over CPUs.
     pub fn sock_counters(&self) -> Result<SockCounters, DatapathError> {
         counters::read_sock(&self.ebpf)

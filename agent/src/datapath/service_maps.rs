@@ -278,6 +278,13 @@ impl BpfServiceMaps {
     /// two entries age together: a pair goes only when both are idle past their timeout,
     /// since each direction refreshes only its own entry. Returns how many entries went.
     pub fn gc_conntrack(&mut self, now_ns: u64) -> Result<usize, MapWriteError> {
+        self.gc_conntrack_counted(now_ns)
+            .map(|(deleted, _)| deleted)
+    }
+
+    /// [`Self::gc_conntrack`], also returning how many entries remain (the map's fill
+    /// level, counted by the same walk).
+    pub fn gc_conntrack_counted(&mut self, now_ns: u64) -> Result<(usize, usize), MapWriteError> {
         let all: std::collections::HashMap<CtKey, CtValue> =
             self.conntrack_entries()?.into_iter().collect();
         let mut doomed = Vec::new();
@@ -298,7 +305,12 @@ impl BpfServiceMaps {
                     .map_err(|e| write_error(map_names::CONNTRACK, &self.sizes, e))?,
             }
         }
-        Ok(n)
+        Ok((n, all.len() - n))
+    }
+
+    /// The capacities the maps were created with.
+    pub fn sizes(&self) -> MapSizes {
+        self.sizes
     }
 
     /// Number of live socket reverse-translation entries.

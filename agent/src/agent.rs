@@ -1,0 +1,457 @@
+//! (Binary-only module of `skiff-agent run --kubeconfig`.) Wires the library's pieces
+//! into one process on one current-thread runtime: the service sync, the Node heartbeat,
+//! the pod network, /healthz, the healthCheckNodePort servers and /metrics, until SIGTERM
+//! or Ctrl-C. Everything runs on the main thread, so netlink and /proc/sys act on the
+//! agent's own network namespace.
+//!
+//! On exit nothing is torn down: pinned maps and links keep translating, routes and the
+//! bridge keep pods connected, and the Node stays registered (its Lease expires; the node
+//! lifecycle controller takes it from there), so a restart is invisible to traffic.
+
+use std::{
+    cell::{Cell, RefCell},
+    net::SocketAddr,
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _};
+use skiff_agent::{
+    datapath::{BpfServiceMaps, Datapath},
+    health::{self, HealthCheckServers, ProxyHealth},
+    metrics::{self, Metrics},
+    netsetup::{self, NetConfig, NetSetup},
+    node::{self, HostInfo, NodeConfig},
+    reconcile::{MapUsage, Reconciler},
+    watch::{self, SyncConfig, Synced},
+};
+
+use super::NodeArgs;
+
+/// Gathers and renders `skiff-agent status`.
+pub fn status(
+    kubeconfig: Option<PathBuf>,
+    node_name: &str,
+    healthz: SocketAddr,
+    metrics_addr: SocketAddr,
+) -> String {
+    use skiff_agent::status::{self as st, ApiView, NodeView};
+    let healthz = st::http_get(healthz, "/healthz");
+    let metrics = st::http_get(metrics_addr, "/metrics").and_then(|(code, body)| {
+        if code == 200 {
+            metrics::parse(&body)
+        } else {
+            Err(format!("{metrics_addr}/metrics answered HTTP {code}"))
+        }
+    });
+    let routes = skiff_cni::nl::Netlink::open()
+        .and_then(|mut nl| nl.main_routes())
+        .map(|rs| {
+            rs.into_iter()
+                .filter(|r| r.protocol == netsetup::RTPROT_SKIFF)
+                .map(|r| netsetup::show_route(r.dst, r.prefix, r.action))
+                .collect()
+        })
+        .map_err(|e| e.to_string());
+    let api = kubeconfig.map(|path| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let kc = kube::config::Kubeconfig::read_from(&path)
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            let conf = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| format!("using {}: {e}", path.display()))?;
+            let server = conf.cluster_url.to_string();
+            let client = kube::Client::try_from(conf).map_err(|e| e.to_string())?;
+            let version = tokio::time::timeout(Duration::from_secs(5), client.apiserver_version())
+                .await
+                .map_err(|_| format!("{server}: no answer in 5 s"))?
+                .map_err(|e| format!("{server}: {e}"))?;
+            let node = if node_name.is_empty() {
+                None
+            } else {
+                Some(
+                    async {
+                        let n = kube::Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+                            .get(node_name)
+                            .await
+                            .map_err(|e| format!("Node {node_name}: {e}"))?;
+                        let lease =
+                            kube::Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+                                client.clone(),
+                                node::LEASE_NAMESPACE,
+                            )
+                            .get_opt(node_name)
+                            .await
+                            .ok()
+                            .flatten();
+                        let now = std::time::SystemTime::now();
+                        Ok(NodeView {
+                            name: node_name.to_owned(),
+                            ready: n
+                                .status
+                                .as_ref()
+                                .and_then(|s| s.conditions.as_ref())
+                                .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+                                .map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default())),
+                            pod_cidr: n.spec.as_ref().and_then(|s| s.pod_cidr.clone()),
+                            lease_age: lease.and_then(|l| l.spec?.renew_time).and_then(|t| {
+                                now.duration_since(std::time::SystemTime::from(t.0)).ok()
+                            }),
+                        })
+                    }
+                    .await,
+                )
+            };
+            Ok(ApiView {
+                server,
+                version: version.git_version,
+                node,
+            })
+        })
+    });
+    st::render(&st::Inputs {
+        healthz,
+        metrics,
+        api,
+        routes,
+        now: std::time::SystemTime::now(),
+    })
+}
+
+pub struct Agent {
+    pub kubeconfig: PathBuf,
+    pub sync: SyncConfig,
+    pub dp: Datapath,
+    pub maps: BpfServiceMaps,
+    pub node: NodeArgs,
+    pub plan: Plan,
+    pub interval: Duration,
+}
+
+fn cidrs(flag: &str, values: &[String]) -> anyhow::Result<Vec<netsetup::Cidr>> {
+    values
+        .iter()
+        .filter(|v| !v.is_empty())
+        .map(|v| match skiff_agent::translate::parse_cidr(v) {
+            Some(Some(c)) => Ok(c),
+            _ => bail!("--{flag} {v:?} is not an IPv4 CIDR like 10.43.0.0/16"),
+        })
+        .collect()
+}
+
+fn bind_flag(flag: &str, value: &str) -> anyhow::Result<Option<SocketAddr>> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .with_context(|| format!("--{flag} {value:?} is not an address like 0.0.0.0:10256"))
+}
+
+/// The node-side flags, validated (before anything on the system is touched).
+pub struct Plan {
+    pod_network: bool,
+    tunnel: Option<netsetup::VxlanConfig>,
+    unreachable: Vec<netsetup::Cidr>,
+    healthz_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
+}
+
+impl Plan {
+    pub fn new(args: &NodeArgs, node_name: &str) -> anyhow::Result<Plan> {
+        let pod_network = match args.pod_network.as_str() {
+            "direct" => true,
+            "none" => false,
+            other => bail!("--pod-network {other:?}: use direct or none"),
+        };
+        let tunnel = match args.tunnel.as_str() {
+            "none" => None,
+            "vxlan" if (1..=0xff_ffff).contains(&args.vxlan_vni) => Some(netsetup::VxlanConfig {
+                vni: args.vxlan_vni,
+                port: args.vxlan_port,
+            }),
+            "vxlan" => bail!(
+                "--vxlan-vni {}: a VNI is 24 bits, 1..=16777215",
+                args.vxlan_vni
+            ),
+            other => bail!("--tunnel {other:?}: use none (direct routing) or vxlan"),
+        };
+        let mut unreachable = cidrs("service-cidr", &args.service_cidrs)?;
+        unreachable.extend(cidrs("lb-pool", &args.lb_pools)?);
+        if (!args.no_register_node || pod_network) && node_name.is_empty() {
+            bail!("--node-name is required to register the Node and set up the pod network (or pass --no-register-node --pod-network none)");
+        }
+        Ok(Plan {
+            pod_network,
+            tunnel,
+            unreachable,
+            healthz_addr: bind_flag("healthz-bind-address", &args.healthz_bind_address)?,
+            metrics_addr: bind_flag("metrics-bind-address", &args.metrics_bind_address)?,
+        })
+    }
+}
+
+pub async fn run(a: Agent) -> anyhow::Result<()> {
+    let Agent {
+        kubeconfig,
+        sync,
+        dp,
+        mut maps,
+        node: args,
+        plan,
+        interval,
+    } = a;
+    let Plan {
+        pod_network,
+        tunnel,
+        unreachable,
+        healthz_addr,
+        metrics_addr,
+    } = plan;
+    let node_name = sync.node.node_name.clone();
+
+    let kc = kube::config::Kubeconfig::read_from(&kubeconfig)
+        .with_context(|| format!("reading kubeconfig {}", kubeconfig.display()))?;
+    let kconf = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .with_context(|| format!("using kubeconfig {}", kubeconfig.display()))?;
+    let client = kube::Client::try_from(kconf)?;
+
+    let proxy_health = ProxyHealth::new(Duration::from_secs(args.health_timeout_secs));
+    let metrics = Metrics::new();
+    if let Some(addr) = healthz_addr {
+        let l = health::bind(addr).context("starting /healthz")?;
+        tokio::spawn(health::serve(
+            l,
+            health::healthz_router(proxy_health.clone()),
+        ));
+        println!("serving /healthz on {addr}");
+    }
+    if let Some(addr) = metrics_addr {
+        let l = health::bind(addr).context("starting /metrics")?;
+        tokio::spawn(health::serve(l, metrics::router(metrics.clone())));
+        println!("serving /metrics on {addr}");
+    }
+
+    let mut setup = if pod_network {
+        let mut cfg = NetConfig::new(&node_name);
+        cfg.bridge = args.bridge.clone();
+        cfg.mtu = args.mtu;
+        cfg.cni_conf_dir = args.cni_conf_dir.clone();
+        cfg.cni_bin_dir = args.cni_bin_dir.clone();
+        cfg.cni_source = Some(match &args.cni_plugin {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()
+                .context("finding the skiff-agent binary")?
+                .with_file_name(netsetup::CNI_BINARY),
+        });
+        cfg.unreachable = unreachable;
+        cfg.tunnel = tunnel;
+        let mut s = NetSetup::new(cfg).context("setting up the pod network")?;
+        s.prepare().context("installing skiff-cni")?;
+        Some(s)
+    } else {
+        None
+    };
+
+    let info = if args.no_register_node {
+        None
+    } else {
+        Some(HostInfo::gather(std::path::Path::new("/")).context("reading the host")?)
+    };
+    let health_ref = &proxy_health;
+    let node_addresses = sync.node.node_addresses.clone();
+    let node_task = async {
+        let Some(info) = info else {
+            return std::future::pending::<()>().await;
+        };
+        let mut cfg = NodeConfig::new(&node_name, node_addresses);
+        cfg.lease_renew_period = Duration::from_secs(args.node_lease_renew_secs.max(1));
+        cfg.status_report_period = Duration::from_secs(args.node_status_report_secs.max(1));
+        let mut registered = false;
+        node::run(client.clone(), cfg, info, |hb| {
+            metrics.observe_heartbeat(hb.errors.is_empty());
+            if let Some(eligible) = hb.eligible {
+                health_ref.set_node_eligible(eligible);
+            }
+            if hb.errors.is_empty() && !registered {
+                registered = true;
+                println!(
+                    "Node {node_name} registered, podCIDR {}",
+                    hb.pod_cidr.as_deref().unwrap_or("(not assigned yet)")
+                );
+            }
+            for e in &hb.errors {
+                println!("node heartbeat: {e}");
+            }
+        })
+        .await;
+    };
+
+    let net_task = async {
+        let Some(setup) = setup.as_mut() else {
+            return std::future::pending::<()>().await;
+        };
+        netsetup::run(
+            client.clone(),
+            setup,
+            netsetup::NetHooks {
+                on_apply: |a: &netsetup::Applied, eligible: bool| {
+                    health_ref.set_node_eligible(eligible);
+                    for r in &a.routes_added {
+                        println!("route {r}");
+                    }
+                    for r in &a.routes_deleted {
+                        println!("route deleted: {r}");
+                    }
+                    for e in a.errors.iter().chain(&a.diagnostics) {
+                        println!("pod network: {e}");
+                    }
+                },
+                on_error: |e: &str| {
+                    metrics.observe_watch_error();
+                    println!("pod network: {e} (retrying)")
+                },
+            },
+        )
+        .await;
+    };
+
+    // The sync's hooks share the datapath (bind exemptions on sync, counters on tick).
+    let dp = RefCell::new(dp);
+    let usage = Cell::new(MapUsage::default());
+    // No check before the first sync: until then the maps hold what an earlier agent
+    // wrote and the reconciler has not taken it over yet.
+    let synced = Cell::new(false);
+    let check_every = Duration::from_secs(args.consistency_check_secs.max(1));
+    let last_check = Cell::new(std::time::Instant::now());
+    let hc_servers = RefCell::new(HealthCheckServers::new(
+        args.health_check_addresses.clone(),
+        proxy_health.clone(),
+    ));
+    let checks = RefCell::new(Vec::new());
+    let hc_failed = Cell::new(false);
+    let mut reconciler = Reconciler::new();
+    // Take over what an earlier agent programmed (pinned maps): the first complete sync
+    // then only changes what changed meanwhile.
+    let snapshot = skiff_agent::lbmap::ServiceMaps::snapshot(&maps)?;
+    println!(
+        "watching Services and EndpointSlices through {}",
+        kubeconfig.display()
+    );
+    let sync_task = watch::run(
+        client.clone(),
+        sync,
+        &mut maps,
+        &mut reconciler,
+        Some(snapshot),
+        watch::Hooks {
+            on_sync: |s: &Synced| {
+                println!(
+                    "synced {} services, {} slices in {:?}: {} map writes, {} errors, {} diagnostics",
+                    s.services,
+                    s.slices,
+                    s.duration,
+                    s.report.writes,
+                    s.report.errors.len(),
+                    s.diagnostics.len()
+                );
+                for (name, e) in &s.report.errors {
+                    println!("  error {name}: {e}");
+                }
+                for d in &s.diagnostics {
+                    println!("  {d}");
+                }
+                usage.set(s.usage);
+                synced.set(true);
+                metrics.observe_sync(
+                    s.duration,
+                    s.report.errors.len(),
+                    &s.programming_latencies,
+                    &s.service_ids,
+                );
+                // A failed write leaves the change pending: /healthz turns 503 if it
+                // stays that way past the timeout.
+                if s.report.errors.is_empty() {
+                    proxy_health.updated();
+                } else {
+                    proxy_health.queued();
+                }
+                let ports: Vec<u16> = s.health_checks.iter().map(|c| c.port).collect();
+                if let Err(e) = dp.borrow_mut().set_bind_exemptions(&ports) {
+                    println!("  health check ports: {e}");
+                }
+                *checks.borrow_mut() = s.health_checks.clone();
+                let errors = hc_servers.borrow_mut().update(&s.health_checks);
+                for e in &errors {
+                    println!("  {e}");
+                }
+                hc_failed.set(!errors.is_empty());
+            },
+            on_error: |e: &str| {
+                metrics.observe_watch_error();
+                println!("watch error (retrying): {e}")
+            },
+            tick: interval,
+            on_tick: |m: &mut BpfServiceMaps| {
+                // A health check port that could not be bound (still held by a process
+                // that is going away) is retried every tick, not only at the next change.
+                if hc_failed.get() {
+                    let errors = hc_servers.borrow_mut().update(&checks.borrow());
+                    if errors.is_empty() {
+                        println!("health check node ports all bound now");
+                    }
+                    hc_failed.set(!errors.is_empty());
+                }
+                let ids = metrics.service_ids();
+                match metrics::sample_datapath(
+                    &dp.borrow(),
+                    m,
+                    usage.get(),
+                    &ids,
+                    super::monotonic_ns(),
+                ) {
+                    Ok((sample, collected)) => {
+                        metrics.set_datapath(sample);
+                        if collected > 0 {
+                            println!("conntrack_gc_deleted {collected}");
+                        }
+                    }
+                    Err(e) => println!("sampling the datapath: {e}"),
+                }
+                if synced.get() && last_check.get().elapsed() >= check_every {
+                    last_check.set(std::time::Instant::now());
+                    match skiff_agent::lbmap::ServiceMaps::snapshot(m) {
+                        Ok(snap) => {
+                            let problems = metrics::consistency(&snap, usage.get());
+                            for (check, n) in &problems {
+                                if *n > 0 {
+                                    println!("consistency check {check}: {n} problems");
+                                }
+                            }
+                            metrics.set_consistency(problems);
+                        }
+                        Err(e) => println!("consistency check: reading the maps: {e}"),
+                    }
+                }
+            },
+            on_pending: || proxy_health.queued(),
+        },
+    );
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = sync_task => {}
+        _ = node_task => {}
+        _ = net_task => {}
+        _ = term.recv() => println!("SIGTERM: exiting; maps, routes and the Node stay"),
+        _ = tokio::signal::ctrl_c() => println!("interrupted: exiting; maps, routes and the Node stay"),
+    }
+    Ok(())
+}
