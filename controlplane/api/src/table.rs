@@ -151,6 +151,19 @@ fn columns(kind: &str) -> Vec<Col> {
             AGE,
         ],
         "Lease" => vec![NAME, ("Holder", "string", "", "holderIdentity contains the identity of the holder of a current lease.", 0), AGE],
+        // Upstream's eventColumnDefinitions (pkg/printers/internalversion).
+        "Event" => vec![
+            ("Last Seen", "string", "", "The time at which the most recent occurrence of this event was recorded.", 0),
+            ("Type", "string", "", "Type of this event (Normal, Warning), new types could be added in the future", 0),
+            ("Reason", "string", "", "This should be a short, machine understandable string that gives the reason for the transition into the object's current status.", 0),
+            ("Object", "string", "", "The object that this event is about.", 0),
+            ("Subobject", "string", "", "If referring to a piece of an object instead of an entire object, this string should contain a valid JSON/Go field access statement.", 1),
+            ("Source", "string", "", "The component reporting this event. Should be a short machine understandable string.", 1),
+            ("Message", "string", "", "A human-readable description of the status of this operation.", 0),
+            ("First Seen", "string", "", "The time at which the event was first recorded. (Time of server receipt is in TypeMeta.)", 1),
+            ("Count", "string", "", "The number of times this event has occurred.", 1),
+            ("Name", "string", "name", NAME_DOC, 1),
+        ],
         _ => vec![NAME, ("Created At", "date", "", AGE_DOC, 0)],
     }
 }
@@ -435,6 +448,54 @@ pub fn row_cells(kind: &str, obj: &Value, now: i64) -> Vec<Value> {
             json!(s(obj, "/spec/holderIdentity")),
             json!(age),
         ],
+        "Event" => {
+            // printEvent: firstTimestamp, else eventTime; lastTimestamp, else first.
+            let first = match obj.pointer("/firstTimestamp").filter(|v| !v.is_null()) {
+                Some(t) => since(Some(t), now),
+                None => since(obj.pointer("/eventTime"), now),
+            };
+            let last = match obj.pointer("/lastTimestamp").filter(|v| !v.is_null()) {
+                Some(t) => since(Some(t), now),
+                None => first.clone(),
+            };
+            let kind = s(obj, "/involvedObject/kind").to_lowercase();
+            let target = match s(obj, "/involvedObject/name") {
+                "" => kind,
+                n => format!("{kind}/{n}"),
+            };
+            let first_non_empty = |a: &str, b: &str| {
+                if a.is_empty() {
+                    b.to_string()
+                } else {
+                    a.to_string()
+                }
+            };
+            let component =
+                first_non_empty(s(obj, "/source/component"), s(obj, "/reportingComponent"));
+            let instance = first_non_empty(s(obj, "/source/host"), s(obj, "/reportingInstance"));
+            let source = match (component.is_empty(), instance.is_empty()) {
+                (true, _) => String::new(),
+                (false, true) => component,
+                (false, false) => format!("{component}, {instance}"),
+            };
+            let count = obj
+                .pointer("/series/count")
+                .or_else(|| obj.pointer("/count"))
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            vec![
+                json!(last),
+                json!(s(obj, "/type")),
+                json!(s(obj, "/reason")),
+                json!(target),
+                json!(s(obj, "/involvedObject/fieldPath")),
+                json!(source),
+                json!(s(obj, "/message").trim()),
+                json!(first),
+                json!(count),
+                json!(name),
+            ]
+        }
         _ => vec![
             json!(name),
             obj.pointer("/metadata/creationTimestamp")
@@ -1124,8 +1185,23 @@ mod tests {
             ),
             (
                 "Event",
-                json!({"metadata": meta}),
-                json!(["x", "2026-01-01T00:30:00Z"]),
+                json!({"metadata": meta, "type": "Warning", "reason": "FailedScheduling",
+                       "involvedObject": {"kind": "Pod", "name": "web-1", "namespace": "default"},
+                       "source": {"component": "default-scheduler"}, "count": 3,
+                       "message": "0/3 nodes are available: 3 Insufficient cpu.\n",
+                       "firstTimestamp": "2026-01-01T00:30:00Z", "lastTimestamp": "2026-01-01T00:59:00Z"}),
+                json!([
+                    "60s",
+                    "Warning",
+                    "FailedScheduling",
+                    "pod/web-1",
+                    "",
+                    "default-scheduler",
+                    "0/3 nodes are available: 3 Insufficient cpu.",
+                    "30m",
+                    3,
+                    "x"
+                ]),
             ),
         ];
         for (kind, obj, want) in cases {

@@ -341,6 +341,34 @@ pub fn validate_update(
                 ));
             }
         }
+        // Upstream's ValidateNodeUpdate: the node IPAM controller may assign podCIDRs to
+        // a Node without them, nobody may change them afterwards.
+        "Node" => {
+            let cidrs = |v: &Value| {
+                v.pointer("/spec/podCIDRs")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            let (o, n) = (cidrs(old), cidrs(new));
+            if !o.is_empty() && o != n {
+                errs.push(FieldError::new(
+                    ErrorKind::Forbidden,
+                    "spec.podCIDRs",
+                    None,
+                    "node updates may not change podCIDR except from \"\" to valid",
+                ));
+            }
+            let (op, np) = (spec(old, "providerID"), spec(new, "providerID"));
+            if !op.as_str().unwrap_or("").is_empty() && op != np {
+                errs.push(FieldError::new(
+                    ErrorKind::Forbidden,
+                    "spec.providerID",
+                    None,
+                    "node updates may not change providerID except from \"\" to valid",
+                ));
+            }
+        }
         "EndpointSlice" if old.get("addressType") != new.get("addressType") => {
             errs.push(FieldError::invalid(
                 "addressType",
@@ -1597,6 +1625,27 @@ mod tests {
                 vec!["spec.selector: Invalid value: {\"matchLabels\":{\"app\":\"x\",\"v\":\"1\"}}: field is immutable"],
             ),
         ];
+        let node = |cidr: Option<&str>| {
+            let mut n =
+                json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}, "spec": {}});
+            if let Some(c) = cidr {
+                n["spec"] = json!({"podCIDR": c, "podCIDRs": [c]});
+            }
+            n
+        };
+        let cases: Vec<(&str, Value, Value, Vec<&str>)> = cases
+            .into_iter()
+            .chain([
+                ("Node", node(None), node(Some("10.42.1.0/24")), vec![]),
+                ("Node", node(Some("10.42.1.0/24")), node(Some("10.42.1.0/24")), vec![]),
+                (
+                    "Node",
+                    node(Some("10.42.1.0/24")),
+                    node(Some("10.42.2.0/24")),
+                    vec!["spec.podCIDRs: Forbidden: node updates may not change podCIDR except from \"\" to valid"],
+                ),
+            ])
+            .collect();
         for (kind, old, new, want) in cases {
             let got: Vec<String> = validate_update(kind, &old, &new)
                 .unwrap()

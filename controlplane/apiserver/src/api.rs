@@ -1485,6 +1485,7 @@ fn finish_update(
     let mut requested = requested;
     if kind == "Service" && mode == Mode::Main {
         keep_allocated_values(current, &mut requested);
+        drop_type_dependent_fields(current, &mut requested);
     }
     let mut new = defaulted(kind, &requested)?;
     // Status subresource semantics (upstream's strategies' PrepareForUpdate).
@@ -1572,6 +1573,77 @@ fn finish_update(
         );
     }
     Ok(new)
+}
+
+/// Upstream's `dropTypeDependentFields`: a type change (say LoadBalancer → ClusterIP by a
+/// patch that only sets `type`) drops the fields the new type does not have, where the
+/// user left them as they were: node ports, healthCheckNodePort, externalTrafficPolicy,
+/// allocateLoadBalancerNodePorts, loadBalancerClass, and the ClusterIPs of a Service
+/// that becomes ExternalName. Without it such a patch fails validation.
+fn drop_type_dependent_fields(current: &Value, new: &mut Value) {
+    let ty = |v: &Value| {
+        v.pointer("/spec/type")
+            .and_then(Value::as_str)
+            .unwrap_or("ClusterIP")
+            .to_string()
+    };
+    let (old_ty, new_ty) = (ty(current), ty(new));
+    if old_ty == new_ty {
+        return;
+    }
+    let external = |t: &str| t == "NodePort" || t == "LoadBalancer";
+    let unchanged = |new: &Value, p: &str| new.pointer(p) == current.pointer(p);
+    let old_ports = current
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut drop = Vec::new();
+    if !unchanged(new, "/spec/healthCheckNodePort") {
+        // The user set it: validation decides.
+    } else if new_ty != "LoadBalancer" {
+        drop.push("healthCheckNodePort");
+    }
+    if !external(&new_ty) && unchanged(new, "/spec/externalTrafficPolicy") {
+        drop.push("externalTrafficPolicy");
+    }
+    if new_ty != "LoadBalancer" {
+        for f in ["allocateLoadBalancerNodePorts", "loadBalancerClass"] {
+            if unchanged(new, &format!("/spec/{f}")) {
+                drop.push(f);
+            }
+        }
+    }
+    if new_ty == "ExternalName" {
+        for f in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+            if unchanged(new, &format!("/spec/{f}")) {
+                drop.push(f);
+            }
+        }
+    }
+    let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for f in drop {
+        spec.remove(f);
+    }
+    if external(&old_ty) && !external(&new_ty) {
+        for p in spec
+            .get_mut("ports")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            let same_as_before = old_ports
+                .iter()
+                .any(|o| o.get("port") == p.get("port") && o.get("nodePort") == p.get("nodePort"));
+            if same_as_before {
+                if let Some(m) = p.as_object_mut() {
+                    m.remove("nodePort");
+                }
+            }
+        }
+    }
 }
 
 /// Upstream's `patchAllocatedValues`: an update that leaves out a Service's allocated

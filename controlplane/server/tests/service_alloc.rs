@@ -164,6 +164,37 @@ async fn cluster_ips_node_ports_and_health_check_ports() {
     .await
     .expect("the port np3 freed is allocatable again");
 
+    // LoadBalancer -> ClusterIP by a patch that only sets the type (upstream's
+    // dropTypeDependentFields): node ports, healthCheckNodePort and eTP go, and the freed
+    // ports can be requested again at once.
+    let patched = svcs
+        .patch(
+            "lb",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"type": "ClusterIP"}})),
+        )
+        .await
+        .expect("a type change to ClusterIP drops the type's fields")
+        .spec
+        .unwrap();
+    assert!(patched.health_check_node_port.is_none());
+    assert!(patched.external_traffic_policy.is_none());
+    assert!(patched.ports.unwrap()[0].node_port.is_none());
+    for (i, port) in [np, hc].into_iter().enumerate() {
+        svcs.create(
+            &pp,
+            &service(
+                &format!("reuse{i}"),
+                json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": port}]}),
+            ),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("port {port} was not released by the type change: {e}"));
+        svcs.delete(&format!("reuse{i}"), &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+
     // Concurrent creates never share a ClusterIP.
     let creates = (0..20).map(|i| {
         let svcs = svcs.clone();
