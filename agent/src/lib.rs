@@ -5,6 +5,7 @@
 pub mod datapath;
 pub mod debug;
 pub mod health;
+pub mod join;
 pub mod lbmap;
 pub mod maglev;
 pub mod metrics;

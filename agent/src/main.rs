@@ -234,6 +234,28 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:10249")]
         metrics_address: std::net::SocketAddr,
     },
+    /// Join a cluster: trade its join token for this node's credential (a kubeconfig for
+    /// system:node:<name>, written with mode 0600) to use as `run --kubeconfig`.
+    Join {
+        /// The API server, e.g. https://10.0.0.1:6443.
+        #[arg(long)]
+        server: String,
+        /// The join token (the server's <data-dir>/pki/join.token)...
+        #[arg(
+            long,
+            conflicts_with = "token_file",
+            required_unless_present = "token_file"
+        )]
+        token: Option<String>,
+        /// ...or a file holding it.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        #[arg(long)]
+        node_name: String,
+        /// Where to write the node's kubeconfig.
+        #[arg(long, default_value = "/etc/skiff/node.kubeconfig")]
+        kubeconfig_out: PathBuf,
+    },
     /// Remove the pinned maps and links: detaches every skiff program they hold.
     Cleanup {
         #[command(flatten)]
@@ -514,6 +536,31 @@ fn main() -> anyhow::Result<()> {
             print!(
                 "{}",
                 agent::status(kubeconfig, &node_name, healthz_address, metrics_address)
+            );
+            Ok(())
+        }
+        Command::Join {
+            server,
+            token,
+            token_file,
+            node_name,
+            kubeconfig_out,
+        } => {
+            let token = match (token, token_file) {
+                (Some(t), _) => t,
+                (None, Some(f)) => std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading the join token {}", f.display()))?,
+                (None, None) => anyhow::bail!("--token or --token-file is required"),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let kubeconfig = rt.block_on(skiff_agent::join::join(&server, &token, &node_name))?;
+            skiff_agent::join::write_kubeconfig(&kubeconfig_out, &kubeconfig)?;
+            println!(
+                "joined {server} as system:node:{node_name}; credential in {} (use: skiff-agent run --kubeconfig {} --node-name {node_name} ...)",
+                kubeconfig_out.display(),
+                kubeconfig_out.display()
             );
             Ok(())
         }

@@ -2,6 +2,7 @@
 //! against the production eBPF object. Used by the tests in `tests/tests/`, which
 //! `cargo xtask test` runs as root (and reports as SKIPPED, loudly, where it cannot).
 
+pub mod apiserver;
 pub mod bench;
 pub mod cgroup;
 pub mod netns;
