@@ -20,6 +20,14 @@
 pub mod backoff;
 pub mod events;
 
+// workloads: ReplicaSet, Deployment, DaemonSet, Job controllers and the garbage collector.
+pub mod deployment;
+pub mod expectations;
+pub mod ownership;
+pub mod pods;
+pub mod replicaset;
+pub mod runtime;
+
 use std::sync::Arc;
 
 use kube::Client;
@@ -65,6 +73,9 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let mut set = tokio::task::JoinSet::new();
     // Each controller registers here: `set.spawn(named("name", module::run(ctx.clone())));`
     let _ = &ctx;
+    // workloads
+    set.spawn(named("replicaset", replicaset::run(ctx.clone())));
+    set.spawn(named("deployment", deployment::run(ctx.clone())));
     while let Some(done) = set.join_next().await {
         match done {
             Ok((name, Ok(()))) => tracing::info!("controller {name} stopped"),
