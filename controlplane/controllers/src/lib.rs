@@ -21,8 +21,11 @@ pub mod backoff;
 pub mod events;
 
 // workloads: ReplicaSet, Deployment, DaemonSet, Job controllers and the garbage collector.
+pub mod daemonset;
 pub mod deployment;
 pub mod expectations;
+pub mod gc;
+pub mod job;
 pub mod ownership;
 pub mod pods;
 pub mod replicaset;
@@ -37,12 +40,17 @@ use kube::Client;
 pub struct Config {
     /// Name used as Event `source.component` / `reportingComponent`.
     pub component: String,
+    // workloads
+    /// Base of the Job controller's pod-failure backoff (upstream 10 s, doubling per
+    /// failure to 10 min).
+    pub job_pod_failure_backoff: std::time::Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             component: "skiff-controller-manager".into(),
+            job_pod_failure_backoff: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -76,6 +84,9 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     // workloads
     set.spawn(named("replicaset", replicaset::run(ctx.clone())));
     set.spawn(named("deployment", deployment::run(ctx.clone())));
+    set.spawn(named("job", job::run(ctx.clone())));
+    set.spawn(named("daemonset", daemonset::run(ctx.clone())));
+    set.spawn(named("garbage-collector", gc::run(ctx.clone())));
     while let Some(done) = set.join_next().await {
         match done {
             Ok((name, Ok(()))) => tracing::info!("controller {name} stopped"),

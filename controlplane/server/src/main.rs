@@ -69,11 +69,30 @@ enum Command {
 
 /// Controller settings, shared by `server` and `controllers`.
 #[derive(clap::Args, Clone)]
-struct ControllerArgs {}
+struct ControllerArgs {
+    // workloads
+    /// Base delay before a Job replaces a failed pod, in seconds; doubles per failure up
+    /// to 600 (upstream's pod-failure backoff, 10 s).
+    #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = parse_seconds)]
+    job_pod_failure_backoff: std::time::Duration,
+}
+
+// workloads
+fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds (e.g. 10 or 0.5)"))?;
+    std::time::Duration::try_from_secs_f64(v)
+        .map_err(|_| format!("{s:?}: seconds must be a finite number >= 0"))
+}
 
 impl ControllerArgs {
     fn config(&self) -> skiff_controllers::Config {
-        skiff_controllers::Config::default()
+        #[allow(clippy::field_reassign_with_default)] // each controller's block sets its own
+        let mut c = skiff_controllers::Config::default();
+        // workloads
+        c.job_pod_failure_backoff = self.job_pod_failure_backoff;
+        c
     }
 }
 
