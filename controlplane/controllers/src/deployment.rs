@@ -89,9 +89,39 @@ pub fn safe_encode(s: &str) -> String {
         .collect()
 }
 
+/// The template as JSON with null, `{}` and `[]` values dropped (recursively). Go's
+/// apimachinery compares templates with `Semantic.DeepEqual`, where empty and nil
+/// slices/maps are equal and struct-valued fields (`resources`) have no "unset": so
+/// `resources: {}` sent by one client (kubectl's `rollout undo` patch does) and no
+/// `resources` from another are the same template. Normalising this way gives that.
+pub fn normalized(template: &PodTemplateSpec) -> serde_json::Value {
+    fn prune(v: serde_json::Value) -> Option<serde_json::Value> {
+        use serde_json::Value;
+        match v {
+            Value::Null => None,
+            Value::Object(m) => {
+                let m: serde_json::Map<String, Value> = m
+                    .into_iter()
+                    .filter_map(|(k, v)| prune(v).map(|v| (k, v)))
+                    .collect();
+                (!m.is_empty()).then_some(Value::Object(m))
+            }
+            Value::Array(a) => {
+                let a: Vec<Value> = a
+                    .into_iter()
+                    .map(|v| prune(v).unwrap_or(Value::Null))
+                    .collect();
+                (!a.is_empty()).then_some(Value::Array(a))
+            }
+            other => Some(other),
+        }
+    }
+    prune(serde_json::to_value(template).unwrap_or_default()).unwrap_or_default()
+}
+
 /// The `pod-template-hash` of a template (see the module docs for what is hashed).
 pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -> String {
-    let mut data = serde_json::to_vec(template).unwrap_or_default();
+    let mut data = serde_json::to_vec(&normalized(template)).unwrap_or_default();
     if let Some(c) = collision_count {
         data.extend_from_slice(&(c as u32).to_le_bytes());
     }
@@ -110,7 +140,7 @@ pub fn equal_ignore_hash(a: &PodTemplateSpec, b: &PodTemplateSpec) -> bool {
                 m.labels = None;
             }
         }
-        t
+        normalized(&t)
     };
     strip(a) == strip(b)
 }
@@ -1367,6 +1397,26 @@ mod tests {
         assert_eq!(fnv32a(b"a"), 0xe40c_292c, "FNV-1a test vector");
         // '0' is byte 48, 48 % 27 = 21: the 22nd character of the alphabet.
         assert_eq!(safe_encode("0"), "4");
+    }
+
+    #[test]
+    fn templates_compare_semantically() {
+        let a = template("nginx:1");
+        let mut b = a.clone();
+        b.spec.as_mut().unwrap().containers[0].resources = Some(Default::default());
+        b.metadata.as_mut().unwrap().annotations = Some(Default::default());
+        assert!(equal_ignore_hash(&a, &b), "resources: {{}} is no resources");
+        assert_eq!(template_hash(&a, None), template_hash(&b, None));
+        let mut c = a.clone();
+        c.metadata
+            .as_mut()
+            .unwrap()
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(HASH_LABEL.into(), "x".into());
+        assert!(equal_ignore_hash(&a, &c));
+        assert!(!equal_ignore_hash(&a, &template("nginx:2")));
     }
 
     #[test]

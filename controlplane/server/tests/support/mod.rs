@@ -287,3 +287,52 @@ impl InProcess {
         self.dir.path().join("admin.kubeconfig")
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// workloads (controllers_workloads.rs): a server with extra command-line arguments.
+
+impl ServerProcess {
+    /// Like [`ServerProcess::start`], with `extra` appended to `server ...` (controller
+    /// flags such as `--job-pod-failure-backoff`).
+    pub fn start_with_args(extra: &[&str]) -> ServerProcess {
+        let dir = tempfile::tempdir().expect("creating a temporary data directory");
+        let log = std::fs::File::create(dir.path().join("server.log")).expect("server log");
+        let child = Command::new(env!("CARGO_BIN_EXE_skiff-controlplane"))
+            .args(["server", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning skiff-controlplane");
+        let kubeconfig = dir.path().join("data/admin.kubeconfig");
+        let deadline = Instant::now() + START_DEADLINE;
+        let mut s = ServerProcess {
+            child,
+            dir,
+            kubeconfig,
+            url: String::new(),
+        };
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&s.kubeconfig) {
+                if let Some(line) = text
+                    .lines()
+                    .find(|l| l.trim_start().starts_with("server: "))
+                {
+                    s.url = line.trim_start().trim_start_matches("server: ").to_string();
+                    return s;
+                }
+            }
+            if let Ok(Some(status)) = s.child.try_wait() {
+                panic!("skiff-controlplane exited with {status}: {}", s.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no kubeconfig after {START_DEADLINE:?}: {}",
+                s.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
