@@ -91,7 +91,7 @@ pub fn term_matches(t: &NodeSelectorTerm, node: &Node) -> bool {
         .all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
         && fields.iter().all(|r| {
             let v = (r.key == "metadata.name")
-                .then(|| node.metadata.name.as_deref())
+                .then_some(node.metadata.name.as_deref())
                 .flatten();
             requirement_matches(r, v)
         })

@@ -457,25 +457,21 @@ pub fn plan(o: &Observed) -> Result<Plan, String> {
         } else if o.old_pods_running || olds.iter().any(|v| v.status_replicas > 0) {
             requeue = Some(Duration::from_secs(1));
         } else {
-            match new_view.as_mut() {
-                None => {
-                    let rs = new_replica_set(d, want, new_revision, max_total);
-                    let name = rs.name_any();
-                    set_condition(
-                        &mut conditions,
-                        condition(
-                            "True",
-                            "NewReplicaSetCreated",
-                            &format!("Created new replica set \"{name}\""),
-                            now,
-                        ),
-                    );
-                    let mut v = View::of(&rs);
-                    v.replicas = 0; // scaled below, reported as a scale-up from 0
-                    v.new_object = Some(rs);
-                    new_view = Some(v);
-                }
-                Some(_) => {}
+            if new_view.is_none() {
+                let rs = new_replica_set(d, want, new_revision, max_total);
+                let name = rs.name_any();
+                set_condition(
+                    &mut conditions,
+                    condition(
+                        "True",
+                        "NewReplicaSetCreated",
+                        &format!("Created new replica set \"{name}\""),
+                        now,
+                    ),
+                );
+                let mut v = View::of(&rs);
+                v.new_object = Some(rs);
+                new_view = Some(v);
             }
             if let Some(v) = new_view.as_mut() {
                 v.replicas = want;

@@ -43,6 +43,7 @@ pub struct Recorder {
     client: Client,
     component: String,
     /// (uid or ns/name, type, reason, message) → (namespace, event name, count).
+    #[allow(clippy::type_complexity)] // workloads: clippy -D warnings (a one-use map)
     seen: Arc<Mutex<HashMap<(String, EventType, String, String), (String, String, i32)>>>,
 }
 

@@ -377,6 +377,16 @@ async fn pass(ctx: &Ctx, graph: &Graph, issued: &mut HashMap<Action, Instant>) {
     }
 }
 
+/// Does an owner of `it` wait for its dependents (foreground deletion)?
+fn owner_waits(graph: &Graph, it: &Item) -> bool {
+    it.owners.iter().any(|r| {
+        graph
+            .items
+            .get(&r.uid)
+            .is_some_and(|o| o.deleting && o.finalizers.iter().any(|f| f == FOREGROUND))
+    })
+}
+
 /// Applies one action; false when it failed (retried on a later pass).
 async fn execute(ctx: &Ctx, graph: &Graph, a: &Action) -> bool {
     let uid = match a {
@@ -407,11 +417,17 @@ async fn execute(ctx: &Ctx, graph: &Graph, a: &Action) -> bool {
                 ..Default::default()
             };
             api.delete(&it.name, &dp).await.map(|_| {
-                tracing::info!(
-                    "garbage collector: deleted {} (owner gone{})",
-                    it.label(),
-                    if *foreground { ", foreground" } else { "" }
-                );
+                let why = if owner_waits(graph, it) {
+                    "an owner is being deleted in foreground"
+                } else {
+                    "all owners are gone"
+                };
+                let how = if *foreground {
+                    "foreground"
+                } else {
+                    "background"
+                };
+                tracing::info!("garbage collector: deleted {} ({how}): {why}", it.label());
             })
         }
         Action::RemoveRefs { owners, .. } => {
@@ -452,6 +468,13 @@ async fn execute(ctx: &Ctx, graph: &Graph, a: &Action) -> bool {
     match result {
         Ok(()) => true,
         Err(kube::Error::Api(e)) if e.code == 404 => true,
+        Err(e) if crate::runtime::is_conflict(&e) => {
+            tracing::debug!(
+                "garbage collector: {a:?} on {}: conflict, retrying: {e}",
+                it.label()
+            );
+            false
+        }
         Err(e) => {
             tracing::warn!("garbage collector: {a:?} on {}: {e}", it.label());
             false

@@ -15,9 +15,13 @@
 //!   `controller-uid` and `job-name` labels and a controller reference; the Job's pods
 //!   are those it controls.
 //!
-//! Not done: the `batch.kubernetes.io/job-tracking` finalizer (counts come from the pods
-//! that exist, so a Job whose finished pods are deleted by hand loses those counts),
-//! Indexed mode, podFailurePolicy, successPolicy, suspend.
+//! - `suspend: true` deletes the active pods and creates none (`Suspended` condition,
+//!   reason `JobSuspended`); resuming resets `startTime` (upstream).
+//!
+//! Not done: the `batch.kubernetes.io/job-tracking` finalizer. Counts are the larger of
+//! what the existing pods show and the previous status, so finished pods deleted by hand
+//! before more pods finish are under-counted (upstream's finalizer prevents that).
+//! Indexed mode, podFailurePolicy and successPolicy are not implemented.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -145,7 +149,21 @@ pub fn plan(job: &Job, owned: &[&Pod], pod_backoff: Duration, now: Timestamp) ->
         events: Vec::new(),
         requeue: None,
     };
-    if status.start_time.is_none() && !finished {
+    if spec.suspend != Some(true) {
+        if let Some(c) = conds
+            .iter_mut()
+            .find(|c| c.type_ == "Suspended" && c.status == "True")
+        {
+            // Resumed: the active deadline counts from now (upstream resets startTime).
+            c.status = "False".into();
+            c.reason = Some("JobResumed".into());
+            c.message = Some("Job resumed".into());
+            c.last_transition_time = Some(Time(now));
+            status.start_time = None;
+            events.push((EventType::Normal, "Resumed", "Job resumed".to_string()));
+        }
+    }
+    if status.start_time.is_none() && !finished && spec.suspend != Some(true) {
         status.start_time = Some(Time(now));
     }
     let start = status.start_time.as_ref().map(|t| t.0).unwrap_or(now);
@@ -164,8 +182,21 @@ pub fn plan(job: &Job, owned: &[&Pod], pod_backoff: Duration, now: Timestamp) ->
         .cloned();
     let success_met = has_condition(Some(&old), "SuccessCriteriaMet");
 
+    let suspended = spec.suspend == Some(true);
+    let was_suspended = conds
+        .iter()
+        .any(|c| c.type_ == "Suspended" && c.status == "True");
     if finished {
         plan.delete = delete_all(&active);
+    } else if suspended {
+        plan.delete = delete_all(&active);
+        if !was_suspended {
+            let mut c = new_condition("Suspended", "JobSuspended", "Job suspended", now);
+            c.status = "True".into();
+            conds.retain(|c| c.type_ != "Suspended");
+            conds.push(c);
+            events.push((EventType::Normal, "Suspended", "Job suspended".to_string()));
+        }
     } else if let Some(ft) = failure_target {
         // Failing: remove what runs, then the terminal condition.
         plan.delete = delete_all(&active);
@@ -644,6 +675,29 @@ mod tests {
             [("FailureTarget".into(), "DeadlineExceeded".into())]
         );
         assert_eq!(p.delete.len(), 1);
+    }
+
+    #[test]
+    fn suspend_and_resume() {
+        let mut j = job(Some(1), 1, 6);
+        j.spec.as_mut().unwrap().suspend = Some(true);
+        let r = running(bound(pod("a", 1), "n"), Some(2));
+        let p = plan(&j, &[&r], B, ts(10));
+        assert_eq!((p.create, p.delete.len()), (0, 1));
+        assert_eq!(
+            reasons(&p.status),
+            [("Suspended".into(), "JobSuspended".into())]
+        );
+        assert!(p.status.start_time.is_none());
+        j.status = Some(p.status);
+        j.spec.as_mut().unwrap().suspend = Some(false);
+        let p = plan(&j, &[], B, ts(20));
+        assert_eq!(p.create, 1);
+        assert_eq!(
+            reasons(&p.status),
+            [("Suspended".into(), "JobResumed".into())]
+        );
+        assert_eq!(p.status.start_time.as_ref().map(|t| t.0), Some(ts(20)));
     }
 
     #[test]

@@ -16,6 +16,12 @@
 //! |---|---|
 //! | [`backoff`] | per-key exponential backoff for failed reconciles |
 //! | [`events`] | core/v1 Event recorder (deduplicated with `count`, like client-go's) |
+//! | [`replicaset`] | ReplicaSet: pods from the template, adoption, ActivePods scale-down |
+//! | [`deployment`] | Deployment: ReplicaSets per template hash, rolling/recreate, revisions |
+//! | [`daemonset`] | DaemonSet: a pod per eligible node (selector, affinity, taints) |
+//! | [`job`] | Job: completions, parallelism, backoffLimit, activeDeadlineSeconds |
+//! | [`gc`] | garbage collector: Background, Foreground and Orphan over ownerReferences |
+//! | [`pods`], [`ownership`], [`expectations`], [`runtime`] | what the workload controllers share |
 
 pub mod backoff;
 pub mod events;

@@ -236,7 +236,7 @@ mod tests {
 
     #[test]
     fn active_pods_order_deletes_the_least_useful_first() {
-        let mut pods = vec![
+        let mut pods = [
             running(bound(pod("old-ready", 1), "n"), Some(10)),
             running(bound(pod("new-ready", 5), "n"), Some(20)),
             bound(pod("pending", 3), "n"),
@@ -259,7 +259,7 @@ mod tests {
             ]
         );
         // Same state: newer first.
-        let mut pods = vec![pod("older", 1), pod("newer", 2)];
+        let mut pods = [pod("older", 1), pod("newer", 2)];
         pods.sort_by(deletion_order);
         assert_eq!(pods[0].metadata.name.as_deref(), Some("newer"));
     }

@@ -87,6 +87,11 @@ pub async fn drain<K, E, Q>(
                 Err(controller::Error::ObjectNotFound(o)) => {
                     tracing::debug!("{name}: {o} is gone")
                 }
+                Err(controller::Error::ReconcilerFailed(e, o)) if is_conflict(&e) => {
+                    // Optimistic concurrency: planned from a cache that was behind; the
+                    // retry (milliseconds later) plans from the newer one.
+                    tracing::debug!("{name}: reconciling {o}: conflict, retrying: {e}")
+                }
                 Err(controller::Error::ReconcilerFailed(e, o)) => {
                     tracing::warn!("{name}: reconciling {o} failed: {e}")
                 }
@@ -94,6 +99,11 @@ pub async fn drain<K, E, Q>(
             }
         })
         .await
+}
+
+/// A 409 Conflict from the API (a write planned from a stale object).
+pub fn is_conflict(e: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(e.downcast_ref::<kube::Error>(), Some(kube::Error::Api(s)) if s.code == 409)
 }
 
 /// The error policy every controller uses: exponential per-key backoff.

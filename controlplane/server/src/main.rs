@@ -87,8 +87,9 @@ fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
 }
 
 impl ControllerArgs {
+    // Each controller's block sets its own fields (merge-friendly).
+    #[allow(clippy::field_reassign_with_default)]
     fn config(&self) -> skiff_controllers::Config {
-        #[allow(clippy::field_reassign_with_default)] // each controller's block sets its own
         let mut c = skiff_controllers::Config::default();
         // workloads
         c.job_pod_failure_backoff = self.job_pod_failure_backoff;

@@ -231,6 +231,23 @@ struct Cluster {
     home: tempfile::TempDir,
 }
 
+impl Drop for Cluster {
+    /// `SKIFF_TEST_KEEP_LOGS=<dir>` keeps each test's server log there.
+    fn drop(&mut self) {
+        if let Some(dir) = std::env::var_os("SKIFF_TEST_KEEP_LOGS") {
+            let name = std::thread::current()
+                .name()
+                .unwrap_or("test")
+                .replace("::", "-");
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::write(
+                PathBuf::from(dir).join(format!("{name}.log")),
+                self.server.log(),
+            );
+        }
+    }
+}
+
 impl Cluster {
     /// A server with `args`, nodes `nodes` (Ready) and the fake kubelet; None (after
     /// SKIPPED, a failure under CI) without kubectl.
