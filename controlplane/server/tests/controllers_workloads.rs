@@ -128,6 +128,9 @@ async fn kubelet_handle(
     }
     let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
     let Some(node) = node.filter(|n| !n.is_empty()) else {
+        if pod.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()) == Some("held") {
+            return; // a test wants this pod unscheduled
+        }
         let target = affinity_node(&pod).unwrap_or_else(|| default_node.to_string());
         let binding = json!({
             "apiVersion": "v1", "kind": "Binding",
@@ -587,6 +590,11 @@ async fn deployment_rollout_scale_update_undo_pause() {
             .any(|(r, m)| r == "ScalingReplicaSet" && *m == scaled),
         "{events:?}"
     );
+    let described = c.kubectl_ok(&["describe", "deployment", "web"]).await;
+    assert!(
+        described.contains("ScalingReplicaSet") && described.contains(&scaled),
+        "{described}"
+    );
     let rs_events = event_messages(&c, "ReplicaSet", &rs.name_any()).await;
     assert_eq!(
         rs_events
@@ -845,33 +853,33 @@ async fn deployment_recreate_never_overlaps() {
     );
 }
 
-/// A ReplicaSet on its own: adopts a matching orphan, deletes unscheduled pods first on
-/// scale-down, ignores terminating pods.
+/// A ReplicaSet on its own: adopts matching orphans, deletes an unscheduled pod first on
+/// scale-down (even an older one), and replaces a pod that is terminating.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicaset_adopts_orphans_and_scales_down_unscheduled_first() {
     let Some(c) = Cluster::start(&["node-a"], &[]).await else {
         return;
     };
-    // An orphan matching the selector, before the RS exists: bound and ready.
-    let orphan: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "orphan", "namespace": "default", "labels": {"app": "rs"}},
-        "spec": {"containers": [{"name": "c", "image": "busybox"}]},
-    }))
-    .unwrap();
-    c.api::<Pod>()
-        .create(&PostParams::default(), &orphan)
-        .await
+    let pods: Api<Pod> = c.api();
+    // Two orphans matching the selector, before the RS exists: one bound and ready, one
+    // the fake kubelet leaves unscheduled (schedulerName "held").
+    for (name, scheduler) in [("orphan", "default-scheduler"), ("held", "held")] {
+        let p: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": "rs"}},
+            "spec": {"schedulerName": scheduler, "containers": [{"name": "c", "image": "busybox"}]},
+        }))
         .unwrap();
+        pods.create(&PostParams::default(), &p).await.unwrap();
+    }
     wait_for("the orphan ready", &c, || async {
-        let p = c.api::<Pod>().get("orphan").await.ok()?;
-        is_ready(&p).then_some(())
+        is_ready(&pods.get("orphan").await.ok()?).then_some(())
     })
     .await;
     let rs: ReplicaSet = serde_json::from_value(json!({
         "apiVersion": "apps/v1", "kind": "ReplicaSet",
         "metadata": {"name": "rs", "namespace": "default"},
-        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "rs"}},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "rs"}},
                  "template": {"metadata": {"labels": {"app": "rs"}},
                               "spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
     }))
@@ -881,64 +889,95 @@ async fn replicaset_adopts_orphans_and_scales_down_unscheduled_first() {
         .create(&PostParams::default(), &rs)
         .await
         .unwrap();
-    let st = wait_for("RS status 2 ready", &c, || async {
+    let st = wait_for("RS status: 3 replicas, 2 ready", &c, || async {
         let r = c.api::<ReplicaSet>().get("rs").await.ok()?;
         let st = r.status?;
-        (st.ready_replicas == Some(2) && st.observed_generation == r.metadata.generation)
+        (st.replicas == 3
+            && st.ready_replicas == Some(2)
+            && st.observed_generation == r.metadata.generation)
             .then_some(st)
     })
     .await;
     assert_eq!(
-        (
-            st.replicas,
-            st.fully_labeled_replicas,
-            st.available_replicas
-        ),
-        (2, Some(2), Some(2))
+        (st.fully_labeled_replicas, st.available_replicas),
+        (Some(3), Some(2))
     );
-    let p = c.api::<Pod>().get("orphan").await.unwrap();
-    assert_eq!(p.owner_references()[0].uid, rs.uid().unwrap(), "adopted");
-    assert_eq!(
-        live_pods(&c, "app=rs").await.len(),
-        2,
-        "adopted one counts: only one created"
-    );
-    // Up to 3 and back to 2: the newest pod (not ready yet, or ready for the shortest
-    // time) is the one deleted.
-    c.kubectl_ok(&["scale", "rs/rs", "--replicas=3"]).await;
-    let third = wait_for("a third pod", &c, || async {
-        let pods = live_pods(&c, "app=rs").await;
-        (pods.len() == 3).then(|| {
-            pods.into_iter()
-                .max_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0))
-                .unwrap()
-        })
-    })
-    .await;
+    for name in ["orphan", "held"] {
+        let p = pods.get(name).await.unwrap();
+        let r = &p.owner_references()[0];
+        assert_eq!(
+            (r.uid.as_str(), r.controller),
+            (rs.uid().unwrap().as_str(), Some(true)),
+            "{name} adopted"
+        );
+    }
+    let live = live_pods(&c, "app=rs").await;
+    assert_eq!(live.len(), 3, "adopted pods count: only one created");
+    let created = live
+        .iter()
+        .find(|p| !["orphan", "held"].contains(&p.name_any().as_str()))
+        .unwrap()
+        .name_any();
+
+    // Scale to 2: the unscheduled pod goes although it is older than the created one.
     c.kubectl_ok(&["scale", "rs/rs", "--replicas=2"]).await;
-    wait_for("back to 2", &c, || async {
-        let pods = live_pods(&c, "app=rs").await;
-        (pods.len() == 2).then_some(())
+    wait_for("held deleted", &c, || async {
+        pods.get_opt("held").await.unwrap().is_none().then_some(())
     })
     .await;
-    let names: Vec<String> = live_pods(&c, "app=rs")
+    let mut names: Vec<String> = live_pods(&c, "app=rs")
         .await
         .iter()
         .map(|p| p.name_any())
         .collect();
-    assert!(
-        !names.contains(&third.name_any()),
-        "the newest pod is deleted first: {names:?}"
-    );
-    assert!(names.contains(&"orphan".to_string()));
+    names.sort();
+    let mut want = vec!["orphan".to_string(), created];
+    want.sort();
+    assert_eq!(names, want);
     let events = event_messages(&c, "ReplicaSet", "rs").await;
     assert!(
         events
             .iter()
-            .any(|(r, m)| r == "SuccessfulDelete"
-                && *m == format!("Deleted pod: {}", third.name_any())),
+            .any(|(r, m)| r == "SuccessfulDelete" && m == "Deleted pod: held"),
         "{events:?}"
     );
+
+    // A terminating pod (held back by a finalizer) no longer counts: it is replaced.
+    pods.patch(
+        "orphan",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": ["example.com/hold"]}})),
+    )
+    .await
+    .unwrap();
+    pods.delete("orphan", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("a replacement for the terminating pod", &c, || async {
+        let live = live_pods(&c, "app=rs").await;
+        let r = c.api::<ReplicaSet>().get("rs").await.ok()?;
+        (live.len() == 2
+            && live.iter().all(|p| p.name_any() != "orphan")
+            && r.status?.replicas == 2)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        pods.get("orphan")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some(),
+        "still terminating"
+    );
+    pods.patch(
+        "orphan",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
 }
 
 // ---------------------------------------------------------------------------------------
