@@ -19,9 +19,13 @@
 //!   numberReady, updatedNumberScheduled, numberAvailable, numberUnavailable,
 //!   observedGeneration.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
-use futures::future::join_all;
+use futures::{future::join_all, StreamExt as _};
 use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, DaemonSetStatus},
@@ -235,6 +239,29 @@ pub struct Plan {
     pub requeue: Option<Duration>,
 }
 
+/// What of a node decides DaemonSet placement: labels, taints, `unschedulable` and the
+/// conditions' types and statuses (not their heartbeat times).
+pub fn node_fingerprint(n: &Node) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    n.labels().hash(&mut h);
+    let spec = n.spec.clone().unwrap_or_default();
+    serde_json::to_string(&spec.taints)
+        .unwrap_or_default()
+        .hash(&mut h);
+    spec.unschedulable.hash(&mut h);
+    for c in n
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        (&c.type_, &c.status).hash(&mut h);
+    }
+    h.finish()
+}
+
 /// The template hash the DaemonSet's current pods carry.
 pub fn current_hash(ds: &DaemonSet) -> String {
     template_hash(
@@ -424,12 +451,31 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     let client = ctx.client.clone();
     let (pod_store, pod_stream) = runtime::reflect::<Pod>(&client);
     let (node_store, node_writer) = kube::runtime::reflector::store::<Node>();
+    // Upstream's shouldIgnoreNodeUpdate: heartbeats (condition timestamps, resource
+    // versions) do not re-reconcile every DaemonSet; label, taint, schedulability and
+    // condition-status changes, additions and deletions do.
+    let seen: Arc<std::sync::Mutex<HashMap<String, u64>>> = Arc::default();
     let node_stream = kube::runtime::reflector::reflector(
         node_writer,
         watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
     )
     .default_backoff()
-    .touched_objects();
+    .filter_map(move |ev| {
+        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        let out = match ev {
+            Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => {
+                let fp = node_fingerprint(&n);
+                (seen.insert(n.name_any(), fp) != Some(fp)).then_some(Ok(n))
+            }
+            Ok(watcher::Event::Delete(n)) => {
+                seen.remove(&n.name_any());
+                Some(Ok(n))
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+            Err(e) => Some(Err(e)),
+        };
+        std::future::ready(out)
+    });
     let controller = Controller::new(
         Api::<DaemonSet>::all(client.clone()),
         watcher::Config::default(),
@@ -787,6 +833,38 @@ mod tests {
             &t(Some("k"), Some("Exists"), None, Some("NoExecute")),
             &taint
         ));
+    }
+
+    #[test]
+    fn heartbeats_do_not_change_the_fingerprint() {
+        use k8s_openapi::{
+            api::core::v1::{NodeCondition, NodeStatus},
+            apimachinery::pkg::apis::meta::v1::Time,
+        };
+        let mut n = node("a", &[("os", "linux")], &[]);
+        let beat = |n: &mut Node, at: i64, status: &str| {
+            n.status = Some(NodeStatus {
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: status.into(),
+                    last_heartbeat_time: Some(Time(ts(at))),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            });
+        };
+        beat(&mut n, 1, "True");
+        let fp = node_fingerprint(&n);
+        beat(&mut n, 2, "True");
+        n.metadata.resource_version = Some("99".into());
+        assert_eq!(node_fingerprint(&n), fp);
+        beat(&mut n, 3, "False");
+        assert_ne!(node_fingerprint(&n), fp);
+        let t = node("a", &[("os", "linux")], &[("x", "NoSchedule")]);
+        assert_ne!(
+            node_fingerprint(&t),
+            node_fingerprint(&node("a", &[("os", "linux")], &[]))
+        );
     }
 
     #[test]

@@ -254,36 +254,48 @@ struct Graph {
 }
 
 impl Graph {
-    fn apply(&mut self, kind: usize, ev: watcher::Event<DynamicObject>) {
+    /// Applies a watch event; true when it changed something the plan looks at (owners,
+    /// deletion, finalizers, presence) rather than only a resourceVersion (status churn).
+    fn apply(&mut self, kind: usize, ev: watcher::Event<DynamicObject>) -> bool {
+        let upsert = |items: &mut HashMap<String, Item>, it: Item| {
+            let same = items.get(&it.uid).is_some_and(|old| {
+                old.owners == it.owners
+                    && old.deleting == it.deleting
+                    && old.finalizers == it.finalizers
+            });
+            items.insert(it.uid.clone(), it);
+            !same
+        };
         match ev {
             watcher::Event::Init => {
                 self.relisting.insert(kind, HashSet::new());
+                false
             }
             watcher::Event::InitApply(o) => {
-                if let Some(it) = Item::of(kind, &o) {
-                    self.relisting
-                        .entry(kind)
-                        .or_default()
-                        .insert(it.uid.clone());
-                    self.items.insert(it.uid.clone(), it);
-                }
+                let Some(it) = Item::of(kind, &o) else {
+                    return false;
+                };
+                self.relisting
+                    .entry(kind)
+                    .or_default()
+                    .insert(it.uid.clone());
+                upsert(&mut self.items, it)
             }
             watcher::Event::InitDone => {
                 let seen = self.relisting.remove(&kind).unwrap_or_default();
                 self.items
                     .retain(|uid, it| it.kind != kind || seen.contains(uid));
                 self.synced.insert(kind);
+                true
             }
-            watcher::Event::Apply(o) => {
-                if let Some(it) = Item::of(kind, &o) {
-                    self.items.insert(it.uid.clone(), it);
-                }
-            }
-            watcher::Event::Delete(o) => {
-                if let Some(uid) = o.uid() {
-                    self.items.remove(&uid);
-                }
-            }
+            watcher::Event::Apply(o) => match Item::of(kind, &o) {
+                Some(it) => upsert(&mut self.items, it),
+                None => false,
+            },
+            watcher::Event::Delete(o) => match o.uid() {
+                Some(uid) => self.items.remove(&uid).is_some(),
+                None => false,
+            },
         }
     }
 }
@@ -302,30 +314,44 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     // Actions issued recently (not repeated until the cache shows their effect or this
     // expires; a failed one is retried after it).
     let mut issued: HashMap<Action, Instant> = HashMap::new();
+    // A pass runs after a relevant change, while an action waits for a retry, and every
+    // 30 s regardless (a missed change cannot wedge anything for long).
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut dirty = false;
+    let mut retry = false;
+    let mut last_pass = Instant::now();
     loop {
-        tokio::select! {
+        let ticked = tokio::select! {
             batch = events.next() => {
                 let Some(batch) = batch else { anyhow::bail!("the watch streams ended") };
                 for (kind, ev) in batch {
                     match ev {
-                        Ok(ev) => graph.apply(kind, ev),
+                        Ok(ev) => dirty |= graph.apply(kind, ev),
                         Err(e) => tracing::warn!("garbage collector: watching {}: {e}", KINDS[kind].3),
                     }
                 }
+                false
             }
-            _ = tick.tick() => {}
-        }
+            _ = tick.tick() => true,
+        };
         if graph.synced.len() < KINDS.len() {
             continue;
         }
+        let periodic = last_pass.elapsed() > Duration::from_secs(30);
+        if !(dirty || (ticked && retry) || periodic) {
+            continue;
+        }
+        dirty = false;
+        last_pass = Instant::now();
         issued.retain(|_, at| at.elapsed() < Duration::from_secs(10));
-        pass(&ctx, &graph, &mut issued).await;
+        retry = pass(&ctx, &graph, &mut issued).await;
     }
 }
 
-async fn pass(ctx: &Ctx, graph: &Graph, issued: &mut HashMap<Action, Instant>) {
+/// One planning pass; true when something is left to retry (a failed action, or an
+/// issued one whose effect the cache does not show yet).
+async fn pass(ctx: &Ctx, graph: &Graph, issued: &mut HashMap<Action, Instant>) -> bool {
     let (mut actions, suspects) = plan(&graph.items);
     // Confirm missing owners with a live GET (cached for this pass).
     let mut lookups: HashMap<(usize, Option<String>, String, String), bool> = HashMap::new();
@@ -367,6 +393,7 @@ async fn pass(ctx: &Ctx, graph: &Graph, issued: &mut HashMap<Action, Instant>) {
             actions.push(a);
         }
     }
+    let pending = !actions.is_empty() || !suspects.is_empty();
     for a in actions {
         if issued.contains_key(&a) {
             continue;
@@ -375,6 +402,7 @@ async fn pass(ctx: &Ctx, graph: &Graph, issued: &mut HashMap<Action, Instant>) {
             issued.insert(a, Instant::now());
         }
     }
+    pending
 }
 
 /// Does an owner of `it` wait for its dependents (foreground deletion)?

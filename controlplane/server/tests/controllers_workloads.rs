@@ -439,6 +439,28 @@ fn rs_image(rs: &ReplicaSet) -> String {
         .unwrap_or_default()
 }
 
+/// Polls the Events about `kind/name` until `pred` holds (Events are written just after
+/// the state change a test waits for, so they may trail it a little).
+async fn events_until(
+    c: &Cluster,
+    kind: &str,
+    name: &str,
+    pred: impl Fn(&Vec<(String, String)>) -> bool,
+) -> Vec<(String, String)> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let events = event_messages(c, kind, name).await;
+        if pred(&events) {
+            return events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "events of {kind} {name}: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn event_messages(c: &Cluster, kind: &str, name: &str) -> Vec<(String, String)> {
     let events: Api<Event> = c.api();
     events
@@ -582,28 +604,21 @@ async fn deployment_rollout_scale_update_undo_pause() {
             "{suffix}"
         );
     }
-    let events = event_messages(&c, "Deployment", "web").await;
     let scaled = format!("Scaled up replica set {} from 0 to 3", rs.name_any());
-    assert!(
-        events
-            .iter()
-            .any(|(r, m)| r == "ScalingReplicaSet" && *m == scaled),
-        "{events:?}"
-    );
+    events_until(&c, "Deployment", "web", |e| {
+        e.iter()
+            .any(|(r, m)| r == "ScalingReplicaSet" && *m == scaled)
+    })
+    .await;
     let described = c.kubectl_ok(&["describe", "deployment", "web"]).await;
     assert!(
         described.contains("ScalingReplicaSet") && described.contains(&scaled),
         "{described}"
     );
-    let rs_events = event_messages(&c, "ReplicaSet", &rs.name_any()).await;
-    assert_eq!(
-        rs_events
-            .iter()
-            .filter(|(r, _)| r == "SuccessfulCreate")
-            .count(),
-        3,
-        "{rs_events:?}"
-    );
+    events_until(&c, "ReplicaSet", &rs.name_any(), |e| {
+        e.iter().filter(|(r, _)| r == "SuccessfulCreate").count() == 3
+    })
+    .await;
     let d = c.api::<Deployment>().get("web").await.unwrap();
     let st = d.status.clone().unwrap();
     assert_eq!(
@@ -844,13 +859,12 @@ async fn deployment_recreate_never_overlaps() {
         !overlap.load(Ordering::SeqCst),
         "old and new pods existed at the same time"
     );
-    let events = event_messages(&c, "Deployment", "rc").await;
-    assert!(
-        events.iter().any(
-            |(_, m)| m.starts_with("Scaled down replica set rc-") && m.ends_with("from 3 to 0")
-        ),
-        "{events:?}"
-    );
+    events_until(&c, "Deployment", "rc", |events| {
+        events.iter().any(|(_, m)| {
+            m.starts_with("Scaled down replica set rc-") && m.ends_with("from 3 to 0")
+        })
+    })
+    .await;
 }
 
 /// A ReplicaSet on its own: adopts matching orphans, deletes an unscheduled pod first on
@@ -934,13 +948,12 @@ async fn replicaset_adopts_orphans_and_scales_down_unscheduled_first() {
     let mut want = vec!["orphan".to_string(), created];
     want.sort();
     assert_eq!(names, want);
-    let events = event_messages(&c, "ReplicaSet", "rs").await;
-    assert!(
+    events_until(&c, "ReplicaSet", "rs", |events| {
         events
             .iter()
-            .any(|(r, m)| r == "SuccessfulDelete" && m == "Deleted pod: held"),
-        "{events:?}"
-    );
+            .any(|(r, m)| r == "SuccessfulDelete" && m == "Deleted pod: held")
+    })
+    .await;
 
     // A terminating pod (held back by a finalizer) no longer counts: it is replaced.
     pods.patch(
@@ -1068,11 +1081,10 @@ async fn daemonset_follows_nodes_and_taints() {
         .await
         .unwrap();
     on_nodes(vec!["node-a", "node-c", "node-n"]).await;
-    let events = event_messages(&c, "DaemonSet", "agent").await;
-    assert!(
-        events.iter().any(|(r, _)| r == "SuccessfulDelete"),
-        "{events:?}"
-    );
+    events_until(&c, "DaemonSet", "agent", |events| {
+        events.iter().any(|(r, _)| r == "SuccessfulDelete")
+    })
+    .await;
 
     // Rolling update, maxUnavailable 1: at least 2 of 3 ready throughout.
     let monitor = ReadyMonitor::start(&c, "app=agent");
@@ -1196,16 +1208,11 @@ async fn jobs_complete_fail_and_time_out() {
             Some("Never")
         );
     }
-    let events = event_messages(&c, "Job", "flaky").await;
-    assert!(events.iter().any(|(r, _)| r == "Completed"), "{events:?}");
-    assert_eq!(
-        events
-            .iter()
-            .filter(|(r, _)| r == "SuccessfulCreate")
-            .count(),
-        5,
-        "{events:?}"
-    );
+    events_until(&c, "Job", "flaky", |e| {
+        e.iter().any(|(r, _)| r == "Completed")
+            && e.iter().filter(|(r, _)| r == "SuccessfulCreate").count() == 5
+    })
+    .await;
 
     let j = wait_for("doomed failed", &c, || async {
         let j = jobs.get("doomed").await.ok()?;
@@ -1226,11 +1233,10 @@ async fn jobs_complete_fail_and_time_out() {
         (Some(2), Some(0)),
         "backoffLimit 1: the second failure ends it"
     );
-    let events = event_messages(&c, "Job", "doomed").await;
-    assert!(
-        events.iter().any(|(r, _)| r == "BackoffLimitExceeded"),
-        "{events:?}"
-    );
+    events_until(&c, "Job", "doomed", |events| {
+        events.iter().any(|(r, _)| r == "BackoffLimitExceeded")
+    })
+    .await;
 
     let j = wait_for("sleepy past its deadline", &c, || async {
         let j = jobs.get("sleepy").await.ok()?;
