@@ -16,11 +16,18 @@ use serde::de::DeserializeOwned;
 
 /// Does `selector` select `labels`? A missing selector selects nothing (upstream's
 /// `labels.Nothing()` for a nil selector); a selector that does not parse selects nothing.
+/// An empty selector also selects nothing here: apps/v1 validation requires a non-empty
+/// one, and an owner that adopted every pod of its namespace would be a disaster.
 pub fn selects(
     selector: Option<&LabelSelector>,
     labels: Option<&BTreeMap<String, String>>,
 ) -> bool {
     let Some(sel) = selector else { return false };
+    if sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
+        && sel.match_expressions.as_ref().is_none_or(|e| e.is_empty())
+    {
+        return false;
+    }
     let Ok(sel) = Selector::try_from(sel.clone()) else {
         return false;
     };
@@ -218,6 +225,12 @@ mod tests {
         assert_eq!(
             claim("me", false, None, &meta(&[("app", "web")], None)),
             Claim::Ignore
+        );
+        let empty = LabelSelector::default();
+        assert_eq!(
+            claim("me", false, Some(&empty), &meta(&[("app", "web")], None)),
+            Claim::Ignore,
+            "an empty selector adopts nothing"
         );
         let mut deleting = meta(&[("app", "web")], None);
         deleting.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
