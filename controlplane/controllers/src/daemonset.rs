@@ -11,6 +11,8 @@
 //!   for hostNetwork pods) and, like upstream since 1.12, are *not* bound here: the
 //!   required node affinity is replaced by a `matchFields` term `metadata.name In
 //!   [<node>]` and the scheduler binds them.
+//! - Pods are claimed like the ReplicaSet's (matching orphans adopted, non-matching
+//!   owned pods released).
 //! - Revisions: pods carry `controller-revision-hash` = the template hash (skiff serves no
 //!   ControllerRevisions); RollingUpdate replaces old pods at most `maxUnavailable`
 //!   (rounded up, as upstream) unavailable at a time; OnDelete waits for the user.
@@ -47,8 +49,12 @@ use kube::{
 };
 
 use crate::{
-    backoff::Backoff, deployment::template_hash, events::EventType, expectations::Expectations,
-    ownership, pods, runtime, Ctx,
+    backoff::Backoff,
+    deployment::template_hash,
+    events::EventType,
+    expectations::Expectations,
+    ownership::{self, Claim},
+    pods, runtime, Ctx,
 };
 
 pub const REVISION_HASH: &str = "controller-revision-hash";
@@ -481,6 +487,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
         watcher::Config::default(),
     );
     let sets = controller.store();
+    let pod_sets = sets.clone();
     let state = Arc::new(State {
         ctx,
         pods: pod_store,
@@ -489,8 +496,23 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
         backoff: Backoff::default(),
     });
     let results = controller
-        .watches_stream(pod_stream, |pod: Pod| {
-            runtime::controller_owner::<DaemonSet>(&pod, "DaemonSet")
+        .watches_stream(pod_stream, move |pod: Pod| {
+            // The controlling DaemonSet, or (orphans) every DaemonSet that selects it.
+            if let Some(r) = runtime::controller_owner::<DaemonSet>(&pod, "DaemonSet") {
+                return vec![r];
+            }
+            pod_sets
+                .state()
+                .iter()
+                .filter(|d| {
+                    d.namespace() == pod.namespace()
+                        && ownership::selects(
+                            d.spec.as_ref().map(|s| &s.selector),
+                            pod.metadata.labels.as_ref(),
+                        )
+                })
+                .map(|d| ObjectRef::from_obj(d.as_ref()))
+                .collect()
         })
         // Any node change may change every DaemonSet's eligible set.
         .watches_stream(node_stream, move |_node: Node| {
@@ -517,15 +539,38 @@ async fn reconcile(ds: Arc<DaemonSet>, st: Arc<State>) -> Result<Action, kube::E
     if ds.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let owned: Vec<Arc<Pod>> = st
+    // Claim the namespace's pods (upstream's ControllerRefManager): matching orphans
+    // are adopted, owned pods that stopped matching released.
+    let pod_api: Api<Pod> = Api::namespaced(st.ctx.client.clone(), &ns);
+    let selector = ds.spec.as_ref().map(|s| &s.selector);
+    let mut owned: Vec<Arc<Pod>> = Vec::new();
+    for p in st
         .pods
         .state()
         .into_iter()
-        .filter(|p| {
-            p.namespace().as_deref() == Some(&ns)
-                && ownership::controller_ref(&p.metadata).is_some_and(|r| r.uid == uid)
-        })
-        .collect();
+        .filter(|p| p.namespace().as_deref() == Some(&ns))
+    {
+        match ownership::claim(&uid, false, selector, &p.metadata) {
+            Claim::Owned => owned.push(p),
+            Claim::Adopt => {
+                let owner = ownership::controller_reference(ds.as_ref());
+                match ownership::adopt(&pod_api, &p.metadata, owner).await {
+                    Ok(a) => {
+                        tracing::info!("daemonset {key}: adopted pod {}", p.name_any());
+                        owned.push(Arc::new(a));
+                    }
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Claim::Release => match ownership::release(&pod_api, &p.metadata, &uid).await {
+                Ok(_) => tracing::info!("daemonset {key}: released pod {}", p.name_any()),
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            },
+            Claim::Ignore => {}
+        }
+    }
     let owned_refs: Vec<&Pod> = owned.iter().map(|p| p.as_ref()).collect();
     let nodes = st.nodes.state();
     let mut node_refs: Vec<&Node> = nodes.iter().map(|n| n.as_ref()).collect();
@@ -535,7 +580,6 @@ async fn reconcile(ds: Arc<DaemonSet>, st: Arc<State>) -> Result<Action, kube::E
     let satisfied = st
         .expectations
         .satisfied(&key, runtime::seen(&st.pods, &ns));
-    let pod_api: Api<Pod> = Api::namespaced(st.ctx.client.clone(), &ns);
     if satisfied {
         if !plan.create.is_empty() {
             let (created, err) = ownership::slow_start_batch(plan.create.len(), |i| {
