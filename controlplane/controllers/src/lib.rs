@@ -23,6 +23,12 @@
 //! | [`workqueue`] | client-go style deduplicating work queue |
 //! | [`cidr`] | IPv4 CIDR / range parsing for the flags |
 // --- end endpoints helper ---
+//! | [`replicaset`] | ReplicaSet: pods from the template, adoption, ActivePods scale-down |
+//! | [`deployment`] | Deployment: ReplicaSets per template hash, rolling/recreate, revisions |
+//! | [`daemonset`] | DaemonSet: a pod per eligible node (selector, affinity, taints) |
+//! | [`job`] | Job: completions, parallelism, backoffLimit, activeDeadlineSeconds |
+//! | [`gc`] | garbage collector: Background, Foreground and Orphan over ownerReferences |
+//! | [`pods`], [`ownership`], [`expectations`], [`runtime`] | what the workload controllers share |
 
 pub mod backoff;
 pub mod events;
@@ -33,6 +39,17 @@ pub mod lb;
 pub mod nodeipam;
 pub mod workqueue;
 // --- end endpoints helper ---
+
+// workloads: ReplicaSet, Deployment, DaemonSet, Job controllers and the garbage collector.
+pub mod daemonset;
+pub mod deployment;
+pub mod expectations;
+pub mod gc;
+pub mod job;
+pub mod ownership;
+pub mod pods;
+pub mod replicaset;
+pub mod runtime;
 
 use std::sync::Arc;
 
@@ -55,6 +72,10 @@ pub struct Config {
     /// Prefix length of each Node's podCIDR (`--node-cidr-mask-size`, upstream 24).
     pub node_cidr_mask_size: u8,
     // --- end endpoints helper ---
+    // workloads
+    /// Base of the Job controller's pod-failure backoff (upstream 10 s, doubling per
+    /// failure to 10 min).
+    pub job_pod_failure_backoff: std::time::Duration,
 }
 
 impl Default for Config {
@@ -69,6 +90,7 @@ impl Default for Config {
                 .expect("a valid CIDR"),
             node_cidr_mask_size: 24,
             // --- end endpoints helper ---
+            job_pod_failure_backoff: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -129,6 +151,12 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     set.spawn(named("loadbalancer", lb::run(ctx.clone())));
     set.spawn(named("nodeipam", nodeipam::run(ctx.clone())));
     // --- end endpoints helper ---
+    // workloads
+    set.spawn(named("replicaset", replicaset::run(ctx.clone())));
+    set.spawn(named("deployment", deployment::run(ctx.clone())));
+    set.spawn(named("job", job::run(ctx.clone())));
+    set.spawn(named("daemonset", daemonset::run(ctx.clone())));
+    set.spawn(named("garbage-collector", gc::run(ctx.clone())));
     while let Some(done) = set.join_next().await {
         match done {
             Ok((name, Ok(()))) => tracing::info!("controller {name} stopped"),

@@ -92,6 +92,11 @@ struct ControllerArgs {
     #[arg(long, default_value_t = 24)]
     node_cidr_mask_size: u8,
     // --- end endpoints helper ---
+    // workloads
+    /// Base delay before a Job replaces a failed pod, in seconds; doubles per failure up
+    /// to 600 (upstream's pod-failure backoff, 10 s).
+    #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = parse_seconds)]
+    job_pod_failure_backoff: std::time::Duration,
 }
 
 // --- endpoints helper: service-facing controllers ---
@@ -100,9 +105,20 @@ fn parse_lb_range(s: &str) -> Result<skiff_controllers::cidr::Ipv4Range, String>
 }
 // --- end endpoints helper ---
 
+// workloads
+fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds (e.g. 10 or 0.5)"))?;
+    std::time::Duration::try_from_secs_f64(v)
+        .map_err(|_| format!("{s:?}: seconds must be a finite number >= 0"))
+}
+
 impl ControllerArgs {
+    // Each controller's block sets its own fields (merge-friendly).
+    #[allow(clippy::field_reassign_with_default)]
     fn config(&self) -> skiff_controllers::Config {
-        skiff_controllers::Config {
+        let mut c = skiff_controllers::Config {
             // --- endpoints helper: service-facing controllers ---
             max_endpoints_per_slice: self.max_endpoints_per_slice as usize,
             concurrent_service_endpoint_syncs: self.concurrent_service_endpoint_syncs as usize,
@@ -111,7 +127,10 @@ impl ControllerArgs {
             node_cidr_mask_size: self.node_cidr_mask_size,
             // --- end endpoints helper ---
             ..skiff_controllers::Config::default()
-        }
+        };
+        // workloads
+        c.job_pod_failure_backoff = self.job_pod_failure_backoff;
+        c
     }
 }
 

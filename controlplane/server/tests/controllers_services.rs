@@ -45,7 +45,7 @@ where
 }
 
 async fn start(args: &[&str]) -> (ServerProcess, Client) {
-    let server = ServerProcess::start_in_with_args(tempfile::tempdir().expect("temp dir"), args);
+    let server = ServerProcess::start_in_with(tempfile::tempdir().expect("temp dir"), args);
     let client = support::kube_client(&server.kubeconfig).await;
     support::wait_ready(&client).await;
     (server, client)
@@ -551,7 +551,7 @@ async fn two_hundred_fifty_pods_make_three_slices() {
     .await;
     let ep_version = eps.get("big").await.unwrap().resource_version();
     let dir = server.stop();
-    let server = ServerProcess::start_in_with_args(dir, &[]);
+    let server = ServerProcess::start_in_with(dir, &[]);
     let client = support::kube_client(&server.kubeconfig).await;
     support::wait_ready(&client).await;
     let svcs: Api<Service> = Api::default_namespaced(client.clone());
@@ -716,7 +716,7 @@ async fn lb_pool_assigns_honours_requests_and_reports_exhaustion() {
     .await;
     // The allocations are in the statuses only: a restart keeps them.
     let dir = server.stop();
-    let server = ServerProcess::start_in_with_args(dir, &["--lb-pool", "192.0.2.10-192.0.2.11"]);
+    let server = ServerProcess::start_in_with(dir, &["--lb-pool", "192.0.2.10-192.0.2.11"]);
     let client = support::kube_client(&server.kubeconfig).await;
     support::wait_ready(&client).await;
     let svcs: Api<Service> = Api::default_namespaced(client.clone());
@@ -807,7 +807,7 @@ async fn node_ipam_assigns_distinct_blocks_stable_across_restarts() {
 
     // Restart: nothing moves; a new node gets the last free block.
     let dir = server.stop();
-    let server = ServerProcess::start_in_with_args(dir, &["--cluster-cidr", "10.42.0.0/22"]);
+    let server = ServerProcess::start_in_with(dir, &["--cluster-cidr", "10.42.0.0/22"]);
     let client = support::kube_client(&server.kubeconfig).await;
     support::wait_ready(&client).await;
     let nodes: Api<Node> = Api::all(client.clone());
