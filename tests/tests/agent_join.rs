@@ -28,11 +28,25 @@ async fn join_pins_the_ca_and_yields_a_node_credential() {
         0o600
     );
     let as_node = apiserver::client(&path).await;
+    // The agent's own heartbeat works with nothing more than this credential: it
+    // registers its Node, posts status and renews its Lease.
+    let mut hb = skiff_agent::node::NodeAgent::new(
+        as_node.clone(),
+        skiff_agent::node::NodeConfig::new("n1", vec![std::net::Ipv4Addr::new(198, 18, 0, 1)]),
+        skiff_agent::node::HostInfo::gather(std::path::Path::new("/")).unwrap(),
+    );
+    let beat = hb.tick().await;
+    assert!(beat.errors.is_empty(), "{:?}", beat.errors);
+    assert!(beat.lease_renewed && beat.status_posted, "{beat:?}");
     let nodes: Api<Node> = Api::all(as_node);
-    nodes
-        .create(&PostParams::default(), &node("n1"))
-        .await
-        .unwrap();
+    let n1 = nodes.get("n1").await.unwrap();
+    assert!(n1
+        .status
+        .unwrap()
+        .conditions
+        .unwrap()
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True"));
     match nodes.create(&PostParams::default(), &node("n2")).await {
         Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{}", s.message),
         other => panic!("a node created another node: {other:?}"),
