@@ -9,12 +9,14 @@
 //! | `watch` | `?watch=true` streams |
 //! | `cache` | watch fan-out: one store watch per resource, recent history, slow clients cut off |
 //! | `openapi` | `/openapi/v3` documents for kubectl's validation and `explain` |
+//! | [`protobuf`] | `application/vnd.kubernetes.protobuf` request bodies decoded to JSON |
 
 pub mod alloc;
 mod api;
 mod cache;
 mod openapi;
 pub mod pki;
+pub mod protobuf;
 pub mod server;
 mod util;
 mod watch;
