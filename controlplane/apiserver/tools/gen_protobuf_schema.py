@@ -16,7 +16,8 @@ field present with a zero value is meaningful (`replicas: 0`). POINTER_FIELDS li
 pointer scalars of the kinds skiff serves (from upstream's types.go); a present zero of any
 other scalar is dropped like Go's JSON encoder drops it.
 
-Usage: python3 controlplane/apiserver/tools/gen_protobuf_schema.py > controlplane/apiserver/src/protobuf/schema.rs
+Usage (from the workspace root; cargo fmt gives the committed layout):
+  python3 controlplane/apiserver/tools/gen_protobuf_schema.py > controlplane/apiserver/src/protobuf/schema.rs && cargo fmt --all
 """
 import glob
 import os
@@ -69,7 +70,8 @@ SPECIAL = {
     "apimachinery::pkg::runtime::RawExtension": "RawExtension",
 }
 
-# Pointer scalars (Go `*T` fields of string, integer or bool type), as "Struct.jsonName".
+# Pointer scalars (Go `*T` fields of string, integer or bool type), as "Struct.jsonName",
+# or "group/Struct.jsonName" where two groups have a struct of that name that differ.
 POINTER_FIELDS = set("""
 ObjectMeta.deletionGracePeriodSeconds
 OwnerReference.controller OwnerReference.blockOwnerDeletion
@@ -138,7 +140,7 @@ SuccessPolicyRule.succeededIndexes SuccessPolicyRule.succeededCount
 JobStatus.failedIndexes JobStatus.ready JobStatus.terminating
 Endpoint.hostname Endpoint.nodeName Endpoint.zone
 EndpointConditions.ready EndpointConditions.serving EndpointConditions.terminating
-EndpointPort.name EndpointPort.protocol EndpointPort.port
+discovery/EndpointPort.name discovery/EndpointPort.protocol discovery/EndpointPort.port
 LeaseSpec.holderIdentity LeaseSpec.leaseDurationSeconds LeaseSpec.leaseTransitions
 LeaseSpec.strategy LeaseSpec.preferredHolder
 """.split())
@@ -295,6 +297,7 @@ def main():
     for module, struct in order:
         pkg = "k8s.io." + module.replace("::", ".")
         gname = go_name(module, struct)
+        group = module.split("::")[-2]
         special = SPECIAL.get(f"{module}::{struct}")
         out.append(f"    // {index[(module, struct)]}")
         out.append("    Message {")
@@ -328,8 +331,9 @@ def main():
                 t = f"Ty::{SCALARS[kind]}"
                 if label == "repeated":
                     lab = "Label::Repeated"
-                elif f"{gname}.{j}" in POINTER_FIELDS:
+                elif f"{gname}.{j}" in POINTER_FIELDS or f"{group}/{gname}.{j}" in POINTER_FIELDS:
                     used_pointers.add(f"{gname}.{j}")
+                    used_pointers.add(f"{group}/{gname}.{j}")
                     lab = "Label::Pointer"
                 else:
                     lab = "Label::Optional"

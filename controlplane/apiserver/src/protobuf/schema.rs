@@ -2329,19 +2329,19 @@ pub(super) static MESSAGES: &[Message] = &[
                 tag: 1,
                 json: "name",
                 ty: Ty::Str,
-                label: Label::Pointer,
+                label: Label::Optional,
             },
             Field {
                 tag: 2,
                 json: "port",
                 ty: Ty::I32,
-                label: Label::Pointer,
+                label: Label::Optional,
             },
             Field {
                 tag: 3,
                 json: "protocol",
                 ty: Ty::Str,
-                label: Label::Pointer,
+                label: Label::Optional,
             },
             Field {
                 tag: 4,
