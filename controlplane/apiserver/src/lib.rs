@@ -15,6 +15,7 @@ pub mod alloc;
 mod api;
 mod cache;
 mod openapi;
+mod openapi_pb;
 pub mod pki;
 pub mod protobuf;
 pub mod server;

@@ -1,7 +1,8 @@
-//! Protobuf request bodies (`Content-Type: application/vnd.kubernetes.protobuf`) against a
-//! `skiff-controlplane` process: kubectl's typed-client commands (`create deployment`,
-//! `create configmap`, ...) with the real kubectl 1.29 and 1.33, and hand-built bodies for
-//! PUT, the scale and binding subresources, DeleteOptions and the error answers.
+//! Protobuf against a `skiff-controlplane` process: kubectl's typed-client commands
+//! (`create deployment`, `create configmap`, ...) whose request bodies are
+//! `application/vnd.kubernetes.protobuf`, with the real kubectl 1.29 and 1.33; hand-built
+//! bodies for PUT, the scale and binding subresources, DeleteOptions and the error answers;
+//! and `/openapi/v2` as gnostic protobuf for kubectl 1.27 and 1.28 `apply`.
 
 mod support;
 
@@ -450,4 +451,52 @@ async fn put_subresources_delete_options_and_errors() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+// ---- /openapi/v2 as protobuf ------------------------------------------------------------
+
+/// kubectl 1.27 and 1.28 load `/openapi/v2` as protobuf (and nothing else) for `apply`'s
+/// validation and its strategic-merge patches: apply, re-apply with a change, and an
+/// unknown field (refused by the server, kubectl sends fieldValidation=Strict) all work
+/// without `--validate=false`.
+fn apply_with_openapi_v2_protobuf(version: &str) {
+    let server = start_server();
+    let Some(k) = Kubectl::new(version, &server) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = |replicas: u32, extra: &str| {
+        let p = dir.path().join(format!("d{replicas}.yaml"));
+        std::fs::write(
+            &p,
+            format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: applied\nspec:\n  replicas: {replicas}\n{extra}  selector:\n    matchLabels: {{app: applied}}\n  template:\n    metadata:\n      labels: {{app: applied}}\n    spec:\n      containers:\n      - name: c\n        image: nginx\n        ports:\n        - containerPort: 80\n        resources:\n          limits: {{cpu: 500m}}\n"
+            ),
+        )
+        .unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let out = k.run(&["apply", "-f", &manifest(2, ""), "-v=6"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "first apply: {log}");
+    assert!(
+        log.contains("/openapi/v2") && log.contains("200 OK"),
+        "{log}"
+    );
+    k.ok(&["apply", "-f", &manifest(5, "")]);
+    assert_eq!(k.get(&["deployment", "applied"])["spec"]["replicas"], 5);
+    let out = k.run(&["apply", "-f", &manifest(6, "  bogusField: 1\n")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("bogusField"), "{err}");
+    assert_eq!(k.get(&["deployment", "applied"])["spec"]["replicas"], 5);
+}
+
+#[test]
+fn kubectl_1_27_apply_without_validate_false() {
+    apply_with_openapi_v2_protobuf("1.27");
+}
+
+#[test]
+fn kubectl_1_28_apply_without_validate_false() {
+    apply_with_openapi_v2_protobuf("1.28");
 }
