@@ -356,22 +356,27 @@ fn decode_fields(
                 }
             }
             Label::Repeated => {
-                let mut items = Vec::new();
+                let items = match out
+                    .entry(f.json.to_string())
+                    .or_insert_with(|| Value::Array(Vec::new()))
+                {
+                    Value::Array(a) => a,
+                    other => {
+                        *other = Value::Array(Vec::new());
+                        other.as_array_mut().expect("just set")
+                    }
+                };
+                // Errors inside an element name it: `spec.containers[1].ports[0]`.
                 if packed {
                     let b = r.bytes()?;
                     let mut p = Reader::new(b, &fpath);
                     while p.pos < b.len() {
-                        items.push(read_value(&mut p, f.ty, &fpath, depth)?);
+                        let epath = format!("{fpath}[{}]", items.len());
+                        items.push(read_value(&mut p, f.ty, &epath, depth)?);
                     }
                 } else {
-                    items.push(read_value(&mut r, f.ty, &fpath, depth)?);
-                }
-                match out
-                    .entry(f.json.to_string())
-                    .or_insert_with(|| Value::Array(Vec::new()))
-                {
-                    Value::Array(a) => a.extend(items),
-                    other => *other = Value::Array(items),
+                    let epath = format!("{fpath}[{}]", items.len());
+                    items.push(read_value(&mut r, f.ty, &epath, depth)?);
                 }
             }
             Label::Map => {

@@ -225,6 +225,18 @@ fn malformed_bodies_say_what_and_where() {
         "{e:?}"
     );
 
+    // A Pod's second container has a port whose containerPort is a string: the path has
+    // the indices.
+    let c0 = len_field(1, b"a");
+    let c1 = [len_field(1, b"b"), len_field(6, &len_field(3, b"80"))].concat();
+    let spec = [len_field(2, &c0), len_field(2, &c1)].concat();
+    let pod = [len_field(1, &len_field(1, b"p")), len_field(2, &spec)].concat();
+    let e = decode(&envelope("v1", "Pod", &pod)).unwrap_err();
+    assert!(
+        matches!(&e, DecodeError::Malformed { path, .. } if path == "spec.containers[1].ports[0].containerPort"),
+        "{e:?}"
+    );
+
     // Truncated in the middle of the envelope, and invalid UTF-8 in a string.
     // (Cut right after the TypeMeta, the body is a complete Namespace with no fields.)
     let whole = envelope("v1", "Namespace", &len_field(1, &len_field(1, b"ns")));
