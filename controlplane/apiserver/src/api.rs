@@ -352,23 +352,17 @@ impl Ctx {
     fn body_object(&self) -> Result<Value, StatusError> {
         let ct = self.content_type.split(';').next().unwrap_or("").trim();
         let v: Value = match ct {
-            "" | "application/json" | "*/*" => serde_json::from_slice(&self.body).map_err(|e| {
-                st::bad_request(format!("the request body is not valid JSON: {e}"))
-            })?,
-            "application/yaml" | "application/apply-patch+yaml" => {
-                parse_yaml(&self.body)?
-            }
+            "" | "application/json" | "*/*" => serde_json::from_slice(&self.body)
+                .map_err(|e| st::bad_request(format!("the request body is not valid JSON: {e}")))?,
+            "application/yaml" | "application/apply-patch+yaml" => parse_yaml(&self.body)?,
+            crate::protobuf::MEDIA_TYPE => decode_protobuf(&self.body)?,
             other => {
-                return Err(st::unsupported_media_type(&[
-                    "application/json",
-                    "application/yaml",
-                ]))
-                .map_err(|mut e| {
-                    e.body["message"] = json!(format!(
-                        "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {other})"
-                    ));
-                    e
-                })
+                let mut e = st::unsupported_media_type(BODY_MEDIA_TYPES);
+                e.body["message"] = json!(format!(
+                    "the body of the request was in an unknown format - accepted media types include: {} (got {other})",
+                    BODY_MEDIA_TYPES.join(", ")
+                ));
+                return Err(e);
             }
         };
         if !v.is_object() {
@@ -378,6 +372,27 @@ impl Ctx {
         }
         Ok(v)
     }
+}
+
+/// The media types an object body (POST, PUT) may have.
+const BODY_MEDIA_TYPES: &[&str] = &[
+    "application/json",
+    "application/yaml",
+    crate::protobuf::MEDIA_TYPE,
+];
+
+/// A protobuf body as JSON: malformed bytes are a 400, a kind without a protobuf
+/// definition here a 415 naming it.
+fn decode_protobuf(body: &[u8]) -> Result<Value, StatusError> {
+    use crate::protobuf::DecodeError;
+    crate::protobuf::decode(body).map_err(|e| match &e {
+        DecodeError::Malformed { .. } => st::bad_request(e.to_string()),
+        DecodeError::UnknownKind { .. } | DecodeError::Unsupported(_) => {
+            let mut s = st::unsupported_media_type(BODY_MEDIA_TYPES);
+            s.body["message"] = json!(e.to_string());
+            s
+        }
+    })
 }
 
 fn parse_yaml(body: &[u8]) -> Result<Value, StatusError> {
@@ -1798,8 +1813,14 @@ fn delete_options(ctx: &Ctx) -> Result<Value, StatusError> {
     if ctx.body.is_empty() {
         return Ok(json!({}));
     }
-    let v: Value = serde_json::from_slice(&ctx.body)
-        .map_err(|e| st::bad_request(format!("the DeleteOptions body is not valid JSON: {e}")))?;
+    let ct = ctx.content_type.split(';').next().unwrap_or("").trim();
+    let v: Value = if ct == crate::protobuf::MEDIA_TYPE {
+        decode_protobuf(&ctx.body)?
+    } else {
+        serde_json::from_slice(&ctx.body).map_err(|e| {
+            st::bad_request(format!("the DeleteOptions body is not valid JSON: {e}"))
+        })?
+    };
     if let Some(p) = v.get("propagationPolicy").and_then(Value::as_str) {
         if !matches!(p, "Orphan" | "Background" | "Foreground") {
             return Err(st::bad_request(format!(

@@ -11,6 +11,7 @@
 //! | `authz` | what a node identity may do (upstream's Node authorizer + NodeRestriction) |
 //! | `join` | `POST /skiff/v1/join`: a node credential for the join token |
 //! | `openapi` | `/openapi/v3` documents for kubectl's validation and `explain` |
+//! | [`protobuf`] | `application/vnd.kubernetes.protobuf` request bodies decoded to JSON |
 
 pub mod alloc;
 mod api;
@@ -18,7 +19,9 @@ mod authz;
 mod cache;
 mod join;
 mod openapi;
+mod openapi_pb;
 pub mod pki;
+pub mod protobuf;
 pub mod server;
 mod util;
 mod watch;

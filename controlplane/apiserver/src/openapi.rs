@@ -9,8 +9,8 @@
 //! * `kubectl explain` finds the schema whose `x-kubernetes-group-version-kind` is the kind
 //!   and renders its properties, following `$ref`s into `components/schemas`.
 //!
-//! `/openapi/v2` is not served (404): kubectl ≥ 1.29 does not need it, and tolerates its
-//! absence; kubectl ≤ 1.28 needs `--validate=false` (documented in the report).
+//! `/openapi/v2` is the same schemas as Swagger 2.0, in JSON or (for kubectl ≤ 1.28, which
+//! asks for nothing else) gnostic's protobuf ([`crate::openapi_pb`]).
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -356,13 +356,25 @@ fn swagger_v2() -> &'static Value {
 
 pub(crate) fn serve(path: &str, ctx: &Ctx) -> Result<Response, StatusError> {
     if path == "/openapi/v2" {
-        // Only JSON: kubectl <= 1.28 asks for protobuf alone and gets 406 (use
-        // --validate=false with those versions).
         let accept = ctx.accept.as_str();
+        if crate::openapi_pb::wants_protobuf(accept) {
+            // kubectl <= 1.28 asks for protobuf alone.
+            static PB: OnceLock<bytes::Bytes> = OnceLock::new();
+            let pb = PB.get_or_init(|| crate::openapi_pb::encode(swagger_v2()).into());
+            let mut r = Response::new(axum::body::Body::from(pb.clone()));
+            r.headers_mut().insert(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static(crate::openapi_pb::MEDIA_TYPE),
+            );
+            return Ok(r);
+        }
         if accept.is_empty() || accept.contains("application/json") || accept.contains("*/*") {
             return Ok(json_response(200, swagger_v2()));
         }
-        return Err(st::not_acceptable(&["application/json"]));
+        return Err(st::not_acceptable(&[
+            "application/json",
+            crate::openapi_pb::MEDIA_TYPE,
+        ]));
     }
     let not_found = || {
         let mut e = st::bad_request(format!(
