@@ -59,7 +59,11 @@ mod tests {
         assert_eq!(b.failed("a"), Duration::from_millis(10));
         assert_eq!(b.failed("a"), Duration::from_millis(20));
         assert_eq!(b.failed("a"), Duration::from_millis(30));
-        assert_eq!(b.failed("b"), Duration::from_millis(5), "keys are independent");
+        assert_eq!(
+            b.failed("b"),
+            Duration::from_millis(5),
+            "keys are independent"
+        );
         for _ in 0..100 {
             assert!(b.failed("a") <= Duration::from_millis(30));
         }

@@ -127,7 +127,9 @@ impl Recorder {
                     return;
                 }
                 // Expired or deleted: fall through and create a new one.
-                Err(e) => tracing::debug!("event {name}: bumping count failed ({e}); creating anew"),
+                Err(e) => {
+                    tracing::debug!("event {name}: bumping count failed ({e}); creating anew")
+                }
             }
         }
         let nanos = SystemTime::now()

@@ -16,9 +16,13 @@
 //! |---|---|
 //! | [`backoff`] | per-key exponential backoff for failed reconciles |
 //! | [`events`] | core/v1 Event recorder (deduplicated with `count`, like client-go's) |
+//! | [`nodelifecycle`] | node heartbeats → Unknown conditions, unreachable/not-ready taints, NoExecute eviction |
 
 pub mod backoff;
 pub mod events;
+// scheduler helper
+pub mod nodelifecycle;
+// end scheduler helper
 
 use std::sync::Arc;
 
@@ -29,12 +33,24 @@ use kube::Client;
 pub struct Config {
     /// Name used as Event `source.component` / `reportingComponent`.
     pub component: String,
+    // scheduler helper
+    /// No heartbeat (Lease renewal or Ready heartbeat) for this long → node Unknown
+    /// (kube-controller-manager's `--node-monitor-grace-period`, 40 s).
+    pub node_monitor_grace_period: std::time::Duration,
+    /// How long pods without a toleration for the not-ready/unreachable NoExecute taints
+    /// stay on such a node (the DefaultTolerationSeconds admission default, 300 s).
+    pub pod_eviction_timeout: std::time::Duration,
+    // end scheduler helper
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             component: "skiff-controller-manager".into(),
+            // scheduler helper
+            node_monitor_grace_period: std::time::Duration::from_secs(40),
+            pod_eviction_timeout: std::time::Duration::from_secs(300),
+            // end scheduler helper
         }
     }
 }
@@ -64,6 +80,9 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let ctx = Ctx::new(client, config);
     let mut set = tokio::task::JoinSet::new();
     // Each controller registers here: `set.spawn(named("name", module::run(ctx.clone())));`
+    // scheduler helper
+    set.spawn(named("nodelifecycle", nodelifecycle::run(ctx.clone())));
+    // end scheduler helper
     let _ = &ctx;
     while let Some(done) = set.join_next().await {
         match done {
