@@ -204,7 +204,7 @@ pub fn plan(node: &Node, health: &Health, now: Timestamp, grace: Duration) -> No
                     key: key.into(),
                     value: None,
                     effect: effect.into(),
-                    time_added: (effect == "NoExecute").then(|| Time(now)),
+                    time_added: (effect == "NoExecute").then_some(Time(now)),
                 });
             }
         }

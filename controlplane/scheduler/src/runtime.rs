@@ -48,8 +48,9 @@ impl Default for Config {
 }
 
 enum Msg {
-    Node(watcher::Event<Node>),
-    Pod(watcher::Event<Pod>),
+    // Boxed: a Pod is ~2 KiB, and the channel holds thousands of messages.
+    Node(Box<watcher::Event<Node>>),
+    Pod(Box<watcher::Event<Pod>>),
     Bound {
         pod: Arc<PodInfo>,
         attempts: u32,
@@ -74,12 +75,12 @@ fn is_terminal(p: &Pod) -> bool {
 /// Runs until the API watches end for good.
 pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel::<Msg>(8192);
-    tokio::spawn(pump(
-        Api::<Node>::all(client.clone()),
-        tx.clone(),
-        Msg::Node,
-    ));
-    tokio::spawn(pump(Api::<Pod>::all(client.clone()), tx.clone(), Msg::Pod));
+    tokio::spawn(pump(Api::<Node>::all(client.clone()), tx.clone(), |e| {
+        Msg::Node(Box::new(e))
+    }));
+    tokio::spawn(pump(Api::<Pod>::all(client.clone()), tx.clone(), |e| {
+        Msg::Pod(Box::new(e))
+    }));
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -208,7 +209,7 @@ impl Scheduler {
     fn handle(&mut self, m: Msg) {
         let now = Instant::now();
         match m {
-            Msg::Node(ev) => match ev {
+            Msg::Node(ev) => match *ev {
                 watcher::Event::Init => self.node_init = Some(HashSet::new()),
                 watcher::Event::InitApply(n) => {
                     if let Some(seen) = self.node_init.as_mut() {
@@ -235,7 +236,7 @@ impl Scheduler {
                         .remove_node(n.metadata.name.as_deref().unwrap_or_default());
                 }
             },
-            Msg::Pod(ev) => match ev {
+            Msg::Pod(ev) => match *ev {
                 watcher::Event::Init => self.pod_init = Some(HashSet::new()),
                 watcher::Event::InitApply(p) => {
                     if let Some(seen) = self.pod_init.as_mut() {

@@ -172,7 +172,7 @@ impl Algorithm {
                 seen = 1;
             } else if totals[k] == totals[best] {
                 seen += 1;
-                if self.random() % seen == 0 {
+                if self.random().is_multiple_of(seen) {
                     best = k;
                 }
             }

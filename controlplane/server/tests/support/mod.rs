@@ -287,3 +287,106 @@ impl InProcess {
         self.dir.path().join("admin.kubeconfig")
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// scheduler helper: a server with extra flags; a kubectl with its own HOME.
+
+impl ServerProcess {
+    /// Like [`ServerProcess::start`], with extra `server` flags (e.g. short node-monitor
+    /// grace periods for lifecycle tests).
+    pub fn start_with_args(args: &[&str]) -> ServerProcess {
+        let dir = tempfile::tempdir().expect("creating a temporary data directory");
+        let log = std::fs::File::create(dir.path().join("server.log")).expect("server log");
+        let child = Command::new(env!("CARGO_BIN_EXE_skiff-controlplane"))
+            .args(["server", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning skiff-controlplane");
+        let kubeconfig = dir.path().join("data/admin.kubeconfig");
+        let deadline = Instant::now() + START_DEADLINE;
+        let mut s = ServerProcess {
+            child,
+            dir,
+            kubeconfig,
+            url: String::new(),
+        };
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&s.kubeconfig) {
+                if let Some(line) = text
+                    .lines()
+                    .find(|l| l.trim_start().starts_with("server: "))
+                {
+                    s.url = line.trim_start().trim_start_matches("server: ").to_string();
+                    return s;
+                }
+            }
+            if let Ok(Some(status)) = s.child.try_wait() {
+                panic!("skiff-controlplane exited with {status}: {}", s.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no kubeconfig after {START_DEADLINE:?}: {}",
+                s.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A kubectl (the newest installed of 1.33..1.29) with its own HOME against `kubeconfig`;
+/// None after SKIPPED (a failure under CI=true) when none is installed.
+pub struct SchedKubectl {
+    bin: PathBuf,
+    home: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl SchedKubectl {
+    pub fn new(kubeconfig: &Path) -> Option<SchedKubectl> {
+        let Some(bin) = ["1.33", "1.32", "1.31", "1.30", "1.29"]
+            .iter()
+            .find_map(|v| kubectl(v))
+        else {
+            skip_or_fail("no kubectl.1.29..1.33 next to the kubectl on PATH");
+            return None;
+        };
+        Some(SchedKubectl {
+            bin,
+            home: tempfile::tempdir().unwrap(),
+            kubeconfig: kubeconfig.to_path_buf(),
+        })
+    }
+
+    /// Runs `kubectl args...` (stdin from `input` if given), asserts success, returns stdout.
+    pub fn ok(&self, args: &[&str], input: Option<&str>) -> String {
+        use std::io::Write as _;
+        let mut c = Command::new(&self.bin);
+        c.env("HOME", self.home.path())
+            .env_remove("KUBECONFIG")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("running kubectl");
+        if let Some(i) = input {
+            child.stdin.take().unwrap().write_all(i.as_bytes()).unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().expect("kubectl output");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+// end scheduler helper
