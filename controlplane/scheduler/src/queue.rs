@@ -21,6 +21,10 @@ use crate::info::PodInfo;
 pub const POD_INITIAL_BACKOFF: Duration = Duration::from_secs(1);
 pub const POD_MAX_BACKOFF: Duration = Duration::from_secs(10);
 pub const POD_MAX_IN_UNSCHEDULABLE: Duration = Duration::from_secs(300);
+/// How often unschedulable pods are checked against [`POD_MAX_IN_UNSCHEDULABLE`]
+/// (upstream's flushUnschedulablePodsLeftover period), so the check is not a scan of the
+/// whole queue per scheduled pod.
+pub const UNSCHEDULABLE_CHECK_PERIOD: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -88,6 +92,8 @@ pub struct SchedulingQueue {
     seq: u64,
     cycle: u64,
     move_request_cycle: u64,
+    unschedulable: usize,
+    next_unschedulable_check: Option<Instant>,
     initial_backoff: Duration,
     max_backoff: Duration,
 }
@@ -115,6 +121,8 @@ impl SchedulingQueue {
             seq: 0,
             cycle: 0,
             move_request_cycle: 0,
+            unschedulable: 0,
+            next_unschedulable_check: None,
             initial_backoff,
             max_backoff,
         }
@@ -146,6 +154,12 @@ impl SchedulingQueue {
         let Some(e) = self.entries.get_mut(key) else {
             return;
         };
+        if e.state == State::Unschedulable {
+            self.unschedulable -= 1;
+        }
+        if state == State::Unschedulable {
+            self.unschedulable += 1;
+        }
         e.state = state;
         e.generation += 1;
         self.seq += 1;
@@ -219,7 +233,11 @@ impl SchedulingQueue {
 
     /// Forget a pod (deleted, bound elsewhere, no longer ours).
     pub fn delete(&mut self, key: &str) {
-        self.entries.remove(key);
+        if let Some(e) = self.entries.remove(key) {
+            if e.state == State::Unschedulable {
+                self.unschedulable -= 1;
+            }
+        }
     }
 
     pub fn contains(&self, key: &str) -> bool {
@@ -263,6 +281,19 @@ impl SchedulingQueue {
                 self.set_state(&key, State::Active, now);
             }
         }
+        if self.unschedulable == 0 {
+            self.next_unschedulable_check = None;
+            return;
+        }
+        match self.next_unschedulable_check {
+            Some(t) if now < t => return,
+            None => {
+                // First unschedulable pod since the last check: look again in a period.
+                self.next_unschedulable_check = Some(now + UNSCHEDULABLE_CHECK_PERIOD);
+                return;
+            }
+            Some(_) => self.next_unschedulable_check = Some(now + UNSCHEDULABLE_CHECK_PERIOD),
+        }
         let stale: Vec<String> = self
             .entries
             .iter()
@@ -281,25 +312,25 @@ impl SchedulingQueue {
 
     /// When [`Self::flush`] next has something to do (the earliest backoff expiry).
     pub fn next_wakeup(&mut self) -> Option<Instant> {
+        let mut backoff = None;
         while let Some(Reverse((until, _, key, generation))) = self.backoff.peek() {
             let live = self
                 .entries
                 .get(key)
                 .is_some_and(|e| e.generation == *generation && e.state == State::Backoff);
             if live {
-                return Some(*until);
+                backoff = Some(*until);
+                break;
             }
             self.backoff.pop();
         }
-        let unsched = self
-            .entries
-            .values()
-            .filter_map(|e| {
-                e.unschedulable_since
-                    .filter(|_| e.state == State::Unschedulable)
-            })
-            .min();
-        unsched.map(|t| t + POD_MAX_IN_UNSCHEDULABLE)
+        let check = self
+            .next_unschedulable_check
+            .filter(|_| self.unschedulable > 0);
+        match (backoff, check) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The next pod to schedule (flush first).
@@ -475,9 +506,23 @@ mod tests {
         q.add_or_update(info("p", 0), t0);
         let p = q.pop(t0).unwrap();
         q.unschedulable(&p.pod.key, p.cycle, t0);
-        assert_eq!(q.next_wakeup(), Some(t0 + POD_MAX_IN_UNSCHEDULABLE));
-        q.flush(t0 + POD_MAX_IN_UNSCHEDULABLE);
-        assert!(q.pop(t0 + POD_MAX_IN_UNSCHEDULABLE).is_some());
+        q.flush(t0);
+        assert_eq!(
+            q.next_wakeup(),
+            Some(t0 + UNSCHEDULABLE_CHECK_PERIOD),
+            "checked periodically"
+        );
+        let t1 = t0 + UNSCHEDULABLE_CHECK_PERIOD;
+        q.flush(t1);
+        assert!(q.pop(t1).is_none(), "not yet five minutes");
+        assert_eq!(q.next_wakeup(), Some(t1 + UNSCHEDULABLE_CHECK_PERIOD));
+        let mut t = t1;
+        while t < t0 + POD_MAX_IN_UNSCHEDULABLE {
+            t += UNSCHEDULABLE_CHECK_PERIOD;
+            q.flush(t);
+        }
+        assert!(q.pop(t).is_some());
+        assert_eq!(q.next_wakeup(), None);
     }
 
     #[test]
