@@ -12,6 +12,7 @@
 //! | [`schedule`] | one decision: partial filtering (percentageOfNodesToScore), scoring, FitError |
 //! | [`cache`] | nodes + bound/assumed pods |
 //! | [`queue`] | active/backoff/unschedulable/gated queue |
+//! | [`state`] | watch events → cache and queue (upstream's event handlers) |
 //! | [`runtime`] | watchers, the scheduling loop, asynchronous binding, Events, PodScheduled |
 //!
 //! Not implemented (upstream plugins a lean cluster can do without at first, §4):
@@ -27,6 +28,7 @@ pub mod queue;
 pub mod runtime;
 pub mod schedule;
 pub mod score;
+pub mod state;
 pub mod topology;
 
 pub use runtime::{run, Config};

@@ -21,10 +21,10 @@ use kube::{Api, Client};
 use skiff_controllers::events::{EventType, Recorder};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use crate::cache::{Cache, NodeChange};
 use crate::info::{pod_key, PodInfo};
-use crate::queue::{Popped, SchedulingQueue};
+use crate::queue::Popped;
 use crate::schedule::Algorithm;
+use crate::state::State;
 
 /// Settings of the scheduler (flags of `skiff-controlplane`).
 #[derive(Debug, Clone)]
@@ -65,13 +65,6 @@ enum BindOutcome {
     Retry,
 }
 
-fn is_terminal(p: &Pod) -> bool {
-    matches!(
-        p.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
-}
-
 /// Runs until the API watches end for good.
 pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel::<Msg>(8192);
@@ -89,10 +82,8 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         alg: Algorithm::new(config.percentage_of_nodes_to_score, seed),
         sem: Arc::new(Semaphore::new(config.bind_concurrency.max(1))),
         recorder: Recorder::new(client.clone(), config.scheduler_name.clone()),
-        config,
         client,
-        cache: Cache::new(),
-        queue: SchedulingQueue::default(),
+        st: State::new(config.scheduler_name.clone()),
         tx,
         nodes_synced: false,
         pods_synced: false,
@@ -129,10 +120,8 @@ where
 }
 
 struct Scheduler {
-    config: Config,
     client: Client,
-    cache: Cache,
-    queue: SchedulingQueue,
+    st: State,
     alg: Algorithm,
     recorder: Recorder,
     sem: Arc<Semaphore>,
@@ -160,9 +149,9 @@ impl Scheduler {
             let synced = self.nodes_synced && self.pods_synced;
             let now = Instant::now();
             if synced {
-                self.queue.flush(now);
+                self.st.queue.flush(now);
                 if let Ok(permit) = self.sem.clone().try_acquire_owned() {
-                    if let Some(p) = self.queue.pop(now) {
+                    if let Some(p) = self.st.queue.pop(now) {
                         self.schedule_one(p, permit, now);
                         since_yield += 1;
                         if since_yield >= 32 {
@@ -174,7 +163,7 @@ impl Scheduler {
                 }
             }
             let wake = if synced {
-                self.queue.next_wakeup()
+                self.st.queue.next_wakeup()
             } else {
                 None
             };
@@ -184,7 +173,7 @@ impl Scheduler {
                     None => std::future::pending::<()>().await,
                 }
             };
-            let want_permit = synced && self.queue.has_active();
+            let want_permit = synced && self.st.queue.has_active();
             let sem = self.sem.clone();
             tokio::select! {
                 m = rx.recv() => match m {
@@ -197,15 +186,6 @@ impl Scheduler {
         }
     }
 
-    fn responsible(&self, p: &Pod) -> bool {
-        let name = p
-            .spec
-            .as_ref()
-            .and_then(|s| s.scheduler_name.as_deref())
-            .unwrap_or("");
-        name.is_empty() || name == self.config.scheduler_name
-    }
-
     fn handle(&mut self, m: Msg) {
         let now = Instant::now();
         match m {
@@ -215,24 +195,25 @@ impl Scheduler {
                     if let Some(seen) = self.node_init.as_mut() {
                         seen.insert(n.metadata.name.clone().unwrap_or_default());
                     }
-                    self.on_node(n, now);
+                    self.st.on_node(n, now);
                 }
                 watcher::Event::InitDone => {
                     if let Some(seen) = self.node_init.take() {
-                        for n in self.cache.node_names() {
+                        for n in self.st.cache.node_names() {
                             if !seen.contains(&n) {
-                                self.cache.remove_node(&n);
+                                self.st.cache.remove_node(&n);
                             }
                         }
                     }
                     if !self.nodes_synced {
-                        tracing::info!("scheduler: {} nodes synced", self.cache.live_nodes());
+                        tracing::info!("scheduler: {} nodes synced", self.st.cache.live_nodes());
                     }
                     self.nodes_synced = true;
                 }
-                watcher::Event::Apply(n) => self.on_node(n, now),
+                watcher::Event::Apply(n) => self.st.on_node(n, now),
                 watcher::Event::Delete(n) => {
-                    self.cache
+                    self.st
+                        .cache
                         .remove_node(n.metadata.name.as_deref().unwrap_or_default());
                 }
             },
@@ -242,22 +223,22 @@ impl Scheduler {
                     if let Some(seen) = self.pod_init.as_mut() {
                         seen.insert(pod_key(&p));
                     }
-                    self.on_pod(p, now);
+                    self.st.on_pod(p, now);
                 }
                 watcher::Event::InitDone => {
                     if let Some(seen) = self.pod_init.take() {
-                        let mut keys = self.cache.pod_keys();
-                        keys.extend(self.queue.keys());
+                        let mut keys = self.st.cache.pod_keys();
+                        keys.extend(self.st.queue.keys());
                         for k in keys {
                             if !seen.contains(&k) {
-                                self.on_pod_gone(&k, now);
+                                self.st.on_pod_gone(&k, now);
                             }
                         }
                     }
                     self.pods_synced = true;
                 }
-                watcher::Event::Apply(p) => self.on_pod(p, now),
-                watcher::Event::Delete(p) => self.on_pod_gone(&pod_key(&p), now),
+                watcher::Event::Apply(p) => self.st.on_pod(p, now),
+                watcher::Event::Delete(p) => self.st.on_pod_gone(&pod_key(&p), now),
             },
             Msg::Bound {
                 pod,
@@ -270,58 +251,17 @@ impl Scheduler {
                         tracing::info!("scheduler: {} pods bound", self.scheduled);
                     }
                 }
-                BindOutcome::Gone => self.cache.forget(&pod.key),
+                BindOutcome::Gone => self.st.cache.forget(&pod.key),
                 BindOutcome::Retry => {
-                    self.cache.forget(&pod.key);
-                    self.queue.retry(pod, attempts, now);
+                    self.st.cache.forget(&pod.key);
+                    self.st.queue.retry(pod, attempts, now);
                 }
             },
         }
     }
 
-    fn on_node(&mut self, n: Node, now: Instant) {
-        match self.cache.upsert_node(n) {
-            NodeChange::Added | NodeChange::SchedulingRelevant => self.queue.move_all(now),
-            NodeChange::Irrelevant => {}
-        }
-    }
-
-    fn on_pod(&mut self, p: Pod, now: Instant) {
-        let terminal = is_terminal(&p);
-        let responsible = self.responsible(&p);
-        let info = Arc::new(PodInfo::new(p));
-        if info.node_name().is_some() {
-            self.queue.delete(&info.key);
-            if terminal {
-                if self.cache.remove_pod(&info.key) {
-                    self.queue.move_all(now);
-                }
-            } else {
-                self.cache.add_or_update_pod(info);
-            }
-            return;
-        }
-        if self.cache.is_assumed(&info.key) {
-            // Our binding is in flight; this is an older, unbound view of the pod.
-            return;
-        }
-        if responsible && !terminal && !info.terminating() {
-            self.queue.add_or_update(info, now);
-        } else {
-            self.queue.delete(&info.key);
-        }
-    }
-
-    fn on_pod_gone(&mut self, key: &str, now: Instant) {
-        self.queue.delete(key);
-        if self.cache.remove_pod(key) {
-            // Upstream's AssignedPodDelete: its resources and ports are free again.
-            self.queue.move_all(now);
-        }
-    }
-
     fn schedule_one(&mut self, p: Popped, permit: OwnedSemaphorePermit, now: Instant) {
-        match self.alg.schedule(&p.pod, &self.cache) {
+        match self.alg.schedule(&p.pod, &self.st.cache) {
             Ok(d) => {
                 tracing::debug!(
                     "scheduler: {} -> {} ({} evaluated, {} feasible)",
@@ -330,8 +270,8 @@ impl Scheduler {
                     d.evaluated,
                     d.feasible
                 );
-                self.queue.done(&p.pod.key);
-                self.cache.assume(p.pod.clone(), &d.node);
+                self.st.queue.done(&p.pod.key);
+                self.st.cache.assume(p.pod.clone(), &d.node);
                 tokio::spawn(bind(
                     self.client.clone(),
                     self.recorder.clone(),
@@ -344,7 +284,7 @@ impl Scheduler {
             Err(e) => {
                 let msg = e.to_string();
                 tracing::info!("scheduler: {} unschedulable: {msg}", p.pod.key);
-                self.queue.unschedulable(&p.pod.key, p.cycle, now);
+                self.st.queue.unschedulable(&p.pod.key, p.cycle, now);
                 tokio::spawn(report_unschedulable(
                     self.client.clone(),
                     self.recorder.clone(),
