@@ -451,3 +451,40 @@ async fn silent_node_goes_unknown_its_pods_are_evicted_and_recovery_clears_the_t
     );
     assert_eq!(bound(&pods, "back").await, "fake-node-0");
 }
+
+/// `server --disable-scheduler` leaves pods pending; `scheduler --kubeconfig` runs the
+/// same scheduler as its own process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_subcommand_runs_alone() {
+    let server = ServerProcess::start_with_args(&["--disable-scheduler"]);
+    let (client, _fake) = setup(&server, "4").await;
+    assert!(
+        server
+            .log()
+            .contains("scheduler disabled (--disable-scheduler)"),
+        "{}",
+        server.log()
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let p: Pod = serde_json::from_str(
+        &serde_json::to_string(&serde_json::json!({
+            "metadata": {"name": "solo"},
+            "spec": {"containers": [{"name": "c", "image": "registry.invalid/x:1"}]},
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    pods.create(&Default::default(), &p).await.unwrap();
+    let log = std::fs::File::create(server.dir.path().join("scheduler.log")).unwrap();
+    let mut sched = std::process::Command::new(env!("CARGO_BIN_EXE_skiff-controlplane"))
+        .arg("scheduler")
+        .arg("--kubeconfig")
+        .arg(&server.kubeconfig)
+        .stderr(log)
+        .spawn()
+        .expect("spawning skiff-controlplane scheduler");
+    let node = bound(&pods, "solo").await;
+    let _ = sched.kill();
+    let _ = sched.wait();
+    assert!(node.starts_with("fake-node-"), "{node}");
+}
