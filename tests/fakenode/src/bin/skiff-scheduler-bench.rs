@@ -125,6 +125,7 @@ async fn end_to_end(
     concurrency: usize,
 ) -> anyhow::Result<()> {
     let dir = tempfile_dir()?;
+    let _cleanup = RemoveOnDrop(dir.clone());
     let data = dir.join("data");
     let log = std::fs::File::create(dir.join("server.log"))?;
     let _server = Server(
@@ -148,8 +149,8 @@ async fn end_to_end(
     while !std::fs::read_to_string(&kubeconfig).is_ok_and(|t| t.contains("server: ")) {
         if Instant::now() > deadline {
             bail!(
-                "no kubeconfig from the server; see {}",
-                dir.join("server.log").display()
+                "no kubeconfig from the server within 60 s; its log:\n{}",
+                std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -243,6 +244,16 @@ async fn end_to_end(
 
 fn http_get(path: &str) -> http::Request<Vec<u8>> {
     http::Request::get(path).body(Vec::new()).expect("request")
+}
+
+/// Removes the benchmark's data directory (store, certificates, log) when done; declared
+/// before the server guard, so it runs after the server is stopped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
