@@ -11,8 +11,13 @@ use crate::{
 };
 
 pub fn run(what: &str, quick: bool) -> anyhow::Result<()> {
+    // scheduler helper
+    if what == "controlplane" {
+        return controlplane(quick);
+    }
+    // end scheduler helper
     if what != "datapath" {
-        bail!("unknown benchmark `{what}`: available: datapath");
+        bail!("unknown benchmark `{what}`: available: datapath, controlplane");
     }
     if !is_root() {
         bail!("benchmarks need root: they create network namespaces and load eBPF programs");
@@ -36,3 +41,30 @@ pub fn run(what: &str, quick: bool) -> anyhow::Result<()> {
     }
     cmd::run(&mut c)
 }
+
+// scheduler helper
+/// Scheduler throughput (upstream scheduler_perf's SchedulingBasic shape: 5000 nodes,
+/// 10 000 pods; --quick: 1000 / 2000): in memory, then end to end against a real
+/// skiff-controlplane process on 127.0.0.1 with fake nodes. Needs no root.
+fn controlplane(quick: bool) -> anyhow::Result<()> {
+    cmd::run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "skiff-controlplane",
+        "-p",
+        "skiff-fake-nodes",
+        "--bin",
+        "skiff-controlplane",
+        "--bin",
+        "skiff-scheduler-bench",
+    ]))?;
+    let release = workspace_root().join("target/release");
+    let mut c = Command::new(release.join("skiff-scheduler-bench"));
+    c.arg("--server").arg(release.join("skiff-controlplane"));
+    if quick {
+        c.args(["--nodes", "1000", "--pods", "2000"]);
+    }
+    cmd::run(&mut c)
+}
+// end scheduler helper

@@ -35,9 +35,10 @@ enum Command {
         no_lint: bool,
     },
     /// Benchmarks (not part of CI): `datapath` prints a markdown table and writes
-    /// bench-results/datapath.json. Pass --quick for a smaller, faster run.
+    /// bench-results/datapath.json; `controlplane` measures scheduler throughput.
+    /// Pass --quick for a smaller, faster run.
     Bench {
-        /// What to benchmark: datapath.
+        /// What to benchmark: datapath, controlplane.
         what: String,
         /// Smaller scales and shorter runs.
         #[arg(long)]

@@ -29,6 +29,7 @@
 //! | [`job`] | Job: completions, parallelism, backoffLimit, activeDeadlineSeconds |
 //! | [`gc`] | garbage collector: Background, Foreground and Orphan over ownerReferences |
 //! | [`pods`], [`ownership`], [`expectations`], [`runtime`] | what the workload controllers share |
+//! | [`nodelifecycle`] | node heartbeats → Unknown conditions, unreachable/not-ready taints, NoExecute eviction |
 
 pub mod backoff;
 pub mod events;
@@ -50,6 +51,9 @@ pub mod ownership;
 pub mod pods;
 pub mod replicaset;
 pub mod runtime;
+// scheduler helper
+pub mod nodelifecycle;
+// end scheduler helper
 
 use std::sync::Arc;
 
@@ -76,6 +80,14 @@ pub struct Config {
     /// Base of the Job controller's pod-failure backoff (upstream 10 s, doubling per
     /// failure to 10 min).
     pub job_pod_failure_backoff: std::time::Duration,
+    // scheduler helper
+    /// No heartbeat (Lease renewal or Ready heartbeat) for this long → node Unknown
+    /// (kube-controller-manager's `--node-monitor-grace-period`, 40 s).
+    pub node_monitor_grace_period: std::time::Duration,
+    /// How long pods without a toleration for the not-ready/unreachable NoExecute taints
+    /// stay on such a node (the DefaultTolerationSeconds admission default, 300 s).
+    pub pod_eviction_timeout: std::time::Duration,
+    // end scheduler helper
 }
 
 impl Default for Config {
@@ -91,6 +103,10 @@ impl Default for Config {
             node_cidr_mask_size: 24,
             // --- end endpoints helper ---
             job_pod_failure_backoff: std::time::Duration::from_secs(10),
+            // scheduler helper
+            node_monitor_grace_period: std::time::Duration::from_secs(40),
+            pod_eviction_timeout: std::time::Duration::from_secs(300),
+            // end scheduler helper
         }
     }
 }
@@ -145,6 +161,9 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let mut set: tokio::task::JoinSet<(&'static str, anyhow::Result<()>)> =
         tokio::task::JoinSet::new();
     // Each controller registers here: `set.spawn(named("name", module::run(ctx.clone())));`
+    // scheduler helper
+    set.spawn(named("nodelifecycle", nodelifecycle::run(ctx.clone())));
+    // end scheduler helper
     let _ = &ctx;
     // --- endpoints helper: service-facing controllers ---
     set.spawn(named("endpointslice", endpointslice::run(ctx.clone())));

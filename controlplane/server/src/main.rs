@@ -1,5 +1,6 @@
 //! `skiff-controlplane`: the control plane binary. `server` runs the Kubernetes API server
-//! and, unless `--disable-controllers`, the controllers in the same process (k3s style);
+//! and, unless `--disable-controllers`, the controllers in the same process (k3s style),
+//! and unless `--disable-scheduler` the scheduler (`scheduler --kubeconfig` runs it alone);
 //! they reach the API through a loopback kube-rs client with the admin credential, never
 //! the store, so `controllers --kubeconfig` runs exactly the same code as its own process.
 
@@ -60,6 +61,13 @@ enum Command {
         disable_controllers: bool,
         #[command(flatten)]
         controllers: ControllerArgs,
+        // scheduler helper
+        /// Run no scheduler in this process.
+        #[arg(long)]
+        disable_scheduler: bool,
+        #[command(flatten)]
+        scheduler: SchedulerArgs,
+        // end scheduler helper
     },
     /// Run the controllers alone against an API server (any conformant one).
     Controllers {
@@ -68,7 +76,36 @@ enum Command {
         #[command(flatten)]
         controllers: ControllerArgs,
     },
+    // scheduler helper
+    /// Run the scheduler alone against an API server (any conformant one).
+    Scheduler {
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        #[command(flatten)]
+        scheduler: SchedulerArgs,
+    },
+    // end scheduler helper
 }
+
+// scheduler helper
+/// Scheduler settings, shared by `server` and `scheduler`.
+#[derive(clap::Args, Clone)]
+struct SchedulerArgs {
+    /// Percentage of nodes to find feasible before scoring (1-100); unset: upstream's
+    /// adaptive default (50% - nodes/125, at least 5% and 100 nodes).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    percentage_of_nodes_to_score: Option<u32>,
+}
+
+impl SchedulerArgs {
+    fn config(&self) -> skiff_scheduler::Config {
+        skiff_scheduler::Config {
+            percentage_of_nodes_to_score: self.percentage_of_nodes_to_score,
+            ..Default::default()
+        }
+    }
+}
+// end scheduler helper
 
 /// Controller settings, shared by `server` and `controllers`.
 #[derive(clap::Args, Clone)]
@@ -97,6 +134,15 @@ struct ControllerArgs {
     /// to 600 (upstream's pod-failure backoff, 10 s).
     #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = parse_seconds)]
     job_pod_failure_backoff: std::time::Duration,
+    // scheduler helper
+    /// No node heartbeat for this long marks the node Unknown and taints it unreachable
+    /// (Go duration: 40s, 500ms, 5m).
+    #[arg(long, default_value = "40s", value_parser = skiff_controllers::nodelifecycle::parse_duration)]
+    node_monitor_grace_period: std::time::Duration,
+    /// How long pods without a toleration stay on an unreachable/not-ready node.
+    #[arg(long, default_value = "5m", value_parser = skiff_controllers::nodelifecycle::parse_duration)]
+    pod_eviction_timeout: std::time::Duration,
+    // end scheduler helper
 }
 
 // --- endpoints helper: service-facing controllers ---
@@ -126,6 +172,10 @@ impl ControllerArgs {
             cluster_cidr: self.cluster_cidr,
             node_cidr_mask_size: self.node_cidr_mask_size,
             // --- end endpoints helper ---
+            // scheduler helper
+            node_monitor_grace_period: self.node_monitor_grace_period,
+            pod_eviction_timeout: self.pod_eviction_timeout,
+            // end scheduler helper
             ..skiff_controllers::Config::default()
         };
         // workloads
@@ -175,6 +225,10 @@ async fn main() -> Result<()> {
             min_request_timeout,
             disable_controllers,
             controllers,
+            // scheduler helper
+            disable_scheduler,
+            scheduler,
+            // end scheduler helper
         } => {
             std::fs::create_dir_all(&data_dir)
                 .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
@@ -231,6 +285,17 @@ async fn main() -> Result<()> {
                 // Only an error ends the server; stopped controllers leave the API serving.
                 std::future::pending::<Result<()>>().await
             };
+            // scheduler helper
+            let scheduler = async {
+                if disable_scheduler {
+                    tracing::info!("scheduler disabled (--disable-scheduler)");
+                } else {
+                    let client = client_from(&kubeconfig).await?;
+                    skiff_scheduler::run(client, scheduler.config()).await?;
+                }
+                std::future::pending::<Result<()>>().await
+            };
+            // end scheduler helper
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {
                     tracing::info!("interrupted, shutting down");
@@ -241,6 +306,12 @@ async fn main() -> Result<()> {
                     server.shutdown().await;
                     r.context("the in-process controllers stopped")
                 }
+                // scheduler helper
+                r = scheduler => {
+                    server.shutdown().await;
+                    r.context("the in-process scheduler stopped")
+                }
+                // end scheduler helper
             }
         }
         Command::Controllers {
@@ -253,5 +324,16 @@ async fn main() -> Result<()> {
                 r = skiff_controllers::run(client, controllers.config()) => r,
             }
         }
+        // scheduler helper
+        Command::Scheduler {
+            kubeconfig,
+            scheduler,
+        } => {
+            let client = client_from(&kubeconfig).await?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => Ok(()),
+                r = skiff_scheduler::run(client, scheduler.config()) => r,
+            }
+        } // end scheduler helper
     }
 }

@@ -301,3 +301,60 @@ impl InProcess {
         self.dir.path().join("admin.kubeconfig")
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// scheduler helper: a kubectl with its own HOME.
+
+/// A kubectl (the newest installed of 1.33..1.29) with its own HOME against `kubeconfig`;
+/// None after SKIPPED (a failure under CI=true) when none is installed.
+pub struct SchedKubectl {
+    bin: PathBuf,
+    home: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl SchedKubectl {
+    pub fn new(kubeconfig: &Path) -> Option<SchedKubectl> {
+        let Some(bin) = ["1.33", "1.32", "1.31", "1.30", "1.29"]
+            .iter()
+            .find_map(|v| kubectl(v))
+        else {
+            skip_or_fail("no kubectl.1.29..1.33 next to the kubectl on PATH");
+            return None;
+        };
+        Some(SchedKubectl {
+            bin,
+            home: tempfile::tempdir().unwrap(),
+            kubeconfig: kubeconfig.to_path_buf(),
+        })
+    }
+
+    /// Runs `kubectl args...` (stdin from `input` if given), asserts success, returns stdout.
+    pub fn ok(&self, args: &[&str], input: Option<&str>) -> String {
+        use std::io::Write as _;
+        let mut c = Command::new(&self.bin);
+        c.env("HOME", self.home.path())
+            .env_remove("KUBECONFIG")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("running kubectl");
+        if let Some(i) = input {
+            child.stdin.take().unwrap().write_all(i.as_bytes()).unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().expect("kubectl output");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+// end scheduler helper
