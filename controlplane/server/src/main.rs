@@ -206,12 +206,14 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     // --- endpoints helper: service-facing controllers ---
     // Bad controller flags fail before anything starts (not after the API is serving).
-    let (Command::Server { controllers, .. } | Command::Controllers { controllers, .. }) =
-        &cli.command;
-    controllers
-        .config()
-        .validate()
-        .map_err(anyhow::Error::msg)?;
+    if let Command::Server { controllers, .. } | Command::Controllers { controllers, .. } =
+        &cli.command
+    {
+        controllers
+            .config()
+            .validate()
+            .map_err(anyhow::Error::msg)?;
+    }
     // --- end endpoints helper ---
     match cli.command {
         Command::Server {
