@@ -360,6 +360,14 @@ impl Lifecycle {
             .collect()
     }
 
+    /// How often `name` was restarted so far.
+    pub fn restart_count(&self, name: &str) -> i32 {
+        self.containers
+            .iter()
+            .find(|c| c.name == name)
+            .map_or(0, |c| c.restart_count)
+    }
+
     fn find(&mut self, name: &str) -> Option<&mut Container> {
         self.containers.iter_mut().find(|c| c.name == name)
     }
