@@ -55,6 +55,8 @@ pub fn run(no_lint: bool) -> anyhow::Result<()> {
         None => {
             // The agent-with-API tests start the real API server binary.
             crate::cmd::run(cargo().args(["build", "-p", "skiff-controlplane"]))?;
+            // The pod runtime tests invoke the real CNI plugin binary.
+            crate::cmd::run(cargo().args(["build", "-p", "skiff-cni"]))?;
             privileged = cargo_test(cargo().args(["test", "--no-fail-fast", "-p", "skiff-tests"]))?
         }
         Some(why) => {

@@ -241,6 +241,7 @@ impl Cni {
             .map_err(|_| exec_err("no answer within 60 s".into()))?
             .map_err(|e| exec_err(e.to_string()))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
+        tracing::debug!(plugin = %bin.display(), command, container_id, netns, status = %out.status, "CNI");
         if !out.status.success() {
             // The error object: {"code", "msg", "details"} (SPEC.md, "Error").
             let msg = match serde_json::from_str::<Value>(&stdout) {

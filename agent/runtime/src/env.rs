@@ -103,6 +103,9 @@ pub enum Lookup {
     NoKey,
 }
 
+/// Key/value pairs of an `envFrom` source.
+type Pairs = Vec<(String, String)>;
+
 /// Pod facts `fieldRef` can name.
 #[derive(Debug, Clone, Default)]
 pub struct PodFacts {
@@ -128,7 +131,7 @@ pub fn build(
     };
     for (i, from) in c.env_from.iter().flatten().enumerate() {
         let prefix = from.prefix.clone().unwrap_or_default();
-        let (kind, name, optional, pairs): (&str, String, bool, Option<Vec<(String, String)>>) =
+        let (kind, name, optional, pairs): (&str, String, bool, Option<Pairs>) =
             if let Some(r) = &from.config_map_ref {
                 let pairs = refs.config_maps.get(&r.name).cloned().flatten().map(|cm| {
                     let mut v: Vec<(String, String)> =

@@ -686,9 +686,6 @@ impl Worker {
             }
         }
         let api_visible = matches!(why, Update::Pod(_));
-        if api_visible {
-            self.publish().await;
-        }
         if let Some(mut sb) = self.sandbox.take() {
             // Retry a failed teardown: a leaked veth or address is worse than a slow
             // delete (the pod object stays until the network is released).
@@ -709,6 +706,9 @@ impl Worker {
         }
         let _ = std::fs::remove_dir_all(&self.log_dir);
         if api_visible {
+            // The final status (containers terminated) only now: the API server may
+            // remove a pod being deleted on any write, and nothing may outlive it.
+            self.publish().await;
             // The kubelet's final delete: the containers are gone, the API may drop it.
             let dp = DeleteParams {
                 grace_period_seconds: Some(0),
