@@ -619,3 +619,134 @@ fn an_unknown_image_is_err_image_pull() {
     node.delete_and_wait_gone("img", Duration::from_secs(30));
     node.wait_released();
 }
+
+/// A minimal root filesystem: /bin/sh and the libraries `ldd` names.
+fn make_rootfs(root: &Path) {
+    let out = Command::new("ldd").arg("/bin/sh").output().unwrap();
+    let mut files = vec![PathBuf::from("/bin/sh")];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux... (0x...)"
+        let path = line
+            .split("=>")
+            .last()
+            .and_then(|r| r.split_whitespace().next())
+            .filter(|p| p.starts_with('/'));
+        if let Some(p) = path {
+            files.push(PathBuf::from(p));
+        }
+    }
+    for f in files {
+        let dst = root.join(f.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(&f, &dst).unwrap_or_else(|e| panic!("copying {}: {e}", f.display()));
+    }
+    for d in ["proc", "dev"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+}
+
+#[test]
+fn a_rootfs_image_runs_chrooted_after_its_init_container() {
+    let node = Node::start("rtroot", BackoffConfig::scaled(Duration::from_millis(200)));
+    let root = node.dir().join("rootfs");
+    make_rootfs(&root);
+    let out = node.dir().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let image = format!("skiff.local/rootfs{}", root.display());
+    node.create(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "chroot"},
+        "spec": {
+            "restartPolicy": "Never",
+            "volumes": [
+                {"name": "data", "emptyDir": {}},
+                {"name": "out", "hostPath": {"path": out, "type": "Directory"}},
+            ],
+            "initContainers": [{
+                "name": "init", "image": image,
+                "command": ["/bin/sh", "-c", "echo from-init > /data/msg"],
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            }],
+            "containers": [{
+                "name": "main", "image": image,
+                "command": ["/bin/sh", "-c",
+                    "read x < /data/msg; echo \"$x\" > /out/msg; cd /; echo * > /out/listing; read c < /proc/self/comm; echo \"$c\" > /out/comm"],
+                "volumeMounts": [
+                    {"name": "data", "mountPath": "/data"},
+                    {"name": "out", "mountPath": "/out"},
+                ],
+            }],
+        }
+    }));
+    let pod = node.wait_pod("chroot", "Succeeded", Duration::from_secs(30), |p| {
+        (p.status.as_ref()?.phase.as_deref() == Some("Succeeded")).then(|| p.clone())
+    });
+    let st = pod.status.clone().unwrap();
+    let init = &st.init_container_statuses.as_ref().unwrap()[0];
+    let t = init.state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")));
+    let main = &st.container_statuses.as_ref().unwrap()[0];
+    let t = main.state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")));
+    assert_eq!(condition(&pod, "Initialized").as_deref(), Some("True"));
+    assert_eq!(condition(&pod, "Ready").as_deref(), Some("False"));
+    // The init container's output reached the main container through the emptyDir;
+    // the main container saw only the root filesystem (and its mounts) at /.
+    assert_eq!(
+        std::fs::read_to_string(out.join("msg")).unwrap(),
+        "from-init\n"
+    );
+    let listing = std::fs::read_to_string(out.join("listing")).unwrap();
+    let mut entries: Vec<&str> = listing.split_whitespace().collect();
+    entries.sort();
+    assert!(
+        entries.contains(&"data") && entries.contains(&"out") && !entries.contains(&"work"),
+        "{entries:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("comm")).unwrap(),
+        "sh\n",
+        "/proc is mounted"
+    );
+    node.delete_and_wait_gone("chroot", Duration::from_secs(30));
+    node.wait_released();
+}
+
+#[test]
+fn a_container_ignoring_sigterm_is_killed_after_its_grace_period() {
+    let node = Node::start("rtkill", BackoffConfig::scaled(Duration::from_millis(200)));
+    let ready = node.dir().join("ready");
+    node.create(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "stubborn"},
+        "spec": {"terminationGracePeriodSeconds": 2, "containers": [{
+            "name": "c", "image": "skiff.local/host",
+            // A child in the background that ignores SIGTERM too: cgroup.kill gets both.
+            "command": ["/bin/sh", "-c", format!("trap '' TERM; sleep 1000 & touch {}; while :; do sleep 1; done", ready.display())],
+        }]}
+    }));
+    node.wait_pod("stubborn", "Running", Duration::from_secs(30), |p| {
+        (p.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(())
+    });
+    wait_file_exists(&ready, Duration::from_secs(10));
+    let t0 = Instant::now();
+    node.delete_and_wait_gone("stubborn", Duration::from_secs(30));
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "the pod went after {took:?}, before its 2 s grace period"
+    );
+    node.wait_released();
+}
+
+fn wait_file_exists(path: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
