@@ -100,6 +100,8 @@ pub enum Action {
     Kill {
         container: String,
         instance: u64,
+        /// The probe that failed (its terminationGracePeriodSeconds applies).
+        probe: ProbeKind,
         message: String,
     },
     /// Run a probe of a running container instance.
@@ -568,19 +570,23 @@ impl Lifecycle {
                 let fatal = t.verdict() == Verdict::Failure
                     && matches!(t.kind, ProbeKind::Liveness | ProbeKind::Startup);
                 if fatal && !c.kill_sent {
-                    kill = Some(format!(
-                        "Container {} failed {} probe, will be restarted: {}",
-                        c.name,
-                        t.kind.as_str().to_lowercase(),
-                        t.last_failure.as_deref().unwrap_or("probe failed")
+                    kill = Some((
+                        t.kind,
+                        format!(
+                            "Container {} failed {} probe, will be restarted: {}",
+                            c.name,
+                            t.kind.as_str().to_lowercase(),
+                            t.last_failure.as_deref().unwrap_or("probe failed")
+                        ),
                     ));
                 }
             }
-            if let Some(message) = kill {
+            if let Some((probe, message)) = kill {
                 c.kill_sent = true;
                 actions.push(Action::Kill {
                     container: c.name.clone(),
                     instance: c.instance,
+                    probe,
                     message,
                 });
                 continue;

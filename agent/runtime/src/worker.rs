@@ -434,12 +434,18 @@ impl Worker {
             Action::Kill {
                 container,
                 instance,
+                probe,
                 message,
             } => {
                 tracing::info!(pod = %self.name, "{message}");
+                // The failing probe's own terminationGracePeriodSeconds wins (upstream
+                // ProbeTerminationGracePeriod), else the pod's.
                 let grace = self
                     .container(&container)
-                    .and_then(|c| c.liveness_probe)
+                    .and_then(|c| match probe {
+                        ProbeKind::Startup => c.startup_probe,
+                        _ => c.liveness_probe,
+                    })
                     .and_then(|p| p.termination_grace_period_seconds)
                     .map(|s| Duration::from_secs(s.max(0) as u64))
                     .unwrap_or_else(|| self.grace());

@@ -343,6 +343,7 @@ fn readiness_gates_ready_and_liveness_kills() {
         [Action::Kill {
             container: "c".into(),
             instance: 1,
+            probe: ProbeKind::Liveness,
             message: "Container c failed liveness probe, will be restarted: refused".into()
         }]
     );
