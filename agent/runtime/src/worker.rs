@@ -16,7 +16,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
 use kube::{
     api::{DeleteParams, Patch, PatchParams, Preconditions},
-    runtime::watcher,
+    runtime::{watcher, WatchStreamExt as _},
     Api, Client,
 };
 use serde_json::{json, Value};
@@ -82,7 +82,8 @@ impl Runtime {
         let cfg = Arc::new(config);
         let pods: Api<Pod> = Api::all(client.clone());
         let wc = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
-        let mut stream = watcher(pods, wc).boxed();
+        // default_backoff: a failing watch is retried with exponential backoff.
+        let mut stream = watcher(pods, wc).default_backoff().boxed();
         let mut workers: HashMap<String, Handle> = HashMap::new();
         let mut listing: Option<Vec<String>> = None;
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
@@ -102,9 +103,8 @@ impl Runtime {
                     let ev = match ev {
                         Ok(ev) => ev,
                         Err(e) => {
-                            // The watcher backs off and relists by itself.
+                            // The stream backs off and relists by itself.
                             tracing::warn!("watching pods of node {node_name}: {e}");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
                             continue;
                         }
                     };
@@ -650,11 +650,19 @@ impl Worker {
             return;
         }
         let patch = json!({"status": v});
-        match self
-            .api()
-            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
+        // Bounded: a hung API call must not stall the pod's probes and restarts.
+        let api = self.api();
+        let (pp, merge) = (PatchParams::default(), Patch::Merge(&patch));
+        let call = api.patch_status(&self.name, &pp, &merge);
+        let r = match tokio::time::timeout(Duration::from_secs(15), call).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(pod = %self.name, "writing the pod status: no answer within 15 s");
+                self.publish_retry = true;
+                return;
+            }
+        };
+        match r {
             Ok(_) => {
                 self.published = Some(v);
                 self.publish_retry = false;
