@@ -218,3 +218,139 @@ async fn connect(netns: Option<&Path>, addr: SocketAddr) -> io::Result<tokio::ne
     };
     socket.connect(addr).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A one-connection-at-a-time HTTP server on loopback answering `status`, which
+    /// records the request head it got.
+    async fn server(status: u16) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = vec![0u8; 2048];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let _ = s
+                    .write_all(
+                        format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+                    )
+                    .await;
+            }
+        });
+        (addr, rx)
+    }
+
+    fn target(ip: &str, ports: Vec<ContainerPort>) -> Target {
+        Target {
+            host_netns: None,
+            pod_ip: Some(ip.parse().unwrap()),
+            ports,
+            exec: None,
+        }
+    }
+
+    fn http(port: PortRef, headers: Vec<(String, String)>) -> Action {
+        Action::Http {
+            host: None,
+            port,
+            path: "/healthz".into(),
+            https: false,
+            headers,
+        }
+    }
+
+    #[tokio::test]
+    async fn http_status_decides_and_the_request_looks_like_the_kubelets() {
+        let (ok, mut seen) = server(204).await;
+        let t = target("127.0.0.1", vec![]);
+        let hdr = vec![("X-Probe".to_string(), "1".to_string())];
+        let r = run(
+            &http(PortRef::Number(ok.port()), hdr),
+            Duration::from_secs(2),
+            &t,
+        )
+        .await;
+        assert_eq!(r, (true, None));
+        let req = seen.recv().await.unwrap();
+        assert!(req.starts_with("GET /healthz HTTP/1.1\r\n"), "{req}");
+        assert!(
+            req.contains("User-Agent: kube-probe/") && req.contains("X-Probe: 1"),
+            "{req}"
+        );
+
+        let (redirect, _) = server(302).await;
+        let r = run(
+            &http(PortRef::Number(redirect.port()), vec![]),
+            Duration::from_secs(2),
+            &t,
+        )
+        .await;
+        assert!(r.0, "3xx counts as success");
+
+        let (bad, _) = server(503).await;
+        let r = run(
+            &http(PortRef::Number(bad.port()), vec![]),
+            Duration::from_secs(2),
+            &t,
+        )
+        .await;
+        assert_eq!(
+            r,
+            (false, Some("HTTP probe failed with statuscode: 503".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn tcp_named_ports_and_refusals() {
+        let (ok, _) = server(200).await;
+        let ports = vec![ContainerPort {
+            name: Some("web".into()),
+            container_port: ok.port() as i32,
+            ..Default::default()
+        }];
+        let t = target("127.0.0.1", ports);
+        let tcp = |port| Action::Tcp { host: None, port };
+        assert!(
+            run(
+                &tcp(PortRef::Name("web".into())),
+                Duration::from_secs(2),
+                &t
+            )
+            .await
+            .0
+        );
+        let (ok, msg) = run(
+            &tcp(PortRef::Name("nope".into())),
+            Duration::from_secs(2),
+            &t,
+        )
+        .await;
+        assert!(!ok && msg.unwrap().contains("not a port of the container"));
+        // A port nobody listens on (bound then released).
+        let free = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let (ok, msg) = run(&tcp(PortRef::Number(free)), Duration::from_secs(2), &t).await;
+        assert!(!ok && msg.unwrap().starts_with("dial tcp"), "refused");
+        let bad_host = Action::Tcp {
+            host: Some("example.com".into()),
+            port: PortRef::Number(80),
+        };
+        let (ok, msg) = run(&bad_host, Duration::from_secs(2), &t).await;
+        assert!(!ok && msg.unwrap().contains("not an IP address"));
+        let (ok, msg) = run(
+            &Action::Unsupported("gRPC".into()),
+            Duration::from_secs(1),
+            &t,
+        )
+        .await;
+        assert_eq!((ok, msg.as_deref()), (false, Some("gRPC")));
+    }
+}
