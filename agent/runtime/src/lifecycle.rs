@@ -263,6 +263,7 @@ pub struct Lifecycle {
     foreign: Vec<PodCondition>,
     readiness_gates: Vec<String>,
     conds: BTreeMap<&'static str, Cond>,
+    qos_class: &'static str,
 }
 
 const INITIALIZED: &str = "Initialized";
@@ -316,6 +317,7 @@ impl Lifecycle {
                 .map(|g| g.condition_type.clone())
                 .collect(),
             conds: BTreeMap::new(),
+            qos_class: qos_class(&spec),
         };
         l.update_conditions(now);
         l
@@ -882,7 +884,7 @@ impl Lifecycle {
                     .collect()
             }),
             start_time: Some(time(self.start_time)),
-            qos_class: Some("BestEffort".into()),
+            qos_class: Some(self.qos_class.into()),
             container_statuses: statuses(false),
             init_container_statuses: statuses(true),
             ..Default::default()
@@ -962,6 +964,41 @@ impl Lifecycle {
             started: Some(c.started()),
             ..Default::default()
         }
+    }
+}
+
+/// The pod's QoS class (upstream `GetPodQOS`): BestEffort without any request or limit,
+/// Guaranteed when every container limits cpu and memory and requests (which default to
+/// the limits) equal them, Burstable otherwise.
+fn qos_class(spec: &k8s_openapi::api::core::v1::PodSpec) -> &'static str {
+    let all: Vec<&k8s_openapi::api::core::v1::Container> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .collect();
+    let empty = std::collections::BTreeMap::new();
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in &all {
+        let r = c.resources.as_ref();
+        let limits = r.and_then(|r| r.limits.as_ref()).unwrap_or(&empty);
+        let requests = r.and_then(|r| r.requests.as_ref()).unwrap_or(&empty);
+        let relevant = |k: &String| k == "cpu" || k == "memory";
+        if limits.keys().chain(requests.keys()).any(relevant) {
+            any = true;
+        }
+        for res in ["cpu", "memory"] {
+            match limits.get(res) {
+                Some(l) if requests.get(res).is_none_or(|q| q == l) => {}
+                _ => guaranteed = false,
+            }
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
     }
 }
 

@@ -503,3 +503,24 @@ fn go_durations() {
     assert_eq!(go_duration(Duration::from_millis(250)), "250ms");
     assert_eq!(go_duration(Duration::from_millis(1500)), "1.5s");
 }
+
+#[test]
+fn qos_classes() {
+    let q =
+        |c: serde_json::Value| qos_class(pod(json!({"containers": [c]})).spec.as_ref().unwrap());
+    assert_eq!(q(json!({"name": "c"})), "BestEffort");
+    assert_eq!(
+        q(json!({"name": "c", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}})),
+        "Guaranteed"
+    );
+    assert_eq!(
+        q(json!({"name": "c", "resources": {"requests": {"cpu": "100m"}}})),
+        "Burstable"
+    );
+    assert_eq!(
+        q(
+            json!({"name": "c", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "500m"}}})
+        ),
+        "Burstable"
+    );
+}
