@@ -54,7 +54,8 @@ pub fn run(no_lint: bool) -> anyhow::Result<()> {
     match missing_privileges() {
         None => {
             // The agent-with-API tests start the real API server binary; agent_node.rs
-            // also runs the skiff-agent binary, which installs skiff-cni from next to it.
+            // also runs the skiff-agent binary, which installs skiff-cni from next to it;
+            // the pod runtime tests invoke the real skiff-cni binary.
             crate::cmd::run(cargo().args([
                 "build",
                 "-p",

@@ -1,0 +1,783 @@
+//! The API side: a kube-rs watch of the node's Pods (`spec.nodeName=<node>`), one worker
+//! task per pod, status written through `/status` only when it changed, and the
+//! kubelet's final delete (`gracePeriodSeconds=0`) once a deleted pod's containers are
+//! gone and its network is released.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    future::Future,
+    path::PathBuf,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use kube::{
+    api::{DeleteParams, Patch, PatchParams, Preconditions},
+    runtime::{watcher, WatchStreamExt as _},
+    Api, Client,
+};
+use serde_json::{json, Value};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
+
+use crate::{
+    env::{self, PodFacts, Refs},
+    image,
+    lifecycle::{Action, Lifecycle, StartFailure, StatusInputs},
+    logs::{self, RotatingLog},
+    probe::{self, ProbeKind},
+    prober, process,
+    sandbox::{self, Sandbox},
+    volumes, Config,
+};
+
+/// Runs the Pods bound to a node.
+pub struct Runtime;
+
+/// The runtime stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cleaning up after an earlier run: {0}")]
+    Garbage(String),
+}
+
+/// What a worker learns about its pod.
+#[derive(Debug, Clone)]
+enum Update {
+    Pod(Box<Pod>),
+    /// Removed from the API (force-deleted, or gone from a relist).
+    Gone,
+    /// The runtime stops: stop the pod's processes and release its network, but leave
+    /// the API object alone.
+    Shutdown,
+}
+
+struct Handle {
+    tx: watch::Sender<Update>,
+    task: JoinHandle<()>,
+}
+
+impl Runtime {
+    /// Runs until the watch fails fatally (it retries transient errors with backoff).
+    pub async fn run(client: Client, node_name: &str, config: Config) -> Result<(), Error> {
+        Self::run_until(client, node_name, config, std::future::pending()).await
+    }
+
+    /// Like [`Runtime::run`], until `shutdown` completes; then every pod's processes are
+    /// stopped and their networks released (the API objects stay).
+    pub async fn run_until(
+        client: Client,
+        node_name: &str,
+        config: Config,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
+        sandbox::collect_garbage(&config)
+            .await
+            .map_err(Error::Garbage)?;
+        let cfg = Arc::new(config);
+        let pods: Api<Pod> = Api::all(client.clone());
+        let wc = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
+        // default_backoff: a failing watch is retried with exponential backoff.
+        let mut stream = watcher(pods, wc).default_backoff().boxed();
+        let mut workers: HashMap<String, Handle> = HashMap::new();
+        let mut listing: Option<Vec<String>> = None;
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(uid) = done_rx.recv() => {
+                    if let Some(h) = workers.get(&uid) {
+                        if h.task.is_finished() {
+                            workers.remove(&uid);
+                        }
+                    }
+                }
+                ev = stream.next() => {
+                    let Some(ev) = ev else { break };
+                    let ev = match ev {
+                        Ok(ev) => ev,
+                        Err(e) => {
+                            // The stream backs off and relists by itself.
+                            tracing::warn!("watching pods of node {node_name}: {e}");
+                            continue;
+                        }
+                    };
+                    match ev {
+                        watcher::Event::Init => listing = Some(Vec::new()),
+                        watcher::Event::InitApply(p) => {
+                            if let (Some(l), Some(uid)) = (listing.as_mut(), p.metadata.uid.clone()) {
+                                l.push(uid);
+                            }
+                            apply(&client, &cfg, node_name, &mut workers, &done_tx, p);
+                        }
+                        watcher::Event::InitDone => {
+                            if let Some(seen) = listing.take() {
+                                for (uid, h) in &workers {
+                                    if !seen.contains(uid) {
+                                        let _ = h.tx.send(Update::Gone);
+                                    }
+                                }
+                            }
+                        }
+                        watcher::Event::Apply(p) => {
+                            apply(&client, &cfg, node_name, &mut workers, &done_tx, p)
+                        }
+                        watcher::Event::Delete(p) => {
+                            if let Some(h) = p.metadata.uid.as_ref().and_then(|u| workers.get(u)) {
+                                let _ = h.tx.send(Update::Gone);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for h in workers.values() {
+            let _ = h.tx.send(Update::Shutdown);
+        }
+        for (_, h) in workers {
+            let _ = h.task.await;
+        }
+        Ok(())
+    }
+}
+
+fn apply(
+    client: &Client,
+    cfg: &Arc<Config>,
+    node: &str,
+    workers: &mut HashMap<String, Handle>,
+    done: &mpsc::UnboundedSender<String>,
+    pod: Pod,
+) {
+    let Some(uid) = pod.metadata.uid.clone() else {
+        return;
+    };
+    if let Some(h) = workers.get(&uid) {
+        if !h.task.is_finished() {
+            let _ = h.tx.send(Update::Pod(Box::new(pod)));
+            return;
+        }
+    }
+    let deleting = pod.metadata.deletion_timestamp.is_some();
+    let terminal = matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
+    if workers.contains_key(&uid) && !deleting {
+        // Its worker finished (terminal pod): nothing runs again until it is deleted.
+        return;
+    }
+    if terminal && !deleting {
+        // Finished before this runtime started: a terminal pod never runs again.
+        return;
+    }
+    let (tx, rx) = watch::channel(Update::Pod(Box::new(pod.clone())));
+    let w = Worker::new(client.clone(), cfg.clone(), node.to_string(), pod);
+    let done = done.clone();
+    let key = uid.clone();
+    let task = tokio::spawn(async move {
+        w.run(rx).await;
+        let _ = done.send(uid);
+    });
+    workers.insert(key, Handle { tx, task });
+}
+
+/// An event from a container's helper tasks.
+#[derive(Debug)]
+enum Event {
+    Exited {
+        container: String,
+        instance: u64,
+        code: i32,
+        signal: Option<i32>,
+    },
+    Probe {
+        container: String,
+        instance: u64,
+        kind: ProbeKind,
+        ok: bool,
+        message: Option<String>,
+    },
+}
+
+/// A running container instance.
+struct Proc {
+    instance: u64,
+    pidfd: Arc<std::os::fd::OwnedFd>,
+    spec: process::Spec,
+    cgroup: PathBuf,
+    exited: watch::Receiver<bool>,
+}
+
+struct Worker {
+    client: Client,
+    cfg: Arc<Config>,
+    node: String,
+    pod: Pod,
+    uid: String,
+    namespace: String,
+    name: String,
+    life: Lifecycle,
+    sandbox: Option<Sandbox>,
+    sandbox_retry: Option<tokio::time::Instant>,
+    sandbox_failures: u32,
+    refs: Option<Refs>,
+    volumes: Option<BTreeMap<String, PathBuf>>,
+    procs: HashMap<String, Proc>,
+    tx: mpsc::UnboundedSender<Event>,
+    rx: mpsc::UnboundedReceiver<Event>,
+    published: Option<Value>,
+    publish_retry: bool,
+    log_dir: PathBuf,
+}
+
+impl Worker {
+    fn new(client: Client, cfg: Arc<Config>, node: String, pod: Pod) -> Worker {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let life = Lifecycle::new(&pod, cfg.backoff, SystemTime::now());
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let log_dir = logs::pod_dir(&cfg.log_dir, &namespace, &name, &uid);
+        Worker {
+            client,
+            cfg,
+            node,
+            pod,
+            uid,
+            namespace,
+            name,
+            life,
+            sandbox: None,
+            sandbox_retry: None,
+            sandbox_failures: 0,
+            refs: None,
+            volumes: None,
+            procs: HashMap::new(),
+            tx,
+            rx,
+            published: None,
+            publish_retry: false,
+            log_dir,
+        }
+    }
+
+    fn api(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    async fn run(mut self, mut updates: watch::Receiver<Update>) {
+        tracing::info!(pod = %format!("{}/{}", self.namespace, self.name), "starting pod");
+        let mut end = None;
+        loop {
+            let update = updates.borrow_and_update().clone();
+            match update {
+                Update::Pod(p) => {
+                    self.life.set_foreign_conditions(&p, SystemTime::now());
+                    let deleting = p.metadata.deletion_timestamp.is_some();
+                    self.pod = *p;
+                    if deleting {
+                        end = Some(Update::Pod(Box::new(self.pod.clone())));
+                    }
+                }
+                other => end = Some(other),
+            }
+            if end.is_some() {
+                break;
+            }
+            if self.sandbox.is_none()
+                && !self.life.phase().is_terminal()
+                && self
+                    .sandbox_retry
+                    .is_none_or(|t| t <= tokio::time::Instant::now())
+            {
+                match Sandbox::create(&self.cfg, &self.pod).await {
+                    Ok(s) => {
+                        tracing::info!(pod = %self.name, ips = ?s.ips, "sandbox ready");
+                        self.sandbox = Some(s);
+                        self.sandbox_retry = None;
+                    }
+                    Err(e) => {
+                        // The kubelet's FailedCreatePodSandBox: retried with backoff.
+                        tracing::warn!(pod = %self.name, "creating the pod sandbox: {e}");
+                        let delay = self
+                            .cfg
+                            .backoff
+                            .initial
+                            .saturating_mul(1 << self.sandbox_failures.min(16))
+                            .min(self.cfg.backoff.max);
+                        self.sandbox_failures += 1;
+                        self.sandbox_retry = Some(tokio::time::Instant::now() + delay);
+                    }
+                }
+            }
+            if self.sandbox.is_some() {
+                let actions = self.life.plan(SystemTime::now());
+                for a in actions {
+                    self.execute(a).await;
+                }
+            }
+            self.publish().await;
+            // Wait for something to happen.
+            let mut wake = self.life.next_wakeup().map(to_instant);
+            if self.sandbox.is_none() {
+                wake = min_opt(wake, self.sandbox_retry);
+            }
+            if self.publish_retry {
+                wake = min_opt(
+                    wake,
+                    Some(tokio::time::Instant::now() + Duration::from_secs(1)),
+                );
+            }
+            let sleep = tokio::time::sleep_until(
+                wake.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600)),
+            );
+            tokio::select! {
+                ev = self.rx.recv() => if let Some(ev) = ev { self.on_event(ev) },
+                r = updates.changed() => if r.is_err() { end = Some(Update::Shutdown); break },
+                _ = sleep => {}
+            }
+            // Drain whatever else arrived, so one status write covers it.
+            while let Ok(ev) = self.rx.try_recv() {
+                self.on_event(ev);
+            }
+        }
+        self.terminate(end.unwrap_or(Update::Shutdown)).await;
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        let now = SystemTime::now();
+        match ev {
+            Event::Exited {
+                container,
+                instance,
+                code,
+                signal,
+            } => {
+                tracing::info!(pod = %self.name, container, instance, code, "container exited");
+                if self
+                    .procs
+                    .get(&container)
+                    .is_some_and(|p| p.instance == instance)
+                {
+                    self.procs.remove(&container);
+                }
+                self.life.exited(&container, instance, code, signal, now);
+            }
+            Event::Probe {
+                container,
+                instance,
+                kind,
+                ok,
+                message,
+            } => {
+                if !ok {
+                    tracing::debug!(pod = %self.name, container, ?kind, ?message, "probe failed");
+                }
+                self.life
+                    .probe_result(&container, instance, kind, ok, message, now)
+            }
+        }
+    }
+
+    fn container(&self, name: &str) -> Option<Container> {
+        let spec = self.pod.spec.as_ref()?;
+        spec.init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+            .find(|c| c.name == name)
+            .cloned()
+    }
+
+    fn grace(&self) -> Duration {
+        let s = self
+            .pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or_else(|| {
+                self.pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+            })
+            .unwrap_or(30);
+        Duration::from_secs(s.max(0) as u64)
+    }
+
+    async fn execute(&mut self, action: Action) {
+        match action {
+            Action::Start {
+                container,
+                instance,
+            } => {
+                let r = self.start(&container, instance).await;
+                let now = SystemTime::now();
+                match r {
+                    Ok(()) => self.life.started(&container, instance, now),
+                    Err(f) => {
+                        tracing::warn!(pod = %self.name, container, "start failed: {f:?}");
+                        self.life.start_failed(&container, instance, f, now)
+                    }
+                }
+            }
+            Action::Kill {
+                container,
+                instance,
+                probe,
+                message,
+            } => {
+                tracing::info!(pod = %self.name, "{message}");
+                // The failing probe's own terminationGracePeriodSeconds wins (upstream
+                // ProbeTerminationGracePeriod), else the pod's.
+                let grace = self
+                    .container(&container)
+                    .and_then(|c| match probe {
+                        ProbeKind::Startup => c.startup_probe,
+                        _ => c.liveness_probe,
+                    })
+                    .and_then(|p| p.termination_grace_period_seconds)
+                    .map(|s| Duration::from_secs(s.max(0) as u64))
+                    .unwrap_or_else(|| self.grace());
+                if let Some(p) = self
+                    .procs
+                    .get(&container)
+                    .filter(|p| p.instance == instance)
+                {
+                    tokio::spawn(stop(
+                        p.pidfd.clone(),
+                        p.cgroup.clone(),
+                        p.exited.clone(),
+                        grace,
+                    ));
+                }
+            }
+            Action::Probe {
+                container,
+                instance,
+                kind,
+            } => {
+                let Some(c) = self.container(&container) else {
+                    return;
+                };
+                let probe = match kind {
+                    ProbeKind::Startup => c.startup_probe.clone(),
+                    ProbeKind::Liveness => c.liveness_probe.clone(),
+                    ProbeKind::Readiness => c.readiness_probe.clone(),
+                };
+                let Some(probe) = probe else { return };
+                let spec = probe::ProbeSpec::from_api(&probe, kind);
+                let target = prober::Target {
+                    host_netns: self.cfg.cni.host_netns.clone(),
+                    pod_ip: self.sandbox.as_ref().and_then(|s| s.ips.first().copied()),
+                    ports: c.ports.clone().unwrap_or_default(),
+                    exec: self
+                        .procs
+                        .get(&container)
+                        .filter(|p| p.instance == instance)
+                        .map(|p| p.spec.clone()),
+                };
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let (ok, message) = prober::run(&spec.action, spec.timeout, &target).await;
+                    let _ = tx.send(Event::Probe {
+                        container,
+                        instance,
+                        kind,
+                        ok,
+                        message,
+                    });
+                });
+            }
+        }
+    }
+
+    async fn fetch_refs(&self) -> Result<Refs, String> {
+        let (cms, secrets) = Refs::wanted(&self.pod);
+        let mut refs = Refs::default();
+        let cm_api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+        for n in cms {
+            let v = cm_api
+                .get_opt(&n)
+                .await
+                .map_err(|e| format!("reading configmap {}/{n}: {e}", self.namespace))?;
+            refs.config_maps.insert(n, v);
+        }
+        let s_api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        for n in secrets {
+            let v = s_api
+                .get_opt(&n)
+                .await
+                .map_err(|e| format!("reading secret {}/{n}: {e}", self.namespace))?;
+            refs.secrets.insert(n, v);
+        }
+        Ok(refs)
+    }
+
+    async fn start(&mut self, name: &str, instance: u64) -> Result<(), StartFailure> {
+        let c = self
+            .container(name)
+            .ok_or_else(|| StartFailure::Config(format!("no container {name:?} in the spec")))?;
+        let img = image::resolve(c.image.as_deref().unwrap_or("")).map_err(StartFailure::Image)?;
+        // ConfigMaps and Secrets are read when first needed and again after a failure
+        // (the object may have been created since).
+        if self.refs.is_none() || self.volumes.is_none() {
+            let refs = self.fetch_refs().await.map_err(StartFailure::Config)?;
+            let sb = self.sandbox.as_ref().expect("started only with a sandbox");
+            let vols = volumes::materialise(&self.pod, &sb.dir.join("volumes"), &refs)
+                .map_err(StartFailure::Config)?;
+            self.refs = Some(refs);
+            self.volumes = Some(vols);
+        }
+        let sb = self.sandbox.as_ref().expect("started only with a sandbox");
+        let refs = self.refs.as_ref().expect("set above");
+        let facts = PodFacts {
+            pod_ips: sb.ips.iter().map(|i| i.to_string()).collect(),
+            host_ip: self.cfg.host_ip.map(|i| i.to_string()),
+            node_name: self.node.clone(),
+        };
+        let mut envs = env::build(&self.pod, &c, &facts, refs).map_err(StartFailure::Config)?;
+        if !envs.iter().any(|(k, _)| k == "HOSTNAME") {
+            envs.push(("HOSTNAME".into(), self.name.clone()));
+        }
+        let argv: Vec<String> = c
+            .command
+            .iter()
+            .flatten()
+            .chain(c.args.iter().flatten())
+            .map(|a| env::expand(a, &envs))
+            .collect();
+        if argv.is_empty() {
+            return Err(StartFailure::Config(format!(
+                "container {name:?} has no command: skiff.local images have no entrypoint, set command (and args)"
+            )));
+        }
+        let mounts = volumes::mounts(&c, self.volumes.as_ref().expect("set above"))
+            .map_err(StartFailure::Config)?;
+        let cgroup = sb
+            .container_cgroup(name)
+            .await
+            .map_err(StartFailure::Config)?;
+        let spec = process::Spec {
+            argv,
+            env: envs,
+            working_dir: c.working_dir.clone().filter(|w| !w.is_empty()),
+            image: img,
+            mounts,
+            netns: sb.netns.clone(),
+            cgroup: cgroup.clone(),
+        };
+        process::prepare_mounts(&spec).map_err(StartFailure::Config)?;
+        let log_path = logs::container_log(&self.log_dir, name, self.life.restart_count(name));
+        let log = RotatingLog::open(&log_path, self.cfg.log_limits).map_err(|e| {
+            StartFailure::Config(format!("opening the log {}: {e}", log_path.display()))
+        })?;
+        let log = Arc::new(Mutex::new(log));
+        let started = process::spawn(&spec, Stdio::piped(), Stdio::piped())
+            .map_err(|e| StartFailure::Exec(format!("exec {:?}: {e}", spec.argv[0])))?;
+        let mut child = started.child;
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(logs::pump(out, "stdout", log.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(logs::pump(err, "stderr", log));
+        }
+        let (exited_tx, exited_rx) = watch::channel(false);
+        let tx = self.tx.clone();
+        let container = name.to_string();
+        let cg = cgroup.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let (code, signal) = match status {
+                Ok(s) => process::exit_code(s),
+                Err(_) => (-1, None),
+            };
+            // Like a pid namespace losing its init: nothing of the container outlives
+            // its main process.
+            if let Err(e) = process::kill_cgroup(&cg, Duration::from_secs(10)).await {
+                tracing::warn!("{e}");
+            }
+            let _ = exited_tx.send(true);
+            let _ = tx.send(Event::Exited {
+                container,
+                instance,
+                code,
+                signal,
+            });
+        });
+        tracing::info!(pod = %self.name, container = name, instance, pid = started.pid, "container started");
+        self.procs.insert(
+            name.to_string(),
+            Proc {
+                instance,
+                pidfd: Arc::new(started.pidfd),
+                spec,
+                cgroup,
+                exited: exited_rx,
+            },
+        );
+        Ok(())
+    }
+
+    fn status_value(&self) -> Value {
+        let inputs = StatusInputs {
+            pod_ips: self
+                .sandbox
+                .as_ref()
+                .map(|s| s.ips.iter().map(|i| i.to_string()).collect())
+                .unwrap_or_default(),
+            host_ip: self.cfg.host_ip.map(|i| i.to_string()),
+            container_id_prefix: format!("skiff://{}", self.uid),
+        };
+        let st = self.life.status(&inputs, SystemTime::now());
+        serde_json::to_value(&st).unwrap_or(Value::Null)
+    }
+
+    async fn publish(&mut self) {
+        let v = self.status_value();
+        if self.published.as_ref() == Some(&v) {
+            self.publish_retry = false;
+            return;
+        }
+        let patch = json!({"status": v});
+        // Bounded: a hung API call must not stall the pod's probes and restarts.
+        let api = self.api();
+        let (pp, merge) = (PatchParams::default(), Patch::Merge(&patch));
+        let call = api.patch_status(&self.name, &pp, &merge);
+        let r = match tokio::time::timeout(Duration::from_secs(15), call).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(pod = %self.name, "writing the pod status: no answer within 15 s");
+                self.publish_retry = true;
+                return;
+            }
+        };
+        match r {
+            Ok(_) => {
+                self.published = Some(v);
+                self.publish_retry = false;
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                self.publish_retry = false;
+            }
+            Err(e) => {
+                tracing::warn!(pod = %self.name, "writing the pod status: {e}");
+                self.publish_retry = true;
+            }
+        }
+    }
+
+    async fn terminate(mut self, why: Update) {
+        let now = SystemTime::now();
+        self.life.set_terminating(now);
+        let grace = self.grace();
+        tracing::info!(pod = %self.name, ?grace, "stopping pod");
+        for p in self.procs.values() {
+            tokio::spawn(stop(
+                p.pidfd.clone(),
+                p.cgroup.clone(),
+                p.exited.clone(),
+                grace,
+            ));
+        }
+        // Wait for every container to be reported gone (stop() ends with cgroup.kill,
+        // so this terminates).
+        let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(30);
+        while self.life.any_running() || !self.procs.is_empty() {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(ev)) => self.on_event(ev),
+                _ => break,
+            }
+        }
+        let api_visible = matches!(why, Update::Pod(_));
+        if let Some(mut sb) = self.sandbox.take() {
+            // Retry a failed teardown: a leaked veth or address is worse than a slow
+            // delete (the pod object stays until the network is released).
+            let mut delay = Duration::from_millis(200);
+            loop {
+                match sb.destroy(&self.cfg).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(pod = %self.name, "tearing down the sandbox: {e}");
+                        if matches!(why, Update::Shutdown) && delay > Duration::from_secs(5) {
+                            break;
+                        }
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.log_dir);
+        if api_visible {
+            // The final status (containers terminated) only now: the API server may
+            // remove a pod being deleted on any write, and nothing may outlive it.
+            self.publish().await;
+            // The kubelet's final delete: the containers are gone, the API may drop it.
+            let dp = DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: Some(Preconditions {
+                    uid: Some(self.uid.clone()),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match self.api().delete(&self.name, &dp).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                Err(e) => tracing::warn!(pod = %self.name, "deleting the pod: {e}"),
+            }
+        }
+        tracing::info!(pod = %self.name, "pod stopped");
+    }
+}
+
+/// Graceful stop of one container instance: SIGTERM, up to `grace` for it to exit, then
+/// SIGKILL to the whole cgroup.
+async fn stop(
+    pidfd: Arc<std::os::fd::OwnedFd>,
+    cgroup: PathBuf,
+    mut exited: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    if *exited.borrow() {
+        return;
+    }
+    if let Err(e) = process::signal(&pidfd, libc::SIGTERM) {
+        tracing::warn!("SIGTERM: {e}");
+    }
+    let gone = tokio::time::timeout(grace, exited.wait_for(|e| *e))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if !gone && !*exited.borrow() {
+        if let Err(e) = process::kill_cgroup(&cgroup, Duration::from_secs(10)).await {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+fn to_instant(t: SystemTime) -> tokio::time::Instant {
+    let now = SystemTime::now();
+    let d = t.duration_since(now).unwrap_or(Duration::ZERO);
+    tokio::time::Instant::now() + d
+}
+
+fn min_opt(
+    a: Option<tokio::time::Instant>,
+    b: Option<tokio::time::Instant>,
+) -> Option<tokio::time::Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
