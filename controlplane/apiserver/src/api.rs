@@ -1414,9 +1414,19 @@ async fn write_existing(
         if let Some(m) = stored.get_mut("metadata").and_then(Value::as_object_mut) {
             m.remove("resourceVersion");
         }
-        // Removing the last finalizer of an object being deleted deletes it.
-        let finalize =
-            new.pointer("/metadata/deletionTimestamp").is_some() && finalizers(&new).is_empty();
+        // Removing the last finalizer of an object being deleted deletes it — unless it
+        // is in a graceful deletion (a pod with deletionGracePeriodSeconds > 0): then its
+        // kubelet's final DELETE with grace 0 removes it, and a status write meanwhile
+        // must not (upstream's `deletionFinalizersForGarbageCollection` / graceful
+        // deletion rules). Otherwise a terminating pod vanishes at its first status
+        // update, cutting short the serving+terminating window of its endpoint.
+        let graceful = new
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .is_some_and(|g| g > 0);
+        let finalize = new.pointer("/metadata/deletionTimestamp").is_some()
+            && finalizers(&new).is_empty()
+            && !graceful;
         let result = if finalize {
             state
                 .store
@@ -1779,6 +1789,21 @@ async fn binding(state: &AppState, t: &Target, ctx: &Ctx) -> Result<Response, St
             ));
         }
         pod["spec"]["nodeName"] = json!(node);
+        // Upstream's binding also records PodScheduled=True.
+        let scheduled =
+            json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now_rfc3339()});
+        if !pod.get("status").is_some_and(Value::is_object) {
+            pod["status"] = json!({});
+        }
+        let conds = pod["status"]
+            .as_object_mut()
+            .expect("status is an object")
+            .entry("conditions")
+            .or_insert_with(|| json!([]));
+        if let Some(list) = conds.as_array_mut() {
+            list.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
+            list.push(scheduled);
+        }
         if let Some(m) = pod.get_mut("metadata").and_then(Value::as_object_mut) {
             m.remove("resourceVersion");
         }

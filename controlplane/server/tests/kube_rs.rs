@@ -655,16 +655,16 @@ async fn pod_binding_delete_collection_and_bookmarks() {
         .create_subresource("binding", "p", &PostParams::default(), &binding)
         .await
         .unwrap();
-    assert_eq!(
-        pods.get("p")
-            .await
-            .unwrap()
-            .spec
-            .unwrap()
-            .node_name
-            .as_deref(),
-        Some("node-1")
-    );
+    let bound = pods.get("p").await.unwrap();
+    assert_eq!(bound.spec.unwrap().node_name.as_deref(), Some("node-1"));
+    // The binding records PodScheduled=True, as upstream's.
+    assert!(bound
+        .status
+        .unwrap()
+        .conditions
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "PodScheduled" && c.status == "True"));
     // A pod is bound once.
     let e = api_err(
         pods.create_subresource::<_, serde_json::Value>(
@@ -690,6 +690,19 @@ async fn pod_binding_delete_collection_and_bookmarks() {
         .metadata
         .deletion_timestamp
         .is_some());
+    // Its kubelet's status writes during the grace period leave it in place (only the
+    // final delete with grace 0 removes it).
+    pods.patch_status(
+        "p",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running"}})),
+    )
+    .await
+    .unwrap();
+    assert!(
+        pods.get_opt("p").await.unwrap().is_some(),
+        "a status write during graceful deletion deleted the pod"
+    );
     pods.delete(
         "p",
         &DeleteParams {
