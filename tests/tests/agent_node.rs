@@ -827,8 +827,14 @@ fn healthz_health_check_node_ports_and_metrics_answer_over_http() {
             .iter()
             .find(|(n, _)| n == "skiff_drops_total{reason=\"bad_ipv4_version\"}")
             .map(|(_, v)| *v);
-        match (count, drops) {
-            (Some(c), Some(d)) if c >= 2.0 && d >= 1.0 => Ok(parsed),
+        // Map fill is sampled on the agent's tick from the last sync: wait for a sample
+        // that has seen the Service too (one right after a resync may still be empty).
+        let services = parsed
+            .iter()
+            .find(|(n, _)| n == "skiff_map_entries{map=\"services\"}")
+            .map(|(_, v)| *v);
+        match (count, drops, services) {
+            (Some(c), Some(d), Some(s)) if c >= 2.0 && d >= 1.0 && s >= 1.0 => Ok(parsed),
             _ => Err(text),
         }
     });
