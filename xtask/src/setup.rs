@@ -17,7 +17,10 @@ use crate::cmd::{self, is_root, nightly, output};
 /// the -dev package ships),
 /// `iproute2` (the netns test harness), `etcd-server` (the store's etcd backend tests),
 /// `containernetworking-plugins` (the reference CNI plugins skiff-cni is tested against),
-/// `ethtool` (the XDP test turns off checksum offload on a veth that plays a wire).
+/// `ethtool` (the XDP test turns off checksum offload on a veth that plays a wire),
+/// `podman` + `runc` + `busybox-static` (a real container runtime invokes skiff-cni, with
+/// a busybox image built locally: no registry is reachable; runc because crun refuses
+/// hybrid cgroup mounts).
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
@@ -25,6 +28,9 @@ const APT_PACKAGES: &[&str] = &[
     "libprotobuf-dev",
     "etcd-server",
     "containernetworking-plugins",
+    "podman",
+    "runc",
+    "busybox-static",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Opt-in: a rust-src tarball matching the nightly, for machines that cannot download it.
