@@ -17,4 +17,5 @@ pub mod reconcile;
 pub mod sockets;
 pub mod status;
 pub mod translate;
+pub mod uplink;
 pub mod watch;

@@ -64,8 +64,9 @@ struct Sizes {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Interfaces (in this network namespace) to attach tc ingress to.
-    #[arg(long = "interface", short = 'i', required = true)]
+    /// Interfaces (in this network namespace) to attach tc ingress to (repeatable).
+    /// Default: the interfaces holding the --node-address addresses.
+    #[arg(long = "interface", short = 'i')]
     interfaces: Vec<String>,
     /// Interfaces to attach tc egress (reply reverse translation) to.
     #[arg(long = "egress-interface")]
@@ -391,6 +392,17 @@ fn main() -> anyhow::Result<()> {
                     maglev_tables: sizes.maglev_tables,
                 },
                 pin_dir: (!no_pin).then_some(pins.pin_dir),
+            };
+            let interfaces = if interfaces.is_empty() {
+                let found = skiff_agent::uplink::interfaces_for(&node_addresses)
+                    .map_err(anyhow::Error::msg)?;
+                println!(
+                    "node-facing interfaces (holding --node-address): {}",
+                    found.join(", ")
+                );
+                found
+            } else {
+                interfaces
             };
             let mut dp = Datapath::load_with(&config).context("loading the datapath")?;
             if let Some(addr) = snat_addr {

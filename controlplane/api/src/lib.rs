@@ -38,6 +38,7 @@ pub mod defaults;
 pub mod field;
 pub mod names;
 pub mod patch;
+pub mod rbac;
 pub mod resources;
 pub mod selector;
 pub mod status;

@@ -168,6 +168,12 @@ pub static RESOURCES: &[ResourceInfo] = &[
     res!("apps", "v1", "ReplicaSet", "replicasets", "replicaset", true, short: ["rs"], verbs: ALL_VERBS, categories: ALL, sub: [SCALE, STATUS]),
     // batch/v1
     res!("batch", "v1", "Job", "jobs", "job", true, short: [], verbs: ALL_VERBS, categories: ALL, sub: [STATUS]),
+    // rbac.authorization.k8s.io/v1: stored and served so manifests carrying RBAC apply;
+    // skiff authorizes with its own rules (admin, nodes), not with these objects yet.
+    res!("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding", false, short: [], verbs: ALL_VERBS, categories: &[], sub: []),
+    res!("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", "clusterrole", false, short: [], verbs: ALL_VERBS, categories: &[], sub: []),
+    res!("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", true, short: [], verbs: ALL_VERBS, categories: &[], sub: []),
+    res!("rbac.authorization.k8s.io", "v1", "Role", "roles", "role", true, short: [], verbs: ALL_VERBS, categories: &[], sub: []),
     // coordination.k8s.io/v1
     res!("coordination.k8s.io", "v1", "Lease", "leases", "lease", true, short: [], verbs: ALL_VERBS, categories: &[], sub: []),
     // discovery.k8s.io/v1
@@ -175,8 +181,14 @@ pub static RESOURCES: &[ResourceInfo] = &[
 ];
 
 /// Groups other than core, in the order `/apis` lists them (upstream lists by priority:
-/// apps, batch, coordination, discovery come in this relative order).
-const GROUP_ORDER: &[&str] = &["apps", "batch", "coordination.k8s.io", "discovery.k8s.io"];
+/// apps, batch, rbac, coordination, discovery come in this relative order).
+const GROUP_ORDER: &[&str] = &[
+    "apps",
+    "batch",
+    "rbac.authorization.k8s.io",
+    "coordination.k8s.io",
+    "discovery.k8s.io",
+];
 
 /// Finds a resource by group, version and plural (the URL form).
 pub fn by_plural(group: &str, version: &str, plural: &str) -> Option<&'static ResourceInfo> {
@@ -597,6 +609,42 @@ mod tests {
             "Job",
             "create,delete,deletecollection,get,list,patch,update,watch",
             "all",
+        ),
+        (
+            "clusterrolebindings",
+            "",
+            "rbac.authorization.k8s.io/v1",
+            false,
+            "ClusterRoleBinding",
+            "create,delete,deletecollection,get,list,patch,update,watch",
+            "",
+        ),
+        (
+            "clusterroles",
+            "",
+            "rbac.authorization.k8s.io/v1",
+            false,
+            "ClusterRole",
+            "create,delete,deletecollection,get,list,patch,update,watch",
+            "",
+        ),
+        (
+            "rolebindings",
+            "",
+            "rbac.authorization.k8s.io/v1",
+            true,
+            "RoleBinding",
+            "create,delete,deletecollection,get,list,patch,update,watch",
+            "",
+        ),
+        (
+            "roles",
+            "",
+            "rbac.authorization.k8s.io/v1",
+            true,
+            "Role",
+            "create,delete,deletecollection,get,list,patch,update,watch",
+            "",
         ),
         (
             "leases",

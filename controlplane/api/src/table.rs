@@ -164,6 +164,16 @@ fn columns(kind: &str) -> Vec<Col> {
             ("Count", "string", "", "The number of times this event has occurred.", 1),
             ("Name", "string", "name", NAME_DOC, 1),
         ],
+        // Upstream's roleBindingsColumnDefinitions (Role and ClusterRole print the default
+        // Name + Created At).
+        "RoleBinding" | "ClusterRoleBinding" => vec![
+            NAME,
+            ("Role", "string", "", "Role is the role being referenced", 0),
+            AGE,
+            ("Users", "string", "", "Users in the roleBinding", 1),
+            ("Groups", "string", "", "Groups in the roleBinding", 1),
+            ("ServiceAccounts", "string", "", "ServiceAccounts in the roleBinding", 1),
+        ],
         _ => vec![NAME, ("Created At", "date", "", AGE_DOC, 0)],
     }
 }
@@ -494,6 +504,39 @@ pub fn row_cells(kind: &str, obj: &Value, now: i64) -> Vec<Value> {
                 json!(first),
                 json!(count),
                 json!(name),
+            ]
+        }
+        "RoleBinding" | "ClusterRoleBinding" => {
+            // printRoleBinding: "<kind>/<name>", then subjects by kind (SAs as ns:name).
+            let subjects = obj
+                .pointer("/subjects")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let of_kind = |k: &str| {
+                subjects
+                    .iter()
+                    .filter(|x| x.get("kind").and_then(Value::as_str) == Some(k))
+                    .map(|x| match k {
+                        "ServiceAccount" => {
+                            format!("{}/{}", s(x, "/namespace"), s(x, "/name"))
+                        }
+                        _ => s(x, "/name").to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            vec![
+                json!(name),
+                json!(format!(
+                    "{}/{}",
+                    s(obj, "/roleRef/kind"),
+                    s(obj, "/roleRef/name")
+                )),
+                json!(age),
+                json!(of_kind("User")),
+                json!(of_kind("Group")),
+                json!(of_kind("ServiceAccount")),
             ]
         }
         _ => vec![
@@ -1147,6 +1190,21 @@ mod tests {
                 "ConfigMap",
                 json!({"metadata": meta, "data": {"a": "1", "b": "2"}, "binaryData": {"c": "AA=="}}),
                 json!(["x", 3, "30m"]),
+            ),
+            (
+                "RoleBinding",
+                json!({"metadata": meta, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+                       "subjects": [{"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"},
+                                    {"kind": "ServiceAccount", "name": "agent", "namespace": "kube-system"},
+                                    {"kind": "User", "name": "bob", "apiGroup": "rbac.authorization.k8s.io"}]}),
+                json!([
+                    "x",
+                    "ClusterRole/view",
+                    "30m",
+                    "alice, bob",
+                    "",
+                    "kube-system/agent"
+                ]),
             ),
             (
                 "Secret",

@@ -59,7 +59,7 @@ fn schema_json<T: k8s_openapi::schemars::JsonSchema>() -> Value {
 pub fn schema_for_kind(kind: &str) -> Option<&'static Value> {
     use k8s_openapi::api::{
         apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core,
-        discovery::v1 as disc,
+        discovery::v1 as disc, rbac::v1 as rbac,
     };
     static SCHEMAS: OnceLock<HashMap<&'static str, Value>> = OnceLock::new();
     SCHEMAS
@@ -80,6 +80,13 @@ pub fn schema_for_kind(kind: &str) -> Option<&'static Value> {
                 ("EndpointSlice", schema_json::<disc::EndpointSlice>()),
                 ("Lease", schema_json::<coord::Lease>()),
                 ("Job", schema_json::<batch::Job>()),
+                ("ClusterRole", schema_json::<rbac::ClusterRole>()),
+                (
+                    "ClusterRoleBinding",
+                    schema_json::<rbac::ClusterRoleBinding>(),
+                ),
+                ("Role", schema_json::<rbac::Role>()),
+                ("RoleBinding", schema_json::<rbac::RoleBinding>()),
             ])
         })
         .get(kind)

@@ -37,6 +37,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, Node, Pod, PodSpec, PodTemplateSpec, Secret, Service,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::rbac::v1 as rbac;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{json, Value};
@@ -56,12 +57,15 @@ pub enum NameRule {
     Dns1123Subdomain,
     Dns1123Label,
     Dns1035Label,
+    /// RBAC objects: any path segment (`system:controller:x` is a valid name).
+    PathSegment,
 }
 
 pub fn name_rule(kind: &str) -> NameRule {
     match kind {
         "Service" => NameRule::Dns1035Label,
         "Namespace" => NameRule::Dns1123Label,
+        "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => NameRule::PathSegment,
         _ => NameRule::Dns1123Subdomain,
     }
 }
@@ -71,6 +75,7 @@ fn check_name(rule: NameRule, name: &str) -> Vec<String> {
         NameRule::Dns1123Subdomain => is_dns1123_subdomain(name),
         NameRule::Dns1123Label => is_dns1123_label(name),
         NameRule::Dns1035Label => is_dns1035_label(name),
+        NameRule::PathSegment => crate::rbac::name_errors(name),
     }
 }
 
@@ -280,6 +285,38 @@ pub fn validate(kind: &str, obj: &Value) -> Result<Vec<FieldError>, DecodeError>
             errs.extend(validate_secret_keys(&data));
         }
         "Node" => errs.extend(validate_node(&decode::<Node>(kind, obj)?)),
+        "Role" => {
+            let r: rbac::Role = decode(kind, obj)?;
+            errs.extend(crate::rbac::validate_rules(
+                r.rules.as_deref().unwrap_or_default(),
+                true,
+                &Path::root("rules"),
+            ));
+        }
+        "ClusterRole" => {
+            let r: rbac::ClusterRole = decode(kind, obj)?;
+            errs.extend(crate::rbac::validate_rules(
+                r.rules.as_deref().unwrap_or_default(),
+                false,
+                &Path::root("rules"),
+            ));
+        }
+        "RoleBinding" => {
+            let b: rbac::RoleBinding = decode(kind, obj)?;
+            errs.extend(crate::rbac::validate_binding(
+                &b.role_ref,
+                b.subjects.as_deref().unwrap_or_default(),
+                false,
+            ));
+        }
+        "ClusterRoleBinding" => {
+            let b: rbac::ClusterRoleBinding = decode(kind, obj)?;
+            errs.extend(crate::rbac::validate_binding(
+                &b.role_ref,
+                b.subjects.as_deref().unwrap_or_default(),
+                true,
+            ));
+        }
         _ => {}
     }
     Ok(errs)
@@ -368,6 +405,9 @@ pub fn validate_update(
                     "node updates may not change providerID except from \"\" to valid",
                 ));
             }
+        }
+        "RoleBinding" | "ClusterRoleBinding" => {
+            errs.extend(crate::rbac::validate_binding_update(old, new));
         }
         "EndpointSlice" if old.get("addressType") != new.get("addressType") => {
             errs.push(FieldError::invalid(

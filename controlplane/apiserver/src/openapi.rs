@@ -48,6 +48,7 @@ fn schema_prefix(r: &ResourceInfo) -> String {
         "" => "core",
         "coordination.k8s.io" => "coordination",
         "discovery.k8s.io" => "discovery",
+        "rbac.authorization.k8s.io" => "rbac",
         g => g,
     };
     format!("io.k8s.api.{g}.{}", r.version)

@@ -54,6 +54,10 @@ ROOTS = [
     ("batch/v1", "Job", "api::batch::v1", "Job"),
     ("coordination.k8s.io/v1", "Lease", "api::coordination::v1", "Lease"),
     ("discovery.k8s.io/v1", "EndpointSlice", "api::discovery::v1", "EndpointSlice"),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole", "api::rbac::v1", "ClusterRole"),
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "api::rbac::v1", "ClusterRoleBinding"),
+    ("rbac.authorization.k8s.io/v1", "Role", "api::rbac::v1", "Role"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding", "api::rbac::v1", "RoleBinding"),
     ("autoscaling/v1", "Scale", "api::autoscaling::v1", "Scale"),
     # Registered in every group version (metav1.AddToGroupVersion).
     ("*", "DeleteOptions", "apimachinery::pkg::apis::meta::v1", "DeleteOptions"),

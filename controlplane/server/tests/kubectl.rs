@@ -466,3 +466,134 @@ fn etcd_store_needs_endpoints() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--store etcd needs --etcd-endpoints"), "{err}");
 }
+
+/// rbac.authorization.k8s.io objects are served (stored, validated, printed; not
+/// enforced), so manifests carrying RBAC apply: among them skiff's own DaemonSet manifest
+/// for running the agent as kube-proxy's replacement on another cluster.
+#[test]
+fn rbac_objects_and_the_agent_deploy_manifest_apply() {
+    let server = ServerProcess::start();
+    let Some(k) = Kubectl::new("1.33", &server) else {
+        return;
+    };
+    k.wait_ready(&server);
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/skiff-agent.yaml")
+        .to_string_lossy()
+        .into_owned();
+    let kinds = [
+        "serviceaccount/skiff-agent",
+        "clusterrole.rbac.authorization.k8s.io/skiff-agent",
+        "clusterrolebinding.rbac.authorization.k8s.io/skiff-agent",
+        "configmap/skiff-agent",
+        "daemonset.apps/skiff-agent",
+    ];
+    let dry = k.ok(&["apply", "--dry-run=server", "-f", &manifest]);
+    for kind in kinds {
+        assert!(
+            dry.contains(&format!("{kind} created (server dry run)")),
+            "{dry}"
+        );
+    }
+    let created = k.ok(&["apply", "-f", &manifest]);
+    for kind in kinds {
+        assert!(created.contains(&format!("{kind} created")), "{created}");
+    }
+    let again = k.ok(&["apply", "-f", &manifest]);
+    for kind in kinds {
+        assert!(again.contains(&format!("{kind} unchanged")), "{again}");
+    }
+    let wide = k.ok(&["get", "clusterrolebinding", "skiff-agent", "-o", "wide"]);
+    assert!(
+        wide.contains("ClusterRole/skiff-agent") && wide.contains("kube-system/skiff-agent"),
+        "{wide}"
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "clusterrole",
+            "skiff-agent",
+            "-o",
+            "jsonpath={.rules[1].resources[0]}"
+        ]),
+        "endpointslices"
+    );
+
+    // kubectl create sends these as protobuf.
+    assert_eq!(
+        k.ok(&[
+            "create",
+            "clusterrole",
+            "system:pod-reader",
+            "--verb=get,list",
+            "--resource=pods"
+        ])
+        .trim(),
+        "clusterrole.rbac.authorization.k8s.io/system:pod-reader created"
+    );
+    assert_eq!(
+        k.ok(&[
+            "create",
+            "rolebinding",
+            "readers",
+            "--clusterrole=system:pod-reader",
+            "--user=alice",
+            "--serviceaccount=default:builder"
+        ])
+        .trim(),
+        "rolebinding.rbac.authorization.k8s.io/readers created"
+    );
+    let rb = k.ok(&["get", "rolebinding", "readers", "-o", "wide"]);
+    assert!(
+        rb.contains("ClusterRole/system:pod-reader")
+            && rb.contains("alice")
+            && rb.contains("default/builder"),
+        "{rb}"
+    );
+    // Upstream's validation messages, and nothing stored.
+    let mut child = k
+        .command(&["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: bad\nrules:\n- apiGroups: [\"\"]\n  resources: [pods]\n  verbs: []\n",
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("The Role \"bad\" is invalid: rules[0].verbs: Required value: verbs must contain at least one value"),
+        "{err}"
+    );
+    assert!(k.fails(&["get", "role", "bad"]).contains("NotFound"));
+    let err = k.fails(&[
+        "patch",
+        "rolebinding",
+        "readers",
+        "--type=merge",
+        "-p",
+        r#"{"roleRef":{"name":"other"}}"#,
+    ]);
+    assert!(
+        err.contains("roleRef: Invalid value") && err.contains("cannot change roleRef"),
+        "{err}"
+    );
+    let resources = k.ok(&[
+        "api-resources",
+        "--api-group=rbac.authorization.k8s.io",
+        "--no-headers",
+    ]);
+    assert_eq!(resources.lines().count(), 4, "{resources}");
+    assert!(k
+        .ok(&["explain", "clusterrole.rules.verbs"])
+        .contains("Verbs is a list of Verbs"));
+}

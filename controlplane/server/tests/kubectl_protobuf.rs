@@ -429,13 +429,13 @@ async fn put_subresources_delete_options_and_errors() {
     assert_eq!(still["data"], json!({"k": "two"}));
 
     // A kind without a protobuf definition here: 415 naming it.
-    let role = envelope("rbac.authorization.k8s.io/v1", "Role", &meta("r"));
-    let (code, msg) = send(&client, "POST", &format!("{ns}/configmaps"), role)
+    let ingress = envelope("networking.k8s.io/v1", "Ingress", &meta("r"));
+    let (code, msg) = send(&client, "POST", &format!("{ns}/configmaps"), ingress)
         .await
         .unwrap_err();
     assert_eq!(code, 415, "{msg}");
     assert!(
-        msg.contains("Role in version \"rbac.authorization.k8s.io/v1\""),
+        msg.contains("Ingress in version \"networking.k8s.io/v1\""),
         "{msg}"
     );
 

@@ -20,8 +20,12 @@ pub(super) static ROOTS: &[(&str, &str, usize)] = &[
     ("batch/v1", "Job", 13),
     ("coordination.k8s.io/v1", "Lease", 14),
     ("discovery.k8s.io/v1", "EndpointSlice", 15),
-    ("autoscaling/v1", "Scale", 16),
-    ("*", "DeleteOptions", 17),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole", 16),
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", 17),
+    ("rbac.authorization.k8s.io/v1", "Role", 18),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding", 19),
+    ("autoscaling/v1", "Scale", 20),
+    ("*", "DeleteOptions", 21),
 ];
 
 pub(super) static MESSAGES: &[Message] = &[
@@ -33,7 +37,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "metadata",
-                ty: Ty::Message(18),
+                ty: Ty::Message(22),
                 label: Label::Optional,
             },
             Field {
@@ -64,13 +68,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "metadata",
-                ty: Ty::Message(18),
+                ty: Ty::Message(22),
                 label: Label::Optional,
             },
             Field {
                 tag: 2,
                 json: "subsets",
-                ty: Ty::Message(19),
+                ty: Ty::Message(23),
                 label: Label::Repeated,
             },
         ],
@@ -83,13 +87,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "metadata",
-                ty: Ty::Message(18),
+                ty: Ty::Message(22),
                 label: Label::Optional,
             },
             Field {
                 tag: 2,
                 json: "involvedObject",
-                ty: Ty::Message(20),
+                ty: Ty::Message(24),
                 label: Label::Optional,
             },
             Field {
@@ -107,19 +111,19 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 5,
                 json: "source",
-                ty: Ty::Message(21),
+                ty: Ty::Message(25),
                 label: Label::Optional,
             },
             Field {
                 tag: 6,
                 json: "firstTimestamp",
-                ty: Ty::Message(22),
+                ty: Ty::Message(26),
                 label: Label::Optional,
             },
             Field {
                 tag: 7,
                 json: "lastTimestamp",
-                ty: Ty::Message(22),
+                ty: Ty::Message(26),
                 label: Label::Optional,
             },
             Field {
@@ -137,13 +141,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 10,
                 json: "eventTime",
-                ty: Ty::Message(23),
+                ty: Ty::Message(27),
                 label: Label::Optional,
             },
             Field {
                 tag: 11,
                 json: "series",
-                ty: Ty::Message(24),
+                ty: Ty::Message(28),
                 label: Label::Optional,
             },
             Field {
@@ -155,7 +159,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 13,
                 json: "related",
-                ty: Ty::Message(20),
+                ty: Ty::Message(24),
                 label: Label::Optional,
             },
             Field {
@@ -180,57 +184,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "metadata",
-                ty: Ty::Message(18),
-                label: Label::Optional,
-            },
-            Field {
-                tag: 2,
-                json: "spec",
-                ty: Ty::Message(25),
-                label: Label::Optional,
-            },
-            Field {
-                tag: 3,
-                json: "status",
-                ty: Ty::Message(26),
-                label: Label::Optional,
-            },
-        ],
-    },
-    // 4
-    Message {
-        name: "k8s.io.api.core.v1.Node",
-        special: None,
-        fields: &[
-            Field {
-                tag: 1,
-                json: "metadata",
-                ty: Ty::Message(18),
-                label: Label::Optional,
-            },
-            Field {
-                tag: 2,
-                json: "spec",
-                ty: Ty::Message(27),
-                label: Label::Optional,
-            },
-            Field {
-                tag: 3,
-                json: "status",
-                ty: Ty::Message(28),
-                label: Label::Optional,
-            },
-        ],
-    },
-    // 5
-    Message {
-        name: "k8s.io.api.core.v1.Pod",
-        special: None,
-        fields: &[
-            Field {
-                tag: 1,
-                json: "metadata",
-                ty: Ty::Message(18),
+                ty: Ty::Message(22),
                 label: Label::Optional,
             },
             Field {
@@ -247,6 +201,56 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
+    // 4
+    Message {
+        name: "k8s.io.api.core.v1.Node",
+        special: None,
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Ty::Message(22),
+                label: Label::Optional,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                ty: Ty::Message(31),
+                label: Label::Optional,
+            },
+            Field {
+                tag: 3,
+                json: "status",
+                ty: Ty::Message(32),
+                label: Label::Optional,
+            },
+        ],
+    },
+    // 5
+    Message {
+        name: "k8s.io.api.core.v1.Pod",
+        special: None,
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Ty::Message(22),
+                label: Label::Optional,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                ty: Ty::Message(33),
+                label: Label::Optional,
+            },
+            Field {
+                tag: 3,
+                json: "status",
+                ty: Ty::Message(34),
+                label: Label::Optional,
+            },
+        ],
+    },
     // 6
     Message {
         name: "k8s.io.api.core.v1.Secret",
@@ -255,7 +259,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "metadata",
-                ty: Ty::Message(18),
+                ty: Ty::Message(22),
                 label: Label::Optional,
             },
             Field {
@@ -292,19 +296,19 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "metadata",
-                ty: Ty::Message(18),
+                ty: Ty::Message(22),
                 label: Label::Optional,
             },
             Field {
                 tag: 2,
                 json: "secrets",
-                ty: Ty::Message(20),
+                ty: Ty::Message(24),
                 label: Label::Repeated,
             },
             Field {
                 tag: 3,
                 json: "imagePullSecrets",
-                ty: Ty::Message(31),
+                ty: Ty::Message(35),
                 label: Label::Repeated,
             },
             Field {
@@ -323,76 +327,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "metadata",
-                ty: Ty::Message(18),
-                label: Label::Optional,
-            },
-            Field {
-                tag: 2,
-                json: "spec",
-                ty: Ty::Message(32),
-                label: Label::Optional,
-            },
-            Field {
-                tag: 3,
-                json: "status",
-                ty: Ty::Message(33),
-                label: Label::Optional,
-            },
-        ],
-    },
-    // 9
-    Message {
-        name: "k8s.io.api.core.v1.Binding",
-        special: None,
-        fields: &[
-            Field {
-                tag: 1,
-                json: "metadata",
-                ty: Ty::Message(18),
-                label: Label::Optional,
-            },
-            Field {
-                tag: 2,
-                json: "target",
-                ty: Ty::Message(20),
-                label: Label::Optional,
-            },
-        ],
-    },
-    // 10
-    Message {
-        name: "k8s.io.api.apps.v1.DaemonSet",
-        special: None,
-        fields: &[
-            Field {
-                tag: 1,
-                json: "metadata",
-                ty: Ty::Message(18),
-                label: Label::Optional,
-            },
-            Field {
-                tag: 2,
-                json: "spec",
-                ty: Ty::Message(34),
-                label: Label::Optional,
-            },
-            Field {
-                tag: 3,
-                json: "status",
-                ty: Ty::Message(35),
-                label: Label::Optional,
-            },
-        ],
-    },
-    // 11
-    Message {
-        name: "k8s.io.api.apps.v1.Deployment",
-        special: None,
-        fields: &[
-            Field {
-                tag: 1,
-                json: "metadata",
-                ty: Ty::Message(18),
+                ty: Ty::Message(22),
                 label: Label::Optional,
             },
             Field {
@@ -409,15 +344,34 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 12
+    // 9
     Message {
-        name: "k8s.io.api.apps.v1.ReplicaSet",
+        name: "k8s.io.api.core.v1.Binding",
         special: None,
         fields: &[
             Field {
                 tag: 1,
                 json: "metadata",
-                ty: Ty::Message(18),
+                ty: Ty::Message(22),
+                label: Label::Optional,
+            },
+            Field {
+                tag: 2,
+                json: "target",
+                ty: Ty::Message(24),
+                label: Label::Optional,
+            },
+        ],
+    },
+    // 10
+    Message {
+        name: "k8s.io.api.apps.v1.DaemonSet",
+        special: None,
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Ty::Message(22),
                 label: Label::Optional,
             },
             Field {
@@ -434,15 +388,15 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 13
+    // 11
     Message {
-        name: "k8s.io.api.batch.v1.Job",
+        name: "k8s.io.api.apps.v1.Deployment",
         special: None,
         fields: &[
             Field {
                 tag: 1,
                 json: "metadata",
-                ty: Ty::Message(18),
+                ty: Ty::Message(22),
                 label: Label::Optional,
             },
             Field {
@@ -459,6 +413,56 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
+    // 12
+    Message {
+        name: "k8s.io.api.apps.v1.ReplicaSet",
+        special: None,
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Ty::Message(22),
+                label: Label::Optional,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                ty: Ty::Message(42),
+                label: Label::Optional,
+            },
+            Field {
+                tag: 3,
+                json: "status",
+                ty: Ty::Message(43),
+                label: Label::Optional,
+            },
+        ],
+    },
+    // 13
+    Message {
+        name: "k8s.io.api.batch.v1.Job",
+        special: None,
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Ty::Message(22),
+                label: Label::Optional,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                ty: Ty::Message(44),
+                label: Label::Optional,
+            },
+            Field {
+                tag: 3,
+                json: "status",
+                ty: Ty::Message(45),
+                label: Label::Optional,
+            },
+        ],
+    },
     // 14
     Message {
         name: "k8s.io.api.coordination.v1.Lease",
@@ -467,13 +471,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "metadata",
-                ty: Ty::Message(18),
+                ty: Ty::Message(22),
                 label: Label::Optional,
             },
             Field {
                 tag: 2,
                 json: "spec",
-                ty: Ty::Message(42),
+                ty: Ty::Message(46),
                 label: Label::Optional,
             },
         ],
@@ -486,19 +490,19 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "metadata",
-                ty: Ty::Message(18),
+                ty: Ty::Message(22),
                 label: Label::Optional,
             },
             Field {
                 tag: 2,
                 json: "endpoints",
-                ty: Ty::Message(43),
+                ty: Ty::Message(47),
                 label: Label::Repeated,
             },
             Field {
                 tag: 3,
                 json: "ports",
-                ty: Ty::Message(44),
+                ty: Ty::Message(48),
                 label: Label::Repeated,
             },
             Field {
@@ -511,30 +515,124 @@ pub(super) static MESSAGES: &[Message] = &[
     },
     // 16
     Message {
+        name: "k8s.io.api.rbac.v1.ClusterRole",
+        special: None,
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Ty::Message(22),
+                label: Label::Optional,
+            },
+            Field {
+                tag: 2,
+                json: "rules",
+                ty: Ty::Message(49),
+                label: Label::Repeated,
+            },
+            Field {
+                tag: 3,
+                json: "aggregationRule",
+                ty: Ty::Message(50),
+                label: Label::Optional,
+            },
+        ],
+    },
+    // 17
+    Message {
+        name: "k8s.io.api.rbac.v1.ClusterRoleBinding",
+        special: None,
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Ty::Message(22),
+                label: Label::Optional,
+            },
+            Field {
+                tag: 2,
+                json: "subjects",
+                ty: Ty::Message(51),
+                label: Label::Repeated,
+            },
+            Field {
+                tag: 3,
+                json: "roleRef",
+                ty: Ty::Message(52),
+                label: Label::Optional,
+            },
+        ],
+    },
+    // 18
+    Message {
+        name: "k8s.io.api.rbac.v1.Role",
+        special: None,
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Ty::Message(22),
+                label: Label::Optional,
+            },
+            Field {
+                tag: 2,
+                json: "rules",
+                ty: Ty::Message(49),
+                label: Label::Repeated,
+            },
+        ],
+    },
+    // 19
+    Message {
+        name: "k8s.io.api.rbac.v1.RoleBinding",
+        special: None,
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                ty: Ty::Message(22),
+                label: Label::Optional,
+            },
+            Field {
+                tag: 2,
+                json: "subjects",
+                ty: Ty::Message(51),
+                label: Label::Repeated,
+            },
+            Field {
+                tag: 3,
+                json: "roleRef",
+                ty: Ty::Message(52),
+                label: Label::Optional,
+            },
+        ],
+    },
+    // 20
+    Message {
         name: "k8s.io.api.autoscaling.v1.Scale",
         special: None,
         fields: &[
             Field {
                 tag: 1,
                 json: "metadata",
-                ty: Ty::Message(18),
+                ty: Ty::Message(22),
                 label: Label::Optional,
             },
             Field {
                 tag: 2,
                 json: "spec",
-                ty: Ty::Message(45),
+                ty: Ty::Message(53),
                 label: Label::Optional,
             },
             Field {
                 tag: 3,
                 json: "status",
-                ty: Ty::Message(46),
+                ty: Ty::Message(54),
                 label: Label::Optional,
             },
         ],
     },
-    // 17
+    // 21
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.DeleteOptions",
         special: None,
@@ -548,7 +646,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "preconditions",
-                ty: Ty::Message(47),
+                ty: Ty::Message(55),
                 label: Label::Optional,
             },
             Field {
@@ -577,7 +675,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 18
+    // 22
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta",
         special: None,
@@ -627,13 +725,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 8,
                 json: "creationTimestamp",
-                ty: Ty::Message(22),
+                ty: Ty::Message(26),
                 label: Label::Optional,
             },
             Field {
                 tag: 9,
                 json: "deletionTimestamp",
-                ty: Ty::Message(22),
+                ty: Ty::Message(26),
                 label: Label::Optional,
             },
             Field {
@@ -657,7 +755,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 13,
                 json: "ownerReferences",
-                ty: Ty::Message(48),
+                ty: Ty::Message(56),
                 label: Label::Repeated,
             },
             Field {
@@ -669,12 +767,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 17,
                 json: "managedFields",
-                ty: Ty::Message(49),
+                ty: Ty::Message(57),
                 label: Label::Repeated,
             },
         ],
     },
-    // 19
+    // 23
     Message {
         name: "k8s.io.api.core.v1.EndpointSubset",
         special: None,
@@ -682,24 +780,24 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "addresses",
-                ty: Ty::Message(50),
+                ty: Ty::Message(58),
                 label: Label::Repeated,
             },
             Field {
                 tag: 2,
                 json: "notReadyAddresses",
-                ty: Ty::Message(50),
+                ty: Ty::Message(58),
                 label: Label::Repeated,
             },
             Field {
                 tag: 3,
                 json: "ports",
-                ty: Ty::Message(51),
+                ty: Ty::Message(59),
                 label: Label::Repeated,
             },
         ],
     },
-    // 20
+    // 24
     Message {
         name: "k8s.io.api.core.v1.ObjectReference",
         special: None,
@@ -748,7 +846,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 21
+    // 25
     Message {
         name: "k8s.io.api.core.v1.EventSource",
         special: None,
@@ -767,7 +865,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 22
+    // 26
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.Time",
         special: Some(Special::Time),
@@ -786,7 +884,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 23
+    // 27
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.MicroTime",
         special: Some(Special::MicroTime),
@@ -805,7 +903,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 24
+    // 28
     Message {
         name: "k8s.io.api.core.v1.EventSeries",
         special: None,
@@ -819,12 +917,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "lastObservedTime",
-                ty: Ty::Message(23),
+                ty: Ty::Message(27),
                 label: Label::Optional,
             },
         ],
     },
-    // 25
+    // 29
     Message {
         name: "k8s.io.api.core.v1.NamespaceSpec",
         special: None,
@@ -835,7 +933,7 @@ pub(super) static MESSAGES: &[Message] = &[
             label: Label::Repeated,
         }],
     },
-    // 26
+    // 30
     Message {
         name: "k8s.io.api.core.v1.NamespaceStatus",
         special: None,
@@ -849,12 +947,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "conditions",
-                ty: Ty::Message(52),
+                ty: Ty::Message(60),
                 label: Label::Repeated,
             },
         ],
     },
-    // 27
+    // 31
     Message {
         name: "k8s.io.api.core.v1.NodeSpec",
         special: None,
@@ -886,13 +984,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 5,
                 json: "taints",
-                ty: Ty::Message(53),
+                ty: Ty::Message(61),
                 label: Label::Repeated,
             },
             Field {
                 tag: 6,
                 json: "configSource",
-                ty: Ty::Message(54),
+                ty: Ty::Message(62),
                 label: Label::Optional,
             },
             Field {
@@ -903,7 +1001,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 28
+    // 32
     Message {
         name: "k8s.io.api.core.v1.NodeStatus",
         special: None,
@@ -911,13 +1009,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "capacity",
-                ty: Ty::Message(55),
+                ty: Ty::Message(63),
                 label: Label::Map,
             },
             Field {
                 tag: 2,
                 json: "allocatable",
-                ty: Ty::Message(55),
+                ty: Ty::Message(63),
                 label: Label::Map,
             },
             Field {
@@ -929,31 +1027,31 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 4,
                 json: "conditions",
-                ty: Ty::Message(56),
+                ty: Ty::Message(64),
                 label: Label::Repeated,
             },
             Field {
                 tag: 5,
                 json: "addresses",
-                ty: Ty::Message(57),
+                ty: Ty::Message(65),
                 label: Label::Repeated,
             },
             Field {
                 tag: 6,
                 json: "daemonEndpoints",
-                ty: Ty::Message(58),
+                ty: Ty::Message(66),
                 label: Label::Optional,
             },
             Field {
                 tag: 7,
                 json: "nodeInfo",
-                ty: Ty::Message(59),
+                ty: Ty::Message(67),
                 label: Label::Optional,
             },
             Field {
                 tag: 8,
                 json: "images",
-                ty: Ty::Message(60),
+                ty: Ty::Message(68),
                 label: Label::Repeated,
             },
             Field {
@@ -965,25 +1063,25 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 10,
                 json: "volumesAttached",
-                ty: Ty::Message(61),
+                ty: Ty::Message(69),
                 label: Label::Repeated,
             },
             Field {
                 tag: 11,
                 json: "config",
-                ty: Ty::Message(62),
+                ty: Ty::Message(70),
                 label: Label::Optional,
             },
             Field {
                 tag: 12,
                 json: "runtimeHandlers",
-                ty: Ty::Message(63),
+                ty: Ty::Message(71),
                 label: Label::Repeated,
             },
             Field {
                 tag: 13,
                 json: "features",
-                ty: Ty::Message(64),
+                ty: Ty::Message(72),
                 label: Label::Optional,
             },
             Field {
@@ -994,7 +1092,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 29
+    // 33
     Message {
         name: "k8s.io.api.core.v1.PodSpec",
         special: None,
@@ -1002,13 +1100,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "volumes",
-                ty: Ty::Message(65),
+                ty: Ty::Message(73),
                 label: Label::Repeated,
             },
             Field {
                 tag: 2,
                 json: "containers",
-                ty: Ty::Message(66),
+                ty: Ty::Message(74),
                 label: Label::Repeated,
             },
             Field {
@@ -1080,13 +1178,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 14,
                 json: "securityContext",
-                ty: Ty::Message(68),
+                ty: Ty::Message(76),
                 label: Label::Optional,
             },
             Field {
                 tag: 15,
                 json: "imagePullSecrets",
-                ty: Ty::Message(31),
+                ty: Ty::Message(35),
                 label: Label::Repeated,
             },
             Field {
@@ -1104,7 +1202,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 18,
                 json: "affinity",
-                ty: Ty::Message(69),
+                ty: Ty::Message(77),
                 label: Label::Optional,
             },
             Field {
@@ -1116,7 +1214,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 20,
                 json: "initContainers",
-                ty: Ty::Message(66),
+                ty: Ty::Message(74),
                 label: Label::Repeated,
             },
             Field {
@@ -1128,13 +1226,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 22,
                 json: "tolerations",
-                ty: Ty::Message(70),
+                ty: Ty::Message(78),
                 label: Label::Repeated,
             },
             Field {
                 tag: 23,
                 json: "hostAliases",
-                ty: Ty::Message(71),
+                ty: Ty::Message(79),
                 label: Label::Repeated,
             },
             Field {
@@ -1152,7 +1250,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 26,
                 json: "dnsConfig",
-                ty: Ty::Message(72),
+                ty: Ty::Message(80),
                 label: Label::Optional,
             },
             Field {
@@ -1164,7 +1262,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 28,
                 json: "readinessGates",
-                ty: Ty::Message(73),
+                ty: Ty::Message(81),
                 label: Label::Repeated,
             },
             Field {
@@ -1188,19 +1286,19 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 32,
                 json: "overhead",
-                ty: Ty::Message(55),
+                ty: Ty::Message(63),
                 label: Label::Map,
             },
             Field {
                 tag: 33,
                 json: "topologySpreadConstraints",
-                ty: Ty::Message(74),
+                ty: Ty::Message(82),
                 label: Label::Repeated,
             },
             Field {
                 tag: 34,
                 json: "ephemeralContainers",
-                ty: Ty::Message(67),
+                ty: Ty::Message(75),
                 label: Label::Repeated,
             },
             Field {
@@ -1212,7 +1310,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 36,
                 json: "os",
-                ty: Ty::Message(75),
+                ty: Ty::Message(83),
                 label: Label::Optional,
             },
             Field {
@@ -1224,19 +1322,19 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 38,
                 json: "schedulingGates",
-                ty: Ty::Message(76),
+                ty: Ty::Message(84),
                 label: Label::Repeated,
             },
             Field {
                 tag: 39,
                 json: "resourceClaims",
-                ty: Ty::Message(77),
+                ty: Ty::Message(85),
                 label: Label::Repeated,
             },
             Field {
                 tag: 40,
                 json: "resources",
-                ty: Ty::Message(78),
+                ty: Ty::Message(86),
                 label: Label::Optional,
             },
             Field {
@@ -1248,12 +1346,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 42,
                 json: "workloadRef",
-                ty: Ty::Message(79),
+                ty: Ty::Message(87),
                 label: Label::Optional,
             },
         ],
     },
-    // 30
+    // 34
     Message {
         name: "k8s.io.api.core.v1.PodStatus",
         special: None,
@@ -1267,7 +1365,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "conditions",
-                ty: Ty::Message(80),
+                ty: Ty::Message(88),
                 label: Label::Repeated,
             },
             Field {
@@ -1297,13 +1395,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 7,
                 json: "startTime",
-                ty: Ty::Message(22),
+                ty: Ty::Message(26),
                 label: Label::Optional,
             },
             Field {
                 tag: 8,
                 json: "containerStatuses",
-                ty: Ty::Message(83),
+                ty: Ty::Message(91),
                 label: Label::Repeated,
             },
             Field {
@@ -1315,7 +1413,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 10,
                 json: "initContainerStatuses",
-                ty: Ty::Message(83),
+                ty: Ty::Message(91),
                 label: Label::Repeated,
             },
             Field {
@@ -1327,13 +1425,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 12,
                 json: "podIPs",
-                ty: Ty::Message(82),
+                ty: Ty::Message(90),
                 label: Label::Repeated,
             },
             Field {
                 tag: 13,
                 json: "ephemeralContainerStatuses",
-                ty: Ty::Message(83),
+                ty: Ty::Message(91),
                 label: Label::Repeated,
             },
             Field {
@@ -1345,13 +1443,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 15,
                 json: "resourceClaimStatuses",
-                ty: Ty::Message(84),
+                ty: Ty::Message(92),
                 label: Label::Repeated,
             },
             Field {
                 tag: 16,
                 json: "hostIPs",
-                ty: Ty::Message(81),
+                ty: Ty::Message(89),
                 label: Label::Repeated,
             },
             Field {
@@ -1363,24 +1461,24 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 18,
                 json: "extendedResourceClaimStatus",
-                ty: Ty::Message(85),
+                ty: Ty::Message(93),
                 label: Label::Optional,
             },
             Field {
                 tag: 19,
                 json: "allocatedResources",
-                ty: Ty::Message(55),
+                ty: Ty::Message(63),
                 label: Label::Map,
             },
             Field {
                 tag: 20,
                 json: "resources",
-                ty: Ty::Message(78),
+                ty: Ty::Message(86),
                 label: Label::Optional,
             },
         ],
     },
-    // 31
+    // 35
     Message {
         name: "k8s.io.api.core.v1.LocalObjectReference",
         special: None,
@@ -1391,7 +1489,7 @@ pub(super) static MESSAGES: &[Message] = &[
             label: Label::Optional,
         }],
     },
-    // 32
+    // 36
     Message {
         name: "k8s.io.api.core.v1.ServiceSpec",
         special: None,
@@ -1399,7 +1497,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "ports",
-                ty: Ty::Message(86),
+                ty: Ty::Message(94),
                 label: Label::Repeated,
             },
             Field {
@@ -1471,7 +1569,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 14,
                 json: "sessionAffinityConfig",
-                ty: Ty::Message(87),
+                ty: Ty::Message(95),
                 label: Label::Optional,
             },
             Field {
@@ -1518,7 +1616,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 33
+    // 37
     Message {
         name: "k8s.io.api.core.v1.ServiceStatus",
         special: None,
@@ -1526,18 +1624,18 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "loadBalancer",
-                ty: Ty::Message(88),
+                ty: Ty::Message(96),
                 label: Label::Optional,
             },
             Field {
                 tag: 2,
                 json: "conditions",
-                ty: Ty::Message(89),
+                ty: Ty::Message(97),
                 label: Label::Repeated,
             },
         ],
     },
-    // 34
+    // 38
     Message {
         name: "k8s.io.api.apps.v1.DaemonSetSpec",
         special: None,
@@ -1545,19 +1643,19 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "selector",
-                ty: Ty::Message(90),
+                ty: Ty::Message(98),
                 label: Label::Optional,
             },
             Field {
                 tag: 2,
                 json: "template",
-                ty: Ty::Message(91),
+                ty: Ty::Message(99),
                 label: Label::Optional,
             },
             Field {
                 tag: 3,
                 json: "updateStrategy",
-                ty: Ty::Message(92),
+                ty: Ty::Message(100),
                 label: Label::Optional,
             },
             Field {
@@ -1574,7 +1672,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 35
+    // 39
     Message {
         name: "k8s.io.api.apps.v1.DaemonSetStatus",
         special: None,
@@ -1636,12 +1734,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 10,
                 json: "conditions",
-                ty: Ty::Message(93),
+                ty: Ty::Message(101),
                 label: Label::Repeated,
             },
         ],
     },
-    // 36
+    // 40
     Message {
         name: "k8s.io.api.apps.v1.DeploymentSpec",
         special: None,
@@ -1655,19 +1753,19 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "selector",
-                ty: Ty::Message(90),
+                ty: Ty::Message(98),
                 label: Label::Optional,
             },
             Field {
                 tag: 3,
                 json: "template",
-                ty: Ty::Message(91),
+                ty: Ty::Message(99),
                 label: Label::Optional,
             },
             Field {
                 tag: 4,
                 json: "strategy",
-                ty: Ty::Message(94),
+                ty: Ty::Message(102),
                 label: Label::Optional,
             },
             Field {
@@ -1696,7 +1794,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 37
+    // 41
     Message {
         name: "k8s.io.api.apps.v1.DeploymentStatus",
         special: None,
@@ -1734,7 +1832,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 6,
                 json: "conditions",
-                ty: Ty::Message(95),
+                ty: Ty::Message(103),
                 label: Label::Repeated,
             },
             Field {
@@ -1757,7 +1855,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 38
+    // 42
     Message {
         name: "k8s.io.api.apps.v1.ReplicaSetSpec",
         special: None,
@@ -1771,13 +1869,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "selector",
-                ty: Ty::Message(90),
+                ty: Ty::Message(98),
                 label: Label::Optional,
             },
             Field {
                 tag: 3,
                 json: "template",
-                ty: Ty::Message(91),
+                ty: Ty::Message(99),
                 label: Label::Optional,
             },
             Field {
@@ -1788,7 +1886,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 39
+    // 43
     Message {
         name: "k8s.io.api.apps.v1.ReplicaSetStatus",
         special: None,
@@ -1826,7 +1924,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 6,
                 json: "conditions",
-                ty: Ty::Message(96),
+                ty: Ty::Message(104),
                 label: Label::Repeated,
             },
             Field {
@@ -1837,7 +1935,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 40
+    // 44
     Message {
         name: "k8s.io.api.batch.v1.JobSpec",
         special: None,
@@ -1863,7 +1961,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 4,
                 json: "selector",
-                ty: Ty::Message(90),
+                ty: Ty::Message(98),
                 label: Label::Optional,
             },
             Field {
@@ -1875,7 +1973,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 6,
                 json: "template",
-                ty: Ty::Message(91),
+                ty: Ty::Message(99),
                 label: Label::Optional,
             },
             Field {
@@ -1905,7 +2003,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 11,
                 json: "podFailurePolicy",
-                ty: Ty::Message(97),
+                ty: Ty::Message(105),
                 label: Label::Optional,
             },
             Field {
@@ -1935,12 +2033,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 16,
                 json: "successPolicy",
-                ty: Ty::Message(98),
+                ty: Ty::Message(106),
                 label: Label::Optional,
             },
         ],
     },
-    // 41
+    // 45
     Message {
         name: "k8s.io.api.batch.v1.JobStatus",
         special: None,
@@ -1948,19 +2046,19 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "conditions",
-                ty: Ty::Message(99),
+                ty: Ty::Message(107),
                 label: Label::Repeated,
             },
             Field {
                 tag: 2,
                 json: "startTime",
-                ty: Ty::Message(22),
+                ty: Ty::Message(26),
                 label: Label::Optional,
             },
             Field {
                 tag: 3,
                 json: "completionTime",
-                ty: Ty::Message(22),
+                ty: Ty::Message(26),
                 label: Label::Optional,
             },
             Field {
@@ -1990,7 +2088,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 8,
                 json: "uncountedTerminatedPods",
-                ty: Ty::Message(100),
+                ty: Ty::Message(108),
                 label: Label::Optional,
             },
             Field {
@@ -2013,7 +2111,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 42
+    // 46
     Message {
         name: "k8s.io.api.coordination.v1.LeaseSpec",
         special: None,
@@ -2033,13 +2131,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 3,
                 json: "acquireTime",
-                ty: Ty::Message(23),
+                ty: Ty::Message(27),
                 label: Label::Optional,
             },
             Field {
                 tag: 4,
                 json: "renewTime",
-                ty: Ty::Message(23),
+                ty: Ty::Message(27),
                 label: Label::Optional,
             },
             Field {
@@ -2062,7 +2160,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 43
+    // 47
     Message {
         name: "k8s.io.api.discovery.v1.Endpoint",
         special: None,
@@ -2076,7 +2174,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "conditions",
-                ty: Ty::Message(101),
+                ty: Ty::Message(109),
                 label: Label::Optional,
             },
             Field {
@@ -2088,7 +2186,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 4,
                 json: "targetRef",
-                ty: Ty::Message(20),
+                ty: Ty::Message(24),
                 label: Label::Optional,
             },
             Field {
@@ -2112,12 +2210,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 8,
                 json: "hints",
-                ty: Ty::Message(102),
+                ty: Ty::Message(110),
                 label: Label::Optional,
             },
         ],
     },
-    // 44
+    // 48
     Message {
         name: "k8s.io.api.discovery.v1.EndpointPort",
         special: None,
@@ -2148,7 +2246,111 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 45
+    // 49
+    Message {
+        name: "k8s.io.api.rbac.v1.PolicyRule",
+        special: None,
+        fields: &[
+            Field {
+                tag: 1,
+                json: "verbs",
+                ty: Ty::Str,
+                label: Label::Repeated,
+            },
+            Field {
+                tag: 2,
+                json: "apiGroups",
+                ty: Ty::Str,
+                label: Label::Repeated,
+            },
+            Field {
+                tag: 3,
+                json: "resources",
+                ty: Ty::Str,
+                label: Label::Repeated,
+            },
+            Field {
+                tag: 4,
+                json: "resourceNames",
+                ty: Ty::Str,
+                label: Label::Repeated,
+            },
+            Field {
+                tag: 5,
+                json: "nonResourceURLs",
+                ty: Ty::Str,
+                label: Label::Repeated,
+            },
+        ],
+    },
+    // 50
+    Message {
+        name: "k8s.io.api.rbac.v1.AggregationRule",
+        special: None,
+        fields: &[Field {
+            tag: 1,
+            json: "clusterRoleSelectors",
+            ty: Ty::Message(98),
+            label: Label::Repeated,
+        }],
+    },
+    // 51
+    Message {
+        name: "k8s.io.api.rbac.v1.Subject",
+        special: None,
+        fields: &[
+            Field {
+                tag: 1,
+                json: "kind",
+                ty: Ty::Str,
+                label: Label::Optional,
+            },
+            Field {
+                tag: 2,
+                json: "apiGroup",
+                ty: Ty::Str,
+                label: Label::Optional,
+            },
+            Field {
+                tag: 3,
+                json: "name",
+                ty: Ty::Str,
+                label: Label::Optional,
+            },
+            Field {
+                tag: 4,
+                json: "namespace",
+                ty: Ty::Str,
+                label: Label::Optional,
+            },
+        ],
+    },
+    // 52
+    Message {
+        name: "k8s.io.api.rbac.v1.RoleRef",
+        special: None,
+        fields: &[
+            Field {
+                tag: 1,
+                json: "apiGroup",
+                ty: Ty::Str,
+                label: Label::Optional,
+            },
+            Field {
+                tag: 2,
+                json: "kind",
+                ty: Ty::Str,
+                label: Label::Optional,
+            },
+            Field {
+                tag: 3,
+                json: "name",
+                ty: Ty::Str,
+                label: Label::Optional,
+            },
+        ],
+    },
+    // 53
     Message {
         name: "k8s.io.api.autoscaling.v1.ScaleSpec",
         special: None,
@@ -2159,7 +2361,7 @@ pub(super) static MESSAGES: &[Message] = &[
             label: Label::Optional,
         }],
     },
-    // 46
+    // 54
     Message {
         name: "k8s.io.api.autoscaling.v1.ScaleStatus",
         special: None,
@@ -2178,7 +2380,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 47
+    // 55
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.Preconditions",
         special: None,
@@ -2197,7 +2399,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 48
+    // 56
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.OwnerReference",
         special: None,
@@ -2240,7 +2442,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 49
+    // 57
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.ManagedFieldsEntry",
         special: None,
@@ -2266,7 +2468,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 4,
                 json: "time",
-                ty: Ty::Message(22),
+                ty: Ty::Message(26),
                 label: Label::Optional,
             },
             Field {
@@ -2278,7 +2480,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 7,
                 json: "fieldsV1",
-                ty: Ty::Message(103),
+                ty: Ty::Message(111),
                 label: Label::Optional,
             },
             Field {
@@ -2289,7 +2491,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 50
+    // 58
     Message {
         name: "k8s.io.api.core.v1.EndpointAddress",
         special: None,
@@ -2303,7 +2505,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "targetRef",
-                ty: Ty::Message(20),
+                ty: Ty::Message(24),
                 label: Label::Optional,
             },
             Field {
@@ -2320,7 +2522,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 51
+    // 59
     Message {
         name: "k8s.io.api.core.v1.EndpointPort",
         special: None,
@@ -2351,7 +2553,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 52
+    // 60
     Message {
         name: "k8s.io.api.core.v1.NamespaceCondition",
         special: None,
@@ -2371,7 +2573,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 4,
                 json: "lastTransitionTime",
-                ty: Ty::Message(22),
+                ty: Ty::Message(26),
                 label: Label::Optional,
             },
             Field {
@@ -2388,7 +2590,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 53
+    // 61
     Message {
         name: "k8s.io.api.core.v1.Taint",
         special: None,
@@ -2414,23 +2616,23 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 4,
                 json: "timeAdded",
-                ty: Ty::Message(22),
+                ty: Ty::Message(26),
                 label: Label::Optional,
             },
         ],
     },
-    // 54
+    // 62
     Message {
         name: "k8s.io.api.core.v1.NodeConfigSource",
         special: None,
         fields: &[Field {
             tag: 2,
             json: "configMap",
-            ty: Ty::Message(104),
+            ty: Ty::Message(112),
             label: Label::Optional,
         }],
     },
-    // 55
+    // 63
     Message {
         name: "k8s.io.apimachinery.pkg.api.resource.Quantity",
         special: Some(Special::Quantity),
@@ -2441,7 +2643,7 @@ pub(super) static MESSAGES: &[Message] = &[
             label: Label::Optional,
         }],
     },
-    // 56
+    // 64
     Message {
         name: "k8s.io.api.core.v1.NodeCondition",
         special: None,
@@ -2461,13 +2663,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 3,
                 json: "lastHeartbeatTime",
-                ty: Ty::Message(22),
+                ty: Ty::Message(26),
                 label: Label::Optional,
             },
             Field {
                 tag: 4,
                 json: "lastTransitionTime",
-                ty: Ty::Message(22),
+                ty: Ty::Message(26),
                 label: Label::Optional,
             },
             Field {
@@ -2484,7 +2686,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 57
+    // 65
     Message {
         name: "k8s.io.api.core.v1.NodeAddress",
         special: None,
@@ -2503,18 +2705,18 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 58
+    // 66
     Message {
         name: "k8s.io.api.core.v1.NodeDaemonEndpoints",
         special: None,
         fields: &[Field {
             tag: 1,
             json: "kubeletEndpoint",
-            ty: Ty::Message(105),
+            ty: Ty::Message(113),
             label: Label::Optional,
         }],
     },
-    // 59
+    // 67
     Message {
         name: "k8s.io.api.core.v1.NodeSystemInfo",
         special: None,
@@ -2582,12 +2784,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 11,
                 json: "swap",
-                ty: Ty::Message(106),
+                ty: Ty::Message(114),
                 label: Label::Optional,
             },
         ],
     },
-    // 60
+    // 68
     Message {
         name: "k8s.io.api.core.v1.ContainerImage",
         special: None,
@@ -2606,7 +2808,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 61
+    // 69
     Message {
         name: "k8s.io.api.core.v1.AttachedVolume",
         special: None,
@@ -2625,7 +2827,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 62
+    // 70
     Message {
         name: "k8s.io.api.core.v1.NodeConfigStatus",
         special: None,
@@ -2633,19 +2835,19 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "assigned",
-                ty: Ty::Message(54),
+                ty: Ty::Message(62),
                 label: Label::Optional,
             },
             Field {
                 tag: 2,
                 json: "active",
-                ty: Ty::Message(54),
+                ty: Ty::Message(62),
                 label: Label::Optional,
             },
             Field {
                 tag: 3,
                 json: "lastKnownGood",
-                ty: Ty::Message(54),
+                ty: Ty::Message(62),
                 label: Label::Optional,
             },
             Field {
@@ -2656,7 +2858,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 63
+    // 71
     Message {
         name: "k8s.io.api.core.v1.NodeRuntimeHandler",
         special: None,
@@ -2670,12 +2872,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "features",
-                ty: Ty::Message(107),
+                ty: Ty::Message(115),
                 label: Label::Optional,
             },
         ],
     },
-    // 64
+    // 72
     Message {
         name: "k8s.io.api.core.v1.NodeFeatures",
         special: None,
@@ -2686,7 +2888,7 @@ pub(super) static MESSAGES: &[Message] = &[
             label: Label::Pointer,
         }],
     },
-    // 65
+    // 73
     Message {
         name: "k8s.io.api.core.v1.Volume",
         special: None,
@@ -2700,12 +2902,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "",
-                ty: Ty::Message(108),
+                ty: Ty::Message(116),
                 label: Label::Inline,
             },
         ],
     },
-    // 66
+    // 74
     Message {
         name: "k8s.io.api.core.v1.Container",
         special: None,
@@ -2743,43 +2945,43 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 6,
                 json: "ports",
-                ty: Ty::Message(109),
+                ty: Ty::Message(117),
                 label: Label::Repeated,
             },
             Field {
                 tag: 7,
                 json: "env",
-                ty: Ty::Message(111),
+                ty: Ty::Message(119),
                 label: Label::Repeated,
             },
             Field {
                 tag: 8,
                 json: "resources",
-                ty: Ty::Message(78),
+                ty: Ty::Message(86),
                 label: Label::Optional,
             },
             Field {
                 tag: 9,
                 json: "volumeMounts",
-                ty: Ty::Message(114),
+                ty: Ty::Message(122),
                 label: Label::Repeated,
             },
             Field {
                 tag: 10,
                 json: "livenessProbe",
-                ty: Ty::Message(116),
+                ty: Ty::Message(124),
                 label: Label::Optional,
             },
             Field {
                 tag: 11,
                 json: "readinessProbe",
-                ty: Ty::Message(116),
+                ty: Ty::Message(124),
                 label: Label::Optional,
             },
             Field {
                 tag: 12,
                 json: "lifecycle",
-                ty: Ty::Message(117),
+                ty: Ty::Message(125),
                 label: Label::Optional,
             },
             Field {
@@ -2797,7 +2999,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 15,
                 json: "securityContext",
-                ty: Ty::Message(118),
+                ty: Ty::Message(126),
                 label: Label::Optional,
             },
             Field {
@@ -2821,7 +3023,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 19,
                 json: "envFrom",
-                ty: Ty::Message(110),
+                ty: Ty::Message(118),
                 label: Label::Repeated,
             },
             Field {
@@ -2833,19 +3035,19 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 21,
                 json: "volumeDevices",
-                ty: Ty::Message(115),
+                ty: Ty::Message(123),
                 label: Label::Repeated,
             },
             Field {
                 tag: 22,
                 json: "startupProbe",
-                ty: Ty::Message(116),
+                ty: Ty::Message(124),
                 label: Label::Optional,
             },
             Field {
                 tag: 23,
                 json: "resizePolicy",
-                ty: Ty::Message(112),
+                ty: Ty::Message(120),
                 label: Label::Repeated,
             },
             Field {
@@ -2857,12 +3059,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 25,
                 json: "restartPolicyRules",
-                ty: Ty::Message(113),
+                ty: Ty::Message(121),
                 label: Label::Repeated,
             },
         ],
     },
-    // 67
+    // 75
     Message {
         name: "k8s.io.api.core.v1.EphemeralContainer",
         special: None,
@@ -2870,7 +3072,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "",
-                ty: Ty::Message(119),
+                ty: Ty::Message(127),
                 label: Label::Inline,
             },
             Field {
@@ -2881,7 +3083,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 68
+    // 76
     Message {
         name: "k8s.io.api.core.v1.PodSecurityContext",
         special: None,
@@ -2889,7 +3091,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "seLinuxOptions",
-                ty: Ty::Message(120),
+                ty: Ty::Message(128),
                 label: Label::Optional,
             },
             Field {
@@ -2925,13 +3127,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 7,
                 json: "sysctls",
-                ty: Ty::Message(122),
+                ty: Ty::Message(130),
                 label: Label::Repeated,
             },
             Field {
                 tag: 8,
                 json: "windowsOptions",
-                ty: Ty::Message(121),
+                ty: Ty::Message(129),
                 label: Label::Optional,
             },
             Field {
@@ -2943,13 +3145,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 10,
                 json: "seccompProfile",
-                ty: Ty::Message(123),
+                ty: Ty::Message(131),
                 label: Label::Optional,
             },
             Field {
                 tag: 11,
                 json: "appArmorProfile",
-                ty: Ty::Message(124),
+                ty: Ty::Message(132),
                 label: Label::Optional,
             },
             Field {
@@ -2966,7 +3168,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 69
+    // 77
     Message {
         name: "k8s.io.api.core.v1.Affinity",
         special: None,
@@ -2974,24 +3176,24 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "nodeAffinity",
-                ty: Ty::Message(125),
+                ty: Ty::Message(133),
                 label: Label::Optional,
             },
             Field {
                 tag: 2,
                 json: "podAffinity",
-                ty: Ty::Message(126),
+                ty: Ty::Message(134),
                 label: Label::Optional,
             },
             Field {
                 tag: 3,
                 json: "podAntiAffinity",
-                ty: Ty::Message(127),
+                ty: Ty::Message(135),
                 label: Label::Optional,
             },
         ],
     },
-    // 70
+    // 78
     Message {
         name: "k8s.io.api.core.v1.Toleration",
         special: None,
@@ -3028,7 +3230,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 71
+    // 79
     Message {
         name: "k8s.io.api.core.v1.HostAlias",
         special: None,
@@ -3047,7 +3249,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 72
+    // 80
     Message {
         name: "k8s.io.api.core.v1.PodDNSConfig",
         special: None,
@@ -3067,12 +3269,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 3,
                 json: "options",
-                ty: Ty::Message(128),
+                ty: Ty::Message(136),
                 label: Label::Repeated,
             },
         ],
     },
-    // 73
+    // 81
     Message {
         name: "k8s.io.api.core.v1.PodReadinessGate",
         special: None,
@@ -3083,7 +3285,7 @@ pub(super) static MESSAGES: &[Message] = &[
             label: Label::Optional,
         }],
     },
-    // 74
+    // 82
     Message {
         name: "k8s.io.api.core.v1.TopologySpreadConstraint",
         special: None,
@@ -3109,7 +3311,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 4,
                 json: "labelSelector",
-                ty: Ty::Message(90),
+                ty: Ty::Message(98),
                 label: Label::Optional,
             },
             Field {
@@ -3138,7 +3340,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 75
+    // 83
     Message {
         name: "k8s.io.api.core.v1.PodOS",
         special: None,
@@ -3149,7 +3351,7 @@ pub(super) static MESSAGES: &[Message] = &[
             label: Label::Optional,
         }],
     },
-    // 76
+    // 84
     Message {
         name: "k8s.io.api.core.v1.PodSchedulingGate",
         special: None,
@@ -3160,7 +3362,7 @@ pub(super) static MESSAGES: &[Message] = &[
             label: Label::Optional,
         }],
     },
-    // 77
+    // 85
     Message {
         name: "k8s.io.api.core.v1.PodResourceClaim",
         special: None,
@@ -3185,7 +3387,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 78
+    // 86
     Message {
         name: "k8s.io.api.core.v1.ResourceRequirements",
         special: None,
@@ -3193,24 +3395,24 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "limits",
-                ty: Ty::Message(55),
+                ty: Ty::Message(63),
                 label: Label::Map,
             },
             Field {
                 tag: 2,
                 json: "requests",
-                ty: Ty::Message(55),
+                ty: Ty::Message(63),
                 label: Label::Map,
             },
             Field {
                 tag: 3,
                 json: "claims",
-                ty: Ty::Message(129),
+                ty: Ty::Message(137),
                 label: Label::Repeated,
             },
         ],
     },
-    // 79
+    // 87
     Message {
         name: "k8s.io.api.core.v1.WorkloadReference",
         special: None,
@@ -3235,7 +3437,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 80
+    // 88
     Message {
         name: "k8s.io.api.core.v1.PodCondition",
         special: None,
@@ -3255,13 +3457,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 3,
                 json: "lastProbeTime",
-                ty: Ty::Message(22),
+                ty: Ty::Message(26),
                 label: Label::Optional,
             },
             Field {
                 tag: 4,
                 json: "lastTransitionTime",
-                ty: Ty::Message(22),
+                ty: Ty::Message(26),
                 label: Label::Optional,
             },
             Field {
@@ -3284,7 +3486,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 81
+    // 89
     Message {
         name: "k8s.io.api.core.v1.HostIP",
         special: None,
@@ -3295,7 +3497,7 @@ pub(super) static MESSAGES: &[Message] = &[
             label: Label::Optional,
         }],
     },
-    // 82
+    // 90
     Message {
         name: "k8s.io.api.core.v1.PodIP",
         special: None,
@@ -3306,7 +3508,7 @@ pub(super) static MESSAGES: &[Message] = &[
             label: Label::Optional,
         }],
     },
-    // 83
+    // 91
     Message {
         name: "k8s.io.api.core.v1.ContainerStatus",
         special: None,
@@ -3320,13 +3522,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "state",
-                ty: Ty::Message(130),
+                ty: Ty::Message(138),
                 label: Label::Optional,
             },
             Field {
                 tag: 3,
                 json: "lastState",
-                ty: Ty::Message(130),
+                ty: Ty::Message(138),
                 label: Label::Optional,
             },
             Field {
@@ -3368,31 +3570,31 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 10,
                 json: "allocatedResources",
-                ty: Ty::Message(55),
+                ty: Ty::Message(63),
                 label: Label::Map,
             },
             Field {
                 tag: 11,
                 json: "resources",
-                ty: Ty::Message(78),
+                ty: Ty::Message(86),
                 label: Label::Optional,
             },
             Field {
                 tag: 12,
                 json: "volumeMounts",
-                ty: Ty::Message(131),
+                ty: Ty::Message(139),
                 label: Label::Repeated,
             },
             Field {
                 tag: 13,
                 json: "user",
-                ty: Ty::Message(132),
+                ty: Ty::Message(140),
                 label: Label::Optional,
             },
             Field {
                 tag: 14,
                 json: "allocatedResourcesStatus",
-                ty: Ty::Message(133),
+                ty: Ty::Message(141),
                 label: Label::Repeated,
             },
             Field {
@@ -3403,7 +3605,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 84
+    // 92
     Message {
         name: "k8s.io.api.core.v1.PodResourceClaimStatus",
         special: None,
@@ -3422,7 +3624,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 85
+    // 93
     Message {
         name: "k8s.io.api.core.v1.PodExtendedResourceClaimStatus",
         special: None,
@@ -3430,7 +3632,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "requestMappings",
-                ty: Ty::Message(134),
+                ty: Ty::Message(142),
                 label: Label::Repeated,
             },
             Field {
@@ -3441,7 +3643,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 86
+    // 94
     Message {
         name: "k8s.io.api.core.v1.ServicePort",
         special: None,
@@ -3467,7 +3669,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 4,
                 json: "targetPort",
-                ty: Ty::Message(135),
+                ty: Ty::Message(143),
                 label: Label::Optional,
             },
             Field {
@@ -3484,29 +3686,29 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 87
+    // 95
     Message {
         name: "k8s.io.api.core.v1.SessionAffinityConfig",
         special: None,
         fields: &[Field {
             tag: 1,
             json: "clientIP",
-            ty: Ty::Message(136),
+            ty: Ty::Message(144),
             label: Label::Optional,
         }],
     },
-    // 88
+    // 96
     Message {
         name: "k8s.io.api.core.v1.LoadBalancerStatus",
         special: None,
         fields: &[Field {
             tag: 1,
             json: "ingress",
-            ty: Ty::Message(137),
+            ty: Ty::Message(145),
             label: Label::Repeated,
         }],
     },
-    // 89
+    // 97
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.Condition",
         special: None,
@@ -3532,7 +3734,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 4,
                 json: "lastTransitionTime",
-                ty: Ty::Message(22),
+                ty: Ty::Message(26),
                 label: Label::Optional,
             },
             Field {
@@ -3549,7 +3751,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 90
+    // 98
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.LabelSelector",
         special: None,
@@ -3563,12 +3765,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "matchExpressions",
-                ty: Ty::Message(138),
+                ty: Ty::Message(146),
                 label: Label::Repeated,
             },
         ],
     },
-    // 91
+    // 99
     Message {
         name: "k8s.io.api.core.v1.PodTemplateSpec",
         special: None,
@@ -3576,18 +3778,18 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "metadata",
-                ty: Ty::Message(18),
+                ty: Ty::Message(22),
                 label: Label::Optional,
             },
             Field {
                 tag: 2,
                 json: "spec",
-                ty: Ty::Message(29),
+                ty: Ty::Message(33),
                 label: Label::Optional,
             },
         ],
     },
-    // 92
+    // 100
     Message {
         name: "k8s.io.api.apps.v1.DaemonSetUpdateStrategy",
         special: None,
@@ -3601,12 +3803,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "rollingUpdate",
-                ty: Ty::Message(139),
+                ty: Ty::Message(147),
                 label: Label::Optional,
             },
         ],
     },
-    // 93
+    // 101
     Message {
         name: "k8s.io.api.apps.v1.DaemonSetCondition",
         special: None,
@@ -3626,7 +3828,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 3,
                 json: "lastTransitionTime",
-                ty: Ty::Message(22),
+                ty: Ty::Message(26),
                 label: Label::Optional,
             },
             Field {
@@ -3643,7 +3845,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 94
+    // 102
     Message {
         name: "k8s.io.api.apps.v1.DeploymentStrategy",
         special: None,
@@ -3657,12 +3859,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "rollingUpdate",
-                ty: Ty::Message(140),
+                ty: Ty::Message(148),
                 label: Label::Optional,
             },
         ],
     },
-    // 95
+    // 103
     Message {
         name: "k8s.io.api.apps.v1.DeploymentCondition",
         special: None,
@@ -3694,18 +3896,18 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 6,
                 json: "lastUpdateTime",
-                ty: Ty::Message(22),
+                ty: Ty::Message(26),
                 label: Label::Optional,
             },
             Field {
                 tag: 7,
                 json: "lastTransitionTime",
-                ty: Ty::Message(22),
+                ty: Ty::Message(26),
                 label: Label::Optional,
             },
         ],
     },
-    // 96
+    // 104
     Message {
         name: "k8s.io.api.apps.v1.ReplicaSetCondition",
         special: None,
@@ -3725,7 +3927,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 3,
                 json: "lastTransitionTime",
-                ty: Ty::Message(22),
+                ty: Ty::Message(26),
                 label: Label::Optional,
             },
             Field {
@@ -3742,29 +3944,29 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 97
+    // 105
     Message {
         name: "k8s.io.api.batch.v1.PodFailurePolicy",
         special: None,
         fields: &[Field {
             tag: 1,
             json: "rules",
-            ty: Ty::Message(141),
+            ty: Ty::Message(149),
             label: Label::Repeated,
         }],
     },
-    // 98
+    // 106
     Message {
         name: "k8s.io.api.batch.v1.SuccessPolicy",
         special: None,
         fields: &[Field {
             tag: 1,
             json: "rules",
-            ty: Ty::Message(142),
+            ty: Ty::Message(150),
             label: Label::Repeated,
         }],
     },
-    // 99
+    // 107
     Message {
         name: "k8s.io.api.batch.v1.JobCondition",
         special: None,
@@ -3784,13 +3986,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 3,
                 json: "lastProbeTime",
-                ty: Ty::Message(22),
+                ty: Ty::Message(26),
                 label: Label::Optional,
             },
             Field {
                 tag: 4,
                 json: "lastTransitionTime",
-                ty: Ty::Message(22),
+                ty: Ty::Message(26),
                 label: Label::Optional,
             },
             Field {
@@ -3807,7 +4009,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 100
+    // 108
     Message {
         name: "k8s.io.api.batch.v1.UncountedTerminatedPods",
         special: None,
@@ -3826,7 +4028,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 101
+    // 109
     Message {
         name: "k8s.io.api.discovery.v1.EndpointConditions",
         special: None,
@@ -3851,7 +4053,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 102
+    // 110
     Message {
         name: "k8s.io.api.discovery.v1.EndpointHints",
         special: None,
@@ -3859,18 +4061,18 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "forZones",
-                ty: Ty::Message(143),
+                ty: Ty::Message(151),
                 label: Label::Repeated,
             },
             Field {
                 tag: 2,
                 json: "forNodes",
-                ty: Ty::Message(144),
+                ty: Ty::Message(152),
                 label: Label::Repeated,
             },
         ],
     },
-    // 103
+    // 111
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.FieldsV1",
         special: Some(Special::FieldsV1),
@@ -3881,7 +4083,7 @@ pub(super) static MESSAGES: &[Message] = &[
             label: Label::Optional,
         }],
     },
-    // 104
+    // 112
     Message {
         name: "k8s.io.api.core.v1.ConfigMapNodeConfigSource",
         special: None,
@@ -3918,7 +4120,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 105
+    // 113
     Message {
         name: "k8s.io.api.core.v1.DaemonEndpoint",
         special: None,
@@ -3929,7 +4131,7 @@ pub(super) static MESSAGES: &[Message] = &[
             label: Label::Optional,
         }],
     },
-    // 106
+    // 114
     Message {
         name: "k8s.io.api.core.v1.NodeSwapStatus",
         special: None,
@@ -3940,7 +4142,7 @@ pub(super) static MESSAGES: &[Message] = &[
             label: Label::Pointer,
         }],
     },
-    // 107
+    // 115
     Message {
         name: "k8s.io.api.core.v1.NodeRuntimeHandlerFeatures",
         special: None,
@@ -3959,7 +4161,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 108
+    // 116
     Message {
         name: "k8s.io.api.core.v1.VolumeSource",
         special: None,
@@ -3967,186 +4169,186 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "hostPath",
-                ty: Ty::Message(145),
+                ty: Ty::Message(153),
                 label: Label::Optional,
             },
             Field {
                 tag: 2,
                 json: "emptyDir",
-                ty: Ty::Message(146),
+                ty: Ty::Message(154),
                 label: Label::Optional,
             },
             Field {
                 tag: 3,
                 json: "gcePersistentDisk",
-                ty: Ty::Message(147),
+                ty: Ty::Message(155),
                 label: Label::Optional,
             },
             Field {
                 tag: 4,
                 json: "awsElasticBlockStore",
-                ty: Ty::Message(148),
+                ty: Ty::Message(156),
                 label: Label::Optional,
             },
             Field {
                 tag: 5,
                 json: "gitRepo",
-                ty: Ty::Message(149),
+                ty: Ty::Message(157),
                 label: Label::Optional,
             },
             Field {
                 tag: 6,
                 json: "secret",
-                ty: Ty::Message(150),
+                ty: Ty::Message(158),
                 label: Label::Optional,
             },
             Field {
                 tag: 7,
                 json: "nfs",
-                ty: Ty::Message(151),
+                ty: Ty::Message(159),
                 label: Label::Optional,
             },
             Field {
                 tag: 8,
                 json: "iscsi",
-                ty: Ty::Message(152),
+                ty: Ty::Message(160),
                 label: Label::Optional,
             },
             Field {
                 tag: 9,
                 json: "glusterfs",
-                ty: Ty::Message(153),
+                ty: Ty::Message(161),
                 label: Label::Optional,
             },
             Field {
                 tag: 10,
                 json: "persistentVolumeClaim",
-                ty: Ty::Message(154),
+                ty: Ty::Message(162),
                 label: Label::Optional,
             },
             Field {
                 tag: 11,
                 json: "rbd",
-                ty: Ty::Message(155),
+                ty: Ty::Message(163),
                 label: Label::Optional,
             },
             Field {
                 tag: 12,
                 json: "flexVolume",
-                ty: Ty::Message(156),
+                ty: Ty::Message(164),
                 label: Label::Optional,
             },
             Field {
                 tag: 13,
                 json: "cinder",
-                ty: Ty::Message(157),
+                ty: Ty::Message(165),
                 label: Label::Optional,
             },
             Field {
                 tag: 14,
                 json: "cephfs",
-                ty: Ty::Message(158),
+                ty: Ty::Message(166),
                 label: Label::Optional,
             },
             Field {
                 tag: 15,
                 json: "flocker",
-                ty: Ty::Message(159),
+                ty: Ty::Message(167),
                 label: Label::Optional,
             },
             Field {
                 tag: 16,
                 json: "downwardAPI",
-                ty: Ty::Message(160),
+                ty: Ty::Message(168),
                 label: Label::Optional,
             },
             Field {
                 tag: 17,
                 json: "fc",
-                ty: Ty::Message(161),
+                ty: Ty::Message(169),
                 label: Label::Optional,
             },
             Field {
                 tag: 18,
                 json: "azureFile",
-                ty: Ty::Message(162),
+                ty: Ty::Message(170),
                 label: Label::Optional,
             },
             Field {
                 tag: 19,
                 json: "configMap",
-                ty: Ty::Message(163),
+                ty: Ty::Message(171),
                 label: Label::Optional,
             },
             Field {
                 tag: 20,
                 json: "vsphereVolume",
-                ty: Ty::Message(164),
+                ty: Ty::Message(172),
                 label: Label::Optional,
             },
             Field {
                 tag: 21,
                 json: "quobyte",
-                ty: Ty::Message(165),
+                ty: Ty::Message(173),
                 label: Label::Optional,
             },
             Field {
                 tag: 22,
                 json: "azureDisk",
-                ty: Ty::Message(166),
+                ty: Ty::Message(174),
                 label: Label::Optional,
             },
             Field {
                 tag: 23,
                 json: "photonPersistentDisk",
-                ty: Ty::Message(167),
+                ty: Ty::Message(175),
                 label: Label::Optional,
             },
             Field {
                 tag: 24,
                 json: "portworxVolume",
-                ty: Ty::Message(169),
+                ty: Ty::Message(177),
                 label: Label::Optional,
             },
             Field {
                 tag: 25,
                 json: "scaleIO",
-                ty: Ty::Message(170),
+                ty: Ty::Message(178),
                 label: Label::Optional,
             },
             Field {
                 tag: 26,
                 json: "projected",
-                ty: Ty::Message(168),
+                ty: Ty::Message(176),
                 label: Label::Optional,
             },
             Field {
                 tag: 27,
                 json: "storageos",
-                ty: Ty::Message(171),
+                ty: Ty::Message(179),
                 label: Label::Optional,
             },
             Field {
                 tag: 28,
                 json: "csi",
-                ty: Ty::Message(172),
+                ty: Ty::Message(180),
                 label: Label::Optional,
             },
             Field {
                 tag: 29,
                 json: "ephemeral",
-                ty: Ty::Message(173),
+                ty: Ty::Message(181),
                 label: Label::Optional,
             },
             Field {
                 tag: 30,
                 json: "image",
-                ty: Ty::Message(174),
+                ty: Ty::Message(182),
                 label: Label::Optional,
             },
         ],
     },
-    // 109
+    // 117
     Message {
         name: "k8s.io.api.core.v1.ContainerPort",
         special: None,
@@ -4183,7 +4385,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 110
+    // 118
     Message {
         name: "k8s.io.api.core.v1.EnvFromSource",
         special: None,
@@ -4197,18 +4399,18 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "configMapRef",
-                ty: Ty::Message(175),
+                ty: Ty::Message(183),
                 label: Label::Optional,
             },
             Field {
                 tag: 3,
                 json: "secretRef",
-                ty: Ty::Message(176),
+                ty: Ty::Message(184),
                 label: Label::Optional,
             },
         ],
     },
-    // 111
+    // 119
     Message {
         name: "k8s.io.api.core.v1.EnvVar",
         special: None,
@@ -4228,12 +4430,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 3,
                 json: "valueFrom",
-                ty: Ty::Message(177),
+                ty: Ty::Message(185),
                 label: Label::Optional,
             },
         ],
     },
-    // 112
+    // 120
     Message {
         name: "k8s.io.api.core.v1.ContainerResizePolicy",
         special: None,
@@ -4252,7 +4454,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 113
+    // 121
     Message {
         name: "k8s.io.api.core.v1.ContainerRestartRule",
         special: None,
@@ -4266,12 +4468,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "exitCodes",
-                ty: Ty::Message(178),
+                ty: Ty::Message(186),
                 label: Label::Optional,
             },
         ],
     },
-    // 114
+    // 122
     Message {
         name: "k8s.io.api.core.v1.VolumeMount",
         special: None,
@@ -4320,7 +4522,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 115
+    // 123
     Message {
         name: "k8s.io.api.core.v1.VolumeDevice",
         special: None,
@@ -4339,7 +4541,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 116
+    // 124
     Message {
         name: "k8s.io.api.core.v1.Probe",
         special: None,
@@ -4347,7 +4549,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "",
-                ty: Ty::Message(179),
+                ty: Ty::Message(187),
                 label: Label::Inline,
             },
             Field {
@@ -4388,7 +4590,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 117
+    // 125
     Message {
         name: "k8s.io.api.core.v1.Lifecycle",
         special: None,
@@ -4396,13 +4598,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "postStart",
-                ty: Ty::Message(180),
+                ty: Ty::Message(188),
                 label: Label::Optional,
             },
             Field {
                 tag: 2,
                 json: "preStop",
-                ty: Ty::Message(180),
+                ty: Ty::Message(188),
                 label: Label::Optional,
             },
             Field {
@@ -4413,7 +4615,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 118
+    // 126
     Message {
         name: "k8s.io.api.core.v1.SecurityContext",
         special: None,
@@ -4421,7 +4623,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "capabilities",
-                ty: Ty::Message(181),
+                ty: Ty::Message(189),
                 label: Label::Optional,
             },
             Field {
@@ -4433,7 +4635,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 3,
                 json: "seLinuxOptions",
-                ty: Ty::Message(120),
+                ty: Ty::Message(128),
                 label: Label::Optional,
             },
             Field {
@@ -4475,24 +4677,24 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 10,
                 json: "windowsOptions",
-                ty: Ty::Message(121),
+                ty: Ty::Message(129),
                 label: Label::Optional,
             },
             Field {
                 tag: 11,
                 json: "seccompProfile",
-                ty: Ty::Message(123),
+                ty: Ty::Message(131),
                 label: Label::Optional,
             },
             Field {
                 tag: 12,
                 json: "appArmorProfile",
-                ty: Ty::Message(124),
+                ty: Ty::Message(132),
                 label: Label::Optional,
             },
         ],
     },
-    // 119
+    // 127
     Message {
         name: "k8s.io.api.core.v1.EphemeralContainerCommon",
         special: None,
@@ -4530,43 +4732,43 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 6,
                 json: "ports",
-                ty: Ty::Message(109),
+                ty: Ty::Message(117),
                 label: Label::Repeated,
             },
             Field {
                 tag: 7,
                 json: "env",
-                ty: Ty::Message(111),
+                ty: Ty::Message(119),
                 label: Label::Repeated,
             },
             Field {
                 tag: 8,
                 json: "resources",
-                ty: Ty::Message(78),
+                ty: Ty::Message(86),
                 label: Label::Optional,
             },
             Field {
                 tag: 9,
                 json: "volumeMounts",
-                ty: Ty::Message(114),
+                ty: Ty::Message(122),
                 label: Label::Repeated,
             },
             Field {
                 tag: 10,
                 json: "livenessProbe",
-                ty: Ty::Message(116),
+                ty: Ty::Message(124),
                 label: Label::Optional,
             },
             Field {
                 tag: 11,
                 json: "readinessProbe",
-                ty: Ty::Message(116),
+                ty: Ty::Message(124),
                 label: Label::Optional,
             },
             Field {
                 tag: 12,
                 json: "lifecycle",
-                ty: Ty::Message(117),
+                ty: Ty::Message(125),
                 label: Label::Optional,
             },
             Field {
@@ -4584,7 +4786,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 15,
                 json: "securityContext",
-                ty: Ty::Message(118),
+                ty: Ty::Message(126),
                 label: Label::Optional,
             },
             Field {
@@ -4608,7 +4810,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 19,
                 json: "envFrom",
-                ty: Ty::Message(110),
+                ty: Ty::Message(118),
                 label: Label::Repeated,
             },
             Field {
@@ -4620,19 +4822,19 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 21,
                 json: "volumeDevices",
-                ty: Ty::Message(115),
+                ty: Ty::Message(123),
                 label: Label::Repeated,
             },
             Field {
                 tag: 22,
                 json: "startupProbe",
-                ty: Ty::Message(116),
+                ty: Ty::Message(124),
                 label: Label::Optional,
             },
             Field {
                 tag: 23,
                 json: "resizePolicy",
-                ty: Ty::Message(112),
+                ty: Ty::Message(120),
                 label: Label::Repeated,
             },
             Field {
@@ -4644,12 +4846,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 25,
                 json: "restartPolicyRules",
-                ty: Ty::Message(113),
+                ty: Ty::Message(121),
                 label: Label::Repeated,
             },
         ],
     },
-    // 120
+    // 128
     Message {
         name: "k8s.io.api.core.v1.SELinuxOptions",
         special: None,
@@ -4680,7 +4882,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 121
+    // 129
     Message {
         name: "k8s.io.api.core.v1.WindowsSecurityContextOptions",
         special: None,
@@ -4711,7 +4913,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 122
+    // 130
     Message {
         name: "k8s.io.api.core.v1.Sysctl",
         special: None,
@@ -4730,7 +4932,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 123
+    // 131
     Message {
         name: "k8s.io.api.core.v1.SeccompProfile",
         special: None,
@@ -4749,7 +4951,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 124
+    // 132
     Message {
         name: "k8s.io.api.core.v1.AppArmorProfile",
         special: None,
@@ -4768,7 +4970,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 125
+    // 133
     Message {
         name: "k8s.io.api.core.v1.NodeAffinity",
         special: None,
@@ -4776,18 +4978,18 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "requiredDuringSchedulingIgnoredDuringExecution",
-                ty: Ty::Message(182),
+                ty: Ty::Message(190),
                 label: Label::Optional,
             },
             Field {
                 tag: 2,
                 json: "preferredDuringSchedulingIgnoredDuringExecution",
-                ty: Ty::Message(183),
+                ty: Ty::Message(191),
                 label: Label::Repeated,
             },
         ],
     },
-    // 126
+    // 134
     Message {
         name: "k8s.io.api.core.v1.PodAffinity",
         special: None,
@@ -4795,18 +4997,18 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "requiredDuringSchedulingIgnoredDuringExecution",
-                ty: Ty::Message(184),
+                ty: Ty::Message(192),
                 label: Label::Repeated,
             },
             Field {
                 tag: 2,
                 json: "preferredDuringSchedulingIgnoredDuringExecution",
-                ty: Ty::Message(185),
+                ty: Ty::Message(193),
                 label: Label::Repeated,
             },
         ],
     },
-    // 127
+    // 135
     Message {
         name: "k8s.io.api.core.v1.PodAntiAffinity",
         special: None,
@@ -4814,18 +5016,18 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "requiredDuringSchedulingIgnoredDuringExecution",
-                ty: Ty::Message(184),
+                ty: Ty::Message(192),
                 label: Label::Repeated,
             },
             Field {
                 tag: 2,
                 json: "preferredDuringSchedulingIgnoredDuringExecution",
-                ty: Ty::Message(185),
+                ty: Ty::Message(193),
                 label: Label::Repeated,
             },
         ],
     },
-    // 128
+    // 136
     Message {
         name: "k8s.io.api.core.v1.PodDNSConfigOption",
         special: None,
@@ -4844,7 +5046,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 129
+    // 137
     Message {
         name: "k8s.io.api.core.v1.ResourceClaim",
         special: None,
@@ -4863,7 +5065,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 130
+    // 138
     Message {
         name: "k8s.io.api.core.v1.ContainerState",
         special: None,
@@ -4871,24 +5073,24 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "waiting",
-                ty: Ty::Message(186),
+                ty: Ty::Message(194),
                 label: Label::Optional,
             },
             Field {
                 tag: 2,
                 json: "running",
-                ty: Ty::Message(187),
+                ty: Ty::Message(195),
                 label: Label::Optional,
             },
             Field {
                 tag: 3,
                 json: "terminated",
-                ty: Ty::Message(188),
+                ty: Ty::Message(196),
                 label: Label::Optional,
             },
         ],
     },
-    // 131
+    // 139
     Message {
         name: "k8s.io.api.core.v1.VolumeMountStatus",
         special: None,
@@ -4919,18 +5121,18 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 132
+    // 140
     Message {
         name: "k8s.io.api.core.v1.ContainerUser",
         special: None,
         fields: &[Field {
             tag: 1,
             json: "linux",
-            ty: Ty::Message(189),
+            ty: Ty::Message(197),
             label: Label::Optional,
         }],
     },
-    // 133
+    // 141
     Message {
         name: "k8s.io.api.core.v1.ResourceStatus",
         special: None,
@@ -4944,12 +5146,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "resources",
-                ty: Ty::Message(190),
+                ty: Ty::Message(198),
                 label: Label::Repeated,
             },
         ],
     },
-    // 134
+    // 142
     Message {
         name: "k8s.io.api.core.v1.ContainerExtendedResourceRequest",
         special: None,
@@ -4974,7 +5176,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 135
+    // 143
     Message {
         name: "k8s.io.apimachinery.pkg.util.intstr.IntOrString",
         special: Some(Special::IntOrString),
@@ -4999,7 +5201,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 136
+    // 144
     Message {
         name: "k8s.io.api.core.v1.ClientIPConfig",
         special: None,
@@ -5010,7 +5212,7 @@ pub(super) static MESSAGES: &[Message] = &[
             label: Label::Pointer,
         }],
     },
-    // 137
+    // 145
     Message {
         name: "k8s.io.api.core.v1.LoadBalancerIngress",
         special: None,
@@ -5036,12 +5238,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 4,
                 json: "ports",
-                ty: Ty::Message(191),
+                ty: Ty::Message(199),
                 label: Label::Repeated,
             },
         ],
     },
-    // 138
+    // 146
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.LabelSelectorRequirement",
         special: None,
@@ -5066,7 +5268,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 139
+    // 147
     Message {
         name: "k8s.io.api.apps.v1.RollingUpdateDaemonSet",
         special: None,
@@ -5074,18 +5276,18 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "maxUnavailable",
-                ty: Ty::Message(135),
+                ty: Ty::Message(143),
                 label: Label::Optional,
             },
             Field {
                 tag: 2,
                 json: "maxSurge",
-                ty: Ty::Message(135),
+                ty: Ty::Message(143),
                 label: Label::Optional,
             },
         ],
     },
-    // 140
+    // 148
     Message {
         name: "k8s.io.api.apps.v1.RollingUpdateDeployment",
         special: None,
@@ -5093,18 +5295,18 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "maxUnavailable",
-                ty: Ty::Message(135),
+                ty: Ty::Message(143),
                 label: Label::Optional,
             },
             Field {
                 tag: 2,
                 json: "maxSurge",
-                ty: Ty::Message(135),
+                ty: Ty::Message(143),
                 label: Label::Optional,
             },
         ],
     },
-    // 141
+    // 149
     Message {
         name: "k8s.io.api.batch.v1.PodFailurePolicyRule",
         special: None,
@@ -5118,18 +5320,18 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "onExitCodes",
-                ty: Ty::Message(192),
+                ty: Ty::Message(200),
                 label: Label::Optional,
             },
             Field {
                 tag: 3,
                 json: "onPodConditions",
-                ty: Ty::Message(193),
+                ty: Ty::Message(201),
                 label: Label::Repeated,
             },
         ],
     },
-    // 142
+    // 150
     Message {
         name: "k8s.io.api.batch.v1.SuccessPolicyRule",
         special: None,
@@ -5148,7 +5350,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 143
+    // 151
     Message {
         name: "k8s.io.api.discovery.v1.ForZone",
         special: None,
@@ -5159,7 +5361,7 @@ pub(super) static MESSAGES: &[Message] = &[
             label: Label::Optional,
         }],
     },
-    // 144
+    // 152
     Message {
         name: "k8s.io.api.discovery.v1.ForNode",
         special: None,
@@ -5170,7 +5372,7 @@ pub(super) static MESSAGES: &[Message] = &[
             label: Label::Optional,
         }],
     },
-    // 145
+    // 153
     Message {
         name: "k8s.io.api.core.v1.HostPathVolumeSource",
         special: None,
@@ -5189,7 +5391,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 146
+    // 154
     Message {
         name: "k8s.io.api.core.v1.EmptyDirVolumeSource",
         special: None,
@@ -5203,12 +5405,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "sizeLimit",
-                ty: Ty::Message(55),
+                ty: Ty::Message(63),
                 label: Label::Optional,
             },
         ],
     },
-    // 147
+    // 155
     Message {
         name: "k8s.io.api.core.v1.GCEPersistentDiskVolumeSource",
         special: None,
@@ -5239,7 +5441,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 148
+    // 156
     Message {
         name: "k8s.io.api.core.v1.AWSElasticBlockStoreVolumeSource",
         special: None,
@@ -5270,7 +5472,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 149
+    // 157
     Message {
         name: "k8s.io.api.core.v1.GitRepoVolumeSource",
         special: None,
@@ -5295,7 +5497,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 150
+    // 158
     Message {
         name: "k8s.io.api.core.v1.SecretVolumeSource",
         special: None,
@@ -5309,7 +5511,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "items",
-                ty: Ty::Message(194),
+                ty: Ty::Message(202),
                 label: Label::Repeated,
             },
             Field {
@@ -5326,7 +5528,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 151
+    // 159
     Message {
         name: "k8s.io.api.core.v1.NFSVolumeSource",
         special: None,
@@ -5351,7 +5553,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 152
+    // 160
     Message {
         name: "k8s.io.api.core.v1.ISCSIVolumeSource",
         special: None,
@@ -5407,7 +5609,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 10,
                 json: "secretRef",
-                ty: Ty::Message(31),
+                ty: Ty::Message(35),
                 label: Label::Optional,
             },
             Field {
@@ -5424,7 +5626,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 153
+    // 161
     Message {
         name: "k8s.io.api.core.v1.GlusterfsVolumeSource",
         special: None,
@@ -5449,7 +5651,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 154
+    // 162
     Message {
         name: "k8s.io.api.core.v1.PersistentVolumeClaimVolumeSource",
         special: None,
@@ -5468,7 +5670,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 155
+    // 163
     Message {
         name: "k8s.io.api.core.v1.RBDVolumeSource",
         special: None,
@@ -5512,7 +5714,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 7,
                 json: "secretRef",
-                ty: Ty::Message(31),
+                ty: Ty::Message(35),
                 label: Label::Optional,
             },
             Field {
@@ -5523,7 +5725,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 156
+    // 164
     Message {
         name: "k8s.io.api.core.v1.FlexVolumeSource",
         special: None,
@@ -5543,7 +5745,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 3,
                 json: "secretRef",
-                ty: Ty::Message(31),
+                ty: Ty::Message(35),
                 label: Label::Optional,
             },
             Field {
@@ -5560,7 +5762,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 157
+    // 165
     Message {
         name: "k8s.io.api.core.v1.CinderVolumeSource",
         special: None,
@@ -5586,12 +5788,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 4,
                 json: "secretRef",
-                ty: Ty::Message(31),
+                ty: Ty::Message(35),
                 label: Label::Optional,
             },
         ],
     },
-    // 158
+    // 166
     Message {
         name: "k8s.io.api.core.v1.CephFSVolumeSource",
         special: None,
@@ -5623,7 +5825,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 5,
                 json: "secretRef",
-                ty: Ty::Message(31),
+                ty: Ty::Message(35),
                 label: Label::Optional,
             },
             Field {
@@ -5634,7 +5836,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 159
+    // 167
     Message {
         name: "k8s.io.api.core.v1.FlockerVolumeSource",
         special: None,
@@ -5653,7 +5855,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 160
+    // 168
     Message {
         name: "k8s.io.api.core.v1.DownwardAPIVolumeSource",
         special: None,
@@ -5661,7 +5863,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "items",
-                ty: Ty::Message(195),
+                ty: Ty::Message(203),
                 label: Label::Repeated,
             },
             Field {
@@ -5672,7 +5874,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 161
+    // 169
     Message {
         name: "k8s.io.api.core.v1.FCVolumeSource",
         special: None,
@@ -5709,7 +5911,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 162
+    // 170
     Message {
         name: "k8s.io.api.core.v1.AzureFileVolumeSource",
         special: None,
@@ -5734,7 +5936,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 163
+    // 171
     Message {
         name: "k8s.io.api.core.v1.ConfigMapVolumeSource",
         special: None,
@@ -5742,13 +5944,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "",
-                ty: Ty::Message(31),
+                ty: Ty::Message(35),
                 label: Label::Inline,
             },
             Field {
                 tag: 2,
                 json: "items",
-                ty: Ty::Message(194),
+                ty: Ty::Message(202),
                 label: Label::Repeated,
             },
             Field {
@@ -5765,7 +5967,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 164
+    // 172
     Message {
         name: "k8s.io.api.core.v1.VsphereVirtualDiskVolumeSource",
         special: None,
@@ -5796,7 +5998,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 165
+    // 173
     Message {
         name: "k8s.io.api.core.v1.QuobyteVolumeSource",
         special: None,
@@ -5839,7 +6041,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 166
+    // 174
     Message {
         name: "k8s.io.api.core.v1.AzureDiskVolumeSource",
         special: None,
@@ -5882,7 +6084,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 167
+    // 175
     Message {
         name: "k8s.io.api.core.v1.PhotonPersistentDiskVolumeSource",
         special: None,
@@ -5901,7 +6103,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 168
+    // 176
     Message {
         name: "k8s.io.api.core.v1.ProjectedVolumeSource",
         special: None,
@@ -5909,7 +6111,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "sources",
-                ty: Ty::Message(196),
+                ty: Ty::Message(204),
                 label: Label::Repeated,
             },
             Field {
@@ -5920,7 +6122,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 169
+    // 177
     Message {
         name: "k8s.io.api.core.v1.PortworxVolumeSource",
         special: None,
@@ -5945,7 +6147,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 170
+    // 178
     Message {
         name: "k8s.io.api.core.v1.ScaleIOVolumeSource",
         special: None,
@@ -5965,7 +6167,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 3,
                 json: "secretRef",
-                ty: Ty::Message(31),
+                ty: Ty::Message(35),
                 label: Label::Optional,
             },
             Field {
@@ -6012,7 +6214,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 171
+    // 179
     Message {
         name: "k8s.io.api.core.v1.StorageOSVolumeSource",
         special: None,
@@ -6044,12 +6246,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 5,
                 json: "secretRef",
-                ty: Ty::Message(31),
+                ty: Ty::Message(35),
                 label: Label::Optional,
             },
         ],
     },
-    // 172
+    // 180
     Message {
         name: "k8s.io.api.core.v1.CSIVolumeSource",
         special: None,
@@ -6081,23 +6283,23 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 5,
                 json: "nodePublishSecretRef",
-                ty: Ty::Message(31),
+                ty: Ty::Message(35),
                 label: Label::Optional,
             },
         ],
     },
-    // 173
+    // 181
     Message {
         name: "k8s.io.api.core.v1.EphemeralVolumeSource",
         special: None,
         fields: &[Field {
             tag: 1,
             json: "volumeClaimTemplate",
-            ty: Ty::Message(197),
+            ty: Ty::Message(205),
             label: Label::Optional,
         }],
     },
-    // 174
+    // 182
     Message {
         name: "k8s.io.api.core.v1.ImageVolumeSource",
         special: None,
@@ -6116,7 +6318,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 175
+    // 183
     Message {
         name: "k8s.io.api.core.v1.ConfigMapEnvSource",
         special: None,
@@ -6124,7 +6326,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "",
-                ty: Ty::Message(31),
+                ty: Ty::Message(35),
                 label: Label::Inline,
             },
             Field {
@@ -6135,7 +6337,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 176
+    // 184
     Message {
         name: "k8s.io.api.core.v1.SecretEnvSource",
         special: None,
@@ -6143,7 +6345,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "",
-                ty: Ty::Message(31),
+                ty: Ty::Message(35),
                 label: Label::Inline,
             },
             Field {
@@ -6154,7 +6356,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 177
+    // 185
     Message {
         name: "k8s.io.api.core.v1.EnvVarSource",
         special: None,
@@ -6162,36 +6364,36 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "fieldRef",
-                ty: Ty::Message(198),
+                ty: Ty::Message(206),
                 label: Label::Optional,
             },
             Field {
                 tag: 2,
                 json: "resourceFieldRef",
-                ty: Ty::Message(199),
+                ty: Ty::Message(207),
                 label: Label::Optional,
             },
             Field {
                 tag: 3,
                 json: "configMapKeyRef",
-                ty: Ty::Message(200),
+                ty: Ty::Message(208),
                 label: Label::Optional,
             },
             Field {
                 tag: 4,
                 json: "secretKeyRef",
-                ty: Ty::Message(201),
+                ty: Ty::Message(209),
                 label: Label::Optional,
             },
             Field {
                 tag: 5,
                 json: "fileKeyRef",
-                ty: Ty::Message(202),
+                ty: Ty::Message(210),
                 label: Label::Optional,
             },
         ],
     },
-    // 178
+    // 186
     Message {
         name: "k8s.io.api.core.v1.ContainerRestartRuleOnExitCodes",
         special: None,
@@ -6210,7 +6412,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 179
+    // 187
     Message {
         name: "k8s.io.api.core.v1.ProbeHandler",
         special: None,
@@ -6218,30 +6420,30 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "exec",
-                ty: Ty::Message(203),
+                ty: Ty::Message(211),
                 label: Label::Optional,
             },
             Field {
                 tag: 2,
                 json: "httpGet",
-                ty: Ty::Message(204),
+                ty: Ty::Message(212),
                 label: Label::Optional,
             },
             Field {
                 tag: 3,
                 json: "tcpSocket",
-                ty: Ty::Message(205),
+                ty: Ty::Message(213),
                 label: Label::Optional,
             },
             Field {
                 tag: 4,
                 json: "grpc",
-                ty: Ty::Message(206),
+                ty: Ty::Message(214),
                 label: Label::Optional,
             },
         ],
     },
-    // 180
+    // 188
     Message {
         name: "k8s.io.api.core.v1.LifecycleHandler",
         special: None,
@@ -6249,30 +6451,30 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "exec",
-                ty: Ty::Message(203),
+                ty: Ty::Message(211),
                 label: Label::Optional,
             },
             Field {
                 tag: 2,
                 json: "httpGet",
-                ty: Ty::Message(204),
+                ty: Ty::Message(212),
                 label: Label::Optional,
             },
             Field {
                 tag: 3,
                 json: "tcpSocket",
-                ty: Ty::Message(205),
+                ty: Ty::Message(213),
                 label: Label::Optional,
             },
             Field {
                 tag: 4,
                 json: "sleep",
-                ty: Ty::Message(207),
+                ty: Ty::Message(215),
                 label: Label::Optional,
             },
         ],
     },
-    // 181
+    // 189
     Message {
         name: "k8s.io.api.core.v1.Capabilities",
         special: None,
@@ -6291,18 +6493,18 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 182
+    // 190
     Message {
         name: "k8s.io.api.core.v1.NodeSelector",
         special: None,
         fields: &[Field {
             tag: 1,
             json: "nodeSelectorTerms",
-            ty: Ty::Message(208),
+            ty: Ty::Message(216),
             label: Label::Repeated,
         }],
     },
-    // 183
+    // 191
     Message {
         name: "k8s.io.api.core.v1.PreferredSchedulingTerm",
         special: None,
@@ -6316,12 +6518,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "preference",
-                ty: Ty::Message(208),
+                ty: Ty::Message(216),
                 label: Label::Optional,
             },
         ],
     },
-    // 184
+    // 192
     Message {
         name: "k8s.io.api.core.v1.PodAffinityTerm",
         special: None,
@@ -6329,7 +6531,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "labelSelector",
-                ty: Ty::Message(90),
+                ty: Ty::Message(98),
                 label: Label::Optional,
             },
             Field {
@@ -6347,7 +6549,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 4,
                 json: "namespaceSelector",
-                ty: Ty::Message(90),
+                ty: Ty::Message(98),
                 label: Label::Optional,
             },
             Field {
@@ -6364,7 +6566,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 185
+    // 193
     Message {
         name: "k8s.io.api.core.v1.WeightedPodAffinityTerm",
         special: None,
@@ -6378,12 +6580,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "podAffinityTerm",
-                ty: Ty::Message(184),
+                ty: Ty::Message(192),
                 label: Label::Optional,
             },
         ],
     },
-    // 186
+    // 194
     Message {
         name: "k8s.io.api.core.v1.ContainerStateWaiting",
         special: None,
@@ -6402,18 +6604,18 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 187
+    // 195
     Message {
         name: "k8s.io.api.core.v1.ContainerStateRunning",
         special: None,
         fields: &[Field {
             tag: 1,
             json: "startedAt",
-            ty: Ty::Message(22),
+            ty: Ty::Message(26),
             label: Label::Optional,
         }],
     },
-    // 188
+    // 196
     Message {
         name: "k8s.io.api.core.v1.ContainerStateTerminated",
         special: None,
@@ -6445,13 +6647,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 5,
                 json: "startedAt",
-                ty: Ty::Message(22),
+                ty: Ty::Message(26),
                 label: Label::Optional,
             },
             Field {
                 tag: 6,
                 json: "finishedAt",
-                ty: Ty::Message(22),
+                ty: Ty::Message(26),
                 label: Label::Optional,
             },
             Field {
@@ -6462,7 +6664,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 189
+    // 197
     Message {
         name: "k8s.io.api.core.v1.LinuxContainerUser",
         special: None,
@@ -6487,7 +6689,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 190
+    // 198
     Message {
         name: "k8s.io.api.core.v1.ResourceHealth",
         special: None,
@@ -6506,7 +6708,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 191
+    // 199
     Message {
         name: "k8s.io.api.core.v1.PortStatus",
         special: None,
@@ -6531,7 +6733,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 192
+    // 200
     Message {
         name: "k8s.io.api.batch.v1.PodFailurePolicyOnExitCodesRequirement",
         special: None,
@@ -6556,7 +6758,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 193
+    // 201
     Message {
         name: "k8s.io.api.batch.v1.PodFailurePolicyOnPodConditionsPattern",
         special: None,
@@ -6575,7 +6777,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 194
+    // 202
     Message {
         name: "k8s.io.api.core.v1.KeyToPath",
         special: None,
@@ -6600,7 +6802,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 195
+    // 203
     Message {
         name: "k8s.io.api.core.v1.DownwardAPIVolumeFile",
         special: None,
@@ -6614,13 +6816,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "fieldRef",
-                ty: Ty::Message(198),
+                ty: Ty::Message(206),
                 label: Label::Optional,
             },
             Field {
                 tag: 3,
                 json: "resourceFieldRef",
-                ty: Ty::Message(199),
+                ty: Ty::Message(207),
                 label: Label::Optional,
             },
             Field {
@@ -6631,7 +6833,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 196
+    // 204
     Message {
         name: "k8s.io.api.core.v1.VolumeProjection",
         special: None,
@@ -6639,42 +6841,42 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "secret",
-                ty: Ty::Message(209),
+                ty: Ty::Message(217),
                 label: Label::Optional,
             },
             Field {
                 tag: 2,
                 json: "downwardAPI",
-                ty: Ty::Message(210),
+                ty: Ty::Message(218),
                 label: Label::Optional,
             },
             Field {
                 tag: 3,
                 json: "configMap",
-                ty: Ty::Message(211),
+                ty: Ty::Message(219),
                 label: Label::Optional,
             },
             Field {
                 tag: 4,
                 json: "serviceAccountToken",
-                ty: Ty::Message(212),
+                ty: Ty::Message(220),
                 label: Label::Optional,
             },
             Field {
                 tag: 5,
                 json: "clusterTrustBundle",
-                ty: Ty::Message(213),
+                ty: Ty::Message(221),
                 label: Label::Optional,
             },
             Field {
                 tag: 6,
                 json: "podCertificate",
-                ty: Ty::Message(214),
+                ty: Ty::Message(222),
                 label: Label::Optional,
             },
         ],
     },
-    // 197
+    // 205
     Message {
         name: "k8s.io.api.core.v1.PersistentVolumeClaimTemplate",
         special: None,
@@ -6682,18 +6884,18 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "metadata",
-                ty: Ty::Message(18),
+                ty: Ty::Message(22),
                 label: Label::Optional,
             },
             Field {
                 tag: 2,
                 json: "spec",
-                ty: Ty::Message(215),
+                ty: Ty::Message(223),
                 label: Label::Optional,
             },
         ],
     },
-    // 198
+    // 206
     Message {
         name: "k8s.io.api.core.v1.ObjectFieldSelector",
         special: None,
@@ -6712,7 +6914,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 199
+    // 207
     Message {
         name: "k8s.io.api.core.v1.ResourceFieldSelector",
         special: None,
@@ -6732,12 +6934,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 3,
                 json: "divisor",
-                ty: Ty::Message(55),
+                ty: Ty::Message(63),
                 label: Label::Optional,
             },
         ],
     },
-    // 200
+    // 208
     Message {
         name: "k8s.io.api.core.v1.ConfigMapKeySelector",
         special: None,
@@ -6745,7 +6947,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "",
-                ty: Ty::Message(31),
+                ty: Ty::Message(35),
                 label: Label::Inline,
             },
             Field {
@@ -6762,7 +6964,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 201
+    // 209
     Message {
         name: "k8s.io.api.core.v1.SecretKeySelector",
         special: None,
@@ -6770,7 +6972,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "",
-                ty: Ty::Message(31),
+                ty: Ty::Message(35),
                 label: Label::Inline,
             },
             Field {
@@ -6787,7 +6989,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 202
+    // 210
     Message {
         name: "k8s.io.api.core.v1.FileKeySelector",
         special: None,
@@ -6818,7 +7020,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 203
+    // 211
     Message {
         name: "k8s.io.api.core.v1.ExecAction",
         special: None,
@@ -6829,7 +7031,7 @@ pub(super) static MESSAGES: &[Message] = &[
             label: Label::Repeated,
         }],
     },
-    // 204
+    // 212
     Message {
         name: "k8s.io.api.core.v1.HTTPGetAction",
         special: None,
@@ -6843,7 +7045,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "port",
-                ty: Ty::Message(135),
+                ty: Ty::Message(143),
                 label: Label::Optional,
             },
             Field {
@@ -6861,12 +7063,12 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 5,
                 json: "httpHeaders",
-                ty: Ty::Message(216),
+                ty: Ty::Message(224),
                 label: Label::Repeated,
             },
         ],
     },
-    // 205
+    // 213
     Message {
         name: "k8s.io.api.core.v1.TCPSocketAction",
         special: None,
@@ -6874,7 +7076,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "port",
-                ty: Ty::Message(135),
+                ty: Ty::Message(143),
                 label: Label::Optional,
             },
             Field {
@@ -6885,7 +7087,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 206
+    // 214
     Message {
         name: "k8s.io.api.core.v1.GRPCAction",
         special: None,
@@ -6904,7 +7106,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 207
+    // 215
     Message {
         name: "k8s.io.api.core.v1.SleepAction",
         special: None,
@@ -6915,7 +7117,7 @@ pub(super) static MESSAGES: &[Message] = &[
             label: Label::Optional,
         }],
     },
-    // 208
+    // 216
     Message {
         name: "k8s.io.api.core.v1.NodeSelectorTerm",
         special: None,
@@ -6923,18 +7125,18 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "matchExpressions",
-                ty: Ty::Message(217),
+                ty: Ty::Message(225),
                 label: Label::Repeated,
             },
             Field {
                 tag: 2,
                 json: "matchFields",
-                ty: Ty::Message(217),
+                ty: Ty::Message(225),
                 label: Label::Repeated,
             },
         ],
     },
-    // 209
+    // 217
     Message {
         name: "k8s.io.api.core.v1.SecretProjection",
         special: None,
@@ -6942,13 +7144,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "",
-                ty: Ty::Message(31),
+                ty: Ty::Message(35),
                 label: Label::Inline,
             },
             Field {
                 tag: 2,
                 json: "items",
-                ty: Ty::Message(194),
+                ty: Ty::Message(202),
                 label: Label::Repeated,
             },
             Field {
@@ -6959,18 +7161,18 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 210
+    // 218
     Message {
         name: "k8s.io.api.core.v1.DownwardAPIProjection",
         special: None,
         fields: &[Field {
             tag: 1,
             json: "items",
-            ty: Ty::Message(195),
+            ty: Ty::Message(203),
             label: Label::Repeated,
         }],
     },
-    // 211
+    // 219
     Message {
         name: "k8s.io.api.core.v1.ConfigMapProjection",
         special: None,
@@ -6978,13 +7180,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "",
-                ty: Ty::Message(31),
+                ty: Ty::Message(35),
                 label: Label::Inline,
             },
             Field {
                 tag: 2,
                 json: "items",
-                ty: Ty::Message(194),
+                ty: Ty::Message(202),
                 label: Label::Repeated,
             },
             Field {
@@ -6995,7 +7197,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 212
+    // 220
     Message {
         name: "k8s.io.api.core.v1.ServiceAccountTokenProjection",
         special: None,
@@ -7020,7 +7222,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 213
+    // 221
     Message {
         name: "k8s.io.api.core.v1.ClusterTrustBundleProjection",
         special: None,
@@ -7040,7 +7242,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 3,
                 json: "labelSelector",
-                ty: Ty::Message(90),
+                ty: Ty::Message(98),
                 label: Label::Optional,
             },
             Field {
@@ -7057,7 +7259,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 214
+    // 222
     Message {
         name: "k8s.io.api.core.v1.PodCertificateProjection",
         special: None,
@@ -7106,7 +7308,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 215
+    // 223
     Message {
         name: "k8s.io.api.core.v1.PersistentVolumeClaimSpec",
         special: None,
@@ -7120,7 +7322,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "resources",
-                ty: Ty::Message(218),
+                ty: Ty::Message(226),
                 label: Label::Optional,
             },
             Field {
@@ -7132,7 +7334,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 4,
                 json: "selector",
-                ty: Ty::Message(90),
+                ty: Ty::Message(98),
                 label: Label::Optional,
             },
             Field {
@@ -7150,13 +7352,13 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 7,
                 json: "dataSource",
-                ty: Ty::Message(219),
+                ty: Ty::Message(227),
                 label: Label::Optional,
             },
             Field {
                 tag: 8,
                 json: "dataSourceRef",
-                ty: Ty::Message(220),
+                ty: Ty::Message(228),
                 label: Label::Optional,
             },
             Field {
@@ -7167,7 +7369,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 216
+    // 224
     Message {
         name: "k8s.io.api.core.v1.HTTPHeader",
         special: None,
@@ -7186,7 +7388,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 217
+    // 225
     Message {
         name: "k8s.io.api.core.v1.NodeSelectorRequirement",
         special: None,
@@ -7211,7 +7413,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 218
+    // 226
     Message {
         name: "k8s.io.api.core.v1.VolumeResourceRequirements",
         special: None,
@@ -7219,18 +7421,18 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "limits",
-                ty: Ty::Message(55),
+                ty: Ty::Message(63),
                 label: Label::Map,
             },
             Field {
                 tag: 2,
                 json: "requests",
-                ty: Ty::Message(55),
+                ty: Ty::Message(63),
                 label: Label::Map,
             },
         ],
     },
-    // 219
+    // 227
     Message {
         name: "k8s.io.api.core.v1.TypedLocalObjectReference",
         special: None,
@@ -7255,7 +7457,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
-    // 220
+    // 228
     Message {
         name: "k8s.io.api.core.v1.TypedObjectReference",
         special: None,

@@ -182,17 +182,17 @@ fn lease_micro_time_and_delete_options_in_any_group() {
 
 #[test]
 fn unknown_kind_is_named() {
-    let e = decode(&envelope("rbac.authorization.k8s.io/v1", "Role", &[])).unwrap_err();
+    let e = decode(&envelope("networking.k8s.io/v1", "Ingress", &[])).unwrap_err();
     assert_eq!(
         e,
         DecodeError::UnknownKind {
-            api_version: "rbac.authorization.k8s.io/v1".into(),
-            kind: "Role".into()
+            api_version: "networking.k8s.io/v1".into(),
+            kind: "Ingress".into()
         }
     );
     assert!(
         e.to_string()
-            .contains("Role in version \"rbac.authorization.k8s.io/v1\""),
+            .contains("Ingress in version \"networking.k8s.io/v1\""),
         "{e}"
     );
 }
