@@ -16,10 +16,17 @@
 //!
 //! # Writes
 //!
-//! Each write is one redb write transaction with `Durability::Immediate` (redb's default:
-//! fsync before `commit` returns), so an acknowledged write survives a crash. Writes are
-//! serialised by a mutex that also covers publishing the event to the [`Broadcaster`], so
-//! live events are published in revision order.
+//! Writes commit with `Durability::Immediate` (redb's default: fsync before `commit`
+//! returns), so an acknowledged write survives a crash. Writes are serialised by a mutex
+//! that also covers publishing the events to the [`Broadcaster`], so live events are
+//! published in revision order.
+//!
+//! Concurrent writes share commits (group commit, as databases amortise their log flush):
+//! a writer queues its operation, and whoever holds the write lock next takes every queued
+//! operation, applies them in queue order in one transaction (each its own revision, each
+//! checked on its own: a conflict fails that operation only), commits once and answers
+//! each. The fsync, which dominates a write's cost, is then paid once per batch instead of
+//! once per write; an answer still comes only after the commit that made it durable.
 //!
 //! # Compaction
 //!
@@ -110,7 +117,36 @@ struct Shared {
     config: RedbConfig,
     /// Serialises writes together with publishing their events (see module docs).
     writer: Mutex<()>,
+    /// Writes waiting for the next commit (group commit, see module docs).
+    queue: Mutex<Vec<Pending>>,
+    /// Write transactions committed (each one fsync), for tests and metrics.
+    commits: std::sync::atomic::AtomicU64,
     broadcaster: Broadcaster,
+}
+
+/// A queued write and where its answer goes.
+struct Pending {
+    key: String,
+    op: WriteOp,
+    reply: std::sync::mpsc::SyncSender<Result<(Revision, Option<KeyValue>)>>,
+}
+
+/// At most this many writes share one transaction, so a burst does not make the first
+/// writer wait for thousands of others to be staged.
+const MAX_BATCH: usize = 512;
+
+/// Locks `m`, also after a panic elsewhere (the data behind these locks stays consistent:
+/// the queue is a plain list and the writer lock guards nothing but ordering).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn fail_all(batch: Vec<Pending>, operation: &'static str, e: &redb::Error) {
+    for p in batch {
+        let _ = p
+            .reply
+            .send(Err(StoreError::backend(BACKEND, operation, e.to_string())));
+    }
 }
 
 fn db_err(operation: &'static str) -> impl FnOnce(redb::Error) -> StoreError {
@@ -309,6 +345,8 @@ impl RedbStore {
                 path,
                 config,
                 writer: Mutex::new(()),
+                queue: Mutex::new(Vec::new()),
+                commits: std::sync::atomic::AtomicU64::new(0),
                 broadcaster,
             }),
         })
@@ -317,6 +355,12 @@ impl RedbStore {
     /// The file backing this store.
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// Write transactions committed so far for writes (group commit shares one among
+    /// concurrent writes; compaction's own transactions are not counted).
+    pub fn write_commits(&self) -> u64 {
+        self.shared.commits.load(Ordering::Relaxed)
     }
 
     /// Number of rows in the revision log (for tests and metrics: compaction bounds it).
@@ -353,23 +397,94 @@ impl RedbStore {
 }
 
 impl Shared {
-    /// Applies one write in its own durable transaction and publishes its event.
+    /// Applies one write durably and publishes its event, sharing the commit with the
+    /// writes queued at the same time (see module docs).
     fn write(&self, key: &str, op: WriteOp) -> Result<(Revision, Option<KeyValue>)> {
-        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let txn = tri!(self.db.begin_write(), "begin write");
-        let event = match Self::stage_write(&txn, key, op) {
-            Ok(event) => event,
-            Err(e) => {
-                tri!(txn.abort(), "abort write");
-                return Err(e);
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        lock(&self.queue).push(Pending {
+            key: key.to_owned(),
+            op,
+            reply,
+        });
+        loop {
+            let writer = lock(&self.writer);
+            // The batch that held the lock may have taken (and answered) this write.
+            if let Ok(result) = answer.try_recv() {
+                return result;
             }
+            let batch: Vec<Pending> = {
+                let mut q = lock(&self.queue);
+                let n = q.len().min(MAX_BATCH);
+                q.drain(..n).collect()
+            };
+            self.commit_batch(batch);
+            drop(writer);
+            // Answers are sent before the lock is released, so this write has its answer
+            // now unless it was beyond MAX_BATCH in the queue: then take the lock again.
+            if let Ok(result) = answer.try_recv() {
+                return result;
+            }
+        }
+    }
+
+    /// Stages `batch` in one transaction, commits, publishes the events in revision order
+    /// and answers every write. A write that fails its own checks (conflict, exists, not
+    /// found) changes nothing and fails alone; a failure of the database fails the batch.
+    fn commit_batch(&self, batch: Vec<Pending>) {
+        if batch.is_empty() {
+            return;
+        }
+        let txn = match self.db.begin_write() {
+            Ok(txn) => txn,
+            Err(e) => return fail_all(batch, "begin write", &e.into()),
         };
-        tri!(txn.commit(), "commit write");
-        self.broadcaster.publish(&event);
-        Ok(match event {
-            Event::Put { kv, prev } => (kv.mod_revision, prev),
-            Event::Delete { revision, prev } => (revision, Some(prev)),
-        })
+        type Reply = std::sync::mpsc::SyncSender<Result<(Revision, Option<KeyValue>)>>;
+        let mut staged: Vec<(Reply, Result<Event>)> = Vec::with_capacity(batch.len());
+        for p in batch {
+            let result = Self::stage_write(&txn, &p.key, p.op);
+            if let Err(StoreError::Backend { .. }) = &result {
+                // The transaction may hold part of this write: nothing of it may commit.
+                let _ = txn.abort();
+                let message = result.err().map(|e| e.to_string()).unwrap_or_default();
+                let _ = p.reply.send(Err(StoreError::backend(
+                    BACKEND,
+                    "stage write",
+                    message.clone(),
+                )));
+                for (q, _) in staged {
+                    let _ = q.send(Err(StoreError::backend(
+                        BACKEND,
+                        "stage write",
+                        message.clone(),
+                    )));
+                }
+                return;
+            }
+            staged.push((p.reply, result));
+        }
+        let committed = txn.commit();
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = committed {
+            let message = redb::Error::from(e).to_string();
+            for (q, _) in staged {
+                let _ = q.send(Err(StoreError::backend(
+                    BACKEND,
+                    "commit write",
+                    message.clone(),
+                )));
+            }
+            return;
+        }
+        for (reply, result) in staged {
+            let answer = result.map(|event| {
+                self.broadcaster.publish(&event);
+                match event {
+                    Event::Put { kv, prev } => (kv.mod_revision, prev),
+                    Event::Delete { revision, prev } => (revision, Some(prev)),
+                }
+            });
+            let _ = reply.send(answer);
+        }
     }
 
     fn stage_write(txn: &WriteTransaction, key: &str, op: WriteOp) -> Result<Event> {
