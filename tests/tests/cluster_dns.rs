@@ -132,7 +132,10 @@ fn the_agent_answers_cluster_names_and_forwards_the_rest() {
     // Everything runs on a thread inside the namespace: the API server and the agent are
     // forked from it (and so live in it), and every socket the test opens is in it.
     ns.run(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        // A worker thread (created here, so in the namespace too) runs the upstream
+        // server while the test blocks on its own queries.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
