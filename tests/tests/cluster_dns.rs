@@ -360,3 +360,142 @@ fn the_agent_answers_cluster_names_and_forwards_the_rest() {
         drop(api);
     });
 }
+
+/// skiff-runtime's resolv.conf, used by a real resolver: a hostNetwork pod with
+/// `ClusterFirstWithHostNet` runs in the test's namespace, where a skiff-dns server on
+/// 127.0.0.1:53 is the cluster DNS; glibc (`getent`) resolves the short name `web` through
+/// the Kubernetes search path (`default.svc.cluster.local` first, ndots:5).
+#[test]
+fn a_pod_resolves_a_service_by_its_short_name() {
+    use k8s_openapi::api::core::v1::Pod;
+    use skiff_runtime::{backoff::BackoffConfig, cni::Cni, dns::DnsConfig, logs::LogLimits};
+    require_privileges();
+    let ns = NetNs::new("dnspod");
+    let cgroup = skiff_tests::cgroup::Cgroup::new("dnspod");
+    let work = tempfile::tempdir().unwrap();
+    let netns_path = PathBuf::from(format!("/run/netns/{}", ns.name()));
+    ns.run(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let api = ApiServer::start("dnspod", &["--disable-controllers", "--disable-scheduler"]);
+        let client = rt.block_on(api.client());
+
+        let zone = skiff_dns::ZoneHandle::new();
+        let web: Service = serde_json::from_value(json!({
+            "metadata": {"namespace": "default", "name": "web"},
+            "spec": {"clusterIP": "10.43.0.20"}}))
+        .unwrap();
+        zone.set(skiff_dns::Zone::build("cluster.local", &[web], &[], 1));
+        let server = rt
+            .block_on(skiff_dns::DnsServer::bind(
+                DNS.parse().unwrap(),
+                zone,
+                skiff_dns::Config {
+                    domain: "cluster.local".into(),
+                    forwarder: skiff_dns::Forwarder::new(vec![]),
+                },
+            ))
+            .expect("binding the DNS server");
+        rt.spawn(server.run());
+
+        // The node's resolv.conf must not leak into ClusterFirst pods' nameservers.
+        let node_resolv = work.path().join("node-resolv.conf");
+        std::fs::write(&node_resolv, "nameserver 192.0.2.53\nsearch node.example\n").unwrap();
+        let config = skiff_runtime::Config {
+            cni: Cni {
+                plugin_dirs: vec![],
+                network: json!({}),
+                ifname: "eth0".into(),
+                host_netns: Some(netns_path.clone()),
+            },
+            cgroup_parent: cgroup.path().to_path_buf(),
+            state_dir: work.path().join("state"),
+            log_dir: work.path().join("logs"),
+            log_limits: LogLimits::default(),
+            backoff: BackoffConfig::scaled(Duration::from_millis(100)),
+            host_ip: Some("127.0.0.1".parse().unwrap()),
+            dns: DnsConfig {
+                cluster_dns: vec!["127.0.0.1".parse().unwrap()],
+                cluster_domain: "cluster.local".into(),
+                resolv_conf: node_resolv,
+            },
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let kubeconfig = api.kubeconfig();
+        // Its own thread and runtime, as in the agent (a thread started here is in the
+        // namespace too).
+        let runtime = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let c = skiff_tests::apiserver::client(&kubeconfig).await;
+                skiff_runtime::Runtime::run_until(c, "dns-pod-node", config, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+                .map_err(|e| e.to_string())
+            })
+        });
+
+        let script = "set -e; cat /etc/resolv.conf; \
+            grep -qx 'search default.svc.cluster.local svc.cluster.local cluster.local node.example' /etc/resolv.conf; \
+            grep -qx 'nameserver 127.0.0.1' /etc/resolv.conf; \
+            ! grep -q 192.0.2.53 /etc/resolv.conf; \
+            grep -qx 'options ndots:5' /etc/resolv.conf; \
+            getent hosts web | grep -q '^10.43.0.20 '";
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "resolver", "namespace": "default"},
+            "spec": {"nodeName": "dns-pod-node", "hostNetwork": true,
+                "dnsPolicy": "ClusterFirstWithHostNet", "restartPolicy": "Never",
+                "containers": [{"name": "c", "image": "skiff.local/host",
+                    "command": ["/bin/sh", "-c", script]}]}}))
+        .unwrap();
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        rt.block_on(pods.create(&PostParams::default(), &pod))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let phase = loop {
+            let p = rt.block_on(pods.get("resolver")).unwrap();
+            let phase = p.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+            if phase == "Succeeded" || phase == "Failed" {
+                break phase;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the pod did not finish: {:?}",
+                p.status
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let log: String = walk(&work.path().join("logs"))
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+            .collect();
+        assert_eq!(phase, "Succeeded", "container log:\n{log}");
+
+        let _ = stop_tx.send(());
+        runtime
+            .join()
+            .unwrap()
+            .expect("the runtime stops cleanly");
+        drop(api);
+    });
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
