@@ -160,6 +160,9 @@ pub struct Plan {
     unreachable: Vec<netsetup::Cidr>,
     healthz_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
+    // dns: cluster DNS (issue 8)
+    dns_addr: Option<SocketAddr>,
+    // end dns
 }
 
 impl Plan {
@@ -192,9 +195,72 @@ impl Plan {
             unreachable,
             healthz_addr: bind_flag("healthz-bind-address", &args.healthz_bind_address)?,
             metrics_addr: bind_flag("metrics-bind-address", &args.metrics_bind_address)?,
+            // dns: cluster DNS (issue 8)
+            dns_addr: dns_plan(args)?,
+            // end dns
         })
     }
 }
+
+// dns: cluster DNS (issue 8)
+fn dns_plan(args: &NodeArgs) -> anyhow::Result<Option<SocketAddr>> {
+    let addr = bind_flag("dns-bind-address", &args.dns_bind_address)?;
+    let d = args.cluster_domain.trim_end_matches('.');
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if d.is_empty() || !d.split('.').all(label_ok) {
+        bail!(
+            "--cluster-domain {:?} is not a DNS domain like cluster.local",
+            args.cluster_domain
+        );
+    }
+    Ok(addr)
+}
+
+/// Starts the node-local DNS server on `addr`, forwarding to the nameservers of
+/// `--dns-resolv-conf` (less the cluster DNS address itself, which would loop).
+async fn start_dns(
+    addr: SocketAddr,
+    args: &NodeArgs,
+    zone: skiff_dns::ZoneHandle,
+) -> anyhow::Result<skiff_dns::DnsServer> {
+    let upstreams: Vec<SocketAddr> = match std::fs::read_to_string(&args.dns_resolv_conf) {
+        Ok(text) => skiff_dns::forward::parse_resolv_conf(&text)
+            .into_iter()
+            .filter(|ip| *ip != std::net::IpAddr::V4(args.cluster_dns) && *ip != addr.ip())
+            .map(|ip| SocketAddr::new(ip, 53))
+            .collect(),
+        Err(e) => {
+            println!(
+                "cluster DNS: reading {}: {e}; names outside {} get SERVFAIL",
+                args.dns_resolv_conf.display(),
+                args.cluster_domain
+            );
+            Vec::new()
+        }
+    };
+    let server = skiff_dns::DnsServer::bind(
+        addr,
+        zone,
+        skiff_dns::Config {
+            domain: args.cluster_domain.clone(),
+            forwarder: skiff_dns::Forwarder::new(upstreams.clone()),
+        },
+    )
+    .await
+    .with_context(|| format!("binding the cluster DNS server to {addr} (--dns-bind-address)"))?;
+    println!(
+        "serving cluster DNS for {} on {addr} (UDP and TCP), forwarding other names to {upstreams:?}",
+        args.cluster_domain
+    );
+    Ok(server)
+}
+// end dns
 
 pub async fn run(a: Agent) -> anyhow::Result<()> {
     let Agent {
@@ -212,6 +278,9 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
         unreachable,
         healthz_addr,
         metrics_addr,
+        // dns: cluster DNS (issue 8)
+        dns_addr,
+        // end dns
     } = plan;
     let node_name = sync.node.node_name.clone();
 
@@ -237,6 +306,24 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
         tokio::spawn(health::serve(l, metrics::router(metrics.clone())));
         println!("serving /metrics on {addr}");
     }
+
+    // dns: cluster DNS (issue 8). Answers SERVFAIL inside the zone until the first
+    // complete sync publishes it.
+    let dns_zone = skiff_dns::ZoneHandle::new();
+    if let Some(addr) = dns_addr {
+        let server = start_dns(addr, &args, dns_zone.clone()).await?;
+        tokio::spawn(async move {
+            if let Err(e) = server.run().await {
+                println!("cluster DNS stopped: {e}");
+            }
+        });
+    }
+    let dns_serial = Cell::new(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs() as u32),
+    );
+    // end dns
 
     let mut setup = if pod_network {
         let mut cfg = NetConfig::new(&node_name);
@@ -273,6 +360,12 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
         let mut cfg = NodeConfig::new(&node_name, node_addresses);
         cfg.lease_renew_period = Duration::from_secs(args.node_lease_renew_secs.max(1));
         cfg.status_report_period = Duration::from_secs(args.node_status_report_secs.max(1));
+        // dns: cluster DNS (issue 8)
+        cfg.annotations.insert(
+            skiff_dns::NODE_ANNOTATION.to_owned(),
+            dns_addr.map(|a| a.port().to_string()),
+        );
+        // end dns
         let mut registered = false;
         node::run(client.clone(), cfg, info, |hb| {
             metrics.observe_heartbeat(hb.errors.is_empty());
@@ -369,6 +462,17 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
                 }
                 usage.set(s.usage);
                 synced.set(true);
+                // dns: cluster DNS (issue 8)
+                if dns_addr.is_some() {
+                    dns_serial.set(dns_serial.get().wrapping_add(1));
+                    dns_zone.set(skiff_dns::Zone::build(
+                        &args.cluster_domain,
+                        &s.service_objects,
+                        &s.slice_objects,
+                        dns_serial.get(),
+                    ));
+                }
+                // end dns
                 metrics.observe_sync(
                     s.duration,
                     s.report.errors.len(),

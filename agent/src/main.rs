@@ -194,6 +194,24 @@ struct NodeArgs {
     /// (kube-proxy: twice its 30 s sync period).
     #[arg(long, default_value_t = 60)]
     health_timeout_secs: u64,
+    // dns: cluster DNS (issue 8)
+    /// Serve cluster DNS (UDP and TCP) on this address, e.g. `<node address>:53`, and
+    /// announce it on the Node (`skiff.io/cluster-dns`), which puts this node behind the
+    /// kube-dns Service. The Service's endpoints are node InternalIPs, so bind the node
+    /// address or 0.0.0.0 (a host resolver on 127.0.0.53:53 rules out 0.0.0.0:53). Empty: off.
+    #[arg(long, default_value = "")]
+    dns_bind_address: String,
+    /// The cluster domain the DNS server answers for (the kubelet's --cluster-domain).
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// The cluster DNS Service's ClusterIP (the kubelet's --cluster-dns): pods' nameserver,
+    /// and never used as an upstream (a node resolv.conf pointing at it would loop).
+    #[arg(long, default_value = "10.43.0.10")]
+    cluster_dns: std::net::Ipv4Addr,
+    /// The resolv.conf whose nameservers get the names outside the cluster domain.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    dns_resolv_conf: PathBuf,
+    // end dns
 }
 
 #[derive(Subcommand)]

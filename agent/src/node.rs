@@ -59,6 +59,11 @@ pub struct NodeConfig {
     pub lease_renew_period: Duration,
     pub lease_duration_seconds: i32,
     pub status_report_period: Duration,
+    // dns: cluster DNS (issue 8)
+    /// Annotations the agent owns on its Node: `Some` is set, `None` removed (e.g.
+    /// `skiff.io/cluster-dns` when this agent serves or stops serving cluster DNS).
+    pub annotations: BTreeMap<String, Option<String>>,
+    // end dns
 }
 
 impl NodeConfig {
@@ -69,6 +74,9 @@ impl NodeConfig {
             lease_renew_period: Duration::from_secs(10),
             lease_duration_seconds: 40,
             status_report_period: Duration::from_secs(60),
+            // dns: cluster DNS (issue 8)
+            annotations: BTreeMap::new(),
+            // end dns
         }
     }
 }
@@ -397,10 +405,18 @@ pub async fn register(
 ) -> Result<Node, kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
     let labels = node_labels(cfg, info);
+    // dns: cluster DNS (issue 8)
+    let annotations: BTreeMap<String, String> = cfg
+        .annotations
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
+        .collect();
+    // end dns
     let fresh = Node {
         metadata: ObjectMeta {
             name: Some(cfg.name.clone()),
             labels: Some(labels.clone()),
+            annotations: (!annotations.is_empty()).then_some(annotations),
             ..Default::default()
         },
         spec: None,
@@ -417,10 +433,19 @@ pub async fn register(
         .into_iter()
         .filter(|(k, v)| have.get(k) != Some(v))
         .collect();
-    if missing.is_empty() {
+    // dns: cluster DNS (issue 8)
+    let have_ann = existing.metadata.annotations.clone().unwrap_or_default();
+    let ann_changes: BTreeMap<_, _> = cfg
+        .annotations
+        .iter()
+        .filter(|(k, v)| have_ann.get(*k) != v.as_ref())
+        .collect();
+    if missing.is_empty() && ann_changes.is_empty() {
         return Ok(existing);
     }
-    let patch = serde_json::json!({"metadata": {"labels": missing}});
+    // A merge patch: `null` removes an annotation.
+    let patch = serde_json::json!({"metadata": {"labels": missing, "annotations": ann_changes}});
+    // end dns
     nodes
         .patch(&cfg.name, &PatchParams::default(), &Patch::Merge(&patch))
         .await

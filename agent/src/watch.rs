@@ -117,6 +117,12 @@ pub struct Synced {
     pub service_ids: Vec<(ServicePortName, u32)>,
     /// Entries the reconciler holds in each map.
     pub usage: MapUsage,
+    // dns: cluster DNS (issue 8)
+    /// The complete caches this sync programmed, for consumers that answer from the same
+    /// view (the node-local DNS server) without a watch of their own.
+    pub service_objects: Vec<Service>,
+    pub slice_objects: Vec<EndpointSlice>,
+    // end dns
 }
 
 /// Tracks EndpointSlice trigger times between syncs (kube-proxy's
@@ -311,6 +317,10 @@ pub async fn run<M, S, E, T, P>(
             health_checks: model.health_checks(),
             service_ids: reconciler.service_ids(),
             usage: reconciler.usage(),
+            // dns: cluster DNS (issue 8)
+            service_objects: services,
+            slice_objects: slices,
+            // end dns
         });
     }
 }

@@ -164,6 +164,8 @@ impl Node {
             log_limits: LogLimits::default(),
             backoff,
             host_ip: Some("198.18.0.1".parse().unwrap()),
+            // dns: no cluster DNS here; pods get the node's resolv.conf (issue 8)
+            dns: Default::default(),
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let runtime_kubeconfig = kubeconfig.clone();

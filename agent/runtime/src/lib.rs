@@ -16,6 +16,8 @@
 
 pub mod backoff;
 pub mod cni;
+// dns: the pod's resolv.conf (issue 8)
+pub mod dns;
 pub mod env;
 pub mod image;
 pub mod lifecycle;
@@ -47,4 +49,8 @@ pub struct Config {
     pub backoff: backoff::BackoffConfig,
     /// The node's address (status.hostIP; the pod IP of hostNetwork pods).
     pub host_ip: Option<IpAddr>,
+    // dns: the pod's resolv.conf (issue 8)
+    /// Cluster DNS server(s), cluster domain and the node's resolv.conf.
+    pub dns: dns::DnsConfig,
+    // end dns
 }

@@ -562,8 +562,13 @@ impl Worker {
                 "container {name:?} has no command: skiff.local images have no entrypoint, set command (and args)"
             )));
         }
-        let mounts = volumes::mounts(&c, self.volumes.as_ref().expect("set above"))
+        let mut mounts = volumes::mounts(&c, self.volumes.as_ref().expect("set above"))
             .map_err(StartFailure::Config)?;
+        // dns: the pod's resolv.conf (issue 8)
+        mounts.extend(
+            crate::dns::mount(&self.cfg.dns, &self.pod, &c, &sb.dir)
+                .map_err(StartFailure::Config)?,
+        );
         let cgroup = sb
             .container_cgroup(name)
             .await

@@ -29,6 +29,9 @@
 //! | [`job`] | Job: completions, parallelism, backoffLimit, activeDeadlineSeconds |
 //! | [`gc`] | garbage collector: Background, Foreground and Orphan over ownerReferences |
 //! | [`pods`], [`ownership`], [`expectations`], [`runtime`] | what the workload controllers share |
+// dns: cluster DNS (issue 8)
+//! | [`clusterdns`] | the `kube-system/kube-dns` Service and slices of the Nodes serving DNS |
+// end dns
 //! | [`nodelifecycle`] | node heartbeats → Unknown conditions, unreachable/not-ready taints, NoExecute eviction |
 
 pub mod backoff;
@@ -51,6 +54,9 @@ pub mod ownership;
 pub mod pods;
 pub mod replicaset;
 pub mod runtime;
+// dns: cluster DNS (issue 8)
+pub mod clusterdns;
+// end dns
 // scheduler helper
 pub mod nodelifecycle;
 // end scheduler helper
@@ -88,6 +94,11 @@ pub struct Config {
     /// stay on such a node (the DefaultTolerationSeconds admission default, 300 s).
     pub pod_eviction_timeout: std::time::Duration,
     // end scheduler helper
+    // dns: cluster DNS (issue 8)
+    /// ClusterIP of the `kube-system/kube-dns` Service (`--cluster-dns`; the 10th address
+    /// of the service range, 10.43.0.10 by default); `None`: no cluster DNS objects.
+    pub cluster_dns: Option<std::net::Ipv4Addr>,
+    // end dns
 }
 
 impl Default for Config {
@@ -107,6 +118,9 @@ impl Default for Config {
             node_monitor_grace_period: std::time::Duration::from_secs(40),
             pod_eviction_timeout: std::time::Duration::from_secs(300),
             // end scheduler helper
+            // dns: cluster DNS (issue 8)
+            cluster_dns: Some(std::net::Ipv4Addr::new(10, 43, 0, 10)),
+            // end dns
         }
     }
 }
@@ -176,6 +190,9 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     set.spawn(named("job", job::run(ctx.clone())));
     set.spawn(named("daemonset", daemonset::run(ctx.clone())));
     set.spawn(named("garbage-collector", gc::run(ctx.clone())));
+    // dns: cluster DNS (issue 8)
+    set.spawn(named("clusterdns", clusterdns::run(ctx.clone())));
+    // end dns
     while let Some(done) = set.join_next().await {
         match done {
             Ok((name, Ok(()))) => tracing::info!("controller {name} stopped"),

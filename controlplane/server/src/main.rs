@@ -143,7 +143,34 @@ struct ControllerArgs {
     #[arg(long, default_value = "5m", value_parser = skiff_controllers::nodelifecycle::parse_duration)]
     pod_eviction_timeout: std::time::Duration,
     // end scheduler helper
+    // dns: cluster DNS (issue 8)
+    /// ClusterIP of the kube-system/kube-dns Service (pods' nameserver), or `none` for no
+    /// cluster DNS objects. Default: the 10th address of --service-cidr (10.43.0.10), as
+    /// kubeadm and k3s choose; `controllers` (no --service-cidr) defaults to 10.43.0.10.
+    #[arg(long, value_parser = parse_cluster_dns)]
+    cluster_dns: Option<ClusterDns>,
+    // end dns
 }
+
+// dns: cluster DNS (issue 8)
+/// `--cluster-dns`: an IPv4 address or `none`.
+#[derive(Clone, Copy, Debug)]
+struct ClusterDns(Option<std::net::Ipv4Addr>);
+
+fn parse_cluster_dns(s: &str) -> Result<ClusterDns, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(ClusterDns(None));
+    }
+    s.parse()
+        .map(|ip| ClusterDns(Some(ip)))
+        .map_err(|_| format!("{s:?} is not an IPv4 address like 10.43.0.10 (or `none`)"))
+}
+
+/// The 10th address of the service range (kubeadm's and k3s' cluster DNS address).
+fn tenth_address(cidr: &skiff_apiserver::alloc::ServiceCidr) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(u32::from(cidr.base) + 10)
+}
+// end dns
 
 // --- endpoints helper: service-facing controllers ---
 fn parse_lb_range(s: &str) -> Result<skiff_controllers::cidr::Ipv4Range, String> {
@@ -180,6 +207,11 @@ impl ControllerArgs {
         };
         // workloads
         c.job_pod_failure_backoff = self.job_pod_failure_backoff;
+        // dns: cluster DNS (issue 8)
+        if let Some(ClusterDns(ip)) = self.cluster_dns {
+            c.cluster_dns = ip;
+        }
+        // end dns
         c
     }
 }
@@ -226,12 +258,17 @@ async fn main() -> Result<()> {
             service_node_port_range,
             min_request_timeout,
             disable_controllers,
-            controllers,
+            mut controllers,
             // scheduler helper
             disable_scheduler,
             scheduler,
             // end scheduler helper
         } => {
+            // dns: cluster DNS (issue 8)
+            if controllers.cluster_dns.is_none() {
+                controllers.cluster_dns = Some(ClusterDns(Some(tenth_address(&service_cidr))));
+            }
+            // end dns
             std::fs::create_dir_all(&data_dir)
                 .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
             let store: Arc<dyn Store> = match store {
