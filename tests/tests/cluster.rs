@@ -357,4 +357,99 @@ fn three_nodes_serve_a_deployment_on_every_service_type_scale_and_run_jobs() {
         },
     );
     assert_eq!(helpers, cidrs.keys().cloned().collect());
+
+    // A rolling update (3 replicas again) under constant load from outside: not one
+    // request fails (the old pods keep serving for 5 s after SIGTERM while their
+    // endpoints are withdrawn), then `rollout undo` the same way.
+    t.kubectl(&["scale", "deployment/web", "--replicas=3"])
+        .unwrap();
+    let before: BTreeSet<String> = t
+        .wait_replicas("web", 3, Duration::from_secs(60))
+        .into_iter()
+        .map(|p| p.0)
+        .collect();
+    let lb = SocketAddrV4::new(lb_ip, 80);
+    t.eventually(
+        "the 3 replicas behind the LB IP",
+        Duration::from_secs(20),
+        || {
+            let seen = t.from_external(lb, 30)?;
+            (seen == before)
+                .then_some(())
+                .ok_or(format!("{seen:?} vs {before:?}"))
+        },
+    );
+    let under_load = |what: &str, change: &[&str]| {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (ok, failures) = std::thread::scope(|s| {
+            let load = s.spawn(|| {
+                let (mut ok, mut failures) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    match t
+                        .c
+                        .http_get_in(&t.c.external_netns(), lb, Duration::from_secs(3))
+                    {
+                        Ok(_) => ok += 1,
+                        Err(e) => failures.push(format!("{e:#}")),
+                    }
+                }
+                (ok, failures)
+            });
+            t.kubectl(change).unwrap();
+            t.kubectl(&["rollout", "status", "deployment/web", "--timeout=90s"])
+                .unwrap();
+            // Until the last old pod is gone, not only replaced.
+            t.wait_replicas("web", 3, Duration::from_secs(60));
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            load.join().unwrap()
+        });
+        eprintln!("{what}: {ok} requests answered, {} failed", failures.len());
+        assert!(ok > 20, "{what}: too few requests to mean anything ({ok})");
+        assert!(failures.is_empty(), "{what}: failed requests: {failures:?}");
+    };
+    under_load(
+        "rolling update",
+        &[
+            "patch",
+            "deployment/web",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"template":{"metadata":{"annotations":{"skiff.test/rev":"2"}}}}}"#,
+        ],
+    );
+    let after: BTreeSet<String> = t
+        .ready_pods("web")
+        .unwrap()
+        .into_iter()
+        .map(|p| p.0)
+        .collect();
+    assert!(
+        before.is_disjoint(&after),
+        "every pod replaced: {before:?} → {after:?}"
+    );
+    under_load("rollout undo", &["rollout", "undo", "deployment/web"]);
+
+    // Kill a container's process: the runtime restarts it (restartCount 1, Ready again).
+    let (victim, uid, node, _) = t.ready_pods("web").unwrap().remove(0);
+    let cg = t.c.nodes()[node.trim_start_matches("node-").parse::<usize>().unwrap() - 1]
+        .cgroup
+        .join(format!("skiff-pod-{uid}/web/cgroup.procs"));
+    let pids = std::fs::read_to_string(&cg).unwrap();
+    for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        // SAFETY: kill(2) of the pod's process, found in its cgroup just now.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    t.eventually(
+        &format!("{victim} restarted and Ready"),
+        Duration::from_secs(30),
+        || {
+            let p = t.json(&["get", "pod", &victim])?;
+            let cs = &p["status"]["containerStatuses"][0];
+            if cs["restartCount"].as_i64() >= Some(1) && cs["ready"] == true {
+                Ok(())
+            } else {
+                Err(format!("{cs}"))
+            }
+        },
+    );
 }

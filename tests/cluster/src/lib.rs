@@ -407,12 +407,12 @@ impl Cluster {
                 sys::spawn_in(&net, &mut e, &self.dir.join("etcd.log"))
                     .context("starting etcd (Debian package etcd-server)")?,
             );
-            let etcd_log = self.dir.join("etcd.log");
-            self.wait_tcp(
+            wait_tcp(
+                self.etcd.as_mut().expect("just started"),
                 &net,
                 SocketAddr::from(([127, 0, 0, 1], 2379)),
                 "etcd",
-                &etcd_log,
+                &self.dir.join("etcd.log"),
             )?;
             cmd.args([
                 "--store",
@@ -424,7 +424,8 @@ impl Cluster {
         cmd.args(extra);
         let log = self.dir.join("controlplane.log");
         self.controlplane = Some(sys::spawn_in(&net, &mut cmd, &log)?);
-        self.wait_tcp(
+        wait_tcp(
+            self.controlplane.as_mut().expect("just started"),
             &net,
             SocketAddr::from((API_IP, API_PORT)),
             "skiff-controlplane",
@@ -439,40 +440,6 @@ impl Cluster {
             }
         }
         Ok(())
-    }
-
-    fn wait_tcp(
-        &mut self,
-        ns: &str,
-        addr: SocketAddr,
-        what: &str,
-        log: &Path,
-    ) -> anyhow::Result<()> {
-        let ok = sys::poll(Duration::from_secs(30), Duration::from_millis(20), || {
-            let child = if what == "etcd" {
-                self.etcd.as_mut()
-            } else {
-                self.controlplane.as_mut()
-            };
-            if let Some(Ok(Some(status))) = child.map(|c| c.try_wait()) {
-                return Some(Err(anyhow::anyhow!(
-                    "{what} exited with {status}:\n{}",
-                    tail(log, 20)
-                )));
-            }
-            let up = sys::in_netns(ns, || {
-                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-            })
-            .unwrap_or(false);
-            up.then_some(Ok(()))
-        });
-        match ok {
-            Some(r) => r,
-            None => bail!(
-                "{what} did not listen on {addr} within 30 s:\n{}",
-                tail(log, 20)
-            ),
-        }
     }
 
     fn write_host_kubeconfig(&self) -> anyhow::Result<()> {
@@ -764,6 +731,22 @@ impl Cluster {
             sys::stop(&mut e, libc::SIGTERM, Duration::from_secs(5));
         }
         self.forwarder = None;
+        if std::thread::panicking() {
+            // A failing test: keep the logs for the post-mortem (not named skc-*, so no
+            // later cleanup takes them).
+            let keep = state_root().join(format!("skiff-cluster-logs-{}", self.name));
+            let _ = std::fs::remove_dir_all(&keep);
+            if std::fs::create_dir_all(&keep).is_ok() {
+                let mut logs = vec![self.dir.join("controlplane.log")];
+                logs.extend(self.nodes.iter().map(|n| n.log.clone()));
+                for l in logs {
+                    if let Some(f) = l.file_name() {
+                        let _ = std::fs::copy(&l, keep.join(f));
+                    }
+                }
+                eprintln!("cluster {}: logs kept in {}", self.name, keep.display());
+            }
+        }
         if let Err(e) = cleanup(&self.name) {
             eprintln!("warning: removing cluster {}: {e:#}", self.name);
         }
@@ -773,6 +756,36 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.teardown();
+    }
+}
+
+/// Waits until `addr` accepts connections in namespace `ns`, or `child` exits.
+fn wait_tcp(
+    child: &mut Child,
+    ns: &str,
+    addr: SocketAddr,
+    what: &str,
+    log: &Path,
+) -> anyhow::Result<()> {
+    let ok = sys::poll(Duration::from_secs(30), Duration::from_millis(20), || {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(Err(anyhow::anyhow!(
+                "{what} exited with {status}:\n{}",
+                tail(log, 20)
+            )));
+        }
+        let up = sys::in_netns(ns, || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        })
+        .unwrap_or(false);
+        up.then_some(Ok(()))
+    });
+    match ok {
+        Some(r) => r,
+        None => bail!(
+            "{what} did not listen on {addr} within 30 s:\n{}",
+            tail(log, 20)
+        ),
     }
 }
 
