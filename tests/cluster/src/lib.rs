@@ -117,6 +117,7 @@ pub struct Node {
     /// The agent's `--pod-log-dir`.
     pub pod_log_dir: PathBuf,
     agent: Option<Child>,
+    dead: bool,
 }
 
 pub struct Cluster {
@@ -209,6 +210,7 @@ impl Cluster {
                     pod_log_dir: ndir.join("pod-logs"),
                     dir: ndir,
                     agent: None,
+                    dead: false,
                 }
             })
             .collect();
@@ -356,20 +358,28 @@ impl Cluster {
             std::fs::create_dir(n.cgroup.join("host"))?;
             std::fs::create_dir_all(&n.dir)?;
         }
-        // The external client reaches LoadBalancer IPs through the nodes, spread by flow
-        // hash (ECMP), as a router learning the pool from the nodes would.
+        let all: Vec<Ipv4Addr> = self.nodes.iter().map(|n| n.ip).collect();
+        self.route_lb_pool(&all)
+    }
+
+    /// The external client reaches LoadBalancer IPs through `nodes`, spread by flow hash
+    /// (ECMP), as a router learning the pool from the nodes (BGP) would.
+    fn route_lb_pool(&self, nodes: &[Ipv4Addr]) -> anyhow::Result<()> {
         let ext = ext_ns(&self.name);
-        let mut route = vec!["route", "add", LB_POOL];
-        let hops: Vec<String> = self.nodes.iter().map(|n| n.ip.to_string()).collect();
-        if hops.len() == 1 {
-            route.extend(["via", hops[0].as_str()]);
-        } else {
-            for h in &hops {
-                route.extend(["nexthop", "via", h.as_str()]);
+        let hops: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+        let mut route = vec!["route", "replace"];
+        match hops.len() {
+            // `unreachable` is a route type: it goes before the prefix.
+            0 => route.extend(["unreachable", LB_POOL]),
+            1 => route.extend([LB_POOL, "via", hops[0].as_str()]),
+            _ => {
+                route.push(LB_POOL);
+                for h in &hops {
+                    route.extend(["nexthop", "via", h.as_str()]);
+                }
             }
         }
-        sys::ip_in(&ext, &route)?;
-        Ok(())
+        sys::ip_in(&ext, &route)
     }
 
     fn start_controlplane(&mut self, store: Store, extra: &[String]) -> anyhow::Result<()> {
@@ -690,8 +700,9 @@ impl Cluster {
         sys::in_netns(ns, || http_get(addr, timeout))?
     }
 
-    /// Takes node `i` (0-based) away as a power cut would: its agent and pods are killed
-    /// and its link to the network goes down.
+    /// Takes node `i` (0-based) away as a power cut would: its agent and pods are killed,
+    /// its link to the network goes down, and the external client's router stops sending
+    /// LoadBalancer traffic to it (its BGP session would drop).
     pub fn kill_node(&mut self, i: usize) -> anyhow::Result<()> {
         let n = &mut self.nodes[i];
         if let Some(mut a) = n.agent.take() {
@@ -705,10 +716,18 @@ impl Cluster {
                 }
             }
         }
+        n.dead = true;
         sys::ip_in(
             &net_ns(&self.name),
             &["link", "set", &format!("n{}", i + 1), "down"],
-        )
+        )?;
+        let alive: Vec<Ipv4Addr> = self
+            .nodes
+            .iter()
+            .filter(|n| !n.dead)
+            .map(|n| n.ip)
+            .collect();
+        self.route_lb_pool(&alive)
     }
 
     fn teardown(&mut self) {
