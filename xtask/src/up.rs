@@ -142,7 +142,9 @@ pub fn demo() -> anyhow::Result<()> {
         );
     }
     setup::ensure()?;
-    cmd::run(cargo().args(["build", "-p", "skiff-agent", "-p", "xtask"]))?;
+    // Not `-p xtask`: rebuilding the running binary would replace the file that the
+    // traffic generator below executes (`current_exe` then names a deleted file).
+    cmd::run(cargo().args(["build", "-p", "skiff-agent"]))?;
     let agent = workspace_root().join("target/debug/skiff-agent");
     let xtask = std::env::current_exe().context("locating the xtask binary")?;
 
