@@ -130,6 +130,10 @@ pub struct Agent {
     pub node: NodeArgs,
     pub plan: Plan,
     pub interval: Duration,
+    // cluster: pod runtime wiring (issue 8)
+    /// `--cgroup`: pods' cgroups go under the socket-LB attach point.
+    pub pod_cgroup_parent: Option<PathBuf>,
+    // end cluster
 }
 
 fn cidrs(flag: &str, values: &[String]) -> anyhow::Result<Vec<netsetup::Cidr>> {
@@ -163,9 +167,19 @@ pub struct Plan {
     // dns: cluster DNS (issue 8)
     dns_addr: Option<SocketAddr>,
     // end dns
+    // cluster: pod runtime wiring (issue 8)
+    run_pods: bool,
+    // end cluster
 }
 
 impl Plan {
+    // cluster: pod runtime wiring (issue 8)
+    /// Whether this agent runs the node's pods.
+    pub fn runs_pods(&self) -> bool {
+        self.run_pods
+    }
+    // end cluster
+
     pub fn new(args: &NodeArgs, node_name: &str) -> anyhow::Result<Plan> {
         let pod_network = match args.pod_network.as_str() {
             "direct" => true,
@@ -189,6 +203,11 @@ impl Plan {
         if (!args.no_register_node || pod_network) && node_name.is_empty() {
             bail!("--node-name is required to register the Node and set up the pod network (or pass --no-register-node --pod-network none)");
         }
+        // cluster: pod runtime wiring (issue 8): pods need the pod network this agent
+        // sets up (its conflist); with `--pod-network none` another CNI and a kubelet
+        // own them.
+        let run_pods = pod_network && !args.no_run_pods;
+        // end cluster
         Ok(Plan {
             pod_network,
             tunnel,
@@ -198,6 +217,9 @@ impl Plan {
             // dns: cluster DNS (issue 8)
             dns_addr: dns_plan(args)?,
             // end dns
+            // cluster: pod runtime wiring (issue 8)
+            run_pods,
+            // end cluster
         })
     }
 }
@@ -271,6 +293,9 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
         node: args,
         plan,
         interval,
+        // cluster: pod runtime wiring (issue 8)
+        pod_cgroup_parent,
+        // end cluster
     } = a;
     let Plan {
         pod_network,
@@ -281,6 +306,9 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
         // dns: cluster DNS (issue 8)
         dns_addr,
         // end dns
+        // cluster: pod runtime wiring (issue 8)
+        run_pods,
+        // end cluster
     } = plan;
     let node_name = sync.node.node_name.clone();
 
@@ -339,6 +367,9 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
         });
         cfg.unreachable = unreachable;
         cfg.tunnel = tunnel;
+        // cluster: pod runtime wiring (issue 8)
+        cfg.ipam_data_dir = args.cni_ipam_dir.clone();
+        // end cluster
         let mut s = NetSetup::new(cfg).context("setting up the pod network")?;
         s.prepare().context("installing skiff-cni")?;
         Some(s)
@@ -386,6 +417,46 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
         .await;
     };
 
+    // cluster: pod runtime wiring (issue 8)
+    // The runtime starts once the conflist names this node's pod range (the Node has its
+    // podCIDR and the pod network applied it); until then a pod could not get an address.
+    let conflist_path = args.cni_conf_dir.join(netsetup::CONFLIST_NAME);
+    let (conflist_tx, conflist_rx) = tokio::sync::watch::channel::<Option<serde_json::Value>>(None);
+    let publish_conflist = || {
+        if run_pods {
+            if let Some(net) = pods::ready_conflist(&conflist_path) {
+                conflist_tx.send_if_modified(|have| {
+                    let changed = have.as_ref() != Some(&net);
+                    *have = Some(net);
+                    changed
+                });
+            }
+        }
+    };
+    let (pods_stop_tx, pods_stop_rx) = tokio::sync::watch::channel(false);
+    let pods_task = pods::run(
+        run_pods.then(|| pods::PodsConfig {
+            client: client.clone(),
+            node_name: node_name.clone(),
+            cni_bin_dir: args.cni_bin_dir.clone(),
+            cgroup_parent: pod_cgroup_parent.clone(),
+            root_dir: args.root_dir.clone(),
+            log_dir: args.pod_log_dir.clone(),
+            host_ip: sync.node.node_addresses.first().copied().map(Into::into),
+            // Pods' resolv.conf: the cluster DNS Service and domain (dns flags).
+            dns: skiff_runtime::dns::DnsConfig {
+                cluster_dns: vec![args.cluster_dns.into()],
+                cluster_domain: args.cluster_domain.clone(),
+                resolv_conf: args.dns_resolv_conf.clone(),
+            },
+        }),
+        conflist_rx,
+        pods_stop_rx,
+    );
+    tokio::pin!(pods_task);
+    let mut pods_done = !run_pods;
+    // end cluster
+
     let net_task = async {
         let Some(setup) = setup.as_mut() else {
             return std::future::pending::<()>().await;
@@ -405,6 +476,9 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
                     for e in a.errors.iter().chain(&a.diagnostics) {
                         println!("pod network: {e}");
                     }
+                    // cluster: pod runtime wiring (issue 8)
+                    publish_conflist();
+                    // end cluster
                 },
                 on_error: |e: &str| {
                     metrics.observe_watch_error();
@@ -554,8 +628,112 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
         _ = sync_task => {}
         _ = node_task => {}
         _ = net_task => {}
+        // cluster: pod runtime wiring (issue 8)
+        r = &mut pods_task, if !pods_done => {
+            pods_done = true;
+            r.context("the pod runtime stopped")?;
+        }
+        // end cluster
         _ = term.recv() => println!("SIGTERM: exiting; maps, routes and the Node stay"),
         _ = tokio::signal::ctrl_c() => println!("interrupted: exiting; maps, routes and the Node stay"),
     }
+    // cluster: pod runtime wiring (issue 8)
+    // The runtime stops this node's pods and releases their networks (it cannot adopt
+    // running pods after a restart yet); the Pod objects stay.
+    if !pods_done {
+        println!("stopping this node's pods");
+        let _ = pods_stop_tx.send(true);
+        if let Err(e) = pods_task.await {
+            println!("stopping pods: {e:#}");
+        }
+    }
+    // end cluster
     Ok(())
 }
+
+// cluster: pod runtime wiring (issue 8)
+/// Running the node's pods with skiff-runtime on the pod network this agent set up.
+mod pods {
+    use std::{
+        net::IpAddr,
+        path::{Path, PathBuf},
+    };
+
+    use anyhow::Context as _;
+    use skiff_runtime::{backoff::BackoffConfig, cni::Cni, logs::LogLimits, Config, Runtime};
+    use tokio::sync::watch;
+
+    pub struct PodsConfig {
+        pub client: kube::Client,
+        pub node_name: String,
+        pub cni_bin_dir: PathBuf,
+        pub cgroup_parent: Option<PathBuf>,
+        pub root_dir: PathBuf,
+        pub log_dir: PathBuf,
+        pub host_ip: Option<IpAddr>,
+        pub dns: skiff_runtime::dns::DnsConfig,
+    }
+
+    /// The conflist at `path` if it names a pod range (the agent writes one without
+    /// ranges until the Node has a podCIDR; skiff-cni's STATUS calls that not ready).
+    pub fn ready_conflist(path: &Path) -> Option<serde_json::Value> {
+        let net: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        let has_range = net["plugins"].as_array()?.iter().any(|p| {
+            p["ipam"]["ranges"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
+        });
+        has_range.then_some(net)
+    }
+
+    /// Waits for the conflist, then runs the pods until `stop` turns true. `None`: pods
+    /// are not this agent's job (`--no-run-pods`, `--pod-network none`).
+    pub async fn run(
+        cfg: Option<PodsConfig>,
+        mut conflist: watch::Receiver<Option<serde_json::Value>>,
+        mut stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let Some(cfg) = cfg else {
+            return std::future::pending().await;
+        };
+        let cgroup_parent = cfg.cgroup_parent.context(
+            "running pods needs --cgroup (the socket load-balancing attach point pods' cgroups go under), or pass --no-run-pods",
+        )?;
+        let network = tokio::select! {
+            n = conflist.wait_for(Option::is_some) => match n {
+                Ok(n) => n.clone().expect("waited for Some"),
+                Err(_) => return Ok(()),
+            },
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        };
+        println!(
+            "running the pods of Node {} (state {}, logs {}, cgroups under {})",
+            cfg.node_name,
+            cfg.root_dir.display(),
+            cfg.log_dir.display(),
+            cgroup_parent.display()
+        );
+        let config = Config {
+            cni: Cni {
+                plugin_dirs: vec![cfg.cni_bin_dir],
+                network,
+                ifname: "eth0".into(),
+                // Plugins run in the agent's own namespace, where skiff0 is.
+                host_netns: None,
+            },
+            cgroup_parent,
+            state_dir: cfg.root_dir,
+            log_dir: cfg.log_dir,
+            log_limits: LogLimits::default(),
+            backoff: BackoffConfig::default(),
+            host_ip: cfg.host_ip,
+            dns: cfg.dns,
+        };
+        Runtime::run_until(cfg.client, &cfg.node_name, config, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+        .context("running pods")
+    }
+}
+// end cluster

@@ -212,6 +212,24 @@ struct NodeArgs {
     #[arg(long, default_value = "/etc/resolv.conf")]
     dns_resolv_conf: PathBuf,
     // end dns
+    // cluster: pod runtime wiring (issue 8)
+    /// Do not run the Pods bound to this node (a kubelet does, e.g. when skiff replaces
+    /// kube-proxy on an existing cluster). Pods run only with `--pod-network direct`.
+    #[arg(long)]
+    no_run_pods: bool,
+    /// The pod runtime's state: per-pod volumes and cached CNI results in
+    /// `<root-dir>/pods/<uid>`.
+    #[arg(long, default_value = "/var/lib/skiff-agent")]
+    root_dir: PathBuf,
+    /// Container logs: `<pod-log-dir>/<namespace>_<pod>_<uid>/<container>/<n>.log`
+    /// (not the kubelet's /var/log/pods, so both can share a host).
+    #[arg(long, default_value = "/var/log/skiff-pods")]
+    pod_log_dir: PathBuf,
+    /// host-local IPAM's data directory, named in the conflist (simulated nodes sharing a
+    /// filesystem each need their own).
+    #[arg(long, default_value = skiff_cni::config::DEFAULT_DATA_DIR)]
+    cni_ipam_dir: PathBuf,
+    // end cluster
 }
 
 #[derive(Subcommand)]
@@ -400,6 +418,11 @@ fn main() -> anyhow::Result<()> {
                 Some(_) => Some(agent::Plan::new(&node, &node_name)?),
                 None => None,
             };
+            // cluster: pod runtime wiring (issue 8)
+            if plan.as_ref().is_some_and(agent::Plan::runs_pods) && cgroup.is_none() {
+                bail!("running pods needs --cgroup (pods' cgroups go under the socket load-balancing attach point, e.g. /sys/fs/cgroup/unified); pass --no-run-pods if a kubelet runs them");
+            }
+            // end cluster
             let config = DatapathConfig {
                 map_sizes: MapSizes {
                     services: sizes.map_size_services,
@@ -464,6 +487,16 @@ fn main() -> anyhow::Result<()> {
                     },
                     external_ip_cidrs: external,
                 };
+                // cluster: pod runtime wiring (issue 8): the runtime reports through
+                // tracing (RUST_LOG overrides the level).
+                let _ = tracing_subscriber::fmt()
+                    .with_env_filter(
+                        tracing_subscriber::EnvFilter::try_from_default_env()
+                            .unwrap_or_else(|_| "info".into()),
+                    )
+                    .with_writer(std::io::stderr)
+                    .try_init();
+                // end cluster
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
@@ -475,6 +508,9 @@ fn main() -> anyhow::Result<()> {
                     node,
                     plan,
                     interval: Duration::from_secs(interval_secs.max(1)),
+                    // cluster: pod runtime wiring (issue 8)
+                    pod_cgroup_parent: cgroup.clone(),
+                    // end cluster
                 }));
             }
             let start = Instant::now();

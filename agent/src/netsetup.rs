@@ -139,6 +139,11 @@ pub struct NetConfig {
     /// How often the routes are re-checked even without Node changes (a link flap removes
     /// the kernel's routes through it).
     pub resync: Duration,
+    // cluster: pod runtime wiring (issue 8)
+    /// host-local IPAM's `dataDir` in the conflist (one file per allocated address).
+    /// Several simulated nodes on one machine each need their own.
+    pub ipam_data_dir: PathBuf,
+    // end cluster
 }
 
 impl NetConfig {
@@ -153,6 +158,9 @@ impl NetConfig {
             unreachable: Vec::new(),
             tunnel: None,
             resync: Duration::from_secs(30),
+            // cluster: pod runtime wiring (issue 8)
+            ipam_data_dir: PathBuf::from(skiff_cni::config::DEFAULT_DATA_DIR),
+            // end cluster
         }
     }
 
@@ -278,7 +286,7 @@ pub fn conflist(cfg: &NetConfig, pod_cidr: Option<Cidr>) -> serde_json::Value {
         "ipam": {
             "type": "host-local",
             "ranges": ranges,
-            "dataDir": skiff_cni::config::DEFAULT_DATA_DIR,
+            "dataDir": cfg.ipam_data_dir,
         },
     });
     if let Some(mtu) = cfg.pod_mtu() {

@@ -967,6 +967,8 @@ fn the_agent_binary_registers_sets_up_the_node_and_leaves_it_on_sigterm() {
                 "--no-pin",
                 "--interval-secs",
                 "1",
+                // The node side only: no --cgroup, so no pods (cluster.rs runs them).
+                "--no-run-pods",
             ])
             .arg("--kubeconfig")
             .arg(&kubeconfig)

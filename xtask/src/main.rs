@@ -44,8 +44,22 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
-    /// Run what skiff has today on a throwaway network-namespace topology and show it working.
-    Up,
+    /// Start a simulated skiff cluster on this machine (control plane + N nodes as network
+    /// namespaces, pods running), print how to use it with kubectl, tear it down on Ctrl-C.
+    Up {
+        /// Number of simulated nodes.
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        /// The store: redb (embedded) or etcd (a local etcd process).
+        #[arg(long, default_value = "redb")]
+        store: String,
+        /// The host port of the API server (on 127.0.0.1).
+        #[arg(long, default_value_t = 6443)]
+        api_port: u16,
+        /// Instead: the datapath demo (two namespaces, tc counters).
+        #[arg(long)]
+        demo: bool,
+    },
     /// (internal) Traffic generator used by `up`, run inside the demo client namespace.
     #[command(hide = true)]
     DemoTraffic { target: std::net::Ipv4Addr },
@@ -64,7 +78,26 @@ fn main() -> anyhow::Result<()> {
             lint::run()
         }
         Command::Test { no_lint } => test::run(no_lint),
-        Command::Up => up::run(),
+        Command::Up {
+            nodes,
+            store,
+            api_port,
+            demo,
+        } => {
+            if demo {
+                return up::demo();
+            }
+            let etcd = match store.as_str() {
+                "redb" => false,
+                "etcd" => true,
+                other => anyhow::bail!("--store {other:?}: use redb or etcd"),
+            };
+            up::cluster(up::Up {
+                nodes,
+                etcd,
+                api_port,
+            })
+        }
         Command::Bench { what, quick } => bench::run(&what, quick),
         Command::DemoTraffic { target } => up::demo_traffic(target),
     }

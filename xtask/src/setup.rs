@@ -31,6 +31,12 @@ const APT_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "busybox-static",
+    // cluster: the examples' HTTP server and Job (python3, run as skiff.local/host
+    // images) and the whole-cluster test's in-pod client (curl). kubectl is expected at
+    // /usr/bin/kubectl (the `kubectl` package).
+    "python3",
+    "curl",
+    // end cluster
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Opt-in: a rust-src tarball matching the nightly, for machines that cannot download it.

@@ -1,12 +1,15 @@
-//! `cargo xtask up`: run what skiff has today. Until the control plane (issues 5, 6) and
-//! service routing (issues 3, 4, 7, 8) exist, that is the eBPF datapath skeleton: the agent
-//! attached to a veth in a throwaway namespace, counting real traffic.
+//! `cargo xtask up`: a simulated skiff cluster on this machine (skiff-cluster: network
+//! namespaces for the nodes on a bridge that plays the physical network, the control
+//! plane, one agent per node running its pods) until Ctrl-C, then everything is removed.
+//! `--demo` keeps the original datapath demo: the agent attached to a veth in a throwaway
+//! namespace, counting real traffic.
 
 use std::{
     io::{BufRead as _, BufReader},
-    net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
     process::{Command, Stdio},
-    time::Duration,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _};
@@ -15,6 +18,99 @@ use crate::{
     cmd::{self, cargo, is_root, workspace_root},
     setup,
 };
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Options of `cargo xtask up`.
+pub struct Up {
+    pub nodes: usize,
+    pub etcd: bool,
+    pub api_port: u16,
+}
+
+pub fn cluster(up: Up) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!(
+            "`cargo xtask up` needs root: it creates network namespaces, cgroups and eBPF programs"
+        );
+    }
+    setup::ensure()?;
+    let t_build = Instant::now();
+    cmd::run(cargo().args([
+        "build",
+        "-p",
+        "skiff-controlplane",
+        "-p",
+        "skiff-agent",
+        "-p",
+        "skiff-cni",
+    ]))?;
+    eprintln!("built in {:.1?}", t_build.elapsed());
+    // Ctrl-C and SIGTERM only set a flag: the cluster is torn down in order below (the
+    // children are in their own process groups, so the terminal's SIGINT reaches only us).
+    // SAFETY: the handler only stores to an atomic (async-signal-safe).
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    let mut opts =
+        skiff_cluster::Options::new("up", up.nodes, &workspace_root().join("target/debug"));
+    opts.store = if up.etcd {
+        skiff_cluster::Store::Etcd
+    } else {
+        skiff_cluster::Store::Redb
+    };
+    opts.api_listen = SocketAddr::from(([127, 0, 0, 1], up.api_port));
+    opts.progress = |l| println!("  {l}");
+    println!("\nstarting a {}-node skiff cluster:", up.nodes);
+    let cluster = skiff_cluster::Cluster::start(opts)?;
+    let kc = cluster.kubeconfig().display().to_string();
+    let n1 = &cluster.nodes()[0];
+    println!(
+        "\nskiff is up: {} node(s) Ready {:.1?} after start (build not counted).\n",
+        cluster.nodes().len(),
+        cluster.ready_after()
+    );
+    println!("  export KUBECONFIG={kc}");
+    println!("  kubectl get nodes -o wide");
+    println!("  kubectl apply -f examples/          # a web Deployment + ClusterIP/NodePort/LoadBalancer Services, a ConfigMap app, a Job");
+    println!("  kubectl get pods,svc -o wide");
+    println!();
+    println!("The cluster lives in network namespaces; this host reaches only the API server.");
+    println!("Traffic to services goes from inside the simulated network:");
+    println!(
+        "  nsenter --net=/run/netns/{} curl -s http://<EXTERNAL-IP of web-lb>/     # an external client",
+        cluster.external_netns()
+    );
+    println!(
+        "  nsenter --net=/run/netns/{} curl -s http://{}:<NodePort of web-nodeport>/",
+        cluster.external_netns(),
+        n1.ip
+    );
+    println!(
+        "  sh -c 'echo $$ > {}/host/cgroup.procs; exec nsenter --net=/run/netns/{} curl -s http://<CLUSTER-IP of web>/'   # on {}",
+        n1.cgroup.display(),
+        n1.netns,
+        n1.name
+    );
+    println!(
+        "Logs: {} (controlplane.log, node-<i>.log, node-<i>/pod-logs/).",
+        cluster.dir().display()
+    );
+    println!("\nCtrl-C stops the agents, the control plane, and removes namespaces, cgroups, pins and state.");
+    while !STOP.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("\ntearing down...");
+    let t = Instant::now();
+    drop(cluster);
+    println!("removed in {:.1?}", t.elapsed());
+    Ok(())
+}
 
 const CLIENT_NS: &str = "skiff-demo-client";
 const NODE_NS: &str = "skiff-demo-node";
@@ -36,17 +132,19 @@ impl Drop for Namespaces {
     }
 }
 
-pub fn run() -> anyhow::Result<()> {
-    println!("skiff today: the eBPF datapath skeleton (tc ingress parser, per-CPU packet and drop");
-    println!("counters) and the agent that loads it. The control plane, service routing, CNI and");
-    println!("pod runtime are not built yet; `up` will grow into a whole cluster as they land.\n");
+/// `cargo xtask up --demo`: the datapath demo.
+pub fn demo() -> anyhow::Result<()> {
+    println!("The datapath demo: the agent's tc program counting real traffic between two");
+    println!("throwaway namespaces (per-CPU packet and drop counters).\n");
     if !is_root() {
         bail!(
             "`cargo xtask up` needs root: it creates network namespaces and attaches eBPF programs"
         );
     }
     setup::ensure()?;
-    cmd::run(cargo().args(["build", "-p", "skiff-agent", "-p", "xtask"]))?;
+    // Not `-p xtask`: rebuilding the running binary would replace the file that the
+    // traffic generator below executes (`current_exe` then names a deleted file).
+    cmd::run(cargo().args(["build", "-p", "skiff-agent"]))?;
     let agent = workspace_root().join("target/debug/skiff-agent");
     let xtask = std::env::current_exe().context("locating the xtask binary")?;
 
