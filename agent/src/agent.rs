@@ -220,7 +220,37 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
     let kconf = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .with_context(|| format!("using kubeconfig {}", kubeconfig.display()))?;
+    // kubelet API: client certificates must chain to the cluster CA of the kubeconfig.
+    let cluster_ca = kconf.root_cert.clone().unwrap_or_default();
     let client = kube::Client::try_from(kconf)?;
+
+    // --- kubelet API (kubectl logs) ---
+    let kubelet_port =
+        (args.kubelet_port != 0 && !node_name.is_empty()).then_some(args.kubelet_port);
+    let _kubelet_api = match kubelet_port {
+        Some(port) => {
+            let api = skiff_agent::kubelet_api::KubeletApi {
+                client: client.clone(),
+                node_name: node_name.clone(),
+                log_dir: args.pod_log_dir.clone(),
+                client_ca: cluster_ca,
+                addresses: sync
+                    .node
+                    .node_addresses
+                    .iter()
+                    .map(|a| std::net::IpAddr::V4(*a))
+                    .collect(),
+            };
+            let (addr, task) =
+                skiff_agent::kubelet_api::serve(SocketAddr::new(args.kubelet_address, port), api)
+                    .await
+                    .context("starting the kubelet API")?;
+            println!("serving the kubelet API (container logs) on https://{addr}");
+            Some(AbortOnDrop(task))
+        }
+        None => None,
+    };
+    // --- end kubelet API ---
 
     let proxy_health = ProxyHealth::new(Duration::from_secs(args.health_timeout_secs));
     let metrics = Metrics::new();
@@ -273,6 +303,7 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
         let mut cfg = NodeConfig::new(&node_name, node_addresses);
         cfg.lease_renew_period = Duration::from_secs(args.node_lease_renew_secs.max(1));
         cfg.status_report_period = Duration::from_secs(args.node_status_report_secs.max(1));
+        cfg.kubelet_port = kubelet_port; // kubelet API
         let mut registered = false;
         node::run(client.clone(), cfg, info, |hb| {
             metrics.observe_heartbeat(hb.errors.is_empty());
@@ -454,4 +485,13 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => println!("interrupted: exiting; maps, routes and the Node stay"),
     }
     Ok(())
+}
+
+/// Stops a spawned server when the agent returns (kubelet API).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -193,6 +193,18 @@ struct NodeArgs {
     /// (kube-proxy: twice its 30 s sync period).
     #[arg(long, default_value_t = 60)]
     health_timeout_secs: u64,
+    // --- kubelet API (kubectl logs) ---
+    /// Port of the kubelet API (`/containerLogs`, HTTPS, for the API server's
+    /// `kubectl logs`), reported in the Node's status; 0 turns it off.
+    #[arg(long, default_value_t = skiff_agent::kubelet_api::DEFAULT_PORT)]
+    kubelet_port: u16,
+    /// Address the kubelet API listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    kubelet_address: std::net::IpAddr,
+    /// The pod runtime's container log directory (read by the kubelet API).
+    #[arg(long, default_value = "/var/log/pods")]
+    pod_log_dir: PathBuf,
+    // --- end kubelet API ---
 }
 
 #[derive(Subcommand)]

@@ -24,7 +24,10 @@ use std::{
 use k8s_openapi::{
     api::{
         coordination::v1::{Lease, LeaseSpec},
-        core::v1::{Node, NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo},
+        core::v1::{
+            DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus,
+            NodeSystemInfo,
+        },
     },
     apimachinery::pkg::{
         api::resource::Quantity,
@@ -59,6 +62,9 @@ pub struct NodeConfig {
     pub lease_renew_period: Duration,
     pub lease_duration_seconds: i32,
     pub status_report_period: Duration,
+    /// The kubelet API port reported in `status.daemonEndpoints` (the API server proxies
+    /// `kubectl logs` there); None: not served.
+    pub kubelet_port: Option<u16>,
 }
 
 impl NodeConfig {
@@ -69,6 +75,7 @@ impl NodeConfig {
             lease_renew_period: Duration::from_secs(10),
             lease_duration_seconds: 40,
             status_report_period: Duration::from_secs(60),
+            kubelet_port: None,
         }
     }
 }
@@ -304,6 +311,11 @@ pub fn desired_status(
         address: cfg.name.clone(),
     });
     status.addresses = Some(addresses);
+    if let Some(port) = cfg.kubelet_port {
+        status.daemon_endpoints = Some(NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint { port: port.into() }),
+        });
+    }
     let (capacity, allocatable) = resources(info);
     status.capacity = Some(capacity);
     status.allocatable = Some(allocatable);

@@ -451,8 +451,8 @@ impl Lifecycle {
         c.state = State::Terminated(Terminated {
             exit_code,
             signal,
-            // containerd's reasons: Completed for 0, Error otherwise (OOMKilled would need
-            // the cgroup's memory.events; not reported yet).
+            // containerd's reasons: Completed for 0, Error otherwise; OOMKilled is set by
+            // `oom_killed` from the memory cgroup's counter.
             reason: if exit_code == 0 { "Completed" } else { "Error" }.into(),
             message: None,
             started_at,
@@ -460,6 +460,17 @@ impl Lifecycle {
             instance,
         });
         self.update_conditions(now);
+    }
+
+    /// The memory limit killed `instance` (its cgroup's oom_kill count grew): the reason
+    /// of its termination is OOMKilled, as containerd reports it.
+    pub fn oom_killed(&mut self, name: &str, instance: u64) {
+        let Some(c) = self.find(name) else { return };
+        if let State::Terminated(t) = &mut c.state {
+            if t.instance == instance {
+                t.reason = "OOMKilled".into();
+            }
+        }
     }
 
     /// A probe of `instance` finished.

@@ -29,11 +29,12 @@ use crate::{
     env::{self, PodFacts, Refs},
     image,
     lifecycle::{Action, Lifecycle, StartFailure, StatusInputs},
+    limits::{Controllers, PodLimits},
     logs::{self, RotatingLog},
     probe::{self, ProbeKind},
     prober, process,
     sandbox::{self, Sandbox},
-    volumes, Config,
+    static_pods, volumes, Config,
 };
 
 /// Runs the Pods bound to a node.
@@ -44,6 +45,25 @@ pub struct Runtime;
 pub enum Error {
     #[error("cleaning up after an earlier run: {0}")]
     Garbage(String),
+}
+
+/// Options of [`Runtime::run_with`].
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Static pod manifests (`--pod-manifest-path`), see [`static_pods`].
+    pub pod_manifest_path: Option<PathBuf>,
+    /// How often the manifests are read and the mirror pods checked (the kubelet's file
+    /// source: 20 s).
+    pub manifest_poll: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            pod_manifest_path: None,
+            manifest_poll: Duration::from_secs(20),
+        }
+    }
 }
 
 /// What a worker learns about its pod.
@@ -76,9 +96,23 @@ impl Runtime {
         config: Config,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
+        Self::run_with(client, node_name, config, RunOptions::default(), shutdown).await
+    }
+
+    /// [`Runtime::run_until`] with [`RunOptions`] (static pods).
+    pub async fn run_with(
+        client: Client,
+        node_name: &str,
+        config: Config,
+        options: RunOptions,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
         sandbox::collect_garbage(&config)
             .await
             .map_err(Error::Garbage)?;
+        // Resource limits: which controllers this host offers, found once.
+        let controllers = Arc::new(Controllers::discover(&config.cgroup_parent));
+        controllers.collect_garbage(&|_| false);
         let cfg = Arc::new(config);
         let pods: Api<Pod> = Api::all(client.clone());
         let wc = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
@@ -87,10 +121,67 @@ impl Runtime {
         let mut workers: HashMap<String, Handle> = HashMap::new();
         let mut listing: Option<Vec<String>> = None;
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+        // Static pods: by UID, with the last manifest errors (logged when they change).
+        let mut statics: HashMap<String, Pod> = HashMap::new();
+        let mut manifest_errors: Vec<String> = Vec::new();
+        let mut manifest_tick =
+            tokio::time::interval(options.manifest_poll.max(Duration::from_millis(10)));
+        let (mirror_tx, mut mirror_rx) = mpsc::unbounded_channel::<String>();
+        let mut mirror_task: Option<JoinHandle<()>> = None;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                _ = manifest_tick.tick(), if options.pod_manifest_path.is_some() => {
+                    let dir = options.pod_manifest_path.as_deref().expect("checked");
+                    let mut desired: HashMap<String, Pod> = HashMap::new();
+                    let mut errors = Vec::new();
+                    for (_, m) in static_pods::read_dir(dir, node_name) {
+                        match m {
+                            static_pods::Manifest::Pod(p) => {
+                                let uid = p.metadata.uid.clone().unwrap_or_default();
+                                // Unchanged manifests keep the object first seen (config.seen).
+                                let p = statics.get(&uid).cloned().unwrap_or(*p);
+                                desired.insert(uid, p);
+                            }
+                            static_pods::Manifest::Invalid(e) => errors.push(e),
+                        }
+                    }
+                    if errors != manifest_errors {
+                        for e in &errors {
+                            tracing::warn!("static pod manifest ignored: {e}");
+                        }
+                        manifest_errors = errors;
+                    }
+                    for (uid, p) in &statics {
+                        if !desired.contains_key(uid) {
+                            tracing::info!(pod = ?p.metadata.name, "static pod manifest removed or changed");
+                            if let Some(h) = workers.get(uid) {
+                                let _ = h.tx.send(Update::Gone);
+                            }
+                        }
+                    }
+                    for (uid, p) in &desired {
+                        if !statics.contains_key(uid) {
+                            apply(&client, &cfg, &controllers, node_name, &mut workers, &done_tx, p.clone());
+                        }
+                    }
+                    statics = desired;
+                    if mirror_task.as_ref().is_none_or(|t| t.is_finished()) {
+                        mirror_task = Some(tokio::spawn(static_pods::sync_mirrors(
+                            client.clone(),
+                            node_name.to_string(),
+                            statics.values().cloned().collect(),
+                            mirror_tx.clone(),
+                        )));
+                    }
+                }
+                Some(uid) = mirror_rx.recv() => {
+                    // A mirror pod was (re)created: its worker writes the status again.
+                    if let (Some(h), Some(p)) = (workers.get(&uid), statics.get(&uid)) {
+                        let _ = h.tx.send(Update::Pod(Box::new(p.clone())));
+                    }
+                }
                 Some(uid) = done_rx.recv() => {
                     if let Some(h) = workers.get(&uid) {
                         if h.task.is_finished() {
@@ -110,23 +201,25 @@ impl Runtime {
                     };
                     match ev {
                         watcher::Event::Init => listing = Some(Vec::new()),
+                        // Mirror pods reflect static pods; they never run themselves.
+                        watcher::Event::InitApply(p) | watcher::Event::Apply(p) if static_pods::is_mirror(&p) => {}
                         watcher::Event::InitApply(p) => {
                             if let (Some(l), Some(uid)) = (listing.as_mut(), p.metadata.uid.clone()) {
                                 l.push(uid);
                             }
-                            apply(&client, &cfg, node_name, &mut workers, &done_tx, p);
+                            apply(&client, &cfg, &controllers, node_name, &mut workers, &done_tx, p);
                         }
                         watcher::Event::InitDone => {
                             if let Some(seen) = listing.take() {
                                 for (uid, h) in &workers {
-                                    if !seen.contains(uid) {
+                                    if !seen.contains(uid) && !statics.contains_key(uid) {
                                         let _ = h.tx.send(Update::Gone);
                                     }
                                 }
                             }
                         }
                         watcher::Event::Apply(p) => {
-                            apply(&client, &cfg, node_name, &mut workers, &done_tx, p)
+                            apply(&client, &cfg, &controllers, node_name, &mut workers, &done_tx, p)
                         }
                         watcher::Event::Delete(p) => {
                             if let Some(h) = p.metadata.uid.as_ref().and_then(|u| workers.get(u)) {
@@ -136,6 +229,9 @@ impl Runtime {
                     }
                 }
             }
+        }
+        if let Some(t) = mirror_task {
+            t.abort();
         }
         for h in workers.values() {
             let _ = h.tx.send(Update::Shutdown);
@@ -150,6 +246,7 @@ impl Runtime {
 fn apply(
     client: &Client,
     cfg: &Arc<Config>,
+    controllers: &Arc<Controllers>,
     node: &str,
     workers: &mut HashMap<String, Handle>,
     done: &mpsc::UnboundedSender<String>,
@@ -178,7 +275,13 @@ fn apply(
         return;
     }
     let (tx, rx) = watch::channel(Update::Pod(Box::new(pod.clone())));
-    let w = Worker::new(client.clone(), cfg.clone(), node.to_string(), pod);
+    let w = Worker::new(
+        client.clone(),
+        cfg.clone(),
+        controllers.clone(),
+        node.to_string(),
+        pod,
+    );
     let done = done.clone();
     let key = uid.clone();
     let task = tokio::spawn(async move {
@@ -196,6 +299,8 @@ enum Event {
         instance: u64,
         code: i32,
         signal: Option<i32>,
+        /// The memory limit killed it.
+        oom: bool,
     },
     Probe {
         container: String,
@@ -235,10 +340,21 @@ struct Worker {
     published: Option<Value>,
     publish_retry: bool,
     log_dir: PathBuf,
+    controllers: Arc<Controllers>,
+    /// The pod's limits, applied with its sandbox.
+    limits: Option<PodLimits>,
+    /// What a container's limits could not enforce (for the pod status), by container.
+    unenforced: BTreeMap<String, Vec<String>>,
 }
 
 impl Worker {
-    fn new(client: Client, cfg: Arc<Config>, node: String, pod: Pod) -> Worker {
+    fn new(
+        client: Client,
+        cfg: Arc<Config>,
+        controllers: Arc<Controllers>,
+        node: String,
+        pod: Pod,
+    ) -> Worker {
         let (tx, rx) = mpsc::unbounded_channel();
         let life = Lifecycle::new(&pod, cfg.backoff, SystemTime::now());
         let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -269,6 +385,9 @@ impl Worker {
             published: None,
             publish_retry: false,
             log_dir,
+            controllers,
+            limits: None,
+            unenforced: BTreeMap::new(),
         }
     }
 
@@ -283,6 +402,10 @@ impl Worker {
             let update = updates.borrow_and_update().clone();
             match update {
                 Update::Pod(p) => {
+                    if static_pods::is_static(&p) {
+                        // Sent when its mirror pod was (re)created: publish again.
+                        self.published = None;
+                    }
                     self.life.set_foreign_conditions(&p, SystemTime::now());
                     let deleting = p.metadata.deletion_timestamp.is_some();
                     self.pod = *p;
@@ -304,6 +427,12 @@ impl Worker {
                 match Sandbox::create(&self.cfg, &self.pod).await {
                     Ok(s) => {
                         tracing::info!(pod = %self.name, ips = ?s.ips, "sandbox ready");
+                        let spec = self.pod.spec.clone().unwrap_or_default();
+                        let l = PodLimits::apply(&self.controllers, &s.cgroup, &spec);
+                        for e in &l.unenforced {
+                            tracing::warn!(pod = %self.name, "resource limits: {e}");
+                        }
+                        self.limits = Some(l);
                         self.sandbox = Some(s);
                         self.sandbox_retry = None;
                     }
@@ -363,8 +492,9 @@ impl Worker {
                 instance,
                 code,
                 signal,
+                oom,
             } => {
-                tracing::info!(pod = %self.name, container, instance, code, "container exited");
+                tracing::info!(pod = %self.name, container, instance, code, oom, "container exited");
                 if self
                     .procs
                     .get(&container)
@@ -373,6 +503,9 @@ impl Worker {
                     self.procs.remove(&container);
                 }
                 self.life.exited(&container, instance, code, signal, now);
+                if oom {
+                    self.life.oom_killed(&container, instance);
+                }
             }
             Event::Probe {
                 container,
@@ -568,6 +701,18 @@ impl Worker {
             .container_cgroup(name)
             .await
             .map_err(StartFailure::Config)?;
+        let (extra_cgroups, unenforced) = match &self.limits {
+            Some(l) => l.container(&cgroup, &c),
+            None => (Vec::new(), Vec::new()),
+        };
+        if self.unenforced.get(name) != Some(&unenforced) {
+            for e in &unenforced {
+                tracing::warn!(pod = %self.name, container = name, "resource limits: {e}");
+            }
+            self.unenforced.insert(name.to_string(), unenforced);
+        }
+        let limits = self.limits.clone();
+        let oom_before = limits.as_ref().map_or(0, |l| l.oom_kills(&cgroup, name));
         let spec = process::Spec {
             argv,
             env: envs,
@@ -576,6 +721,7 @@ impl Worker {
             mounts,
             netns: sb.netns.clone(),
             cgroup: cgroup.clone(),
+            extra_cgroups,
         };
         process::prepare_mounts(&spec).map_err(StartFailure::Config)?;
         let log_path = logs::container_log(&self.log_dir, name, self.life.restart_count(name));
@@ -602,6 +748,9 @@ impl Worker {
                 Ok(s) => process::exit_code(s),
                 Err(_) => (-1, None),
             };
+            let oom = limits
+                .as_ref()
+                .is_some_and(|l| l.oom_kills(&cg, &container) > oom_before);
             // Like a pid namespace losing its init: nothing of the container outlives
             // its main process.
             if let Err(e) = process::kill_cgroup(&cg, Duration::from_secs(10)).await {
@@ -613,6 +762,7 @@ impl Worker {
                 instance,
                 code,
                 signal,
+                oom,
             });
         });
         tracing::info!(pod = %self.name, container = name, instance, pid = started.pid, "container started");
@@ -639,7 +789,12 @@ impl Worker {
             host_ip: self.cfg.host_ip.map(|i| i.to_string()),
             container_id_prefix: format!("skiff://{}", self.uid),
         };
-        let st = self.life.status(&inputs, SystemTime::now());
+        let mut st = self.life.status(&inputs, SystemTime::now());
+        if let Some(l) = &self.limits {
+            if l.wanted {
+                crate::limits::set_condition(&mut st, &l.unenforced, &self.unenforced);
+            }
+        }
         serde_json::to_value(&st).unwrap_or(Value::Null)
     }
 
@@ -716,6 +871,11 @@ impl Worker {
                         delay = (delay * 2).min(Duration::from_secs(30));
                     }
                 }
+            }
+        }
+        if let Some(l) = self.limits.take() {
+            if let Err(e) = l.remove() {
+                tracing::warn!(pod = %self.name, "{e}");
             }
         }
         let _ = std::fs::remove_dir_all(&self.log_dir);
