@@ -921,18 +921,28 @@ fn post_start_and_pre_stop_hooks_run_around_the_container() {
             },
         }]}
     }));
-    node.wait_pod("hooked", "running", Duration::from_secs(30), |p| running(p, "c").then_some(()));
+    node.wait_pod("hooked", "running", Duration::from_secs(30), |p| {
+        running(p, "c").then_some(())
+    });
     // Running only once postStart has completed, in the container's environment.
     assert_eq!(std::fs::read_to_string(f("post")).unwrap(), "hooked\n");
     node.rt
         .block_on(node.pods().delete("hooked", &Default::default()))
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while node.rt.block_on(node.pods().get_opt("hooked")).unwrap().is_some() {
+    while node
+        .rt
+        .block_on(node.pods().get_opt("hooked"))
+        .unwrap()
+        .is_some()
+    {
         assert!(Instant::now() < deadline, "the pod was not deleted");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(std::fs::read_to_string(f("term")).unwrap(), "after-prestop\n");
+    assert_eq!(
+        std::fs::read_to_string(f("term")).unwrap(),
+        "after-prestop\n"
+    );
 
     // A failing postStart kills the container, which restarts by its policy.
     node.create(json!({
@@ -943,13 +953,21 @@ fn post_start_and_pre_stop_hooks_run_around_the_container() {
             "lifecycle": {"postStart": {"exec": {"command": ["/bin/false"]}}},
         }]}
     }));
-    let last = node.wait_pod("badhook", "restarted after the hook failure", Duration::from_secs(30), |p| {
-        let c = container_status(p, "c")?;
-        let t = c.last_state?.terminated?;
-        (c.restart_count >= 1).then_some(t)
-    });
+    let last = node.wait_pod(
+        "badhook",
+        "restarted after the hook failure",
+        Duration::from_secs(30),
+        |p| {
+            let c = container_status(p, "c")?;
+            let t = c.last_state?.terminated?;
+            (c.restart_count >= 1).then_some(t)
+        },
+    );
     assert!(
-        last.message.as_deref().unwrap_or("").starts_with("PostStartHookError: "),
+        last.message
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("PostStartHookError: "),
         "{last:?}"
     );
 }

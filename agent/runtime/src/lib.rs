@@ -18,6 +18,7 @@
 pub mod backoff;
 pub mod cni;
 pub mod env;
+pub mod hooks;
 pub mod image;
 pub mod lifecycle;
 pub mod limits;

@@ -473,6 +473,16 @@ impl Lifecycle {
         }
     }
 
+    /// Sets the termination message of `instance` (a postStart hook failure).
+    pub fn set_termination_message(&mut self, name: &str, instance: u64, message: String) {
+        let Some(c) = self.find(name) else { return };
+        if let State::Terminated(t) = &mut c.state {
+            if t.instance == instance {
+                t.message = Some(message);
+            }
+        }
+    }
+
     /// A probe of `instance` finished.
     pub fn probe_result(
         &mut self,

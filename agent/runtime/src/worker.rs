@@ -27,6 +27,7 @@ use tokio::{
 
 use crate::{
     env::{self, PodFacts, Refs},
+    hooks::{self, Hook},
     image,
     lifecycle::{Action, Lifecycle, StartFailure, StatusInputs},
     limits::{Controllers, PodLimits},
@@ -345,6 +346,8 @@ struct Worker {
     limits: Option<PodLimits>,
     /// What a container's limits could not enforce (for the pod status), by container.
     unenforced: BTreeMap<String, Vec<String>>,
+    /// Termination messages of instances killed because their postStart hook failed.
+    hook_failures: HashMap<(String, u64), String>,
 }
 
 impl Worker {
@@ -388,6 +391,7 @@ impl Worker {
             controllers,
             limits: None,
             unenforced: BTreeMap::new(),
+            hook_failures: HashMap::new(),
         }
     }
 
@@ -506,6 +510,9 @@ impl Worker {
                 if oom {
                     self.life.oom_killed(&container, instance);
                 }
+                if let Some(m) = self.hook_failures.remove(&(container.clone(), instance)) {
+                    self.life.set_termination_message(&container, instance, m);
+                }
             }
             Event::Probe {
                 container,
@@ -531,6 +538,23 @@ impl Worker {
             .chain(spec.containers.iter())
             .find(|c| c.name == name)
             .cloned()
+    }
+
+    /// Where a hook (or probe) of `container` runs.
+    fn hook_target(&self, container: &Container, spec: Option<process::Spec>) -> prober::Target {
+        prober::Target {
+            host_netns: self.cfg.cni.host_netns.clone(),
+            pod_ip: self.sandbox.as_ref().and_then(|s| s.ips.first().copied()),
+            ports: container.ports.clone().unwrap_or_default(),
+            exec: spec,
+        }
+    }
+
+    /// The preStop hook of a running container, with where it runs.
+    fn pre_stop(&self, name: &str, p: &Proc) -> Option<(Hook, prober::Target)> {
+        let c = self.container(name)?;
+        let hook = hooks::pre_stop(&c)?;
+        Some((hook, self.hook_target(&c, Some(p.spec.clone()))))
     }
 
     fn grace(&self) -> Duration {
@@ -592,6 +616,7 @@ impl Worker {
                         p.cgroup.clone(),
                         p.exited.clone(),
                         grace,
+                        self.pre_stop(&container, p),
                     ));
                 }
             }
@@ -766,16 +791,31 @@ impl Worker {
             });
         });
         tracing::info!(pod = %self.name, container = name, instance, pid = started.pid, "container started");
+        let hook = hooks::post_start(&c).map(|h| (h, self.hook_target(&c, Some(spec.clone()))));
         self.procs.insert(
             name.to_string(),
             Proc {
                 instance,
                 pidfd: Arc::new(started.pidfd),
                 spec,
-                cgroup,
+                cgroup: cgroup.clone(),
                 exited: exited_rx,
             },
         );
+        // The kubelet runs postStart before it reports the container Running; a failure
+        // kills the container (restarted by its policy) with the hook's error as message.
+        if let Some((hook, target)) = hook {
+            if let Err(e) = hook.run(hooks::POST_START_TIMEOUT, &target).await {
+                tracing::warn!(pod = %self.name, container = name, "postStart hook failed: {e}");
+                self.hook_failures.insert(
+                    (name.to_string(), instance),
+                    format!("PostStartHookError: {e}"),
+                );
+                if let Err(e) = process::kill_cgroup(&cgroup, Duration::from_secs(10)).await {
+                    tracing::warn!("{e}");
+                }
+            }
+        }
         Ok(())
     }
 
@@ -837,12 +877,13 @@ impl Worker {
         self.life.set_terminating(now);
         let grace = self.grace();
         tracing::info!(pod = %self.name, ?grace, "stopping pod");
-        for p in self.procs.values() {
+        for (name, p) in &self.procs {
             tokio::spawn(stop(
                 p.pidfd.clone(),
                 p.cgroup.clone(),
                 p.exited.clone(),
                 grace,
+                self.pre_stop(name, p),
             ));
         }
         // Wait for every container to be reported gone (stop() ends with cgroup.kill,
@@ -902,16 +943,28 @@ impl Worker {
     }
 }
 
-/// Graceful stop of one container instance: SIGTERM, up to `grace` for it to exit, then
-/// SIGKILL to the whole cgroup.
+/// Graceful stop of one container instance: its preStop hook (within `grace`), SIGTERM,
+/// what is left of `grace` (at least 2 s after a hook) for it to exit, then SIGKILL to
+/// the whole cgroup.
 async fn stop(
     pidfd: Arc<std::os::fd::OwnedFd>,
     cgroup: PathBuf,
     mut exited: watch::Receiver<bool>,
-    grace: Duration,
+    mut grace: Duration,
+    pre_stop: Option<(Hook, prober::Target)>,
 ) {
     if *exited.borrow() {
         return;
+    }
+    if let Some((hook, target)) = pre_stop {
+        let t0 = tokio::time::Instant::now();
+        tokio::select! {
+            r = hook.run(grace, &target) => if let Err(e) = r {
+                tracing::warn!("preStop hook failed: {e}");
+            },
+            _ = exited.wait_for(|e| *e) => return,
+        }
+        grace = hooks::grace_after_hook(grace, t0.elapsed());
     }
     if let Err(e) = process::signal(&pidfd, libc::SIGTERM) {
         tracing::warn!("SIGTERM: {e}");
