@@ -225,31 +225,37 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
     let client = kube::Client::try_from(kconf)?;
 
     // --- kubelet API (kubectl logs) ---
-    let kubelet_port =
+    // Not fatal: without it everything else works, `kubectl logs` answers with the
+    // reason, and the Node does not advertise a port nobody serves.
+    let mut kubelet_port =
         (args.kubelet_port != 0 && !node_name.is_empty()).then_some(args.kubelet_port);
-    let _kubelet_api = match kubelet_port {
-        Some(port) => {
-            let api = skiff_agent::kubelet_api::KubeletApi {
-                client: client.clone(),
-                node_name: node_name.clone(),
-                log_dir: args.pod_log_dir.clone(),
-                client_ca: cluster_ca,
-                addresses: sync
-                    .node
-                    .node_addresses
-                    .iter()
-                    .map(|a| std::net::IpAddr::V4(*a))
-                    .collect(),
-            };
-            let (addr, task) =
-                skiff_agent::kubelet_api::serve(SocketAddr::new(args.kubelet_address, port), api)
-                    .await
-                    .context("starting the kubelet API")?;
-            println!("serving the kubelet API (container logs) on https://{addr}");
-            Some(AbortOnDrop(task))
+    let mut _kubelet_api = None;
+    if let Some(port) = kubelet_port {
+        let api = skiff_agent::kubelet_api::KubeletApi {
+            client: client.clone(),
+            node_name: node_name.clone(),
+            log_dir: args.pod_log_dir.clone(),
+            client_ca: cluster_ca,
+            addresses: sync
+                .node
+                .node_addresses
+                .iter()
+                .map(|a| std::net::IpAddr::V4(*a))
+                .collect(),
+        };
+        match skiff_agent::kubelet_api::serve(SocketAddr::new(args.kubelet_address, port), api)
+            .await
+        {
+            Ok((addr, task)) => {
+                println!("serving the kubelet API (container logs) on https://{addr}");
+                _kubelet_api = Some(AbortOnDrop(task));
+            }
+            Err(e) => {
+                println!("kubelet API not started (kubectl logs will not reach this node): {e}");
+                kubelet_port = None;
+            }
         }
-        None => None,
-    };
+    }
     // --- end kubelet API ---
 
     let proxy_health = ProxyHealth::new(Duration::from_secs(args.health_timeout_secs));
