@@ -15,6 +15,7 @@
 //! - [`worker`]: one task per pod driving all of the above; [`Runtime::run`] watches the
 //!   API for the node's pods and runs one worker each.
 
+pub mod adopt;
 pub mod backoff;
 pub mod cni;
 pub mod env;

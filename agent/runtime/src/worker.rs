@@ -26,6 +26,7 @@ use tokio::{
 };
 
 use crate::{
+    adopt,
     env::{self, PodFacts, Refs},
     hooks::{self, Hook},
     image,
@@ -44,6 +45,8 @@ pub struct Runtime;
 /// The runtime stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Not returned any more: what an earlier run left is adopted or released per pod,
+    /// and a failed release is logged (kept so that callers' matches stay valid).
     #[error("cleaning up after an earlier run: {0}")]
     Garbage(String),
 }
@@ -108,13 +111,26 @@ impl Runtime {
         options: RunOptions,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
-        sandbox::collect_garbage(&config)
-            .await
-            .map_err(Error::Garbage)?;
+        // Pods an earlier run left: adopted by their workers when the API still has them
+        // with the same spec (see `adopt`), released after the first complete list
+        // otherwise.
+        let mut leftovers = sandbox::leftovers(&config);
         // Resource limits: which controllers this host offers, found once.
         let controllers = Arc::new(Controllers::discover(&config.cgroup_parent));
-        controllers.collect_garbage(&|_| false);
+        {
+            let keep = leftovers.clone();
+            controllers.collect_garbage(&|name| {
+                name.strip_prefix("skiff-pod-")
+                    .is_some_and(|u| keep.contains(u))
+            });
+        }
         let cfg = Arc::new(config);
+        let shared = Shared {
+            client: client.clone(),
+            cfg: cfg.clone(),
+            controllers: controllers.clone(),
+            node: node_name.to_string(),
+        };
         let pods: Api<Pod> = Api::all(client.clone());
         let wc = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
         // default_backoff: a failing watch is retried with exponential backoff.
@@ -164,7 +180,7 @@ impl Runtime {
                     }
                     for (uid, p) in &desired {
                         if !statics.contains_key(uid) {
-                            apply(&client, &cfg, &controllers, node_name, &mut workers, &done_tx, p.clone());
+                            apply(&shared, &mut workers, &done_tx, &mut leftovers, p.clone());
                         }
                     }
                     statics = desired;
@@ -208,7 +224,7 @@ impl Runtime {
                             if let (Some(l), Some(uid)) = (listing.as_mut(), p.metadata.uid.clone()) {
                                 l.push(uid);
                             }
-                            apply(&client, &cfg, &controllers, node_name, &mut workers, &done_tx, p);
+                            apply(&shared, &mut workers, &done_tx, &mut leftovers, p);
                         }
                         watcher::Event::InitDone => {
                             if let Some(seen) = listing.take() {
@@ -217,10 +233,21 @@ impl Runtime {
                                         let _ = h.tx.send(Update::Gone);
                                     }
                                 }
+                                // Left by an earlier run and not in the API: released.
+                                for uid in std::mem::take(&mut leftovers) {
+                                    tracing::info!(uid, "releasing a pod an earlier runtime left");
+                                    if let Err(e) = sandbox::release_leftover(&cfg, &uid).await {
+                                        tracing::warn!(uid, "{e}");
+                                    }
+                                }
+                                let active: std::collections::HashSet<String> = workers.keys().cloned().collect();
+                                controllers.collect_garbage(&|name| {
+                                    name.strip_prefix("skiff-pod-").is_some_and(|u| active.contains(u))
+                                });
                             }
                         }
                         watcher::Event::Apply(p) => {
-                            apply(&client, &cfg, &controllers, node_name, &mut workers, &done_tx, p)
+                            apply(&shared, &mut workers, &done_tx, &mut leftovers, p)
                         }
                         watcher::Event::Delete(p) => {
                             if let Some(h) = p.metadata.uid.as_ref().and_then(|u| workers.get(u)) {
@@ -244,13 +271,19 @@ impl Runtime {
     }
 }
 
+/// What every worker gets.
+struct Shared {
+    client: Client,
+    cfg: Arc<Config>,
+    controllers: Arc<Controllers>,
+    node: String,
+}
+
 fn apply(
-    client: &Client,
-    cfg: &Arc<Config>,
-    controllers: &Arc<Controllers>,
-    node: &str,
+    shared: &Shared,
     workers: &mut HashMap<String, Handle>,
     done: &mpsc::UnboundedSender<String>,
+    leftovers: &mut std::collections::HashSet<String>,
     pod: Pod,
 ) {
     let Some(uid) = pod.metadata.uid.clone() else {
@@ -276,13 +309,14 @@ fn apply(
         return;
     }
     let (tx, rx) = watch::channel(Update::Pod(Box::new(pod.clone())));
-    let w = Worker::new(
-        client.clone(),
-        cfg.clone(),
-        controllers.clone(),
-        node.to_string(),
+    let mut w = Worker::new(
+        shared.client.clone(),
+        shared.cfg.clone(),
+        shared.controllers.clone(),
+        shared.node.clone(),
         pod,
     );
+    w.adopt_pending = leftovers.remove(&uid);
     let done = done.clone();
     let key = uid.clone();
     let task = tokio::spawn(async move {
@@ -348,6 +382,12 @@ struct Worker {
     unenforced: BTreeMap<String, Vec<String>>,
     /// Termination messages of instances killed because their postStart hook failed.
     hook_failures: HashMap<(String, u64), String>,
+    /// An earlier run left this pod's sandbox: try to adopt it before creating one.
+    adopt_pending: bool,
+    /// Container processes of an earlier run to take over at their next start.
+    adopted: HashMap<String, adopt::Record>,
+    /// Adopted instances: their exit status is unknown.
+    unknown_exits: std::collections::HashSet<(String, u64)>,
 }
 
 impl Worker {
@@ -392,6 +432,9 @@ impl Worker {
             limits: None,
             unenforced: BTreeMap::new(),
             hook_failures: HashMap::new(),
+            adopt_pending: false,
+            adopted: HashMap::new(),
+            unknown_exits: Default::default(),
         }
     }
 
@@ -422,6 +465,10 @@ impl Worker {
             if end.is_some() {
                 break;
             }
+            if self.adopt_pending {
+                self.adopt_pending = false;
+                self.try_adopt().await;
+            }
             if self.sandbox.is_none()
                 && !self.life.phase().is_terminal()
                 && self
@@ -431,6 +478,12 @@ impl Worker {
                 match Sandbox::create(&self.cfg, &self.pod).await {
                     Ok(s) => {
                         tracing::info!(pod = %self.name, ips = ?s.ips, "sandbox ready");
+                        if let Err(e) = std::fs::write(
+                            s.dir.join(adopt::SPEC_HASH_FILE),
+                            adopt::spec_hash(&self.pod),
+                        ) {
+                            tracing::warn!(pod = %self.name, "writing the spec hash: {e}");
+                        }
                         let spec = self.pod.spec.clone().unwrap_or_default();
                         let l = PodLimits::apply(&self.controllers, &s.cgroup, &spec);
                         for e in &l.unenforced {
@@ -510,6 +563,10 @@ impl Worker {
                 if oom {
                     self.life.oom_killed(&container, instance);
                 }
+                if self.unknown_exits.remove(&(container.clone(), instance)) {
+                    self.life
+                        .set_termination_reason(&container, instance, adopt::UNKNOWN_REASON);
+                }
                 if let Some(m) = self.hook_failures.remove(&(container.clone(), instance)) {
                     self.life.set_termination_message(&container, instance, m);
                 }
@@ -578,10 +635,22 @@ impl Worker {
                 container,
                 instance,
             } => {
-                let r = self.start(&container, instance).await;
+                let adopted = self
+                    .adopted
+                    .remove(&container)
+                    .filter(|r| r.instance == instance);
+                let started_at = adopted
+                    .as_ref()
+                    .map(|r| SystemTime::UNIX_EPOCH + Duration::from_millis(r.started_at_ms));
+                let r = self.start(&container, instance, adopted).await;
                 let now = SystemTime::now();
                 match r {
-                    Ok(()) => self.life.started(&container, instance, now),
+                    Ok(()) => {
+                        self.life.started(&container, instance, now);
+                        if let Some(t) = started_at {
+                            self.life.set_started_at(&container, instance, t);
+                        }
+                    }
                     Err(f) => {
                         tracing::warn!(pod = %self.name, container, "start failed: {f:?}");
                         self.life.start_failed(&container, instance, f, now)
@@ -682,7 +751,82 @@ impl Worker {
         Ok(refs)
     }
 
-    async fn start(&mut self, name: &str, instance: u64) -> Result<(), StartFailure> {
+    /// Takes over the sandbox and running containers an earlier run left, when the spec
+    /// is unchanged, the init containers had completed and a container still runs;
+    /// otherwise releases what is left so that the pod starts afresh.
+    async fn try_adopt(&mut self) {
+        let dir = self.cfg.state_dir.join("pods").join(&self.uid);
+        let same_spec = std::fs::read_to_string(dir.join(adopt::SPEC_HASH_FILE))
+            .is_ok_and(|h| h.trim() == adopt::spec_hash(&self.pod));
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        let init_done = spec.init_containers.iter().flatten().all(|ic| {
+            self.pod
+                .status
+                .as_ref()
+                .and_then(|s| s.init_container_statuses.as_ref())
+                .and_then(|l| l.iter().find(|s| s.name == ic.name))
+                .and_then(|s| s.state.as_ref()?.terminated.as_ref())
+                .is_some_and(|t| t.exit_code == 0)
+        });
+        let records = adopt::read_records(&dir);
+        let alive: HashMap<String, adopt::Record> = records
+            .iter()
+            .filter(|(n, r)| spec.containers.iter().any(|c| &c.name == *n) && adopt::alive(r))
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect();
+        let r = if !same_spec {
+            Err("its spec changed or was not recorded".to_string())
+        } else if !init_done {
+            Err("its init containers had not completed".to_string())
+        } else {
+            match alive.values().next() {
+                None => Err("none of its containers runs".to_string()),
+                Some(r) => Sandbox::adopt(&self.cfg, &self.pod, r.pid),
+            }
+        };
+        match r {
+            Ok(sb) => {
+                let now = SystemTime::now();
+                tracing::info!(pod = %self.name, containers = ?alive.keys().collect::<Vec<_>>(), "adopting the pod an earlier runtime left");
+                if let Some(t) = self.pod.status.as_ref().and_then(|s| s.start_time.as_ref()) {
+                    self.life.set_start_time(SystemTime::from(t.0));
+                }
+                for ic in spec.init_containers.iter().flatten() {
+                    self.life.restore_completed(&ic.name, now);
+                }
+                for (n, r) in &records {
+                    if alive.contains_key(n) {
+                        self.life.restore(n, r.restart_count, r.instance);
+                    } else {
+                        // It exited meanwhile: its next start is a restart.
+                        self.life.restore(n, r.restart_count + 1, r.instance + 1);
+                    }
+                }
+                let l = PodLimits::apply(&self.controllers, &sb.cgroup, &spec);
+                for e in &l.unenforced {
+                    tracing::warn!(pod = %self.name, "resource limits: {e}");
+                }
+                self.limits = Some(l);
+                self.sandbox = Some(sb);
+                self.adopted = alive;
+            }
+            Err(why) => {
+                tracing::info!(pod = %self.name, "not adopting the pod an earlier runtime left ({why}): it starts again");
+                if let Err(e) = sandbox::release_leftover(&self.cfg, &self.uid).await {
+                    tracing::warn!(pod = %self.name, "{e}");
+                }
+            }
+        }
+    }
+
+    /// Starts instance `instance` of container `name`, or takes over the process an
+    /// earlier run started (`adopted`).
+    async fn start(
+        &mut self,
+        name: &str,
+        instance: u64,
+        adopted: Option<adopt::Record>,
+    ) -> Result<(), StartFailure> {
         let c = self
             .container(name)
             .ok_or_else(|| StartFailure::Config(format!("no container {name:?} in the spec")))?;
@@ -722,10 +866,15 @@ impl Worker {
         }
         let mounts = volumes::mounts(&c, self.volumes.as_ref().expect("set above"))
             .map_err(StartFailure::Config)?;
-        let cgroup = sb
-            .container_cgroup(name)
-            .await
-            .map_err(StartFailure::Config)?;
+        let cgroup = match adopted {
+            None => sb
+                .container_cgroup(name)
+                .await
+                .map_err(StartFailure::Config)?,
+            // Its process is in it.
+            Some(_) => sb.cgroup.join(name),
+        };
+        let sb_dir = sb.dir.clone();
         let (extra_cgroups, unenforced) = match &self.limits {
             Some(l) => l.container(&cgroup, &c),
             None => (Vec::new(), Vec::new()),
@@ -754,24 +903,61 @@ impl Worker {
             StartFailure::Config(format!("opening the log {}: {e}", log_path.display()))
         })?;
         let log = Arc::new(Mutex::new(log));
-        let started = process::spawn(&spec, Stdio::piped(), Stdio::piped())
-            .map_err(|e| StartFailure::Exec(format!("exec {:?}: {e}", spec.argv[0])))?;
-        let mut child = started.child;
-        if let Some(out) = child.stdout.take() {
-            tokio::spawn(logs::pump(out, "stdout", log.clone()));
+        // stdout/stderr through FIFOs the container holds read-write, so it survives a
+        // runtime restart (see `adopt`).
+        let io_err = |e: std::io::Error| {
+            StartFailure::Config(format!("the output FIFOs of container {name:?}: {e}"))
+        };
+        let (out_path, err_path) = adopt::fifos(&sb_dir, name).map_err(io_err)?;
+        let (out_rx, err_rx) = adopt::readers(&out_path, &err_path).map_err(io_err)?;
+        let (pid, pidfd, child) = match &adopted {
+            Some(rec) => {
+                let fd = adopt::pidfd(rec.pid).map_err(|e| {
+                    StartFailure::Exec(format!("adopting process {}: {e}", rec.pid))
+                })?;
+                (rec.pid, fd, None)
+            }
+            None => {
+                let (out_w, err_w) = adopt::writers(&out_path, &err_path).map_err(io_err)?;
+                let started = process::spawn(&spec, Stdio::from(out_w), Stdio::from(err_w))
+                    .map_err(|e| StartFailure::Exec(format!("exec {:?}: {e}", spec.argv[0])))?;
+                (started.pid, started.pidfd, Some(started.child))
+            }
+        };
+        tokio::spawn(logs::pump(out_rx, "stdout", log.clone()));
+        tokio::spawn(logs::pump(err_rx, "stderr", log));
+        if adopted.is_none() {
+            let rec = adopt::Record {
+                instance,
+                restart_count: self.life.restart_count(name),
+                pid,
+                start_ticks: adopt::start_ticks(pid).unwrap_or(0),
+                started_at_ms: SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+            };
+            if let Err(e) = adopt::write_record(&sb_dir, name, &rec) {
+                tracing::warn!(pod = %self.name, container = name, "recording the container: {e}");
+            }
+        } else {
+            self.unknown_exits.insert((name.to_string(), instance));
         }
-        if let Some(err) = child.stderr.take() {
-            tokio::spawn(logs::pump(err, "stderr", log));
-        }
+        let pidfd = Arc::new(pidfd);
+        let waited = pidfd.clone();
         let (exited_tx, exited_rx) = watch::channel(false);
         let tx = self.tx.clone();
         let container = name.to_string();
         let cg = cgroup.clone();
         tokio::spawn(async move {
-            let status = child.wait().await;
-            let (code, signal) = match status {
-                Ok(s) => process::exit_code(s),
-                Err(_) => (-1, None),
+            let (code, signal) = match child {
+                Some(mut child) => match child.wait().await {
+                    Ok(s) => process::exit_code(s),
+                    Err(_) => (-1, None),
+                },
+                None => {
+                    adopt::wait_exit(waited).await;
+                    (adopt::UNKNOWN_EXIT_CODE, None)
+                }
             };
             let oom = limits
                 .as_ref()
@@ -790,13 +976,16 @@ impl Worker {
                 oom,
             });
         });
-        tracing::info!(pod = %self.name, container = name, instance, pid = started.pid, "container started");
-        let hook = hooks::post_start(&c).map(|h| (h, self.hook_target(&c, Some(spec.clone()))));
+        let adopted = adopted.is_some();
+        tracing::info!(pod = %self.name, container = name, instance, pid, adopted, "container started");
+        let hook = hooks::post_start(&c)
+            .filter(|_| !adopted)
+            .map(|h| (h, self.hook_target(&c, Some(spec.clone()))));
         self.procs.insert(
             name.to_string(),
             Proc {
                 instance,
-                pidfd: Arc::new(started.pidfd),
+                pidfd,
                 spec,
                 cgroup: cgroup.clone(),
                 exited: exited_rx,
@@ -873,6 +1062,13 @@ impl Worker {
     }
 
     async fn terminate(mut self, why: Update) {
+        if self.adopt_pending {
+            // Deleted (or gone) while no runtime ran: what the earlier run left goes.
+            self.adopt_pending = false;
+            if let Err(e) = sandbox::release_leftover(&self.cfg, &self.uid).await {
+                tracing::warn!(pod = %self.name, "{e}");
+            }
+        }
         let now = SystemTime::now();
         self.life.set_terminating(now);
         let grace = self.grace();
