@@ -317,7 +317,43 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
     let kconf = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .with_context(|| format!("using kubeconfig {}", kubeconfig.display()))?;
+    // kubelet API: client certificates must chain to the cluster CA of the kubeconfig.
+    let cluster_ca = kconf.root_cert.clone().unwrap_or_default();
     let client = kube::Client::try_from(kconf)?;
+
+    // --- kubelet API (kubectl logs) ---
+    // Not fatal: without it everything else works, `kubectl logs` answers with the
+    // reason, and the Node does not advertise a port nobody serves.
+    let mut kubelet_port =
+        (args.kubelet_port != 0 && !node_name.is_empty()).then_some(args.kubelet_port);
+    let mut _kubelet_api = None;
+    if let Some(port) = kubelet_port {
+        let api = skiff_agent::kubelet_api::KubeletApi {
+            client: client.clone(),
+            node_name: node_name.clone(),
+            log_dir: args.pod_log_dir.clone(),
+            client_ca: cluster_ca,
+            addresses: sync
+                .node
+                .node_addresses
+                .iter()
+                .map(|a| std::net::IpAddr::V4(*a))
+                .collect(),
+        };
+        match skiff_agent::kubelet_api::serve(SocketAddr::new(args.kubelet_address, port), api)
+            .await
+        {
+            Ok((addr, task)) => {
+                println!("serving the kubelet API (container logs) on https://{addr}");
+                _kubelet_api = Some(AbortOnDrop(task));
+            }
+            Err(e) => {
+                println!("kubelet API not started (kubectl logs will not reach this node): {e}");
+                kubelet_port = None;
+            }
+        }
+    }
+    // --- end kubelet API ---
 
     let proxy_health = ProxyHealth::new(Duration::from_secs(args.health_timeout_secs));
     let metrics = Metrics::new();
@@ -397,6 +433,7 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
             dns_addr.map(|a| a.port().to_string()),
         );
         // end dns
+        cfg.kubelet_port = kubelet_port; // kubelet API
         let mut registered = false;
         node::run(client.clone(), cfg, info, |hb| {
             metrics.observe_heartbeat(hb.errors.is_empty());
@@ -443,6 +480,8 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
             root_dir: args.root_dir.clone(),
             log_dir: args.pod_log_dir.clone(),
             host_ip: sync.node.node_addresses.first().copied().map(Into::into),
+            pod_manifest_path: (!args.pod_manifest_path.is_empty())
+                .then(|| PathBuf::from(&args.pod_manifest_path)),
             // Pods' resolv.conf: the cluster DNS Service and domain (dns flags).
             dns: skiff_runtime::dns::DnsConfig {
                 cluster_dns: vec![args.cluster_dns.into()],
@@ -638,8 +677,9 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => println!("interrupted: exiting; maps, routes and the Node stay"),
     }
     // cluster: pod runtime wiring (issue 8)
-    // The runtime stops this node's pods and releases their networks (it cannot adopt
-    // running pods after a restart yet); the Pod objects stay.
+    // SIGTERM drains: the runtime stops this node's pods and releases their networks; the
+    // Pod objects stay. An agent that dies without it (kill -9, a crash) leaves the pods
+    // running, and the next agent adopts them (skiff-runtime's adopt).
     if !pods_done {
         println!("stopping this node's pods");
         let _ = pods_stop_tx.send(true);
@@ -672,6 +712,7 @@ mod pods {
         pub log_dir: PathBuf,
         pub host_ip: Option<IpAddr>,
         pub dns: skiff_runtime::dns::DnsConfig,
+        pub pod_manifest_path: Option<PathBuf>,
     }
 
     /// The conflist at `path` if it names a pod range (the agent writes one without
@@ -729,7 +770,11 @@ mod pods {
             host_ip: cfg.host_ip,
             dns: cfg.dns,
         };
-        Runtime::run_until(cfg.client, &cfg.node_name, config, async move {
+        let options = skiff_runtime::worker::RunOptions {
+            pod_manifest_path: cfg.pod_manifest_path,
+            ..Default::default()
+        };
+        Runtime::run_with(cfg.client, &cfg.node_name, config, options, async move {
             let _ = stop.wait_for(|s| *s).await;
         })
         .await
@@ -737,3 +782,11 @@ mod pods {
     }
 }
 // end cluster
+/// Stops a spawned server when the agent returns (kubelet API).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

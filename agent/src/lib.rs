@@ -6,6 +6,7 @@ pub mod datapath;
 pub mod debug;
 pub mod health;
 pub mod join;
+pub mod kubelet_api;
 pub mod lbmap;
 pub mod maglev;
 pub mod metrics;

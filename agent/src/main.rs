@@ -229,7 +229,22 @@ struct NodeArgs {
     /// filesystem each need their own).
     #[arg(long, default_value = skiff_cni::config::DEFAULT_DATA_DIR)]
     cni_ipam_dir: PathBuf,
+    /// Static pods: a directory of Pod manifests (YAML or JSON, one Pod per file) this
+    /// node runs on its own, each mirrored in the API as `<name>-<node>` (the kubelet's
+    /// --pod-manifest-path). Empty: none.
+    #[arg(long, default_value = "")]
+    pod_manifest_path: String,
     // end cluster
+    // --- kubelet API (kubectl logs) ---
+    /// Port of the kubelet API (`/containerLogs`, HTTPS, for the API server's
+    /// `kubectl logs`), reported in the Node's status; 0 turns it off.
+    #[arg(long, default_value_t = skiff_agent::kubelet_api::DEFAULT_PORT)]
+    kubelet_port: u16,
+    /// Address the kubelet API listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    kubelet_address: std::net::IpAddr,
+    // (--pod-log-dir, which the kubelet API reads, is the cluster block's.)
+    // --- end kubelet API ---
 }
 
 #[derive(Subcommand)]

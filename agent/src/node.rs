@@ -24,7 +24,10 @@ use std::{
 use k8s_openapi::{
     api::{
         coordination::v1::{Lease, LeaseSpec},
-        core::v1::{Node, NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo},
+        core::v1::{
+            DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus,
+            NodeSystemInfo,
+        },
     },
     apimachinery::pkg::{
         api::resource::Quantity,
@@ -64,6 +67,9 @@ pub struct NodeConfig {
     /// `skiff.io/cluster-dns` when this agent serves or stops serving cluster DNS).
     pub annotations: BTreeMap<String, Option<String>>,
     // end dns
+    /// The kubelet API port reported in `status.daemonEndpoints` (the API server proxies
+    /// `kubectl logs` there); None: not served.
+    pub kubelet_port: Option<u16>,
 }
 
 impl NodeConfig {
@@ -77,6 +83,7 @@ impl NodeConfig {
             // dns: cluster DNS (issue 8)
             annotations: BTreeMap::new(),
             // end dns
+            kubelet_port: None,
         }
     }
 }
@@ -312,6 +319,11 @@ pub fn desired_status(
         address: cfg.name.clone(),
     });
     status.addresses = Some(addresses);
+    if let Some(port) = cfg.kubelet_port {
+        status.daemon_endpoints = Some(NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint { port: port.into() }),
+        });
+    }
     let (capacity, allocatable) = resources(info);
     status.capacity = Some(capacity);
     status.allocatable = Some(allocatable);

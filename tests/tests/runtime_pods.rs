@@ -99,7 +99,10 @@ struct Node {
     // Field order is drop order: the runtime stops (and tears pods down) before the
     // namespace, cgroup and API server go.
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    crash: Option<tokio::sync::oneshot::Sender<()>>,
     runtime: Option<std::thread::JoinHandle<()>>,
+    config: Config,
+    kubeconfig: PathBuf,
     client: Client,
     rt: tokio::runtime::Runtime,
     ns: NetNs,
@@ -167,27 +170,13 @@ impl Node {
             // dns: no cluster DNS here; pods get the node's resolv.conf (issue 8)
             dns: Default::default(),
         };
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let runtime_kubeconfig = kubeconfig.clone();
-        let runtime = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                // Its own client: a kube Client's connection tasks run on the runtime
-                // that created it, and the test's runtime only runs inside block_on.
-                let rt_client = client_for(&runtime_kubeconfig).await;
-                Runtime::run_until(rt_client, NODE, config, async {
-                    let _ = stop_rx.await;
-                })
-                .await
-                .expect("runtime");
-            });
-        });
+        let (stop, crash, runtime) = spawn_runtime(&kubeconfig, &config);
         Node {
-            stop: Some(stop_tx),
+            stop: Some(stop),
+            crash: Some(crash),
             runtime: Some(runtime),
+            config,
+            kubeconfig,
             client,
             rt,
             ns,
@@ -197,6 +186,21 @@ impl Node {
             work,
             _api: api,
         }
+    }
+
+    /// Drops the runtime mid-flight (no shutdown: its pods are left running, as when the
+    /// agent is killed) and starts a new one with the same configuration.
+    fn crash_and_restart(&mut self) {
+        if let Some(c) = self.crash.take() {
+            let _ = c.send(());
+        }
+        if let Some(t) = self.runtime.take() {
+            t.join().unwrap();
+        }
+        let (stop, crash, runtime) = spawn_runtime(&self.kubeconfig, &self.config);
+        self.stop = Some(stop);
+        self.crash = Some(crash);
+        self.runtime = Some(runtime);
     }
 
     fn dir(&self) -> &Path {
@@ -324,6 +328,40 @@ impl Node {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect()
     }
+}
+
+/// A thread running the runtime until `stop` (graceful: pods are stopped) or `crash`
+/// (the runtime is dropped mid-flight).
+fn spawn_runtime(
+    kubeconfig: &Path,
+    config: &Config,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (crash_tx, crash_rx) = tokio::sync::oneshot::channel::<()>();
+    let runtime_kubeconfig = kubeconfig.to_path_buf();
+    let config = config.clone();
+    let runtime = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            // Its own client: a kube Client's connection tasks run on the runtime
+            // that created it, and the test's runtime only runs inside block_on.
+            let rt_client = client_for(&runtime_kubeconfig).await;
+            tokio::select! {
+                r = Runtime::run_until(rt_client, NODE, config, async {
+                    let _ = stop_rx.await;
+                }) => r.expect("runtime"),
+                _ = crash_rx => {}
+            }
+        });
+    });
+    (stop_tx, crash_tx, runtime)
 }
 
 impl Drop for Node {
@@ -750,5 +788,170 @@ fn wait_file_exists(path: &Path, timeout: Duration) {
             path.display()
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_restarted_runtime_adopts_its_running_pods() {
+    let mut node = Node::start("rtadopt", BackoffConfig::scaled(Duration::from_millis(200)));
+    let out = node.dir().join("adopt-out");
+    std::fs::create_dir_all(&out).unwrap();
+    node.create(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "keeper", "namespace": "default"},
+        "spec": {"containers": [{
+            "name": "c", "image": "skiff.local/host",
+            "command": ["/bin/sh", "-c", format!(
+                "echo $$$$ > {o}/pid; i=0; while true; do i=$((i+1)); echo \"tick $i\"; sleep 0.05; done",
+                o = out.display())],
+        }]}
+    }));
+    let before = node.wait_pod(
+        "keeper",
+        "running with an IP",
+        Duration::from_secs(30),
+        |p| {
+            let c = container_status(p)?;
+            (c.state.as_ref()?.running.is_some() && p.status.as_ref()?.pod_ip.is_some())
+                .then(|| p.clone())
+        },
+    );
+    let pid: i32 = wait_file(&out.join("pid"), Duration::from_secs(10))
+        .trim()
+        .parse()
+        .unwrap();
+    let uid = before.metadata.uid.clone().unwrap();
+    let log = node
+        .dir()
+        .join(format!("logs/default_keeper_{uid}/c/0.log"));
+    let ticks = |log: &Path| -> Vec<u64> {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.rsplit_once("tick ").and_then(|(_, n)| n.parse().ok()))
+            .collect()
+    };
+    let c0 = container_status(&before).unwrap();
+
+    node.crash_and_restart();
+
+    // The new runtime reads the same process's output again: the log keeps counting.
+    let last_before = *ticks(&log).last().unwrap_or(&0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ticks(&log).last().copied().unwrap_or(0) < last_before + 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the log did not continue after the restart: {:?}",
+            ticks(&log).last()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t = ticks(&log);
+    assert!(
+        t.windows(2).all(|w| w[1] == w[0] + 1),
+        "ticks restarted or jumped: the container was restarted"
+    );
+    // Same process, same pod IP, same container ID, restart count and start time.
+    assert_eq!(
+        wait_file(&out.join("pid"), Duration::from_secs(1))
+            .trim()
+            .parse::<i32>()
+            .unwrap(),
+        pid
+    );
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    let after = node.wait_pod(
+        "keeper",
+        "the status of the adopted pod",
+        Duration::from_secs(10),
+        |p| {
+            let c = container_status(p)?;
+            c.state.as_ref()?.running.is_some().then(|| p.clone())
+        },
+    );
+    let c1 = container_status(&after).unwrap();
+    assert_eq!(
+        after.status.as_ref().unwrap().pod_ip,
+        before.status.as_ref().unwrap().pod_ip
+    );
+    assert_eq!(
+        (c1.restart_count, &c1.container_id),
+        (c0.restart_count, &c0.container_id)
+    );
+    assert_eq!(
+        c1.state.unwrap().running.unwrap().started_at,
+        c0.state.unwrap().running.unwrap().started_at
+    );
+    // Its network namespace was reopened: deleting the pod releases everything (CNI DEL
+    // in the adopted namespace).
+    node.delete_and_wait_gone("keeper", Duration::from_secs(30));
+    node.wait_released();
+    assert!(
+        !Path::new(&format!("/proc/{pid}/stat")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap()
+                .contains(") Z ")
+    );
+}
+
+#[test]
+fn pods_deleted_while_no_runtime_ran_are_released_at_restart() {
+    let mut node = Node::start("rtgone", BackoffConfig::scaled(Duration::from_millis(200)));
+    let out = node.dir().join("gone-out");
+    std::fs::create_dir_all(&out).unwrap();
+    for name in ["graceful", "forced"] {
+        node.create(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"containers": [{
+                "name": "c", "image": "skiff.local/host",
+                "command": ["/bin/sh", "-c", format!("echo $$$$ > {}/{name}; exec sleep 3600", out.display())],
+            }]}
+        }));
+        node.wait_pod(name, "running", Duration::from_secs(30), |p| {
+            container_status(p)?.state?.running.map(|_| ())
+        });
+    }
+    let pid = |name: &str| -> i32 {
+        wait_file(&out.join(name), Duration::from_secs(10))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let pids = [pid("graceful"), pid("forced")];
+    // The runtime goes away; meanwhile one pod is deleted gracefully (it waits for a
+    // kubelet to finalise it) and the other is force-deleted (gone from the API).
+    if let Some(c) = node.crash.take() {
+        let _ = c.send(());
+    }
+    node.runtime.take().unwrap().join().unwrap();
+    node.rt
+        .block_on(node.pods().delete("graceful", &DeleteParams::default()))
+        .unwrap();
+    node.rt
+        .block_on(
+            node.pods()
+                .delete("forced", &DeleteParams::default().grace_period(0)),
+        )
+        .unwrap();
+    let (stop, crash, runtime) = spawn_runtime(&node.kubeconfig, &node.config);
+    node.stop = Some(stop);
+    node.crash = Some(crash);
+    node.runtime = Some(runtime);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.get("graceful").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the graceful deletion was not finalised"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    node.wait_released();
+    for p in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z "),
+            "process {p} still runs: {stat}"
+        );
     }
 }

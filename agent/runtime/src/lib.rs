@@ -10,22 +10,28 @@
 //! - [`backoff`] (pure): the kubelet's restart backoff.
 //! - [`env`], [`volumes`], [`image`]: building a container's environment, volumes and
 //!   root filesystem.
-//! - [`cni`], [`sandbox`], [`process`], [`logs`]: the node side.
+//! - [`cni`], [`sandbox`], [`process`], [`logs`]: the node side; [`logread`]: reading
+//!   logs back for `kubectl logs`.
 //! - [`worker`]: one task per pod driving all of the above; [`Runtime::run`] watches the
 //!   API for the node's pods and runs one worker each.
 
+pub mod adopt;
 pub mod backoff;
 pub mod cni;
 // dns: the pod's resolv.conf (issue 8)
 pub mod dns;
 pub mod env;
+pub mod hooks;
 pub mod image;
 pub mod lifecycle;
+pub mod limits;
+pub mod logread;
 pub mod logs;
 pub mod probe;
 pub mod prober;
 pub mod process;
 pub mod sandbox;
+pub mod static_pods;
 pub mod volumes;
 pub mod worker;
 

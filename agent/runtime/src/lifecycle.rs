@@ -451,8 +451,8 @@ impl Lifecycle {
         c.state = State::Terminated(Terminated {
             exit_code,
             signal,
-            // containerd's reasons: Completed for 0, Error otherwise (OOMKilled would need
-            // the cgroup's memory.events; not reported yet).
+            // containerd's reasons: Completed for 0, Error otherwise; OOMKilled is set by
+            // `oom_killed` from the memory cgroup's counter.
             reason: if exit_code == 0 { "Completed" } else { "Error" }.into(),
             message: None,
             started_at,
@@ -460,6 +460,77 @@ impl Lifecycle {
             instance,
         });
         self.update_conditions(now);
+    }
+
+    /// The memory limit killed `instance` (its cgroup's oom_kill count grew): the reason
+    /// of its termination is OOMKilled, as containerd reports it.
+    pub fn oom_killed(&mut self, name: &str, instance: u64) {
+        let Some(c) = self.find(name) else { return };
+        if let State::Terminated(t) = &mut c.state {
+            if t.instance == instance {
+                t.reason = "OOMKilled".into();
+            }
+        }
+    }
+
+    /// Restores a container as an earlier runtime left it: its restart count, and its
+    /// instance number so that the next start is `instance` (the adopted one).
+    pub fn restore(&mut self, name: &str, restart_count: i32, instance: u64) {
+        let Some(c) = self.find(name) else { return };
+        c.restart_count = restart_count;
+        c.instance = instance.saturating_sub(1);
+    }
+
+    /// Restores the pod's startTime (adopted: when the pod really started).
+    pub fn set_start_time(&mut self, t: SystemTime) {
+        self.start_time = t;
+    }
+
+    /// Restores an init container that completed under an earlier runtime.
+    pub fn restore_completed(&mut self, name: &str, now: SystemTime) {
+        let Some(c) = self.find(name) else { return };
+        c.instance = c.instance.max(1);
+        c.state = State::Terminated(Terminated {
+            exit_code: 0,
+            signal: None,
+            reason: "Completed".into(),
+            message: None,
+            started_at: None,
+            finished_at: now,
+            instance: c.instance,
+        });
+        self.update_conditions(now);
+    }
+
+    /// Sets the start time of a running instance (adopted: when it really started).
+    pub fn set_started_at(&mut self, name: &str, instance: u64, at: SystemTime) {
+        let Some(c) = self.find(name) else { return };
+        if c.instance == instance {
+            if let State::Running { started_at } = &mut c.state {
+                *started_at = at;
+            }
+        }
+    }
+
+    /// Sets the termination reason of `instance` (an adopted process whose exit status is
+    /// unknown).
+    pub fn set_termination_reason(&mut self, name: &str, instance: u64, reason: &str) {
+        let Some(c) = self.find(name) else { return };
+        if let State::Terminated(t) = &mut c.state {
+            if t.instance == instance {
+                t.reason = reason.into();
+            }
+        }
+    }
+
+    /// Sets the termination message of `instance` (a postStart hook failure).
+    pub fn set_termination_message(&mut self, name: &str, instance: u64, message: String) {
+        let Some(c) = self.find(name) else { return };
+        if let State::Terminated(t) = &mut c.state {
+            if t.instance == instance {
+                t.message = Some(message);
+            }
+        }
     }
 
     /// A probe of `instance` finished.

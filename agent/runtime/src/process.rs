@@ -37,6 +37,9 @@ pub struct Spec {
     pub netns: Arc<File>,
     /// The container's cgroup directory (exists).
     pub cgroup: PathBuf,
+    /// cgroup v1 directories the process joins too (limits on a hybrid host, see
+    /// [`crate::limits`]).
+    pub extra_cgroups: Vec<PathBuf>,
 }
 
 /// A started process.
@@ -126,6 +129,16 @@ pub fn spawn(spec: &Spec, stdout: Stdio, stderr: Stdio) -> io::Result<Started> {
         .open(spec.cgroup.join("cgroup.procs"))?;
     let netns_fd = spec.netns.as_raw_fd();
     let procs_fd = procs.as_raw_fd();
+    let extra_procs = spec
+        .extra_cgroups
+        .iter()
+        .map(|d| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(d.join("cgroup.procs"))
+        })
+        .collect::<io::Result<Vec<File>>>()?;
+    let extra_fds: Vec<i32> = extra_procs.iter().map(|f| f.as_raw_fd()).collect();
     // Everything the child needs, allocated before fork: between fork and exec only
     // async-signal-safe calls are allowed, so no allocation happens there.
     let root = match &spec.image {
@@ -165,6 +178,12 @@ pub fn spawn(spec: &Spec, stdout: Stdio, stderr: Stdio) -> io::Result<Started> {
             // "0" moves the writing process (cgroup v2 cgroup.procs).
             if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
                 return Err(io::Error::last_os_error());
+            }
+            // cgroup v1 reads "0" as the writing process too.
+            for fd in &extra_fds {
+                if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             // Its own session and process group: the container's tree, not the agent's.
             if libc::setsid() < 0 {
@@ -222,6 +241,7 @@ pub fn spawn(spec: &Spec, stdout: Stdio, stderr: Stdio) -> io::Result<Started> {
     }
     let child = cmd.spawn()?;
     drop(procs);
+    drop(extra_procs);
     let pid = child
         .id()
         .ok_or_else(|| io::Error::other("the child exited before its pid was read"))?

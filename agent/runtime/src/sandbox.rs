@@ -185,39 +185,108 @@ impl Sandbox {
     }
 }
 
-/// Removes what an earlier run of the runtime left: pod cgroups (their processes are
-/// killed) and CNI attachments (DEL with the cached result; the namespaces died with
-/// the old process). The runtime does not re-adopt running pods: the kubelet's
-/// restart semantics after a node reboot (containers start again) apply.
-pub async fn collect_garbage(cfg: &Config) -> Result<(), String> {
-    if let Ok(rd) = std::fs::read_dir(&cfg.cgroup_parent) {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("skiff-pod-") && e.path().is_dir() {
-                process::kill_cgroup(&e.path(), Duration::from_secs(10))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                process::remove_cgroup(&e.path())
-                    .map_err(|err| io_err("removing cgroup", &e.path(), err))?;
+impl Sandbox {
+    /// The sandbox an earlier run of the runtime left for `pod`, taken over: the network
+    /// namespace reopened from the live container process `pid` (the node's for
+    /// hostNetwork pods), the IPs from the cached CNI result.
+    pub fn adopt(cfg: &Config, pod: &Pod, pid: i32) -> Result<Sandbox, String> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let ns = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let host_network = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        let dir = cfg.state_dir.join("pods").join(&uid);
+        let p = if host_network {
+            cfg.cni
+                .host_netns
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/proc/self/ns/net"))
+        } else {
+            PathBuf::from(format!("/proc/{pid}/ns/net"))
+        };
+        let netns = File::open(&p).map_err(|e| io_err("opening the network namespace", &p, e))?;
+        let cni_result: Option<Value> = if host_network {
+            None
+        } else {
+            let cached = dir.join("cni-result.json");
+            let v = std::fs::read_to_string(&cached)
+                .ok()
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .ok_or_else(|| format!("{}: no cached CNI result", cached.display()))?;
+            Some(v)
+        };
+        let ips = match &cni_result {
+            Some(r) => cni::sandbox_ips(r),
+            None => cfg.host_ip.into_iter().collect(),
+        };
+        Ok(Sandbox {
+            args: cni::pod_args(&ns, &name, &uid),
+            netns_path: format!("/proc/{}/fd/{}", std::process::id(), netns.as_raw_fd()),
+            netns: Arc::new(netns),
+            cgroup: cfg.cgroup_parent.join(pod_cgroup_name(&uid)),
+            dir,
+            cni_result,
+            ips,
+            uid,
+        })
+    }
+}
+
+/// The pods an earlier run left (a state directory or a cgroup), by UID: candidates for
+/// adoption ([`Sandbox::adopt`]); the others are released with [`release_leftover`].
+pub fn leftovers(cfg: &Config) -> std::collections::HashSet<String> {
+    let mut v = std::collections::HashSet::new();
+    for e in std::fs::read_dir(&cfg.cgroup_parent)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(uid) = name.strip_prefix("skiff-pod-") {
+            if e.path().is_dir() {
+                v.insert(uid.to_string());
             }
         }
     }
-    let pods = cfg.state_dir.join("pods");
-    if let Ok(rd) = std::fs::read_dir(&pods) {
-        for e in rd.flatten() {
-            let uid = e.file_name().to_string_lossy().into_owned();
-            let dir = e.path();
-            if let Ok(args) = std::fs::read_to_string(dir.join("cni-args")) {
-                let prev: Option<Value> = std::fs::read_to_string(dir.join("cni-result.json"))
-                    .ok()
-                    .and_then(|s| serde_json::from_str(&s).ok());
-                cfg.cni
-                    .del(&uid, "", &args, prev.as_ref())
-                    .await
-                    .map_err(|e| format!("releasing the network of old pod {uid}: {e}"))?;
-            }
-            std::fs::remove_dir_all(&dir).map_err(|e| io_err("removing", &dir, e))?;
-        }
+    for e in std::fs::read_dir(cfg.state_dir.join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        v.insert(e.file_name().to_string_lossy().into_owned());
+    }
+    v
+}
+
+/// Releases what an earlier run left of pod `uid`: its processes are killed, its cgroup
+/// removed, its CNI attachment deleted (with the cached result) and its state removed.
+pub async fn release_leftover(cfg: &Config, uid: &str) -> Result<(), String> {
+    let cg = cfg.cgroup_parent.join(pod_cgroup_name(uid));
+    if cg.is_dir() {
+        process::kill_cgroup(&cg, Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string())?;
+        process::remove_cgroup(&cg).map_err(|err| io_err("removing cgroup", &cg, err))?;
+    }
+    let dir = cfg.state_dir.join("pods").join(uid);
+    if let Ok(args) = std::fs::read_to_string(dir.join("cni-args")) {
+        let prev: Option<Value> = std::fs::read_to_string(dir.join("cni-result.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok());
+        cfg.cni
+            .del(uid, "", &args, prev.as_ref())
+            .await
+            .map_err(|e| format!("releasing the network of old pod {uid}: {e}"))?;
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| io_err("removing", &dir, e))?;
     }
     Ok(())
 }

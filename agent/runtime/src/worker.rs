@@ -26,14 +26,17 @@ use tokio::{
 };
 
 use crate::{
+    adopt,
     env::{self, PodFacts, Refs},
+    hooks::{self, Hook},
     image,
     lifecycle::{Action, Lifecycle, StartFailure, StatusInputs},
+    limits::{Controllers, PodLimits},
     logs::{self, RotatingLog},
     probe::{self, ProbeKind},
     prober, process,
     sandbox::{self, Sandbox},
-    volumes, Config,
+    static_pods, volumes, Config,
 };
 
 /// Runs the Pods bound to a node.
@@ -42,8 +45,29 @@ pub struct Runtime;
 /// The runtime stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Not returned any more: what an earlier run left is adopted or released per pod,
+    /// and a failed release is logged (kept so that callers' matches stay valid).
     #[error("cleaning up after an earlier run: {0}")]
     Garbage(String),
+}
+
+/// Options of [`Runtime::run_with`].
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Static pod manifests (`--pod-manifest-path`), see [`static_pods`].
+    pub pod_manifest_path: Option<PathBuf>,
+    /// How often the manifests are read and the mirror pods checked (the kubelet's file
+    /// source: 20 s).
+    pub manifest_poll: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            pod_manifest_path: None,
+            manifest_poll: Duration::from_secs(20),
+        }
+    }
 }
 
 /// What a worker learns about its pod.
@@ -76,10 +100,37 @@ impl Runtime {
         config: Config,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
-        sandbox::collect_garbage(&config)
-            .await
-            .map_err(Error::Garbage)?;
+        Self::run_with(client, node_name, config, RunOptions::default(), shutdown).await
+    }
+
+    /// [`Runtime::run_until`] with [`RunOptions`] (static pods).
+    pub async fn run_with(
+        client: Client,
+        node_name: &str,
+        config: Config,
+        options: RunOptions,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
+        // Pods an earlier run left: adopted by their workers when the API still has them
+        // with the same spec (see `adopt`), released after the first complete list
+        // otherwise.
+        let mut leftovers = sandbox::leftovers(&config);
+        // Resource limits: which controllers this host offers, found once.
+        let controllers = Arc::new(Controllers::discover(&config.cgroup_parent));
+        {
+            let keep = leftovers.clone();
+            controllers.collect_garbage(&|name| {
+                name.strip_prefix("skiff-pod-")
+                    .is_some_and(|u| keep.contains(u))
+            });
+        }
         let cfg = Arc::new(config);
+        let shared = Shared {
+            client: client.clone(),
+            cfg: cfg.clone(),
+            controllers: controllers.clone(),
+            node: node_name.to_string(),
+        };
         let pods: Api<Pod> = Api::all(client.clone());
         let wc = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
         // default_backoff: a failing watch is retried with exponential backoff.
@@ -87,10 +138,67 @@ impl Runtime {
         let mut workers: HashMap<String, Handle> = HashMap::new();
         let mut listing: Option<Vec<String>> = None;
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+        // Static pods: by UID, with the last manifest errors (logged when they change).
+        let mut statics: HashMap<String, Pod> = HashMap::new();
+        let mut manifest_errors: Vec<String> = Vec::new();
+        let mut manifest_tick =
+            tokio::time::interval(options.manifest_poll.max(Duration::from_millis(10)));
+        let (mirror_tx, mut mirror_rx) = mpsc::unbounded_channel::<String>();
+        let mut mirror_task: Option<JoinHandle<()>> = None;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                _ = manifest_tick.tick(), if options.pod_manifest_path.is_some() => {
+                    let dir = options.pod_manifest_path.as_deref().expect("checked");
+                    let mut desired: HashMap<String, Pod> = HashMap::new();
+                    let mut errors = Vec::new();
+                    for (_, m) in static_pods::read_dir(dir, node_name) {
+                        match m {
+                            static_pods::Manifest::Pod(p) => {
+                                let uid = p.metadata.uid.clone().unwrap_or_default();
+                                // Unchanged manifests keep the object first seen (config.seen).
+                                let p = statics.get(&uid).cloned().unwrap_or(*p);
+                                desired.insert(uid, p);
+                            }
+                            static_pods::Manifest::Invalid(e) => errors.push(e),
+                        }
+                    }
+                    if errors != manifest_errors {
+                        for e in &errors {
+                            tracing::warn!("static pod manifest ignored: {e}");
+                        }
+                        manifest_errors = errors;
+                    }
+                    for (uid, p) in &statics {
+                        if !desired.contains_key(uid) {
+                            tracing::info!(pod = ?p.metadata.name, "static pod manifest removed or changed");
+                            if let Some(h) = workers.get(uid) {
+                                let _ = h.tx.send(Update::Gone);
+                            }
+                        }
+                    }
+                    for (uid, p) in &desired {
+                        if !statics.contains_key(uid) {
+                            apply(&shared, &mut workers, &done_tx, &mut leftovers, p.clone());
+                        }
+                    }
+                    statics = desired;
+                    if mirror_task.as_ref().is_none_or(|t| t.is_finished()) {
+                        mirror_task = Some(tokio::spawn(static_pods::sync_mirrors(
+                            client.clone(),
+                            node_name.to_string(),
+                            statics.values().cloned().collect(),
+                            mirror_tx.clone(),
+                        )));
+                    }
+                }
+                Some(uid) = mirror_rx.recv() => {
+                    // A mirror pod was (re)created: its worker writes the status again.
+                    if let (Some(h), Some(p)) = (workers.get(&uid), statics.get(&uid)) {
+                        let _ = h.tx.send(Update::Pod(Box::new(p.clone())));
+                    }
+                }
                 Some(uid) = done_rx.recv() => {
                     if let Some(h) = workers.get(&uid) {
                         if h.task.is_finished() {
@@ -110,23 +218,36 @@ impl Runtime {
                     };
                     match ev {
                         watcher::Event::Init => listing = Some(Vec::new()),
+                        // Mirror pods reflect static pods; they never run themselves.
+                        watcher::Event::InitApply(p) | watcher::Event::Apply(p) if static_pods::is_mirror(&p) => {}
                         watcher::Event::InitApply(p) => {
                             if let (Some(l), Some(uid)) = (listing.as_mut(), p.metadata.uid.clone()) {
                                 l.push(uid);
                             }
-                            apply(&client, &cfg, node_name, &mut workers, &done_tx, p);
+                            apply(&shared, &mut workers, &done_tx, &mut leftovers, p);
                         }
                         watcher::Event::InitDone => {
                             if let Some(seen) = listing.take() {
                                 for (uid, h) in &workers {
-                                    if !seen.contains(uid) {
+                                    if !seen.contains(uid) && !statics.contains_key(uid) {
                                         let _ = h.tx.send(Update::Gone);
                                     }
                                 }
+                                // Left by an earlier run and not in the API: released.
+                                for uid in std::mem::take(&mut leftovers) {
+                                    tracing::info!(uid, "releasing a pod an earlier runtime left");
+                                    if let Err(e) = sandbox::release_leftover(&cfg, &uid).await {
+                                        tracing::warn!(uid, "{e}");
+                                    }
+                                }
+                                let active: std::collections::HashSet<String> = workers.keys().cloned().collect();
+                                controllers.collect_garbage(&|name| {
+                                    name.strip_prefix("skiff-pod-").is_some_and(|u| active.contains(u))
+                                });
                             }
                         }
                         watcher::Event::Apply(p) => {
-                            apply(&client, &cfg, node_name, &mut workers, &done_tx, p)
+                            apply(&shared, &mut workers, &done_tx, &mut leftovers, p)
                         }
                         watcher::Event::Delete(p) => {
                             if let Some(h) = p.metadata.uid.as_ref().and_then(|u| workers.get(u)) {
@@ -136,6 +257,9 @@ impl Runtime {
                     }
                 }
             }
+        }
+        if let Some(t) = mirror_task {
+            t.abort();
         }
         for h in workers.values() {
             let _ = h.tx.send(Update::Shutdown);
@@ -147,12 +271,19 @@ impl Runtime {
     }
 }
 
+/// What every worker gets.
+struct Shared {
+    client: Client,
+    cfg: Arc<Config>,
+    controllers: Arc<Controllers>,
+    node: String,
+}
+
 fn apply(
-    client: &Client,
-    cfg: &Arc<Config>,
-    node: &str,
+    shared: &Shared,
     workers: &mut HashMap<String, Handle>,
     done: &mpsc::UnboundedSender<String>,
+    leftovers: &mut std::collections::HashSet<String>,
     pod: Pod,
 ) {
     let Some(uid) = pod.metadata.uid.clone() else {
@@ -178,7 +309,14 @@ fn apply(
         return;
     }
     let (tx, rx) = watch::channel(Update::Pod(Box::new(pod.clone())));
-    let w = Worker::new(client.clone(), cfg.clone(), node.to_string(), pod);
+    let mut w = Worker::new(
+        shared.client.clone(),
+        shared.cfg.clone(),
+        shared.controllers.clone(),
+        shared.node.clone(),
+        pod,
+    );
+    w.adopt_pending = leftovers.remove(&uid);
     let done = done.clone();
     let key = uid.clone();
     let task = tokio::spawn(async move {
@@ -196,6 +334,8 @@ enum Event {
         instance: u64,
         code: i32,
         signal: Option<i32>,
+        /// The memory limit killed it.
+        oom: bool,
     },
     Probe {
         container: String,
@@ -235,10 +375,29 @@ struct Worker {
     published: Option<Value>,
     publish_retry: bool,
     log_dir: PathBuf,
+    controllers: Arc<Controllers>,
+    /// The pod's limits, applied with its sandbox.
+    limits: Option<PodLimits>,
+    /// What a container's limits could not enforce (for the pod status), by container.
+    unenforced: BTreeMap<String, Vec<String>>,
+    /// Termination messages of instances killed because their postStart hook failed.
+    hook_failures: HashMap<(String, u64), String>,
+    /// An earlier run left this pod's sandbox: try to adopt it before creating one.
+    adopt_pending: bool,
+    /// Container processes of an earlier run to take over at their next start.
+    adopted: HashMap<String, adopt::Record>,
+    /// Adopted instances: their exit status is unknown.
+    unknown_exits: std::collections::HashSet<(String, u64)>,
 }
 
 impl Worker {
-    fn new(client: Client, cfg: Arc<Config>, node: String, pod: Pod) -> Worker {
+    fn new(
+        client: Client,
+        cfg: Arc<Config>,
+        controllers: Arc<Controllers>,
+        node: String,
+        pod: Pod,
+    ) -> Worker {
         let (tx, rx) = mpsc::unbounded_channel();
         let life = Lifecycle::new(&pod, cfg.backoff, SystemTime::now());
         let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -269,6 +428,13 @@ impl Worker {
             published: None,
             publish_retry: false,
             log_dir,
+            controllers,
+            limits: None,
+            unenforced: BTreeMap::new(),
+            hook_failures: HashMap::new(),
+            adopt_pending: false,
+            adopted: HashMap::new(),
+            unknown_exits: Default::default(),
         }
     }
 
@@ -283,6 +449,10 @@ impl Worker {
             let update = updates.borrow_and_update().clone();
             match update {
                 Update::Pod(p) => {
+                    if static_pods::is_static(&p) {
+                        // Sent when its mirror pod was (re)created: publish again.
+                        self.published = None;
+                    }
                     self.life.set_foreign_conditions(&p, SystemTime::now());
                     let deleting = p.metadata.deletion_timestamp.is_some();
                     self.pod = *p;
@@ -295,6 +465,10 @@ impl Worker {
             if end.is_some() {
                 break;
             }
+            if self.adopt_pending {
+                self.adopt_pending = false;
+                self.try_adopt().await;
+            }
             if self.sandbox.is_none()
                 && !self.life.phase().is_terminal()
                 && self
@@ -304,6 +478,18 @@ impl Worker {
                 match Sandbox::create(&self.cfg, &self.pod).await {
                     Ok(s) => {
                         tracing::info!(pod = %self.name, ips = ?s.ips, "sandbox ready");
+                        if let Err(e) = std::fs::write(
+                            s.dir.join(adopt::SPEC_HASH_FILE),
+                            adopt::spec_hash(&self.pod),
+                        ) {
+                            tracing::warn!(pod = %self.name, "writing the spec hash: {e}");
+                        }
+                        let spec = self.pod.spec.clone().unwrap_or_default();
+                        let l = PodLimits::apply(&self.controllers, &s.cgroup, &spec);
+                        for e in &l.unenforced {
+                            tracing::warn!(pod = %self.name, "resource limits: {e}");
+                        }
+                        self.limits = Some(l);
                         self.sandbox = Some(s);
                         self.sandbox_retry = None;
                     }
@@ -363,8 +549,9 @@ impl Worker {
                 instance,
                 code,
                 signal,
+                oom,
             } => {
-                tracing::info!(pod = %self.name, container, instance, code, "container exited");
+                tracing::info!(pod = %self.name, container, instance, code, oom, "container exited");
                 if self
                     .procs
                     .get(&container)
@@ -373,6 +560,16 @@ impl Worker {
                     self.procs.remove(&container);
                 }
                 self.life.exited(&container, instance, code, signal, now);
+                if oom {
+                    self.life.oom_killed(&container, instance);
+                }
+                if self.unknown_exits.remove(&(container.clone(), instance)) {
+                    self.life
+                        .set_termination_reason(&container, instance, adopt::UNKNOWN_REASON);
+                }
+                if let Some(m) = self.hook_failures.remove(&(container.clone(), instance)) {
+                    self.life.set_termination_message(&container, instance, m);
+                }
             }
             Event::Probe {
                 container,
@@ -400,6 +597,23 @@ impl Worker {
             .cloned()
     }
 
+    /// Where a hook (or probe) of `container` runs.
+    fn hook_target(&self, container: &Container, spec: Option<process::Spec>) -> prober::Target {
+        prober::Target {
+            host_netns: self.cfg.cni.host_netns.clone(),
+            pod_ip: self.sandbox.as_ref().and_then(|s| s.ips.first().copied()),
+            ports: container.ports.clone().unwrap_or_default(),
+            exec: spec,
+        }
+    }
+
+    /// The preStop hook of a running container, with where it runs.
+    fn pre_stop(&self, name: &str, p: &Proc) -> Option<(Hook, prober::Target)> {
+        let c = self.container(name)?;
+        let hook = hooks::pre_stop(&c)?;
+        Some((hook, self.hook_target(&c, Some(p.spec.clone()))))
+    }
+
     fn grace(&self) -> Duration {
         let s = self
             .pod
@@ -421,10 +635,22 @@ impl Worker {
                 container,
                 instance,
             } => {
-                let r = self.start(&container, instance).await;
+                let adopted = self
+                    .adopted
+                    .remove(&container)
+                    .filter(|r| r.instance == instance);
+                let started_at = adopted
+                    .as_ref()
+                    .map(|r| SystemTime::UNIX_EPOCH + Duration::from_millis(r.started_at_ms));
+                let r = self.start(&container, instance, adopted).await;
                 let now = SystemTime::now();
                 match r {
-                    Ok(()) => self.life.started(&container, instance, now),
+                    Ok(()) => {
+                        self.life.started(&container, instance, now);
+                        if let Some(t) = started_at {
+                            self.life.set_started_at(&container, instance, t);
+                        }
+                    }
                     Err(f) => {
                         tracing::warn!(pod = %self.name, container, "start failed: {f:?}");
                         self.life.start_failed(&container, instance, f, now)
@@ -459,6 +685,7 @@ impl Worker {
                         p.cgroup.clone(),
                         p.exited.clone(),
                         grace,
+                        self.pre_stop(&container, p),
                     ));
                 }
             }
@@ -524,7 +751,82 @@ impl Worker {
         Ok(refs)
     }
 
-    async fn start(&mut self, name: &str, instance: u64) -> Result<(), StartFailure> {
+    /// Takes over the sandbox and running containers an earlier run left, when the spec
+    /// is unchanged, the init containers had completed and a container still runs;
+    /// otherwise releases what is left so that the pod starts afresh.
+    async fn try_adopt(&mut self) {
+        let dir = self.cfg.state_dir.join("pods").join(&self.uid);
+        let same_spec = std::fs::read_to_string(dir.join(adopt::SPEC_HASH_FILE))
+            .is_ok_and(|h| h.trim() == adopt::spec_hash(&self.pod));
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        let init_done = spec.init_containers.iter().flatten().all(|ic| {
+            self.pod
+                .status
+                .as_ref()
+                .and_then(|s| s.init_container_statuses.as_ref())
+                .and_then(|l| l.iter().find(|s| s.name == ic.name))
+                .and_then(|s| s.state.as_ref()?.terminated.as_ref())
+                .is_some_and(|t| t.exit_code == 0)
+        });
+        let records = adopt::read_records(&dir);
+        let alive: HashMap<String, adopt::Record> = records
+            .iter()
+            .filter(|(n, r)| spec.containers.iter().any(|c| &c.name == *n) && adopt::alive(r))
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect();
+        let r = if !same_spec {
+            Err("its spec changed or was not recorded".to_string())
+        } else if !init_done {
+            Err("its init containers had not completed".to_string())
+        } else {
+            match alive.values().next() {
+                None => Err("none of its containers runs".to_string()),
+                Some(r) => Sandbox::adopt(&self.cfg, &self.pod, r.pid),
+            }
+        };
+        match r {
+            Ok(sb) => {
+                let now = SystemTime::now();
+                tracing::info!(pod = %self.name, containers = ?alive.keys().collect::<Vec<_>>(), "adopting the pod an earlier runtime left");
+                if let Some(t) = self.pod.status.as_ref().and_then(|s| s.start_time.as_ref()) {
+                    self.life.set_start_time(SystemTime::from(t.0));
+                }
+                for ic in spec.init_containers.iter().flatten() {
+                    self.life.restore_completed(&ic.name, now);
+                }
+                for (n, r) in &records {
+                    if alive.contains_key(n) {
+                        self.life.restore(n, r.restart_count, r.instance);
+                    } else {
+                        // It exited meanwhile: its next start is a restart.
+                        self.life.restore(n, r.restart_count + 1, r.instance + 1);
+                    }
+                }
+                let l = PodLimits::apply(&self.controllers, &sb.cgroup, &spec);
+                for e in &l.unenforced {
+                    tracing::warn!(pod = %self.name, "resource limits: {e}");
+                }
+                self.limits = Some(l);
+                self.sandbox = Some(sb);
+                self.adopted = alive;
+            }
+            Err(why) => {
+                tracing::info!(pod = %self.name, "not adopting the pod an earlier runtime left ({why}): it starts again");
+                if let Err(e) = sandbox::release_leftover(&self.cfg, &self.uid).await {
+                    tracing::warn!(pod = %self.name, "{e}");
+                }
+            }
+        }
+    }
+
+    /// Starts instance `instance` of container `name`, or takes over the process an
+    /// earlier run started (`adopted`).
+    async fn start(
+        &mut self,
+        name: &str,
+        instance: u64,
+        adopted: Option<adopt::Record>,
+    ) -> Result<(), StartFailure> {
         let c = self
             .container(name)
             .ok_or_else(|| StartFailure::Config(format!("no container {name:?} in the spec")))?;
@@ -569,10 +871,27 @@ impl Worker {
             crate::dns::mount(&self.cfg.dns, &self.pod, &c, &sb.dir)
                 .map_err(StartFailure::Config)?,
         );
-        let cgroup = sb
-            .container_cgroup(name)
-            .await
-            .map_err(StartFailure::Config)?;
+        let cgroup = match adopted {
+            None => sb
+                .container_cgroup(name)
+                .await
+                .map_err(StartFailure::Config)?,
+            // Its process is in it.
+            Some(_) => sb.cgroup.join(name),
+        };
+        let sb_dir = sb.dir.clone();
+        let (extra_cgroups, unenforced) = match &self.limits {
+            Some(l) => l.container(&cgroup, &c),
+            None => (Vec::new(), Vec::new()),
+        };
+        if self.unenforced.get(name) != Some(&unenforced) {
+            for e in &unenforced {
+                tracing::warn!(pod = %self.name, container = name, "resource limits: {e}");
+            }
+            self.unenforced.insert(name.to_string(), unenforced);
+        }
+        let limits = self.limits.clone();
+        let oom_before = limits.as_ref().map_or(0, |l| l.oom_kills(&cgroup, name));
         let spec = process::Spec {
             argv,
             env: envs,
@@ -581,6 +900,7 @@ impl Worker {
             mounts,
             netns: sb.netns.clone(),
             cgroup: cgroup.clone(),
+            extra_cgroups,
         };
         process::prepare_mounts(&spec).map_err(StartFailure::Config)?;
         let log_path = logs::container_log(&self.log_dir, name, self.life.restart_count(name));
@@ -588,25 +908,65 @@ impl Worker {
             StartFailure::Config(format!("opening the log {}: {e}", log_path.display()))
         })?;
         let log = Arc::new(Mutex::new(log));
-        let started = process::spawn(&spec, Stdio::piped(), Stdio::piped())
-            .map_err(|e| StartFailure::Exec(format!("exec {:?}: {e}", spec.argv[0])))?;
-        let mut child = started.child;
-        if let Some(out) = child.stdout.take() {
-            tokio::spawn(logs::pump(out, "stdout", log.clone()));
+        // stdout/stderr through FIFOs the container holds read-write, so it survives a
+        // runtime restart (see `adopt`).
+        let io_err = |e: std::io::Error| {
+            StartFailure::Config(format!("the output FIFOs of container {name:?}: {e}"))
+        };
+        let (out_path, err_path) = adopt::fifos(&sb_dir, name).map_err(io_err)?;
+        let (out_rx, err_rx) = adopt::readers(&out_path, &err_path).map_err(io_err)?;
+        let (pid, pidfd, child) = match &adopted {
+            Some(rec) => {
+                let fd = adopt::pidfd(rec.pid).map_err(|e| {
+                    StartFailure::Exec(format!("adopting process {}: {e}", rec.pid))
+                })?;
+                (rec.pid, fd, None)
+            }
+            None => {
+                let (out_w, err_w) = adopt::writers(&out_path, &err_path).map_err(io_err)?;
+                let started = process::spawn(&spec, Stdio::from(out_w), Stdio::from(err_w))
+                    .map_err(|e| StartFailure::Exec(format!("exec {:?}: {e}", spec.argv[0])))?;
+                (started.pid, started.pidfd, Some(started.child))
+            }
+        };
+        tokio::spawn(logs::pump(out_rx, "stdout", log.clone()));
+        tokio::spawn(logs::pump(err_rx, "stderr", log));
+        if adopted.is_none() {
+            let rec = adopt::Record {
+                instance,
+                restart_count: self.life.restart_count(name),
+                pid,
+                start_ticks: adopt::start_ticks(pid).unwrap_or(0),
+                started_at_ms: SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+            };
+            if let Err(e) = adopt::write_record(&sb_dir, name, &rec) {
+                tracing::warn!(pod = %self.name, container = name, "recording the container: {e}");
+            }
+        } else {
+            self.unknown_exits.insert((name.to_string(), instance));
         }
-        if let Some(err) = child.stderr.take() {
-            tokio::spawn(logs::pump(err, "stderr", log));
-        }
+        let pidfd = Arc::new(pidfd);
+        let waited = pidfd.clone();
         let (exited_tx, exited_rx) = watch::channel(false);
         let tx = self.tx.clone();
         let container = name.to_string();
         let cg = cgroup.clone();
         tokio::spawn(async move {
-            let status = child.wait().await;
-            let (code, signal) = match status {
-                Ok(s) => process::exit_code(s),
-                Err(_) => (-1, None),
+            let (code, signal) = match child {
+                Some(mut child) => match child.wait().await {
+                    Ok(s) => process::exit_code(s),
+                    Err(_) => (-1, None),
+                },
+                None => {
+                    adopt::wait_exit(waited).await;
+                    (adopt::UNKNOWN_EXIT_CODE, None)
+                }
             };
+            let oom = limits
+                .as_ref()
+                .is_some_and(|l| l.oom_kills(&cg, &container) > oom_before);
             // Like a pid namespace losing its init: nothing of the container outlives
             // its main process.
             if let Err(e) = process::kill_cgroup(&cg, Duration::from_secs(10)).await {
@@ -618,19 +978,38 @@ impl Worker {
                 instance,
                 code,
                 signal,
+                oom,
             });
         });
-        tracing::info!(pod = %self.name, container = name, instance, pid = started.pid, "container started");
+        let adopted = adopted.is_some();
+        tracing::info!(pod = %self.name, container = name, instance, pid, adopted, "container started");
+        let hook = hooks::post_start(&c)
+            .filter(|_| !adopted)
+            .map(|h| (h, self.hook_target(&c, Some(spec.clone()))));
         self.procs.insert(
             name.to_string(),
             Proc {
                 instance,
-                pidfd: Arc::new(started.pidfd),
+                pidfd,
                 spec,
-                cgroup,
+                cgroup: cgroup.clone(),
                 exited: exited_rx,
             },
         );
+        // The kubelet runs postStart before it reports the container Running; a failure
+        // kills the container (restarted by its policy) with the hook's error as message.
+        if let Some((hook, target)) = hook {
+            if let Err(e) = hook.run(hooks::POST_START_TIMEOUT, &target).await {
+                tracing::warn!(pod = %self.name, container = name, "postStart hook failed: {e}");
+                self.hook_failures.insert(
+                    (name.to_string(), instance),
+                    format!("PostStartHookError: {e}"),
+                );
+                if let Err(e) = process::kill_cgroup(&cgroup, Duration::from_secs(10)).await {
+                    tracing::warn!("{e}");
+                }
+            }
+        }
         Ok(())
     }
 
@@ -644,7 +1023,12 @@ impl Worker {
             host_ip: self.cfg.host_ip.map(|i| i.to_string()),
             container_id_prefix: format!("skiff://{}", self.uid),
         };
-        let st = self.life.status(&inputs, SystemTime::now());
+        let mut st = self.life.status(&inputs, SystemTime::now());
+        if let Some(l) = &self.limits {
+            if l.wanted {
+                crate::limits::set_condition(&mut st, &l.unenforced, &self.unenforced);
+            }
+        }
         serde_json::to_value(&st).unwrap_or(Value::Null)
     }
 
@@ -683,16 +1067,24 @@ impl Worker {
     }
 
     async fn terminate(mut self, why: Update) {
+        if self.adopt_pending {
+            // Deleted (or gone) while no runtime ran: what the earlier run left goes.
+            self.adopt_pending = false;
+            if let Err(e) = sandbox::release_leftover(&self.cfg, &self.uid).await {
+                tracing::warn!(pod = %self.name, "{e}");
+            }
+        }
         let now = SystemTime::now();
         self.life.set_terminating(now);
         let grace = self.grace();
         tracing::info!(pod = %self.name, ?grace, "stopping pod");
-        for p in self.procs.values() {
+        for (name, p) in &self.procs {
             tokio::spawn(stop(
                 p.pidfd.clone(),
                 p.cgroup.clone(),
                 p.exited.clone(),
                 grace,
+                self.pre_stop(name, p),
             ));
         }
         // Wait for every container to be reported gone (stop() ends with cgroup.kill,
@@ -723,6 +1115,11 @@ impl Worker {
                 }
             }
         }
+        if let Some(l) = self.limits.take() {
+            if let Err(e) = l.remove() {
+                tracing::warn!(pod = %self.name, "{e}");
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.log_dir);
         if api_visible {
             // The final status (containers terminated) only now: the API server may
@@ -747,16 +1144,28 @@ impl Worker {
     }
 }
 
-/// Graceful stop of one container instance: SIGTERM, up to `grace` for it to exit, then
-/// SIGKILL to the whole cgroup.
+/// Graceful stop of one container instance: its preStop hook (within `grace`), SIGTERM,
+/// what is left of `grace` (at least 2 s after a hook) for it to exit, then SIGKILL to
+/// the whole cgroup.
 async fn stop(
     pidfd: Arc<std::os::fd::OwnedFd>,
     cgroup: PathBuf,
     mut exited: watch::Receiver<bool>,
-    grace: Duration,
+    mut grace: Duration,
+    pre_stop: Option<(Hook, prober::Target)>,
 ) {
     if *exited.borrow() {
         return;
+    }
+    if let Some((hook, target)) = pre_stop {
+        let t0 = tokio::time::Instant::now();
+        tokio::select! {
+            r = hook.run(grace, &target) => if let Err(e) = r {
+                tracing::warn!("preStop hook failed: {e}");
+            },
+            _ = exited.wait_for(|e| *e) => return,
+        }
+        grace = hooks::grace_after_hook(grace, t0.elapsed());
     }
     if let Err(e) = process::signal(&pidfd, libc::SIGTERM) {
         tracing::warn!("SIGTERM: {e}");

@@ -3,8 +3,8 @@
 //! The table mirrors what an upstream kube-apiserver (v1.33) reports in its discovery
 //! documents (`kubectl api-resources -o wide`, `GET /api/v1`, `GET /apis/apps/v1`): name
 //! (plural), singularName, namespaced, kind, verbs, shortNames and categories. Only the
-//! subresources skiff serves are listed (`status`, `scale`, `binding`); upstream also
-//! lists e.g. `pods/exec` or `pods/log`, which skiff does not implement, and a client
+//! subresources skiff serves are listed (`status`, `scale`, `binding`, `pods/log`);
+//! upstream also lists e.g. `pods/exec`, which skiff does not implement, and a client
 //! must not be told that they exist.
 
 use serde_json::{json, Value};
@@ -129,6 +129,15 @@ const BINDING: Subresource = Subresource {
     verbs: CREATE_ONLY,
 };
 
+/// `pods/log` (`kubectl logs`): a text stream, read with `get`.
+const LOG: Subresource = Subresource {
+    name: "log",
+    group: "",
+    version: "",
+    kind: "",
+    verbs: &["get"],
+};
+
 /// Upstream's `all` category: what `kubectl get all` lists.
 const ALL: &[&str] = &["all"];
 
@@ -158,7 +167,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
     res!("", "v1", "Event", "events", "event", true, short: ["ev"], verbs: ALL_VERBS, categories: &[], sub: []),
     res!("", "v1", "Namespace", "namespaces", "namespace", false, short: ["ns"], verbs: NAMESPACE_VERBS, categories: &[], sub: [STATUS]),
     res!("", "v1", "Node", "nodes", "node", false, short: ["no"], verbs: ALL_VERBS, categories: &[], sub: [STATUS]),
-    res!("", "v1", "Pod", "pods", "pod", true, short: ["po"], verbs: ALL_VERBS, categories: ALL, sub: [BINDING, STATUS]),
+    res!("", "v1", "Pod", "pods", "pod", true, short: ["po"], verbs: ALL_VERBS, categories: ALL, sub: [BINDING, LOG, STATUS]),
     res!("", "v1", "Secret", "secrets", "secret", true, short: [], verbs: ALL_VERBS, categories: &[], sub: []),
     res!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, short: ["sa"], verbs: ALL_VERBS, categories: &[], sub: []),
     res!("", "v1", "Service", "services", "service", true, short: ["svc"], verbs: ALL_VERBS, categories: ALL, sub: [STATUS]),
@@ -896,6 +905,7 @@ mod tests {
                 "nodes/status",
                 "pods",
                 "pods/binding",
+                "pods/log",
                 "pods/status",
                 "secrets",
                 "serviceaccounts",

@@ -48,6 +48,8 @@ pub struct AppState {
     /// How long a watch without `timeoutSeconds` lasts.
     pub(crate) watch_timeout: std::time::Duration,
     pub(crate) cache: crate::cache::WatchCache,
+    // kubectl logs: the TLS client (with the kubelet client certificate) towards agents.
+    pub(crate) kubelet_tls: Arc<rustls::ClientConfig>,
 }
 
 impl AppState {
@@ -76,6 +78,9 @@ impl AppState {
             server_address,
             service_cidr: config.service_cidr,
             watch_timeout: config.min_request_timeout,
+            // kubectl logs
+            kubelet_tls: crate::pod_logs::kubelet_client_config(creds)
+                .expect("the kubelet client certificate issued at startup is valid"),
         })
     }
 
@@ -660,6 +665,8 @@ async fn resource_request(
             _ => Err(st::method_not_supported(t.gr(), verb_of(&m))),
         },
         (true, Some("binding")) if m == Method::POST => binding(state, &t, &ctx).await,
+        // kubectl logs: proxied to the node's kubelet API.
+        (true, Some("log")) => crate::pod_logs::get(state, &t, &ctx).await,
         _ => Err(st::method_not_supported(t.gr(), verb_of(&m))),
     }
 }
@@ -694,7 +701,7 @@ fn set_rv(v: &mut Value, rv: u64) {
     }
 }
 
-async fn get_object(state: &AppState, t: &Target) -> Result<(Value, u64), StatusError> {
+pub(crate) async fn get_object(state: &AppState, t: &Target) -> Result<(Value, u64), StatusError> {
     let kv = state
         .store
         .get(&t.key(t.name()))

@@ -7,7 +7,10 @@
 //!   list or watch them, as upstream;
 //! - write: its own Node (create, update, patch, status), its own Lease in
 //!   `kube-node-lease`, the status of Pods bound to it, the deletion of Pods bound to it
-//!   (the kubelet finalises graceful deletion), Events;
+//!   (the kubelet finalises graceful deletion), Events; the creation of mirror pods of its
+//!   static pods (annotation `kubernetes.io/config.mirror`, bound to it, owned by its Node
+//!   if owned at all, referencing no Secret, ConfigMap, ServiceAccount or claim), as
+//!   NodeRestriction allows;
 //! - nothing else: 403 with upstream's wording and the rule that refused.
 
 use serde_json::Value;
@@ -110,6 +113,72 @@ fn references(pod: &Value, kind: &str, name: &str) -> bool {
     by_volume || by_env || by_pull
 }
 
+/// NodeRestriction's rule for a node creating a pod: only a mirror pod of its own.
+fn mirror_pod_allowed(pod: &Value, node: &str) -> Result<(), String> {
+    let is_mirror = pod
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+        .is_some_and(|a| a.contains_key("kubernetes.io/config.mirror"));
+    if !is_mirror {
+        return Err(format!(
+            "node {node:?} can only create mirror pods (annotation kubernetes.io/config.mirror)"
+        ));
+    }
+    if !bound_to(pod, node) {
+        return Err(format!(
+            "node {node:?} can only create pods with spec.nodeName set to itself"
+        ));
+    }
+    let owners = pod
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if owners
+        .iter()
+        .any(|o| o["kind"] != "Node" || o["name"] != node)
+    {
+        return Err(format!(
+            "node {node:?} can only create pods with an owner reference set to itself"
+        ));
+    }
+    let spec = &pod["spec"];
+    if spec["serviceAccountName"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty())
+    {
+        return Err(format!(
+            "node {node:?} can not create pods that reference a service account"
+        ));
+    }
+    let uses_objects = spec["volumes"].as_array().into_iter().flatten().any(|v| {
+        [
+            "secret",
+            "configMap",
+            "persistentVolumeClaim",
+            "projected",
+            "ephemeral",
+        ]
+        .iter()
+        .any(|k| v.get(*k).is_some())
+    }) || ["containers", "initContainers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|f| spec[*f].as_array().cloned().unwrap_or_default())
+        .any(|c| {
+            c["envFrom"].as_array().is_some_and(|a| !a.is_empty())
+                || c["env"].as_array().into_iter().flatten().any(|e| {
+                    e.pointer("/valueFrom/secretKeyRef").is_some()
+                        || e.pointer("/valueFrom/configMapKeyRef").is_some()
+                })
+        });
+    if uses_objects {
+        return Err(format!(
+            "node {node:?} can not create pods that reference secrets, configmaps or persistentvolumeclaims"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a request of node `node`; Ok means allowed.
 pub(crate) async fn authorize_node(
     state: &AppState,
@@ -172,6 +241,14 @@ pub(crate) async fn authorize_node(
         ("", "pods") => {
             if read && sub.is_none() {
                 return Ok(());
+            }
+            if v == "create" && sub.is_none() {
+                return match serde_json::from_slice::<Value>(&ctx.body) {
+                    Ok(pod) => {
+                        mirror_pod_allowed(&pod, node).map_err(|why| deny(t, node, v, sub, &why))
+                    }
+                    Err(_) => Err(deny(t, node, v, sub, "the request body is not a JSON Pod")),
+                };
             }
             let allowed_write = matches!(
                 (v, sub),
@@ -249,6 +326,32 @@ pub(crate) async fn authorize_node(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn nodes_create_only_their_own_mirror_pods() {
+        let mirror = json!({"metadata": {"name": "web-n1", "annotations": {"kubernetes.io/config.mirror": "h"},
+                                         "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": "n1", "uid": "u"}]},
+                            "spec": {"nodeName": "n1", "containers": [{"name": "c"}]}});
+        assert_eq!(mirror_pod_allowed(&mirror, "n1"), Ok(()));
+        assert!(mirror_pod_allowed(&mirror, "n2")
+            .unwrap_err()
+            .contains("nodeName set to itself"));
+        let mut plain = mirror.clone();
+        plain["metadata"]["annotations"] = json!({});
+        assert!(mirror_pod_allowed(&plain, "n1")
+            .unwrap_err()
+            .contains("only create mirror pods"));
+        let mut owned = mirror.clone();
+        owned["metadata"]["ownerReferences"][0]["name"] = json!("n2");
+        assert!(mirror_pod_allowed(&owned, "n1")
+            .unwrap_err()
+            .contains("owner reference"));
+        let mut secret = mirror.clone();
+        secret["spec"]["volumes"] = json!([{"name": "s", "secret": {"secretName": "x"}}]);
+        assert!(mirror_pod_allowed(&secret, "n1")
+            .unwrap_err()
+            .contains("secrets"));
+    }
 
     #[test]
     fn references_cover_volumes_env_env_from_and_pull_secrets() {

@@ -9,6 +9,7 @@
 //! | `watch` | `?watch=true` streams |
 //! | `cache` | watch fan-out: one store watch per resource, recent history, slow clients cut off |
 //! | `authz` | what a node identity may do (upstream's Node authorizer + NodeRestriction) |
+//! | `pod_logs` | `pods/{name}/log`: `kubectl logs`, proxied to the node's kubelet API |
 //! | `join` | `POST /skiff/v1/join`: a node credential for the join token |
 //! | `openapi` | `/openapi/v3` documents for kubectl's validation and `explain` |
 //! | [`protobuf`] | `application/vnd.kubernetes.protobuf` request bodies decoded to JSON |
@@ -21,6 +22,7 @@ mod join;
 mod openapi;
 mod openapi_pb;
 pub mod pki;
+mod pod_logs;
 pub mod protobuf;
 pub mod server;
 mod util;

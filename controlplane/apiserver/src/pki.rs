@@ -9,6 +9,7 @@
 //! | `pki/serving.crt`, `pki/serving.key` | the HTTPS certificate; re-issued on every start so that its SANs follow `--advertise-address` |
 //! | `pki/admin.crt`, `pki/admin.key` | the admin client certificate (`CN=skiff-admin, O=system:masters`) |
 //! | `pki/admin.token` | the admin bearer token |
+//! | `pki/kubelet-client.crt`, `pki/kubelet-client.key` | the API server's client certificate towards the agents' kubelet API (`CN=kube-apiserver-kubelet-client`, upstream's `--kubelet-client-certificate`) |
 //! | `pki/join.token` | the node join token (`K10<CA sha256>::node:<secret>`), for `POST /skiff/v1/join` |
 //! | `admin.kubeconfig` | a kubeconfig with the CA and the admin client certificate |
 //!
@@ -30,6 +31,10 @@ use rcgen::{
 /// RBAC always allows; skiff's authorizer treats it the same way.
 pub const ADMIN_USER: &str = "skiff-admin";
 pub const ADMIN_GROUP: &str = "system:masters";
+
+/// The subject of the certificate the API server presents to kubelet APIs (kubeadm's
+/// name for upstream's `--kubelet-client-certificate`); agents serve logs only to it.
+pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -56,6 +61,9 @@ pub struct Credentials {
     /// Authenticates `POST /skiff/v1/join` (see [`join_token`]); `pki/join.token`.
     pub join_token: String,
     pub kubeconfig_path: PathBuf,
+    /// The client certificate the server presents to agents' kubelet API (`kubectl logs`).
+    pub kubelet_client_cert_pem: String,
+    pub kubelet_client_key_pem: String,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
@@ -212,6 +220,28 @@ pub fn ensure(
         }
     };
 
+    let (kubelet_client_cert_pem, kubelet_client_key_pem) = {
+        let crt = pki.join("kubelet-client.crt");
+        let key = pki.join("kubelet-client.key");
+        match (read(&crt)?, read(&key)?) {
+            (Some(c), Some(k)) => (c, k),
+            _ => {
+                let mut p = CertificateParams::default();
+                p.distinguished_name = dn(KUBELET_CLIENT_USER, None);
+                p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+                let k =
+                    KeyPair::generate().map_err(cert_err("generating the kubelet client key"))?;
+                let c = p
+                    .signed_by(&k, &issuer)
+                    .map_err(cert_err("signing the kubelet client certificate"))?;
+                write_file(&key, &k.serialize_pem(), true)?;
+                write_file(&crt, &c.pem(), false)?;
+                (c.pem(), k.serialize_pem())
+            }
+        }
+    };
+
     let token_path = pki.join("admin.token");
     let admin_token = match read(&token_path)? {
         Some(t) if !t.trim().is_empty() => t.trim().to_string(),
@@ -248,6 +278,8 @@ pub fn ensure(
         admin_token,
         join_token,
         kubeconfig_path,
+        kubelet_client_cert_pem,
+        kubelet_client_key_pem,
     })
 }
 
