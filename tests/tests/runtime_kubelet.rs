@@ -187,6 +187,7 @@ impl Node {
             log_limits: LogLimits::default(),
             backoff: BackoffConfig::scaled(Duration::from_millis(200)),
             host_ip: Some("127.0.0.1".parse().unwrap()),
+            dns: Default::default(),
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
