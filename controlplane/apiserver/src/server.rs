@@ -143,6 +143,8 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<RunningServe
         addr.to_string(),
         url.clone(),
     );
+    // LIST and WATCH read the watch cache once it has filled (the store until then).
+    state.cache.start();
     // Where pods reach this server: the first advertise address, else the listen address.
     let endpoint_ip = config
         .advertise

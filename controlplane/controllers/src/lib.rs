@@ -30,6 +30,9 @@
 //! | [`gc`] | garbage collector: Background, Foreground and Orphan over ownerReferences |
 //! | [`pods`], [`ownership`], [`expectations`], [`runtime`] | what the workload controllers share |
 //! | [`nodelifecycle`] | node heartbeats → Unknown conditions, unreachable/not-ready taints, NoExecute eviction |
+//! | [`namespace`] | deletes a terminating Namespace's content, then its `kubernetes` finalizer |
+//! | [`podgc`] | pod GC: terminated pods over the threshold, orphans, out-of-service nodes |
+//! | [`leader`] | Lease-based leader election for the controllers and the scheduler |
 
 pub mod backoff;
 pub mod events;
@@ -54,6 +57,11 @@ pub mod runtime;
 // scheduler helper
 pub mod nodelifecycle;
 // end scheduler helper
+// cp helper: namespace controller, leader election
+pub mod leader;
+pub mod namespace;
+pub mod podgc;
+// end cp helper
 
 use std::sync::Arc;
 
@@ -88,6 +96,10 @@ pub struct Config {
     /// stay on such a node (the DefaultTolerationSeconds admission default, 300 s).
     pub pod_eviction_timeout: std::time::Duration,
     // end scheduler helper
+    // cp helper: PodGC
+    /// Pod garbage collector settings (`--terminated-pod-gc-threshold`, ...).
+    pub pod_gc: podgc::Config,
+    // end cp helper
 }
 
 impl Default for Config {
@@ -107,6 +119,9 @@ impl Default for Config {
             node_monitor_grace_period: std::time::Duration::from_secs(40),
             pod_eviction_timeout: std::time::Duration::from_secs(300),
             // end scheduler helper
+            // cp helper: PodGC
+            pod_gc: podgc::Config::default(),
+            // end cp helper
         }
     }
 }
@@ -176,6 +191,10 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     set.spawn(named("job", job::run(ctx.clone())));
     set.spawn(named("daemonset", daemonset::run(ctx.clone())));
     set.spawn(named("garbage-collector", gc::run(ctx.clone())));
+    // cp helper: namespace controller
+    set.spawn(named("namespace", namespace::run(ctx.clone())));
+    set.spawn(named("podgc", podgc::run(ctx.clone())));
+    // end cp helper
     while let Some(done) = set.join_next().await {
         match done {
             Ok((name, Ok(()))) => tracing::info!("controller {name} stopped"),
