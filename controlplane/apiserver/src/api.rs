@@ -60,7 +60,7 @@ impl AppState {
         server_url: String,
     ) -> Arc<AppState> {
         Arc::new(AppState {
-            cache: crate::cache::WatchCache::new(store.clone()),
+            cache: crate::cache::WatchCache::new(store.clone(), config.watch_cache_history),
             alloc: crate::alloc::Allocator::new(
                 store.clone(),
                 config.service_cidr,

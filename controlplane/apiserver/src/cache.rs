@@ -34,8 +34,8 @@ use skiff_api::resources::RESOURCES;
 use skiff_store::{Event, KeyValue, ListOptions, Revision, Store, StoreError, WatchStream};
 use tokio::sync::{mpsc, watch};
 
-/// Changes kept per resource: watches resuming from, and continued LISTs at, a revision
-/// within the last this-many changes of their resource are served from memory.
+/// Changes kept per resource by default: watches resuming from, and continued LISTs at, a
+/// revision within the last this-many changes of their resource are served from memory.
 pub const HISTORY: usize = 1000;
 /// Events buffered per subscriber beyond its replay before it counts as too slow.
 pub const SUBSCRIBER_BUFFER: usize = 1024;
@@ -78,6 +78,8 @@ struct Change {
 
 struct Resource {
     kind: &'static str,
+    /// Changes kept in `history`.
+    keep: usize,
     objects: BTreeMap<String, Arc<CachedObject>>,
     history: VecDeque<Change>,
     /// Every change of this resource with a revision above this one is in `history`.
@@ -100,7 +102,7 @@ impl Resource {
             event: event.clone(),
             before,
         });
-        while self.history.len() > HISTORY {
+        while self.history.len() > self.keep {
             if let Some(old) = self.history.pop_front() {
                 self.complete_after = old.event.revision();
             }
@@ -135,6 +137,8 @@ pub(crate) struct CachePage {
 
 struct Shared {
     store: Arc<dyn Store>,
+    /// Changes kept per resource.
+    history: usize,
     state: Mutex<State>,
     /// `(ready, revision)`, for readers waiting for the cache to catch up.
     progress: watch::Sender<(bool, Revision)>,
@@ -169,7 +173,7 @@ fn kind_of_root(root: &str) -> Option<&'static str> {
         .map(|r| r.kind)
 }
 
-fn new_resources(revision: Revision) -> HashMap<String, Resource> {
+fn new_resources(revision: Revision, keep: usize) -> HashMap<String, Resource> {
     RESOURCES
         .iter()
         .map(|r| {
@@ -177,6 +181,7 @@ fn new_resources(revision: Revision) -> HashMap<String, Resource> {
                 format!("/registry/{}/", r.plural),
                 Resource {
                     kind: r.kind,
+                    keep: keep.max(1),
                     objects: BTreeMap::new(),
                     history: VecDeque::new(),
                     complete_after: revision,
@@ -188,10 +193,11 @@ fn new_resources(revision: Revision) -> HashMap<String, Resource> {
 }
 
 impl WatchCache {
-    pub fn new(store: Arc<dyn Store>) -> WatchCache {
+    pub fn new(store: Arc<dyn Store>, history: usize) -> WatchCache {
         WatchCache {
             shared: Arc::new(Shared {
                 store,
+                history,
                 state: Mutex::new(State::default()),
                 progress: watch::channel((false, 0)).0,
             }),
@@ -447,7 +453,7 @@ async fn run(shared: Arc<Shared>) {
 async fn fill(shared: &Shared) -> skiff_store::Result<WatchStream> {
     let store = &shared.store;
     let revision = store.current_revision().await?;
-    let mut resources = new_resources(revision);
+    let mut resources = new_resources(revision, shared.history);
     let mut after = None;
     loop {
         let page = store
@@ -532,7 +538,7 @@ mod tests {
     }
 
     async fn started(store: &Arc<dyn Store>) -> WatchCache {
-        let cache = WatchCache::new(store.clone());
+        let cache = WatchCache::new(store.clone(), HISTORY);
         cache.start();
         let cur = store.current_revision().await.unwrap();
         assert!(cache.wait_for(cur, Duration::from_secs(10)).await);

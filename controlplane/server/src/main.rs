@@ -353,6 +353,7 @@ async fn main() -> Result<()> {
                     service_cidr,
                     node_port_range: service_node_port_range,
                     min_request_timeout: std::time::Duration::from_secs(min_request_timeout),
+                    watch_cache_history: skiff_apiserver::WATCH_CACHE_HISTORY,
                 },
                 store,
             )

@@ -204,7 +204,9 @@ async fn cache_answers_equal_the_store_etcd() {
 /// Who answers for each resourceVersion / resourceVersionMatch / continue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resource_version_rules() {
-    let s = InProcess::redb(Duration::from_secs(1800)).await;
+    // A short history, so that a few writes push a continue token out of the window.
+    const HISTORY: usize = 40;
+    let s = InProcess::redb_configured(|c| c.watch_cache_history = HISTORY).await;
     seed(&s).await;
     let c = &s.client;
     let latest = get(c, "/api/v1/pods").await;
@@ -272,7 +274,7 @@ async fn resource_version_rules() {
     assert_eq!((next.code, next.from.as_str()), (200, "cache"));
     assert!(!next.names().contains(&"b/later".to_string()));
     let store = &s.store;
-    for i in 0..(1000 + 5) {
+    for i in 0..(HISTORY + 5) {
         // Straight to the store (fast): status-only churn on one pod.
         let key = "/registry/pods/b/later";
         let kv = store.get(key).await.unwrap().unwrap();
