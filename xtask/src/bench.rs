@@ -16,8 +16,13 @@ pub fn run(what: &str, quick: bool) -> anyhow::Result<()> {
         return controlplane(quick);
     }
     // end scheduler helper
+    // cp helper: API server benchmark
+    if what == "apiserver" {
+        return apiserver(quick);
+    }
+    // end cp helper
     if what != "datapath" {
-        bail!("unknown benchmark `{what}`: available: datapath, controlplane");
+        bail!("unknown benchmark `{what}`: available: datapath, controlplane, apiserver");
     }
     if !is_root() {
         bail!("benchmarks need root: they create network namespaces and load eBPF programs");
@@ -68,3 +73,35 @@ fn controlplane(quick: bool) -> anyhow::Result<()> {
     cmd::run(&mut c)
 }
 // end scheduler helper
+
+// cp helper: API server benchmark
+/// The API server alone and with its controllers: idle memory, cold start, LIST from the
+/// watch cache vs the store at 1k/10k pods, watch fan-out to 1000 watchers and create
+/// throughput, over redb and a local etcd (`/usr/bin/etcd`, Debian's etcd-server).
+/// --quick: 200/2000 pods, 100 watchers. Needs no root; everything on 127.0.0.1.
+fn apiserver(quick: bool) -> anyhow::Result<()> {
+    setup::ensure_apt_packages(&["etcd-server"])?;
+    cmd::run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "skiff-controlplane",
+        "-p",
+        "skiff-apiserver-bench",
+        "--bin",
+        "skiff-controlplane",
+        "--bin",
+        "skiff-apiserver-bench",
+    ]))?;
+    let release = workspace_root().join("target/release");
+    let mut c = Command::new(release.join("skiff-apiserver-bench"));
+    c.arg("--server")
+        .arg(release.join("skiff-controlplane"))
+        .arg("--out")
+        .arg(workspace_root().join("bench-results/apiserver.json"));
+    if quick {
+        c.args(["--pods", "200,2000", "--watchers", "100"]);
+    }
+    cmd::run(&mut c)
+}
+// end cp helper

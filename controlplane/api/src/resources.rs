@@ -120,6 +120,19 @@ const SCALE: Subresource = Subresource {
     verbs: GET_PATCH_UPDATE,
 };
 
+/// `namespaces/finalize` (PUT a Namespace): changes only `spec.finalizers`; the namespace
+/// controller removes the `kubernetes` finalizer through it.
+const FINALIZE: Subresource = Subresource {
+    name: "finalize",
+    group: "",
+    version: "",
+    kind: "",
+    verbs: UPDATE_ONLY,
+};
+
+/// Verbs of `namespaces/finalize` upstream.
+const UPDATE_ONLY: &[&str] = &["update"];
+
 /// `pods/binding` exchanges core/v1 Binding objects.
 const BINDING: Subresource = Subresource {
     name: "binding",
@@ -165,7 +178,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
     res!("", "v1", "ConfigMap", "configmaps", "configmap", true, short: ["cm"], verbs: ALL_VERBS, categories: &[], sub: []),
     res!("", "v1", "Endpoints", "endpoints", "endpoints", true, short: ["ep"], verbs: ALL_VERBS, categories: &[], sub: []),
     res!("", "v1", "Event", "events", "event", true, short: ["ev"], verbs: ALL_VERBS, categories: &[], sub: []),
-    res!("", "v1", "Namespace", "namespaces", "namespace", false, short: ["ns"], verbs: NAMESPACE_VERBS, categories: &[], sub: [STATUS]),
+    res!("", "v1", "Namespace", "namespaces", "namespace", false, short: ["ns"], verbs: NAMESPACE_VERBS, categories: &[], sub: [FINALIZE, STATUS]),
     res!("", "v1", "Node", "nodes", "node", false, short: ["no"], verbs: ALL_VERBS, categories: &[], sub: [STATUS]),
     res!("", "v1", "Pod", "pods", "pod", true, short: ["po"], verbs: ALL_VERBS, categories: ALL, sub: [BINDING, LOG, STATUS]),
     res!("", "v1", "Secret", "secrets", "secret", true, short: [], verbs: ALL_VERBS, categories: &[], sub: []),
@@ -900,6 +913,7 @@ mod tests {
                 "endpoints",
                 "events",
                 "namespaces",
+                "namespaces/finalize",
                 "namespaces/status",
                 "nodes",
                 "nodes/status",

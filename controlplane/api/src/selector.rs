@@ -693,14 +693,52 @@ impl FieldMatcher {
     }
 }
 
-/// The string value of a selectable field, as upstream's `*ToSelectableFields`.
-pub fn field_value(obj: &Value, field: &str) -> String {
-    let pointer = match field {
-        // Event `source` means the reporting component of `source`.
+/// JSON pointer of a selectable field in an object (`source` is Event's
+/// `source.component`).
+fn field_pointer(field: &str) -> String {
+    match field {
         "source" => "/source/component".to_string(),
         f => format!("/{}", f.replace('.', "/")),
-    };
-    match obj.pointer(&pointer) {
+    }
+}
+
+/// The part of `obj` that label and field selectors of `kind` read: `metadata.labels` and
+/// every selectable field (upstream's `GetAttrs`, which the watch cache keeps per object so
+/// that a filtered LIST decodes only the objects it returns). For every selector `s` valid
+/// for `kind`, `s.matches(&selection_attrs(kind, obj)) == s.matches(obj)`.
+pub fn selection_attrs(kind: &str, obj: &Value) -> Value {
+    let mut out = Value::Object(Default::default());
+    let labels = obj.pointer("/metadata/labels").cloned();
+    let fields = META_FIELDS.iter().chain(kind_fields(kind));
+    for (pointer, v) in fields
+        .map(|f| {
+            let p = field_pointer(f);
+            let v = obj.pointer(&p).cloned();
+            (p, v)
+        })
+        .chain(std::iter::once(("/metadata/labels".to_string(), labels)))
+    {
+        let Some(v) = v else { continue };
+        let mut at = &mut out;
+        let parts: Vec<&str> = pointer[1..].split('/').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let Value::Object(m) = at else { break };
+            if i + 1 == parts.len() {
+                m.insert((*part).to_string(), v.clone());
+                break;
+            }
+            at = m
+                .entry((*part).to_string())
+                .or_insert_with(|| Value::Object(Default::default()));
+        }
+    }
+    out
+}
+
+/// The string value of a selectable field, as upstream's `*ToSelectableFields`.
+pub fn field_value(obj: &Value, field: &str) -> String {
+    // Event `source` means the reporting component of `source`.
+    match obj.pointer(&field_pointer(field)) {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Bool(b)) => b.to_string(),
         Some(Value::Number(n)) => n.to_string(),
@@ -1007,5 +1045,45 @@ mod tests {
                 "{sel}"
             );
         }
+    }
+
+    #[test]
+    fn selection_attrs_select_like_the_object() {
+        let pod = json!({
+            "metadata": {"name": "p1", "namespace": "default", "labels": {"app": "web", "tier": "fe"},
+                         "annotations": {"big": "x"}},
+            "spec": {"nodeName": "n1", "schedulerName": "default-scheduler", "containers": [{"name": "c"}]},
+            "status": {"phase": "Running", "podIP": "10.42.0.5"},
+        });
+        let bare = json!({"metadata": {"name": "p2"}});
+        let attrs = selection_attrs("Pod", &pod);
+        assert!(attrs.pointer("/spec/containers").is_none());
+        assert!(attrs.pointer("/metadata/annotations").is_none());
+        for (labels, fields) in [
+            ("app=web", ""),
+            ("app in (web,db),!missing", "spec.nodeName=n1"),
+            ("tier notin (fe)", ""),
+            ("", "status.phase!=Succeeded,status.phase!=Failed"),
+            ("", "spec.hostNetwork=false,metadata.namespace=default"),
+            (
+                "",
+                "status.podIP=10.42.0.5,spec.schedulerName=default-scheduler",
+            ),
+            ("app", "spec.nodeName="),
+        ] {
+            let l = parse_label_selector(labels).unwrap();
+            let f = parse_field_selector(fields, "Pod").unwrap();
+            for obj in [&pod, &bare] {
+                let a = selection_attrs("Pod", obj);
+                assert_eq!(
+                    l.matches_object(&a) && f.matches(&a),
+                    l.matches_object(obj) && f.matches(obj),
+                    "{labels:?} {fields:?} on {obj}"
+                );
+            }
+        }
+        let ev = json!({"metadata": {"name": "e"}, "source": {"component": "kubelet"}, "type": "Normal"});
+        let f = parse_field_selector("source=kubelet,type=Normal", "Event").unwrap();
+        assert!(f.matches(&selection_attrs("Event", &ev)));
     }
 }

@@ -62,7 +62,7 @@ impl AppState {
         server_url: String,
     ) -> Arc<AppState> {
         Arc::new(AppState {
-            cache: crate::cache::WatchCache::new(store.clone()),
+            cache: crate::cache::WatchCache::new(store.clone(), config.watch_cache_history),
             alloc: crate::alloc::Allocator::new(
                 store.clone(),
                 config.service_cidr,
@@ -667,6 +667,9 @@ async fn resource_request(
         (true, Some("binding")) if m == Method::POST => binding(state, &t, &ctx).await,
         // kubectl logs: proxied to the node's kubelet API.
         (true, Some("log")) => crate::pod_logs::get(state, &t, &ctx).await,
+        (true, Some("finalize")) if m == Method::PUT => {
+            write_existing(state, &t, &ctx, Mode::Finalize).await
+        }
         _ => Err(st::method_not_supported(t.gr(), verb_of(&m))),
     }
 }
@@ -786,10 +789,30 @@ fn parse_rv(s: &str) -> Result<u64, StatusError> {
     })
 }
 
-/// The snapshot a list reads, per upstream's `resourceVersion`/`resourceVersionMatch`
-/// rules: unset = most recent; `0` = any (we serve the most recent); `Exact` = that
-/// snapshot; `NotOlderThan` (the default for a set version) = at least that version.
-async fn list_revision(state: &AppState, ctx: &Ctx) -> Result<Option<u64>, StatusError> {
+/// How long a LIST waits for the watch cache to reach the revision it must serve before
+/// it reads the store instead (upstream's cacher waits the same 3 s, `blockTimeout`).
+pub(crate) const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Which snapshot a LIST reads, per upstream's `resourceVersion`/`resourceVersionMatch`
+/// rules, and so who answers it (KEP-2340, consistent reads from cache).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ListAt {
+    /// Unset: the most recent state. The cache answers once it has caught up with the
+    /// store's current revision (bounded wait), else the store.
+    Latest,
+    /// `0`: any state; the cache's, whatever it has (the store's before it is filled).
+    Any,
+    /// `N` (`NotOlderThan`, the default for a set version): the cache once it has reached
+    /// `N`; a version the store has not reached is 504 Too large resource version.
+    NotOlderThan(u64),
+    /// `N` with `Exact`: that snapshot, from the store.
+    Exact(u64),
+    /// A continue token's revision: that snapshot, from the cache while its window still
+    /// holds it, else from the store (410 once compacted).
+    Continue(u64),
+}
+
+fn list_at(ctx: &Ctx) -> Result<ListAt, StatusError> {
     let rv = ctx.q("resourceVersion");
     let rvm = ctx.q("resourceVersionMatch");
     if rv.is_empty() {
@@ -798,7 +821,7 @@ async fn list_revision(state: &AppState, ctx: &Ctx) -> Result<Option<u64>, Statu
                 "resourceVersionMatch is forbidden unless resourceVersion is provided",
             ));
         }
-        return Ok(None);
+        return Ok(ListAt::Latest);
     }
     let n = parse_rv(rv)?;
     match rvm {
@@ -808,34 +831,151 @@ async fn list_revision(state: &AppState, ctx: &Ctx) -> Result<Option<u64>, Statu
                     "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
                 ));
             }
-            Ok(Some(n))
+            Ok(ListAt::Exact(n))
         }
-        "" | "NotOlderThan" => {
-            let cur = state.store.current_revision().await.map_err(store_error)?;
-            if n > cur {
-                let mut e = st::bad_request(format!("Too large resource version: {n}, current: {cur}"));
-                e.code = 504;
-                e.body["code"] = json!(504);
-                e.body["reason"] = json!("Timeout");
-                return Err(e);
-            }
-            Ok(None)
-        }
+        "" | "NotOlderThan" if n == 0 => Ok(ListAt::Any),
+        "" | "NotOlderThan" => Ok(ListAt::NotOlderThan(n)),
         other => Err(st::bad_request(format!(
             "resourceVersionMatch: Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""
         ))),
     }
 }
 
+fn too_large(n: u64, cur: u64) -> StatusError {
+    let mut e = st::bad_request(format!("Too large resource version: {n}, current: {cur}"));
+    e.code = 504;
+    e.body["code"] = json!(504);
+    e.body["reason"] = json!("Timeout");
+    e
+}
+
+fn continue_too_old() -> StatusError {
+    st::expired(
+        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+    )
+}
+
+/// One listed object: decoded from the store, or as the watch cache holds it.
+pub(crate) enum ListItem {
+    Value(Value),
+    Cached(Arc<crate::cache::CachedObject>),
+}
+
+impl ListItem {
+    pub fn into_value(self) -> Value {
+        match self {
+            ListItem::Value(v) => v,
+            ListItem::Cached(c) => c.value(),
+        }
+    }
+
+    fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            ListItem::Value(v) => {
+                let _ = serde_json::to_writer(&mut *out, v);
+            }
+            ListItem::Cached(c) => out.extend_from_slice(&c.json),
+        }
+    }
+}
+
 /// Matching objects of a collection, paginated, and the list's revision.
 pub(crate) struct ListPage {
-    pub items: Vec<Value>,
+    pub items: Vec<ListItem>,
     pub revision: u64,
     pub continue_token: Option<String>,
     pub remaining: Option<u64>,
+    /// Whether the watch cache answered (for tests and the access log).
+    pub from_cache: bool,
 }
 
+impl ListPage {
+    pub fn into_values(self) -> Vec<Value> {
+        self.items.into_iter().map(ListItem::into_value).collect()
+    }
+}
+
+/// A page of a collection read as `at` says: from the watch cache where it can answer,
+/// else from the store. Both give the same page for the same revision: the continue token
+/// is the revision and the last key looked at, whoever answered.
 pub(crate) async fn list_objects(
+    state: &AppState,
+    t: &Target,
+    sel: &Selectors,
+    at: ListAt,
+    limit: Option<usize>,
+    continue_after: Option<String>,
+) -> Result<ListPage, StatusError> {
+    let cache = &state.cache;
+    let cached_at = match at {
+        ListAt::Latest => {
+            let cur = state.store.current_revision().await.map_err(store_error)?;
+            cache.wait_for(cur, CACHE_WAIT).await.then_some(None)
+        }
+        ListAt::Any => cache.ready().map(|_| None),
+        ListAt::NotOlderThan(n) => {
+            let reached = cache.ready().is_some_and(|r| r >= n) || {
+                let cur = state.store.current_revision().await.map_err(store_error)?;
+                if n > cur {
+                    return Err(too_large(n, cur));
+                }
+                cache.wait_for(n, CACHE_WAIT).await
+            };
+            reached.then_some(None)
+        }
+        ListAt::Exact(_) => None,
+        ListAt::Continue(r) => {
+            if cache.ready().is_some_and(|c| c < r) {
+                // A token from another server or from the store: wait for it briefly.
+                cache.wait_for(r, CACHE_WAIT).await;
+            }
+            Some(Some(r))
+        }
+    };
+    if let Some(rev) = cached_at {
+        let root = format!("/registry/{}/", t.r.plural);
+        let matches = |attrs: &Value| sel.matches(attrs);
+        if let Some(page) = cache.list(
+            &root,
+            &t.prefix(),
+            rev,
+            &matches,
+            limit,
+            continue_after.as_deref(),
+        ) {
+            if let ListAt::Continue(r) = at {
+                // The store's compaction decides what is too old, as for watches, so that
+                // clients see one rule whatever answers them.
+                let compacted = state
+                    .store
+                    .compacted_revision()
+                    .await
+                    .map_err(store_error)?;
+                if r < compacted {
+                    return Err(continue_too_old());
+                }
+            }
+            let remaining = page.continue_after.is_some() && sel.everything();
+            return Ok(ListPage {
+                continue_token: page
+                    .continue_after
+                    .as_deref()
+                    .map(|k| continue_token(page.revision, k)),
+                remaining: remaining.then_some(page.remaining),
+                items: page.items.into_iter().map(ListItem::Cached).collect(),
+                revision: page.revision,
+                from_cache: true,
+            });
+        }
+    }
+    let revision = match at {
+        ListAt::Exact(n) | ListAt::Continue(n) => Some(n),
+        _ => None,
+    };
+    list_from_store(state, t, sel, revision, limit, continue_after).await
+}
+
+async fn list_from_store(
     state: &AppState,
     t: &Target,
     sel: &Selectors,
@@ -861,9 +1001,7 @@ pub(crate) async fn list_objects(
             )
             .await
             .map_err(|e| match e {
-                StoreError::Compacted { .. } => st::expired(
-                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
-                ),
+                StoreError::Compacted { .. } => continue_too_old(),
                 other => store_error(other),
             })?;
         rev = Some(page.revision);
@@ -871,7 +1009,7 @@ pub(crate) async fn list_objects(
         for (i, kv) in page.items.iter().enumerate() {
             let obj = decode_kv(kv, kv.mod_revision);
             if sel.matches(&obj) {
-                items.push(obj);
+                items.push(ListItem::Value(obj));
             }
             after = Some(kv.key.clone());
             if let Some(l) = limit {
@@ -887,6 +1025,7 @@ pub(crate) async fn list_objects(
                         revision: page.revision,
                         continue_token: more.then(|| continue_token(page.revision, &kv.key)),
                         remaining: if more { remaining } else { None },
+                        from_cache: false,
                     });
                 }
             }
@@ -897,6 +1036,7 @@ pub(crate) async fn list_objects(
                 revision: page.revision,
                 continue_token: None,
                 remaining: None,
+                from_cache: false,
             });
         }
     }
@@ -913,44 +1053,67 @@ async fn list(state: &AppState, t: &Target, ctx: &Ctx) -> Result<Response, Statu
         })?)
         .filter(|l| *l > 0),
     };
-    let (revision, after) = match ctx.q("continue") {
-        "" => (list_revision(state, ctx).await?, None),
+    let (at, after) = match ctx.q("continue") {
+        "" => (list_at(ctx)?, None),
         c => {
             let (rv, start) = parse_continue(c)?;
-            (Some(rv), Some(start))
+            (ListAt::Continue(rv), Some(start))
         }
     };
-    let page = list_objects(state, t, &sel, revision, limit, after).await?;
+    let page = list_objects(state, t, &sel, at, limit, after).await?;
     let rv = page.revision.to_string();
+    let continue_token = page.continue_token.clone();
     if ctx.wants_table() {
         let mut tb = table::table(
             t.r.kind,
-            &page.items,
+            &page.into_values(),
             &rv,
             ctx.include_object()?,
             util::now_unix(),
         );
-        if let Some(c) = &page.continue_token {
+        if let Some(c) = &continue_token {
             tb["metadata"]["continue"] = json!(c);
         }
         return Ok(json_response(200, &tb));
     }
     let mut meta = json!({"resourceVersion": rv});
-    if let Some(c) = page.continue_token {
+    if let Some(c) = continue_token {
         meta["continue"] = json!(c);
     }
     if let Some(r) = page.remaining {
         meta["remainingItemCount"] = json!(r);
     }
-    Ok(json_response(
-        200,
-        &json!({
-            "kind": format!("{}List", t.r.kind),
-            "apiVersion": t.r.api_version(),
-            "metadata": meta,
-            "items": page.items,
-        }),
-    ))
+    // The items are written as they are (the cache holds them encoded), after the list's
+    // own fields.
+    let head = json!({
+        "kind": format!("{}List", t.r.kind),
+        "apiVersion": t.r.api_version(),
+        "metadata": meta,
+    });
+    let mut body = serde_json::to_vec(&head).unwrap_or_default();
+    body.pop(); // the closing brace
+    body.extend_from_slice(b",\"items\":[");
+    for (i, item) in page.items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        item.write_json(&mut body);
+    }
+    body.extend_from_slice(b"]}");
+    let mut r = Response::new(Body::from(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if page.from_cache {
+        // Which path answered, for tests and debugging (upstream has no such header).
+        r.headers_mut()
+            .insert("x-skiff-list-from", HeaderValue::from_static("cache"));
+    } else {
+        r.headers_mut()
+            .insert("x-skiff-list-from", HeaderValue::from_static("store"));
+    }
+    Ok(r)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -964,6 +1127,8 @@ enum Mode {
     Status,
     /// `/scale`: only `.spec.replicas` changes.
     Scale,
+    /// `namespaces/<name>/finalize`: only `.spec.finalizers` changes.
+    Finalize,
 }
 
 /// Checks `apiVersion`/`kind` of a body against the resource (filling them in when
@@ -1074,7 +1239,16 @@ fn reset_status_for_create(r: &ResourceInfo, obj: &mut Value) {
     match r.kind {
         // Nodes may set status on create (the kubelet registers with it).
         "Node" => {}
-        "Namespace" => obj["status"] = json!({"phase": "Active"}),
+        "Namespace" => {
+            obj["status"] = json!({"phase": "Active"});
+            // Upstream's PrepareForCreate: every namespace carries the `kubernetes`
+            // finalizer, which the namespace controller removes once it has emptied it.
+            let mut fs = namespace_finalizers(obj);
+            if !fs.contains(&json!("kubernetes")) {
+                fs.push(json!("kubernetes"));
+            }
+            obj["spec"]["finalizers"] = Value::Array(fs);
+        }
         "Pod" => obj["status"] = json!({"phase": "Pending"}),
         _ if has_status(r) => {
             if let Some(m) = obj.as_object_mut() {
@@ -1433,6 +1607,7 @@ async fn write_existing(
             .is_some_and(|g| g > 0);
         let finalize = new.pointer("/metadata/deletionTimestamp").is_some()
             && finalizers(&new).is_empty()
+            && namespace_finalizers(&new).is_empty()
             && !graceful;
         let result = if finalize {
             state
@@ -1496,6 +1671,15 @@ fn requested_rv(ctx: &Ctx) -> Option<String> {
         .map(str::to_string)
 }
 
+/// A Namespace's `spec.finalizers` (upstream's `ShouldDeleteNamespaceDuringUpdate`: a
+/// terminating namespace goes when these and `metadata.finalizers` are both empty).
+fn namespace_finalizers(obj: &Value) -> Vec<Value> {
+    obj.pointer("/spec/finalizers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
 fn finalizers(obj: &Value) -> Vec<Value> {
     obj.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
@@ -1542,7 +1726,28 @@ fn finish_update(
             }
             new = base;
         }
+        Mode::Finalize => {
+            // Upstream's namespace finalize strategy: the request's spec.finalizers, the
+            // rest as stored.
+            let mut base = current.clone();
+            base["spec"]["finalizers"] = new
+                .pointer("/spec/finalizers")
+                .cloned()
+                .unwrap_or_else(|| json!([]));
+            new = base;
+        }
         _ => {}
+    }
+    if kind == "Namespace" && mode != Mode::Finalize {
+        // Upstream's namespace strategies: spec.finalizers change only through /finalize.
+        match current.pointer("/spec/finalizers") {
+            Some(f) => new["spec"]["finalizers"] = f.clone(),
+            None => {
+                if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
+                    spec.remove("finalizers");
+                }
+            }
+        }
     }
     // System fields clients cannot change.
     {
@@ -1930,6 +2135,49 @@ async fn delete_one(
                 obj["metadata"]["finalizers"] = Value::Array(fs);
             }
         }
+        if t.r.kind == "Namespace" && matches!(t.name(), "default" | "kube-system" | "kube-public")
+        {
+            // Upstream's NamespaceLifecycle admission keeps these.
+            return Err(st::forbidden(
+                t.gr(),
+                t.name(),
+                "this namespace may not be deleted",
+            ));
+        }
+        if t.r.kind == "Namespace" && !namespace_finalizers(&obj).is_empty() {
+            // Upstream's namespace REST Delete: mark it Terminating; the namespace
+            // controller deletes its content and then its `kubernetes` finalizer, and the
+            // update removing the last finalizer deletes it.
+            if obj.pointer("/metadata/deletionTimestamp").is_some() {
+                return Err(st::conflict(
+                    t.gr(),
+                    t.name(),
+                    "The system is ensuring all content is removed from this namespace.  Upon completion, this namespace will automatically be purged by the system.",
+                ));
+            }
+            let mut marked = obj.clone();
+            marked["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+            marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            marked["status"]["phase"] = json!("Terminating");
+            if let Some(m) = marked.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.remove("resourceVersion");
+            }
+            if dry {
+                return Ok((200, marked));
+            }
+            match state
+                .store
+                .update(&key, to_bytes(&marked), Some(kv.mod_revision))
+                .await
+            {
+                Ok(rev) => {
+                    set_rv(&mut marked, rev);
+                    return Ok((200, marked));
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(store_error(e)),
+            }
+        }
         let grace = pod_grace_period(t.r, &obj, opts);
         if grace > 0 {
             // Graceful pod deletion: the pod's kubelet (skiff's node agent) stops it and then
@@ -1995,9 +2243,6 @@ async fn delete_one(
                 if t.r.kind == "Service" {
                     state.alloc.on_delete(&obj).await;
                 }
-                if t.r.kind == "Namespace" {
-                    delete_namespace_contents(state, t.name()).await;
-                }
                 return Ok((200, deleted_body(t, obj)));
             }
             Err(StoreError::Conflict { .. }) => continue,
@@ -2052,27 +2297,6 @@ fn deleted_body(t: &Target, obj: Value) -> Value {
     }
 }
 
-/// Upstream's namespace controller deletes a namespace's content; skiff has no controller
-/// manager yet, so the apiserver does it when the namespace goes.
-async fn delete_namespace_contents(state: &AppState, ns: &str) {
-    for r in resources::RESOURCES.iter().filter(|r| r.namespaced) {
-        let prefix = format!("/registry/{}/{ns}/", r.plural);
-        if let Ok(page) = state.store.list(&prefix, ListOptions::default()).await {
-            for kv in page.items {
-                match state.store.delete(&kv.key, None).await {
-                    Ok(_) if r.kind == "Service" => {
-                        if let Ok(svc) = serde_json::from_slice::<Value>(&kv.value) {
-                            state.alloc.on_delete(&svc).await;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!("deleting {} with its namespace: {e}", kv.key),
-                }
-            }
-        }
-    }
-}
-
 async fn delete_collection(
     state: &AppState,
     t: &Target,
@@ -2081,9 +2305,10 @@ async fn delete_collection(
     let opts = delete_options(ctx)?;
     let dry = ctx.dry_run()?;
     let sel = Selectors::parse(t, ctx)?;
-    let page = list_objects(state, t, &sel, None, None, None).await?;
+    let page = list_objects(state, t, &sel, ListAt::Latest, None, None).await?;
+    let revision = page.revision;
     let mut items = Vec::new();
-    for obj in page.items {
+    for obj in page.into_values() {
         let one = Target {
             r: t.r,
             ns: obj
@@ -2104,7 +2329,7 @@ async fn delete_collection(
         &json!({
             "kind": format!("{}List", t.r.kind),
             "apiVersion": t.r.api_version(),
-            "metadata": {"resourceVersion": page.revision.to_string()},
+            "metadata": {"resourceVersion": revision.to_string()},
             "items": items,
         }),
     ))

@@ -1,56 +1,309 @@
-//! Watch fan-out: one store watch per resource, shared by every client watch of that
-//! resource, with a bounded history so that a watch from a recent resourceVersion is
-//! served from memory (upstream's watch cache does the same for watches; LIST still reads
-//! the store).
+//! The watch cache: every served resource's objects in memory, fed by one store watch, so
+//! that LIST and WATCH do not touch the store in steady state (upstream's cacher, with
+//! KEP-2340's consistent reads from cache).
 //!
-//! * A hub is created on the first watch of a resource and feeds from the store from the
-//!   revision current at that moment; it keeps the last [`HISTORY`] events.
-//! * A watch from revision `r` is served by the hub when its history covers everything
-//!   after `r` and the store has not compacted `r` away; otherwise it goes to the store,
-//!   which answers from its own history or with `Compacted` (the client's 410).
+//! * At start (and again after its store watch fails) the cache lists everything under
+//!   `/registry/` at one revision `R0` and then watches *all* keys from `R0`. Because every
+//!   store write produces exactly one event, the cache's revision — that of the last event
+//!   applied — reaches the store's current revision as soon as it has seen every write, which
+//!   is what a consistent read waits for ([`WatchCache::wait_for`]). (On an etcd shared with
+//!   writers outside skiff's key prefix the cache cannot reach etcd's revision without
+//!   progress notifications; such reads time out and fall back to the store.)
+//! * Per resource it keeps the objects at the cache's revision (JSON as a GET returns them,
+//!   plus the fields selectors read: upstream's `GetAttrs`) and the last [`HISTORY`]
+//!   changes with each object's state *before* the change. With those, a page of the
+//!   snapshot at any revision `R` in the window (`R >= complete_after`) is the current state
+//!   with the changes after `R` undone — exactly what the store answers at `R`, so a
+//!   paginated LIST can continue from the cache under concurrent writes.
+//! * A watch from revision `r` is served from the history when it covers everything after
+//!   `r` and the store has not compacted `r` away; otherwise it goes to the store, which
+//!   answers from its own history or with `Compacted` (the client's 410).
 //! * Subscribers get events through bounded channels filled with `try_send`: a subscriber
 //!   whose channel is full is dropped (its response ends and the client re-watches), so a
-//!   slow client never delays the hub, the store or other clients.
-//! * If the hub's own store watch fails (e.g. the store cut it off), the hub closes all its
-//!   subscribers and is replaced on the next watch.
+//!   slow client never delays the cache, the store or other clients.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
-use skiff_store::{Event, Revision, Store, StoreError, WatchStream};
-use tokio::sync::mpsc;
+use serde_json::Value;
+use skiff_api::resources::RESOURCES;
+use skiff_store::{Event, KeyValue, ListOptions, Revision, Store, StoreError, WatchStream};
+use tokio::sync::{mpsc, watch};
 
-/// Events kept per resource for watches that resume from a recent version.
+/// Changes kept per resource by default: watches resuming from, and continued LISTs at, a
+/// revision within the last this-many changes of their resource are served from memory.
 pub const HISTORY: usize = 1000;
 /// Events buffered per subscriber beyond its replay before it counts as too slow.
 pub const SUBSCRIBER_BUFFER: usize = 1024;
+/// Keys read per store page while (re)filling the cache.
+const FILL_PAGE: usize = 2000;
 
-struct HubInner {
-    history: VecDeque<Arc<Event>>,
-    /// Every event with a revision above this one is in `history` (or still to come).
+/// One object as the cache holds it.
+pub(crate) struct CachedObject {
+    /// The store key (what tests and debugging look at; pages are ordered by it).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub key: String,
+    /// The object as a GET returns it (`resourceVersion` set), JSON.
+    pub json: Bytes,
+    /// What label and field selectors read ([`skiff_api::selector::selection_attrs`]).
+    attrs: Value,
+}
+
+impl CachedObject {
+    fn new(kind: &str, kv: &KeyValue) -> CachedObject {
+        let obj = crate::api::decode_kv(kv, kv.mod_revision);
+        CachedObject {
+            key: kv.key.clone(),
+            json: Bytes::from(serde_json::to_vec(&obj).unwrap_or_default()),
+            attrs: skiff_api::selector::selection_attrs(kind, &obj),
+        }
+    }
+
+    /// The object, decoded.
+    pub fn value(&self) -> Value {
+        serde_json::from_slice(&self.json).unwrap_or_default()
+    }
+}
+
+/// A change in a resource's history.
+struct Change {
+    event: Arc<Event>,
+    /// The object's state before the change (`None`: it did not exist).
+    before: Option<Arc<CachedObject>>,
+}
+
+struct Resource {
+    kind: &'static str,
+    /// Changes kept in `history`.
+    keep: usize,
+    objects: BTreeMap<String, Arc<CachedObject>>,
+    history: VecDeque<Change>,
+    /// Every change of this resource with a revision above this one is in `history`.
     complete_after: Revision,
     /// Each subscriber's key prefix (its namespace, or the whole resource) and channel:
     /// only matching events count against its buffer.
     subscribers: Vec<(String, mpsc::Sender<Arc<Event>>)>,
-    closed: bool,
 }
 
-struct Hub {
-    inner: Mutex<HubInner>,
+impl Resource {
+    /// Applies `event`; `obj` is the object a Put leaves (decoded outside the lock).
+    fn apply(&mut self, event: Event, obj: Option<Arc<CachedObject>>) {
+        let event = Arc::new(event);
+        let key = event.key().to_string();
+        let before = match obj {
+            Some(obj) => self.objects.insert(key.clone(), obj),
+            None => self.objects.remove(&key),
+        };
+        self.history.push_back(Change {
+            event: event.clone(),
+            before,
+        });
+        while self.history.len() > self.keep {
+            if let Some(old) = self.history.pop_front() {
+                self.complete_after = old.event.revision();
+            }
+        }
+        // A full channel: that client is too slow; dropping its sender ends its stream
+        // once it has drained what it has.
+        self.subscribers.retain(|(prefix, tx)| {
+            !key.starts_with(prefix.as_str()) || tx.try_send(event.clone()).is_ok()
+        });
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// False until the first fill, and from a failed store watch until the next fill.
+    ready: bool,
+    /// Every store change up to this revision has been applied.
+    revision: Revision,
+    /// By resource root, `/registry/<plural>/`.
+    resources: HashMap<String, Resource>,
+}
+
+/// One page of a LIST answered by the cache.
+pub(crate) struct CachePage {
+    pub items: Vec<Arc<CachedObject>>,
+    pub revision: Revision,
+    /// The last key of the page, when the snapshot has more keys after it.
+    pub continue_after: Option<String>,
+    /// With `continue_after`: how many keys the snapshot has after it.
+    pub remaining: u64,
+}
+
+struct Shared {
+    store: Arc<dyn Store>,
+    /// Changes kept per resource.
+    history: usize,
+    state: Mutex<State>,
+    /// `(ready, revision)`, for readers waiting for the cache to catch up.
+    progress: watch::Sender<(bool, Revision)>,
 }
 
 pub(crate) struct WatchCache {
-    store: Arc<dyn Store>,
-    hubs: Mutex<HashMap<String, Arc<Hub>>>,
+    shared: Arc<Shared>,
+    feed: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for WatchCache {
+    fn drop(&mut self) {
+        if let Some(h) = self.feed.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            h.abort();
+        }
+    }
+}
+
+/// `/registry/<plural>/` of a key, if it has that shape.
+fn root_of(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix("/registry/")?;
+    let end = rest.find('/')?;
+    Some(&key[..10 + end + 1])
+}
+
+/// The kind stored under a resource root.
+fn kind_of_root(root: &str) -> Option<&'static str> {
+    let plural = root.strip_prefix("/registry/")?.strip_suffix('/')?;
+    RESOURCES
+        .iter()
+        .find(|r| r.plural == plural)
+        .map(|r| r.kind)
+}
+
+fn new_resources(revision: Revision, keep: usize) -> HashMap<String, Resource> {
+    RESOURCES
+        .iter()
+        .map(|r| {
+            (
+                format!("/registry/{}/", r.plural),
+                Resource {
+                    kind: r.kind,
+                    keep: keep.max(1),
+                    objects: BTreeMap::new(),
+                    history: VecDeque::new(),
+                    complete_after: revision,
+                    subscribers: Vec::new(),
+                },
+            )
+        })
+        .collect()
 }
 
 impl WatchCache {
-    pub fn new(store: Arc<dyn Store>) -> WatchCache {
+    pub fn new(store: Arc<dyn Store>, history: usize) -> WatchCache {
         WatchCache {
-            store,
-            hubs: Mutex::new(HashMap::new()),
+            shared: Arc::new(Shared {
+                store,
+                history,
+                state: Mutex::new(State::default()),
+                progress: watch::channel((false, 0)).0,
+            }),
+            feed: Mutex::new(None),
         }
+    }
+
+    /// Starts filling and feeding the cache (once; later calls do nothing). Until it is
+    /// filled, reads fall back to the store.
+    pub fn start(&self) {
+        let mut feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
+        if feed.is_none() {
+            *feed = Some(tokio::spawn(run(self.shared.clone())).abort_handle());
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.shared.state()
+    }
+
+    /// Waits until the cache is filled and has applied every change up to `revision`;
+    /// false after `timeout`.
+    pub async fn wait_for(&self, revision: Revision, timeout: Duration) -> bool {
+        let mut rx = self.shared.progress.subscribe();
+        tokio::time::timeout(
+            timeout,
+            rx.wait_for(|(ready, rev)| *ready && *rev >= revision),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Whether the cache is filled (and its revision).
+    pub fn ready(&self) -> Option<Revision> {
+        let s = self.state();
+        s.ready.then_some(s.revision)
+    }
+
+    /// A page of the keys under `prefix` (inside the resource root `root`) in the snapshot
+    /// at `at` (`None`: the cache's revision) that `matches` accepts, after `after`, at most
+    /// `limit` of them; the same page the store's snapshot at that revision yields. `None`
+    /// when the cache cannot answer: not filled, `at` newer than the cache or older than
+    /// its window for this resource.
+    pub fn list(
+        &self,
+        root: &str,
+        prefix: &str,
+        at: Option<Revision>,
+        matches: &dyn Fn(&Value) -> bool,
+        limit: Option<usize>,
+        after: Option<&str>,
+    ) -> Option<CachePage> {
+        let s = self.state();
+        if !s.ready {
+            return None;
+        }
+        let res = s.resources.get(root)?;
+        let at = at.unwrap_or(s.revision);
+        if at > s.revision || at < res.complete_after {
+            return None;
+        }
+        // The snapshot at `at`: for every key changed after `at`, its state before its
+        // first change after `at`.
+        let mut undone: BTreeMap<&str, Option<&Arc<CachedObject>>> = BTreeMap::new();
+        for c in res.history.iter().rev() {
+            if c.event.revision() <= at {
+                break;
+            }
+            undone.insert(c.event.key(), c.before.as_ref());
+        }
+        let lower = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a),
+            _ => Bound::Included(prefix),
+        };
+        let current = res
+            .objects
+            .range::<str, _>((lower, Bound::Unbounded))
+            .map(|(k, v)| (k.as_str(), Some(v)));
+        let old = undone.range::<str, _>((lower, Bound::Unbounded));
+        let mut snapshot = Merge {
+            current: current.peekable(),
+            undone: old.map(|(k, v)| (*k, *v)).peekable(),
+        }
+        .take_while(|(k, _)| k.starts_with(prefix));
+        let mut items = Vec::new();
+        while let Some((key, obj)) = snapshot.next() {
+            if !matches(&obj.attrs) {
+                continue;
+            }
+            items.push(obj.clone());
+            if limit.is_some_and(|l| items.len() >= l) {
+                let remaining = snapshot.count() as u64;
+                return Some(CachePage {
+                    items,
+                    revision: at,
+                    continue_after: (remaining > 0).then(|| key.to_string()),
+                    remaining,
+                });
+            }
+        }
+        Some(CachePage {
+            items,
+            revision: at,
+            continue_after: None,
+            remaining: 0,
+        })
     }
 
     /// Like [`Store::watch`] for keys under `prefix`, which must lie inside the resource
@@ -61,38 +314,39 @@ impl WatchCache {
         prefix: &str,
         from: Revision,
     ) -> skiff_store::Result<WatchStream> {
-        let hub = self.hub(root).await?;
-        // The store's compaction decides what is too old (410), also for versions the hub
+        // The store's compaction decides what is too old (410), also for versions the cache
         // still remembers, so that clients see one rule whatever serves them.
-        let compacted = self.store.compacted_revision().await?;
+        let compacted = self.shared.store.compacted_revision().await?;
         let rx = {
-            let mut inner = hub.inner.lock().unwrap_or_else(|e| e.into_inner());
-            if inner.closed || from < inner.complete_after || from < compacted {
-                None
-            } else {
-                let replay: Vec<Arc<Event>> = inner
-                    .history
-                    .iter()
-                    .filter(|e| e.revision() > from && e.key().starts_with(prefix))
-                    .cloned()
-                    .collect();
-                let (tx, rx) = mpsc::channel(replay.len() + SUBSCRIBER_BUFFER);
-                for e in replay {
-                    // Cannot fail: the channel has room for the whole replay.
-                    let _ = tx.try_send(e);
+            let mut s = self.state();
+            let ready = s.ready;
+            match s.resources.get_mut(root) {
+                Some(res) if ready && from >= res.complete_after && from >= compacted => {
+                    let replay: Vec<Arc<Event>> = res
+                        .history
+                        .iter()
+                        .filter(|c| c.event.revision() > from && c.event.key().starts_with(prefix))
+                        .map(|c| c.event.clone())
+                        .collect();
+                    let (tx, rx) = mpsc::channel(replay.len() + SUBSCRIBER_BUFFER);
+                    for e in replay {
+                        // Cannot fail: the channel has room for the whole replay.
+                        let _ = tx.try_send(e);
+                    }
+                    res.subscribers.push((prefix.to_string(), tx));
+                    Some(rx)
                 }
-                inner.subscribers.push((prefix.to_string(), tx));
-                Some(rx)
+                _ => None,
             }
         };
         let Some(rx) = rx else {
-            return self.store.watch(prefix, from).await;
+            return self.shared.store.watch(prefix, from).await;
         };
         let stream =
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
                 .filter(move |e| {
-                    // The hub may deliver events at or below `from` that it received after the
-                    // subscriber registered (the hub can lag the store).
+                    // Events at or below `from` can arrive when `from` is newer than the
+                    // cache (a version from another server or from the store).
                     let keep = e.revision() > from;
                     async move { keep }
                 })
@@ -100,80 +354,170 @@ impl WatchCache {
         Ok(Box::pin(stream))
     }
 
-    async fn hub(&self, root: &str) -> skiff_store::Result<Arc<Hub>> {
-        if let Some(h) = self
-            .hubs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+    #[cfg(test)]
+    fn subscriber_count(&self, root: &str) -> usize {
+        self.state()
+            .resources
             .get(root)
-        {
-            if !h.inner.lock().unwrap_or_else(|e| e.into_inner()).closed {
-                return Ok(h.clone());
-            }
-        }
-        let start = self.store.current_revision().await?;
-        let stream = self.store.watch(root, start).await?;
-        let hub = Arc::new(Hub {
-            inner: Mutex::new(HubInner {
-                history: VecDeque::new(),
-                complete_after: start,
-                subscribers: Vec::new(),
-                closed: false,
-            }),
-        });
-        let mut hubs = self.hubs.lock().unwrap_or_else(|e| e.into_inner());
-        // Another watch may have created one meanwhile: use the live one.
-        if let Some(h) = hubs.get(root) {
-            if !h.inner.lock().unwrap_or_else(|e| e.into_inner()).closed {
-                return Ok(h.clone());
-            }
-        }
-        hubs.insert(root.to_string(), hub.clone());
-        tokio::spawn(feed(hub.clone(), stream, root.to_string()));
-        Ok(hub)
+            .map_or(0, |r| r.subscribers.len())
     }
 }
 
-async fn feed(hub: Arc<Hub>, mut stream: WatchStream, root: String) {
-    loop {
-        let item = stream.next().await;
-        let mut inner = hub.inner.lock().unwrap_or_else(|e| e.into_inner());
-        match item {
-            Some(Ok(ev)) => {
-                let ev = Arc::new(ev);
-                inner.history.push_back(ev.clone());
-                while inner.history.len() > HISTORY {
-                    if let Some(old) = inner.history.pop_front() {
-                        inner.complete_after = old.revision();
+/// Merges the current objects with the undone changes (both sorted by key); an undone key
+/// replaces the current state (`None`: absent in the snapshot).
+struct Merge<'a, C, U>
+where
+    C: Iterator<Item = (&'a str, Option<&'a Arc<CachedObject>>)>,
+    U: Iterator<Item = (&'a str, Option<&'a Arc<CachedObject>>)>,
+{
+    current: std::iter::Peekable<C>,
+    undone: std::iter::Peekable<U>,
+}
+
+impl<'a, C, U> Iterator for Merge<'a, C, U>
+where
+    C: Iterator<Item = (&'a str, Option<&'a Arc<CachedObject>>)>,
+    U: Iterator<Item = (&'a str, Option<&'a Arc<CachedObject>>)>,
+{
+    type Item = (&'a str, &'a Arc<CachedObject>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let next = match (self.current.peek(), self.undone.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => self.current.next(),
+                (None, Some(_)) => self.undone.next(),
+                (Some((c, _)), Some((u, _))) => match c.cmp(u) {
+                    std::cmp::Ordering::Less => self.current.next(),
+                    std::cmp::Ordering::Greater => self.undone.next(),
+                    std::cmp::Ordering::Equal => {
+                        self.current.next();
+                        self.undone.next()
                     }
-                }
-                // A full channel: that client is too slow; dropping its sender ends its
-                // stream once it has drained what it has.
-                let key = ev.key().to_string();
-                inner.subscribers.retain(|(prefix, tx)| {
-                    !key.starts_with(prefix.as_str()) || tx.try_send(ev.clone()).is_ok()
-                });
-            }
-            end => {
-                if let Some(Err(e)) = end {
-                    if !matches!(e, StoreError::WatcherTooSlow { .. }) {
-                        tracing::warn!("watch cache for {root}: {e}");
-                    }
-                }
-                inner.closed = true;
-                inner.subscribers.clear();
-                return;
+                },
+            };
+            if let Some((k, Some(v))) = next {
+                return Some((k, v));
             }
         }
+    }
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the state half-updated in a way that
+        // matters more than a failed feed does, so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Closes every subscriber (their clients re-watch) and sends reads to the store.
+    fn invalidate(&self) {
+        let mut s = self.state();
+        s.ready = false;
+        for r in s.resources.values_mut() {
+            r.subscribers.clear();
+        }
+        let rev = s.revision;
+        self.progress.send_replace((false, rev));
+    }
+}
+
+/// Fills the cache and feeds it from one store watch; refills after a failure.
+async fn run(shared: Arc<Shared>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match fill(&shared).await {
+            Ok(stream) => {
+                backoff = Duration::from_millis(100);
+                let e = feed(&shared, stream).await;
+                match e {
+                    Some(StoreError::WatcherTooSlow { .. }) | None => {
+                        tracing::info!("watch cache: store watch ended; refilling")
+                    }
+                    Some(e) => tracing::warn!("watch cache: store watch failed: {e}; refilling"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "watch cache: filling from the store failed: {e}; retrying in {backoff:?}"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+        shared.invalidate();
+    }
+}
+
+/// Lists everything at one revision into fresh resources and starts the watch after it.
+async fn fill(shared: &Shared) -> skiff_store::Result<WatchStream> {
+    let store = &shared.store;
+    let revision = store.current_revision().await?;
+    let mut resources = new_resources(revision, shared.history);
+    let mut after = None;
+    loop {
+        let page = store
+            .list(
+                "/registry/",
+                ListOptions {
+                    revision: Some(revision),
+                    limit: Some(FILL_PAGE),
+                    continue_after: after.take(),
+                },
+            )
+            .await?;
+        for kv in &page.items {
+            if let Some(res) = root_of(&kv.key).and_then(|r| resources.get_mut(r)) {
+                res.objects
+                    .insert(kv.key.clone(), Arc::new(CachedObject::new(res.kind, kv)));
+            }
+        }
+        if !page.more() || page.items.is_empty() {
+            break;
+        }
+        after = page.items.last().map(|kv| kv.key.clone());
+    }
+    // All keys, not only `/registry/`: every write must move the cache's revision.
+    let stream = store.watch("", revision).await?;
+    let mut s = shared.state();
+    s.resources = resources;
+    s.revision = revision;
+    s.ready = true;
+    shared.progress.send_replace((true, revision));
+    tracing::debug!("watch cache filled at revision {revision}");
+    Ok(stream)
+}
+
+/// Applies the store's events until its watch ends; returns why.
+async fn feed(shared: &Shared, mut stream: WatchStream) -> Option<StoreError> {
+    loop {
+        let ev = match stream.next().await? {
+            Ok(ev) => ev,
+            Err(e) => return Some(e),
+        };
+        let rev = ev.revision();
+        let root = root_of(ev.key()).map(str::to_string);
+        let kind = root.as_deref().and_then(kind_of_root);
+        // Decoding happens before taking the lock readers share.
+        let obj = match (&ev, kind) {
+            (Event::Put { kv, .. }, Some(kind)) => Some(Arc::new(CachedObject::new(kind, kv))),
+            _ => None,
+        };
+        {
+            let mut s = shared.state();
+            if let (Some(res), Some(_)) = (root.and_then(|r| s.resources.get_mut(&r)), kind) {
+                res.apply(ev, obj);
+            }
+            s.revision = rev;
+        }
+        shared.progress.send_replace((true, rev));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
     use skiff_store::RedbStore;
-    use std::time::Duration;
 
     async fn next(s: &mut WatchStream) -> Event {
         tokio::time::timeout(Duration::from_secs(10), s.next())
@@ -183,12 +527,162 @@ mod tests {
             .expect("stream error")
     }
 
+    fn cm(name: &str, ns: &str, labels: &str) -> Bytes {
+        Bytes::from(
+            serde_json::to_vec(&serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": ns, "labels": {"l": labels}},
+            }))
+            .unwrap(),
+        )
+    }
+
+    async fn started(store: &Arc<dyn Store>) -> WatchCache {
+        let cache = WatchCache::new(store.clone(), HISTORY);
+        cache.start();
+        let cur = store.current_revision().await.unwrap();
+        assert!(cache.wait_for(cur, Duration::from_secs(10)).await);
+        cache
+    }
+
+    #[test]
+    fn roots() {
+        assert_eq!(root_of("/registry/pods/ns/a"), Some("/registry/pods/"));
+        assert_eq!(root_of("/registry/nodes/n"), Some("/registry/nodes/"));
+        assert_eq!(root_of("/registry/x"), None);
+        assert_eq!(root_of("/other/pods/a"), None);
+    }
+
+    /// Every page the cache answers at any revision in its window equals the store's at
+    /// that revision, with and without a selector.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshots_equal_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::open(dir.path().join("s.redb"), Default::default()).unwrap());
+        for i in 0..10 {
+            store
+                .create(&format!("/registry/configmaps/a/k{i}"), cm("x", "a", "old"))
+                .await
+                .unwrap();
+        }
+        let cache = started(&store).await;
+        let mut revs = vec![store.current_revision().await.unwrap()];
+        // Updates, deletes, re-creates and new keys, interleaved.
+        for round in 0..6u32 {
+            let k = |i: u32| format!("/registry/configmaps/a/k{i}");
+            let label = if round % 2 == 0 { "new" } else { "old" };
+            store
+                .update(&k(round), cm("x", "a", label), None)
+                .await
+                .unwrap();
+            store.delete(&k(round + 3), None).await.unwrap();
+            store.create(&k(round + 3), cm("x", "a", "new")).await.ok();
+            store
+                .create(
+                    &format!("/registry/configmaps/b/n{round}"),
+                    cm("y", "b", "new"),
+                )
+                .await
+                .unwrap();
+            store
+                .create(
+                    &format!("/registry/skiff.io/other/{round}"),
+                    cm("z", "", ""),
+                )
+                .await
+                .unwrap();
+            revs.push(store.current_revision().await.unwrap());
+        }
+        let cur = *revs.last().unwrap();
+        assert!(cache.wait_for(cur, Duration::from_secs(10)).await);
+        let root = "/registry/configmaps/";
+        let only_new = |v: &Value| v.pointer("/metadata/labels/l") == Some(&Value::from("new"));
+        let all = |_: &Value| true;
+        for &at in &revs {
+            for prefix in [root, "/registry/configmaps/a/"] {
+                for (name, matches) in
+                    [("all", &all as &dyn Fn(&Value) -> bool), ("new", &only_new)]
+                {
+                    // Page through with limit 3 from the cache; compare with the store.
+                    let mut after: Option<String> = None;
+                    let mut got = Vec::new();
+                    loop {
+                        let page = cache
+                            .list(root, prefix, Some(at), matches, Some(3), after.as_deref())
+                            .expect("in the window");
+                        assert_eq!(page.revision, at);
+                        got.extend(page.items.iter().map(|o| o.key.clone()));
+                        match page.continue_after {
+                            Some(k) => after = Some(k),
+                            None => break,
+                        }
+                    }
+                    let want: Vec<String> = store
+                        .list(
+                            prefix,
+                            ListOptions {
+                                revision: Some(at),
+                                ..Default::default()
+                            },
+                        )
+                        .await
+                        .unwrap()
+                        .items
+                        .iter()
+                        .filter(|kv| {
+                            let v = crate::api::decode_kv(kv, kv.mod_revision);
+                            matches(&v)
+                        })
+                        .map(|kv| kv.key.clone())
+                        .collect();
+                    assert_eq!(got, want, "at {at} under {prefix} ({name})");
+                }
+            }
+            // Objects carry their own resourceVersion, as the store's.
+            let page = cache.list(root, root, Some(at), &all, None, None).unwrap();
+            let want = store
+                .list(
+                    root,
+                    ListOptions {
+                        revision: Some(at),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            let got: Vec<Value> = page.items.iter().map(|o| o.value()).collect();
+            let want: Vec<Value> = want
+                .items
+                .iter()
+                .map(|kv| crate::api::decode_kv(kv, kv.mod_revision))
+                .collect();
+            assert_eq!(got, want);
+        }
+        // Outside the window or ahead of the cache: no answer.
+        assert!(cache
+            .list(root, root, Some(revs[0] - 1), &all, None, None)
+            .is_none());
+        assert!(cache
+            .list(root, root, Some(cur + 1), &all, None, None)
+            .is_none());
+        // remaining counts the snapshot's keys after the page.
+        let page = cache
+            .list(root, root, Some(cur), &all, Some(2), None)
+            .unwrap();
+        let total = cache
+            .list(root, root, Some(cur), &all, None, None)
+            .unwrap()
+            .items
+            .len();
+        assert_eq!(page.remaining as usize, total - 2);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn fan_out_replay_fallback_and_slow_subscribers() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> =
             Arc::new(RedbStore::open(dir.path().join("s.redb"), Default::default()).unwrap());
-        let cache = WatchCache::new(store.clone());
         let root = "/registry/configmaps/";
         let before = store.current_revision().await.unwrap();
         store
@@ -196,8 +690,9 @@ mod tests {
             .await
             .unwrap();
         let r1 = store.current_revision().await.unwrap();
+        let cache = started(&store).await;
 
-        // From the current revision: served by the hub; filtered by namespace prefix.
+        // From the current revision: served by the cache; filtered by namespace prefix.
         let mut ns_a = cache
             .watch(root, "/registry/configmaps/a/", r1)
             .await
@@ -218,12 +713,13 @@ mod tests {
         let ev = next(&mut ns_a).await;
         assert_eq!((ev.key(), ev.revision()), ("/registry/configmaps/a/z", r_a));
 
-        // A later watch from r1 is replayed from the hub's history.
+        // A later watch from r1 is replayed from the cache's history.
+        assert!(cache.wait_for(r_a, Duration::from_secs(10)).await);
         let mut late = cache.watch(root, root, r1).await.unwrap();
         assert_eq!(next(&mut late).await.revision(), r_b);
         assert_eq!(next(&mut late).await.revision(), r_a);
 
-        // Older than the hub: the store serves it (and has the event before the hub).
+        // Older than the cache: the store serves it (and has the event before the cache).
         let mut old = cache.watch(root, root, before).await.unwrap();
         assert_eq!(next(&mut old).await.revision(), r1);
 
@@ -247,11 +743,9 @@ mod tests {
             next(&mut all).await;
         }
         writer.await.unwrap();
-        let hub = cache.hub(root).await.unwrap();
-        let subs = hub.inner.lock().unwrap().subscribers.len();
         // `all` (reading) and `ns_a` (no events in its namespace) stay; `_stalled` and `late`
         // (not reading) were cut off. (`old` is a store watch.)
-        assert_eq!(subs, 2);
+        assert_eq!(cache.subscriber_count(root), 2);
         // A cut-off subscriber's stream ends after what it had buffered.
         let mut drained = 0;
         while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(10), late.next()).await {

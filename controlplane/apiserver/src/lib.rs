@@ -29,4 +29,5 @@ mod util;
 mod watch;
 
 pub use api::MAX_BODY_BYTES;
+pub use cache::HISTORY as WATCH_CACHE_HISTORY;
 pub use server::{start, Config, RunningServer};

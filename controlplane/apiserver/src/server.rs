@@ -29,6 +29,9 @@ pub struct Config {
     /// Upstream's `--min-request-timeout`: a watch without `timeoutSeconds` ends after a
     /// random time between this and twice this (clients then re-watch).
     pub min_request_timeout: std::time::Duration,
+    /// Changes the watch cache keeps per resource (watch resumes and continued LISTs
+    /// within them are served from memory).
+    pub watch_cache_history: usize,
 }
 
 impl Config {
@@ -41,6 +44,7 @@ impl Config {
             service_cidr: Default::default(),
             node_port_range: Default::default(),
             min_request_timeout: std::time::Duration::from_secs(1800),
+            watch_cache_history: crate::cache::HISTORY,
         }
     }
 }
@@ -143,6 +147,8 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<RunningServe
         addr.to_string(),
         url.clone(),
     );
+    // LIST and WATCH read the watch cache once it has filled (the store until then).
+    state.cache.start();
     // Where pods reach this server: the first advertise address, else the listen address.
     let endpoint_ip = config
         .advertise

@@ -20,7 +20,7 @@ use skiff_api::table;
 use skiff_store::{Event, StoreError};
 use tokio::sync::mpsc;
 
-use crate::api::{decode_kv, list_objects, AppState, Ctx, Selectors, Target};
+use crate::api::{decode_kv, list_objects, AppState, Ctx, ListAt, Selectors, Target};
 use crate::util;
 
 /// How often a watch that allows bookmarks gets one (upstream: about once a minute; more
@@ -137,19 +137,19 @@ pub(crate) async fn watch(
     // streams what changed after it.
     let replay = send_initial || rv.is_empty() || rv == "0";
     let (initial, from) = if replay {
-        let page = list_objects(state, t, &sel, None, None, None).await?;
-        if send_initial && !rv.is_empty() && rv != "0" {
-            let want: u64 = rv
-                .parse()
-                .map_err(|_| st::bad_request(format!("invalid resource version {rv:?}")))?;
-            if want > page.revision {
-                return Err(st::bad_request(format!(
-                    "Too large resource version: {want}, current: {}",
-                    page.revision
-                )));
-            }
-        }
-        (page.items, page.revision)
+        // The initial state comes from the watch cache under LIST's rules (unset: a
+        // consistent read; "0": whatever the cache has; N: not older than N).
+        let at = match rv.as_str() {
+            "" => ListAt::Latest,
+            "0" => ListAt::Any,
+            n => ListAt::NotOlderThan(
+                n.parse()
+                    .map_err(|_| st::bad_request(format!("invalid resource version {rv:?}")))?,
+            ),
+        };
+        let page = list_objects(state, t, &sel, at, None, None).await?;
+        let revision = page.revision;
+        (page.into_values(), revision)
     } else {
         let n: u64 = rv.parse().map_err(|_| {
             st::bad_request(format!(

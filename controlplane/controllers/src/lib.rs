@@ -33,6 +33,9 @@
 //! | [`clusterdns`] | the `kube-system/kube-dns` Service and slices of the Nodes serving DNS |
 // end dns
 //! | [`nodelifecycle`] | node heartbeats → Unknown conditions, unreachable/not-ready taints, NoExecute eviction |
+//! | [`namespace`] | deletes a terminating Namespace's content, then its `kubernetes` finalizer |
+//! | [`podgc`] | pod GC: terminated pods over the threshold, orphans, out-of-service nodes |
+//! | [`leader`] | Lease-based leader election for the controllers and the scheduler |
 
 pub mod backoff;
 pub mod events;
@@ -60,6 +63,11 @@ pub mod clusterdns;
 // scheduler helper
 pub mod nodelifecycle;
 // end scheduler helper
+// cp helper: namespace controller, leader election
+pub mod leader;
+pub mod namespace;
+pub mod podgc;
+// end cp helper
 
 use std::sync::Arc;
 
@@ -99,6 +107,10 @@ pub struct Config {
     /// of the service range, 10.43.0.10 by default); `None`: no cluster DNS objects.
     pub cluster_dns: Option<std::net::Ipv4Addr>,
     // end dns
+    // cp helper: PodGC
+    /// Pod garbage collector settings (`--terminated-pod-gc-threshold`, ...).
+    pub pod_gc: podgc::Config,
+    // end cp helper
 }
 
 impl Default for Config {
@@ -121,6 +133,9 @@ impl Default for Config {
             // dns: cluster DNS (issue 8)
             cluster_dns: Some(std::net::Ipv4Addr::new(10, 43, 0, 10)),
             // end dns
+            // cp helper: PodGC
+            pod_gc: podgc::Config::default(),
+            // end cp helper
         }
     }
 }
@@ -193,6 +208,10 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     // dns: cluster DNS (issue 8)
     set.spawn(named("clusterdns", clusterdns::run(ctx.clone())));
     // end dns
+    // cp helper: namespace controller
+    set.spawn(named("namespace", namespace::run(ctx.clone())));
+    set.spawn(named("podgc", podgc::run(ctx.clone())));
+    // end cp helper
     while let Some(done) = set.join_next().await {
         match done {
             Ok((name, Ok(()))) => tracing::info!("controller {name} stopped"),

@@ -68,6 +68,12 @@ enum Command {
         #[command(flatten)]
         scheduler: SchedulerArgs,
         // end scheduler helper
+        // cp helper: leader election
+        /// Run the controllers/scheduler only while holding their Lease in kube-system
+        /// (`kube-controller-manager` / `kube-scheduler`), as upstream's --leader-elect.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        leader_elect: bool,
+        // end cp helper
     },
     /// Run the controllers alone against an API server (any conformant one).
     Controllers {
@@ -75,6 +81,12 @@ enum Command {
         kubeconfig: PathBuf,
         #[command(flatten)]
         controllers: ControllerArgs,
+        // cp helper: leader election
+        /// Run the controllers/scheduler only while holding their Lease in kube-system
+        /// (`kube-controller-manager` / `kube-scheduler`), as upstream's --leader-elect.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        leader_elect: bool,
+        // end cp helper
     },
     // scheduler helper
     /// Run the scheduler alone against an API server (any conformant one).
@@ -83,6 +95,12 @@ enum Command {
         kubeconfig: PathBuf,
         #[command(flatten)]
         scheduler: SchedulerArgs,
+        // cp helper: leader election
+        /// Run the controllers/scheduler only while holding their Lease in kube-system
+        /// (`kube-controller-manager` / `kube-scheduler`), as upstream's --leader-elect.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        leader_elect: bool,
+        // end cp helper
     },
     // end scheduler helper
 }
@@ -150,6 +168,19 @@ struct ControllerArgs {
     #[arg(long, value_parser = parse_cluster_dns)]
     cluster_dns: Option<ClusterDns>,
     // end dns
+    // cp helper: PodGC
+    /// Terminated pods (Succeeded/Failed) kept before the oldest are deleted; 0 disables
+    /// (kube-controller-manager's flag).
+    #[arg(long, default_value_t = 12500)]
+    terminated_pod_gc_threshold: usize,
+    /// How long a Node must be gone before its pods are deleted as orphans (upstream's
+    /// fixed 40 s quarantine; a knob for tests).
+    #[arg(long, default_value = "40s", value_parser = skiff_controllers::nodelifecycle::parse_duration)]
+    pod_gc_orphan_quarantine: std::time::Duration,
+    /// How often the pod GC looks (upstream 20 s).
+    #[arg(long, default_value = "20s", value_parser = skiff_controllers::nodelifecycle::parse_duration)]
+    pod_gc_period: std::time::Duration,
+    // end cp helper
 }
 
 // dns: cluster DNS (issue 8)
@@ -212,9 +243,65 @@ impl ControllerArgs {
             c.cluster_dns = ip;
         }
         // end dns
+        // cp helper: PodGC
+        c.pod_gc = skiff_controllers::podgc::Config {
+            threshold: self.terminated_pod_gc_threshold,
+            quarantine: self.pod_gc_orphan_quarantine,
+            period: self.pod_gc_period,
+        };
+        // end cp helper
         c
     }
 }
+
+// cp helper: leader election
+/// Runs `work` under leader election for the Lease `kube-system/<lease>` when `elect`.
+async fn elected<F, Fut>(
+    client: kube::Client,
+    elect: bool,
+    lease: &str,
+    identity: &str,
+    work: F,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut work = work;
+    if !elect {
+        return work().await;
+    }
+    let cfg = skiff_controllers::leader::Config::new(
+        lease,
+        skiff_controllers::leader::identity(identity),
+    );
+    skiff_controllers::leader::run_elected(client, cfg, work).await
+}
+
+/// A candidate identity suffix: stable for a server's data directory (a restarted server
+/// takes its own Lease back at once instead of waiting for it to expire), unique per
+/// process for the standalone commands.
+fn identity_suffix(data_dir: Option<&std::path::Path>) -> String {
+    match data_dir {
+        Some(d) => {
+            let path = std::fs::canonicalize(d).unwrap_or_else(|_| d.to_path_buf());
+            // FNV-1a of the path: short and stable.
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in path.to_string_lossy().bytes() {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+            format!("{h:016x}")
+        }
+        None => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            format!("{}-{nanos:08x}", std::process::id())
+        }
+    }
+}
+// end cp helper
 
 /// A kube-rs client from a kubeconfig file.
 async fn client_from(kubeconfig: &std::path::Path) -> Result<kube::Client> {
@@ -263,6 +350,7 @@ async fn main() -> Result<()> {
             disable_scheduler,
             scheduler,
             // end scheduler helper
+            leader_elect,
         } => {
             // dns: cluster DNS (issue 8)
             if controllers.cluster_dns.is_none() {
@@ -302,6 +390,7 @@ async fn main() -> Result<()> {
                     service_cidr,
                     node_port_range: service_node_port_range,
                     min_request_timeout: std::time::Duration::from_secs(min_request_timeout),
+                    watch_cache_history: skiff_apiserver::WATCH_CACHE_HISTORY,
                 },
                 store,
             )
@@ -319,7 +408,15 @@ async fn main() -> Result<()> {
                     tracing::info!("controllers disabled (--disable-controllers)");
                 } else {
                     let client = client_from(&kubeconfig).await?;
-                    skiff_controllers::run(client, controllers.config()).await?;
+                    let id = identity_suffix(Some(&data_dir));
+                    elected(
+                        client.clone(),
+                        leader_elect,
+                        "kube-controller-manager",
+                        &id,
+                        || skiff_controllers::run(client.clone(), controllers.config()),
+                    )
+                    .await?;
                 }
                 // Only an error ends the server; stopped controllers leave the API serving.
                 std::future::pending::<Result<()>>().await
@@ -330,7 +427,11 @@ async fn main() -> Result<()> {
                     tracing::info!("scheduler disabled (--disable-scheduler)");
                 } else {
                     let client = client_from(&kubeconfig).await?;
-                    skiff_scheduler::run(client, scheduler.config()).await?;
+                    let id = identity_suffix(Some(&data_dir));
+                    elected(client.clone(), leader_elect, "kube-scheduler", &id, || {
+                        skiff_scheduler::run(client.clone(), scheduler.config())
+                    })
+                    .await?;
                 }
                 std::future::pending::<Result<()>>().await
             };
@@ -356,22 +457,36 @@ async fn main() -> Result<()> {
         Command::Controllers {
             kubeconfig,
             controllers,
+            leader_elect,
         } => {
             let client = client_from(&kubeconfig).await?;
+            let id = identity_suffix(None);
+            let run = elected(
+                client.clone(),
+                leader_elect,
+                "kube-controller-manager",
+                &id,
+                || skiff_controllers::run(client.clone(), controllers.config()),
+            );
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => Ok(()),
-                r = skiff_controllers::run(client, controllers.config()) => r,
+                r = run => r,
             }
         }
         // scheduler helper
         Command::Scheduler {
             kubeconfig,
             scheduler,
+            leader_elect,
         } => {
             let client = client_from(&kubeconfig).await?;
+            let id = identity_suffix(None);
+            let run = elected(client.clone(), leader_elect, "kube-scheduler", &id, || {
+                skiff_scheduler::run(client.clone(), scheduler.config())
+            });
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => Ok(()),
-                r = skiff_scheduler::run(client, scheduler.config()) => r,
+                r = run => r,
             }
         } // end scheduler helper
     }

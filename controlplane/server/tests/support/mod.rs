@@ -280,9 +280,35 @@ impl InProcess {
         etcd: Option<Etcd>,
         min_request_timeout: Duration,
     ) -> InProcess {
+        InProcess::start_configured(dir, store, etcd, |cfg| {
+            cfg.min_request_timeout = min_request_timeout
+        })
+        .await
+    }
+
+    // cp helper: in-process server with a tuned Config (watch cache history)
+    /// Over a fresh redb store, with `configure` applied to the server's Config.
+    pub async fn redb_configured(
+        configure: impl FnOnce(&mut skiff_apiserver::Config),
+    ) -> InProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(
+            skiff_store::RedbStore::open(dir.path().join("store.redb"), Default::default())
+                .expect("redb store"),
+        );
+        InProcess::start_configured(dir, store, None, configure).await
+    }
+    // end cp helper
+
+    pub async fn start_configured(
+        dir: tempfile::TempDir,
+        store: std::sync::Arc<dyn skiff_store::Store>,
+        etcd: Option<Etcd>,
+        configure: impl FnOnce(&mut skiff_apiserver::Config),
+    ) -> InProcess {
         let mut cfg =
             skiff_apiserver::Config::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap());
-        cfg.min_request_timeout = min_request_timeout;
+        configure(&mut cfg);
         let server = skiff_apiserver::start(cfg, store.clone())
             .await
             .expect("starting the API server");

@@ -1,0 +1,517 @@
+//! `skiff-apiserver-bench`: measures a real `skiff-controlplane server` process on
+//! 127.0.0.1, over the redb store and over a local etcd (a throwaway `etcd` process with a
+//! temporary data directory), and prints BENCHMARKS.md rows:
+//!
+//! - cold start: spawn → first `/readyz` 200 (fresh data directory: CA and certificates are
+//!   generated, the store is created, the default objects are written);
+//! - idle resident memory (VmRSS) with the controllers and the scheduler, and without them;
+//!   and with the pods loaded;
+//! - create throughput and per-create latency (pods, `--concurrency` in flight);
+//! - LIST of all pods of a namespace at 1k and 10k pods: from the watch cache
+//!   (`resourceVersion` unset, a consistent read) vs from the store
+//!   (`resourceVersionMatch=Exact`), full body read by the client;
+//! - watch fan-out: N watchers on one namespace's ConfigMaps, one update → the time until
+//!   each watcher has the event.
+//!
+//! Every request goes to 127.0.0.1; the loops are bounded in count.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(about = "API server benchmark against a real skiff-controlplane process")]
+struct Args {
+    /// The skiff-controlplane binary.
+    #[arg(long)]
+    server: PathBuf,
+    /// The etcd binary (for the etcd rows).
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    etcd: PathBuf,
+    /// Backends to measure.
+    #[arg(long, value_delimiter = ',', default_value = "redb,etcd")]
+    stores: Vec<String>,
+    /// Pods for the small and the large LIST.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    pods: Vec<usize>,
+    /// Watchers for the fan-out.
+    #[arg(long, default_value_t = 1000)]
+    watchers: usize,
+    /// Creates in flight.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// LIST requests per measured cell.
+    #[arg(long, default_value_t = 30)]
+    list_iterations: usize,
+    /// Where to write the results as JSON.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// A child process killed on drop, with its temporary directory removed.
+struct Proc {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn temp_dir(what: &str) -> Result<PathBuf> {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!(
+        "skiff-apiserver-bench-{}-{what}-{n}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A single-member etcd on 127.0.0.1; its client URL.
+fn start_etcd(bin: &Path) -> Result<(Proc, String)> {
+    let dir = temp_dir("etcd")?;
+    let (client, peer) = (free_port()?, free_port()?);
+    let url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let child = Command::new(bin)
+        .arg("--name=bench")
+        .arg(format!("--data-dir={}", dir.join("data").display()))
+        .arg(format!("--listen-client-urls={url}"))
+        .arg(format!("--advertise-client-urls={url}"))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+        .arg(format!("--initial-cluster=bench={peer_url}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("etcd.log"))?)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let p = Proc { child, dir };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+        if Instant::now() > deadline {
+            bail!("etcd did not listen on {url} within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((p, url))
+}
+
+struct Server {
+    proc: Proc,
+    client: kube::Client,
+    /// Spawn → first `/readyz` 200.
+    cold_start: Duration,
+}
+
+impl Server {
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.proc.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    }
+}
+
+async fn start_server(bin: &Path, store: &[String], extra: &[&str]) -> Result<Server> {
+    let dir = temp_dir("server")?;
+    let data = dir.join("data");
+    let log = std::fs::File::create(dir.join("server.log"))?;
+    let t0 = Instant::now();
+    let child = Command::new(bin)
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .args(store)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut proc = Proc { child, dir };
+    let kubeconfig = data.join("admin.kubeconfig");
+    let deadline = t0 + Duration::from_secs(60);
+    let fail = |proc: &Proc, why: &str| {
+        anyhow::anyhow!(
+            "{why}; server log:\n{}",
+            std::fs::read_to_string(proc.dir.join("server.log")).unwrap_or_default()
+        )
+    };
+    while !std::fs::read_to_string(&kubeconfig).is_ok_and(|t| t.contains("server: ")) {
+        if Instant::now() > deadline || proc.child.try_wait()?.is_some() {
+            return Err(fail(&proc, "no kubeconfig from the server"));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
+    let client = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?,
+    )?;
+    loop {
+        let req = http::Request::get("/readyz").body(Vec::new())?;
+        if client.request_text(req).await.is_ok_and(|t| t == "ok") {
+            break;
+        }
+        if Instant::now() > deadline || proc.child.try_wait()?.is_some() {
+            return Err(fail(&proc, "the server never answered /readyz"));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(Server {
+        cold_start: t0.elapsed(),
+        proc,
+        client,
+    })
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn bench_pod(i: usize) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("bench-{i:05}"), "labels": {"app": format!("app-{}", i % 100), "bench": "true"}},
+        "spec": {
+            "nodeName": format!("bench-node-{}", i % 100),
+            "containers": [{"name": "c", "image": "skiff.local/host", "command": ["sleep", "infinity"],
+                            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}],
+        },
+    }))
+    .expect("a valid pod")
+}
+
+/// Creates pods `range` with `concurrency` in flight; per-create latencies and the wall time.
+async fn create_pods(
+    api: &Api<Pod>,
+    range: std::ops::Range<usize>,
+    concurrency: usize,
+) -> Result<(Vec<Duration>, Duration)> {
+    let t = Instant::now();
+    let mut lat: Vec<Duration> = futures::stream::iter(range)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let t = Instant::now();
+                api.create(&PostParams::default(), &bench_pod(i)).await?;
+                Ok::<_, kube::Error>(t.elapsed())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect()
+        .await?;
+    lat.sort();
+    Ok((lat, t.elapsed()))
+}
+
+/// LIST of the namespace's pods, `n` times, body fully read; sorted latencies. `exact`:
+/// at the current revision with resourceVersionMatch=Exact (the store answers).
+async fn list_latency(
+    client: &kube::Client,
+    ns: &str,
+    expect: usize,
+    exact: bool,
+    n: usize,
+) -> Result<Vec<Duration>> {
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut path = format!("/api/v1/namespaces/{ns}/pods");
+        if exact {
+            let rv = current_rv(client, ns).await?;
+            path.push_str(&format!("?resourceVersion={rv}&resourceVersionMatch=Exact"));
+        }
+        let t = Instant::now();
+        let body = client
+            .request_text(http::Request::get(&path).body(Vec::new())?)
+            .await?;
+        lat.push(t.elapsed());
+        let v: serde_json::Value = serde_json::from_str(&body)?;
+        let got = v["items"].as_array().map_or(0, Vec::len);
+        if got != expect {
+            bail!("LIST {path}: {got} pods, expected {expect}");
+        }
+    }
+    lat.sort();
+    Ok(lat)
+}
+
+async fn current_rv(client: &kube::Client, ns: &str) -> Result<String> {
+    let body = client
+        .request_text(
+            http::Request::get(format!("/api/v1/namespaces/{ns}/configmaps?limit=1"))
+                .body(Vec::new())?,
+        )
+        .await?;
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    Ok(v["metadata"]["resourceVersion"]
+        .as_str()
+        .context("no resourceVersion")?
+        .to_string())
+}
+
+/// `watchers` watches on one ConfigMap's namespace, `rounds` updates; for every watcher and
+/// round, update sent → event received. Sorted.
+async fn fan_out(
+    client: &kube::Client,
+    ns: &str,
+    watchers: usize,
+    rounds: usize,
+) -> Result<Vec<Duration>> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "fan"}, "data": {"round": "-1"},
+    }))?;
+    let created = api.create(&PostParams::default(), &cm).await?;
+    let rv = created
+        .metadata
+        .resource_version
+        .clone()
+        .unwrap_or_default();
+    // Start the watches (the server has registered each once its response has started).
+    let streams: Vec<_> = futures::stream::iter(0..watchers)
+        .map(|_| {
+            let api = api.clone();
+            let rv = rv.clone();
+            async move {
+                api.watch(&WatchParams::default().timeout(290), &rv)
+                    .await
+                    .map(|s| s.boxed())
+            }
+        })
+        .buffer_unordered(64)
+        .try_collect()
+        .await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let mut tasks = Vec::new();
+    for mut s in streams {
+        let tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(Ok(ev)) = s.next().await {
+                if let WatchEvent::Modified(cm) = ev {
+                    let round = cm
+                        .data
+                        .as_ref()
+                        .and_then(|d| d.get("round"))
+                        .and_then(|r| r.parse::<usize>().ok());
+                    if let Some(r) = round {
+                        if tx.send((r, Instant::now())).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    drop(tx);
+    let mut lat = Vec::new();
+    for round in 0..rounds {
+        let t0 = Instant::now();
+        api.patch(
+            "fan",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"round": round.to_string()}})),
+        )
+        .await?;
+        let mut seen = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while seen < watchers {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((r, at))) if r == round => {
+                    lat.push(at.duration_since(t0));
+                    seen += 1;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => bail!("watchers ended during round {round}"),
+                Err(_) => bail!(
+                    "round {round}: only {seen}/{watchers} watchers got the update within 60 s"
+                ),
+            }
+        }
+    }
+    for t in tasks {
+        t.abort();
+    }
+    lat.sort();
+    Ok(lat)
+}
+
+async fn ensure_ns(client: &kube::Client, name: &str) -> Result<()> {
+    let req = http::Request::post("/api/v1/namespaces")
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+        )?)?;
+    client.request_text(req).await?;
+    Ok(())
+}
+
+async fn bench_store(args: &Args, store: &str, results: &mut Vec<serde_json::Value>) -> Result<()> {
+    // Each server gets a fresh store (a fresh etcd for the etcd rows).
+    let backend = |what: &str| -> Result<(Option<Proc>, Vec<String>)> {
+        match what {
+            "redb" => Ok((None, vec!["--store".into(), "redb".into()])),
+            "etcd" => {
+                let (p, url) = start_etcd(&args.etcd)?;
+                Ok((
+                    Some(p),
+                    vec![
+                        "--store".into(),
+                        "etcd".into(),
+                        "--etcd-endpoints".into(),
+                        url,
+                    ],
+                ))
+            }
+            other => bail!("unknown store {other:?}: redb or etcd"),
+        }
+    };
+    let row = |metric: &str, value: String| {
+        println!("| {store} | {metric} | {value} |");
+        json!({"store": store, "metric": metric, "value": value})
+    };
+
+    // Cold start and idle memory, everything in-process (controllers + scheduler).
+    let mut starts = Vec::new();
+    let mut full_rss = f64::NAN;
+    for i in 0..3 {
+        let (_etcd, flags) = backend(store)?;
+        let s = start_server(&args.server, &flags, &[]).await?;
+        starts.push(s.cold_start);
+        if i == 2 {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            full_rss = s.rss_mib();
+        }
+    }
+    starts.sort();
+    results.push(row(
+        "cold start → first /readyz 200 (median of 3, with controllers + scheduler)",
+        format!(
+            "{} (min {}, max {})",
+            ms(starts[1]),
+            ms(starts[0]),
+            ms(starts[2])
+        ),
+    ));
+    results.push(row(
+        "idle RSS, controllers + scheduler, empty cluster (10 s after ready)",
+        format!("{full_rss:.1} MiB"),
+    ));
+
+    // The API server alone.
+    let (_etcd, flags) = backend(store)?;
+    let s = start_server(
+        &args.server,
+        &flags,
+        &["--disable-controllers", "--disable-scheduler"],
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    results.push(row(
+        "idle RSS, API server only (--disable-controllers --disable-scheduler), empty",
+        format!("{:.1} MiB", s.rss_mib()),
+    ));
+    let ns = "bench";
+    ensure_ns(&s.client, ns).await?;
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), ns);
+    let mut created = 0;
+    let mut all_lat = Vec::new();
+    let mut all_wall = Duration::ZERO;
+    for &n in &args.pods {
+        let (lat, wall) = create_pods(&pods, created..n, args.concurrency).await?;
+        all_lat.extend(lat);
+        all_wall += wall;
+        created = n;
+        let cache = list_latency(&s.client, ns, n, false, args.list_iterations).await?;
+        let exact = list_latency(&s.client, ns, n, true, args.list_iterations).await?;
+        results.push(row(
+            &format!("LIST {n} pods, watch cache (RV unset), p50 / p99"),
+            format!("{} / {}", ms(pct(&cache, 0.5)), ms(pct(&cache, 0.99))),
+        ));
+        results.push(row(
+            &format!("LIST {n} pods, store (resourceVersionMatch=Exact), p50 / p99"),
+            format!("{} / {}", ms(pct(&exact, 0.5)), ms(pct(&exact, 0.99))),
+        ));
+        results.push(row(
+            &format!("RSS with {n} pods loaded (API server only)"),
+            format!("{:.1} MiB", s.rss_mib()),
+        ));
+    }
+    all_lat.sort();
+    results.push(row(
+        &format!(
+            "pod create, {created} pods at concurrency {}: throughput; p50 / p99",
+            args.concurrency
+        ),
+        format!(
+            "{:.0} creates/s; {} / {}",
+            created as f64 / all_wall.as_secs_f64(),
+            ms(pct(&all_lat, 0.5)),
+            ms(pct(&all_lat, 0.99))
+        ),
+    ));
+    let fan = fan_out(&s.client, ns, args.watchers, 5).await?;
+    results.push(row(
+        &format!("watch fan-out, {} watchers, 5 updates: update sent → event at each watcher, p50 / p99 / max", args.watchers),
+        format!("{} / {} / {}", ms(pct(&fan, 0.5)), ms(pct(&fan, 0.99)), ms(pct(&fan, 1.0))),
+    ));
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    if !args.server.is_file() {
+        bail!(
+            "--server {}: no such binary (cargo build --release -p skiff-controlplane)",
+            args.server.display()
+        );
+    }
+    if args.stores.iter().any(|s| s == "etcd") && !args.etcd.is_file() {
+        bail!(
+            "--etcd {}: no such binary (apt-get install etcd-server, or --stores redb)",
+            args.etcd.display()
+        );
+    }
+    println!("| store | measurement | result |\n|---|---|---|");
+    let mut results = Vec::new();
+    for store in &args.stores {
+        bench_store(&args, store, &mut results).await?;
+    }
+    if let Some(out) = &args.out {
+        if let Some(d) = out.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        std::fs::write(out, serde_json::to_vec_pretty(&results)?)?;
+        println!("results written to {}", out.display());
+    }
+    Ok(())
+}
