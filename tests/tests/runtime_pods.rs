@@ -630,7 +630,12 @@ fn a_failing_liveness_probe_restarts_the_container() {
     // sleep ignores nothing: SIGTERM ended it (128 + 15).
     let last = cs.last_state.unwrap().terminated.unwrap();
     assert_eq!(last.exit_code, 143, "{last:?}");
-    assert!(wait_file(&starts, Duration::from_secs(1)).lines().count() >= 2);
+    // The restarted shell appends its line just after it is reported running: poll.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while wait_file(&starts, Duration::from_secs(1)).lines().count() < 2 {
+        assert!(Instant::now() < deadline, "the restarted container never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     std::fs::write(&alive, "").unwrap();
     node.delete_and_wait_gone("live", Duration::from_secs(30));
     node.wait_released();
