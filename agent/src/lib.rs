@@ -8,6 +8,8 @@ pub mod health;
 pub mod join;
 pub mod lbmap;
 pub mod maglev;
+// Masquerade of pod traffic to the outside (issue 7).
+pub mod masquerade;
 pub mod metrics;
 pub mod model;
 pub mod netsetup;
