@@ -456,6 +456,18 @@ fn main() -> anyhow::Result<()> {
             // --- masquerade (issue 7) ---
             let mut uplinks = Vec::new();
             for interface in masq_plan.iter().flat_map(|m| &m.interfaces) {
+                let Some(address) = skiff_agent::datapath::interface_address(interface) else {
+                    if masquerade.masquerade_interfaces.is_empty() {
+                        // Chosen by default from -i: an interface without an address
+                        // is no uplink (nothing could answer a masqueraded packet).
+                        println!("masquerade: {interface} has no IPv4 address, skipped");
+                        continue;
+                    }
+                    bail!(
+                        "--masquerade-interface {interface} has no IPv4 address to masquerade \
+                         as: give it one, name another uplink, or pass --masquerade off"
+                    );
+                };
                 // Replies come back through the uplink's ingress; the rewrite is on egress.
                 if !interfaces.contains(interface) {
                     dp.attach_tc_ingress(interface)?;
@@ -465,11 +477,6 @@ fn main() -> anyhow::Result<()> {
                     dp.attach_tc_egress(interface)?;
                     println!("attached tc egress to {interface} (masquerade)");
                 }
-                let address = skiff_agent::datapath::interface_address(interface).with_context(|| {
-                    format!(
-                        "--masquerade-interface {interface} has no IPv4 address to masquerade                          as: give it one, name another uplink, or pass --masquerade off"
-                    )
-                })?;
                 uplinks.push((interface.as_str(), address));
             }
             if let Some(m) = &masq_plan {

@@ -81,7 +81,8 @@ fn serve_outside(out: &NetNs) -> mpsc::Receiver<SocketAddrV4> {
     rx
 }
 
-fn net() -> Net {
+/// The topology without a datapath (the agent binary brings its own).
+fn topology() -> (NetNs, NetNs, Vec<NetNs>, mpsc::Receiver<SocketAddrV4>) {
     require_privileges();
     let out = NetNs::new("mqout");
     let node = NetNs::new("mqnode");
@@ -106,7 +107,11 @@ fn net() -> Net {
         })
         .collect();
     let exempt_seen = serve_outside(&out);
+    (out, node, pods, exempt_seen)
+}
 
+fn net() -> Net {
+    let (out, node, pods, exempt_seen) = topology();
     let mut datapath =
         Datapath::load_with(&DatapathConfig::default()).expect("loading the datapath");
     node.run(|| {
@@ -357,4 +362,62 @@ fn broken_pod_packets_are_dropped_on_the_uplink_and_counted() {
             .drop_count(DropReason::BadTcpDataOffset);
         (now > before).then_some(())
     });
+}
+
+/// The agent binary's flags end to end: `skiff-agent run -i n0 --masquerade on` in the
+/// node namespace masquerades with n0's address; a bad flag is refused before anything
+/// is attached.
+#[test]
+fn the_agent_binary_masquerades_on_its_uplink() {
+    let (_out, node, pods, _seen) = topology();
+    let agent = skiff_tests::apiserver::sibling_binary("skiff-agent");
+    let bad = std::process::Command::new("ip")
+        .args(["netns", "exec", node.name()])
+        .arg(&agent)
+        .args(["run", "-i", "n0", "--no-pin", "--masquerade", "on"])
+        .args(["--masquerade-port-range", "65535-61000"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("--masquerade-port-range"), "{err}");
+
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", node.name()])
+        .arg(&agent)
+        .args(["run", "-i", "n0", "--no-pin", "--interval-secs", "1"])
+        .args(["--masquerade", "on", "--cluster-cidr", "10.99.0.0/16"])
+        .args(["--service-cidr", "10.100.0.0/16"])
+        .args(["--non-masquerade-cidr", "203.0.113.128/25"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let _child = Kill(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = wait_for("the agent to report masquerade", TIMEOUT * 4, || {
+        rx.recv_timeout(Duration::from_millis(100))
+            .ok()
+            .filter(|l| l.starts_with("masquerading"))
+    });
+    assert_eq!(
+        line,
+        "masquerading 10.99.0.0/16 on n0 as 203.0.113.2, ports 61000-65535"
+    );
+    let seen = tcp_from(&pods[0], pod_addr(0), 40010);
+    assert_eq!(*seen.ip(), UPLINK);
+    assert!(seen.port() >= 61000, "{seen}");
 }

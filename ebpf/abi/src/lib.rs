@@ -895,6 +895,27 @@ mod tests {
     }
 
     #[test]
+    fn conntrack_partners_pair_up() {
+        assert_eq!(ct_partner_dir(ct_dir::FORWARD, 0), ct_dir::REPLY);
+        assert_eq!(ct_partner_dir(ct_dir::REPLY, 0), ct_dir::FORWARD);
+        assert_eq!(
+            ct_partner_dir(ct_dir::REPLY, ct_flags::SNAT),
+            ct_dir::FORWARD
+        );
+        assert_eq!(ct_partner_dir(ct_dir::MASQ, ct_flags::MASQ), ct_dir::REPLY);
+        assert_eq!(ct_partner_dir(ct_dir::REPLY, ct_flags::MASQ), ct_dir::MASQ);
+    }
+
+    #[test]
+    fn map_names_are_unique() {
+        for (i, a) in map_names::ALL.iter().enumerate() {
+            for b in &map_names::ALL[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
     fn names_are_unique() {
         for (i, a) in DropReason::ALL.iter().enumerate() {
             for b in &DropReason::ALL[i + 1..] {
