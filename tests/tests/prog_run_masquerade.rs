@@ -258,6 +258,16 @@ fn exempt_destinations_and_foreign_sources_keep_their_addresses() {
     )
     .build();
     assert_eq!(f.egress(&near), near, "a source outside the cluster CIDR");
+    // TCP starts with a SYN: a pod's answer on a connection from outside that reached it
+    // directly (no entry, no SYN) keeps the pod's address, like netfilter's NEW-only NAT.
+    for flags in [TcpFlags::SYN_ACK, TcpFlags::ACK] {
+        let answer = Packet::tcp(sa(pod(10), 80), sa(OUTSIDE, 50000), flags).build();
+        assert_eq!(
+            f.egress(&answer),
+            answer,
+            "an untracked connection's {flags:?}"
+        );
+    }
     // Other protocols pass untranslated (no ports to claim).
     let gre = Packet::ip_raw(pod(10), OUTSIDE, 47)
         .payload(b"gre!")

@@ -6,7 +6,9 @@
 //! Replies arriving on the uplink's tc ingress match that REPLY entry and go back to the
 //! pod (service::ingress; ICMP echo replies here). TCP, UDP and ICMP echo (the echo id
 //! serves as the port) are translated; other protocols and ICMP other than echo requests
-//! leave as they are.
+//! leave as they are. A TCP flow starts only with a SYN (see `egress`); UDP has no such
+//! marker, so a pod's UDP answer to a client outside that reached it directly (no
+//! service) is masqueraded like a new flow.
 //!
 //! Entries: MASQ (egress only, keyed by the pod's packet) and REPLY (keyed by the
 //! outside's answer). A MASQ entry is never looked up on ingress: the pod's packet must
@@ -34,6 +36,8 @@ use crate::{
 };
 
 const ICMP_ECHO_REQUEST: u8 = 8;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 const ICMP_HLEN: usize = 8;
 /// 169.254.0.0/16 (host byte order of the top 16 bits): link-local destinations (cloud
 /// metadata services among them) are never masqueraded, whatever the configuration.
@@ -102,6 +106,12 @@ pub fn egress(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
     let t = match ct::lookup(&key, p.tcp_flags, false) {
         Some(ct) => tuple(&ct),
         None if exempt(p.daddr) => return Ok(TC_ACT_OK),
+        // A TCP flow is masqueraded from its SYN, as netfilter NATs only NEW connections:
+        // a segment of an untracked connection (a pod answering a client that reached it
+        // by direct routing, from outside the cluster) must keep the pod's address.
+        None if p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN => {
+            return Ok(TC_ACT_OK)
+        }
         None => new_flow(&key, &cfg)?,
     };
     if p.proto == IPPROTO_ICMP {
