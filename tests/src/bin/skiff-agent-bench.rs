@@ -380,18 +380,19 @@ fn agent_bench(a: &Args) -> anyhow::Result<AgentReport> {
                 }
             }
         });
-        let want = format!("synced {} services", a.services);
+        // "synced N services, ..." with every preloaded service (plus default/kubernetes).
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .context("the agent did not report its initial sync in 10 minutes")?;
-            if line.starts_with(&want) {
+            let synced = line
+                .strip_prefix("synced ")
+                .and_then(|r| r.split_once(' '))
+                .and_then(|(n, _)| n.parse::<usize>().ok());
+            if synced.is_some_and(|n| n >= a.services) {
                 eprintln!("agent: {line}");
                 break;
-            }
-            if line.contains("error") {
-                eprintln!("agent: {line}");
             }
         }
         let initial_sync_s = t.elapsed().as_secs_f64();
@@ -513,7 +514,13 @@ fn invoke(plugin: &Path, command: &str, config: &str, netns: &str, id: &str) -> 
 }
 
 fn cni_bench(name: &str, plugin: &Path, ty: &str, iterations: usize) -> anyhow::Result<CniReport> {
-    let host = NetNs::new(&format!("cnib{name}"));
+    // Namespace names and container ids take [A-Za-z0-9] safely.
+    let tag: String = name
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect();
+    let host = NetNs::new(&format!("cnib{tag}"));
     let data = tempfile::tempdir()?;
     let config = json!({
         "cniVersion": "1.0.0",
@@ -534,9 +541,9 @@ fn cni_bench(name: &str, plugin: &Path, ty: &str, iterations: usize) -> anyhow::
     let (mut add, mut del) = (Vec::new(), Vec::new());
     host.run(|| -> anyhow::Result<()> {
         for i in 0..iterations {
-            let c = NetNs::new(&format!("cnic{name}"));
+            let c = NetNs::new(&format!("cnic{tag}"));
             let path = format!("/run/netns/{}", c.name());
-            let id = format!("bench-{name}-{i}");
+            let id = format!("bench-{tag}-{i}");
             let t = Instant::now();
             invoke(plugin, "ADD", &config, &path, &id)?;
             add.push(t.elapsed());
