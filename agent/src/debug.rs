@@ -169,16 +169,17 @@ pub fn ct_list(entries: &[(CtKey, CtValue)], filter: &CtFilter, now_ns: u64) -> 
     rows.sort_by_key(|(k, _)| (k.dir, *k));
     let mut out = String::new();
     for (k, v) in rows {
-        let dir = if k.dir == ct_dir::FORWARD {
-            "fwd"
-        } else {
-            "rev"
+        let dir = match k.dir {
+            ct_dir::FORWARD => "fwd",
+            ct_dir::MASQ => "masq",
+            _ => "rev",
         };
         let mut flags = Vec::new();
         for (bit, name) in [
             (ct_flags::SNAT, "snat"),
             (ct_flags::SEEN_REPLY, "seen-reply"),
             (ct_flags::CLOSING, "closing"),
+            (ct_flags::MASQ, "masq"),
         ] {
             if v.flags & bit != 0 {
                 flags.push(name);

@@ -9,6 +9,8 @@ pub mod join;
 pub mod kubelet_api;
 pub mod lbmap;
 pub mod maglev;
+// Masquerade of pod traffic to the outside (issue 7).
+pub mod masquerade;
 pub mod metrics;
 pub mod model;
 pub mod netsetup;

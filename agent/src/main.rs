@@ -124,7 +124,36 @@ struct RunArgs {
     no_bind_protection: bool,
     #[command(flatten)]
     node: NodeArgs,
+    #[command(flatten)]
+    masquerade: MasqArgs,
 }
+
+// --- masquerade of pod traffic to the outside (issue 7) ---
+/// Masquerade flags (ip-masq-agent's semantics, done in eBPF on the uplinks' tc egress).
+#[derive(Args)]
+struct MasqArgs {
+    /// Masquerade pod traffic to the outside: `auto` (on when the agent runs the pod
+    /// network: --kubeconfig with --pod-network direct), `on` or `off`.
+    #[arg(long, default_value = "auto")]
+    masquerade: String,
+    /// Uplinks to masquerade on, with their own IPv4 address (repeatable; default: every
+    /// -i interface except the pod bridge and the VXLAN device). tc ingress and egress
+    /// are attached to each.
+    #[arg(long = "masquerade-interface")]
+    masquerade_interfaces: Vec<String>,
+    /// The pods' addresses (every node's podCIDR): the sources that are masqueraded.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    cluster_cidr: String,
+    /// Destinations pods reach with their own address (repeatable), besides the cluster
+    /// CIDR and --service-cidr; link-local (169.254.0.0/16) is never masqueraded.
+    #[arg(long = "non-masquerade-cidr")]
+    non_masquerade_cidrs: Vec<String>,
+    /// Ports (and ICMP echo ids) of masqueraded flows, MIN-MAX. The default lies above
+    /// Linux's ephemeral range (32768-60999), so the node's own sockets never pick one.
+    #[arg(long, default_value = "61000-65535")]
+    masquerade_port_range: String,
+}
+// --- end masquerade ---
 
 /// The node side (used with --kubeconfig).
 #[derive(Args)]
@@ -408,6 +437,7 @@ fn main() -> anyhow::Result<()> {
                 node_port_range,
                 no_bind_protection,
                 node,
+                masquerade,
             } = *run;
             let default_maglev = match lb_algorithm.as_str() {
                 "random" => false,
@@ -438,17 +468,6 @@ fn main() -> anyhow::Result<()> {
                 bail!("running pods needs --cgroup (pods' cgroups go under the socket load-balancing attach point, e.g. /sys/fs/cgroup/unified); pass --no-run-pods if a kubelet runs them");
             }
             // end cluster
-            let config = DatapathConfig {
-                map_sizes: MapSizes {
-                    services: sizes.map_size_services,
-                    slots: sizes.map_size_slots,
-                    backends: sizes.map_size_backends,
-                    sock_rev: sizes.map_size_sock_rev,
-                    conntrack: sizes.map_size_conntrack,
-                    maglev_tables: sizes.maglev_tables,
-                },
-                pin_dir: (!no_pin).then_some(pins.pin_dir),
-            };
             let interfaces = if interfaces.is_empty() {
                 let found = skiff_agent::uplink::interfaces_for(&node_addresses)
                     .map_err(anyhow::Error::msg)?;
@@ -459,6 +478,33 @@ fn main() -> anyhow::Result<()> {
                 found
             } else {
                 interfaces
+            };
+            // --- masquerade (issue 7): checked before the datapath is touched ---
+            let masq_plan = skiff_agent::masquerade::plan(
+                &skiff_agent::masquerade::MasqueradeFlags {
+                    mode: masquerade.masquerade.clone(),
+                    interfaces: masquerade.masquerade_interfaces.clone(),
+                    cluster_cidr: masquerade.cluster_cidr.clone(),
+                    non_masquerade: masquerade.non_masquerade_cidrs.clone(),
+                    service_cidrs: node.service_cidrs.clone(),
+                    port_range: masquerade.masquerade_port_range.clone(),
+                },
+                kubeconfig.is_some() && node.pod_network == "direct",
+                &interfaces,
+                &node.bridge,
+            )
+            .map_err(anyhow::Error::msg)?;
+            // --- end masquerade ---
+            let config = DatapathConfig {
+                map_sizes: MapSizes {
+                    services: sizes.map_size_services,
+                    slots: sizes.map_size_slots,
+                    backends: sizes.map_size_backends,
+                    sock_rev: sizes.map_size_sock_rev,
+                    conntrack: sizes.map_size_conntrack,
+                    maglev_tables: sizes.maglev_tables,
+                },
+                pin_dir: (!no_pin).then_some(pins.pin_dir),
             };
             let mut dp = Datapath::load_with(&config).context("loading the datapath")?;
             if let Some(addr) = snat_addr {
@@ -475,6 +521,59 @@ fn main() -> anyhow::Result<()> {
                 dp.attach_tc_egress(interface)?;
                 println!("attached tc egress to {interface}");
             }
+            // --- masquerade (issue 7) ---
+            let mut uplinks = Vec::new();
+            for interface in masq_plan.iter().flat_map(|m| &m.interfaces) {
+                let Some(address) = skiff_agent::datapath::interface_address(interface) else {
+                    if masquerade.masquerade_interfaces.is_empty() {
+                        // Chosen by default from -i: an interface without an address
+                        // is no uplink (nothing could answer a masqueraded packet).
+                        println!("masquerade: {interface} has no IPv4 address, skipped");
+                        continue;
+                    }
+                    bail!(
+                        "--masquerade-interface {interface} has no IPv4 address to masquerade \
+                         as: give it one, name another uplink, or pass --masquerade off"
+                    );
+                };
+                // Replies come back through the uplink's ingress; the rewrite is on egress.
+                if !interfaces.contains(interface) {
+                    dp.attach_tc_ingress(interface)?;
+                    println!("attached tc ingress to {interface} (masquerade replies)");
+                }
+                if !egress_interfaces.contains(interface) {
+                    dp.attach_tc_egress(interface)?;
+                    println!("attached tc egress to {interface} (masquerade)");
+                }
+                uplinks.push((interface.as_str(), address));
+            }
+            if let Some(m) = &masq_plan {
+                dp.set_non_masquerade(&m.non_masquerade)?;
+                let settings: Vec<_> = uplinks
+                    .iter()
+                    .map(|(i, address)| {
+                        (
+                            *i,
+                            skiff_agent::datapath::Masquerade {
+                                address: *address,
+                                sources: m.cluster_cidr,
+                                ports: m.ports,
+                            },
+                        )
+                    })
+                    .collect();
+                dp.set_masquerade(&settings)?;
+                for (i, address) in &uplinks {
+                    println!(
+                        "masquerading {}/{} on {i} as {address}, ports {}-{}",
+                        m.cluster_cidr.0, m.cluster_cidr.1, m.ports.0, m.ports.1
+                    );
+                }
+            } else {
+                // Off: uplinks an earlier agent configured in the pinned maps stop too.
+                dp.set_masquerade(&[])?;
+            }
+            // --- end masquerade ---
             for interface in &xdp_interfaces {
                 dp.set_external_interface(interface)?;
                 dp.attach_xdp(interface, !xdp_generic)?;

@@ -355,6 +355,19 @@ impl Metrics {
         for (reason, n) in &dp.counters.drops {
             let _ = writeln!(out, "skiff_drops_total{{reason=\"{}\"}} {n}", reason.name());
         }
+        // Masquerade of pod traffic to the outside (drops are in skiff_drops_total).
+        let _ = writeln!(
+            out,
+            "# HELP skiff_masquerade_total Masquerade events: new flows, packets rewritten each way, ICMP errors translated."
+        );
+        let _ = writeln!(out, "# TYPE skiff_masquerade_total counter");
+        for (event, n) in &dp.counters.masquerade {
+            let _ = writeln!(
+                out,
+                "skiff_masquerade_total{{event=\"{}\"}} {n}",
+                event.name()
+            );
+        }
         let mut per_service = Vec::new();
         for (id, c) in &dp.services {
             let Some(name) = m.service_names.get(id) else {
@@ -635,6 +648,7 @@ mod tests {
             counters: Counters {
                 classes: vec![],
                 drops: vec![(skiff_datapath_abi::DropReason::ShortEthernet, 7)],
+                masquerade: vec![(skiff_datapath_abi::MasqCounter::NewFlows, 4)],
             },
             services: vec![(
                 2,
@@ -660,6 +674,7 @@ mod tests {
                 .1
         };
         assert_eq!(get("skiff_drops_total{reason=\"short_ethernet\"}"), 7.0);
+        assert_eq!(get("skiff_masquerade_total{event=\"new_flows\"}"), 4.0);
         assert_eq!(
             get("skiff_network_programming_duration_seconds_bucket{le=\"0.025\"}"),
             1.0

@@ -130,6 +130,23 @@ impl ProgRunner {
             .expect("writing the node config");
     }
 
+    /// Masquerades test packets (BPF_PROG_TEST_RUN gives them the runner namespace's
+    /// loopback device, which this makes a masquerading uplink) with `m`, exempting
+    /// `non_masquerade`.
+    pub fn masquerade_as_uplink(
+        &mut self,
+        m: skiff_agent::datapath::Masquerade,
+        non_masquerade: &[(std::net::Ipv4Addr, u8)],
+    ) {
+        let datapath = &mut self.datapath;
+        self.ns
+            .run(|| datapath.set_masquerade(&[("lo", m)]))
+            .expect("making lo a masquerading uplink");
+        datapath
+            .set_non_masquerade(non_masquerade)
+            .expect("writing the non-masquerade ranges");
+    }
+
     pub fn counters(&self) -> Counters {
         self.datapath.counters().expect("reading counters")
     }

@@ -633,7 +633,10 @@ fn a_failing_liveness_probe_restarts_the_container() {
     // The restarted shell appends its line just after it is reported running: poll.
     let deadline = Instant::now() + Duration::from_secs(5);
     while wait_file(&starts, Duration::from_secs(1)).lines().count() < 2 {
-        assert!(Instant::now() < deadline, "the restarted container never ran");
+        assert!(
+            Instant::now() < deadline,
+            "the restarted container never ran"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::fs::write(&alive, "").unwrap();

@@ -21,8 +21,13 @@ pub fn run(what: &str, quick: bool) -> anyhow::Result<()> {
         return apiserver(quick);
     }
     // end cp helper
+    // agent bench (issue 7)
+    if what == "agent" {
+        return agent(quick);
+    }
+    // end agent bench
     if what != "datapath" {
-        bail!("unknown benchmark `{what}`: available: datapath, controlplane, apiserver");
+        bail!("unknown benchmark `{what}`: available: datapath, controlplane, apiserver, agent");
     }
     if !is_root() {
         bail!("benchmarks need root: they create network namespaces and load eBPF programs");
@@ -105,3 +110,55 @@ fn apiserver(quick: bool) -> anyhow::Result<()> {
     cmd::run(&mut c)
 }
 // end cp helper
+
+// agent bench (issue 7)
+/// The node agent at scale (network programming latency, resident memory) against a real
+/// skiff-controlplane, and CNI ADD/DEL latency of skiff-cni vs Debian's reference
+/// bridge + host-local; all inside throwaway namespaces. Needs root. Default scale: 10k
+/// services / 100k endpoints (--quick: 1000 / 10 000).
+fn agent(quick: bool) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("the agent benchmark needs root: it loads eBPF programs and creates namespaces");
+    }
+    setup::ensure()?;
+    setup::ensure_apt_packages(&["containernetworking-plugins"])?;
+    cmd::run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "skiff-controlplane",
+        "-p",
+        "skiff-agent",
+        "-p",
+        "skiff-cni",
+        "-p",
+        "skiff-tests",
+        "--bin",
+        "skiff-controlplane",
+        "--bin",
+        "skiff-agent",
+        "--bin",
+        "skiff-cni",
+        "--bin",
+        "skiff-agent-bench",
+    ]))?;
+    let out = workspace_root().join("bench-results/agent.json");
+    let mut c = Command::new(workspace_root().join("target/release/skiff-agent-bench"));
+    c.arg("--out").arg(&out);
+    if quick {
+        c.args([
+            "--services",
+            "1000",
+            "--changes",
+            "50",
+            "--cni-iterations",
+            "20",
+        ]);
+    }
+    // Extra flags for the benchmark binary (e.g. SKIFF_AGENT_BENCH_ARGS="--services 5000").
+    if let Ok(extra) = std::env::var("SKIFF_AGENT_BENCH_ARGS") {
+        c.args(extra.split_whitespace());
+    }
+    cmd::run(&mut c)
+}
+// end agent bench

@@ -5,7 +5,7 @@ use aya::{
     Ebpf,
 };
 use skiff_datapath_abi::{
-    map_names, DropReason, LbCounter, PacketClass, SockLbCounter, TrafficCounter,
+    map_names, DropReason, LbCounter, MasqCounter, PacketClass, SockLbCounter, TrafficCounter,
 };
 
 use super::DatapathError;
@@ -17,6 +17,9 @@ pub struct Counters {
     pub classes: Vec<(PacketClass, TrafficCounter)>,
     /// One entry per [`DropReason`], in `DropReason::ALL` order.
     pub drops: Vec<(DropReason, u64)>,
+    /// One entry per [`MasqCounter`], in `MasqCounter::ALL` order (empty when read from
+    /// pins of an agent that predates masquerade).
+    pub masquerade: Vec<(MasqCounter, u64)>,
 }
 
 impl Counters {
@@ -34,6 +37,15 @@ impl Counters {
         self.drops
             .iter()
             .find(|(r, _)| *r == reason)
+            .map(|(_, v)| *v)
+            .unwrap_or_default()
+    }
+
+    /// One masquerade counter.
+    pub fn masq(&self, event: MasqCounter) -> u64 {
+        self.masquerade
+            .iter()
+            .find(|(e, _)| *e == event)
             .map(|(_, v)| *v)
             .unwrap_or_default()
     }
@@ -58,6 +70,9 @@ impl Counters {
         }
         for (reason, n) in &self.drops {
             out.push_str(&format!("drops{{reason={}}} {}\n", reason.name(), n));
+        }
+        for (event, n) in &self.masquerade {
+            out.push_str(&format!("masquerade{{event={}}} {}\n", event.name(), n));
         }
         out
     }
@@ -91,6 +106,17 @@ pub(super) fn read(ebpf: &Ebpf) -> Result<Counters, DatapathError> {
             reason,
             values.iter().fold(0u64, |a, v| a.saturating_add(*v)),
         ));
+    }
+    let masq = per_cpu::<u64>(ebpf, map_names::MASQ_STATS)?;
+    for event in MasqCounter::ALL {
+        let values = masq
+            .get(&(event as u32), 0)
+            .map_err(|source| DatapathError::MapRead {
+                map: map_names::MASQ_STATS,
+                source: Box::new(source),
+            })?;
+        out.masquerade
+            .push((event, values.iter().fold(0u64, |a, v| a.saturating_add(*v))));
     }
     Ok(out)
 }
@@ -189,6 +215,7 @@ mod tests {
                 .iter()
                 .map(|r| (*r, u64::from(*r as u32 % 2)))
                 .collect(),
+            masquerade: MasqCounter::ALL.iter().map(|e| (*e, 3)).collect(),
         }
     }
 
@@ -218,7 +245,11 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines.len(),
-            (PacketClass::COUNT + DropReason::COUNT) as usize
+            (PacketClass::COUNT + DropReason::COUNT + MasqCounter::COUNT) as usize
+        );
+        assert_eq!(
+            lines[(PacketClass::COUNT + DropReason::COUNT) as usize],
+            "masquerade{event=new_flows} 3"
         );
         assert_eq!(lines[0], "packets{class=ipv4_tcp} 0 bytes=0");
         assert_eq!(lines[1], "packets{class=ipv4_udp} 1 bytes=100");

@@ -79,6 +79,43 @@ impl Inspector {
         Ok(s)
     }
 
+    /// The active backends of one frontend, by point lookups (frontend, its slots, their
+    /// backends): cheap enough to poll at scale, unlike [`Self::snapshot`]. `None` when
+    /// the frontend is not programmed.
+    pub fn frontend_backends(
+        &self,
+        key: &ServiceKey,
+    ) -> Result<Option<Vec<Backend>>, DatapathError> {
+        let svc: HashMap<_, ServiceKey, ServiceValue> =
+            HashMap::try_from(open(&self.dir, map_names::SERVICES)?)
+                .map_err(read_err(map_names::SERVICES))?;
+        let v = match svc.get(key, 0) {
+            Ok(v) => v,
+            Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
+            Err(e) => return Err(read_err(map_names::SERVICES)(e)),
+        };
+        let slots: HashMap<_, SlotKey, u32> = HashMap::try_from(open(&self.dir, map_names::SLOTS)?)
+            .map_err(read_err(map_names::SLOTS))?;
+        let be: HashMap<_, u32, Backend> = HashMap::try_from(open(&self.dir, map_names::BACKENDS)?)
+            .map_err(read_err(map_names::BACKENDS))?;
+        let mut out = Vec::new();
+        for slot in 0..u32::from(v.active) {
+            let Ok(id) = slots.get(
+                &SlotKey {
+                    service_id: v.service_id,
+                    slot,
+                },
+                0,
+            ) else {
+                continue;
+            };
+            if let Ok(b) = be.get(&id, 0) {
+                out.push(b);
+            }
+        }
+        Ok(Some(out))
+    }
+
     /// Conntrack entries.
     pub fn conntrack(&self) -> Result<Vec<(CtKey, CtValue)>, DatapathError> {
         let ct: HashMap<_, CtKey, CtValue> =
@@ -132,6 +169,18 @@ impl Inspector {
                 .map_err(read_err(map_names::DROPS))?;
             out.drops
                 .push((reason, v.iter().fold(0u64, |a, c| a.saturating_add(*c))));
+        }
+        // Pins of an agent that predates masquerade have no such map: nothing to show.
+        if let Ok(map) = open(&self.dir, map_names::MASQ_STATS) {
+            let masq: PerCpuArray<_, u64> =
+                PerCpuArray::try_from(map).map_err(read_err(map_names::MASQ_STATS))?;
+            for event in skiff_datapath_abi::MasqCounter::ALL {
+                let v = masq
+                    .get(&(event as u32), 0)
+                    .map_err(read_err(map_names::MASQ_STATS))?;
+                out.masquerade
+                    .push((event, v.iter().fold(0u64, |a, c| a.saturating_add(*c))));
+            }
         }
         Ok(out)
     }

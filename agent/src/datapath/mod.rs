@@ -6,6 +6,7 @@
 
 mod counters;
 mod inspect;
+mod masquerade;
 mod object;
 mod prog_run;
 mod service_maps;
@@ -28,6 +29,7 @@ use aya::{
 };
 pub use counters::{Counters, SockCounters};
 pub use inspect::Inspector;
+pub use masquerade::{interface_address, Masquerade, DEFAULT_PORTS as DEFAULT_MASQUERADE_PORTS};
 pub use prog_run::ProgRun;
 pub use service_maps::{ct_expired, partner, BpfServiceMaps};
 use skiff_datapath_abi::{map_names, program_names, NodeConfig};
@@ -123,6 +125,8 @@ pub enum DatapathError {
     },
     #[error("pinning under {path} failed: {detail}. Is bpffs mounted there (`mount -t bpf bpf /sys/fs/bpf`)?")]
     Pin { path: String, detail: String },
+    #[error("masquerade on `{interface}`: {detail}")]
+    Masquerade { interface: String, detail: String },
     #[error("the service maps were already handed out by `Datapath::service_maps`")]
     ServiceMapsTaken,
     #[error("reading map `{map}` failed: {source}")]

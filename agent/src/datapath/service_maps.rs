@@ -5,9 +5,8 @@ use aya::maps::{
     HashMap, MapData, MapError,
 };
 use skiff_datapath_abi::{
-    ct_dir, ct_flags, ct_timeouts, map_names, proto, AffinityKey, AffinityValue, Backend, CtKey,
-    CtValue, ServiceKey, ServiceOptions, ServiceValue, SlotKey, SockRevKey, SockRevValue,
-    SourceRangeKey,
+    ct_flags, ct_timeouts, map_names, proto, AffinityKey, AffinityValue, Backend, CtKey, CtValue,
+    ServiceKey, ServiceOptions, ServiceValue, SlotKey, SockRevKey, SockRevValue, SourceRangeKey,
 };
 
 use crate::lbmap::{MapSizes, MapWriteError, ServiceMaps, Snapshot};
@@ -328,11 +327,7 @@ pub fn partner(k: &CtKey, v: &CtValue) -> CtKey {
         sport: v.dport,
         dport: v.sport,
         proto: k.proto,
-        dir: if k.dir == ct_dir::FORWARD {
-            ct_dir::REPLY
-        } else {
-            ct_dir::FORWARD
-        },
+        dir: skiff_datapath_abi::ct_partner_dir(k.dir, v.flags),
         _pad: 0,
     }
 }

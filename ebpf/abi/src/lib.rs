@@ -19,7 +19,9 @@ pub mod map_names {
     /// `PER_CPU_ARRAY`, index [`super::PacketClass`], value [`super::TrafficCounter`].
     pub const STATS: &str = "SKIFF_STATS_V1";
     /// `PER_CPU_ARRAY`, index [`super::DropReason`], value `u64` (packets dropped).
-    pub const DROPS: &str = "SKIFF_DROPS_V1";
+    /// V2: one entry per reason of [`super::DropReason::COUNT`] = 20 (V1 had 18); a pinned
+    /// V1 map is too short for the masquerade reasons, so the name changed with the size.
+    pub const DROPS: &str = "SKIFF_DROPS_V2";
 
     /// `HASH`, key [`super::ServiceKey`], value [`super::ServiceValue`]: one entry per
     /// frontend (ClusterIP:port, NodeIP:nodePort, LB IP:port, ExternalIP:port).
@@ -64,6 +66,15 @@ pub mod map_names {
     pub const SERVICE_STATS: &str = "SKIFF_SVCST_V1";
     /// `PER_CPU_ARRAY`, index backend id, value [`super::LbCounter`].
     pub const BACKEND_STATS: &str = "SKIFF_BEST_V1";
+    /// `HASH`, key ifindex (`u32`, host byte order), value [`super::MasqIface`]: the
+    /// uplinks on which pod traffic to the outside is masqueraded (tc egress), and how.
+    pub const MASQUERADE: &str = "SKIFF_MASQ_V1";
+    /// `LPM_TRIE`, key prefix length + IPv4 destination (network byte order), value `u8`
+    /// (1): destinations pod traffic keeps its source for (cluster CIDR, service CIDR,
+    /// `--non-masquerade-cidr`, as ip-masq-agent's `nonMasqueradeCIDRs`).
+    pub const NON_MASQUERADE: &str = "SKIFF_NOMASQ_V1";
+    /// `PER_CPU_ARRAY`, index [`super::MasqCounter`], value `u64`.
+    pub const MASQ_STATS: &str = "SKIFF_MASQST_V1";
 
     /// Every map name, for checks that the object and the kernel agree with this crate.
     pub const ALL: &[&str] = &[
@@ -87,6 +98,9 @@ pub mod map_names {
         MAGLEV,
         BIND_EXEMPT,
         XDP_STATS,
+        MASQUERADE,
+        NON_MASQUERADE,
+        MASQ_STATS,
     ];
 }
 
@@ -209,11 +223,18 @@ pub enum DropReason {
     NoLocalBackend = 16,
     /// The client is outside the service's loadBalancerSourceRanges.
     SourceRangeDenied = 17,
+    /// Masquerade found no free port on the uplink's address towards this destination
+    /// (every probed reply key taken): the pod's new flow is dropped rather than sent with
+    /// its pod address, which the outside could not answer.
+    MasqueradePortExhausted = 18,
+    /// Protocol ICMP but the 8-byte ICMP header is not all there (checked where ICMP is
+    /// translated: masquerade of echo requests).
+    ShortIcmpHeader = 19,
 }
 
 impl DropReason {
     /// Number of reasons: the size of the drops map.
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 20;
     /// All reasons, in index order.
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::ShortEthernet,
@@ -234,6 +255,8 @@ impl DropReason {
         DropReason::SnatNotConfigured,
         DropReason::NoLocalBackend,
         DropReason::SourceRangeDenied,
+        DropReason::MasqueradePortExhausted,
+        DropReason::ShortIcmpHeader,
     ];
 
     /// Stable snake_case name, used in CLI output and metrics labels.
@@ -257,6 +280,8 @@ impl DropReason {
             DropReason::SnatNotConfigured => "snat_not_configured",
             DropReason::NoLocalBackend => "no_local_backend",
             DropReason::SourceRangeDenied => "source_range_denied",
+            DropReason::MasqueradePortExhausted => "masquerade_port_exhausted",
+            DropReason::ShortIcmpHeader => "short_icmp_header",
         }
     }
 
@@ -444,8 +469,28 @@ impl SockLbCounter {
 pub mod ct_dir {
     /// The key is the flow as the client sent it (to the frontend).
     pub const FORWARD: u8 = 1;
-    /// The key is a reply as it comes back from the backend (after DNAT/SNAT).
+    /// The key is a reply as it comes back from the backend (after DNAT/SNAT), or from
+    /// the outside to a masqueraded flow.
     pub const REPLY: u8 = 2;
+    /// The key is a pod's packet of a masqueraded flow as it leaves through an uplink.
+    /// Looked up on tc egress only, never on ingress: the same 5-tuple arriving on the
+    /// pod's interface must reach the stack untranslated (a local source would make it a
+    /// martian), so it cannot share FORWARD's key space.
+    pub const MASQ: u8 = 3;
+}
+
+/// The direction of the partner entry of an entry in direction `dir` with [`ct_flags`]
+/// `flags`: FORWARD and MASQ entries pair with REPLY; a REPLY entry pairs with MASQ when it
+/// carries [`ct_flags::MASQ`], else with FORWARD. Shared by the datapath and the agent's
+/// garbage collection.
+pub const fn ct_partner_dir(dir: u8, flags: u32) -> u8 {
+    if dir != ct_dir::REPLY {
+        ct_dir::REPLY
+    } else if flags & ct_flags::MASQ != 0 {
+        ct_dir::MASQ
+    } else {
+        ct_dir::FORWARD
+    }
 }
 
 /// Key of [`map_names::CONNTRACK`]: a packet's 5-tuple as it arrives, plus direction.
@@ -479,6 +524,9 @@ pub mod ct_flags {
     /// bpf_redirect_neigh) instead of handing it to the stack, which would drop a packet
     /// whose new source is a local address as a martian.
     pub const REDIRECT: u32 = 1 << 3;
+    /// A masqueraded pod flow (no service): `backend_id` and `service_id` are 0, and the
+    /// REPLY entry's partner is in direction [`super::ct_dir::MASQ`].
+    pub const MASQ: u32 = 1 << 4;
 }
 
 /// Value of [`map_names::CONNTRACK`]: how to rewrite packets matching the key.
@@ -525,6 +573,59 @@ pub struct NodeConfig {
     pub snat_port_min: u16,
     /// Highest SNAT source port (host byte order); 0 means 60999.
     pub snat_port_max: u16,
+}
+
+/// Value of [`map_names::MASQUERADE`]: masquerade on one uplink.
+///
+/// A packet leaving through the uplink is masqueraded when its source is inside
+/// `src_net/src_mask` (the cluster CIDR) and its destination is neither link-local
+/// (169.254.0.0/16, never) nor in [`map_names::NON_MASQUERADE`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MasqIface {
+    /// The address sources are rewritten to (the uplink's), network byte order.
+    pub addr: u32,
+    /// Source range base, network byte order, already masked.
+    pub src_net: u32,
+    /// Source range netmask, network byte order.
+    pub src_mask: u32,
+    /// Lowest translated port (and ICMP echo id), host byte order.
+    pub port_min: u16,
+    /// Highest translated port, host byte order; `port_min..=port_max` is never empty.
+    pub port_max: u16,
+}
+
+/// Masquerade events: the index into [`map_names::MASQ_STATS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MasqCounter {
+    /// New masqueraded flows (a port claimed).
+    NewFlows = 0,
+    /// Pod packets rewritten to the uplink's address on egress.
+    Egress = 1,
+    /// Replies rewritten back to the pod on ingress (TCP, UDP, ICMP echo replies).
+    Ingress = 2,
+    /// ICMP errors about masqueraded flows translated back to the pod.
+    IcmpErrors = 3,
+}
+
+impl MasqCounter {
+    pub const COUNT: u32 = 4;
+    pub const ALL: [MasqCounter; Self::COUNT as usize] = [
+        MasqCounter::NewFlows,
+        MasqCounter::Egress,
+        MasqCounter::Ingress,
+        MasqCounter::IcmpErrors,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            MasqCounter::NewFlows => "new_flows",
+            MasqCounter::Egress => "egress_packets",
+            MasqCounter::Ingress => "ingress_packets",
+            MasqCounter::IcmpErrors => "icmp_errors",
+        }
+    }
 }
 
 /// Data of a [`map_names::SOURCE_RANGES`] key; the LPM prefix length is 32 (the service
@@ -721,6 +822,9 @@ const _: () = assert!(offset_of!(CtValue, backend_id) == 12);
 const _: () = assert!(offset_of!(CtValue, flags) == 20);
 const _: () = assert!(offset_of!(CtValue, last_seen_ns) == 24);
 const _: () = assert!(size_of::<NodeConfig>() == 8);
+const _: () = assert!(size_of::<MasqIface>() == 16);
+const _: () = assert!(offset_of!(MasqIface, port_min) == 12);
+const _: () = assert!(MasqCounter::ALL.len() == MasqCounter::COUNT as usize);
 const _: () = assert!(size_of::<LbCounter>() == 24);
 const _: () = assert!(size_of::<SourceRangeKey>() == 8);
 const _: () = assert!(size_of::<BindProtection>() == 8);
@@ -750,6 +854,7 @@ mod user {
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::NodeConfig {}
+    unsafe impl aya::Pod for super::MasqIface {}
     unsafe impl aya::Pod for super::LbCounter {}
     unsafe impl aya::Pod for super::SourceRangeKey {}
     unsafe impl aya::Pod for super::BindProtection {}
@@ -769,8 +874,9 @@ mod tests {
                 name.len() <= 15,
                 "map name {name} is longer than the kernel keeps"
             );
+            let version = name.rsplit_once("_V").map(|(_, v)| v).unwrap_or("");
             assert!(
-                name.ends_with("_V1"),
+                !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit()),
                 "map name {name} carries no layout version"
             );
         }
@@ -786,6 +892,27 @@ mod tests {
             assert_eq!(DropReason::from_index(i as u32), Some(*reason));
         }
         assert_eq!(DropReason::from_index(DropReason::COUNT), None);
+    }
+
+    #[test]
+    fn conntrack_partners_pair_up() {
+        assert_eq!(ct_partner_dir(ct_dir::FORWARD, 0), ct_dir::REPLY);
+        assert_eq!(ct_partner_dir(ct_dir::REPLY, 0), ct_dir::FORWARD);
+        assert_eq!(
+            ct_partner_dir(ct_dir::REPLY, ct_flags::SNAT),
+            ct_dir::FORWARD
+        );
+        assert_eq!(ct_partner_dir(ct_dir::MASQ, ct_flags::MASQ), ct_dir::REPLY);
+        assert_eq!(ct_partner_dir(ct_dir::REPLY, ct_flags::MASQ), ct_dir::MASQ);
+    }
+
+    #[test]
+    fn map_names_are_unique() {
+        for (i, a) in map_names::ALL.iter().enumerate() {
+            for b in &map_names::ALL[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! plain read-modify-write is race free (the kernel disables preemption/migration while a
 //! BPF program runs).
 
-use skiff_datapath_abi::{DropReason, LbCounter, PacketClass, SockLbCounter};
+use skiff_datapath_abi::{DropReason, LbCounter, MasqCounter, PacketClass, SockLbCounter};
 
-use crate::maps::{SKIFF_BEST_V1, SKIFF_DROPS_V1, SKIFF_SKSTAT_V1, SKIFF_STATS_V1, SKIFF_SVCST_V1};
+use crate::maps::{
+    SKIFF_BEST_V1, SKIFF_DROPS_V2, SKIFF_MASQST_V1, SKIFF_SKSTAT_V1, SKIFF_STATS_V1, SKIFF_SVCST_V1,
+};
 
 #[inline(always)]
 pub fn count_packet(class: PacketClass, len: u32) {
@@ -20,7 +22,7 @@ pub fn count_packet(class: PacketClass, len: u32) {
 
 #[inline(always)]
 pub fn count_drop(reason: DropReason) {
-    if let Some(counter) = SKIFF_DROPS_V1.get_ptr_mut(reason as u32) {
+    if let Some(counter) = SKIFF_DROPS_V2.get_ptr_mut(reason as u32) {
         // SAFETY: as in `count_packet`.
         unsafe { *counter += 1 };
     }
@@ -55,4 +57,12 @@ fn bump(counter: Option<*mut LbCounter>, new_flow: bool, len: u32) {
 pub fn count_lb(service_id: u32, backend_id: u32, new_flow: bool, len: u32) {
     bump(SKIFF_SVCST_V1.get_ptr_mut(service_id), new_flow, len);
     bump(SKIFF_BEST_V1.get_ptr_mut(backend_id), new_flow, len);
+}
+
+#[inline(always)]
+pub fn count_masq(event: MasqCounter) {
+    if let Some(counter) = SKIFF_MASQST_V1.get_ptr_mut(event as u32) {
+        // SAFETY: as in `count_packet`.
+        unsafe { *counter += 1 };
+    }
 }

@@ -5,7 +5,7 @@
 //! backend's entries when it leaves its service.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use skiff_datapath_abi::{ct_dir, ct_flags, CtKey, CtValue};
+use skiff_datapath_abi::{ct_flags, ct_partner_dir, CtKey, CtValue};
 
 use crate::{maps::SKIFF_CT_V1, parse::Packet};
 
@@ -40,11 +40,7 @@ fn partner(key: &CtKey, v: &CtValue) -> CtKey {
         sport: v.dport,
         dport: v.sport,
         proto: key.proto,
-        dir: if key.dir == ct_dir::REPLY {
-            ct_dir::FORWARD
-        } else {
-            ct_dir::REPLY
-        },
+        dir: ct_partner_dir(key.dir, v.flags),
         _pad: 0,
     }
 }

@@ -1,4 +1,4 @@
-//! ICMP errors about translated flows (RFC 5508 §4.2 behaviour for NATs): a "port
+//! ICMP errors about translated flows (services and masquerade alike) (RFC 5508 §4.2 behaviour for NATs): a "port
 //! unreachable", "fragmentation needed" or "time exceeded" quoting a translated packet is
 //! itself translated, outer and inner headers alike, so the endpoint that receives it
 //! can match it to its socket. Without this, path MTU discovery through a NodePort
@@ -18,6 +18,7 @@ use skiff_datapath_abi::{ct_dir, ct_flags, proto, CtKey, DropReason};
 
 use crate::{ct, nat, parse::Packet, redirect};
 
+const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAMETER_PROBLEM: u8 = 12;
@@ -41,6 +42,9 @@ pub fn ingress(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
     } != 0
     {
         return Ok(TC_ACT_OK);
+    }
+    if hdr[0] == ICMP_ECHO_REPLY {
+        return crate::masq::echo_reply(ctx, p, u16::from_ne_bytes([hdr[4], hdr[5]]));
     }
     if !matches!(
         hdr[0],
@@ -147,6 +151,9 @@ pub fn ingress(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
         dport: 0,
     };
     nat::rewrite_l3(ctx, p, &outer)?;
+    if ct.flags & ct_flags::MASQ != 0 {
+        crate::counters::count_masq(skiff_datapath_abi::MasqCounter::IcmpErrors);
+    }
     if towards_client || ct.flags & ct_flags::REDIRECT != 0 {
         redirect::fib_redirect(ctx, p, &outer)
     } else {

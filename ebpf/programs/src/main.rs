@@ -9,6 +9,7 @@ mod ct;
 mod icmp;
 mod lb;
 mod maps;
+mod masq;
 mod nat;
 mod parse;
 mod redirect;
@@ -52,7 +53,8 @@ fn try_tc_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
 
 /// Hook: tc egress on node-facing interfaces. Direction: packets leaving the node.
 /// Reverse-translates replies of translated flows that no skiff ingress hook saw (their
-/// backend sits behind an interface skiff does not manage). Never drops valid traffic.
+/// backend sits behind an interface skiff does not manage), and masquerades pod traffic
+/// to the outside on masquerading uplinks. Never drops valid traffic.
 #[classifier]
 pub fn skiff_tc_egress(ctx: TcContext) -> i32 {
     match try_tc_egress(&ctx) {
@@ -67,7 +69,12 @@ pub fn skiff_tc_egress(ctx: TcContext) -> i32 {
 fn try_tc_egress(ctx: &TcContext) -> Result<i32, DropReason> {
     match parse::parse(ctx) {
         Ok(packet) => service::egress(ctx, &packet),
-        // Malformed packets leaving the node are the stack's own; not ours to judge.
+        // On a masquerading uplink a malformed IPv4 packet may be a pod's with its pod
+        // address, which must not leak untranslated: dropped and counted. (The host's
+        // own stack never builds one; a raw socket that does gets the drop counted.)
+        Err(reason) if masq::uplink(ctx).is_some() => Err(reason),
+        // Elsewhere malformed packets leaving the node are the stack's own; not ours to
+        // judge.
         Err(_) => Ok(Verdict::Pass.tc_action()),
     }
 }

@@ -11,8 +11,8 @@ use aya_ebpf::{
 };
 use skiff_datapath_abi::{
     AffinityKey, AffinityValue, Backend, BindProtection, CtKey, CtValue, DropReason, LbCounter,
-    NodeConfig, PacketClass, ServiceKey, ServiceOptions, ServiceValue, SlotKey, SockLbCounter,
-    SockRevKey, SockRevValue, SourceRangeKey, TrafficCounter,
+    MasqCounter, MasqIface, NodeConfig, PacketClass, ServiceKey, ServiceOptions, ServiceValue,
+    SlotKey, SockLbCounter, SockRevKey, SockRevValue, SourceRangeKey, TrafficCounter,
 };
 
 /// Packets and bytes per [`PacketClass`], per CPU (no atomics on the fast path).
@@ -22,7 +22,7 @@ pub static SKIFF_STATS_V1: PerCpuArray<TrafficCounter> =
 
 /// Dropped packets per [`DropReason`], per CPU.
 #[map]
-pub static SKIFF_DROPS_V1: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
+pub static SKIFF_DROPS_V2: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
 
 /// Service frontends.
 #[map]
@@ -102,3 +102,15 @@ pub static SKIFF_BINDOK_V1: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0
 #[map]
 pub static SKIFF_XDPST_V1: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(skiff_datapath_abi::XdpCounter::COUNT, 0);
+
+/// Masquerading uplinks by ifindex, written by the agent when it attaches.
+#[map]
+pub static SKIFF_MASQ_V1: HashMap<u32, MasqIface> = HashMap::with_max_entries(64, 0);
+
+/// Destinations exempt from masquerade (cluster CIDR, service CIDR, configured ranges).
+#[map]
+pub static SKIFF_NOMASQ_V1: LpmTrie<u32, u8> = LpmTrie::with_max_entries(256, 0);
+
+/// Masquerade events per `MasqCounter`, per CPU.
+#[map]
+pub static SKIFF_MASQST_V1: PerCpuArray<u64> = PerCpuArray::with_max_entries(MasqCounter::COUNT, 0);

@@ -82,6 +82,18 @@ pub fn rewrite_l3(ctx: &TcContext, p: &Packet, new: &Tuple) -> Result<(), DropRe
     Ok(())
 }
 
+/// Rewrites an ICMP echo's identifier (offset 4 of the ICMP header) from `old` to `new`
+/// (both as on the wire). The ICMP checksum covers no pseudo-header, so only the two
+/// bytes' difference goes into it.
+#[inline(always)]
+pub fn rewrite_icmp_id(ctx: &TcContext, p: &Packet, old: u16, new: u16) -> Result<(), DropReason> {
+    if old == new {
+        return Ok(());
+    }
+    ok(ctx.l4_csum_replace(p.l4_offset + 2, old.into(), new.into(), 2))?;
+    ok(ctx.store(p.l4_offset + 4, &new, 0))
+}
+
 /// Decrements the TTL as a router would (packets redirected from tc bypass the stack's
 /// forwarding, which normally does it). Returns false when the TTL is exhausted.
 #[inline(always)]

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use skiff_datapath_abi::{
     affinity_kind, backend_flags, ct_dir, ct_flags, maglev, service_flags, Backend, CtKey, CtValue,
-    DropReason, PacketClass, ServiceKey,
+    DropReason, MasqCounter, PacketClass, ServiceKey,
 };
 
 use crate::{
@@ -27,7 +27,7 @@ use crate::{
 
 const SNAT_PORT_MIN: u16 = 32768;
 const SNAT_PORT_MAX: u16 = 60999;
-/// Random probes for a free SNAT port before giving up on a new flow.
+/// Probes for a free SNAT (or masquerade) port before giving up on a new flow.
 const SNAT_TRIES: u32 = 8;
 
 fn translatable(p: &Packet) -> bool {
@@ -55,7 +55,12 @@ pub fn ingress(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
     if let Some(ct) = ct::lookup(&ct::key(p, ct_dir::REPLY), p.tcp_flags, true) {
         let t = tuple(&ct);
         nat::rewrite(ctx, p, &t)?;
+        if ct.flags & ct_flags::MASQ != 0 {
+            counters::count_masq(MasqCounter::Ingress);
+        }
         // The new source is the frontend, a local address for NodePort: route from here.
+        // (A masqueraded reply's new destination is a pod; routing it from here too
+        // saves the stack's second lookup.)
         return redirect::fib_redirect(ctx, p, &t);
     }
     if let Some(ct) = ct::lookup(&ct::key(p, ct_dir::FORWARD), p.tcp_flags, false) {
@@ -72,16 +77,17 @@ pub fn ingress(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
 }
 
 /// tc egress: reverse translation of replies that reached the wire side without passing
-/// a skiff ingress hook (a backend behind an interface skiff does not manage).
+/// a skiff ingress hook (a backend behind an interface skiff does not manage), then
+/// masquerade of pod traffic leaving through an uplink.
 #[inline(always)]
 pub fn egress(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
-    if !translatable(p) {
-        return Ok(TC_ACT_OK);
+    if translatable(p) {
+        if let Some(ct) = ct::lookup(&ct::key(p, ct_dir::REPLY), p.tcp_flags, true) {
+            nat::rewrite(ctx, p, &tuple(&ct))?;
+            return Ok(TC_ACT_OK);
+        }
     }
-    if let Some(ct) = ct::lookup(&ct::key(p, ct_dir::REPLY), p.tcp_flags, true) {
-        nat::rewrite(ctx, p, &tuple(&ct))?;
-    }
-    Ok(TC_ACT_OK)
+    crate::masq::egress(ctx, p)
 }
 
 /// What to do with the first packet of a flow to a possible frontend.
@@ -236,18 +242,48 @@ fn snat_source(p: &Packet, backend: &Backend, reply: &CtValue) -> Result<(u32, u
     } else {
         cfg.snat_port_max
     };
+    let rkey = reply_key(p, backend, cfg.snat_addr, 0);
+    match claim_port(rkey, reply, min, max, u16::from_be(p.sport)) {
+        Some(port) => Ok((cfg.snat_addr, port)),
+        None => Err(DropReason::SnatPortExhausted),
+    }
+}
+
+/// Claims a port in `min..=max` (host byte order, `min <= max`) for a flow whose reply
+/// key is `rkey` with the port as its destination port: inserts `reply` under that key
+/// with BPF_NOEXIST, so two flows (service SNAT and masquerade alike, they share the
+/// REPLY key space) can never share a reply key. `own` (the client's port) is tried
+/// first when it is in range, then a random port and the ones after it (wrapping), as
+/// Linux's nf_nat does: unlike independent random probes, a nearly full range is still
+/// found within the tries. Returns the port in network byte order.
+///
+/// Verifier: the loop is bounded by the constant SNAT_TRIES (8 map inserts per new
+/// flow at most), which keeps the egress program far from the 1M-instruction limit.
+#[inline(always)]
+pub fn claim_port(mut rkey: CtKey, reply: &CtValue, min: u16, max: u16, own: u16) -> Option<u16> {
     let span = u32::from(max.saturating_sub(min)) + 1;
-    let own = u16::from_be(p.sport);
-    let mut port = if own >= min && own <= max { own } else { min };
-    let mut i = 0;
-    while i < SNAT_TRIES {
-        let rkey = reply_key(p, backend, cfg.snat_addr, port.to_be());
-        if SKIFF_CT_V1.insert(rkey, reply, BPF_NOEXIST as u64).is_ok() {
-            return Ok((cfg.snat_addr, port.to_be()));
-        }
+    let (mut port, mut i) = if own >= min && own <= max {
+        (own, 0)
+    } else {
         // SAFETY: helper without preconditions.
-        port = min + (unsafe { bpf_get_prandom_u32() } % span) as u16;
+        let r = unsafe { bpf_get_prandom_u32() };
+        (min + (r % span) as u16, 1)
+    };
+    while i < SNAT_TRIES {
+        rkey.dport = port.to_be();
+        if SKIFF_CT_V1.insert(rkey, *reply, BPF_NOEXIST as u64).is_ok() {
+            return Some(port.to_be());
+        }
+        port = if i == 0 {
+            // The client's own port was taken: continue from a random one.
+            // SAFETY: helper without preconditions.
+            min + (unsafe { bpf_get_prandom_u32() } % span) as u16
+        } else if port >= max {
+            min
+        } else {
+            port + 1
+        };
         i += 1;
     }
-    Err(DropReason::SnatPortExhausted)
+    None
 }

@@ -1,0 +1,619 @@
+//! `cargo xtask bench agent`: the node agent at scale, against a real
+//! `skiff-controlplane`, everything inside a throwaway network namespace (the API server
+//! and the agent listen on that namespace's loopback; no packet is sent anywhere).
+//!
+//! - Network programming latency: with N services × E endpoints preloaded and synced,
+//!   one EndpointSlice at a time gets a new endpoint address (and a fresh
+//!   `last-change-trigger-time`); the latency is from just before the API write to the
+//!   moment the agent's pinned maps show the new backend for that frontend (polled by
+//!   point lookups). The agent's own `skiff_network_programming_duration_seconds`
+//!   histogram is reported next to it.
+//! - Agent memory: VmRSS and VmHWM of the agent process after the initial sync and after
+//!   the changes.
+//! - CNI ADD and DEL latency of skiff-cni and of Debian's reference `bridge` +
+//!   `host-local`, same config, each invocation in a fresh container namespace inside a
+//!   throwaway host namespace.
+//!
+//! Prints markdown rows and writes JSON (`--out`).
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{Ipv4Addr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{bail, Context as _};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use skiff_agent::datapath::Inspector;
+use skiff_datapath_abi::{proto, ServiceKey};
+use skiff_tests::{
+    apiserver::{client, free_port},
+    netns::{BpffsDir, NetNs},
+};
+
+struct Args {
+    services: usize,
+    endpoints: usize,
+    changes: usize,
+    cni_iterations: usize,
+    skip_cni: bool,
+    skip_agent: bool,
+    out: PathBuf,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        services: 10_000,
+        endpoints: 10,
+        changes: 200,
+        cni_iterations: 100,
+        skip_cni: false,
+        skip_agent: false,
+        out: PathBuf::from("bench-results/agent.json"),
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let flag = argv[i].as_str();
+        let value = |i: usize| {
+            argv.get(i + 1)
+                .with_context(|| format!("{flag} needs a value"))
+        };
+        match flag {
+            "--services" => a.services = value(i)?.parse()?,
+            "--endpoints" => a.endpoints = value(i)?.parse()?,
+            "--changes" => a.changes = value(i)?.parse()?,
+            "--cni-iterations" => a.cni_iterations = value(i)?.parse()?,
+            "--out" => a.out = PathBuf::from(value(i)?),
+            "--skip-cni" => {
+                a.skip_cni = true;
+                i += 1;
+                continue;
+            }
+            "--skip-agent" => {
+                a.skip_agent = true;
+                i += 1;
+                continue;
+            }
+            other => bail!(
+                "unknown flag {other}: skiff-agent-bench [--services N] [--endpoints E] \
+                 [--changes K] [--cni-iterations C] [--skip-cni] [--skip-agent] [--out FILE]"
+            ),
+        }
+        i += 2;
+    }
+    if a.endpoints == 0 || a.endpoints > 100 {
+        bail!("--endpoints must be 1..=100 (one EndpointSlice per service)");
+    }
+    Ok(a)
+}
+
+/// `p`-quantile (0..=1) of sorted samples, nearest rank.
+fn quantile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let p = exe.with_file_name(name);
+    if !p.exists() {
+        bail!(
+            "{} is missing: `cargo xtask bench agent` builds it (cargo build --release -p {name})",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+fn endpoint_addr(service: usize, e: usize) -> String {
+    // 100.64.0.0/10: only map contents, never a packet's destination.
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + (service * 100 + e) as u32).to_string()
+}
+
+fn slice(i: usize, addrs: &[String], trigger: Option<String>) -> EndpointSlice {
+    let mut meta = json!({
+        "name": format!("svc{i}-0"),
+        "namespace": "bench",
+        "labels": {
+            "kubernetes.io/service-name": format!("svc{i}"),
+            "endpointslice.kubernetes.io/managed-by": "skiff-agent-bench",
+        },
+    });
+    if let Some(t) = trigger {
+        meta["annotations"] = json!({ "endpoints.kubernetes.io/last-change-trigger-time": t });
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": meta,
+        "addressType": "IPv4",
+        "endpoints": addrs.iter().map(|a| json!({
+            "addresses": [a],
+            "conditions": {"ready": true, "serving": true, "terminating": false},
+        })).collect::<Vec<_>>(),
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+    }))
+    .expect("a valid EndpointSlice")
+}
+
+fn service(i: usize) -> Service {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": format!("svc{i}"), "namespace": "bench"},
+        // No selector: the endpointslice controller leaves the slices to the bench.
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]},
+    }))
+    .expect("a valid Service")
+}
+
+fn rfc3339_now() -> String {
+    k8s_openapi::jiff::Timestamp::now().to_string()
+}
+
+/// Creates services and slices with up to `parallel` requests in flight; returns the
+/// ClusterIPs.
+async fn preload(
+    client: &kube::Client,
+    n: usize,
+    endpoints: usize,
+    parallel: usize,
+) -> anyhow::Result<Vec<Ipv4Addr>> {
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "bench");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "bench");
+    let mut ips = vec![Ipv4Addr::UNSPECIFIED; n];
+    let mut set = tokio::task::JoinSet::new();
+    let mut next = 0;
+    let mut done = 0;
+    let started = Instant::now();
+    while done < n {
+        while next < n && set.len() < parallel {
+            let (svcs, slices) = (svcs.clone(), slices.clone());
+            let i = next;
+            set.spawn(async move {
+                let s = svcs.create(&PostParams::default(), &service(i)).await?;
+                let addrs: Vec<String> = (0..endpoints).map(|e| endpoint_addr(i, e)).collect();
+                slices
+                    .create(&PostParams::default(), &slice(i, &addrs, None))
+                    .await?;
+                let ip: Ipv4Addr = s
+                    .spec
+                    .and_then(|s| s.cluster_ip)
+                    .context("no clusterIP allocated")?
+                    .parse()?;
+                anyhow::Ok((i, ip))
+            });
+            next += 1;
+        }
+        let (i, ip) = set.join_next().await.context("task set empty")???;
+        ips[i] = ip;
+        done += 1;
+        if done % 1000 == 0 {
+            eprintln!(
+                "  preloaded {done}/{n} services in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(ips)
+}
+
+fn status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
+}
+
+/// (le, cumulative count) of one histogram in Prometheus text.
+fn histogram(text: &str, name: &str) -> Vec<(f64, u64)> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse::<f64>().ok()? as u64))
+        })
+        .collect()
+}
+
+/// The bucket upper bound holding quantile `p` (what a histogram can say).
+fn histogram_quantile(buckets: &[(f64, u64)], p: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    let rank = (p * total as f64).ceil() as u64;
+    buckets.iter().find(|(_, c)| *c >= rank).map(|(le, _)| *le)
+}
+
+#[derive(serde::Serialize, Default)]
+struct AgentReport {
+    services: usize,
+    endpoints: usize,
+    preload_s: f64,
+    initial_sync_s: f64,
+    changes: usize,
+    latency_p50_ms: f64,
+    latency_p99_ms: f64,
+    latency_max_ms: f64,
+    agent_histogram_p50_le_s: Option<f64>,
+    agent_histogram_p99_le_s: Option<f64>,
+    rss_after_sync_kb: u64,
+    rss_after_changes_kb: u64,
+    hwm_kb: u64,
+}
+
+fn agent_bench(a: &Args) -> anyhow::Result<AgentReport> {
+    let ns = NetNs::new("agbench");
+    // The interface the agent's tc programs attach to: a veth pair nothing sends on.
+    ns.ip(&[
+        "link", "add", "agb0", "type", "veth", "peer", "name", "agb1",
+    ]);
+    ns.ip(&["link", "set", "agb0", "up"]);
+    ns.ip(&["link", "set", "agb1", "up"]);
+    let pins = BpffsDir::new("agbench");
+    let dir = tempfile::tempdir()?;
+    let controlplane = sibling("skiff-controlplane")?;
+    let agent = sibling("skiff-agent")?;
+    ns.run(|| -> anyhow::Result<AgentReport> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let api_port = free_port();
+        let metrics_port = free_port();
+        let _server = Proc(
+            Command::new(&controlplane)
+                .args(["server", "--data-dir"])
+                .arg(dir.path())
+                .args(["--listen", &format!("127.0.0.1:{api_port}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting skiff-controlplane")?,
+        );
+        let kubeconfig = dir.path().join("admin.kubeconfig");
+        let kc = rt.block_on(client(&kubeconfig));
+        rt.block_on(async {
+            let nss: Api<Namespace> = Api::all(kc.clone());
+            let ns: Namespace =
+                serde_json::from_value(json!({"metadata": {"name": "bench"}})).unwrap();
+            nss.create(&PostParams::default(), &ns).await
+        })?;
+        eprintln!(
+            "preloading {} services x {} endpoints",
+            a.services, a.endpoints
+        );
+        let t = Instant::now();
+        let ips = rt.block_on(preload(&kc, a.services, a.endpoints, 32))?;
+        let preload_s = t.elapsed().as_secs_f64();
+        eprintln!("preload took {preload_s:.1} s; starting the agent");
+
+        let backends = (a.services * a.endpoints * 5 / 4)
+            .max(65536)
+            .next_power_of_two();
+        let t = Instant::now();
+        let mut child = Command::new(&agent)
+            .args(["run", "-i", "agb0", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .args([
+                "--node-name",
+                "bench-node",
+                "--no-register-node",
+                "--pod-network",
+                "none",
+                "--masquerade",
+                "off",
+                "--healthz-bind-address",
+                "",
+                "--metrics-bind-address",
+                &format!("127.0.0.1:{metrics_port}"),
+                "--interval-secs",
+                "1",
+                "--consistency-check-secs",
+                "3600",
+                "--map-size-backends",
+                &backends.to_string(),
+                "--map-size-slots",
+                &(backends * 2).to_string(),
+                "--map-size-services",
+                &(a.services * 2).max(65536).to_string(),
+                "--pin-dir",
+            ])
+            .arg(pins.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting skiff-agent")?;
+        let stdout = child.stdout.take().unwrap();
+        let agent_pid = child.id();
+        let agent_proc = Proc(child);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        // "synced N services, ..." with every preloaded service (plus default/kubernetes).
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .context("the agent did not report its initial sync in 10 minutes")?;
+            let synced = line
+                .strip_prefix("synced ")
+                .and_then(|r| r.split_once(' '))
+                .and_then(|(n, _)| n.parse::<usize>().ok());
+            if synced.is_some_and(|n| n >= a.services) {
+                eprintln!("agent: {line}");
+                break;
+            }
+        }
+        let initial_sync_s = t.elapsed().as_secs_f64();
+        // Drain the agent's output from here on so it never blocks on a full pipe.
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        let rss_after_sync_kb = status_kb(agent_pid, "VmRSS:");
+        eprintln!("initial sync {initial_sync_s:.1} s, VmRSS {rss_after_sync_kb} kB");
+
+        let inspector = Inspector::new(pins.path());
+        let slices: Api<EndpointSlice> = Api::namespaced(kc.clone(), "bench");
+        let mut lat = Vec::with_capacity(a.changes);
+        for k in 0..a.changes {
+            let i = (k * 7919) % a.services;
+            let fresh = Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 120, 0, 0)) + k as u32);
+            let mut addrs: Vec<String> = (1..a.endpoints).map(|e| endpoint_addr(i, e)).collect();
+            addrs.insert(0, fresh.to_string());
+            let key = ServiceKey {
+                addr: u32::from(ips[i]).to_be(),
+                port: 80u16.to_be(),
+                proto: proto::TCP,
+                scope: 0,
+            };
+            let want = u32::from(fresh).to_be();
+            let t = Instant::now();
+            let mut s = slice(i, &addrs, Some(rfc3339_now()));
+            rt.block_on(async {
+                let cur = slices.get(&format!("svc{i}-0")).await?;
+                s.metadata.resource_version = cur.metadata.resource_version;
+                slices
+                    .replace(&format!("svc{i}-0"), &PostParams::default(), &s)
+                    .await
+            })?;
+            let deadline = t + Duration::from_secs(30);
+            loop {
+                let seen = inspector
+                    .frontend_backends(&key)?
+                    .is_some_and(|bs| bs.iter().any(|b| b.addr == want));
+                if seen {
+                    lat.push(t.elapsed());
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("change {k} (svc{i}) not programmed within 30 s");
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        lat.sort();
+        let rss_after_changes_kb = status_kb(agent_pid, "VmRSS:");
+        let hwm_kb = status_kb(agent_pid, "VmHWM:");
+        // The agent's histogram: its sync loop observes after applying, so wait for the
+        // last change to be counted.
+        let mut buckets = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(text) = http_get(metrics_port, "/metrics") {
+                buckets = histogram(&text, "skiff_network_programming_duration_seconds");
+                if buckets
+                    .last()
+                    .is_some_and(|(_, c)| *c as usize >= a.changes)
+                {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        drop(agent_proc);
+        Ok(AgentReport {
+            services: a.services,
+            endpoints: a.services * a.endpoints,
+            preload_s,
+            initial_sync_s,
+            changes: lat.len(),
+            latency_p50_ms: ms(quantile(&lat, 0.50)),
+            latency_p99_ms: ms(quantile(&lat, 0.99)),
+            latency_max_ms: ms(lat.last().copied().unwrap_or_default()),
+            agent_histogram_p50_le_s: histogram_quantile(&buckets, 0.50),
+            agent_histogram_p99_le_s: histogram_quantile(&buckets, 0.99),
+            rss_after_sync_kb,
+            rss_after_changes_kb,
+            hwm_kb,
+        })
+    })
+}
+
+#[derive(serde::Serialize)]
+struct CniReport {
+    plugin: String,
+    iterations: usize,
+    add_p50_ms: f64,
+    add_p99_ms: f64,
+    del_p50_ms: f64,
+    del_p99_ms: f64,
+}
+
+fn invoke(plugin: &Path, command: &str, config: &str, netns: &str, id: &str) -> anyhow::Result<()> {
+    let mut c = Command::new(plugin)
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {}", plugin.display()))?;
+    c.stdin.take().unwrap().write_all(config.as_bytes())?;
+    let out = c.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{} {command} failed: {}{}",
+            plugin.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn cni_bench(name: &str, plugin: &Path, ty: &str, iterations: usize) -> anyhow::Result<CniReport> {
+    // Namespace names and container ids take [A-Za-z0-9] safely.
+    let tag: String = name
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect();
+    let host = NetNs::new(&format!("cnib{tag}"));
+    let data = tempfile::tempdir()?;
+    let config = json!({
+        "cniVersion": "1.0.0",
+        "name": "bench",
+        "type": ty,
+        "bridge": "skbench0",
+        "isGateway": true,
+        "isDefaultGateway": true,
+        "mtu": 1500,
+        "hairpinMode": true,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{"subnet": "10.251.0.0/16"}]],
+            "dataDir": data.path(),
+        },
+    })
+    .to_string();
+    let (mut add, mut del) = (Vec::new(), Vec::new());
+    host.run(|| -> anyhow::Result<()> {
+        for i in 0..iterations {
+            let c = NetNs::new(&format!("cnic{tag}"));
+            let path = format!("/run/netns/{}", c.name());
+            let id = format!("bench-{tag}-{i}");
+            let t = Instant::now();
+            invoke(plugin, "ADD", &config, &path, &id)?;
+            add.push(t.elapsed());
+            let t = Instant::now();
+            invoke(plugin, "DEL", &config, &path, &id)?;
+            del.push(t.elapsed());
+        }
+        Ok(())
+    })?;
+    add.sort();
+    del.sort();
+    Ok(CniReport {
+        plugin: name.to_owned(),
+        iterations,
+        add_p50_ms: ms(quantile(&add, 0.5)),
+        add_p99_ms: ms(quantile(&add, 0.99)),
+        del_p50_ms: ms(quantile(&del, 0.5)),
+        del_p99_ms: ms(quantile(&del, 0.99)),
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = parse_args()?;
+    skiff_tests::privilege::require_privileges();
+    let mut report = json!({"started": format!("{:?}", SystemTime::now())});
+    if !a.skip_agent {
+        let r = agent_bench(&a)?;
+        println!(
+            "| {} services / {} endpoints | {} changes | programming p50 {:.1} ms | p99 {:.1} ms | max {:.1} ms | agent histogram p50 ≤ {:?} s, p99 ≤ {:?} s | initial sync {:.1} s | VmRSS {:.1} MB after sync, {:.1} MB after changes, VmHWM {:.1} MB | preload {:.0} s |",
+            r.services,
+            r.endpoints,
+            r.changes,
+            r.latency_p50_ms,
+            r.latency_p99_ms,
+            r.latency_max_ms,
+            r.agent_histogram_p50_le_s,
+            r.agent_histogram_p99_le_s,
+            r.initial_sync_s,
+            r.rss_after_sync_kb as f64 / 1024.0,
+            r.rss_after_changes_kb as f64 / 1024.0,
+            r.hwm_kb as f64 / 1024.0,
+            r.preload_s,
+        );
+        report["agent"] = serde_json::to_value(&r)?;
+    }
+    if !a.skip_cni {
+        let skiff = sibling("skiff-cni")?;
+        let reference = PathBuf::from("/usr/lib/cni/bridge");
+        if !reference.exists() {
+            bail!("Debian's reference plugins are missing: apt-get install containernetworking-plugins");
+        }
+        let mut rows = Vec::new();
+        for (name, plugin, ty) in [
+            ("skiff-cni", skiff.as_path(), "skiff-cni"),
+            ("bridge+host-local", reference.as_path(), "bridge"),
+        ] {
+            eprintln!("CNI: {name}, {} ADD+DEL", a.cni_iterations);
+            let r = cni_bench(name, plugin, ty, a.cni_iterations)?;
+            println!(
+                "| {} | {} | ADD p50 {:.2} ms | ADD p99 {:.2} ms | DEL p50 {:.2} ms | DEL p99 {:.2} ms |",
+                r.plugin, r.iterations, r.add_p50_ms, r.add_p99_ms, r.del_p50_ms, r.del_p99_ms
+            );
+            rows.push(serde_json::to_value(&r)?);
+        }
+        report["cni"] = json!(rows);
+    }
+    if let Some(dir) = a.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&a.out, serde_json::to_string_pretty(&report)?)?;
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}
