@@ -36,6 +36,7 @@ use skiff_agent::{
 };
 use skiff_datapath_abi::NodeConfig;
 use skiff_tests::{
+    apiserver::sibling_binary,
     netns::{veth, wait_for, NetNs},
     privilege::require_privileges,
 };
@@ -45,18 +46,6 @@ const BACKEND: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 2);
 const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 77, 10);
 const BRIDGE: &str = "pmbr0";
 const IMAGE: &str = "skiff.local/busybox:podman-test";
-
-fn target_binary(name: &str, build: &str) -> PathBuf {
-    // target/debug/deps/<test> -> target/debug/<name> (built by xtask first).
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p {build}` (cargo xtask test does)",
-        bin.display()
-    );
-    bin
-}
 
 fn need(path: &str, package: &str) {
     assert!(
@@ -85,11 +74,7 @@ impl Podman {
         for sub in ["root", "runroot", "net", "bin", "ipam", "rootfs/bin"] {
             std::fs::create_dir_all(d.join(sub)).unwrap();
         }
-        std::fs::copy(
-            target_binary("skiff-cni", "skiff-cni"),
-            d.join("bin/skiff-cni"),
-        )
-        .unwrap();
+        std::fs::copy(sibling_binary("skiff-cni"), d.join("bin/skiff-cni")).unwrap();
         let conf = format!(
             "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
              events_logfile_path = \"{0}/events.log\"\nruntime = \"runc\"\n\
@@ -121,13 +106,32 @@ impl Podman {
         c
     }
 
+    /// `podman run <flags> <args>` with what every container here needs: the skiff-cni
+    /// network, our cgroup parent, and ulimits within this machine's hard RLIMIT_NOFILE
+    /// (below podman's default of 1048576, which runc cannot set).
+    fn run_container(&self, network: &str, flags: &[&str], args: &[&str]) -> Output {
+        let mut all = vec!["run"];
+        all.extend_from_slice(flags);
+        all.extend_from_slice(&[
+            "--network",
+            network,
+            "--cgroup-parent",
+            &self.cgroup_parent,
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+            IMAGE,
+        ]);
+        all.extend_from_slice(args);
+        self.run(&all)
+    }
+
     fn run(&self, args: &[&str]) -> Output {
-        let out = self
-            .cmd()
+        self.cmd()
             .args(args)
             .output()
-            .expect("running podman through nsenter");
-        out
+            .expect("running podman through nsenter")
     }
 
     /// A busybox root filesystem (Debian's static busybox and its applet links) imported
@@ -312,24 +316,11 @@ fn a_podman_container_gets_its_address_from_skiff_cni_and_reaches_a_clusterip() 
 
     // A long-running container first: its address is reserved while it runs and the
     // container sees exactly that address on eth0.
-    let out = pm.run(&[
-        "run",
-        "-d",
-        "--name",
-        "sleeper",
-        "--network",
+    let out = pm.run_container(
         &network,
-        "--cgroup-parent",
-        &pm.cgroup_parent,
-        // The machine's hard RLIMIT_NOFILE is below podman's default of 1048576.
-        "--ulimit",
-        "nofile=1024:1024",
-        "--ulimit",
-        "nproc=1024:1024",
-        IMAGE,
-        "/bin/sleep",
-        "600",
-    ]);
+        &["-d", "--name", "sleeper"],
+        &["/bin/sleep", "600"],
+    );
     assert!(
         out.status.success(),
         "podman run -d: {}",
@@ -396,22 +387,7 @@ fn a_podman_container_gets_its_address_from_skiff_cni_and_reaches_a_clusterip() 
     );
 
     // A one-shot `podman run --rm` works too (ADD and DEL around a short-lived container).
-    let out = pm.run(&[
-        "run",
-        "--rm",
-        "--network",
-        &network,
-        "--cgroup-parent",
-        &pm.cgroup_parent,
-        "--ulimit",
-        "nofile=1024:1024",
-        "--ulimit",
-        "nproc=1024:1024",
-        IMAGE,
-        "/bin/sh",
-        "-c",
-        &get,
-    ]);
+    let out = pm.run_container(&network, &["--rm"], &["/bin/sh", "-c", &get]);
     assert!(
         out.status.success(),
         "podman run --rm wget: {}",

@@ -21,19 +21,7 @@ use kube::{
 };
 use serde_json::json;
 use skiff_runtime::{backoff::BackoffConfig, cni::Cni, logs::LogLimits, Config, Runtime};
-use skiff_tests::{cgroup::Cgroup, privilege::require_privileges};
-
-fn target_binary(name: &str, build: &str) -> PathBuf {
-    // target/debug/deps/<test> -> target/debug/<name> (built by xtask first).
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p {build}` (cargo xtask test does)",
-        bin.display()
-    );
-    bin
-}
+use skiff_tests::{apiserver::sibling_binary, cgroup::Cgroup, privilege::require_privileges};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -53,7 +41,7 @@ impl ApiServer {
     fn start(dir: &Path) -> ApiServer {
         let port = free_port();
         let log = std::fs::File::create(dir.join("server.log")).unwrap();
-        let child = Command::new(target_binary("skiff-controlplane", "skiff-controlplane"))
+        let child = Command::new(sibling_binary("skiff-controlplane"))
             .args(["server", "--disable-controllers", "--data-dir"])
             .arg(dir.join("data"))
             .args(["--listen", &format!("127.0.0.1:{port}")])

@@ -21,21 +21,11 @@ use kube::{
 };
 use serde_json::json;
 use skiff_runtime::{backoff::BackoffConfig, cni::Cni, logs::LogLimits, Config, Runtime};
-use skiff_tests::{cgroup::Cgroup, netns::NetNs, privilege::require_privileges};
+use skiff_tests::{
+    apiserver::sibling_binary, cgroup::Cgroup, netns::NetNs, privilege::require_privileges,
+};
 
 const NODE: &str = "node-rt";
-
-fn target_binary(name: &str, build: &str) -> PathBuf {
-    // target/debug/deps/<test> -> target/debug/<name> (built by xtask first).
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p {build}` (cargo xtask test does)",
-        bin.display()
-    );
-    bin
-}
 
 struct ApiServer {
     child: Child,
@@ -50,7 +40,7 @@ impl ApiServer {
             .unwrap()
             .port();
         let log = std::fs::File::create(dir.join("server.log")).unwrap();
-        let child = Command::new(target_binary("skiff-controlplane", "skiff-controlplane"))
+        let child = Command::new(sibling_binary("skiff-controlplane"))
             .args(["server", "--disable-controllers", "--data-dir"])
             .arg(dir.join("data"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -140,7 +130,7 @@ impl Node {
         let cgroup = Cgroup::new(tag);
         let ipam_dir = work.path().join("ipam");
         let network = format!("skrt{}", std::process::id());
-        let cni_bin = target_binary("skiff-cni", "skiff-cni");
+        let cni_bin = sibling_binary("skiff-cni");
         let config = Config {
             cni: Cni {
                 plugin_dirs: vec![cni_bin.parent().unwrap().to_path_buf()],
