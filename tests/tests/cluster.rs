@@ -452,12 +452,15 @@ fn three_nodes_serve_a_deployment_on_every_service_type_scale_and_run_jobs() {
             failures.len()
         );
         assert!(ok > 20, "{what}: too few requests to mean anything ({ok})");
-        // KNOWN GAP (issue 8 asks for zero): about 1 request in 4000 fails during a
-        // rollout (a RST from a pod that already exited, so new flows still reached a
-        // terminating pod ≥ 5 s after its SIGTERM). Until that is found, the bound is 0.5%:
-        // an outage of the Service during the rollout still fails here.
+        // Issue 8 asks for zero. The failures this test used to see (about 1 in 4000) were
+        // new connections landing on a terminating pod until it exited: once the client's
+        // ports wrapped, a SYN reused a tuple whose stale conntrack entry pinned it to its
+        // old backend (fixed: a SYN on a closing flow or to a terminating backend is
+        // balanced afresh, and a FIN either way closes the pair; see
+        // `prog_run_services`). Still seen about once in 40,000 requests, cause not found
+        // yet: a reset right after an old pod's endpoint is removed. Hence at most one.
         assert!(
-            failures.len() * 200 <= ok as usize,
+            failures.len() <= 1,
             "{what}: {} of {} requests failed: {failures:?}",
             failures.len(),
             ok as usize + failures.len()

@@ -503,6 +503,70 @@ fn terminating_backends_take_new_flows_only_when_nothing_else_serves() {
 }
 
 #[test]
+fn a_syn_on_a_reused_tuple_is_balanced_afresh_when_its_flow_closed_or_its_backend_terminates() {
+    let mut f = fixture();
+    let a = local_pod(10);
+    let b = local_pod(11);
+    f.program(&[web(Protocol::Tcp, &[ep(a, EndpointState::Active, true)])]);
+    let client = sa(CLIENT, 40000);
+    let to = |flags| tcp(client, sa(NODE, NODE_PORT), flags).build();
+    let backend_of = |out: &[u8]| parse(out).unwrap().endpoints().unwrap().1;
+    let (_, out) = f.ingress(&to(TcpFlags::SYN));
+    assert_eq!(backend_of(&out), sa(a, 8080));
+
+    // a starts terminating and b takes over: a retransmitted SYN of the tuple (or the
+    // client reusing its port) must not land on the pod that is shutting down.
+    f.program(&[web(
+        Protocol::Tcp,
+        &[
+            ep(b, EndpointState::Active, true),
+            ep(a, EndpointState::Terminating, true),
+        ],
+    )]);
+    let (_, out) = f.ingress(&to(TcpFlags::ACK));
+    assert_eq!(backend_of(&out), sa(a, 8080), "the live flow stays on a");
+    let (_, out) = f.ingress(&to(TcpFlags::SYN));
+    assert_eq!(backend_of(&out), sa(b, 8080), "a new connection goes to b");
+    let (_, out) = f.ingress(&to(TcpFlags::ACK));
+    assert_eq!(backend_of(&out), sa(b, 8080), "and stays there");
+
+    // The flow to b closes (FIN) and the client reuses the tuple: a new connection, on a
+    // fresh (not closing) entry; b is the only active backend, so b again.
+    let fin = TcpFlags {
+        fin: true,
+        ack: true,
+        ..Default::default()
+    };
+    let (_, _) = f.ingress(&to(fin));
+    let closing = f
+        .maps
+        .conntrack_entries()
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k.dir == ct_dir::FORWARD)
+        .expect("the forward entry");
+    assert_ne!(
+        closing.1.flags & ct_flags::CLOSING,
+        0,
+        "FIN marks it closing"
+    );
+    let (_, out) = f.ingress(&to(TcpFlags::SYN));
+    assert_eq!(backend_of(&out), sa(b, 8080));
+    let reopened = f
+        .maps
+        .conntrack_entries()
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k.dir == ct_dir::FORWARD)
+        .expect("the forward entry");
+    assert_eq!(
+        reopened.1.flags & ct_flags::CLOSING,
+        0,
+        "the SYN opened a new flow: its entry is not closing"
+    );
+}
+
+#[test]
 fn removing_a_backend_purges_its_flows_so_udp_clients_move_on() {
     let mut f = fixture();
     let a = ep(local_pod(10), EndpointState::Active, true);
@@ -611,6 +675,50 @@ fn conntrack_gc_ages_pairs_by_protocol_state_and_keeps_live_flows() {
     );
     assert_eq!(f.maps.gc_conntrack(base + 21601 * s).unwrap(), 2);
     assert_eq!(f.ct_len(), 0);
+}
+
+#[test]
+fn a_fin_in_either_direction_puts_the_whole_flow_on_the_close_timeout() {
+    let mut f = fixture();
+    f.program(&[web(
+        Protocol::Tcp,
+        &[ep(local_pod(10), EndpointState::Active, true)],
+    )]);
+    let client = sa(CLIENT, 40002);
+    let backend = sa(local_pod(10), 8080);
+    f.ingress(&tcp(client, sa(NODE, NODE_PORT), TcpFlags::SYN).build());
+    f.ingress(&tcp(backend, client, TcpFlags::SYN_ACK).build());
+    f.ingress(&tcp(client, sa(NODE, NODE_PORT), TcpFlags::ACK).build());
+    // Only the server's FIN is seen (the client's went another way, or was lost): the
+    // client-side entry alone would keep the established timeout.
+    let fin = TcpFlags {
+        fin: true,
+        ack: true,
+        ..Default::default()
+    };
+    f.ingress(&tcp(backend, client, fin).build());
+    let entries = f.maps.conntrack_entries().unwrap();
+    assert_eq!(entries.len(), 2);
+    let closing: Vec<bool> = entries
+        .iter()
+        .map(|(_, v)| v.flags & ct_flags::CLOSING != 0)
+        .collect();
+    assert!(
+        closing.contains(&true) && closing.contains(&false),
+        "one side marked closing: {closing:?}"
+    );
+    let base = entries.iter().map(|(_, v)| v.last_seen_ns).max().unwrap();
+    let s = 1_000_000_000u64;
+    assert_eq!(
+        f.maps.gc_conntrack(base + 5 * s).unwrap(),
+        0,
+        "not idle long enough"
+    );
+    assert_eq!(
+        f.maps.gc_conntrack(base + 11 * s).unwrap(),
+        2,
+        "both entries go after the close timeout, not 6 h"
+    );
 }
 
 /// The quoted packet of an ICMP error frame, as (source, destination).

@@ -84,6 +84,11 @@ enum Update {
 struct Handle {
     tx: watch::Sender<Update>,
     task: JoinHandle<()>,
+    /// Set when the worker ended by stopping the pod for its deletion in the API: the
+    /// pod's status updates and events that still arrive until the object is gone must
+    /// not start a second worker (it would publish a fresh, empty status for a pod that
+    /// was already stopped and confirm the deletion again).
+    deleted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Runtime {
@@ -300,9 +305,12 @@ fn apply(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Succeeded" | "Failed")
     );
-    if workers.contains_key(&uid) && !deleting {
-        // Its worker finished (terminal pod): nothing runs again until it is deleted.
-        return;
+    if let Some(h) = workers.get(&uid) {
+        if !deleting || h.deleted.load(std::sync::atomic::Ordering::SeqCst) {
+            // Its worker finished: a terminal pod runs nothing until it is deleted, and a
+            // pod whose deletion was carried out is done for good.
+            return;
+        }
     }
     if terminal && !deleting {
         // Finished before this runtime started: a terminal pod never runs again.
@@ -319,11 +327,15 @@ fn apply(
     w.adopt_pending = leftovers.remove(&uid);
     let done = done.clone();
     let key = uid.clone();
+    let deleted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = deleted.clone();
     let task = tokio::spawn(async move {
-        w.run(rx).await;
+        if w.run(rx).await {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         let _ = done.send(uid);
     });
-    workers.insert(key, Handle { tx, task });
+    workers.insert(key, Handle { tx, task, deleted });
 }
 
 /// An event from a container's helper tasks.
@@ -442,7 +454,9 @@ impl Worker {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    async fn run(mut self, mut updates: watch::Receiver<Update>) {
+    /// Runs the pod until it is deleted, gone or the runtime shuts down; true when it was
+    /// stopped for its deletion in the API.
+    async fn run(mut self, mut updates: watch::Receiver<Update>) -> bool {
         tracing::info!(pod = %format!("{}/{}", self.namespace, self.name), "starting pod");
         let mut end = None;
         loop {
@@ -538,7 +552,7 @@ impl Worker {
                 self.on_event(ev);
             }
         }
-        self.terminate(end.unwrap_or(Update::Shutdown)).await;
+        self.terminate(end.unwrap_or(Update::Shutdown)).await
     }
 
     fn on_event(&mut self, ev: Event) {
@@ -1066,7 +1080,8 @@ impl Worker {
         }
     }
 
-    async fn terminate(mut self, why: Update) {
+    /// Stops the pod; true when it was stopped for its deletion in the API.
+    async fn terminate(mut self, why: Update) -> bool {
         if self.adopt_pending {
             // Deleted (or gone) while no runtime ran: what the earlier run left goes.
             self.adopt_pending = false;
@@ -1141,6 +1156,7 @@ impl Worker {
             }
         }
         tracing::info!(pod = %self.name, "pod stopped");
+        api_visible
     }
 }
 

@@ -31,7 +31,7 @@ pub use counters::{Counters, SockCounters};
 pub use inspect::Inspector;
 pub use masquerade::{interface_address, Masquerade, DEFAULT_PORTS as DEFAULT_MASQUERADE_PORTS};
 pub use prog_run::ProgRun;
-pub use service_maps::{ct_expired, partner, BpfServiceMaps};
+pub use service_maps::{ct_expired, ct_pair_expired, partner, BpfServiceMaps};
 use skiff_datapath_abi::{map_names, program_names, NodeConfig};
 
 use crate::lbmap::MapSizes;

@@ -249,6 +249,32 @@ pub fn ct_expired(key: &CtKey, value: &CtValue, now_ns: u64) -> bool {
     now_ns.saturating_sub(value.last_seen_ns) > timeout * 1_000_000_000
 }
 
+/// Whether the flow an entry belongs to has aged out, judged on the pair (the entry and
+/// its `partner`, if present), as one connection: a FIN or RST seen in either direction
+/// puts the whole flow on the close timeout, as Cilium's `ct_entry_closing` (tx or rx
+/// closing) does; the idle time is that of the pair's most recent packet. Judging each
+/// entry alone kept a flow whose server-side FIN was seen but whose client-side entry
+/// was not marked for the established timeout (6 h): a client reusing the port later
+/// hit that stale entry and was pinned to its old backend.
+pub fn ct_pair_expired(
+    key: &CtKey,
+    value: &CtValue,
+    partner: Option<&CtValue>,
+    now_ns: u64,
+) -> bool {
+    match partner {
+        None => ct_expired(key, value, now_ns),
+        Some(p) => {
+            let flow = CtValue {
+                flags: value.flags | p.flags,
+                last_seen_ns: value.last_seen_ns.max(p.last_seen_ns),
+                ..*value
+            };
+            ct_expired(key, &flow, now_ns)
+        }
+    }
+}
+
 impl BpfServiceMaps {
     fn conntrack_matching(
         &self,
@@ -288,12 +314,8 @@ impl BpfServiceMaps {
             self.conntrack_entries()?.into_iter().collect();
         let mut doomed = Vec::new();
         for (k, v) in &all {
-            if !ct_expired(k, v, now_ns) {
-                continue;
-            }
-            match all.get(&partner(k, v)) {
-                Some(pv) if !ct_expired(&partner(k, v), pv, now_ns) => {}
-                _ => doomed.push(*k),
+            if ct_pair_expired(k, v, all.get(&partner(k, v)), now_ns) {
+                doomed.push(*k);
             }
         }
         let mut n = 0;

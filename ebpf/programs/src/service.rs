@@ -19,9 +19,9 @@ use skiff_datapath_abi::{
 use crate::{
     counters, ct,
     lb::{self, Choice},
-    maps::{SKIFF_CFG_V1, SKIFF_CT_V1},
+    maps::{SKIFF_BE_V1, SKIFF_CFG_V1, SKIFF_CT_V1},
     nat::{self, Tuple},
-    parse::Packet,
+    parse::{Packet, IPPROTO_TCP},
     redirect, reject,
 };
 
@@ -63,7 +63,9 @@ pub fn ingress(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
         // saves the stack's second lookup.)
         return redirect::fib_redirect(ctx, p, &t);
     }
-    if let Some(ct) = ct::lookup(&ct::key(p, ct_dir::FORWARD), p.tcp_flags, false) {
+    if let Some(ct) =
+        ct::lookup(&ct::key(p, ct_dir::FORWARD), p.tcp_flags, false).filter(|ct| !reopens(p, ct))
+    {
         counters::count_lb(ct.service_id, ct.backend_id, false, ctx.len());
         let t = tuple(&ct);
         nat::rewrite(ctx, p, &t)?;
@@ -88,6 +90,32 @@ pub fn egress(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
         }
     }
     crate::masq::egress(ctx, p)
+}
+
+/// Whether a packet that matches a tracked flow's FORWARD entry starts a new connection
+/// instead and must be load-balanced afresh: a TCP SYN (without ACK) when the tracked
+/// flow is closing (FIN or RST seen: the client reused its port, which netfilter's
+/// conntrack also treats as NEW in TIME_WAIT/CLOSE), or when the flow's backend no longer
+/// takes new flows (terminating, or gone from the backend map), as Cilium's `lb4_local`
+/// re-selects for a SYN on a stale entry. Without this, a reused 5-tuple lands on a pod
+/// that is shutting down and the connection dies with it. A retransmitted SYN of a live
+/// flow to an active backend keeps its entry (and its backend). The FORWARD entry is
+/// overwritten by the new flow's; the old REPLY entry ages out.
+#[inline(always)]
+pub fn reopens(p: &Packet, ct: &CtValue) -> bool {
+    const TCP_SYN: u8 = 0x02;
+    const TCP_ACK: u8 = 0x10;
+    if p.proto != IPPROTO_TCP || p.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        return false;
+    }
+    if ct.flags & ct_flags::CLOSING != 0 {
+        return true;
+    }
+    // SAFETY: value copied out under the lookup's RCU protection.
+    match unsafe { SKIFF_BE_V1.get(ct.backend_id).copied() } {
+        Some(b) => b.flags & backend_flags::TERMINATING != 0,
+        None => true,
+    }
 }
 
 /// What to do with the first packet of a flow to a possible frontend.

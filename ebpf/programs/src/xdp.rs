@@ -166,6 +166,10 @@ pub fn try_xdp(ctx: &XdpContext) -> Result<u32, DropReason> {
     // Replies and later packets of source-NATed flows (the only ones routed here).
     for dir in [ct_dir::REPLY, ct_dir::FORWARD] {
         if let Some(v) = ct::lookup(&ct::key(&p, dir), p.tcp_flags, dir == ct_dir::REPLY) {
+            if dir == ct_dir::FORWARD && service::reopens(&p, &v) {
+                // A new connection on a reused tuple: balanced afresh below.
+                break;
+            }
             if v.flags & ct_flags::SNAT == 0 {
                 return Ok(xdp_action::XDP_PASS);
             }
