@@ -512,11 +512,74 @@ fn three_nodes_serve_a_deployment_on_every_service_type_scale_and_run_jobs() {
         },
     );
 
+    // `kill -9` every agent in turn under constant load from outside: the pinned datapath
+    // keeps translating while no agent runs, the pods keep running (no restart, no new
+    // pod), and each restarted agent adopts its pods' containers.
+    let mut t = t;
+    let pods_before: Vec<(String, i64)> = web_restart_counts(&t);
+    let ext = t.c.external_netns();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (ok, failures) = std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            let (mut ok, mut failures) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let r = skiff_cluster::sys::in_netns(&ext, || {
+                    skiff_cluster::http_get(lb, Duration::from_secs(3))
+                });
+                match r.and_then(|r| r) {
+                    Ok(_) => ok += 1,
+                    Err(e) => failures.push(format!("{e:#}")),
+                }
+            }
+            (ok, failures)
+        });
+        for i in 0..3 {
+            t.c.kill_agent(i).unwrap();
+            // A moment with no agent at all on the node.
+            std::thread::sleep(Duration::from_millis(500));
+            t.c.restart_agent(i, Duration::from_secs(60)).unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        load.join().unwrap()
+    });
+    eprintln!(
+        "agents killed and restarted: {ok} requests answered, {} failed: {failures:?}",
+        failures.len()
+    );
+    assert!(ok > 20, "too few requests to mean anything ({ok})");
+    assert!(
+        failures.is_empty(),
+        "requests failed while agents were killed: {failures:?}"
+    );
+    assert_eq!(
+        web_restart_counts(&t),
+        pods_before,
+        "the same pods, not restarted"
+    );
+    for n in t.c.nodes() {
+        let log = strip_ansi(&std::fs::read_to_string(&n.log).unwrap());
+        let restarted = log.rsplit("running the pods of Node").next().unwrap_or("");
+        assert!(
+            !restarted.contains("adopted=false"),
+            "{}: the restarted agent started a container afresh instead of adopting it",
+            n.name
+        );
+        // Every pod it adopted has its container taken over (probed, supervised) again.
+        assert_eq!(
+            restarted
+                .matches("adopting the pod an earlier runtime left")
+                .count(),
+            restarted.matches("adopted=true").count(),
+            "{}: an adopted pod's container was never taken over:\n{restarted}",
+            n.name
+        );
+    }
+    t.wait_replicas("web", 3, Duration::from_secs(30));
+
     // Take node-3 away (agent and pods killed, link down): after the grace period it is
     // unreachable (tainted, its pods not ready, so their endpoints go), after the eviction
     // timeout its pods are evicted and recreated on the other nodes, and the Service is
     // answered by those.
-    let mut t = t;
     t.c.kill_node(2).unwrap();
     let taken = Instant::now();
     t.eventually(
@@ -569,4 +632,43 @@ fn three_nodes_serve_a_deployment_on_every_service_type_scale_and_run_jobs() {
             },
         );
     }
+}
+
+/// Every web pod with its container's restartCount, sorted.
+fn web_restart_counts(t: &T) -> Vec<(String, i64)> {
+    let list = t.json(&["get", "pods", "-l", "app=web"]).unwrap();
+    let mut out: Vec<(String, i64)> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["metadata"]["name"].as_str().unwrap_or("").to_owned(),
+                p["status"]["containerStatuses"][0]["restartCount"]
+                    .as_i64()
+                    .unwrap_or(-1),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `text` without ANSI escape sequences (tracing colours its fields in the agents' logs).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters, ended by a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -479,6 +479,14 @@ impl Lifecycle {
         let Some(c) = self.find(name) else { return };
         c.restart_count = restart_count;
         c.instance = instance.saturating_sub(1);
+        // Due at once: with `instance` > 0 a plain Waiting state reads as "a Start is in
+        // flight" (see `may_start`), and an adopted container that had been restarted
+        // before (instance ≥ 2) would never be taken over.
+        c.state = State::Waiting {
+            reason: "ContainerCreating".into(),
+            message: None,
+            retry_at: Some(SystemTime::UNIX_EPOCH),
+        };
     }
 
     /// Restores the pod's startTime (adopted: when the pod really started).

@@ -720,6 +720,53 @@ impl Cluster {
         sys::in_netns(ns, || http_get(addr, timeout))?
     }
 
+    /// `kill -9` of node `i`'s agent (0-based) and nothing else: its pods, pinned maps,
+    /// routes and links stay, as after an agent crash.
+    pub fn kill_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        let n = &mut self.nodes[i];
+        let mut a = n
+            .agent
+            .take()
+            .with_context(|| format!("{}: no agent running", n.name))?;
+        a.kill()?;
+        a.wait()?;
+        Ok(())
+    }
+
+    /// Starts node `i`'s agent again (after [`Cluster::kill_agent`]) and waits until it
+    /// has registered and runs the node's pods again.
+    pub fn restart_agent(&mut self, i: usize, timeout: Duration) -> anyhow::Result<()> {
+        let marker = format!("running the pods of Node {}", self.nodes[i].name);
+        let count = |log: &Path| {
+            std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .matches(&marker)
+                .count()
+        };
+        let before = count(&self.nodes[i].log);
+        self.start_agent(i)?;
+        let deadline = Instant::now() + timeout;
+        while count(&self.nodes[i].log) <= before {
+            let n = &mut self.nodes[i];
+            if let Some(Ok(Some(status))) = n.agent.as_mut().map(|a| a.try_wait()) {
+                bail!(
+                    "restarted skiff-agent on {} exited with {status}:\n{}",
+                    n.name,
+                    tail(&n.log, 30)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "restarted agent of {} not running pods within {timeout:?}:\n{}",
+                    n.name,
+                    tail(&n.log, 30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     /// Takes node `i` (0-based) away as a power cut would: its agent and pods are killed,
     /// its link to the network goes down, and the external client's router stops sending
     /// LoadBalancer traffic to it (its BGP session would drop).

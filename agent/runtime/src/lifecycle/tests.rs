@@ -524,3 +524,22 @@ fn qos_classes() {
         "Burstable"
     );
 }
+
+#[test]
+fn a_restored_container_is_started_as_its_recorded_instance_whatever_its_restarts() {
+    // Adoption after a runtime restart: the earlier run had restarted the container once
+    // (instance 2, restartCount 1); the new run must take over instance 2, not wait for a
+    // Start it never sent.
+    for (restart_count, instance) in [(0, 1), (1, 2), (4, 5)] {
+        let mut l = Lifecycle::new(&one("Always"), cfg(), t(0));
+        l.restore("c", restart_count, instance);
+        assert_eq!(
+            starts(&l.plan(t(1))),
+            vec![("c".to_string(), instance)],
+            "restored as instance {instance}"
+        );
+        l.started("c", instance, t(2));
+        let s = l.status(&inputs(), t(3));
+        assert_eq!(cstatus(&s, "c").restart_count, restart_count);
+    }
+}
