@@ -320,6 +320,17 @@ impl BpfServiceMaps {
         }
         let mut n = 0;
         for k in &doomed {
+            // The walk took a snapshot; since then the datapath may have replaced the
+            // entry with a new flow's (a client reusing its port: BPF_ANY insert on a
+            // SYN). Deleting that one would cut the new connection after its handshake
+            // (its next packet would be balanced afresh, onto a backend that never saw
+            // the SYN, and get a RST): only the entry as judged goes. A BPF hash map has
+            // no compare-and-delete, so this narrows the window from the whole walk to the
+            // two syscalls.
+            match self.conntrack.get(k, 0) {
+                Ok(current) if Some(&current) == all.get(k) => {}
+                _ => continue,
+            }
             match self.conntrack.remove(k) {
                 Ok(()) => n += 1,
                 Err(e) => ignore_missing(Err(e))
