@@ -27,7 +27,7 @@ use std::{
     time::Duration,
 };
 
-use futures::{future::join_all, StreamExt as _};
+use futures::StreamExt as _;
 use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, DaemonSetStatus},
@@ -39,7 +39,7 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{
-    api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
+    api::{Patch, PatchParams},
     runtime::{
         controller::Action,
         reflector::{ObjectRef, Store},
@@ -51,9 +51,9 @@ use kube::{
 use crate::{
     backoff::Backoff,
     deployment::template_hash,
-    events::EventType,
     expectations::Expectations,
     ownership::{self, Claim},
+    podcontrol::PodControl,
     pods, runtime, Ctx,
 };
 
@@ -581,87 +581,25 @@ async fn reconcile(ds: Arc<DaemonSet>, st: Arc<State>) -> Result<Action, kube::E
         .expectations
         .satisfied(&key, runtime::seen(&st.pods, &ns));
     if satisfied {
-        if !plan.create.is_empty() {
-            let (created, err) = ownership::slow_start_batch(plan.create.len(), |i| {
-                let api = pod_api.clone();
-                let pod = pod_for(&ds, &plan.create[i]);
-                async move { api.create(&PostParams::default(), &pod).await }
-            })
+        let control = PodControl {
+            ctx: &st.ctx,
+            expectations: &st.expectations,
+            key: &key,
+            kind: "daemonset",
+            owner: ds.as_ref(),
+            api: &pod_api,
+        };
+        let (_, err) = control
+            .create(
+                plan.create.len(),
+                |i| pod_for(&ds, &plan.create[i]),
+                |p| format!(" for node {}", target_node(p).unwrap_or_default()),
+            )
             .await;
-            st.expectations.expect_creations(
-                &key,
-                created
-                    .iter()
-                    .map(|p| (p.name_any(), p.uid().unwrap_or_default())),
-            );
-            for p in &created {
-                tracing::info!(
-                    "daemonset {key}: created pod {} for node {}",
-                    p.name_any(),
-                    target_node(p).unwrap_or_default()
-                );
-                st.ctx
-                    .events
-                    .publish(
-                        ds.as_ref(),
-                        EventType::Normal,
-                        "SuccessfulCreate",
-                        &format!("Created pod: {}", p.name_any()),
-                    )
-                    .await;
-            }
-            if let Some(e) = err {
-                st.ctx
-                    .events
-                    .publish(
-                        ds.as_ref(),
-                        EventType::Warning,
-                        "FailedCreate",
-                        &format!("Error creating: {e}"),
-                    )
-                    .await;
-                return Err(e);
-            }
+        if let Some(e) = err {
+            return Err(e);
         }
-        if !plan.delete.is_empty() {
-            st.expectations
-                .expect_deletions(&key, plan.delete.iter().cloned());
-            let results = join_all(plan.delete.iter().map(|(name, uid)| {
-                let api = pod_api.clone();
-                async move {
-                    let dp = DeleteParams {
-                        preconditions: Some(Preconditions {
-                            uid: Some(uid.clone()),
-                            resource_version: None,
-                        }),
-                        ..Default::default()
-                    };
-                    (name, api.delete(name, &dp).await)
-                }
-            }))
-            .await;
-            for (name, r) in results {
-                match r {
-                    Ok(_) => {
-                        tracing::info!("daemonset {key}: deleted pod {name}");
-                        st.ctx
-                            .events
-                            .publish(
-                                ds.as_ref(),
-                                EventType::Normal,
-                                "SuccessfulDelete",
-                                &format!("Deleted pod: {name}"),
-                            )
-                            .await;
-                    }
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => {
-                        st.expectations.forget(&key);
-                        return Err(e);
-                    }
-                }
-            }
-        }
+        control.delete(&plan.delete).await?;
     }
     if ds.status.as_ref() != Some(&plan.status) {
         let api: Api<DaemonSet> = Api::namespaced(st.ctx.client.clone(), &ns);

@@ -25,7 +25,6 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use futures::future::join_all;
 use k8s_openapi::{
     api::{
         batch::v1::{Job, JobCondition, JobStatus},
@@ -35,13 +34,14 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{
-    api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
+    api::{Patch, PatchParams},
     runtime::{controller::Action, reflector::Store, watcher, Controller},
     Api, ResourceExt as _,
 };
 
 use crate::{
-    backoff::Backoff, events::EventType, expectations::Expectations, ownership, pods, runtime, Ctx,
+    backoff::Backoff, events::EventType, expectations::Expectations, ownership,
+    podcontrol::PodControl, pods, runtime, Ctx,
 };
 
 /// Upstream's `MaxJobPodFailureBackOff`.
@@ -432,6 +432,14 @@ async fn reconcile(job: Arc<Job>, st: Arc<State>) -> Result<Action, kube::Error>
         plan.delete.clear();
     }
     let pod_api: Api<Pod> = Api::namespaced(st.ctx.client.clone(), &ns);
+    let control = PodControl {
+        ctx: &st.ctx,
+        expectations: &st.expectations,
+        key: &key,
+        kind: "job",
+        owner: job.as_ref(),
+        api: &pod_api,
+    };
     if plan.create > 0 {
         let pod = pods::from_template(
             &pod_template(&job),
@@ -439,81 +447,14 @@ async fn reconcile(job: Arc<Job>, st: Arc<State>) -> Result<Action, kube::Error>
             &job.name_any(),
             ownership::controller_reference(job.as_ref()),
         );
-        let (created, err) = ownership::slow_start_batch(plan.create, |_| {
-            let (api, pod) = (pod_api.clone(), pod.clone());
-            async move { api.create(&PostParams::default(), &pod).await }
-        })
-        .await;
-        st.expectations.expect_creations(
-            &key,
-            created
-                .iter()
-                .map(|p| (p.name_any(), p.uid().unwrap_or_default())),
-        );
-        for p in &created {
-            tracing::info!("job {key}: created pod {}", p.name_any());
-            st.ctx
-                .events
-                .publish(
-                    job.as_ref(),
-                    EventType::Normal,
-                    "SuccessfulCreate",
-                    &format!("Created pod: {}", p.name_any()),
-                )
-                .await;
-        }
+        let (_, err) = control
+            .create(plan.create, |_| pod.clone(), |_| String::new())
+            .await;
         if let Some(e) = err {
-            st.ctx
-                .events
-                .publish(
-                    job.as_ref(),
-                    EventType::Warning,
-                    "FailedCreate",
-                    &format!("Error creating: {e}"),
-                )
-                .await;
             return Err(e);
         }
     }
-    if !plan.delete.is_empty() {
-        st.expectations
-            .expect_deletions(&key, plan.delete.iter().cloned());
-        let results = join_all(plan.delete.iter().map(|(name, uid)| {
-            let api = pod_api.clone();
-            async move {
-                let dp = DeleteParams {
-                    preconditions: Some(Preconditions {
-                        uid: Some(uid.clone()),
-                        resource_version: None,
-                    }),
-                    ..Default::default()
-                };
-                (name, api.delete(name, &dp).await)
-            }
-        }))
-        .await;
-        for (name, r) in results {
-            match r {
-                Ok(_) => {
-                    tracing::info!("job {key}: deleted pod {name}");
-                    st.ctx
-                        .events
-                        .publish(
-                            job.as_ref(),
-                            EventType::Normal,
-                            "SuccessfulDelete",
-                            &format!("Deleted pod: {name}"),
-                        )
-                        .await;
-                }
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => {
-                    st.expectations.forget(&key);
-                    return Err(e);
-                }
-            }
-        }
-    }
+    control.delete(&plan.delete).await?;
     if job.status.as_ref() != Some(&plan.status) {
         let api: Api<Job> = Api::namespaced(st.ctx.client.clone(), &ns);
         let s = &plan.status;

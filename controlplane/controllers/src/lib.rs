@@ -54,6 +54,7 @@ pub mod expectations;
 pub mod gc;
 pub mod job;
 pub mod ownership;
+pub mod podcontrol;
 pub mod pods;
 pub mod replicaset;
 pub mod runtime;

@@ -14,7 +14,6 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use futures::future::join_all;
 use k8s_openapi::{
     api::{
         apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus},
@@ -24,16 +23,16 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{
-    api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
+    api::{Patch, PatchParams},
     runtime::{controller::Action, reflector::Store, watcher, Controller},
     Api, ResourceExt as _,
 };
 
 use crate::{
     backoff::Backoff,
-    events::EventType,
     expectations::Expectations,
     ownership::{self, Claim},
+    podcontrol::PodControl,
     pods, runtime, Ctx,
 };
 
@@ -216,6 +215,14 @@ async fn reconcile(rs: Arc<ReplicaSet>, st: Arc<State>) -> Result<Action, kube::
         .satisfied(&key, runtime::seen(&st.pods, &ns));
     let mut failure: Option<String> = None;
     if satisfied && !deleting {
+        let control = PodControl {
+            ctx: &st.ctx,
+            expectations: &st.expectations,
+            key: &key,
+            kind: "replicaset",
+            owner: rs.as_ref(),
+            api: &pod_api,
+        };
         match plan(replicas, &active) {
             Scale::Create(n) => {
                 let template = rs
@@ -224,87 +231,14 @@ async fn reconcile(rs: Arc<ReplicaSet>, st: Arc<State>) -> Result<Action, kube::
                     .and_then(|s| s.template.clone())
                     .unwrap_or_default();
                 let pod = pods::from_template(&template, &ns, &rs.name_any(), owner.clone());
-                let (created, err) = ownership::slow_start_batch(n, |_| {
-                    let (api, pod) = (pod_api.clone(), pod.clone());
-                    async move { api.create(&PostParams::default(), &pod).await }
-                })
-                .await;
-                st.expectations.expect_creations(
-                    &key,
-                    created
-                        .iter()
-                        .map(|p| (p.name_any(), p.uid().unwrap_or_default())),
-                );
-                for p in &created {
-                    tracing::info!("replicaset {key}: created pod {}", p.name_any());
-                    st.ctx
-                        .events
-                        .publish(
-                            rs.as_ref(),
-                            EventType::Normal,
-                            "SuccessfulCreate",
-                            &format!("Created pod: {}", p.name_any()),
-                        )
-                        .await;
-                }
+                let (_, err) = control.create(n, |_| pod.clone(), |_| String::new()).await;
                 if let Some(e) = err {
-                    let msg = format!("Error creating: {e}");
-                    tracing::warn!("replicaset {key}: {msg}");
-                    st.ctx
-                        .events
-                        .publish(rs.as_ref(), EventType::Warning, "FailedCreate", &msg)
-                        .await;
-                    failure = Some(msg);
+                    failure = Some(format!("Error creating: {e}"));
                 }
             }
             Scale::Delete(victims) => {
-                st.expectations
-                    .expect_deletions(&key, victims.iter().cloned());
-                let results = join_all(victims.iter().map(|(name, uid)| {
-                    let api = pod_api.clone();
-                    async move {
-                        let dp = DeleteParams {
-                            preconditions: Some(Preconditions {
-                                uid: Some(uid.clone()),
-                                resource_version: None,
-                            }),
-                            ..Default::default()
-                        };
-                        (name, api.delete(name, &dp).await)
-                    }
-                }))
-                .await;
-                for (name, r) in results {
-                    match r {
-                        Ok(_) => {
-                            tracing::info!("replicaset {key}: deleted pod {name}");
-                            st.ctx
-                                .events
-                                .publish(
-                                    rs.as_ref(),
-                                    EventType::Normal,
-                                    "SuccessfulDelete",
-                                    &format!("Deleted pod: {name}"),
-                                )
-                                .await;
-                        }
-                        Err(kube::Error::Api(e)) if e.code == 404 => {}
-                        Err(e) => {
-                            tracing::warn!("replicaset {key}: deleting pod {name}: {e}");
-                            st.ctx
-                                .events
-                                .publish(
-                                    rs.as_ref(),
-                                    EventType::Warning,
-                                    "FailedDelete",
-                                    &format!("Error deleting: {e}"),
-                                )
-                                .await;
-                            // Not observed: stop waiting for it.
-                            st.expectations.forget(&key);
-                        }
-                    }
-                }
+                // Logged and announced by PodControl; the next sync retries.
+                let _ = control.delete(&victims).await;
             }
             Scale::None => {}
         }
