@@ -20,7 +20,7 @@ use skiff_api::table;
 use skiff_store::{Event, StoreError};
 use tokio::sync::mpsc;
 
-use crate::api::{decode_kv, list_objects, AppState, Ctx, ListAt, Selectors, Target};
+use crate::api::{decode_kv, list_objects, AppState, Ctx, ListAt, ListItem, Selectors, Target};
 use crate::util;
 
 /// How often a watch that allows bookmarks gets one (upstream: about once a minute; more
@@ -61,6 +61,22 @@ impl Encoder {
         let mut line =
             serde_json::to_vec(&json!({"type": ty, "object": object})).unwrap_or_default();
         line.push(b'\n');
+        Bytes::from(line)
+    }
+
+    /// An event for an object already encoded as JSON (a listed item): its bytes are
+    /// copied into the line as they are, unless the watch wants Tables.
+    fn encoded_event(&mut self, ty: &str, item: ListItem) -> Bytes {
+        if self.table.is_some() {
+            return self.event(ty, &item.into_value());
+        }
+        let json = item.json();
+        let mut line = Vec::with_capacity(json.len() + ty.len() + 24);
+        line.extend_from_slice(b"{\"type\":\"");
+        line.extend_from_slice(ty.as_bytes());
+        line.extend_from_slice(b"\",\"object\":");
+        line.extend_from_slice(json);
+        line.extend_from_slice(b"}\n");
         Bytes::from(line)
     }
 
@@ -147,9 +163,9 @@ pub(crate) async fn watch(
                     .map_err(|_| st::bad_request(format!("invalid resource version {rv:?}")))?,
             ),
         };
+        // Kept as listed (shared with the cache, or encoded) and written one by one.
         let page = list_objects(state, t, &sel, at, None, None).await?;
-        let revision = page.revision;
-        (page.into_values(), revision)
+        (page.items, page.revision)
     } else {
         let n: u64 = rv.parse().map_err(|_| {
             st::bad_request(format!(
@@ -168,8 +184,8 @@ pub(crate) async fn watch(
             async move { tx.send(b).await.is_ok() }
         };
         let deadline = tokio::time::Instant::now() + timeout;
-        for obj in &initial {
-            if !send(enc.event("ADDED", obj)).await {
+        for item in initial {
+            if !send(enc.encoded_event("ADDED", item)).await {
                 return;
             }
         }
