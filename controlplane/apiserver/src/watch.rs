@@ -17,10 +17,11 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use skiff_api::status::{self as st, StatusError};
 use skiff_api::table;
-use skiff_store::{Event, StoreError};
+use skiff_store::StoreError;
 use tokio::sync::mpsc;
 
-use crate::api::{decode_kv, list_objects, AppState, Ctx, ListAt, ListItem, Selectors, Target};
+use crate::api::{list_objects, AppState, Ctx, ListAt, ListItem, Selectors, Target};
+use crate::cache::CachedEvent;
 use crate::util;
 
 /// How often a watch that allows bookmarks gets one (upstream: about once a minute; more
@@ -237,9 +238,9 @@ pub(crate) async fn watch(
                             return;
                         }
                     };
-                    last = ev.revision();
-                    if let Some((ty, obj)) = translate(&sel, &ev) {
-                        if !send(enc.event(ty, &obj)).await {
+                    last = ev.revision;
+                    if let Some((ty, item)) = translate(&sel, &ev) {
+                        if !send(enc.encoded_event(ty, item)).await {
                             return;
                         }
                     }
@@ -269,28 +270,20 @@ fn too_old(rv: u64) -> StatusError {
     st::expired(format!("too old resource version: {rv}"))
 }
 
-/// A store event as a watch event under selectors: an object that starts matching is
-/// ADDED, one that stops matching is DELETED (with its new state), as upstream's
-/// watch cache does.
-fn translate(sel: &Selectors, ev: &Event) -> Option<(&'static str, Value)> {
-    match ev {
-        Event::Put { kv, prev } => {
-            let cur = decode_kv(kv, kv.mod_revision);
-            let cur_m = sel.matches(&cur);
-            let prev_m = prev
-                .as_ref()
-                .map(|p| sel.matches(&decode_kv(p, p.mod_revision)))
-                .unwrap_or(false);
-            match (prev_m, cur_m) {
-                (false, true) => Some(("ADDED", cur)),
-                (true, true) => Some(("MODIFIED", cur)),
-                (true, false) => Some(("DELETED", cur)),
-                (false, false) => None,
-            }
-        }
-        Event::Delete { revision, prev } => {
-            let obj = decode_kv(prev, *revision);
-            sel.matches(&obj).then_some(("DELETED", obj))
-        }
+/// A change as a watch event under selectors: an object that starts matching is ADDED,
+/// one that stops matching is DELETED (with its new state), as upstream's watch cache
+/// does. Selectors read the cached attributes; nothing is decoded.
+fn translate(sel: &Selectors, ev: &CachedEvent) -> Option<(&'static str, ListItem)> {
+    let item = || ListItem::Cached(ev.object.clone());
+    if ev.deleted {
+        return sel.matches(&ev.object.attrs).then(|| ("DELETED", item()));
+    }
+    let cur_m = sel.matches(&ev.object.attrs);
+    let prev_m = ev.before.as_ref().is_some_and(|b| sel.matches(&b.attrs));
+    match (prev_m, cur_m) {
+        (false, true) => Some(("ADDED", item())),
+        (true, true) => Some(("MODIFIED", item())),
+        (true, false) => Some(("DELETED", item())),
+        (false, false) => None,
     }
 }
