@@ -107,7 +107,14 @@ fn apiserver(quick: bool) -> anyhow::Result<()> {
         .arg(workspace_root().join("bench-results/apiserver.json"));
     if quick {
         c.args([
-            "--pods", "200,2000", "--watchers", "100", "--services", "100", "--slices", "100",
+            "--pods",
+            "200,2000",
+            "--watchers",
+            "100",
+            "--services",
+            "100",
+            "--slices",
+            "100",
         ]);
     }
     cmd::run(&mut c)

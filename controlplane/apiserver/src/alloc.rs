@@ -338,7 +338,12 @@ impl Allocator {
         Ok(reserved)
     }
 
-    async fn reserve_inner(&self, key: &str, holder: &Value, dry: bool) -> Result<bool, StoreError> {
+    async fn reserve_inner(
+        &self,
+        key: &str,
+        holder: &Value,
+        dry: bool,
+    ) -> Result<bool, StoreError> {
         let bytes = Bytes::from(serde_json::to_vec(holder).unwrap_or_default());
         for _ in 0..4 {
             let existing = self.store.get(key).await?;
@@ -396,9 +401,7 @@ impl Allocator {
         let kubernetes = self.cidr.kubernetes_ip();
         // The second pass, after reloading the hint, finds values other servers freed.
         for reload in [false, true] {
-            self.load_hint(IP_PREFIX, reload)
-                .await
-                .map_err(internal)?;
+            self.load_hint(IP_PREFIX, reload).await.map_err(internal)?;
             for off in candidates(size, band, random_u32()) {
                 // Neither the network nor the broadcast address, nor the `kubernetes` one.
                 if off == 0 || off == size - 1 {
@@ -1148,7 +1151,10 @@ mod tests {
         b.on_delete(&freed).await;
         let mut s = svc("again", json!({}));
         let _ = a.on_create(&mut s, false).await.unwrap();
-        assert_eq!(str_at(&s, "/spec/clusterIP"), str_at(&freed, "/spec/clusterIP"));
+        assert_eq!(
+            str_at(&s, "/spec/clusterIP"),
+            str_at(&freed, "/spec/clusterIP")
+        );
     }
 
     /// A store that counts LISTs.
@@ -1196,7 +1202,11 @@ mod tests {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.inner.list(prefix, options).await
         }
-        async fn watch(&self, prefix: &str, from: u64) -> skiff_store::Result<skiff_store::WatchStream> {
+        async fn watch(
+            &self,
+            prefix: &str,
+            from: u64,
+        ) -> skiff_store::Result<skiff_store::WatchStream> {
             self.inner.watch(prefix, from).await
         }
         async fn current_revision(&self) -> skiff_store::Result<u64> {
@@ -1222,7 +1232,10 @@ mod tests {
         let store: Arc<dyn Store> = counting.clone();
         let a = alloc(&store, "10.43.0.0/16");
         for i in 0..200 {
-            let mut s = svc(&format!("n{i}"), json!({"type": "NodePort", "ports": [{"port": 80}]}));
+            let mut s = svc(
+                &format!("n{i}"),
+                json!({"type": "NodePort", "ports": [{"port": 80}]}),
+            );
             let _ = a.on_create(&mut s, false).await.unwrap();
             commit(&store, &s).await;
         }
@@ -1231,7 +1244,10 @@ mod tests {
         // A repair pass reloads them on the next allocation.
         a.repair().await.unwrap();
         let before = counting.lists.load(std::sync::atomic::Ordering::Relaxed);
-        let mut s = svc("after-repair", json!({"type": "NodePort", "ports": [{"port": 80}]}));
+        let mut s = svc(
+            "after-repair",
+            json!({"type": "NodePort", "ports": [{"port": 80}]}),
+        );
         let _ = a.on_create(&mut s, false).await.unwrap();
         assert_eq!(
             counting.lists.load(std::sync::atomic::Ordering::Relaxed),

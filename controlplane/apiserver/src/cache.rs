@@ -125,7 +125,12 @@ impl CachedEvent {
     /// (the state it replaced; for a delete also the deleted state).
     fn cost(&self) -> usize {
         let before = self.before.as_ref().map_or(0, |b| b.json.len());
-        before + if self.deleted { self.object.json.len() } else { 0 }
+        before
+            + if self.deleted {
+                self.object.json.len()
+            } else {
+                0
+            }
     }
 }
 
@@ -255,11 +260,7 @@ fn kind_of_root(root: &str) -> Option<&'static str> {
         .map(|r| r.kind)
 }
 
-fn new_resources(
-    revision: Revision,
-    keep: usize,
-    keep_bytes: usize,
-) -> HashMap<String, Resource> {
+fn new_resources(revision: Revision, keep: usize, keep_bytes: usize) -> HashMap<String, Resource> {
     RESOURCES
         .iter()
         .map(|r| {
@@ -826,7 +827,11 @@ mod tests {
             let res = &s.resources[root];
             assert!(res.history_bytes <= budget, "{}", res.history_bytes);
             // ~10 KB per replaced version: four or five fit.
-            assert!((3..=5).contains(&res.history.len()), "{}", res.history.len());
+            assert!(
+                (3..=5).contains(&res.history.len()),
+                "{}",
+                res.history.len()
+            );
             let newest = res.history.back().unwrap();
             assert!(Arc::ptr_eq(&newest.object, &res.objects[key]));
             let h: Vec<_> = res.history.iter().collect();
@@ -837,8 +842,13 @@ mod tests {
         // Out of the window: the cache does not answer; the store does.
         assert!(cache.list(root, root, Some(r0), &all, None, None).is_none());
         let recent = revs[revs.len() - 3];
-        let page = cache.list(root, root, Some(recent), &all, None, None).unwrap();
-        assert_eq!(page.items[0].value()["data"]["blob"].as_str().unwrap()[..3], *"18:");
+        let page = cache
+            .list(root, root, Some(recent), &all, None, None)
+            .unwrap();
+        assert_eq!(
+            page.items[0].value()["data"]["blob"].as_str().unwrap()[..3],
+            *"18:"
+        );
         let mut old = cache.watch(root, root, r0).await.unwrap();
         assert_eq!(next(&mut old).await.revision, revs[1]);
     }

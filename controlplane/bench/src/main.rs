@@ -610,9 +610,14 @@ async fn bench_store(args: &Args, store: &str, results: &mut Vec<serde_json::Val
     // The shape: Services (each allocating a ClusterIP) and EndpointSlices on top.
     if args.services > 0 {
         let path = format!("/api/v1/namespaces/{ns}/services");
-        let (tenths, lat, wall) =
-            create_in_tenths(&s.client, &path, args.services, args.concurrency, bench_service)
-                .await?;
+        let (tenths, lat, wall) = create_in_tenths(
+            &s.client,
+            &path,
+            args.services,
+            args.concurrency,
+            bench_service,
+        )
+        .await?;
         results.push(row(
             &format!(
                 "Service create (ClusterIP allocation), {} at concurrency {}: throughput; p50 / p99",
@@ -630,8 +635,7 @@ async fn bench_store(args: &Args, store: &str, results: &mut Vec<serde_json::Val
     if args.slices > 0 {
         let path = format!("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices");
         let (tenths, lat, wall) =
-            create_in_tenths(&s.client, &path, args.slices, args.concurrency, bench_slice)
-                .await?;
+            create_in_tenths(&s.client, &path, args.slices, args.concurrency, bench_slice).await?;
         results.push(row(
             &format!(
                 "EndpointSlice create (10 endpoints), {} at concurrency {}: throughput; p50 / p99",

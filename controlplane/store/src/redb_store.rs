@@ -319,12 +319,12 @@ impl RedbStore {
             .set_cache_size(config.cache_size)
             .create(&path)
             .map_err(|e| {
-            StoreError::backend(
-                BACKEND,
-                "open",
-                format!("cannot open store file {}: {e}", path.display()),
-            )
-        })?;
+                StoreError::backend(
+                    BACKEND,
+                    "open",
+                    format!("cannot open store file {}: {e}", path.display()),
+                )
+            })?;
         let txn = tri!(db.begin_write(), "begin open transaction");
         let current = {
             tri!(txn.open_table(LOG), "create log table");

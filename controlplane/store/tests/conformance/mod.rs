@@ -347,8 +347,8 @@ fn big_value(key: &str, version: u32, len: usize) -> Bytes {
 pub async fn lists_larger_than_a_grpc_message(store: Arc<dyn Store>) {
     const SMALL: usize = 1200; // more keys than a backend page
     const SMALL_LEN: usize = 4 * 1024; // 4.8 MB in all
-    // 20 MiB: more than a backend may accept in one response (etcd's store: 16 MiB), so
-    // a page holding them has to be split.
+                                       // 20 MiB: more than a backend may accept in one response (etcd's store: 16 MiB), so
+                                       // a page holding them has to be split.
     const BIG: usize = 20;
     const BIG_LEN: usize = 1024 * 1024;
     let mut want: BTreeMap<String, Bytes> = BTreeMap::new();
