@@ -81,9 +81,10 @@ fn controlplane(quick: bool) -> anyhow::Result<()> {
 
 // cp helper: API server benchmark
 /// The API server alone and with its controllers: idle memory, cold start, LIST from the
-/// watch cache vs the store at 1k/10k pods, watch fan-out to 1000 watchers and create
-/// throughput, over redb and a local etcd (`/usr/bin/etcd`, Debian's etcd-server).
-/// --quick: 200/2000 pods, 100 watchers. Needs no root; everything on 127.0.0.1.
+/// watch cache vs the store at 1k/10k pods, memory with 10k pods + 1k Services + 1k
+/// EndpointSlices, watch fan-out to 1000 watchers and create throughput, over redb and a
+/// local etcd (`/usr/bin/etcd`, Debian's etcd-server).
+/// --quick: 200/2000 pods, 100 Services and slices, 100 watchers. Needs no root; everything on 127.0.0.1.
 fn apiserver(quick: bool) -> anyhow::Result<()> {
     setup::ensure_apt_packages(&["etcd-server"])?;
     cmd::run(cargo().args([
@@ -105,7 +106,16 @@ fn apiserver(quick: bool) -> anyhow::Result<()> {
         .arg("--out")
         .arg(workspace_root().join("bench-results/apiserver.json"));
     if quick {
-        c.args(["--pods", "200,2000", "--watchers", "100"]);
+        c.args([
+            "--pods",
+            "200,2000",
+            "--watchers",
+            "100",
+            "--services",
+            "100",
+            "--slices",
+            "100",
+        ]);
     }
     cmd::run(&mut c)
 }

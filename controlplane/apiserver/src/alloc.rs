@@ -12,12 +12,19 @@
 //! controllers) re-creates missing reservations, removes leaked ones and reports
 //! duplicates.
 //!
+//! Picking a free dynamic value does not read every reservation: each server keeps a hint
+//! of the values it believes taken ([`TakenHint`]), loaded from the store once and after
+//! every repair pass, and kept current by its own reservations and releases. The
+//! reservation's create-if-absent still decides; the hint only saves probing values known
+//! to be taken. (Listing all reservations per create made a Service create cost O(number
+//! of Services): creating 10k Services slowed from ~280/s to ~23/s by the 5,000th.)
+//!
 //! Dynamic values come from the upper band first: offset `min(max(16, size/16), 256)` for
 //! IPs (upstream's ClusterIP static band) and `min(max(16, size/32), 128)` for node ports
 //! (KEP-3668), so values users pick by hand from the low band rarely collide.
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::Ipv4Addr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -239,6 +246,19 @@ pub struct Allocator {
     store: Arc<dyn Store>,
     cidr: ServiceCidr,
     ports: NodePortRange,
+    taken: Mutex<TakenHint>,
+}
+
+/// Reservation keys this server believes exist, per prefix ([`IP_PREFIX`],
+/// [`PORT_PREFIX`]). Wrong only in ways that cost a probe, never a duplicate: a key another
+/// server created is found on `reserve` and added; a key another server deleted stays here
+/// until the next reload (after a repair pass, or when the range looks full), so a free
+/// value is at worst skipped for a while.
+#[derive(Default)]
+struct TakenHint {
+    /// Prefixes whose keys have been loaded from the store.
+    loaded: HashSet<&'static str>,
+    keys: HashSet<String>,
 }
 
 fn internal(e: StoreError) -> StatusError {
@@ -247,7 +267,42 @@ fn internal(e: StoreError) -> StatusError {
 
 impl Allocator {
     pub fn new(store: Arc<dyn Store>, cidr: ServiceCidr, ports: NodePortRange) -> Allocator {
-        Allocator { store, cidr, ports }
+        Allocator {
+            store,
+            cidr,
+            ports,
+            taken: Mutex::new(TakenHint::default()),
+        }
+    }
+
+    fn hint(&self) -> std::sync::MutexGuard<'_, TakenHint> {
+        // A set of strings cannot be left half-updated in a way that matters: it is a hint.
+        self.taken.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Loads the reservations under `prefix` into the hint unless loaded (`reload`: always).
+    async fn load_hint(&self, prefix: &'static str, reload: bool) -> Result<(), StoreError> {
+        if !reload && self.hint().loaded.contains(prefix) {
+            return Ok(());
+        }
+        let page = self.store.list(prefix, ListOptions::default()).await?;
+        let mut hint = self.hint();
+        hint.keys.retain(|k| !k.starts_with(prefix));
+        hint.keys.extend(page.items.into_iter().map(|kv| kv.key));
+        hint.loaded.insert(prefix);
+        Ok(())
+    }
+
+    fn hinted_taken(&self, key: &str) -> bool {
+        self.hint().keys.contains(key)
+    }
+
+    fn note_taken(&self, key: &str) {
+        self.hint().keys.insert(key.to_string());
+    }
+
+    fn note_free(&self, key: &str) {
+        self.hint().keys.remove(key);
     }
 
     pub fn cidr(&self) -> ServiceCidr {
@@ -274,6 +329,21 @@ impl Allocator {
     /// Reserves `key` for `holder`: created if absent, taken over if its holder is gone or
     /// no longer uses it. `Ok(false)`: a live Service holds it. With `dry`, only checks.
     async fn reserve(&self, key: &str, holder: &Value, dry: bool) -> Result<bool, StoreError> {
+        let reserved = self.reserve_inner(key, holder, dry).await?;
+        // Reserved here, or held by someone else: either way taken (a dry run reserves
+        // nothing).
+        if !reserved || !dry {
+            self.note_taken(key);
+        }
+        Ok(reserved)
+    }
+
+    async fn reserve_inner(
+        &self,
+        key: &str,
+        holder: &Value,
+        dry: bool,
+    ) -> Result<bool, StoreError> {
         let bytes = Bytes::from(serde_json::to_vec(holder).unwrap_or_default());
         for _ in 0..4 {
             let existing = self.store.get(key).await?;
@@ -319,16 +389,6 @@ impl Allocator {
         Ok(false)
     }
 
-    /// Suffixes (IPs or ports) of the reservations under `prefix`.
-    async fn used(&self, prefix: &str) -> Result<HashSet<String>, StoreError> {
-        let page = self.store.list(prefix, ListOptions::default()).await?;
-        Ok(page
-            .items
-            .iter()
-            .filter_map(|kv| kv.key.strip_prefix(prefix).map(str::to_string))
-            .collect())
-    }
-
     async fn dynamic_ip(
         &self,
         holder: &Value,
@@ -337,24 +397,27 @@ impl Allocator {
     ) -> Result<Ipv4Addr, StatusError> {
         let size = self.cidr.size();
         let band = (size / 16).clamp(16, 256);
-        let used = self.used(IP_PREFIX).await.map_err(internal)?;
         let base = u32::from(self.cidr.base);
         let kubernetes = self.cidr.kubernetes_ip();
-        for off in candidates(size, band, random_u32()) {
-            // Neither the network nor the broadcast address, nor the `kubernetes` one.
-            if off == 0 || off == size - 1 {
-                continue;
-            }
-            let ip = Ipv4Addr::from(base + off);
-            if ip == kubernetes || used.contains(&ip.to_string()) {
-                continue;
-            }
-            let key = format!("{IP_PREFIX}{ip}");
-            if self.reserve(&key, holder, dry).await.map_err(internal)? {
-                if !dry {
-                    res.keys.push(key);
+        // The second pass, after reloading the hint, finds values other servers freed.
+        for reload in [false, true] {
+            self.load_hint(IP_PREFIX, reload).await.map_err(internal)?;
+            for off in candidates(size, band, random_u32()) {
+                // Neither the network nor the broadcast address, nor the `kubernetes` one.
+                if off == 0 || off == size - 1 {
+                    continue;
                 }
-                return Ok(ip);
+                let ip = Ipv4Addr::from(base + off);
+                let key = format!("{IP_PREFIX}{ip}");
+                if ip == kubernetes || self.hinted_taken(&key) {
+                    continue;
+                }
+                if self.reserve(&key, holder, dry).await.map_err(internal)? {
+                    if !dry {
+                        res.keys.push(key);
+                    }
+                    return Ok(ip);
+                }
             }
         }
         Err(st::internal_error(&format!(
@@ -372,18 +435,22 @@ impl Allocator {
     ) -> Result<i64, StatusError> {
         let size = self.ports.size();
         let band = (size / 32).clamp(16, 128);
-        let used = self.used(PORT_PREFIX).await.map_err(internal)?;
-        for off in candidates(size, band, random_u32()) {
-            let port = i64::from(self.ports.min) + i64::from(off);
-            if taken_here.contains(&port) || used.contains(&port.to_string()) {
-                continue;
-            }
-            let key = format!("{PORT_PREFIX}{port}");
-            if self.reserve(&key, holder, dry).await.map_err(internal)? {
-                if !dry {
-                    res.keys.push(key);
+        for reload in [false, true] {
+            self.load_hint(PORT_PREFIX, reload)
+                .await
+                .map_err(internal)?;
+            for off in candidates(size, band, random_u32()) {
+                let port = i64::from(self.ports.min) + i64::from(off);
+                let key = format!("{PORT_PREFIX}{port}");
+                if taken_here.contains(&port) || self.hinted_taken(&key) {
+                    continue;
                 }
-                return Ok(port);
+                if self.reserve(&key, holder, dry).await.map_err(internal)? {
+                    if !dry {
+                        res.keys.push(key);
+                    }
+                    return Ok(port);
+                }
             }
         }
         Err(st::internal_error(&format!(
@@ -620,7 +687,7 @@ impl Allocator {
     pub async fn release(&self, keys: Vec<String>) {
         for k in keys {
             match self.store.delete(&k, None).await {
-                Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                Ok(_) | Err(StoreError::NotFound { .. }) => self.note_free(&k),
                 Err(e) => tracing::warn!("releasing {k}: {e} (the repair pass will retry)"),
             }
         }
@@ -638,7 +705,8 @@ impl Allocator {
                 continue;
             }
             match self.store.delete(&key, Some(kv.mod_revision)).await {
-                Ok(_) | Err(StoreError::NotFound { .. }) | Err(StoreError::Conflict { .. }) => {}
+                Ok(_) | Err(StoreError::NotFound { .. }) => self.note_free(&key),
+                Err(StoreError::Conflict { .. }) => {}
                 Err(e) => tracing::warn!("releasing {key}: {e} (the repair pass will retry)"),
             }
         }
@@ -647,6 +715,14 @@ impl Allocator {
     /// Upstream's repair controllers: every value a Service holds has its reservation, no
     /// reservation outlives its Service, duplicates are reported.
     pub async fn repair(&self) -> Result<RepairReport, StoreError> {
+        let report = self.repair_inner().await;
+        // Whatever the pass changed (and whatever other servers did since the hint was
+        // loaded): the next allocation reloads the hint.
+        *self.hint() = TakenHint::default();
+        report
+    }
+
+    async fn repair_inner(&self) -> Result<RepairReport, StoreError> {
         let mut report = RepairReport::default();
         let services = self
             .store
@@ -942,8 +1018,8 @@ mod tests {
             "{e:?}"
         );
         // Nothing of the rejected request stays reserved: its ClusterIP was released.
-        let ips = a.used(IP_PREFIX).await.unwrap();
-        assert_eq!(ips.len(), 1, "{ips:?}");
+        let ips = store.list(IP_PREFIX, ListOptions::default()).await.unwrap();
+        assert_eq!(ips.items.len(), 1, "{:?}", ips.items);
         let mut range = svc(
             "range",
             json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 8080}]}),
@@ -1038,6 +1114,144 @@ mod tests {
         assert!(again.restored.is_empty() && again.leaked.is_empty());
         // Deleting the holder frees the value.
         a.on_delete(&one).await;
-        assert!(!a.used(PORT_PREFIX).await.unwrap().contains("30500"));
+        assert!(store
+            .get(&format!("{PORT_PREFIX}30500"))
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    /// Two servers on one store (HA): each allocates from its own hint; values the other
+    /// took are never handed out twice, values the other freed are found once the range
+    /// looks full.
+    #[tokio::test]
+    async fn servers_sharing_a_store_never_hand_out_a_value_twice() {
+        let (_d, store) = store().await;
+        // 8 - network - broadcast - kubernetes = 5 dynamic addresses.
+        let (a, b) = (alloc(&store, "10.96.0.0/29"), alloc(&store, "10.96.0.0/29"));
+        let mut held: Vec<Value> = Vec::new();
+        let mut ips = HashSet::new();
+        for i in 0..5 {
+            // Alternate, so each server's hint (loaded on its first allocation) misses
+            // what the other took since.
+            let who = if i % 2 == 0 { &a } else { &b };
+            let mut s = svc(&format!("s{i}"), json!({}));
+            let _ = who.on_create(&mut s, false).await.unwrap();
+            assert!(ips.insert(str_at(&s, "/spec/clusterIP").to_string()), "{s}");
+            commit(&store, &s).await;
+            held.push(s);
+        }
+        for who in [&a, &b] {
+            let mut s = svc("full", json!({}));
+            let e = who.on_create(&mut s, false).await.unwrap_err();
+            assert!(e.message().contains("range is full"), "{e:?}");
+        }
+        // `b` frees an address; `a` still believes it taken, reloads and finds it.
+        let freed = held.remove(0);
+        b.on_delete(&freed).await;
+        let mut s = svc("again", json!({}));
+        let _ = a.on_create(&mut s, false).await.unwrap();
+        assert_eq!(
+            str_at(&s, "/spec/clusterIP"),
+            str_at(&freed, "/spec/clusterIP")
+        );
+    }
+
+    /// A store that counts LISTs.
+    struct CountingStore {
+        inner: Arc<dyn Store>,
+        lists: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for CountingStore {
+        async fn create(&self, key: &str, value: Bytes) -> skiff_store::Result<u64> {
+            self.inner.create(key, value).await
+        }
+        async fn update(
+            &self,
+            key: &str,
+            value: Bytes,
+            expected: Option<u64>,
+        ) -> skiff_store::Result<u64> {
+            self.inner.update(key, value, expected).await
+        }
+        async fn delete(
+            &self,
+            key: &str,
+            expected: Option<u64>,
+        ) -> skiff_store::Result<(u64, skiff_store::KeyValue)> {
+            self.inner.delete(key, expected).await
+        }
+        async fn get(&self, key: &str) -> skiff_store::Result<Option<skiff_store::KeyValue>> {
+            self.inner.get(key).await
+        }
+        async fn get_at(
+            &self,
+            key: &str,
+            revision: u64,
+        ) -> skiff_store::Result<Option<skiff_store::KeyValue>> {
+            self.inner.get_at(key, revision).await
+        }
+        async fn list(
+            &self,
+            prefix: &str,
+            options: ListOptions,
+        ) -> skiff_store::Result<skiff_store::ListResult> {
+            self.lists
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.list(prefix, options).await
+        }
+        async fn watch(
+            &self,
+            prefix: &str,
+            from: u64,
+        ) -> skiff_store::Result<skiff_store::WatchStream> {
+            self.inner.watch(prefix, from).await
+        }
+        async fn current_revision(&self) -> skiff_store::Result<u64> {
+            self.inner.current_revision().await
+        }
+        async fn compacted_revision(&self) -> skiff_store::Result<u64> {
+            self.inner.compacted_revision().await
+        }
+        async fn compact(&self, revision: u64) -> skiff_store::Result<()> {
+            self.inner.compact(revision).await
+        }
+    }
+
+    /// Allocating does not read every reservation per Service: that made creates slow
+    /// down linearly with the number of Services.
+    #[tokio::test]
+    async fn allocation_cost_does_not_grow_with_the_services() {
+        let (_d, inner) = store().await;
+        let counting = Arc::new(CountingStore {
+            inner,
+            lists: Default::default(),
+        });
+        let store: Arc<dyn Store> = counting.clone();
+        let a = alloc(&store, "10.43.0.0/16");
+        for i in 0..200 {
+            let mut s = svc(
+                &format!("n{i}"),
+                json!({"type": "NodePort", "ports": [{"port": 80}]}),
+            );
+            let _ = a.on_create(&mut s, false).await.unwrap();
+            commit(&store, &s).await;
+        }
+        // One load of each hint (IPs, node ports).
+        assert_eq!(counting.lists.load(std::sync::atomic::Ordering::Relaxed), 2);
+        // A repair pass reloads them on the next allocation.
+        a.repair().await.unwrap();
+        let before = counting.lists.load(std::sync::atomic::Ordering::Relaxed);
+        let mut s = svc(
+            "after-repair",
+            json!({"type": "NodePort", "ports": [{"port": 80}]}),
+        );
+        let _ = a.on_create(&mut s, false).await.unwrap();
+        assert_eq!(
+            counting.lists.load(std::sync::atomic::Ordering::Relaxed),
+            before + 2
+        );
     }
 }

@@ -855,27 +855,28 @@ fn continue_too_old() -> StatusError {
     )
 }
 
-/// One listed object: decoded from the store, or as the watch cache holds it.
+/// One listed object, JSON as a GET returns it: read from the store (encoded as soon as
+/// the selectors have seen it, so a LIST of 10k objects holds 10k small buffers, not 10k
+/// decoded trees), or shared with the watch cache.
 pub(crate) enum ListItem {
-    Value(Value),
+    Encoded(Bytes),
     Cached(Arc<crate::cache::CachedObject>),
 }
 
 impl ListItem {
-    pub fn into_value(self) -> Value {
+    pub fn json(&self) -> &[u8] {
         match self {
-            ListItem::Value(v) => v,
-            ListItem::Cached(c) => c.value(),
+            ListItem::Encoded(b) => b,
+            ListItem::Cached(c) => &c.json,
         }
     }
 
+    pub fn into_value(self) -> Value {
+        serde_json::from_slice(self.json()).unwrap_or_default()
+    }
+
     fn write_json(&self, out: &mut Vec<u8>) {
-        match self {
-            ListItem::Value(v) => {
-                let _ = serde_json::to_writer(&mut *out, v);
-            }
-            ListItem::Cached(c) => out.extend_from_slice(&c.json),
-        }
+        out.extend_from_slice(self.json());
     }
 }
 
@@ -1009,7 +1010,7 @@ async fn list_from_store(
         for (i, kv) in page.items.iter().enumerate() {
             let obj = decode_kv(kv, kv.mod_revision);
             if sel.matches(&obj) {
-                items.push(ListItem::Value(obj));
+                items.push(ListItem::Encoded(to_bytes(&obj)));
             }
             after = Some(kv.key.clone());
             if let Some(l) = limit {
@@ -1090,7 +1091,9 @@ async fn list(state: &AppState, t: &Target, ctx: &Ctx) -> Result<Response, Statu
         "apiVersion": t.r.api_version(),
         "metadata": meta,
     });
-    let mut body = serde_json::to_vec(&head).unwrap_or_default();
+    let items_len: usize = page.items.iter().map(|i| i.json().len() + 1).sum();
+    let mut body = Vec::with_capacity(items_len + 256);
+    let _ = serde_json::to_writer(&mut body, &head);
     body.pop(); // the closing brace
     body.extend_from_slice(b",\"items\":[");
     for (i, item) in page.items.iter().enumerate() {

@@ -9,12 +9,18 @@
 //!   is what a consistent read waits for ([`WatchCache::wait_for`]). (On an etcd shared with
 //!   writers outside skiff's key prefix the cache cannot reach etcd's revision without
 //!   progress notifications; such reads time out and fall back to the store.)
-//! * Per resource it keeps the objects at the cache's revision (JSON as a GET returns them,
-//!   plus the fields selectors read: upstream's `GetAttrs`) and the last [`HISTORY`]
-//!   changes with each object's state *before* the change. With those, a page of the
-//!   snapshot at any revision `R` in the window (`R >= complete_after`) is the current state
-//!   with the changes after `R` undone — exactly what the store answers at `R`, so a
-//!   paginated LIST can continue from the cache under concurrent writes.
+//! * Per resource it keeps the objects at the cache's revision, each an immutable
+//!   [`CachedObject`] shared by reference (its JSON as a GET returns it, plus the fields
+//!   selectors read: upstream's `GetAttrs`), and the last [`HISTORY`] changes (at most
+//!   [`HISTORY_BYTES`] of object versions), each holding the object's state *before* and
+//!   *after* the change by reference: a version is in memory once, whether it is current,
+//!   in the history, or both. With those, a page of the snapshot at any revision `R` in the
+//!   window (`R >= complete_after`) is the current state with the changes after `R`
+//!   undone — exactly what the store answers at `R`, so a paginated LIST can continue from
+//!   the cache under concurrent writes.
+//! * Watchers get those changes ([`CachedEvent`]) as they are: selectors match the cached
+//!   attributes and events are written from the cached JSON, so fanning one change out to
+//!   a thousand watchers decodes and encodes nothing per watcher.
 //! * A watch from revision `r` is served from the history when it covers everything after
 //!   `r` and the store has not compacted `r` away; otherwise it goes to the store, which
 //!   answers from its own history or with `Compacted` (the client's 410).
@@ -37,12 +43,16 @@ use tokio::sync::{mpsc, watch};
 /// Changes kept per resource by default: watches resuming from, and continued LISTs at, a
 /// revision within the last this-many changes of their resource are served from memory.
 pub const HISTORY: usize = 1000;
+/// At most this many bytes of object versions (JSON) per resource's history: 1000 changes
+/// of large objects (ConfigMaps, Secrets up to 1 MiB each) would otherwise pin up to 1 GB.
+/// Older changes are forgotten first, so the window only gets shorter.
+pub const HISTORY_BYTES: usize = 16 * 1024 * 1024;
 /// Events buffered per subscriber beyond its replay before it counts as too slow.
 pub const SUBSCRIBER_BUFFER: usize = 1024;
 /// Keys read per store page while (re)filling the cache.
 const FILL_PAGE: usize = 2000;
 
-/// One object as the cache holds it.
+/// One object version as the cache holds it; immutable, shared by reference.
 pub(crate) struct CachedObject {
     /// The store key (what tests and debugging look at; pages are ordered by it).
     #[cfg_attr(not(test), allow(dead_code))]
@@ -50,12 +60,13 @@ pub(crate) struct CachedObject {
     /// The object as a GET returns it (`resourceVersion` set), JSON.
     pub json: Bytes,
     /// What label and field selectors read ([`skiff_api::selector::selection_attrs`]).
-    attrs: Value,
+    pub attrs: Value,
 }
 
 impl CachedObject {
-    fn new(kind: &str, kv: &KeyValue) -> CachedObject {
-        let obj = crate::api::decode_kv(kv, kv.mod_revision);
+    /// `kv` decoded, with `resourceVersion` set to `rv`.
+    pub fn new(kind: &str, kv: &KeyValue, rv: Revision) -> CachedObject {
+        let obj = crate::api::decode_kv(kv, rv);
         CachedObject {
             key: kv.key.clone(),
             json: Bytes::from(serde_json::to_vec(&obj).unwrap_or_default()),
@@ -64,47 +75,121 @@ impl CachedObject {
     }
 
     /// The object, decoded.
+    #[cfg(test)]
     pub fn value(&self) -> Value {
         serde_json::from_slice(&self.json).unwrap_or_default()
     }
 }
 
-/// A change in a resource's history.
-struct Change {
-    event: Arc<Event>,
-    /// The object's state before the change (`None`: it did not exist).
-    before: Option<Arc<CachedObject>>,
+/// A change of one object, as the history keeps it and watchers receive it.
+pub(crate) struct CachedEvent {
+    pub revision: Revision,
+    /// The object's state before the change (`None`: it was created).
+    pub before: Option<Arc<CachedObject>>,
+    /// The new state; for a delete, the last state with the delete's revision as its
+    /// `resourceVersion` (what a DELETED watch event carries, as upstream).
+    pub object: Arc<CachedObject>,
+    pub deleted: bool,
 }
+
+impl CachedEvent {
+    /// A store event as the cache represents it (decoding its objects): for events the
+    /// cache did not see itself (a watch the store serves).
+    pub fn from_store(kind: &str, ev: &Event) -> CachedEvent {
+        match ev {
+            Event::Put { kv, prev } => CachedEvent {
+                revision: kv.mod_revision,
+                before: prev
+                    .as_ref()
+                    .map(|p| Arc::new(CachedObject::new(kind, p, p.mod_revision))),
+                object: Arc::new(CachedObject::new(kind, kv, kv.mod_revision)),
+                deleted: false,
+            },
+            Event::Delete { revision, prev } => {
+                let last = Arc::new(CachedObject::new(kind, prev, prev.mod_revision));
+                CachedEvent {
+                    revision: *revision,
+                    object: Arc::new(CachedObject::new(kind, prev, *revision)),
+                    before: Some(last),
+                    deleted: true,
+                }
+            }
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        &self.object.key
+    }
+
+    /// The bytes of object versions this change keeps alive beyond the current state
+    /// (the state it replaced; for a delete also the deleted state).
+    fn cost(&self) -> usize {
+        let before = self.before.as_ref().map_or(0, |b| b.json.len());
+        before
+            + if self.deleted {
+                self.object.json.len()
+            } else {
+                0
+            }
+    }
+}
+
+/// What feeds a watch from the cache: the changes as they are, or the store's events
+/// for watches the store serves.
+pub(crate) type CacheWatchStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = skiff_store::Result<Arc<CachedEvent>>> + Send>>;
 
 struct Resource {
     kind: &'static str,
     /// Changes kept in `history`.
     keep: usize,
+    /// Bytes of object versions `history` may keep alive ([`CachedEvent::cost`]).
+    keep_bytes: usize,
     objects: BTreeMap<String, Arc<CachedObject>>,
-    history: VecDeque<Change>,
+    history: VecDeque<Arc<CachedEvent>>,
+    /// The sum of the costs of `history`.
+    history_bytes: usize,
     /// Every change of this resource with a revision above this one is in `history`.
     complete_after: Revision,
     /// Each subscriber's key prefix (its namespace, or the whole resource) and channel:
     /// only matching events count against its buffer.
-    subscribers: Vec<(String, mpsc::Sender<Arc<Event>>)>,
+    subscribers: Vec<(String, mpsc::Sender<Arc<CachedEvent>>)>,
+}
+
+/// A store event with its new object decoded (outside the cache's lock).
+enum Decoded {
+    Put(Arc<CachedObject>),
+    /// The deleted object with the delete's revision.
+    Delete(Arc<CachedObject>),
 }
 
 impl Resource {
-    /// Applies `event`; `obj` is the object a Put leaves (decoded outside the lock).
-    fn apply(&mut self, event: Event, obj: Option<Arc<CachedObject>>) {
-        let event = Arc::new(event);
-        let key = event.key().to_string();
-        let before = match obj {
-            Some(obj) => self.objects.insert(key.clone(), obj),
-            None => self.objects.remove(&key),
+    /// Applies the change at `revision`.
+    fn apply(&mut self, revision: Revision, key: &str, change: Decoded) {
+        let (object, deleted) = match change {
+            Decoded::Put(obj) => (obj, false),
+            Decoded::Delete(obj) => (obj, true),
         };
-        self.history.push_back(Change {
-            event: event.clone(),
+        // The state before is the cache's current one: shared, not decoded again.
+        let before = if deleted {
+            self.objects.remove(key)
+        } else {
+            self.objects.insert(key.to_string(), object.clone())
+        };
+        let event = Arc::new(CachedEvent {
+            revision,
             before,
+            object,
+            deleted,
         });
-        while self.history.len() > self.keep {
+        self.history_bytes += event.cost();
+        self.history.push_back(event.clone());
+        while self.history.len() > self.keep
+            || (self.history_bytes > self.keep_bytes && self.history.len() > 1)
+        {
             if let Some(old) = self.history.pop_front() {
-                self.complete_after = old.event.revision();
+                self.history_bytes -= old.cost();
+                self.complete_after = old.revision;
             }
         }
         // A full channel: that client is too slow; dropping its sender ends its stream
@@ -139,6 +224,8 @@ struct Shared {
     store: Arc<dyn Store>,
     /// Changes kept per resource.
     history: usize,
+    /// Bytes of object versions kept per resource's history.
+    history_bytes: usize,
     state: Mutex<State>,
     /// `(ready, revision)`, for readers waiting for the cache to catch up.
     progress: watch::Sender<(bool, Revision)>,
@@ -173,7 +260,7 @@ fn kind_of_root(root: &str) -> Option<&'static str> {
         .map(|r| r.kind)
 }
 
-fn new_resources(revision: Revision, keep: usize) -> HashMap<String, Resource> {
+fn new_resources(revision: Revision, keep: usize, keep_bytes: usize) -> HashMap<String, Resource> {
     RESOURCES
         .iter()
         .map(|r| {
@@ -182,8 +269,10 @@ fn new_resources(revision: Revision, keep: usize) -> HashMap<String, Resource> {
                 Resource {
                     kind: r.kind,
                     keep: keep.max(1),
+                    keep_bytes,
                     objects: BTreeMap::new(),
                     history: VecDeque::new(),
+                    history_bytes: 0,
                     complete_after: revision,
                     subscribers: Vec::new(),
                 },
@@ -193,11 +282,21 @@ fn new_resources(revision: Revision, keep: usize) -> HashMap<String, Resource> {
 }
 
 impl WatchCache {
+    /// A cache keeping `history` changes per resource, at most [`HISTORY_BYTES`] of them.
     pub fn new(store: Arc<dyn Store>, history: usize) -> WatchCache {
+        WatchCache::with_history_bytes(store, history, HISTORY_BYTES)
+    }
+
+    pub fn with_history_bytes(
+        store: Arc<dyn Store>,
+        history: usize,
+        history_bytes: usize,
+    ) -> WatchCache {
         WatchCache {
             shared: Arc::new(Shared {
                 store,
                 history,
+                history_bytes,
                 state: Mutex::new(State::default()),
                 progress: watch::channel((false, 0)).0,
             }),
@@ -263,10 +362,10 @@ impl WatchCache {
         // first change after `at`.
         let mut undone: BTreeMap<&str, Option<&Arc<CachedObject>>> = BTreeMap::new();
         for c in res.history.iter().rev() {
-            if c.event.revision() <= at {
+            if c.revision <= at {
                 break;
             }
-            undone.insert(c.event.key(), c.before.as_ref());
+            undone.insert(c.key(), c.before.as_ref());
         }
         let lower = match after {
             Some(a) if a >= prefix => Bound::Excluded(a),
@@ -307,13 +406,13 @@ impl WatchCache {
     }
 
     /// Like [`Store::watch`] for keys under `prefix`, which must lie inside the resource
-    /// root `root` (`/registry/<resource>/`).
+    /// root `root` (`/registry/<resource>/`), yielding the cache's changes.
     pub async fn watch(
         &self,
         root: &str,
         prefix: &str,
         from: Revision,
-    ) -> skiff_store::Result<WatchStream> {
+    ) -> skiff_store::Result<CacheWatchStream> {
         // The store's compaction decides what is too old (410), also for versions the cache
         // still remembers, so that clients see one rule whatever serves them.
         let compacted = self.shared.store.compacted_revision().await?;
@@ -322,11 +421,11 @@ impl WatchCache {
             let ready = s.ready;
             match s.resources.get_mut(root) {
                 Some(res) if ready && from >= res.complete_after && from >= compacted => {
-                    let replay: Vec<Arc<Event>> = res
+                    let replay: Vec<Arc<CachedEvent>> = res
                         .history
                         .iter()
-                        .filter(|c| c.event.revision() > from && c.event.key().starts_with(prefix))
-                        .map(|c| c.event.clone())
+                        .filter(|c| c.revision > from && c.key().starts_with(prefix))
+                        .cloned()
                         .collect();
                     let (tx, rx) = mpsc::channel(replay.len() + SUBSCRIBER_BUFFER);
                     for e in replay {
@@ -340,17 +439,23 @@ impl WatchCache {
             }
         };
         let Some(rx) = rx else {
-            return self.shared.store.watch(prefix, from).await;
+            // Decoded per watch: only watches from versions the cache does not hold (or
+            // while it is not filled) get here.
+            let kind = kind_of_root(root).unwrap_or_default();
+            let stream = self.shared.store.watch(prefix, from).await?;
+            return Ok(Box::pin(stream.map(move |item| {
+                item.map(|ev| Arc::new(CachedEvent::from_store(kind, &ev)))
+            })));
         };
         let stream =
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
                 .filter(move |e| {
                     // Events at or below `from` can arrive when `from` is newer than the
                     // cache (a version from another server or from the store).
-                    let keep = e.revision() > from;
+                    let keep = e.revision > from;
                     async move { keep }
                 })
-                .map(|e| Ok((*e).clone()));
+                .map(Ok);
         Ok(Box::pin(stream))
     }
 
@@ -453,7 +558,7 @@ async fn run(shared: Arc<Shared>) {
 async fn fill(shared: &Shared) -> skiff_store::Result<WatchStream> {
     let store = &shared.store;
     let revision = store.current_revision().await?;
-    let mut resources = new_resources(revision, shared.history);
+    let mut resources = new_resources(revision, shared.history, shared.history_bytes);
     let mut after = None;
     loop {
         let page = store
@@ -468,8 +573,10 @@ async fn fill(shared: &Shared) -> skiff_store::Result<WatchStream> {
             .await?;
         for kv in &page.items {
             if let Some(res) = root_of(&kv.key).and_then(|r| resources.get_mut(r)) {
-                res.objects
-                    .insert(kv.key.clone(), Arc::new(CachedObject::new(res.kind, kv)));
+                res.objects.insert(
+                    kv.key.clone(),
+                    Arc::new(CachedObject::new(res.kind, kv, kv.mod_revision)),
+                );
             }
         }
         if !page.more() || page.items.is_empty() {
@@ -499,14 +606,19 @@ async fn feed(shared: &Shared, mut stream: WatchStream) -> Option<StoreError> {
         let root = root_of(ev.key()).map(str::to_string);
         let kind = root.as_deref().and_then(kind_of_root);
         // Decoding happens before taking the lock readers share.
-        let obj = match (&ev, kind) {
-            (Event::Put { kv, .. }, Some(kind)) => Some(Arc::new(CachedObject::new(kind, kv))),
-            _ => None,
-        };
+        let change = kind.map(|kind| match &ev {
+            Event::Put { kv, .. } => {
+                Decoded::Put(Arc::new(CachedObject::new(kind, kv, kv.mod_revision)))
+            }
+            Event::Delete { revision, prev } => {
+                Decoded::Delete(Arc::new(CachedObject::new(kind, prev, *revision)))
+            }
+        });
         {
             let mut s = shared.state();
-            if let (Some(res), Some(_)) = (root.and_then(|r| s.resources.get_mut(&r)), kind) {
-                res.apply(ev, obj);
+            if let (Some(res), Some(change)) = (root.and_then(|r| s.resources.get_mut(&r)), change)
+            {
+                res.apply(rev, ev.key(), change);
             }
             s.revision = rev;
         }
@@ -519,7 +631,7 @@ mod tests {
     use super::*;
     use skiff_store::RedbStore;
 
-    async fn next(s: &mut WatchStream) -> Event {
+    async fn next(s: &mut CacheWatchStream) -> Arc<CachedEvent> {
         tokio::time::timeout(Duration::from_secs(10), s.next())
             .await
             .expect("no event in time")
@@ -678,6 +790,69 @@ mod tests {
         assert_eq!(page.remaining as usize, total - 2);
     }
 
+    /// The history keeps at most its byte budget of object versions, each version once
+    /// (shared with the current state and between consecutive changes); revisions that
+    /// fall out of it are answered by the store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn history_is_bounded_by_bytes_and_shares_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::open(dir.path().join("s.redb"), Default::default()).unwrap());
+        let key = "/registry/configmaps/a/x";
+        let big = |round: usize| {
+            Bytes::from(
+                serde_json::to_vec(&serde_json::json!({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "x", "namespace": "a"},
+                    "data": {"blob": format!("{round}:{}", "x".repeat(10_000))},
+                }))
+                .unwrap(),
+            )
+        };
+        let r0 = store.create(key, big(0)).await.unwrap();
+        let budget = 50_000;
+        let cache = WatchCache::with_history_bytes(store.clone(), HISTORY, budget);
+        cache.start();
+        assert!(cache.wait_for(r0, Duration::from_secs(10)).await);
+        let mut revs = vec![r0];
+        for round in 1..=20 {
+            revs.push(store.update(key, big(round), None).await.unwrap());
+        }
+        let cur = *revs.last().unwrap();
+        assert!(cache.wait_for(cur, Duration::from_secs(10)).await);
+        let root = "/registry/configmaps/";
+        let all = |_: &Value| true;
+        {
+            let s = cache.state();
+            let res = &s.resources[root];
+            assert!(res.history_bytes <= budget, "{}", res.history_bytes);
+            // ~10 KB per replaced version: four or five fit.
+            assert!(
+                (3..=5).contains(&res.history.len()),
+                "{}",
+                res.history.len()
+            );
+            let newest = res.history.back().unwrap();
+            assert!(Arc::ptr_eq(&newest.object, &res.objects[key]));
+            let h: Vec<_> = res.history.iter().collect();
+            for w in h.windows(2) {
+                assert!(Arc::ptr_eq(w[1].before.as_ref().unwrap(), &w[0].object));
+            }
+        }
+        // Out of the window: the cache does not answer; the store does.
+        assert!(cache.list(root, root, Some(r0), &all, None, None).is_none());
+        let recent = revs[revs.len() - 3];
+        let page = cache
+            .list(root, root, Some(recent), &all, None, None)
+            .unwrap();
+        assert_eq!(
+            page.items[0].value()["data"]["blob"].as_str().unwrap()[..3],
+            *"18:"
+        );
+        let mut old = cache.watch(root, root, r0).await.unwrap();
+        assert_eq!(next(&mut old).await.revision, revs[1]);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn fan_out_replay_fallback_and_slow_subscribers() {
         let dir = tempfile::tempdir().unwrap();
@@ -708,20 +883,20 @@ mod tests {
             .create("/registry/configmaps/a/z", Bytes::from_static(b"{}"))
             .await
             .unwrap();
-        assert_eq!(next(&mut all).await.revision(), r_b);
-        assert_eq!(next(&mut all).await.revision(), r_a);
+        assert_eq!(next(&mut all).await.revision, r_b);
+        assert_eq!(next(&mut all).await.revision, r_a);
         let ev = next(&mut ns_a).await;
-        assert_eq!((ev.key(), ev.revision()), ("/registry/configmaps/a/z", r_a));
+        assert_eq!((ev.key(), ev.revision), ("/registry/configmaps/a/z", r_a));
 
         // A later watch from r1 is replayed from the cache's history.
         assert!(cache.wait_for(r_a, Duration::from_secs(10)).await);
         let mut late = cache.watch(root, root, r1).await.unwrap();
-        assert_eq!(next(&mut late).await.revision(), r_b);
-        assert_eq!(next(&mut late).await.revision(), r_a);
+        assert_eq!(next(&mut late).await.revision, r_b);
+        assert_eq!(next(&mut late).await.revision, r_a);
 
         // Older than the cache: the store serves it (and has the event before the cache).
         let mut old = cache.watch(root, root, before).await.unwrap();
-        assert_eq!(next(&mut old).await.revision(), r1);
+        assert_eq!(next(&mut old).await.revision, r1);
 
         // Overflow the stalled subscriber; the reading one still gets everything.
         let n = SUBSCRIBER_BUFFER + 10;

@@ -17,10 +17,11 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use skiff_api::status::{self as st, StatusError};
 use skiff_api::table;
-use skiff_store::{Event, StoreError};
+use skiff_store::StoreError;
 use tokio::sync::mpsc;
 
-use crate::api::{decode_kv, list_objects, AppState, Ctx, ListAt, Selectors, Target};
+use crate::api::{list_objects, AppState, Ctx, ListAt, ListItem, Selectors, Target};
+use crate::cache::CachedEvent;
 use crate::util;
 
 /// How often a watch that allows bookmarks gets one (upstream: about once a minute; more
@@ -61,6 +62,22 @@ impl Encoder {
         let mut line =
             serde_json::to_vec(&json!({"type": ty, "object": object})).unwrap_or_default();
         line.push(b'\n');
+        Bytes::from(line)
+    }
+
+    /// An event for an object already encoded as JSON (a listed item): its bytes are
+    /// copied into the line as they are, unless the watch wants Tables.
+    fn encoded_event(&mut self, ty: &str, item: ListItem) -> Bytes {
+        if self.table.is_some() {
+            return self.event(ty, &item.into_value());
+        }
+        let json = item.json();
+        let mut line = Vec::with_capacity(json.len() + ty.len() + 24);
+        line.extend_from_slice(b"{\"type\":\"");
+        line.extend_from_slice(ty.as_bytes());
+        line.extend_from_slice(b"\",\"object\":");
+        line.extend_from_slice(json);
+        line.extend_from_slice(b"}\n");
         Bytes::from(line)
     }
 
@@ -147,9 +164,9 @@ pub(crate) async fn watch(
                     .map_err(|_| st::bad_request(format!("invalid resource version {rv:?}")))?,
             ),
         };
+        // Kept as listed (shared with the cache, or encoded) and written one by one.
         let page = list_objects(state, t, &sel, at, None, None).await?;
-        let revision = page.revision;
-        (page.into_values(), revision)
+        (page.items, page.revision)
     } else {
         let n: u64 = rv.parse().map_err(|_| {
             st::bad_request(format!(
@@ -168,8 +185,8 @@ pub(crate) async fn watch(
             async move { tx.send(b).await.is_ok() }
         };
         let deadline = tokio::time::Instant::now() + timeout;
-        for obj in &initial {
-            if !send(enc.event("ADDED", obj)).await {
+        for item in initial {
+            if !send(enc.encoded_event("ADDED", item)).await {
                 return;
             }
         }
@@ -221,9 +238,9 @@ pub(crate) async fn watch(
                             return;
                         }
                     };
-                    last = ev.revision();
-                    if let Some((ty, obj)) = translate(&sel, &ev) {
-                        if !send(enc.event(ty, &obj)).await {
+                    last = ev.revision;
+                    if let Some((ty, item)) = translate(&sel, &ev) {
+                        if !send(enc.encoded_event(ty, item)).await {
                             return;
                         }
                     }
@@ -253,28 +270,20 @@ fn too_old(rv: u64) -> StatusError {
     st::expired(format!("too old resource version: {rv}"))
 }
 
-/// A store event as a watch event under selectors: an object that starts matching is
-/// ADDED, one that stops matching is DELETED (with its new state), as upstream's
-/// watch cache does.
-fn translate(sel: &Selectors, ev: &Event) -> Option<(&'static str, Value)> {
-    match ev {
-        Event::Put { kv, prev } => {
-            let cur = decode_kv(kv, kv.mod_revision);
-            let cur_m = sel.matches(&cur);
-            let prev_m = prev
-                .as_ref()
-                .map(|p| sel.matches(&decode_kv(p, p.mod_revision)))
-                .unwrap_or(false);
-            match (prev_m, cur_m) {
-                (false, true) => Some(("ADDED", cur)),
-                (true, true) => Some(("MODIFIED", cur)),
-                (true, false) => Some(("DELETED", cur)),
-                (false, false) => None,
-            }
-        }
-        Event::Delete { revision, prev } => {
-            let obj = decode_kv(prev, *revision);
-            sel.matches(&obj).then_some(("DELETED", obj))
-        }
+/// A change as a watch event under selectors: an object that starts matching is ADDED,
+/// one that stops matching is DELETED (with its new state), as upstream's watch cache
+/// does. Selectors read the cached attributes; nothing is decoded.
+fn translate(sel: &Selectors, ev: &CachedEvent) -> Option<(&'static str, ListItem)> {
+    let item = || ListItem::Cached(ev.object.clone());
+    if ev.deleted {
+        return sel.matches(&ev.object.attrs).then(|| ("DELETED", item()));
+    }
+    let cur_m = sel.matches(&ev.object.attrs);
+    let prev_m = ev.before.as_ref().is_some_and(|b| sel.matches(&b.attrs));
+    match (prev_m, cur_m) {
+        (false, true) => Some(("ADDED", item())),
+        (true, true) => Some(("MODIFIED", item())),
+        (true, false) => Some(("DELETED", item())),
+        (false, false) => None,
     }
 }

@@ -6,7 +6,12 @@
 //!   generated, the store is created, the default objects are written);
 //! - idle resident memory (VmRSS) with the controllers and the scheduler, and without them;
 //!   and with the pods loaded;
-//! - create throughput and per-create latency (pods, `--concurrency` in flight);
+//! - create throughput and per-create latency (pods, `--concurrency` in flight), overall
+//!   and per 1000 pods, so that a slowdown as the store grows shows (the first thousand
+//!   against the last);
+//! - the scale shape: after the pods, `--services` Services (ClusterIP, each
+//!   allocating an address) and `--slices` EndpointSlices, with their create rates per
+//!   tenth, and the resident memory with all of it loaded;
 //! - LIST of all pods of a namespace at 1k and 10k pods: from the watch cache
 //!   (`resourceVersion` unset, a consistent read) vs from the store
 //!   (`resourceVersionMatch=Exact`), full body read by the client;
@@ -47,6 +52,12 @@ struct Args {
     /// Creates in flight.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Services created after the pods (each allocates a ClusterIP).
+    #[arg(long, default_value_t = 1000)]
+    services: usize,
+    /// EndpointSlices created after the Services (10 endpoints each, one per pod).
+    #[arg(long, default_value_t = 1000)]
+    slices: usize,
     /// LIST requests per measured cell.
     #[arg(long, default_value_t = 30)]
     list_iterations: usize,
@@ -210,6 +221,72 @@ fn bench_pod(i: usize) -> Pod {
     .expect("a valid pod")
 }
 
+fn bench_service(i: usize) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": format!("svc-{i:05}"), "labels": {"bench": "true"}},
+        "spec": {"selector": {"app": format!("app-{}", i % 100)},
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]},
+    })
+}
+
+/// A slice of `svc`'s endpoints: 10 pods' addresses, as the endpointslice controller
+/// writes them.
+fn bench_slice(i: usize) -> serde_json::Value {
+    let endpoints: Vec<serde_json::Value> = (0..10)
+        .map(|e| {
+            let pod = i * 10 + e;
+            json!({
+                "addresses": [format!("10.42.{}.{}", pod / 250, pod % 250 + 2)],
+                "conditions": {"ready": true, "serving": true, "terminating": false},
+                "nodeName": format!("bench-node-{}", pod % 100),
+                "targetRef": {"kind": "Pod", "namespace": "bench", "name": format!("bench-{pod:05}")},
+            })
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("svc-{i:05}-abcde"),
+                     "labels": {"kubernetes.io/service-name": format!("svc-{i:05}"),
+                                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+    })
+}
+
+/// POSTs `body(i)` for every `i` in `range` to `path`, `concurrency` in flight; sorted
+/// per-create latencies and the wall time.
+async fn create_all(
+    client: &kube::Client,
+    path: &str,
+    range: std::ops::Range<usize>,
+    concurrency: usize,
+    body: fn(usize) -> serde_json::Value,
+) -> Result<(Vec<Duration>, Duration)> {
+    let t = Instant::now();
+    let mut lat: Vec<Duration> = futures::stream::iter(range)
+        .map(|i| {
+            let client = client.clone();
+            async move {
+                let req = http::Request::post(path)
+                    .header("content-type", "application/json")
+                    .body(serde_json::to_vec(&body(i))?)?;
+                let t = Instant::now();
+                client
+                    .request_text(req)
+                    .await
+                    .with_context(|| format!("POST {path} #{i}"))?;
+                Ok::<_, anyhow::Error>(t.elapsed())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect()
+        .await?;
+    lat.sort();
+    Ok((lat, t.elapsed()))
+}
+
 /// Creates pods `range` with `concurrency` in flight; per-create latencies and the wall time.
 async fn create_pods(
     api: &Api<Pod>,
@@ -231,6 +308,34 @@ async fn create_pods(
         .await?;
     lat.sort();
     Ok((lat, t.elapsed()))
+}
+
+/// Creates `n` objects in tenths (at least 100 each); each tenth's rate and p99, and all
+/// latencies sorted with the total wall time.
+async fn create_in_tenths(
+    client: &kube::Client,
+    path: &str,
+    n: usize,
+    concurrency: usize,
+    body: fn(usize) -> serde_json::Value,
+) -> Result<(Vec<String>, Vec<Duration>, Duration)> {
+    let step = (n / 10).max(100);
+    let (mut tenths, mut all, mut wall) = (Vec::new(), Vec::new(), Duration::ZERO);
+    let mut at = 0;
+    while at < n {
+        let end = (at + step).min(n);
+        let (lat, w) = create_all(client, path, at..end, concurrency, body).await?;
+        tenths.push(format!(
+            "{at}–{end}: {:.0}/s, p99 {}",
+            (end - at) as f64 / w.as_secs_f64(),
+            ms(pct(&lat, 0.99))
+        ));
+        all.extend(lat);
+        wall += w;
+        at = end;
+    }
+    all.sort();
+    Ok((tenths, all, wall))
 }
 
 /// LIST of the namespace's pods, `n` times, body fully read; sorted latencies. `exact`:
@@ -445,11 +550,17 @@ async fn bench_store(args: &Args, store: &str, results: &mut Vec<serde_json::Val
     let mut created = 0;
     let mut all_lat = Vec::new();
     let mut all_wall = Duration::ZERO;
+    // Per 1000 pods: (first pod, sorted latencies, wall time).
+    let mut thousands: Vec<(usize, Vec<Duration>, Duration)> = Vec::new();
     for &n in &args.pods {
-        let (lat, wall) = create_pods(&pods, created..n, args.concurrency).await?;
-        all_lat.extend(lat);
-        all_wall += wall;
-        created = n;
+        while created < n {
+            let end = (created + 1000).min(n);
+            let (lat, wall) = create_pods(&pods, created..end, args.concurrency).await?;
+            all_lat.extend(lat.iter().copied());
+            all_wall += wall;
+            thousands.push((created, lat, wall));
+            created = end;
+        }
         let cache = list_latency(&s.client, ns, n, false, args.list_iterations).await?;
         let exact = list_latency(&s.client, ns, n, true, args.list_iterations).await?;
         results.push(row(
@@ -478,6 +589,79 @@ async fn bench_store(args: &Args, store: &str, results: &mut Vec<serde_json::Val
             ms(pct(&all_lat, 0.99))
         ),
     ));
+    if thousands.len() > 1 {
+        for (start, lat, wall) in [&thousands[0], &thousands[thousands.len() - 1]] {
+            results.push(row(
+                &format!(
+                    "pod create with {start} pods already stored, next {} at concurrency {}: throughput; p50 / p99",
+                    lat.len(),
+                    args.concurrency
+                ),
+                format!(
+                    "{:.0} creates/s; {} / {}",
+                    lat.len() as f64 / wall.as_secs_f64(),
+                    ms(pct(lat, 0.5)),
+                    ms(pct(lat, 0.99))
+                ),
+            ));
+        }
+    }
+
+    // The shape: Services (each allocating a ClusterIP) and EndpointSlices on top.
+    if args.services > 0 {
+        let path = format!("/api/v1/namespaces/{ns}/services");
+        let (tenths, lat, wall) = create_in_tenths(
+            &s.client,
+            &path,
+            args.services,
+            args.concurrency,
+            bench_service,
+        )
+        .await?;
+        results.push(row(
+            &format!(
+                "Service create (ClusterIP allocation), {} at concurrency {}: throughput; p50 / p99",
+                args.services, args.concurrency
+            ),
+            format!(
+                "{:.0} creates/s; {} / {}",
+                args.services as f64 / wall.as_secs_f64(),
+                ms(pct(&lat, 0.5)),
+                ms(pct(&lat, 0.99))
+            ),
+        ));
+        results.push(row("Service create rate by tenth", tenths.join("; ")));
+    }
+    if args.slices > 0 {
+        let path = format!("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices");
+        let (tenths, lat, wall) =
+            create_in_tenths(&s.client, &path, args.slices, args.concurrency, bench_slice).await?;
+        results.push(row(
+            &format!(
+                "EndpointSlice create (10 endpoints), {} at concurrency {}: throughput; p50 / p99",
+                args.slices, args.concurrency
+            ),
+            format!(
+                "{:.0} creates/s; {} / {}",
+                args.slices as f64 / wall.as_secs_f64(),
+                ms(pct(&lat, 0.5)),
+                ms(pct(&lat, 0.99))
+            ),
+        ));
+        results.push(row("EndpointSlice create rate by tenth", tenths.join("; ")));
+    }
+    if args.services > 0 || args.slices > 0 {
+        // The caches settle: the measurement is of what stays, not of a request's peak.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        results.push(row(
+            &format!(
+                "RSS with {created} pods, {} Services, {} EndpointSlices loaded (API server only)",
+                args.services, args.slices
+            ),
+            format!("{:.1} MiB", s.rss_mib()),
+        ));
+    }
+
     let fan = fan_out(&s.client, ns, args.watchers, 5).await?;
     results.push(row(
         &format!("watch fan-out, {} watchers, 5 updates: update sent → event at each watcher, p50 / p99 / max", args.watchers),

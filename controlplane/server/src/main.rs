@@ -46,6 +46,13 @@ enum Command {
         /// etcd endpoints for `--store etcd` (comma-separated URLs).
         #[arg(long, value_delimiter = ',')]
         etcd_endpoints: Vec<String>,
+        // cp helper: redb cache bound
+        /// MiB of store file pages `--store redb` keeps in memory (reads beyond it come from
+        /// the kernel's page cache; LIST and WATCH are served by the watch cache anyway).
+        #[arg(long, default_value_t = (skiff_store::REDB_DEFAULT_CACHE_SIZE / (1024 * 1024)) as u64,
+              value_parser = clap::value_parser!(u64).range(1..=65536))]
+        redb_cache_size: u64,
+        // end cp helper
         /// The Service ClusterIP range (IPv4).
         #[arg(long, default_value = "10.43.0.0/16")]
         service_cidr: skiff_apiserver::alloc::ServiceCidr,
@@ -341,6 +348,7 @@ async fn main() -> Result<()> {
             advertise_address,
             store,
             etcd_endpoints,
+            redb_cache_size,
             service_cidr,
             service_node_port_range,
             min_request_timeout,
@@ -363,9 +371,15 @@ async fn main() -> Result<()> {
                 StoreKind::Redb => {
                     let path = data_dir.join("store.redb");
                     Arc::new(
-                        skiff_store::RedbStore::open(&path, Default::default()).with_context(
-                            || format!("opening the redb store {}", path.display()),
-                        )?,
+                        skiff_store::RedbStore::open(
+                            &path,
+                            skiff_store::RedbConfig {
+                                cache_size: usize::try_from(redb_cache_size * 1024 * 1024)
+                                    .context("--redb-cache-size is too large for this machine")?,
+                                ..Default::default()
+                            },
+                        )
+                        .with_context(|| format!("opening the redb store {}", path.display()))?,
                     )
                 }
                 StoreKind::Etcd => {

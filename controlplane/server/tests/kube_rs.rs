@@ -626,11 +626,16 @@ async fn a_stalled_watcher_blocks_nobody() {
             }
         })
     };
-    for i in 0..N {
+    let mut i = 0;
+    while i < N {
         match next_event(&mut live, "the live watcher's events").await {
             WatchEvent::Added(c) => assert_eq!(c.metadata.name.unwrap(), format!("big{i}")),
+            // A periodic bookmark (every 10 s) when the writes take that long on a busy
+            // machine.
+            WatchEvent::Bookmark(_) => continue,
             other => panic!("unexpected {other:?}"),
         }
+        i += 1;
     }
     tokio::time::timeout(Duration::from_secs(60), writer)
         .await

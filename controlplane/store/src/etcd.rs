@@ -7,8 +7,10 @@
 //!
 //! - CAS is an etcd `Txn` comparing the key's `version > 0` (it is live) and, when asked, its
 //!   `mod_revision`; the failure branch reads the key to tell `NotFound` from `Conflict`.
-//! - `list` is one range read at a revision with a limit; the count etcd returns gives
-//!   `remaining`. `continue_after` starts the range just after that key.
+//! - `list` is a series of range reads of at most [`LIST_PAGE`] keys, all at the revision of
+//!   the first one (or the one asked for), each continuing just after the last key of the
+//!   previous one, until the limit or the end of the prefix; the count etcd returns with the
+//!   last page gives `remaining`. `continue_after` starts the range just after that key.
 //! - `watch` is an etcd watch from `from_revision + 1` with `prev_kv`. A pump task reads the
 //!   gRPC stream and forwards into a bounded channel, cutting the watcher off when it is full
 //!   of live events, so one slow consumer cannot hold the shared HTTP/2 connection (and the
@@ -38,6 +40,18 @@ use crate::{
 const BACKEND: &str = "etcd";
 const COMPACTED_MSG: &str = "required revision has been compacted";
 const FUTURE_MSG: &str = "required revision is a future revision";
+/// tonic's error for a response above the client's decoding limit.
+const TOO_LARGE_MSG: &str = "message length too large";
+
+/// Keys per range request of a `list`: a LIST of 10k pods is ~14 MB, far above a gRPC
+/// client's usual 4 MiB response limit, so `list` reads it page by page at one revision
+/// (as kube-apiserver's storage pages etcd), which also bounds each response's memory.
+const LIST_PAGE: usize = 500;
+/// The largest response `list` and `watch` accept. A page of [`LIST_PAGE`] objects fits
+/// while they average 32 KiB; a page that does not is read again in halves. A watch
+/// response carries up to 1000 revisions' events (etcd's `watchBatchMaxRevs`), each
+/// possibly with its previous value, so it gets the same room.
+const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Settings of an [`EtcdStore`].
 #[derive(Clone, Debug)]
@@ -503,7 +517,8 @@ impl Store for EtcdStore {
 
     async fn list(&self, prefix: &str, options: ListOptions) -> Result<ListResult> {
         let full_prefix = self.full_key(prefix);
-        let start = match &options.continue_after {
+        let end = prefix_end(&full_prefix);
+        let mut start = match &options.continue_after {
             Some(after) if after.as_str() >= prefix => {
                 let mut k = self.full_key(after);
                 k.push(0);
@@ -511,36 +526,55 @@ impl Store for EtcdStore {
             }
             _ => nonempty(full_prefix.clone()),
         };
-        let mut get = GetOptions::new().with_range(prefix_end(&full_prefix));
-        if let Some(revision) = options.revision {
-            get = get.with_revision(to_i64(revision.max(1))?);
-        }
-        if let Some(limit) = options.limit.filter(|l| *l > 0) {
-            get = get.with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
-        }
-        let resp = match self.client.kv_client().get(start, Some(get)).await {
-            Ok(resp) => resp,
-            Err(e) => {
-                return Err(self
-                    .read_error(e, options.revision.unwrap_or_default())
-                    .await)
+        let wanted = options.limit.filter(|l| *l > 0);
+        // The snapshot every page is read at: the one asked for, else the revision the first
+        // page was served at (etcd reads at its current revision then).
+        let mut revision = options.revision;
+        let mut page_size = LIST_PAGE;
+        let mut items: Vec<KeyValue> = Vec::new();
+        let mut kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES);
+        loop {
+            let take = wanted.map_or(page_size, |w| (w - items.len()).min(page_size));
+            let mut get = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(i64::try_from(take).unwrap_or(i64::MAX));
+            if let Some(r) = revision {
+                get = get.with_revision(to_i64(r.max(1))?);
             }
-        };
-        let items = resp
-            .kvs()
-            .iter()
-            .map(|kv| self.convert(kv))
-            .collect::<Result<Vec<_>>>()?;
-        let revision = match options.revision {
-            Some(r) => r,
-            None => header_revision(resp.header())?,
-        };
-        let total = u64::try_from(resp.count()).unwrap_or(0);
-        Ok(ListResult {
-            remaining: total.saturating_sub(items.len() as u64),
-            items,
-            revision,
-        })
+            let resp = match kv.get(start.clone(), Some(get)).await {
+                Ok(resp) => resp,
+                // A page of large objects: read it again in smaller pages. One object always
+                // fits (etcd's own request limit, 1.5 MiB by default, bounds a value).
+                Err(e) if is_grpc(&e, TOO_LARGE_MSG) && page_size > 1 => {
+                    page_size /= 2;
+                    continue;
+                }
+                Err(e) => return Err(self.read_error(e, revision.unwrap_or_default()).await),
+            };
+            if revision.is_none() {
+                revision = Some(header_revision(resp.header())?);
+            }
+            // `count` is the number of keys in [start, end) at the snapshot.
+            let in_range = u64::try_from(resp.count()).unwrap_or(0);
+            let got = resp.kvs().len() as u64;
+            for kv in resp.kvs() {
+                items.push(self.convert(kv)?);
+            }
+            let remaining = in_range.saturating_sub(got);
+            let full = wanted.is_some_and(|w| items.len() >= w);
+            if remaining == 0 || full || got == 0 {
+                return Ok(ListResult {
+                    items,
+                    revision: revision.unwrap_or_default(),
+                    remaining,
+                });
+            }
+            start = self.full_key(&items.last().map(|kv| kv.key.clone()).unwrap_or_default());
+            start.push(0);
+        }
     }
 
     async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream> {
@@ -569,6 +603,7 @@ impl Store for EtcdStore {
         let mut stream = self
             .client
             .watch_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
             .watch(nonempty(full_prefix), Some(options))
             .await
             .map_err(etcd_err("start watch"))?;

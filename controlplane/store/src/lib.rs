@@ -53,7 +53,7 @@ use futures::Stream;
 pub use error::{Result, StoreError};
 #[cfg(feature = "etcd")]
 pub use etcd::{EtcdConfig, EtcdStore};
-pub use redb_store::{RedbConfig, RedbStore};
+pub use redb_store::{RedbConfig, RedbStore, DEFAULT_CACHE_SIZE as REDB_DEFAULT_CACHE_SIZE};
 
 /// A point in the store's history; the apiserver's `resourceVersion`. Strictly increasing
 /// over the life of a store, shared by all keys.

@@ -93,7 +93,16 @@ pub struct RedbConfig {
     pub compact_every: u64,
     /// Events buffered per live watcher before it is cut off as too slow. Default 1 024.
     pub watch_buffer: usize,
+    /// Bytes of file pages redb keeps in memory (its read cache plus its write buffer).
+    /// Default [`DEFAULT_CACHE_SIZE`]; redb's own default, 1 GiB, lets the cache grow to
+    /// the whole file, duplicating what the kernel's page cache already holds.
+    pub cache_size: usize,
 }
+
+/// The default [`RedbConfig::cache_size`]: 32 MiB. Reads that miss it are served from the
+/// kernel's page cache (a `pread`, not a disk read, for a file that fits in memory), and
+/// the API server answers LIST and WATCH from its watch cache, not from the store.
+pub const DEFAULT_CACHE_SIZE: usize = 32 * 1024 * 1024;
 
 impl Default for RedbConfig {
     fn default() -> Self {
@@ -101,6 +110,7 @@ impl Default for RedbConfig {
             retention: 10_000,
             compact_every: 1_000,
             watch_buffer: 1_024,
+            cache_size: DEFAULT_CACHE_SIZE,
         }
     }
 }
@@ -305,13 +315,16 @@ impl RedbStore {
                 reason: "RedbConfig::retention must be at least 1 revision".into(),
             });
         }
-        let db = Database::create(&path).map_err(|e| {
-            StoreError::backend(
-                BACKEND,
-                "open",
-                format!("cannot open store file {}: {e}", path.display()),
-            )
-        })?;
+        let db = redb::Builder::new()
+            .set_cache_size(config.cache_size)
+            .create(&path)
+            .map_err(|e| {
+                StoreError::backend(
+                    BACKEND,
+                    "open",
+                    format!("cannot open store file {}: {e}", path.display()),
+                )
+            })?;
         let txn = tri!(db.begin_write(), "begin open transaction");
         let current = {
             tri!(txn.open_table(LOG), "create log table");

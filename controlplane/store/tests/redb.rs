@@ -111,6 +111,7 @@ async fn automatic_compaction_bounds_the_file_under_churn() {
             retention: RETENTION,
             compact_every: COMPACT_EVERY,
             watch_buffer: WATCH_BUFFER,
+            ..RedbConfig::default()
         },
     )
     .unwrap();

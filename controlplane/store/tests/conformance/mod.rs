@@ -40,6 +40,7 @@ macro_rules! conformance_tests {
             list_prefix_is_a_string_prefix,
             list_pagination_is_consistent_across_writes,
             list_and_get_at_old_revisions,
+            lists_larger_than_a_grpc_message,
             watch_from_now,
             watch_from_past_replays_then_goes_live,
             watch_and_reads_of_compacted_revisions_fail,
@@ -328,6 +329,118 @@ pub async fn list_pagination_is_consistent_across_writes(store: Arc<dyn Store>) 
         ]
     );
     assert!(now.revision > last.revision);
+}
+
+/// A value of `len` bytes that names its key and version, so a misplaced or stale value
+/// is caught.
+fn big_value(key: &str, version: u32, len: usize) -> Bytes {
+    let head = format!("{key}@{version}:");
+    let mut v = head.into_bytes();
+    v.resize(len.max(v.len()), b'.');
+    Bytes::from(v)
+}
+
+/// More data under one prefix than fits one 4 MiB gRPC message (a LIST of 10k pods is
+/// ~14 MB), in more keys than one page, plus values so large that a page of them does not
+/// fit either: unlimited, limited and continued lists, at the current and at an older
+/// revision, see every key once with its value of that revision.
+pub async fn lists_larger_than_a_grpc_message(store: Arc<dyn Store>) {
+    const SMALL: usize = 1200; // more keys than a backend page
+    const SMALL_LEN: usize = 4 * 1024; // 4.8 MB in all
+                                       // 20 MiB: more than a backend may accept in one response (etcd's store: 16 MiB), so
+                                       // a page holding them has to be split.
+    const BIG: usize = 20;
+    const BIG_LEN: usize = 1024 * 1024;
+    let mut want: BTreeMap<String, Bytes> = BTreeMap::new();
+    for i in 0..SMALL {
+        let key = format!("/big/s/{i:05}");
+        let value = big_value(&key, 0, SMALL_LEN);
+        store.create(&key, value.clone()).await.unwrap();
+        want.insert(key, value);
+    }
+    for i in 0..BIG {
+        let key = format!("/big/t/{i:02}");
+        let value = big_value(&key, 0, BIG_LEN);
+        store.create(&key, value.clone()).await.unwrap();
+        want.insert(key, value);
+    }
+    store.create("/bigger", b("outside")).await.unwrap();
+    let at = store.current_revision().await.unwrap();
+
+    // Later writes must not leak into a list at `at`.
+    store
+        .update("/big/s/00000", big_value("/big/s/00000", 1, 10), None)
+        .await
+        .unwrap();
+    store.delete("/big/t/05", None).await.unwrap();
+    store
+        .create("/big/s/00000a", big_value("/big/s/00000a", 1, 10))
+        .await
+        .unwrap();
+
+    let check = |items: &[KeyValue], what: &str| {
+        let got: BTreeMap<String, Bytes> = items
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect();
+        assert_eq!(got.len(), items.len(), "{what}: a key listed twice");
+        assert!(
+            got.keys().eq(want.keys()),
+            "{what}: {} keys instead of {}",
+            got.len(),
+            want.len()
+        );
+        for (k, v) in &want {
+            assert!(got[k] == *v, "{what}: wrong value for {k}");
+        }
+    };
+    let old = store
+        .list(
+            "/big/",
+            ListOptions {
+                revision: Some(at),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(old.revision, at);
+    assert_eq!(old.remaining, 0);
+    check(&old.items, "unlimited list at an old revision");
+
+    // Pages of 700 (more than one backend page, several MiB each), continued at `at`.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list(
+                "/big/",
+                ListOptions {
+                    revision: Some(at),
+                    limit: Some(700),
+                    continue_after: after.take(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.revision, at);
+        assert!(page.items.len() <= 700);
+        seen.extend(page.items.iter().cloned());
+        assert_eq!(page.remaining as usize, want.len() - seen.len());
+        if !page.more() {
+            break;
+        }
+        after = page.items.last().map(|kv| kv.key.clone());
+    }
+    check(&seen, "limited list at an old revision");
+
+    // The current state: one key changed, one gone, one new.
+    let now = store.list("/big/", ListOptions::default()).await.unwrap();
+    assert_eq!(now.revision, store.current_revision().await.unwrap());
+    assert_eq!(now.items.len(), want.len());
+    assert_eq!(now.items[0].value, big_value("/big/s/00000", 1, 10));
+    assert_eq!(now.items[1].key, "/big/s/00000a");
+    assert!(!now.items.iter().any(|kv| kv.key == "/big/t/05"));
 }
 
 pub async fn list_and_get_at_old_revisions(store: Arc<dyn Store>) {
