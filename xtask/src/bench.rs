@@ -53,9 +53,12 @@ pub fn run(what: &str, quick: bool) -> anyhow::Result<()> {
 }
 
 // scheduler helper
-/// Scheduler throughput (upstream scheduler_perf's SchedulingBasic shape: 5000 nodes,
-/// 10 000 pods; --quick: 1000 / 2000): in memory, then end to end against a real
-/// skiff-controlplane process on 127.0.0.1 with fake nodes. Needs no root.
+/// The control plane (issue 6), each part against its own real skiff-controlplane process
+/// on 127.0.0.1 with fake nodes; needs no root:
+/// - scheduler throughput (upstream scheduler_perf's SchedulingBasic shape: 5000 nodes,
+///   10 000 pods; --quick: 1000 / 2000), in memory, then end to end;
+/// - Pod Ready → EndpointSlice latency at 10 000 pods / 1000 Services (--quick: 2000 / 200);
+/// - a 1000-replica Deployment on 100 fake nodes, create → all Running (--quick: 200).
 fn controlplane(quick: bool) -> anyhow::Result<()> {
     cmd::run(cargo().args([
         "build",
@@ -68,12 +71,29 @@ fn controlplane(quick: bool) -> anyhow::Result<()> {
         "skiff-controlplane",
         "--bin",
         "skiff-scheduler-bench",
+        "--bin",
+        "skiff-controllers-bench",
     ]))?;
     let release = workspace_root().join("target/release");
     let mut c = Command::new(release.join("skiff-scheduler-bench"));
     c.arg("--server").arg(release.join("skiff-controlplane"));
     if quick {
         c.args(["--nodes", "1000", "--pods", "2000"]);
+    }
+    cmd::run(&mut c)?;
+    let mut c = Command::new(release.join("skiff-controllers-bench"));
+    c.arg("--server").arg(release.join("skiff-controlplane"));
+    if quick {
+        c.args([
+            "--pods",
+            "2000",
+            "--services",
+            "200",
+            "--probes",
+            "200",
+            "--replicas",
+            "200",
+        ]);
     }
     cmd::run(&mut c)
 }

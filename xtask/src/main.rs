@@ -35,7 +35,8 @@ enum Command {
         no_lint: bool,
     },
     /// Benchmarks (not part of CI): `datapath` prints a markdown table and writes
-    /// bench-results/datapath.json; `controlplane` measures scheduler throughput.
+    /// bench-results/datapath.json; `controlplane` measures scheduler throughput,
+    /// Pod Ready → EndpointSlice latency and a 1000-replica Deployment.
     /// Pass --quick for a smaller, faster run.
     Bench {
         /// What to benchmark: datapath, controlplane.

@@ -4,6 +4,10 @@
 //! (`POST pods/{name}/binding`) and records the Event; a failed binding forgets the pod
 //! and retries it with backoff. A pod that fits nowhere gets a `FailedScheduling` Warning
 //! Event and `PodScheduled=False` (reason Unschedulable), as upstream.
+//!
+//! Events leave through [`EventSink`], off the binding path: a binding slot is free again
+//! as soon as its POST returns, and Event writes queue separately (dropped when that queue
+//! is full, as client-go's broadcaster does), so Events never slow scheduling down.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -20,6 +24,11 @@ use kube::runtime::WatchStreamExt as _;
 use kube::{Api, Client};
 use skiff_controllers::events::{EventType, Recorder};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+/// client-go's `maxQueuedEvents`: Events waiting to be written beyond this are dropped.
+const EVENT_QUEUE: usize = 1000;
+/// Event writes in flight at once (they compete with bindings for the API server).
+const EVENT_WRITERS: usize = 8;
 
 use crate::info::{pod_key, PodInfo};
 use crate::queue::Popped;
@@ -81,7 +90,10 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let mut s = Scheduler {
         alg: Algorithm::new(config.percentage_of_nodes_to_score, seed),
         sem: Arc::new(Semaphore::new(config.bind_concurrency.max(1))),
-        recorder: Recorder::new(client.clone(), config.scheduler_name.clone()),
+        events: EventSink::start(
+            Recorder::new(client.clone(), config.scheduler_name.clone()),
+            EVENT_WRITERS,
+        ),
         client,
         st: State::new(config.scheduler_name.clone()),
         tx,
@@ -123,7 +135,7 @@ struct Scheduler {
     client: Client,
     st: State,
     alg: Algorithm,
-    recorder: Recorder,
+    events: EventSink,
     sem: Arc<Semaphore>,
     tx: mpsc::Sender<Msg>,
     nodes_synced: bool,
@@ -274,7 +286,7 @@ impl Scheduler {
                 self.st.cache.assume(p.pod.clone(), &d.node);
                 tokio::spawn(bind(
                     self.client.clone(),
-                    self.recorder.clone(),
+                    self.events.clone(),
                     self.tx.clone(),
                     p,
                     d.node,
@@ -287,7 +299,7 @@ impl Scheduler {
                 self.st.queue.unschedulable(&p.pod.key, p.cycle, now);
                 tokio::spawn(report_unschedulable(
                     self.client.clone(),
-                    self.recorder.clone(),
+                    self.events.clone(),
                     p.pod,
                     msg,
                     permit,
@@ -301,9 +313,63 @@ fn pods_api(client: Client, pod: &PodInfo) -> Api<Pod> {
     Api::namespaced(client, &pod.namespace)
 }
 
+/// One Event to write (about a pod).
+struct EventMsg {
+    pod: Arc<PodInfo>,
+    ty: EventType,
+    reason: &'static str,
+    message: String,
+}
+
+/// Best-effort Event writer: a bounded queue drained by at most `writers` concurrent
+/// writes (client-go's broadcaster: 1000 queued, `DropIfChannelFull`).
+#[derive(Clone)]
+struct EventSink {
+    tx: mpsc::Sender<EventMsg>,
+}
+
+impl EventSink {
+    fn start(recorder: Recorder, writers: usize) -> EventSink {
+        let (tx, mut rx) = mpsc::channel::<EventMsg>(EVENT_QUEUE);
+        tokio::spawn(async move {
+            let sem = Arc::new(Semaphore::new(writers.max(1)));
+            while let Some(m) = rx.recv().await {
+                let Ok(permit) = sem.clone().acquire_owned().await else {
+                    return;
+                };
+                let recorder = recorder.clone();
+                tokio::spawn(async move {
+                    recorder
+                        .publish(&m.pod.pod, m.ty, m.reason, &m.message)
+                        .await;
+                    drop(permit);
+                });
+            }
+        });
+        EventSink { tx }
+    }
+
+    fn emit(&self, pod: &Arc<PodInfo>, ty: EventType, reason: &'static str, message: String) {
+        let m = EventMsg {
+            pod: pod.clone(),
+            ty,
+            reason,
+            message,
+        };
+        if let Err(mpsc::error::TrySendError::Full(m)) = self.tx.try_send(m) {
+            tracing::debug!(
+                "scheduler: Event queue full, dropped {} {} for {}",
+                m.ty.as_str(),
+                m.reason,
+                m.pod.key
+            );
+        }
+    }
+}
+
 async fn bind(
     client: Client,
-    recorder: Recorder,
+    events: EventSink,
     tx: mpsc::Sender<Msg>,
     p: Popped,
     node: String,
@@ -333,6 +399,25 @@ async fn bind(
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => BindOutcome::Gone,
         Err(_) => BindOutcome::Retry,
     };
+    // The slot is free once the API answered: the Event does not hold it.
+    drop(permit);
+    match r {
+        Ok(_) => events.emit(
+            &p.pod,
+            EventType::Normal,
+            "Scheduled",
+            format!("Successfully assigned {} to {node}", p.pod.key),
+        ),
+        Err(e) => {
+            tracing::warn!("scheduler: binding {} to {node}: {e}", p.pod.key);
+            events.emit(
+                &p.pod,
+                EventType::Warning,
+                "FailedScheduling",
+                format!("Binding rejected: {e}"),
+            );
+        }
+    }
     let _ = tx
         .send(Msg::Bound {
             pod: p.pod.clone(),
@@ -340,44 +425,18 @@ async fn bind(
             outcome,
         })
         .await;
-    match r {
-        Ok(_) => {
-            recorder
-                .publish(
-                    &p.pod.pod,
-                    EventType::Normal,
-                    "Scheduled",
-                    &format!("Successfully assigned {} to {node}", p.pod.key),
-                )
-                .await
-        }
-        Err(e) => {
-            tracing::warn!("scheduler: binding {} to {node}: {e}", p.pod.key);
-            recorder
-                .publish(
-                    &p.pod.pod,
-                    EventType::Warning,
-                    "FailedScheduling",
-                    &format!("Binding rejected: {e}"),
-                )
-                .await;
-        }
-    }
-    drop(permit);
 }
 
 /// The Warning Event and `PodScheduled=False` for a pod no node fits (skipped when the
 /// pod already carries exactly that condition, as upstream's `updatePod`).
 async fn report_unschedulable(
     client: Client,
-    recorder: Recorder,
+    events: EventSink,
     pod: Arc<PodInfo>,
     msg: String,
     permit: OwnedSemaphorePermit,
 ) {
-    recorder
-        .publish(&pod.pod, EventType::Warning, "FailedScheduling", &msg)
-        .await;
+    events.emit(&pod, EventType::Warning, "FailedScheduling", msg.clone());
     let same = pod
         .pod
         .status

@@ -14,6 +14,8 @@
 //! - [`FakeNodes::silence`] stops all of that for one node (a dead kubelet), and
 //!   [`FakeNodes::resume`] brings it back.
 
+pub mod server;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
@@ -71,6 +73,18 @@ pub struct Config {
     pub manage_pods: bool,
     /// API calls in flight at once (registration, lease renewals, pod updates).
     pub concurrency: usize,
+    /// Told when a pod's `Ready=True` status write is about to be sent (benchmarks time
+    /// "pod Ready → EndpointSlice" from this instant, the kubelet's write).
+    pub on_ready: Option<tokio::sync::mpsc::UnboundedSender<ReadyWrite>>,
+}
+
+/// A fake kubelet's `Ready=True` write of one pod, as [`Config::on_ready`] reports it.
+#[derive(Debug, Clone)]
+pub struct ReadyWrite {
+    pub namespace: String,
+    pub name: String,
+    /// Taken just before the status PATCH is sent.
+    pub at: std::time::Instant,
 }
 
 impl Default for Config {
@@ -83,6 +97,7 @@ impl Default for Config {
             lease_interval: Duration::from_secs(10),
             manage_pods: true,
             concurrency: 32,
+            on_ready: None,
         }
     }
 }
@@ -546,6 +561,13 @@ impl Inner {
             "startTime": started,
             "containerStatuses": containers,
         }});
+        if let Some(tx) = self.cfg.on_ready.as_ref() {
+            let _ = tx.send(ReadyWrite {
+                namespace: ns.clone(),
+                name: name.clone(),
+                at: std::time::Instant::now(),
+            });
+        }
         if let Err(e) = api
             .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
             .await

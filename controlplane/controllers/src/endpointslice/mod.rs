@@ -12,15 +12,22 @@
 //!
 //! Runtime: reflectors over Services, Pods, Nodes and the managed slices feed a
 //! deduplicating [`WorkQueue`] of Service keys; workers (`--concurrent-service-endpoint-syncs`)
-//! run [`sync`], which reads the caches, lists the Service's current slices from the API
-//! (never a stale cache: a slice created a moment ago must not be created twice), runs the
-//! pure planners in [`slices`] and [`endpoints`], and writes only what differs. A pod
+//! run [`sync`], which reads the caches (the Service's slices and Endpoints too, checked
+//! against the controller's own last writes by the [`tracker`], as upstream's
+//! `EndpointSliceTracker`: a slice created a moment ago must not be created twice), runs
+//! the pure planners in [`slices`] and [`endpoints`], and writes only what differs. A pod
 //! event queues the Services whose selector matches it now or matched it before (a
 //! relabelled pod leaves its old Service's slices).
+//!
+//! Cost per event at scale: the [`index`] keeps which pods each Service selects, so a
+//! sync touches only its Service's pods, and a pod event matches only the Services of its
+//! namespace (never a scan of every pod or every Service).
 
 pub mod endpoints;
+pub mod index;
 pub mod pods;
 pub mod slices;
+pub mod tracker;
 pub mod trigger;
 
 use std::{
@@ -35,7 +42,7 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
 };
 use kube::{
-    api::{DeleteParams, ListParams, PostParams},
+    api::{DeleteParams, PostParams},
     runtime::{
         reflector::{self, ObjectRef, Store},
         watcher, WatchStreamExt as _,
@@ -59,10 +66,17 @@ struct Shared {
     queue: Arc<WorkQueue<Key>>,
     tracker: trigger::TriggerTimeTracker,
     backoff: Backoff,
-    /// Pod (namespace, name) → the Services it was last seen to match.
-    memberships: Mutex<HashMap<Key, BTreeSet<String>>>,
-    /// Node name → its zone as last seen.
-    zones: Mutex<HashMap<String, Option<String>>>,
+    /// Which pods each Service selects (and back), from the events themselves.
+    index: Mutex<index::Membership>,
+    /// Node name → its zone label, for the nodes that have one.
+    zones: Mutex<HashMap<String, String>>,
+    /// The managed slices by Service, from their watch.
+    slices: Mutex<tracker::SliceCache>,
+    endpoints: Store<Endpoints>,
+    /// Our own slice and Endpoints writes, which the caches must show before a sync
+    /// plans from them.
+    slice_writes: Mutex<tracker::Tracker>,
+    endpoints_writes: Mutex<tracker::Tracker>,
 }
 
 fn key_of<K: kube::Resource>(o: &K) -> Key {
@@ -81,6 +95,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     let (services, svc_writer) = reflector::store::<Service>();
     let (pods, pod_writer) = reflector::store::<Pod>();
     let (nodes, node_writer) = reflector::store::<Node>();
+    let (endpoints, ep_writer) = reflector::store::<Endpoints>();
     let shared = Arc::new(Shared {
         ctx: ctx.clone(),
         services,
@@ -89,8 +104,12 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
         queue: WorkQueue::new(),
         tracker: Default::default(),
         backoff: Backoff::default(),
-        memberships: Mutex::new(HashMap::new()),
+        index: Mutex::new(index::Membership::default()),
         zones: Mutex::new(HashMap::new()),
+        slices: Mutex::new(tracker::SliceCache::default()),
+        endpoints,
+        slice_writes: Mutex::new(tracker::Tracker::default()),
+        endpoints_writes: Mutex::new(tracker::Tracker::default()),
     });
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -107,19 +126,23 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     tasks.spawn(consume("services", svc_events, move |ev| match ev {
         watcher::Event::Apply(o) => {
             known.insert(key_of(&o));
+            s.service_changed(&o);
             s.queue.add(key_of(&o))
         }
         watcher::Event::Delete(o) => {
             known.remove(&key_of(&o));
+            s.lock_index().service_deleted(&key_of(&o));
             s.queue.add(key_of(&o))
         }
         watcher::Event::Init => relisted.clear(),
         watcher::Event::InitApply(o) => {
             relisted.insert(key_of(&o));
+            s.service_changed(&o);
             s.queue.add(key_of(&o))
         }
         watcher::Event::InitDone => {
             for gone in known.difference(&relisted) {
+                s.lock_index().service_deleted(gone);
                 s.queue.add(gone.clone());
             }
             known = std::mem::take(&mut relisted);
@@ -154,11 +177,15 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
         watcher::Event::Apply(n) => s.node_changed(&n, false),
         watcher::Event::InitApply(n) => s.node_changed(&n, true),
         watcher::Event::Delete(n) => {
-            s.zones
+            let had_zone = s
+                .zones
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .remove(&n.name_any());
-            s.queue_all();
+                .remove(&n.name_any())
+                .is_some();
+            if had_zone {
+                s.queue_all();
+            }
         }
         _ => {}
     }));
@@ -169,23 +196,79 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
         watcher::Config::default().labels(&managed_selector()),
     )
     .default_backoff();
+    let (slices_synced_tx, mut slices_synced) = tokio::sync::watch::channel(false);
     let s = shared.clone();
-    tasks.spawn(consume(
-        "endpointslices",
-        slice_events,
-        move |ev| match ev {
-            watcher::Event::Apply(sl)
-            | watcher::Event::InitApply(sl)
-            | watcher::Event::Delete(sl) => {
-                if let Some(svc) = sl.labels().get(slices::LABEL_SERVICE_NAME) {
-                    s.queue
-                        .add((sl.namespace().unwrap_or_default(), svc.clone()));
+    tasks.spawn(consume("endpointslices", slice_events, move |ev| {
+        let touched = {
+            let mut c = s.slices.lock().unwrap_or_else(|e| e.into_inner());
+            match ev {
+                watcher::Event::Apply(sl) => c.apply(sl),
+                watcher::Event::Delete(sl) => {
+                    let svc = c.delete(&sl);
+                    if let (Some(svc), Some(uid)) = (&svc, sl.metadata.uid.as_deref()) {
+                        s.lock_writes(&s.slice_writes).observed_deletion(svc, uid);
+                    }
+                    svc.into_iter().collect()
+                }
+                watcher::Event::Init => {
+                    c.relist_started();
+                    Vec::new()
+                }
+                watcher::Event::InitApply(sl) => {
+                    c.relist_item(sl);
+                    Vec::new()
+                }
+                watcher::Event::InitDone => {
+                    let _ = slices_synced_tx.send(true);
+                    let touched = c.relist_done();
+                    s.lock_writes(&s.slice_writes).retain_present(&c.uids());
+                    touched
                 }
             }
-            _ => {}
-        },
-    ));
+        };
+        for svc in touched {
+            s.queue.add(svc);
+        }
+    }));
+    // Endpoints: the cache a sync plans the legacy object from; an event for a Service
+    // this controller manages gets it another look (someone edited it, or our own write
+    // arrived after a sync found the cache behind).
+    let ep_events = reflector::reflector(
+        ep_writer,
+        watcher(Api::<Endpoints>::all(client.clone()), Default::default()),
+    )
+    .default_backoff();
+    let s = shared.clone();
+    tasks.spawn(consume("endpoints", ep_events, move |ev| match ev {
+        watcher::Event::Apply(ep) => s.endpoints_changed(&ep),
+        watcher::Event::Delete(ep) => {
+            if let Some(uid) = ep.metadata.uid.as_deref() {
+                s.lock_writes(&s.endpoints_writes)
+                    .observed_deletion(&key_of(&ep), uid);
+            }
+            s.endpoints_changed(&ep)
+        }
+        watcher::Event::InitDone => {
+            let present = s
+                .endpoints
+                .state()
+                .iter()
+                .filter_map(|ep| ep.metadata.uid.clone())
+                .collect();
+            s.lock_writes(&s.endpoints_writes).retain_present(&present);
+        }
+        _ => {}
+    }));
 
+    slices_synced
+        .wait_for(|synced| *synced)
+        .await
+        .context("the EndpointSlice cache")?;
+    shared
+        .endpoints
+        .wait_until_ready()
+        .await
+        .context("the Endpoints cache")?;
     shared
         .pods
         .wait_until_ready()
@@ -248,42 +331,54 @@ where
     }
 }
 
+fn selects(svc: &Service, pod: &Pod) -> bool {
+    svc.spec
+        .as_ref()
+        .and_then(|sp| sp.selector.as_ref())
+        .is_some_and(|sel| pods::selector_matches(sel, pod.metadata.labels.as_ref()))
+}
+
 impl Shared {
-    fn selecting_services(&self, pod: &Pod) -> BTreeSet<String> {
-        let ns = pod.namespace().unwrap_or_default();
-        self.services
-            .state()
-            .iter()
-            .filter(|s| s.namespace().as_deref() == Some(ns.as_str()))
-            .filter(|s| {
-                s.spec
-                    .as_ref()
-                    .and_then(|sp| sp.selector.as_ref())
-                    .is_some_and(|sel| pods::selector_matches(sel, pod.metadata.labels.as_ref()))
-            })
-            .map(|s| s.name_any())
-            .collect()
+    fn lock_index(&self) -> std::sync::MutexGuard<'_, index::Membership> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_writes<'a>(
+        &self,
+        t: &'a Mutex<tracker::Tracker>,
+    ) -> std::sync::MutexGuard<'a, tracker::Tracker> {
+        t.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn endpoints_changed(&self, ep: &Endpoints) {
+        let key = key_of(ep);
+        if self
+            .services
+            .get(&ObjectRef::new(&key.1).within(&key.0))
+            .is_some_and(|svc| managed(&svc))
+        {
+            self.queue.add(key);
+        }
     }
 
     /// Queues the Services `pod` matches now and those it matched before.
     fn pod_changed(&self, pod: &Pod, deleted: bool) {
         let key = key_of(pod);
-        let now = if deleted {
-            BTreeSet::new()
+        let (now, before) = if deleted {
+            (BTreeSet::new(), self.lock_index().pod_deleted(&key))
         } else {
-            self.selecting_services(pod)
+            let labels = pod.metadata.labels.clone().unwrap_or_default();
+            self.lock_index().pod_changed(&key, labels)
         };
-        let before = {
-            let mut m = self.memberships.lock().unwrap_or_else(|e| e.into_inner());
-            if now.is_empty() {
-                m.remove(&key)
-            } else {
-                m.insert(key.clone(), now.clone())
-            }
-        };
-        for svc in now.iter().chain(before.iter().flatten()) {
+        for svc in now.union(&before) {
             self.queue.add((key.0.clone(), svc.clone()));
         }
+    }
+
+    /// A Service appeared or changed (maybe its selector): rematch its namespace's pods.
+    fn service_changed(&self, svc: &Service) {
+        let selector = svc.spec.as_ref().and_then(|sp| sp.selector.clone());
+        self.lock_index().service_changed(&key_of(svc), selector);
     }
 
     /// After a relist (which reports no deletions): pods that vanished leave their
@@ -296,14 +391,14 @@ impl Shared {
             .map(|p| key_of(p.as_ref()))
             .collect();
         let gone: Vec<(Key, BTreeSet<String>)> = {
-            let mut m = self.memberships.lock().unwrap_or_else(|e| e.into_inner());
-            let keys: Vec<Key> = m
-                .keys()
-                .filter(|k| !present.contains(*k))
-                .cloned()
-                .collect();
-            keys.into_iter()
-                .filter_map(|k| m.remove(&k).map(|v| (k, v)))
+            let mut idx = self.lock_index();
+            idx.pod_keys()
+                .into_iter()
+                .filter(|k| !present.contains(k))
+                .map(|k| {
+                    let services = idx.pod_deleted(&k);
+                    (k, services)
+                })
                 .collect()
         };
         for ((ns, _), services) in gone {
@@ -311,17 +406,24 @@ impl Shared {
                 self.queue.add((ns.clone(), svc));
             }
         }
+        // kube-rs swaps the relisted cache in only now: a sync that ran during the
+        // relist planned from the old one, so every Service gets another look (queued
+        // keys are deduplicated; a sync with nothing to change writes nothing).
+        self.queue_all();
     }
 
     /// A node's zone changed: the endpoints of its pods carry the zone.
     fn node_changed(&self, node: &Node, initial: bool) {
         let zone = node.labels().get(ZONE_LABEL).cloned();
-        let prev = self
-            .zones
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(node.name_any(), zone.clone());
-        if !initial && prev != Some(zone) {
+        let name = node.name_any();
+        let prev = {
+            let mut zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
+            match &zone {
+                Some(z) => zones.insert(name, z.clone()),
+                None => zones.remove(&name),
+            }
+        };
+        if !initial && prev != zone {
             self.queue_all();
         }
     }
@@ -330,14 +432,6 @@ impl Shared {
         for s in self.services.state() {
             self.queue.add(key_of(s.as_ref()));
         }
-    }
-
-    fn node_zones(&self) -> HashMap<String, String> {
-        self.nodes
-            .state()
-            .iter()
-            .filter_map(|n| Some((n.name_any(), n.labels().get(ZONE_LABEL)?.clone())))
-            .collect()
     }
 
     /// A Warning Event on the Service for a failed sync (not for write conflicts, the
@@ -383,27 +477,50 @@ async fn sync(s: &Shared, key: &Key) -> anyhow::Result<()> {
     let client = s.ctx.client.clone();
     let slice_api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
     let ep_api: Api<Endpoints> = Api::namespaced(client, ns);
-    let lp = ListParams::default().labels(&format!(
-        "{}={name},{}",
-        slices::LABEL_SERVICE_NAME,
-        managed_selector()
-    ));
-    let existing = slice_api
-        .list(&lp)
-        .await
-        .context("listing the Service's EndpointSlices")?
-        .items;
+    let cached: Vec<Arc<EndpointSlice>> = s
+        .slices
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .slices_of(key);
+    let current = s.endpoints.get(&ObjectRef::new(name).within(ns));
+    {
+        let seen: Vec<tracker::Seen<'_>> = cached
+            .iter()
+            .map(|sl| tracker::Seen::of(&sl.metadata))
+            .collect();
+        let ep_seen: Vec<tracker::Seen<'_>> = current
+            .iter()
+            .map(|ep| tracker::Seen::of(&ep.metadata))
+            .collect();
+        if s.lock_writes(&s.slice_writes).stale(key, &seen)
+            || s.lock_writes(&s.endpoints_writes).stale(key, &ep_seen)
+        {
+            // Our last write is not in the cache yet; its watch event queues this
+            // Service again (upstream returns a "stale informer cache" error instead).
+            tracing::debug!(
+                "endpointslice: {}: cache behind our last write, waiting for it",
+                key_str(key)
+            );
+            return Ok(());
+        }
+    }
+    let existing: Vec<EndpointSlice> = cached.iter().map(|sl| sl.as_ref().clone()).collect();
     let svc = s.services.get(&ObjectRef::new(name).within(ns));
     let Some(svc) = svc.filter(|svc| managed(svc)) else {
         s.tracker.delete_service(ns, name);
         for sl in &existing {
-            delete_slice(&slice_api, sl, key).await?;
+            delete_slice(s, &slice_api, sl, key).await?;
         }
         if s.services.get(&ObjectRef::new(name).within(ns)).is_none() {
             // The Service is gone: so is its Endpoints (upstream's endpoints controller).
             // A Service that only lost its selector keeps it, now user-managed.
             match ep_api.delete(name, &DeleteParams::default()).await {
-                Ok(_) => tracing::info!("endpoints: deleted {} with its Service", key_str(key)),
+                Ok(_) => {
+                    if let Some(uid) = current.as_ref().and_then(|ep| ep.metadata.uid.as_deref()) {
+                        s.lock_writes(&s.endpoints_writes).deleted(key, uid);
+                    }
+                    tracing::info!("endpoints: deleted {} with its Service", key_str(key))
+                }
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(e).context("deleting the Endpoints"),
             }
@@ -411,28 +528,28 @@ async fn sync(s: &Shared, key: &Key) -> anyhow::Result<()> {
         return Ok(());
     };
 
-    let all_pods = s.pods.state();
-    let selector = svc
-        .spec
-        .as_ref()
-        .and_then(|sp| sp.selector.clone())
-        .unwrap_or_default();
-    let selected: Vec<&Pod> = all_pods
+    // The index's members, re-checked against the cached pods (the index may name a pod
+    // deleted a moment ago; its event queues this Service again anyway).
+    let member_pods: Vec<Arc<Pod>> = s
+        .lock_index()
+        .members(key)
         .iter()
-        .map(|p| p.as_ref())
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
-        .filter(|p| pods::selector_matches(&selector, p.metadata.labels.as_ref()))
+        .filter_map(|n| s.pods.get(&ObjectRef::new(n).within(ns)))
+        .filter(|p| selects(&svc, p))
         .collect();
+    let selected: Vec<&Pod> = member_pods.iter().map(|p| p.as_ref()).collect();
     let trigger = s.tracker.compute(&svc, &selected);
-    let zones = s.node_zones();
-    let plan = slices::plan(&slices::Inputs {
-        service: &svc,
-        pods: &selected,
-        node_zones: &zones,
-        existing: &existing,
-        max_endpoints_per_slice: s.ctx.config.max_endpoints_per_slice,
-        trigger_time: trigger.as_ref(),
-    });
+    let plan = {
+        let zones = s.zones.lock().unwrap_or_else(|e| e.into_inner());
+        slices::plan(&slices::Inputs {
+            service: &svc,
+            pods: &selected,
+            node_zones: &zones,
+            existing: &existing,
+            max_endpoints_per_slice: s.ctx.config.max_endpoints_per_slice,
+            trigger_time: trigger.as_ref(),
+        })
+    };
     // Creates, then updates, then deletes: an endpoint moving between slices is never
     // missing from all of them.
     for sl in &plan.create {
@@ -440,6 +557,8 @@ async fn sync(s: &Shared, key: &Key) -> anyhow::Result<()> {
             .create(&PostParams::default(), sl)
             .await
             .context("creating an EndpointSlice")?;
+        s.lock_writes(&s.slice_writes)
+            .written(key, &created.metadata);
         tracing::info!(
             "endpointslice: created {}/{} for Service {} ({} endpoints)",
             ns,
@@ -450,10 +569,12 @@ async fn sync(s: &Shared, key: &Key) -> anyhow::Result<()> {
     }
     for sl in &plan.update {
         let n = sl.name_any();
-        slice_api
+        let updated = slice_api
             .replace(&n, &PostParams::default(), sl)
             .await
             .with_context(|| format!("updating the EndpointSlice {n}"))?;
+        s.lock_writes(&s.slice_writes)
+            .written(key, &updated.metadata);
         tracing::info!(
             "endpointslice: updated {ns}/{n} for Service {} ({} endpoints)",
             key_str(key),
@@ -461,14 +582,10 @@ async fn sync(s: &Shared, key: &Key) -> anyhow::Result<()> {
         );
     }
     for sl in &plan.delete {
-        delete_slice(&slice_api, sl, key).await?;
+        delete_slice(s, &slice_api, sl, key).await?;
     }
 
-    let current = ep_api
-        .get_opt(name)
-        .await
-        .context("reading the Endpoints")?;
-    if let Some(ep) = endpoints::plan(&svc, &selected, current.as_ref(), trigger.as_ref()) {
+    if let Some(ep) = endpoints::plan(&svc, &selected, current.as_deref(), trigger.as_ref()) {
         let n_addr: usize = ep
             .subsets
             .iter()
@@ -479,16 +596,20 @@ async fn sync(s: &Shared, key: &Key) -> anyhow::Result<()> {
             })
             .sum();
         if current.is_some() {
-            ep_api
+            let written = ep_api
                 .replace(name, &PostParams::default(), &ep)
                 .await
                 .context("updating the Endpoints")?;
+            s.lock_writes(&s.endpoints_writes)
+                .written(key, &written.metadata);
             tracing::info!("endpoints: updated {} ({n_addr} addresses)", key_str(key));
         } else {
-            ep_api
+            let written = ep_api
                 .create(&PostParams::default(), &ep)
                 .await
                 .context("creating the Endpoints")?;
+            s.lock_writes(&s.endpoints_writes)
+                .written(key, &written.metadata);
             tracing::info!("endpoints: created {} ({n_addr} addresses)", key_str(key));
         }
     }
@@ -496,6 +617,7 @@ async fn sync(s: &Shared, key: &Key) -> anyhow::Result<()> {
 }
 
 async fn delete_slice(
+    s: &Shared,
     api: &Api<EndpointSlice>,
     sl: &EndpointSlice,
     key: &Key,
@@ -503,6 +625,9 @@ async fn delete_slice(
     let n = sl.name_any();
     match api.delete(&n, &DeleteParams::default()).await {
         Ok(_) => {
+            if let Some(uid) = sl.metadata.uid.as_deref() {
+                s.lock_writes(&s.slice_writes).deleted(key, uid);
+            }
             tracing::info!(
                 "endpointslice: deleted {}/{n} of Service {}",
                 key.0,

@@ -9,8 +9,7 @@
 //!    and timed until every pod is bound — decisions, `pods/binding` POSTs and
 //!    `Scheduled` Events included. This is the honest number.
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PostParams;
 use kube::runtime::{watcher, WatchStreamExt as _};
 use kube::Api;
+use skiff_fake_nodes::server::{load_average, BenchServer};
 use skiff_scheduler::cache::Cache;
 use skiff_scheduler::info::PodInfo;
 use skiff_scheduler::schedule::Algorithm;
@@ -109,64 +109,20 @@ fn in_memory(nodes: usize, pods: usize) -> f64 {
     pods as f64 / secs
 }
 
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn end_to_end(
-    bin: &PathBuf,
+    bin: &Path,
     nodes: usize,
     pods: usize,
     concurrency: usize,
 ) -> anyhow::Result<()> {
-    let dir = tempfile_dir()?;
-    let _cleanup = RemoveOnDrop(dir.clone());
-    let data = dir.join("data");
-    let log = std::fs::File::create(dir.join("server.log"))?;
-    let _server = Server(
-        Command::new(bin)
-            .args([
-                "server",
-                "--listen",
-                "127.0.0.1:0",
-                "--disable-scheduler",
-                "--disable-controllers",
-                "--data-dir",
-            ])
-            .arg(&data)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?,
-    );
-    let kubeconfig = data.join("admin.kubeconfig");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&kubeconfig).is_ok_and(|t| t.contains("server: ")) {
-        if Instant::now() > deadline {
-            bail!(
-                "no kubeconfig from the server within 60 s; its log:\n{}",
-                std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
-    let client = kube::Client::try_from(
-        kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?,
-    )?;
-    loop {
-        let req = http_get("/readyz");
-        if client.request_text(req).await.is_ok_and(|t| t == "ok") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
+    let server = BenchServer::start(
+        bin,
+        "scheduler-bench",
+        &["--disable-scheduler", "--disable-controllers"],
+    )
+    .await?;
+    let client = server.client.clone();
+    println!("machine load (1/5/15 min) before: {}", load_average());
     let t = Instant::now();
     let fake = skiff_fake_nodes::FakeNodes::start(
         client.clone(),
@@ -236,30 +192,12 @@ async fn end_to_end(
         "end to end: {pods} pods bound on {nodes} nodes in {secs:.2} s = {:.0} pods/s (scheduler start incl. its initial list -> last binding seen by a watch; binding POSTs + Scheduled Events through skiff-controlplane on 127.0.0.1)",
         pods as f64 / secs
     );
+    println!("machine load (1/5/15 min) after: {}", load_average());
     sched.abort();
     counter.abort();
     drop(fake);
+    drop(server);
     Ok(())
-}
-
-fn http_get(path: &str) -> http::Request<Vec<u8>> {
-    http::Request::get(path).body(Vec::new()).expect("request")
-}
-
-/// Removes the benchmark's data directory (store, certificates, log) when done; declared
-/// before the server guard, so it runs after the server is stopped.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let d = std::env::temp_dir().join(format!("skiff-scheduler-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&d)?;
-    Ok(d)
 }
 
 #[tokio::main]

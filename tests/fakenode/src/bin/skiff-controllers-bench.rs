@@ -1,0 +1,565 @@
+//! Controller benchmarks (`cargo xtask bench controlplane`, after the scheduler's), each
+//! against its own real `skiff-controlplane server` process on 127.0.0.1 with its
+//! controllers and scheduler in-process (the default), fake nodes standing in for
+//! kubelets:
+//!
+//! 1. **endpoints** — Pod Ready → EndpointSlice updated, at N pods behind S Services
+//!    (default 10 000 / 1000, so 10 endpoints per Service). Each sample runs from the
+//!    instant a fake node sends the pod's `Ready=True` status write (the kubelet's write,
+//!    [`skiff_fake_nodes::Config::on_ready`]) to the instant this process's watch of the
+//!    EndpointSlices first shows the pod as a ready endpoint: API write, the controller's
+//!    watch, its sync and slice write, and the slice watch back, end to end. Two phases:
+//!    the *burst* (all N pods created at once, so readiness arrives as fast as the fake
+//!    nodes can write it: a throughput test whose latencies include queueing), then
+//!    *steady* probes at a fixed rate into the full cluster (the SLI-like number).
+//! 2. **deployment** — a Deployment of R replicas (default 1000) on M fake nodes
+//!    (default 100): create → every pod created, bound, Running, and the Deployment's
+//!    `availableReplicas`, timed from the create request.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use futures::StreamExt as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{ListParams, PostParams};
+use kube::runtime::{watcher, WatchStreamExt as _};
+use kube::{Api, Client};
+use skiff_fake_nodes::server::{load_average, BenchServer};
+use skiff_fake_nodes::{FakeNodes, ReadyWrite};
+use tokio::sync::mpsc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    Endpoints,
+    Deployment,
+}
+
+#[derive(Parser)]
+#[command(name = "skiff-controllers-bench")]
+struct Args {
+    /// The skiff-controlplane binary.
+    #[arg(long)]
+    server: PathBuf,
+    /// Which benchmarks to run (comma-separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "endpoints,deployment"
+    )]
+    only: Vec<Part>,
+    /// endpoints: pods (spread evenly over the Services and the nodes).
+    #[arg(long, default_value_t = 10_000)]
+    pods: usize,
+    /// endpoints: Services.
+    #[arg(long, default_value_t = 1000)]
+    services: usize,
+    /// Fake nodes (both benchmarks).
+    #[arg(long, default_value_t = 100)]
+    nodes: usize,
+    /// endpoints: steady-phase probe pods, created at `--probe-rate` per second.
+    #[arg(long, default_value_t = 1000)]
+    probes: usize,
+    #[arg(long, default_value_t = 50.0)]
+    probe_rate: f64,
+    /// deployment: replicas.
+    #[arg(long, default_value_t = 1000)]
+    replicas: i32,
+    /// Concurrent API calls for the setup (pod creates) and of the fake nodes.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+}
+
+/// How long any phase may take before the benchmark gives up with what it saw.
+const PHASE_DEADLINE: Duration = Duration::from_secs(900);
+
+fn json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+    serde_json::from_value(v).expect("benchmark object literal")
+}
+
+/// A pod bound directly to `node` (no scheduler involved, as a DaemonSet or static pod),
+/// serving on 8080.
+fn endpoint_pod(name: &str, app: &str, node: &str) -> Pod {
+    json(serde_json::json!({
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": app}},
+        "spec": {
+            "nodeName": node,
+            "containers": [{
+                "name": "web",
+                "image": "registry.k8s.io/pause:3.10",
+                "ports": [{"name": "http", "containerPort": 8080}],
+            }],
+        },
+    }))
+}
+
+fn service(name: &str) -> Service {
+    json(serde_json::json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "selector": {"app": name},
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+        },
+    }))
+}
+
+/// Latency percentiles of a sample set, in milliseconds.
+struct Stats {
+    n: usize,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+    mean: f64,
+}
+
+impl Stats {
+    fn of(mut v: Vec<Duration>) -> Option<Stats> {
+        if v.is_empty() {
+            return None;
+        }
+        v.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        // Nearest-rank percentile.
+        let pct =
+            |p: f64| ms(v[((p / 100.0 * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]);
+        Some(Stats {
+            n: v.len(),
+            p50: pct(50.0),
+            p90: pct(90.0),
+            p99: pct(99.0),
+            max: ms(*v.last().expect("non-empty")),
+            mean: v.iter().map(|d| ms(*d)).sum::<f64>() / v.len() as f64,
+        })
+    }
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "n={} p50={:.1} ms p90={:.1} ms p99={:.1} ms max={:.1} ms mean={:.1} ms",
+            self.n, self.p50, self.p90, self.p99, self.max, self.mean
+        )
+    }
+}
+
+/// Per pod name: when its Ready write was sent, and when a slice first showed it ready.
+#[derive(Default)]
+struct Timeline {
+    ready_write: HashMap<String, Instant>,
+    in_slice: HashMap<String, Instant>,
+}
+
+impl Timeline {
+    fn latencies<'a>(&self, names: impl Iterator<Item = &'a String>) -> (Vec<Duration>, usize) {
+        let mut v = Vec::new();
+        let mut missing = 0;
+        for n in names {
+            match (self.ready_write.get(n), self.in_slice.get(n)) {
+                (Some(w), Some(s)) => v.push(s.saturating_duration_since(*w)),
+                _ => missing += 1,
+            }
+        }
+        (v, missing)
+    }
+}
+
+async fn wait_for(
+    what: &str,
+    deadline: Duration,
+    mut done: impl FnMut() -> Option<String>,
+) -> anyhow::Result<()> {
+    let until = Instant::now() + deadline;
+    loop {
+        let Some(progress) = done() else {
+            return Ok(());
+        };
+        if Instant::now() > until {
+            bail!("{what}: not done within {deadline:?} ({progress})");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until node IPAM gave every node its podCIDR, so pod IPs come from it.
+async fn wait_pod_cidrs(client: &Client, nodes: usize) -> anyhow::Result<()> {
+    let api: Api<Node> = Api::all(client.clone());
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        let with = api
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|n| n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_some())
+            .count();
+        if with >= nodes {
+            return Ok(());
+        }
+        if Instant::now() > until {
+            bail!("only {with}/{nodes} nodes got a podCIDR within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn endpoints(a: &Args) -> anyhow::Result<()> {
+    println!(
+        "== endpoints: {} pods, {} services, {} fake nodes; machine load before: {}",
+        a.pods,
+        a.services,
+        a.nodes,
+        load_average()
+    );
+    let server = BenchServer::start(&a.server, "endpoints-bench", &[]).await?;
+    let client = server.client.clone();
+    let timeline = Arc::new(Mutex::new(Timeline::default()));
+
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<ReadyWrite>();
+    let t = timeline.clone();
+    let recorder = tokio::spawn(async move {
+        while let Some(w) = ready_rx.recv().await {
+            // The first write counts: a repeat (the pod's update raced the fake node's
+            // own write) would only make the latency look shorter.
+            let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+            t.ready_write.entry(w.name).or_insert(w.at);
+        }
+    });
+    let t = timeline.clone();
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let slice_watch = tokio::spawn(async move {
+        let mut s = watcher(slices, watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        while let Some(ev) = s.next().await {
+            let Ok(sl) = ev else { continue };
+            let now = Instant::now();
+            let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+            for ep in &sl.endpoints {
+                let ready = ep.conditions.as_ref().and_then(|c| c.ready) == Some(true);
+                if let (true, Some(name)) =
+                    (ready, ep.target_ref.as_ref().and_then(|r| r.name.clone()))
+                {
+                    t.in_slice.entry(name).or_insert(now);
+                }
+            }
+        }
+    });
+
+    let t0 = Instant::now();
+    let fake = FakeNodes::start(
+        client.clone(),
+        skiff_fake_nodes::Config {
+            count: a.nodes,
+            manage_pods: true,
+            concurrency: a.concurrency,
+            on_ready: Some(ready_tx),
+            ..Default::default()
+        },
+    )
+    .await?;
+    wait_pod_cidrs(&client, a.nodes).await?;
+    println!(
+        "setup: {} fake nodes registered with podCIDRs in {:.1} s",
+        a.nodes,
+        t0.elapsed().as_secs_f64()
+    );
+    let svc_api: Api<Service> = Api::namespaced(client.clone(), "default");
+    let t0 = Instant::now();
+    let r: Vec<Result<Service, kube::Error>> = futures::stream::iter(0..a.services)
+        .map(|i| {
+            let api = svc_api.clone();
+            async move {
+                api.create(&PostParams::default(), &service(&format!("svc-{i}")))
+                    .await
+            }
+        })
+        .buffer_unordered(a.concurrency)
+        .collect()
+        .await;
+    if let Some(Err(e)) = r.into_iter().find(Result::is_err) {
+        bail!("creating the Services: {e}");
+    }
+    println!(
+        "setup: {} services created in {:.1} s",
+        a.services,
+        t0.elapsed().as_secs_f64()
+    );
+
+    // Burst: every pod at once.
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let names: Vec<String> = (0..a.pods).map(|i| format!("pod-{i}")).collect();
+    let t0 = Instant::now();
+    let r: Vec<Result<Pod, kube::Error>> = futures::stream::iter(0..a.pods)
+        .map(|i| {
+            let api = pod_api.clone();
+            let pod = endpoint_pod(
+                &format!("pod-{i}"),
+                &format!("svc-{}", i % a.services),
+                &format!("fake-node-{}", i % a.nodes),
+            );
+            async move { api.create(&PostParams::default(), &pod).await }
+        })
+        .buffer_unordered(a.concurrency)
+        .collect()
+        .await;
+    if let Some(Err(e)) = r.into_iter().find(Result::is_err) {
+        bail!("creating the pods: {e}");
+    }
+    let created = t0.elapsed().as_secs_f64();
+    let tl = timeline.clone();
+    let pending = |names: &[String]| {
+        let t = tl.lock().unwrap_or_else(|e| e.into_inner());
+        let left = names
+            .iter()
+            .filter(|n| !t.in_slice.contains_key(*n))
+            .count();
+        (left > 0).then(|| format!("{left} pods not yet ready in a slice"))
+    };
+    wait_for("burst", PHASE_DEADLINE, || pending(&names)).await?;
+    let all = t0.elapsed().as_secs_f64();
+    let (lat, missing) = timeline
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .latencies(names.iter());
+    println!(
+        "burst: {} pods created in {created:.1} s; all ready in slices after {all:.1} s ({:.0} pods/s); Ready write -> slice: {}{}",
+        a.pods,
+        a.pods as f64 / all,
+        Stats::of(lat).map_or("no samples".into(), |s| s.to_string()),
+        if missing > 0 { format!(" ({missing} without a recorded Ready write)") } else { String::new() }
+    );
+    println!("machine load after the burst: {}", load_average());
+
+    // Steady: probes at a fixed rate into the full cluster.
+    let probes: Vec<String> = (0..a.probes).map(|k| format!("probe-{k}")).collect();
+    let interval = Duration::from_secs_f64(1.0 / a.probe_rate.max(0.01));
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut creates = tokio::task::JoinSet::new();
+    let t0 = Instant::now();
+    for k in 0..a.probes {
+        tick.tick().await;
+        let api = pod_api.clone();
+        // Spread over the Services (and nodes) so no Service gets them all.
+        let pod = endpoint_pod(
+            &format!("probe-{k}"),
+            &format!("svc-{}", (k * 7919) % a.services),
+            &format!("fake-node-{}", k % a.nodes),
+        );
+        creates.spawn(async move { api.create(&PostParams::default(), &pod).await });
+        while let Some(r) = creates.try_join_next() {
+            r.context("a probe create task")?
+                .context("creating a probe pod")?;
+        }
+    }
+    while let Some(r) = creates.join_next().await {
+        r.context("a probe create task")?
+            .context("creating a probe pod")?;
+    }
+    let sent = t0.elapsed().as_secs_f64();
+    wait_for("steady probes", PHASE_DEADLINE, || pending(&probes)).await?;
+    let (lat, missing) = timeline
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .latencies(probes.iter());
+    println!(
+        "steady: {} probe pods at {:.0}/s ({sent:.1} s) into {} pods / {} services; Ready write -> slice: {}{}",
+        a.probes,
+        a.probe_rate,
+        a.pods,
+        a.services,
+        Stats::of(lat).map_or("no samples".into(), |s| s.to_string()),
+        if missing > 0 { format!(" ({missing} without a recorded Ready write)") } else { String::new() }
+    );
+    println!("machine load after: {}", load_average());
+    slice_watch.abort();
+    recorder.abort();
+    drop(fake);
+    drop(server);
+    Ok(())
+}
+
+fn deployment_object(name: &str, replicas: i32) -> Deployment {
+    json(serde_json::json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{
+                    "name": "web",
+                    "image": "registry.k8s.io/pause:3.10",
+                    // scheduler_perf's pod-default requests.
+                    "resources": {"requests": {"cpu": "100m", "memory": "500Mi"}},
+                }]},
+            },
+        },
+    }))
+}
+
+/// When the count of pods in each state first reached the target.
+#[derive(Default)]
+struct Milestones {
+    created: Option<Instant>,
+    bound: Option<Instant>,
+    running: Option<Instant>,
+    available: Option<Instant>,
+}
+
+async fn deployment(a: &Args) -> anyhow::Result<()> {
+    println!(
+        "== deployment: {} replicas on {} fake nodes; machine load before: {}",
+        a.replicas,
+        a.nodes,
+        load_average()
+    );
+    let server = BenchServer::start(&a.server, "deployment-bench", &[]).await?;
+    let client = server.client.clone();
+    let t0 = Instant::now();
+    let fake = FakeNodes::start(
+        client.clone(),
+        skiff_fake_nodes::Config {
+            count: a.nodes,
+            manage_pods: true,
+            concurrency: a.concurrency,
+            ..Default::default()
+        },
+    )
+    .await?;
+    wait_pod_cidrs(&client, a.nodes).await?;
+    println!(
+        "setup: {} fake nodes registered with podCIDRs in {:.1} s",
+        a.nodes,
+        t0.elapsed().as_secs_f64()
+    );
+
+    let target = a.replicas.max(0) as usize;
+    let marks = Arc::new(Mutex::new(Milestones::default()));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let m = marks.clone();
+    let pod_watch = tokio::spawn(async move {
+        // name → (bound, running)
+        let mut seen: HashMap<String, (bool, bool)> = HashMap::new();
+        let mut s = watcher(pods, watcher::Config::default().labels("app=web"))
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        while let Some(ev) = s.next().await {
+            let Ok(p) = ev else { continue };
+            let now = Instant::now();
+            let bound = p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
+            let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+            let e = seen
+                .entry(p.metadata.name.clone().unwrap_or_default())
+                .or_default();
+            e.0 |= bound;
+            e.1 |= running;
+            let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
+            if m.created.is_none() && seen.len() >= target {
+                m.created = Some(now);
+            }
+            if m.bound.is_none() && seen.values().filter(|v| v.0).count() >= target {
+                m.bound = Some(now);
+            }
+            if m.running.is_none() && seen.values().filter(|v| v.1).count() >= target {
+                m.running = Some(now);
+            }
+        }
+    });
+    let deploys: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let m = marks.clone();
+    let replicas = a.replicas;
+    let d = deploys.clone();
+    let deploy_watch = tokio::spawn(async move {
+        let mut s = watcher(d, watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        while let Some(ev) = s.next().await {
+            let Ok(dep) = ev else { continue };
+            let available = dep
+                .status
+                .as_ref()
+                .and_then(|s| s.available_replicas)
+                .unwrap_or(0);
+            if available >= replicas {
+                let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
+                m.available.get_or_insert_with(Instant::now);
+            }
+        }
+    });
+    let t0 = Instant::now();
+    deploys
+        .create(
+            &PostParams::default(),
+            &deployment_object("web", a.replicas),
+        )
+        .await
+        .context("creating the Deployment")?;
+    let mk = marks.clone();
+    wait_for("deployment", PHASE_DEADLINE, || {
+        let m = mk.lock().unwrap_or_else(|e| e.into_inner());
+        (m.running.is_none() || m.available.is_none()).then(|| {
+            format!(
+                "created: {}, bound: {}, running: {}, available: {}",
+                m.created.is_some(),
+                m.bound.is_some(),
+                m.running.is_some(),
+                m.available.is_some()
+            )
+        })
+    })
+    .await?;
+    let m = marks.lock().unwrap_or_else(|e| e.into_inner());
+    let at = |i: Option<Instant>| i.map_or(f64::NAN, |i| i.duration_since(t0).as_secs_f64());
+    let running = at(m.running);
+    println!(
+        "deployment: {} replicas on {} fake nodes: all pods created after {:.2} s, all bound after {:.2} s, all Running after {running:.2} s ({:.0} pods/s), Deployment availableReplicas={} after {:.2} s (from the create request)",
+        a.replicas,
+        a.nodes,
+        at(m.created),
+        at(m.bound),
+        a.replicas as f64 / running,
+        a.replicas,
+        at(m.available)
+    );
+    drop(m);
+    println!("machine load after: {}", load_average());
+    pod_watch.abort();
+    deploy_watch.abort();
+    drop(fake);
+    drop(server);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let a = Args::parse();
+    if a.services == 0 || a.nodes == 0 {
+        bail!("--services and --nodes must be at least 1");
+    }
+    if a.only.contains(&Part::Endpoints) {
+        endpoints(&a).await?;
+    }
+    if a.only.contains(&Part::Deployment) {
+        deployment(&a).await?;
+    }
+    Ok(())
+}
