@@ -1232,12 +1232,12 @@ mod tests {
                 Endpoint {
                     addr: Ipv4Addr::new(10, 42, 0, host),
                     port: 8080,
-                    state: if host % 5 == 0 {
+                    state: if host.is_multiple_of(5) {
                         EndpointState::Terminating
                     } else {
                         EndpointState::Active
                     },
-                    local: host % 2 == 0,
+                    local: host.is_multiple_of(2),
                 }
             })
             .collect();

@@ -865,9 +865,9 @@ mod tests {
                 let host = rng.below(12);
                 serde_json::json!({
                     "addresses": [format!("10.42.0.{host}")],
-                    "conditions": {"ready": host % 5 != 0, "serving": true,
-                        "terminating": host % 5 == 0},
-                    "nodeName": if host % 2 == 0 { "node-a" } else { "node-b" },
+                    "conditions": {"ready": !host.is_multiple_of(5), "serving": true,
+                        "terminating": host.is_multiple_of(5)},
+                    "nodeName": if host.is_multiple_of(2) { "node-a" } else { "node-b" },
                 })
             })
             .collect();
