@@ -550,6 +550,14 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
         "watching Services and EndpointSlices through {}",
         kubeconfig.display()
     );
+    // agent sync scale (issue 7): the DNS zone needs the objects' DNS fields; every
+    // Service is rebuilt at the consistency check's cadence (the incremental path's check).
+    let sync = SyncConfig {
+        keep_dns_objects: dns_addr.is_some(),
+        full_resync: check_every,
+        ..sync
+    };
+    // end agent sync scale
     let sync_task = watch::run(
         client.clone(),
         sync,
@@ -559,10 +567,17 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
         watch::Hooks {
             on_sync: |s: &Synced| {
                 println!(
-                    "synced {} services, {} slices in {:?}: {} map writes, {} errors, {} diagnostics",
+                    "synced {} services, {} slices in {:?} ({}): {} map writes, {} errors, {} diagnostics",
                     s.services,
                     s.slices,
                     s.duration,
+                    // agent sync scale (issue 7)
+                    if s.full {
+                        "full".to_owned()
+                    } else {
+                        format!("{} changed", s.changed)
+                    },
+                    // end agent sync scale
                     s.report.writes,
                     s.report.errors.len(),
                     s.diagnostics.len()
@@ -590,7 +605,7 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
                     s.duration,
                     s.report.errors.len(),
                     &s.programming_latencies,
-                    &s.service_ids,
+                    s.service_ids.as_deref(),
                 );
                 // A failed write leaves the change pending: /healthz turns 503 if it
                 // stays that way past the timeout.

@@ -600,6 +600,8 @@ fn main() -> anyhow::Result<()> {
                         default_maglev,
                     },
                     external_ip_cidrs: external,
+                    // agent sync scale (issue 7): set by agent::run from the other flags.
+                    ..Default::default()
                 };
                 // cluster: pod runtime wiring (issue 8): the runtime reports through
                 // tracing (RUST_LOG overrides the level).

@@ -167,13 +167,14 @@ impl Metrics {
     }
 
     /// Records one reprogramming: its duration, its map-write errors, the programming
-    /// latencies of the slice changes it applied, and the programmed service ids.
+    /// latencies of the slice changes it applied, and the programmed service ids (`None`:
+    /// unchanged since the last sync).
     pub fn observe_sync(
         &self,
         duration: Duration,
         errors: usize,
         latencies: &[Duration],
-        service_ids: &[(ServicePortName, u32)],
+        service_ids: Option<&[(ServicePortName, u32)]>,
     ) {
         let mut m = self.lock();
         m.sync.observe(duration.as_secs_f64());
@@ -183,7 +184,9 @@ impl Metrics {
         for l in latencies {
             m.programming.observe(l.as_secs_f64());
         }
-        m.service_names = service_ids.iter().map(|(n, id)| (*id, n.clone())).collect();
+        if let Some(ids) = service_ids {
+            m.service_names = ids.iter().map(|(n, id)| (*id, n.clone())).collect();
+        }
     }
 
     /// Records a consistency check ([`consistency`]).
@@ -639,10 +642,10 @@ mod tests {
             Duration::from_millis(3),
             0,
             &[Duration::from_millis(20)],
-            &[
+            Some(&[
                 (ServicePortName::new("default", "web", "http"), 1),
                 (ServicePortName::new("default", "web", "http#local"), 2),
-            ],
+            ]),
         );
         m.set_datapath(DatapathSample {
             counters: Counters {

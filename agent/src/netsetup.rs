@@ -642,6 +642,29 @@ impl NetSetup {
     }
 }
 
+/// A Node reduced to what [`desired`] and [`crate::node::eligible`] read: the cache holds
+/// this, not the object (images, conditions, managedFields are kilobytes per Node).
+fn compact_node(n: Node) -> Node {
+    use k8s_openapi::api::core::v1::{NodeSpec, NodeStatus};
+    Node {
+        metadata: kube::api::ObjectMeta {
+            name: n.metadata.name,
+            deletion_timestamp: n.metadata.deletion_timestamp,
+            ..Default::default()
+        },
+        spec: n.spec.map(|s| NodeSpec {
+            pod_cidr: s.pod_cidr,
+            pod_cidrs: s.pod_cidrs,
+            taints: s.taints,
+            ..Default::default()
+        }),
+        status: n.status.map(|s| NodeStatus {
+            addresses: s.addresses,
+            ..Default::default()
+        }),
+    }
+}
+
 /// What [`run`] reports.
 pub struct NetHooks<A, E> {
     /// After every apply, with whether this node is eligible for traffic (not being
@@ -670,10 +693,10 @@ where
         let changed = tokio::select! {
             e = nodes.next() => match e {
                 Some(Ok(e)) => {
-                    let mut changed = cache.apply(e);
+                    let mut changed = cache.apply(e, compact_node).changed();
                     while let Some(Some(e)) = futures::FutureExt::now_or_never(nodes.next()) {
                         match e {
-                            Ok(e) => changed |= cache.apply(e),
+                            Ok(e) => changed |= cache.apply(e, compact_node).changed(),
                             Err(e) => on_error(&format!("watching Nodes: {e}")),
                         }
                     }

@@ -12,7 +12,7 @@
 //! A failed write (a full map) stops that service's update, is reported with the map and
 //! the flag that sizes it, and every other service still syncs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use skiff_datapath_abi::{
     backend_flags, scope, service_flags, Backend, ServiceKey, ServiceValue, SlotKey,
@@ -77,6 +77,8 @@ struct AppliedService {
     options: Option<skiff_datapath_abi::ServiceOptions>,
     /// Maglev table number and its contents (None: contents unknown, rewrite all).
     maglev: Option<(u32, Option<Vec<u32>>)>,
+    /// The frontend keys this group claims (owned or not): its entries in `claims`.
+    claimed: Vec<ServiceKey>,
 }
 
 /// Smallest-free id allocator (ids start at 1; 0 means "none" in the maps).
@@ -122,6 +124,85 @@ pub struct Reconciler {
     backend_id_alloc: Ids,
     /// Maglev table numbers + 1 (the allocator hands out ids from 1).
     maglev_tables: Ids,
+    /// Every group claiming a frontend key, in name order: the first owns it. Kept across
+    /// syncs so an incremental sync knows whose ownership a change moves.
+    claims: BTreeMap<ServiceKey, Vec<ServicePortName>>,
+    /// Slots naming each backend, over all services (absent: none).
+    backend_refs: HashMap<u32, u32>,
+    /// Backends that may be named by no slot since the last collection: written ones and
+    /// ones that lost a slot. Collecting only these keeps a change's cost independent of
+    /// the number of backends.
+    unreferenced: BTreeSet<u32>,
+    /// The set of programmed groups changed since [`Reconciler::take_ids_changed`].
+    ids_changed: bool,
+}
+
+/// The group owning a frontend key: the first claimant in name order.
+fn owner<'a>(
+    claims: &'a BTreeMap<ServiceKey, Vec<ServicePortName>>,
+    key: &ServiceKey,
+) -> Option<&'a ServicePortName> {
+    claims.get(key).and_then(|c| c.first())
+}
+
+fn claim(
+    claims: &mut BTreeMap<ServiceKey, Vec<ServicePortName>>,
+    key: ServiceKey,
+    name: &ServicePortName,
+) {
+    let c = claims.entry(key).or_default();
+    if let Err(i) = c.binary_search(name) {
+        c.insert(i, name.clone());
+    }
+}
+
+fn unclaim(
+    claims: &mut BTreeMap<ServiceKey, Vec<ServicePortName>>,
+    key: ServiceKey,
+    name: &ServicePortName,
+) {
+    if let Some(c) = claims.get_mut(&key) {
+        if let Ok(i) = c.binary_search(name) {
+            c.remove(i);
+        }
+        if c.is_empty() {
+            claims.remove(&key);
+        }
+    }
+}
+
+fn add_ref(refs: &mut HashMap<u32, u32>, id: u32) {
+    *refs.entry(id).or_default() += 1;
+}
+
+fn drop_ref(refs: &mut HashMap<u32, u32>, unreferenced: &mut BTreeSet<u32>, id: u32) {
+    if let Some(n) = refs.get_mut(&id) {
+        *n -= 1;
+        if *n == 0 {
+            refs.remove(&id);
+            unreferenced.insert(id);
+        }
+    }
+}
+
+/// The entries of one Service (`namespace/name:*`, including `#local` groups) in a map
+/// keyed by service port name.
+fn service_range<'a, V>(
+    map: &'a BTreeMap<ServicePortName, V>,
+    namespace: &'a str,
+    name: &'a str,
+) -> impl Iterator<Item = (&'a ServicePortName, &'a V)> {
+    map.range(ServicePortName::new(namespace, name, "")..)
+        .take_while(move |(n, _)| n.namespace == namespace && n.name == name)
+}
+
+fn conflict(key: &ServiceKey, owner: &ServicePortName, name: &ServicePortName) -> String {
+    format!(
+        "{}:{}/{} is claimed by {owner} and {name}; {owner} keeps it",
+        std::net::Ipv4Addr::from(u32::from_be(key.addr)),
+        u16::from_be(key.port),
+        key.proto
+    )
 }
 
 fn frontend_key(f: &Frontend, scope: u8) -> ServiceKey {
@@ -155,8 +236,15 @@ struct Group {
 /// in-cluster clients from every node; with internalTrafficPolicy=Local the ClusterIP
 /// itself points at the local group.
 fn groups(desired: &Model) -> BTreeMap<ServicePortName, Group> {
+    groups_of(desired.services.iter())
+}
+
+/// [`groups`] of some service ports.
+fn groups_of<'a>(
+    ports: impl Iterator<Item = (&'a ServicePortName, &'a crate::model::ServicePort)>,
+) -> BTreeMap<ServicePortName, Group> {
     let mut out = BTreeMap::new();
-    for (name, port) in &desired.services {
+    for (name, port) in ports {
         let ranges: BTreeSet<_> = port.source_ranges.iter().copied().collect();
         let mut all = Group {
             name: name.clone(),
@@ -232,14 +320,25 @@ impl Reconciler {
         Self::default()
     }
 
-    /// Brings the maps from the last applied state to `desired`.
+    /// Brings the maps from the last applied state to `desired`: every service group
+    /// (the first sync, relists, the periodic check).
     pub fn sync(&mut self, desired: &Model, maps: &mut dyn ServiceMaps) -> SyncReport {
         let mut report = SyncReport::default();
         let groups = groups(desired);
-        let owners = self.frontend_owners(&groups, &mut report);
+        self.claims.clear();
+        for (name, group) in &groups {
+            for (key, _) in &group.frontends {
+                claim(&mut self.claims, *key, name);
+            }
+        }
+        for (key, c) in &self.claims {
+            for other in c.iter().skip(1) {
+                report.conflicts.push(conflict(key, &c[0], other));
+            }
+        }
 
         for (name, group) in &groups {
-            if let Err(e) = self.sync_service(group, &owners, maps, &mut report) {
+            if let Err(e) = self.sync_service(group, maps, &mut report) {
                 report.errors.push((name.clone(), e));
             }
         }
@@ -264,31 +363,81 @@ impl Reconciler {
         report
     }
 
-    /// Which service port owns each frontend key (first in name order wins).
-    fn frontend_owners(
-        &self,
-        groups: &BTreeMap<ServicePortName, Group>,
-        report: &mut SyncReport,
-    ) -> BTreeMap<ServiceKey, ServicePortName> {
-        let mut owners: BTreeMap<ServiceKey, ServicePortName> = BTreeMap::new();
-        for (name, group) in groups {
-            for (key, _) in &group.frontends {
-                let key = *key;
-                match owners.get(&key) {
-                    Some(owner) if owner != name => report.conflicts.push(format!(
-                        "{}:{}/{} is claimed by {owner} and {name}; {owner} keeps it",
-                        std::net::Ipv4Addr::from(u32::from_be(key.addr)),
-                        u16::from_be(key.port),
-                        key.proto
-                    )),
-                    Some(_) => {}
-                    None => {
-                        owners.insert(key, name.clone());
-                    }
+    /// Brings the groups of `services` (namespace, name) to what `desired` says, as
+    /// [`Reconciler::sync`] would, touching nothing else but the groups of other
+    /// Services that claim one of their old or new frontends (its owner may change).
+    /// `desired` must be complete (those other groups are read from it); its entries for
+    /// Services not named here must be what was last synced.
+    pub fn sync_services(
+        &mut self,
+        desired: &Model,
+        services: &BTreeSet<(String, String)>,
+        maps: &mut dyn ServiceMaps,
+    ) -> SyncReport {
+        let mut report = SyncReport::default();
+        let mut groups: BTreeMap<ServicePortName, Group> = BTreeMap::new();
+        let mut old: Vec<ServicePortName> = Vec::new();
+        for (ns, name) in services {
+            groups.append(&mut groups_of(service_range(&desired.services, ns, name)));
+            old.extend(service_range(&self.services, ns, name).map(|(n, _)| n.clone()));
+        }
+        // Claims move from the groups' old frontends to their new ones.
+        let mut touched: BTreeSet<ServiceKey> = BTreeSet::new();
+        for n in &old {
+            let claimed = self
+                .services
+                .get_mut(n)
+                .map(|a| std::mem::take(&mut a.claimed))
+                .unwrap_or_default();
+            for key in claimed {
+                unclaim(&mut self.claims, key, n);
+                touched.insert(key);
+            }
+        }
+        for (n, g) in &groups {
+            for (key, _) in &g.frontends {
+                claim(&mut self.claims, *key, n);
+                touched.insert(*key);
+            }
+        }
+        // Other Services sharing a touched frontend are synced too: one may gain or lose it.
+        let mut others: BTreeSet<(String, String)> = BTreeSet::new();
+        for key in &touched {
+            let Some(c) = self.claims.get(key) else {
+                continue;
+            };
+            for other in c.iter().skip(1) {
+                report.conflicts.push(conflict(key, &c[0], other));
+            }
+            for n in c {
+                if !groups.contains_key(n) {
+                    others.insert((n.namespace.clone(), n.name.clone()));
                 }
             }
         }
-        owners
+        for (ns, name) in &others {
+            groups.append(&mut groups_of(service_range(&desired.services, ns, name)));
+        }
+
+        for (name, group) in &groups {
+            if let Err(e) = self.sync_service(group, maps, &mut report) {
+                report.errors.push((name.clone(), e));
+            }
+        }
+        for name in old {
+            if groups.contains_key(&name) {
+                continue;
+            }
+            if let Err(e) = self.remove_service(&name, maps, &mut report) {
+                report.errors.push((name, e));
+            }
+        }
+        if let Err(e) = self.collect_backends(maps, &mut report) {
+            report
+                .errors
+                .push((ServicePortName::new("", "", "backends"), e));
+        }
+        report
     }
 
     fn backend_id(&mut self, b: &Backend) -> u32 {
@@ -304,11 +453,24 @@ impl Reconciler {
     fn sync_service(
         &mut self,
         group: &Group,
-        owners: &BTreeMap<ServiceKey, ServicePortName>,
         maps: &mut dyn ServiceMaps,
         report: &mut SyncReport,
     ) -> Result<(), MapWriteError> {
         let name = &group.name;
+        // The group exists (with its id and its claims) before its first write, so a
+        // failed write leaves it known: the next sync retries it or removes it.
+        let applied = match self.services.get_mut(name) {
+            Some(a) => a,
+            None => {
+                let id = self.service_ids.alloc();
+                self.ids_changed = true;
+                self.services.entry(name.clone()).or_insert(AppliedService {
+                    id,
+                    ..Default::default()
+                })
+            }
+        };
+        applied.claimed = group.frontends.iter().map(|(k, _)| *k).collect();
         let proto = group.proto.unwrap_or(Protocol::Tcp).number();
         // Slot order: active endpoints, then terminating ones, each sorted, so an
         // unchanged endpoint set always yields the same slots (no churn).
@@ -342,19 +504,26 @@ impl Reconciler {
                 maps.put_backend(id, b)?;
                 report.writes += 1;
                 self.backends.insert(id, b);
+                // Collected if no slot ends up naming it (a later write failed).
+                self.unreferenced.insert(id);
             }
             slot_ids.push(id);
         }
 
-        let applied = match self.services.get_mut(name) {
-            Some(a) => a,
-            None => {
-                let id = self.service_ids.alloc();
-                self.services.entry(name.clone()).or_insert(AppliedService {
-                    id,
-                    ..Default::default()
-                })
-            }
+        // Frontends this group no longer owns, and whether another group has written
+        // them already (then the entry is that group's now, not this one's to delete).
+        let stale: Vec<(ServiceKey, bool)> = self.services[name]
+            .frontends
+            .keys()
+            .filter(|k| {
+                owner(&self.claims, k) != Some(name)
+                    || !group.frontends.iter().any(|(g, _)| g == *k)
+            })
+            .map(|k| (*k, self.written_by_other(k, name)))
+            .collect();
+
+        let Some(applied) = self.services.get_mut(name) else {
+            unreachable!("created above");
         };
 
         let before: BTreeSet<u32> = applied.slots.iter().copied().collect();
@@ -368,8 +537,10 @@ impl Reconciler {
                 };
                 maps.put_slot(key, *id)?;
                 report.writes += 1;
+                add_ref(&mut self.backend_refs, *id);
                 if i < applied.slots.len() {
-                    applied.slots[i] = *id;
+                    let old = std::mem::replace(&mut applied.slots[i], *id);
+                    drop_ref(&mut self.backend_refs, &mut self.unreferenced, old);
                 } else {
                     applied.slots.push(*id);
                 }
@@ -447,7 +618,7 @@ impl Reconciler {
         // 3. frontends with their new counts.
         let mut wanted: BTreeMap<ServiceKey, ServiceValue> = BTreeMap::new();
         for (key, flag) in &group.frontends {
-            if owners.get(key) != Some(name) {
+            if owner(&self.claims, key) != Some(name) {
                 continue;
             }
             let v = wanted.entry(*key).or_insert(ServiceValue {
@@ -466,7 +637,19 @@ impl Reconciler {
             }
         }
 
-        // 4. slots beyond the new count, now that no frontend counts them.
+        // 4. frontends the service no longer has, before the slots they count go. One
+        // that another group has rewritten already is left alone (deleting it would
+        // remove the new owner's entry); a new owner syncing later overwrites it.
+        for (key, taken) in stale {
+            debug_assert!(!wanted.contains_key(&key));
+            if !taken {
+                maps.delete_service(key)?;
+                report.writes += 1;
+            }
+            applied.frontends.remove(&key);
+        }
+
+        // 5. slots beyond the new count, now that no frontend counts them.
         while applied.slots.len() > slot_ids.len() {
             let i = applied.slots.len() - 1;
             let key = SlotKey {
@@ -475,20 +658,9 @@ impl Reconciler {
             };
             maps.delete_slot(key)?;
             report.writes += 1;
-            applied.slots.pop();
-        }
-
-        // 5. frontends the service no longer has.
-        let stale: Vec<ServiceKey> = applied
-            .frontends
-            .keys()
-            .filter(|k| !wanted.contains_key(*k))
-            .copied()
-            .collect();
-        for key in stale {
-            maps.delete_service(key)?;
-            report.writes += 1;
-            applied.frontends.remove(&key);
+            if let Some(id) = applied.slots.pop() {
+                drop_ref(&mut self.backend_refs, &mut self.unreferenced, id);
+            }
         }
 
         // Ranges and options no frontend needs any more.
@@ -523,19 +695,37 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Whether a group other than `name` has written frontend `key` (it owns it now).
+    fn written_by_other(&self, key: &ServiceKey, name: &ServicePortName) -> bool {
+        owner(&self.claims, key)
+            .filter(|o| *o != name)
+            .and_then(|o| self.services.get(o))
+            .is_some_and(|a| a.frontends.contains_key(key))
+    }
+
     fn remove_service(
         &mut self,
         name: &ServicePortName,
         maps: &mut dyn ServiceMaps,
         report: &mut SyncReport,
     ) -> Result<(), MapWriteError> {
+        let Some(applied) = self.services.get(name) else {
+            return Ok(());
+        };
+        let keys: Vec<(ServiceKey, bool)> = applied
+            .frontends
+            .keys()
+            .map(|k| (*k, self.written_by_other(k, name)))
+            .collect();
         let Some(applied) = self.services.get_mut(name) else {
             return Ok(());
         };
-        let keys: Vec<ServiceKey> = applied.frontends.keys().copied().collect();
-        for key in keys {
-            maps.delete_service(key)?;
-            report.writes += 1;
+        for (key, taken) in keys {
+            // As in `sync_service`: a frontend another group has rewritten is left to it.
+            if !taken {
+                maps.delete_service(key)?;
+                report.writes += 1;
+            }
             applied.frontends.remove(&key);
         }
         while let Some(backend_id) = applied.slots.last().copied() {
@@ -546,6 +736,7 @@ impl Reconciler {
             maps.delete_slot(key)?;
             report.writes += 1;
             applied.slots.pop();
+            drop_ref(&mut self.backend_refs, &mut self.unreferenced, backend_id);
             if !applied.slots.contains(&backend_id) {
                 if let Some(b) = self.backends.get(&backend_id) {
                     let cookies = maps.purge_sock_rev(applied.id, b)?;
@@ -571,29 +762,26 @@ impl Reconciler {
         let id = applied.id;
         self.services.remove(name);
         self.service_ids.release(id);
+        self.ids_changed = true;
         Ok(())
     }
 
-    /// Deletes backends no slot names any more, purging socket reverse entries of every
-    /// (service, backend) pair that ended.
+    /// Deletes backends no slot names any more (the candidates in `unreferenced`).
     fn collect_backends(
         &mut self,
         maps: &mut dyn ServiceMaps,
         report: &mut SyncReport,
     ) -> Result<(), MapWriteError> {
-        let used: BTreeSet<u32> = self
-            .services
-            .values()
-            .flat_map(|s| s.slots.iter().copied())
-            .collect();
-        let unused: Vec<u32> = self
-            .backends
-            .keys()
-            .filter(|id| !used.contains(id))
-            .copied()
-            .collect();
-        for id in unused {
-            maps.delete_backend(id)?;
+        let candidates = std::mem::take(&mut self.unreferenced);
+        for &id in &candidates {
+            if self.backend_refs.contains_key(&id) || !self.backends.contains_key(&id) {
+                continue;
+            }
+            if let Err(e) = maps.delete_backend(id) {
+                // Still candidates: the next sync retries.
+                self.unreferenced.extend(candidates.range(id..));
+                return Err(e);
+            }
             report.writes += 1;
             if let Some(b) = self.backends.remove(&id) {
                 self.backend_ids.remove(&(b.addr, b.port, b.proto));
@@ -614,6 +802,8 @@ impl Reconciler {
             self.backend_ids.insert((b.addr, b.port, b.proto), *id);
         }
         self.backend_id_alloc = Ids::reserved(snapshot.backends.keys().copied());
+        // Backends no adopted slot names are deleted by the first sync.
+        self.unreferenced.extend(snapshot.backends.keys().copied());
 
         let mut by_id: BTreeMap<u32, AppliedService> = BTreeMap::new();
         for (key, value) in &snapshot.services {
@@ -654,6 +844,7 @@ impl Reconciler {
                 slot,
             }) {
                 applied.slots.push(*b);
+                add_ref(&mut self.backend_refs, *b);
                 slot += 1;
             }
         }
@@ -673,6 +864,13 @@ impl Reconciler {
             self.services
                 .insert(ServicePortName::new("", "orphan", &id.to_string()), applied);
         }
+        self.ids_changed = true;
+    }
+
+    /// Whether the set of programmed groups (and so [`Reconciler::service_ids`]) changed
+    /// since the last call.
+    pub fn take_ids_changed(&mut self) -> bool {
+        std::mem::take(&mut self.ids_changed)
     }
 
     /// Every programmed group (service port, `<port>#local` for a Local traffic policy)
@@ -701,6 +899,29 @@ impl Reconciler {
     /// Service id of a service port, if programmed.
     pub fn service_id(&self, name: &ServicePortName) -> Option<u32> {
         self.services.get(name).map(|s| s.id)
+    }
+
+    /// The bookkeeping the incremental path relies on, recomputed from scratch: slot
+    /// reference counts, no backend left unnamed, claims matching each group's frontends.
+    #[cfg(test)]
+    fn check_bookkeeping(&self) {
+        let mut refs: HashMap<u32, u32> = HashMap::new();
+        for a in self.services.values() {
+            for id in &a.slots {
+                *refs.entry(*id).or_default() += 1;
+            }
+        }
+        assert_eq!(refs, self.backend_refs, "slot reference counts");
+        for id in self.backends.keys() {
+            assert!(refs.contains_key(id), "backend {id} is named by no slot");
+        }
+        let mut claims: BTreeMap<ServiceKey, Vec<ServicePortName>> = BTreeMap::new();
+        for (n, a) in &self.services {
+            for k in &a.claimed {
+                claim(&mut claims, *k, n);
+            }
+        }
+        assert_eq!(claims, self.claims, "frontend claims");
     }
 }
 
@@ -766,7 +987,311 @@ mod tests {
             "datapath invariant broken: {:#?}",
             maps.violations
         );
+        r.check_bookkeeping();
         report
+    }
+
+    /// An incremental sync of the named Services (namespace, name).
+    fn sync_some(
+        r: &mut Reconciler,
+        maps: &mut FakeServiceMaps,
+        m: &Model,
+        services: &[(&str, &str)],
+    ) -> SyncReport {
+        maps.log.clear();
+        let changed: BTreeSet<(String, String)> = services
+            .iter()
+            .map(|(ns, n)| (ns.to_string(), n.to_string()))
+            .collect();
+        let report = r.sync_services(m, &changed, maps);
+        assert!(
+            maps.violations.is_empty(),
+            "datapath invariant broken: {:#?}",
+            maps.violations
+        );
+        r.check_bookkeeping();
+        report
+    }
+
+    fn api(endpoints: &[Endpoint]) -> (ServicePortName, ServicePort) {
+        (
+            ServicePortName::new("default", "api", ""),
+            ServicePort {
+                proto: Some(Protocol::Tcp),
+                frontends: vec![Frontend {
+                    addr: ip("10.43.0.20"),
+                    port: 443,
+                    proto: Protocol::Tcp,
+                    kind: FrontendKind::ClusterIp,
+                }],
+                endpoints: endpoints.to_vec(),
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn an_incremental_change_to_one_service_does_not_touch_another() {
+        let mut r = Reconciler::new();
+        let mut maps = FakeServiceMaps::new(MapSizes::default());
+        let a = ep("10.42.0.4", EndpointState::Active);
+        let b = ep("10.42.0.5", EndpointState::Active);
+        let c = ep("10.42.0.6", EndpointState::Active);
+        sync(&mut r, &mut maps, &model(&[web(&[a, b]), api(&[b, c])]));
+        let api_id = r.service_id(&api(&[]).0).unwrap();
+        let api_before: Vec<String> = maps
+            .contents
+            .render()
+            .lines()
+            .filter(|l| {
+                l.contains(&format!("id={api_id} ")) || l.starts_with(&format!("slot {api_id}["))
+            })
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(api_before.len(), 3, "{api_before:?}");
+
+        // web loses b (which api keeps) and gains a new endpoint.
+        let d = ep("10.42.0.7", EndpointState::Active);
+        let report = sync_some(
+            &mut r,
+            &mut maps,
+            &model(&[web(&[a, d]), api(&[b, c])]),
+            &[("default", "web")],
+        );
+        assert!(report.errors.is_empty(), "{report:?}");
+        let web_id = r.service_id(&web(&[]).0).unwrap();
+        assert!(
+            maps.log.iter().all(|l| !l.contains(&format!(" {api_id}["))
+                && !l.contains(&format!("sock-rev {api_id} "))),
+            "api's entries were rewritten: {:?}",
+            maps.log
+        );
+        assert_eq!(
+            maps.log,
+            [
+                "put backend 4",
+                &format!("put slot {web_id}[1]"),
+                &format!("purge sock-rev {web_id} 10.42.0.5:8080"),
+                &format!("purge ct {web_id} backend 1"),
+                &format!("purge affinity {web_id} backend 1"),
+            ]
+        );
+        let api_after: Vec<String> = maps
+            .contents
+            .render()
+            .lines()
+            .filter(|l| {
+                l.contains(&format!("id={api_id} ")) || l.starts_with(&format!("slot {api_id}["))
+            })
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(api_before, api_after);
+        assert!(
+            maps.contents
+                .backends
+                .values()
+                .any(|be| be.addr == u32::from(ip("10.42.0.5")).to_be()),
+            "b stays: api still uses it"
+        );
+        // A sync of a Service nothing changed in writes nothing.
+        let report = sync_some(
+            &mut r,
+            &mut maps,
+            &model(&[web(&[a, d]), api(&[b, c])]),
+            &[("default", "api")],
+        );
+        assert_eq!(report.writes, 0);
+    }
+
+    #[test]
+    fn a_backend_removed_incrementally_leaves_the_maps() {
+        let mut r = Reconciler::new();
+        let mut maps = FakeServiceMaps::new(MapSizes::default());
+        let a = ep("10.42.0.4", EndpointState::Active);
+        let b = ep("10.42.0.5", EndpointState::Active);
+        sync(&mut r, &mut maps, &model(&[web(&[a, b]), api(&[a])]));
+        let b_addr = u32::from(ip("10.42.0.5")).to_be();
+        let b_id = *maps
+            .contents
+            .backends
+            .iter()
+            .find(|(_, be)| be.addr == b_addr)
+            .unwrap()
+            .0;
+        sync_some(
+            &mut r,
+            &mut maps,
+            &model(&[web(&[a]), api(&[a])]),
+            &[("default", "web")],
+        );
+        assert!(
+            !maps.contents.backends.contains_key(&b_id),
+            "{}",
+            maps.contents.render()
+        );
+        assert!(maps.log.contains(&format!("del backend {b_id}")));
+        assert!(maps.contents.dangling().is_empty());
+        let v = maps
+            .contents
+            .services
+            .iter()
+            .find(|(k, _)| k.port == 80u16.to_be())
+            .map(|(_, v)| *v)
+            .unwrap();
+        assert_eq!(v.active, 1);
+
+        // Removing a whole Service incrementally removes everything it wrote; the backend
+        // it shared with api stays.
+        sync_some(
+            &mut r,
+            &mut maps,
+            &model(&[api(&[a])]),
+            &[("default", "web")],
+        );
+        assert_eq!(maps.contents.services.len(), 1);
+        assert_eq!(maps.contents.backends.len(), 1);
+        assert_eq!(maps.contents.slots.len(), 1);
+        assert!(maps.contents.dangling().is_empty());
+    }
+
+    #[test]
+    fn a_frontend_moving_between_services_incrementally_ends_at_its_owner() {
+        let mut r = Reconciler::new();
+        let mut maps = FakeServiceMaps::new(MapSizes::default());
+        let a = ep("10.42.0.4", EndpointState::Active);
+        let z = ep("10.42.0.99", EndpointState::Active);
+        // "default/zzz" alone holds web's frontends.
+        let mut later = web(&[z]);
+        later.0 = ServicePortName::new("default", "zzz", "");
+        sync(&mut r, &mut maps, &model(&[later.clone()]));
+        let zzz_id = r.service_id(&later.0).unwrap();
+        // web (sorting first) appears with the same frontends: it takes them over, and
+        // zzz's sync must not delete the entries web wrote.
+        let report = sync_some(
+            &mut r,
+            &mut maps,
+            &model(&[web(&[a]), later.clone()]),
+            &[("default", "web")],
+        );
+        assert_eq!(report.conflicts.len(), 2, "{report:?}");
+        let web_id = r.service_id(&web(&[]).0).unwrap();
+        assert_eq!(maps.contents.services.len(), 2);
+        assert!(maps
+            .contents
+            .services
+            .values()
+            .all(|v| v.service_id == web_id));
+        // web goes away: zzz gets them back.
+        sync_some(&mut r, &mut maps, &model(&[later]), &[("default", "web")]);
+        assert_eq!(maps.contents.services.len(), 2);
+        assert!(maps
+            .contents
+            .services
+            .values()
+            .all(|v| v.service_id == zzz_id));
+        assert!(maps.contents.dangling().is_empty());
+    }
+
+    /// A small deterministic generator (xorshift64*) for the differential test.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+        }
+    }
+
+    /// A random service port of Service `svc{i}`: frontends that sometimes collide with
+    /// another Service's, endpoints from a shared pool (so backends are shared), optional
+    /// Local policies and Maglev.
+    fn random_port(rng: &mut Rng, i: u64) -> (ServicePortName, ServicePort) {
+        // Eight cluster IPs for twelve Services: some frontends are claimed twice.
+        let vip = Ipv4Addr::new(10, 43, 0, rng.below(8) as u8 + 1);
+        let mut frontends = vec![Frontend {
+            addr: vip,
+            port: 80,
+            proto: Protocol::Tcp,
+            kind: FrontendKind::ClusterIp,
+        }];
+        if rng.below(3) == 0 {
+            frontends.push(Frontend {
+                addr: ip("192.168.1.10"),
+                port: 30000 + i as u16,
+                proto: Protocol::Tcp,
+                kind: FrontendKind::NodePort,
+            });
+        }
+        let endpoints = (0..rng.below(5))
+            .map(|_| {
+                // Local and state follow from the address, so every Service that shares a
+                // backend wants the same backend flags.
+                let host = rng.below(16) as u8;
+                Endpoint {
+                    addr: Ipv4Addr::new(10, 42, 0, host),
+                    port: 8080,
+                    state: if host.is_multiple_of(5) {
+                        EndpointState::Terminating
+                    } else {
+                        EndpointState::Active
+                    },
+                    local: host.is_multiple_of(2),
+                }
+            })
+            .collect();
+        (
+            ServicePortName::new("default", &format!("svc{i}"), ""),
+            ServicePort {
+                proto: Some(Protocol::Tcp),
+                frontends,
+                endpoints,
+                external_local: rng.below(4) == 0,
+                internal_local: rng.below(6) == 0,
+                affinity_timeout: (rng.below(5) == 0).then_some(60),
+                maglev: rng.below(6) == 0,
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn incremental_syncs_leave_the_maps_as_full_syncs_do() {
+        let mut rng = Rng(0x5eed_1234_abcd_0001);
+        let mut desired = Model::default();
+        let (mut inc, mut inc_maps) =
+            (Reconciler::new(), FakeServiceMaps::new(MapSizes::default()));
+        let (mut full, mut full_maps) =
+            (Reconciler::new(), FakeServiceMaps::new(MapSizes::default()));
+        for step in 0..400 {
+            // Change one to three Services: replace, add or remove.
+            let mut changed = Vec::new();
+            for _ in 0..=rng.below(3) {
+                let i = rng.below(12);
+                let name = format!("svc{i}");
+                desired.services.retain(|n, _| n.name != name);
+                if rng.below(5) != 0 {
+                    let (n, p) = random_port(&mut rng, i);
+                    desired.services.insert(n, p);
+                }
+                changed.push(name);
+            }
+            let names: Vec<(&str, &str)> =
+                changed.iter().map(|n| ("default", n.as_str())).collect();
+            let ri = sync_some(&mut inc, &mut inc_maps, &desired, &names);
+            let rf = sync(&mut full, &mut full_maps, &desired);
+            assert!(ri.errors.is_empty() && rf.errors.is_empty());
+            assert_eq!(
+                inc_maps.contents.render(),
+                full_maps.contents.render(),
+                "step {step}: changed {changed:?}"
+            );
+            assert!(inc_maps.contents.dangling().is_empty(), "step {step}");
+        }
+        // What the incremental path left is what a full reconcile wants: it writes nothing.
+        let report = sync(&mut inc, &mut inc_maps, &desired);
+        assert_eq!(report.writes, 0, "{:?}", inc_maps.log);
     }
 
     #[test]

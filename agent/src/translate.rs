@@ -102,12 +102,12 @@ pub fn translate(
     let mut diags = Vec::new();
 
     // Services first, so slices are only parsed (and diagnosed) for services we program.
-    let mut translated: BTreeMap<(String, String), Vec<PortFrontends>> = BTreeMap::new();
+    let mut translated: BTreeMap<(String, String), TranslatedService> = BTreeMap::new();
     for svc in services {
-        let Some((namespace, name, ports)) = translate_service(svc, node, &mut diags) else {
+        let Some(t) = translate_service(svc, node, &mut diags) else {
             continue;
         };
-        let key = (namespace, name);
+        let key = (t.namespace.clone(), t.name.clone());
         if translated.contains_key(&key) {
             diags.push(Diagnostic {
                 object: format!("Service {}/{}", key.0, key.1),
@@ -118,7 +118,7 @@ pub fn translate(
             });
             continue;
         }
-        translated.insert(key, ports);
+        translated.insert(key, t);
     }
 
     // kube-proxy groups slices by (namespace, kubernetes.io/service-name) in
@@ -137,28 +137,10 @@ pub fn translate(
     }
 
     let mut model = Model::default();
-    for ((namespace, name), ports) in translated {
-        let service_slices = slices_by_service
-            .get(&(namespace.clone(), name.clone()))
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        for port in ports {
-            let endpoints = endpoints_for(&port.name, port.proto, service_slices);
-            model.services.insert(
-                ServicePortName::new(&namespace, &name, &port.name),
-                ServicePort {
-                    proto: Some(port.proto),
-                    frontends: port.frontends,
-                    endpoints,
-                    external_local: port.external_local,
-                    internal_local: port.internal_local,
-                    source_ranges: port.source_ranges,
-                    affinity_timeout: port.affinity_timeout,
-                    maglev: port.maglev,
-                    health_check_node_port: port.health_check_node_port,
-                },
-            );
-        }
+    for (key, svc) in &translated {
+        let service_slices: Vec<&ParsedSlice> =
+            slices_by_service.get(key).into_iter().flatten().collect();
+        model.services.extend(service_ports(svc, &service_slices));
     }
 
     diags.sort();
@@ -166,7 +148,46 @@ pub fn translate(
     (model, diags)
 }
 
+/// A Service reduced to what the model needs: its valid ports with their frontends. What
+/// the service sync keeps per Service instead of the object (a few hundred bytes instead
+/// of kilobytes of metadata, managedFields and status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranslatedService {
+    pub namespace: String,
+    pub name: String,
+    ports: Vec<PortFrontends>,
+}
+
+/// The model entries of one translated Service, with endpoints from its parsed slices (the
+/// slices labelled with its name, in any order): the per-Service step of [`translate`], so
+/// a change to one Service or one of its slices recomputes only that Service.
+pub fn service_ports(
+    svc: &TranslatedService,
+    slices: &[&ParsedSlice],
+) -> Vec<(ServicePortName, ServicePort)> {
+    svc.ports
+        .iter()
+        .map(|port| {
+            (
+                ServicePortName::new(&svc.namespace, &svc.name, &port.name),
+                ServicePort {
+                    proto: Some(port.proto),
+                    frontends: port.frontends.clone(),
+                    endpoints: endpoints_for(&port.name, port.proto, slices),
+                    external_local: port.external_local,
+                    internal_local: port.internal_local,
+                    source_ranges: port.source_ranges.clone(),
+                    affinity_timeout: port.affinity_timeout,
+                    maglev: port.maglev,
+                    health_check_node_port: port.health_check_node_port,
+                },
+            )
+        })
+        .collect()
+}
+
 /// One valid service port with its frontends, before endpoints are attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct PortFrontends {
     name: String,
     proto: Protocol,
@@ -216,12 +237,13 @@ fn has_label(labels: Option<&BTreeMap<String, String>>, key: &str) -> bool {
     labels.is_some_and(|l| l.contains_key(key))
 }
 
-/// Service → its valid ports with frontends, or `None` when the Service is skipped.
-fn translate_service(
+/// Service → its valid ports with frontends, or `None` when the Service is skipped
+/// (diagnostics for the values it dropped go to `diags`).
+pub fn translate_service(
     svc: &Service,
     node: &NodeContext,
     diags: &mut Vec<Diagnostic>,
-) -> Option<(String, String, Vec<PortFrontends>)> {
+) -> Option<TranslatedService> {
     let meta = &svc.metadata;
     let object = object_name("Service", meta.namespace.as_deref(), meta.name.as_deref());
     let mut diag = |field: String, message: String| {
@@ -541,7 +563,11 @@ fn translate_service(
             health_check_node_port,
         });
     }
-    Some((namespace, name, ports))
+    Some(TranslatedService {
+        namespace,
+        name,
+        ports,
+    })
 }
 
 /// `newBaseServiceInfo`'s load-balancer VIP filter: ingress entries without an IP
@@ -637,7 +663,7 @@ fn parse_ip(s: &str) -> ParsedIp {
 /// `(namespace, service name)` a slice belongs to, or `None` for slices kube-proxy ignores:
 /// no `kubernetes.io/service-name` label (`endpointSliceCacheKeys`), or labelled as owned by
 /// another proxy or headless (the informer's label selector).
-fn slice_service_key(slice: &EndpointSlice) -> Option<(String, String)> {
+pub fn slice_service_key(slice: &EndpointSlice) -> Option<(String, String)> {
     let labels = slice.metadata.labels.as_ref()?;
     if labels.contains_key(LABEL_SERVICE_PROXY_NAME) || labels.contains_key(LABEL_HEADLESS) {
         return None;
@@ -647,8 +673,10 @@ fn slice_service_key(slice: &EndpointSlice) -> Option<(String, String)> {
     Some((namespace, service.clone()))
 }
 
-/// An EndpointSlice reduced to what the model needs.
-struct ParsedSlice {
+/// An EndpointSlice reduced to what the model needs (what the service sync keeps per
+/// slice instead of the object).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedSlice {
     /// `(port name, protocol, port number)`.
     ports: Vec<(String, Protocol, u16)>,
     endpoints: Vec<(Ipv4Addr, EndpointState, bool)>,
@@ -656,7 +684,7 @@ struct ParsedSlice {
 
 /// Parses an IPv4 slice; slices of other address types (IPv6, FQDN) yield `None` silently,
 /// as in kube-proxy's IPv4 proxier (its per-family slice cache drops them).
-fn parse_slice(
+pub fn parse_slice(
     slice: &EndpointSlice,
     node: &NodeContext,
     diags: &mut Vec<Diagnostic>,
@@ -776,7 +804,7 @@ fn is_local(ep: &K8sEndpoint, node: &NodeContext) -> bool {
 /// slices differ). One address:port appears once: active beats terminating, and among equals
 /// local beats remote (kube-proxy's `addEndpoints` favours local), so the result does not
 /// depend on slice order.
-fn endpoints_for(name: &str, proto: Protocol, slices: &[ParsedSlice]) -> Vec<Endpoint> {
+fn endpoints_for(name: &str, proto: Protocol, slices: &[&ParsedSlice]) -> Vec<Endpoint> {
     let mut best: BTreeMap<(Ipv4Addr, u16), (EndpointState, bool)> = BTreeMap::new();
     for slice in slices {
         let ports: BTreeSet<u16> = slice

@@ -187,6 +187,7 @@ fn services_written_to_the_api_are_programmed_and_survive_an_api_server_restart(
                     ..Default::default()
                 },
                 external_ip_cidrs: vec![],
+                ..Default::default()
             };
             let hooks = watch::Hooks {
                 on_sync: |_: &watch::Synced| {},

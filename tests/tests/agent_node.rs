@@ -712,6 +712,7 @@ fn healthz_health_check_node_ports_and_metrics_answer_over_http() {
                     ..Default::default()
                 },
                 external_ip_cidrs: vec![],
+                ..Default::default()
             };
             watch::run(
                 c,
@@ -726,7 +727,7 @@ fn healthz_health_check_node_ports_and_metrics_answer_over_http() {
                             s.duration,
                             s.report.errors.len(),
                             &s.programming_latencies,
-                            &s.service_ids,
+                            s.service_ids.as_deref(),
                         );
                         p2.updated();
                         let errors = hc.update(&s.health_checks);

@@ -46,6 +46,8 @@ struct Args {
     cni_iterations: usize,
     skip_cni: bool,
     skip_agent: bool,
+    /// The agent's consistency check (and full resync) period.
+    full_resync_secs: u64,
     out: PathBuf,
 }
 
@@ -57,6 +59,7 @@ fn parse_args() -> anyhow::Result<Args> {
         cni_iterations: 100,
         skip_cni: false,
         skip_agent: false,
+        full_resync_secs: 3600,
         out: PathBuf::from("bench-results/agent.json"),
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -72,6 +75,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--endpoints" => a.endpoints = value(i)?.parse()?,
             "--changes" => a.changes = value(i)?.parse()?,
             "--cni-iterations" => a.cni_iterations = value(i)?.parse()?,
+            "--full-resync-secs" => a.full_resync_secs = value(i)?.parse()?,
             "--out" => a.out = PathBuf::from(value(i)?),
             "--skip-cni" => {
                 a.skip_cni = true;
@@ -85,7 +89,8 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             other => bail!(
                 "unknown flag {other}: skiff-agent-bench [--services N] [--endpoints E] \
-                 [--changes K] [--cni-iterations C] [--skip-cni] [--skip-agent] [--out FILE]"
+                 [--changes K] [--cni-iterations C] [--full-resync-secs S] [--skip-cni] \
+                 [--skip-agent] [--out FILE]"
             ),
         }
         i += 2;
@@ -244,6 +249,25 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     body.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
 }
 
+/// The duration of a sync the agent reports as `synced N services, M slices in <Debug
+/// Duration> (full|K changed): ...`, and whether it was a full one.
+fn sync_duration(line: &str) -> Option<(Duration, bool)> {
+    let rest = line.strip_prefix("synced ")?;
+    let (_, rest) = rest.split_once(" in ")?;
+    let (d, rest) = rest.split_once(' ')?;
+    let full = rest.starts_with("(full)");
+    let (num, unit) = d.split_at(d.find(|c: char| !(c.is_ascii_digit() || c == '.'))?);
+    let v: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "s" => v,
+        "ms" => v / 1e3,
+        "µs" | "us" => v / 1e6,
+        "ns" => v / 1e9,
+        _ => return None,
+    };
+    Some((Duration::from_secs_f64(secs), full))
+}
+
 /// (le, cumulative count) of one histogram in Prometheus text.
 fn histogram(text: &str, name: &str) -> Vec<(f64, u64)> {
     let prefix = format!("{name}_bucket{{le=\"");
@@ -281,6 +305,15 @@ struct AgentReport {
     latency_p50_ms: f64,
     latency_p99_ms: f64,
     latency_max_ms: f64,
+    /// The agent's own sync time (translate + reconcile) for the changes' syncs.
+    syncs: usize,
+    sync_p50_ms: f64,
+    sync_p99_ms: f64,
+    sync_max_ms: f64,
+    /// Periodic full rebuilds + reconciles during the changes (`--full-resync-secs`).
+    full_resyncs: usize,
+    full_resync_p50_ms: f64,
+    full_resync_max_ms: f64,
     agent_histogram_p50_le_s: Option<f64>,
     agent_histogram_p99_le_s: Option<f64>,
     rss_after_sync_kb: u64,
@@ -355,7 +388,7 @@ fn agent_bench(a: &Args) -> anyhow::Result<AgentReport> {
                 "--interval-secs",
                 "1",
                 "--consistency-check-secs",
-                "3600",
+                &a.full_resync_secs.to_string(),
                 "--map-size-backends",
                 &backends.to_string(),
                 "--map-size-slots",
@@ -396,8 +429,17 @@ fn agent_bench(a: &Args) -> anyhow::Result<AgentReport> {
             }
         }
         let initial_sync_s = t.elapsed().as_secs_f64();
-        // Drain the agent's output from here on so it never blocks on a full pipe.
-        std::thread::spawn(move || while rx.recv().is_ok() {});
+        // Drain the agent's output from here on so it never blocks on a full pipe, and
+        // keep the duration of each sync it reports (the agent's translate + reconcile
+        // time per change, exact rather than a histogram bucket).
+        let (sync_tx, sync_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            while let Ok(line) = rx.recv() {
+                if let Some(d) = sync_duration(&line) {
+                    let _ = sync_tx.send(d);
+                }
+            }
+        });
         let rss_after_sync_kb = status_kb(agent_pid, "VmRSS:");
         eprintln!("initial sync {initial_sync_s:.1} s, VmRSS {rss_after_sync_kb} kB");
 
@@ -416,15 +458,12 @@ fn agent_bench(a: &Args) -> anyhow::Result<AgentReport> {
                 scope: 0,
             };
             let want = u32::from(fresh).to_be();
+            // The current version first: the clock starts at the write, not the read.
+            let cur = rt.block_on(slices.get(&format!("svc{i}-0")))?;
             let t = Instant::now();
             let mut s = slice(i, &addrs, Some(rfc3339_now()));
-            rt.block_on(async {
-                let cur = slices.get(&format!("svc{i}-0")).await?;
-                s.metadata.resource_version = cur.metadata.resource_version;
-                slices
-                    .replace(&format!("svc{i}-0"), &PostParams::default(), &s)
-                    .await
-            })?;
+            s.metadata.resource_version = cur.metadata.resource_version;
+            rt.block_on(slices.replace(&format!("svc{i}-0"), &PostParams::default(), &s))?;
             let deadline = t + Duration::from_secs(30);
             loop {
                 let seen = inspector
@@ -441,6 +480,18 @@ fn agent_bench(a: &Args) -> anyhow::Result<AgentReport> {
             }
         }
         lat.sort();
+        // Syncs of the change phase (the agent may coalesce two changes into one).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (mut syncs, mut full_syncs) = (Vec::new(), Vec::new());
+        while syncs.len() < a.changes {
+            match sync_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok((d, true)) => full_syncs.push(d),
+                Ok((d, false)) => syncs.push(d),
+                Err(_) => break,
+            }
+        }
+        syncs.sort();
+        full_syncs.sort();
         let rss_after_changes_kb = status_kb(agent_pid, "VmRSS:");
         let hwm_kb = status_kb(agent_pid, "VmHWM:");
         // The agent's histogram: its sync loop observes after applying, so wait for the
@@ -469,6 +520,13 @@ fn agent_bench(a: &Args) -> anyhow::Result<AgentReport> {
             latency_p50_ms: ms(quantile(&lat, 0.50)),
             latency_p99_ms: ms(quantile(&lat, 0.99)),
             latency_max_ms: ms(lat.last().copied().unwrap_or_default()),
+            syncs: syncs.len(),
+            full_resyncs: full_syncs.len(),
+            full_resync_p50_ms: ms(quantile(&full_syncs, 0.50)),
+            full_resync_max_ms: ms(full_syncs.last().copied().unwrap_or_default()),
+            sync_p50_ms: ms(quantile(&syncs, 0.50)),
+            sync_p99_ms: ms(quantile(&syncs, 0.99)),
+            sync_max_ms: ms(syncs.last().copied().unwrap_or_default()),
             agent_histogram_p50_le_s: histogram_quantile(&buckets, 0.50),
             agent_histogram_p99_le_s: histogram_quantile(&buckets, 0.99),
             rss_after_sync_kb,
@@ -572,13 +630,20 @@ fn main() -> anyhow::Result<()> {
     if !a.skip_agent {
         let r = agent_bench(&a)?;
         println!(
-            "| {} services / {} endpoints | {} changes | programming p50 {:.1} ms | p99 {:.1} ms | max {:.1} ms | agent histogram p50 ≤ {:?} s, p99 ≤ {:?} s | initial sync {:.1} s | VmRSS {:.1} MB after sync, {:.1} MB after changes, VmHWM {:.1} MB | preload {:.0} s |",
+            "| {} services / {} endpoints | {} changes | programming p50 {:.1} ms | p99 {:.1} ms | max {:.1} ms | agent sync ({} syncs) p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms | {} full resyncs p50 {:.1} ms, max {:.1} ms | agent histogram p50 ≤ {:?} s, p99 ≤ {:?} s | initial sync {:.1} s | VmRSS {:.1} MB after sync, {:.1} MB after changes, VmHWM {:.1} MB | preload {:.0} s |",
             r.services,
             r.endpoints,
             r.changes,
             r.latency_p50_ms,
             r.latency_p99_ms,
             r.latency_max_ms,
+            r.syncs,
+            r.sync_p50_ms,
+            r.sync_p99_ms,
+            r.sync_max_ms,
+            r.full_resyncs,
+            r.full_resync_p50_ms,
+            r.full_resync_max_ms,
             r.agent_histogram_p50_le_s,
             r.agent_histogram_p99_le_s,
             r.initial_sync_s,
