@@ -98,6 +98,13 @@ impl Options {
     }
 }
 
+impl Node {
+    /// Its `skiff-agent` process, while it runs.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
+    }
+}
+
 /// One simulated node.
 pub struct Node {
     /// The Node's name (`node-<i>`).
@@ -293,6 +300,11 @@ impl Cluster {
 
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
+    }
+
+    /// The `skiff-controlplane` process (e.g. to read its memory use).
+    pub fn controlplane_pid(&self) -> Option<u32> {
+        self.controlplane.as_ref().map(Child::id)
     }
 
     /// The cluster's state directory (logs, data).
