@@ -17,7 +17,7 @@ use std::{
     collections::HashMap,
     io::{BufReader, Write as _},
     path::PathBuf,
-    process::{Command, Stdio},
+    process::Stdio,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -144,8 +144,8 @@ fn pod_startup(c: &Cluster, pods: usize) -> anyhow::Result<Startup> {
     let reader = {
         let seen = seen.clone();
         std::thread::spawn(move || {
-            let events = serde_json::Deserializer::from_reader(BufReader::new(stdout))
-                .into_iter::<Value>();
+            let events =
+                serde_json::Deserializer::from_reader(BufReader::new(stdout)).into_iter::<Value>();
             for ev in events.flatten() {
                 let now = Instant::now();
                 let pod = &ev["object"];
@@ -162,7 +162,11 @@ fn pod_startup(c: &Cluster, pods: usize) -> anyhow::Result<Startup> {
     };
     let result = (|| {
         // The watch is live once it reports the marker pod.
-        kubectl(c, &["apply", "-f", "-"], Some(&pod_yaml("marker", "marker")))?;
+        kubectl(
+            c,
+            &["apply", "-f", "-"],
+            Some(&pod_yaml("marker", "marker")),
+        )?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while !seen.lock().unwrap().added.contains_key("marker") {
             if Instant::now() > deadline {
@@ -182,7 +186,10 @@ fn pod_startup(c: &Cluster, pods: usize) -> anyhow::Result<Startup> {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("{ready} of {pods} pods Ready after 300 s:\n{}", c.logs_tail(20));
+                bail!(
+                    "{ready} of {pods} pods Ready after 300 s:\n{}",
+                    c.logs_tail(20)
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
