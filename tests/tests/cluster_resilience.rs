@@ -352,6 +352,7 @@ fn node_index(node: &str) -> usize {
 
 #[test]
 fn liveness_restarts_local_traffic_policy_keeps_the_client_address_and_affinity_sticks() {
+    let began = Instant::now();
     let t = T::start("ra", 2, &[]);
     let ext = skiff_cluster::EXTERNAL_IP;
     let (n1, n2) = (t.c.nodes()[0].ip, t.c.nodes()[1].ip);
@@ -579,6 +580,7 @@ fn liveness_restarts_local_traffic_policy_keeps_the_client_address_and_affinity_
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    eprintln!("liveness/eTP=Local/affinity test: {:.1?}", began.elapsed());
 }
 
 /// One request of a load client: when it started, and whom it reached (or why not).
@@ -591,6 +593,7 @@ struct Sample {
 
 #[test]
 fn a_lost_node_fails_only_the_flows_pinned_to_it_until_its_endpoints_go() {
+    let began = Instant::now();
     // Node loss noticed within seconds: 1 s Lease renewals, 6 s grace, 15 s eviction (long
     // enough to see the pods Ready=False before they are evicted, on a busy machine too).
     let mut t = T::start(
@@ -908,4 +911,5 @@ fn a_lost_node_fails_only_the_flows_pinned_to_it_until_its_endpoints_go() {
         "node loss: last failed request started at +{:.1?}",
         last_failure.saturating_duration_since(killed)
     );
+    eprintln!("node loss test: {:.1?}", began.elapsed());
 }
