@@ -107,6 +107,8 @@ fn deployment_yaml(pods: usize) -> String {
 struct Seen {
     /// Pod name → when the watch first saw it, and first saw it Ready.
     added: HashMap<String, Instant>,
+    /// First seen with `spec.nodeName` (bound by the scheduler).
+    bound: HashMap<String, Instant>,
     ready: HashMap<String, Instant>,
 }
 
@@ -119,7 +121,10 @@ fn is_ready(p: &Value) -> bool {
 }
 
 struct Startup {
+    /// Created → Ready, and its two parts: created → bound, bound → Ready (sorted each).
     per_pod: Vec<Duration>,
+    to_bound: Vec<Duration>,
+    bound_to_ready: Vec<Duration>,
     all_ready: Duration,
 }
 
@@ -154,6 +159,9 @@ fn pod_startup(c: &Cluster, pods: usize) -> anyhow::Result<Startup> {
                 };
                 let mut s = seen.lock().unwrap();
                 s.added.entry(name.to_owned()).or_insert(now);
+                if pod["spec"]["nodeName"].is_string() {
+                    s.bound.entry(name.to_owned()).or_insert(now);
+                }
                 if is_ready(pod) {
                     s.ready.entry(name.to_owned()).or_insert(now);
                 }
@@ -195,14 +203,30 @@ fn pod_startup(c: &Cluster, pods: usize) -> anyhow::Result<Startup> {
         }
         let all_ready = t0.elapsed();
         let s = seen.lock().unwrap();
-        let mut per_pod: Vec<Duration> = s
+        let pods: Vec<&String> = s
             .ready
-            .iter()
-            .filter(|(k, _)| k.starts_with("startup-"))
-            .map(|(k, r)| r.saturating_duration_since(s.added[k]))
+            .keys()
+            .filter(|k| k.starts_with("startup-"))
             .collect();
-        per_pod.sort();
-        Ok(Startup { per_pod, all_ready })
+        let span = |from: &HashMap<String, Instant>, to: &HashMap<String, Instant>| {
+            let mut v: Vec<Duration> = pods
+                .iter()
+                .map(|k| {
+                    let end = to.get(*k).or(s.ready.get(*k)).copied().unwrap();
+                    end.saturating_duration_since(
+                        from.get(*k).or(s.added.get(*k)).copied().unwrap(),
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        Ok(Startup {
+            per_pod: span(&s.added, &s.ready),
+            to_bound: span(&s.added, &s.bound),
+            bound_to_ready: span(&s.bound, &s.ready),
+            all_ready,
+        })
     })();
     let _ = child.kill();
     let _ = child.wait();
@@ -252,6 +276,12 @@ fn main() -> anyhow::Result<()> {
         "pod startup, {} pods on 1 node: per pod p50 {:.0?} p99 {:.0?} max {:.0?}; Deployment created → all Ready {:.2?}",
         args.pods, p50, p99, max, s.all_ready
     );
+    let pct = |v: &[Duration]| (percentile(v, 50.0), percentile(v, 99.0));
+    let (b50, b99) = pct(&s.to_bound);
+    let (r50, r99) = pct(&s.bound_to_ready);
+    println!(
+        "  of which created → bound (scheduler) p50 {b50:.0?} p99 {b99:.0?}; bound → Ready (agent) p50 {r50:.0?} p99 {r99:.0?}"
+    );
     let (cp_busy, agent_busy) = memory(&c)?;
     println!(
         "memory with {} pods running: skiff-controlplane {:.1} MiB + skiff-agent {:.1} MiB = {:.1} MiB (VmRSS)",
@@ -272,6 +302,8 @@ fn main() -> anyhow::Result<()> {
                 "pods": args.pods,
                 "p50_ms": ms(p50), "p99_ms": ms(p99), "max_ms": ms(max),
                 "all_ready_ms": ms(s.all_ready),
+                "created_to_bound_p50_ms": ms(b50), "created_to_bound_p99_ms": ms(b99),
+                "bound_to_ready_p50_ms": ms(r50), "bound_to_ready_p99_ms": ms(r99),
             },
             "rss_kib_with_pods": {"controlplane": cp_busy, "agent": agent_busy},
             "loadavg_before": load.trim(),
