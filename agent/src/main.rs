@@ -517,6 +517,20 @@ fn main() -> anyhow::Result<()> {
                 dp.attach_tc_ingress(interface)?;
                 println!("attached tc ingress to {interface}");
             }
+            // cluster: externalTrafficPolicy=Local on tc (issue 8)
+            // Traffic arriving on a node-facing tc interface (not the pod bridge, not the
+            // VXLAN overlay) comes from outside this node, so externalTrafficPolicy=Local
+            // applies to it, as on --xdp-interface: without this, a node with only tc
+            // forwarded eTP=Local traffic to other nodes' endpoints (masqueraded) instead of
+            // dropping it (kube-proxy's rule), and lost the client's address.
+            for interface in interfaces
+                .iter()
+                .filter(|i| **i != node.bridge && i.as_str() != skiff_agent::netsetup::VXLAN_DEVICE)
+            {
+                dp.set_external_interface(interface)?;
+                println!("{interface} is node-facing: externalTrafficPolicy=Local applies to traffic arriving on it");
+            }
+            // end cluster
             for interface in &egress_interfaces {
                 dp.attach_tc_egress(interface)?;
                 println!("attached tc egress to {interface}");

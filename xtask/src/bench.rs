@@ -26,8 +26,13 @@ pub fn run(what: &str, quick: bool) -> anyhow::Result<()> {
         return agent(quick);
     }
     // end agent bench
+    // cluster bench (issue 8)
+    if what == "cluster" {
+        return cluster(quick);
+    }
+    // end cluster bench
     if what != "datapath" {
-        bail!("unknown benchmark `{what}`: available: datapath, controlplane, apiserver, agent");
+        bail!("unknown benchmark `{what}`: available: datapath, controlplane, apiserver, agent, cluster");
     }
     if !is_root() {
         bail!("benchmarks need root: they create network namespaces and load eBPF programs");
@@ -192,3 +197,45 @@ fn agent(quick: bool) -> anyhow::Result<()> {
     cmd::run(&mut c)
 }
 // end agent bench
+
+// cluster bench (issue 8)
+/// The whole cluster (skiff-cluster, release binaries): `up` cold start of a 1-node
+/// cluster to node Ready, idle memory of skiff-controlplane + skiff-agent, and pod startup
+/// latency of a 100-pod Deployment (--quick: 20 pods, 1 cold start). Needs root.
+fn cluster(quick: bool) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("the cluster benchmark needs root: it creates network namespaces, cgroups and eBPF programs");
+    }
+    setup::ensure()?;
+    cmd::run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "skiff-controlplane",
+        "-p",
+        "skiff-agent",
+        "-p",
+        "skiff-cni",
+        "-p",
+        "skiff-cluster",
+        "--bin",
+        "skiff-controlplane",
+        "--bin",
+        "skiff-agent",
+        "--bin",
+        "skiff-cni",
+        "--bin",
+        "skiff-cluster-bench",
+    ]))?;
+    let release = workspace_root().join("target/release");
+    let mut c = Command::new(release.join("skiff-cluster-bench"));
+    c.arg("--bin-dir")
+        .arg(&release)
+        .arg("--out")
+        .arg(workspace_root().join("bench-results/cluster.json"));
+    if quick {
+        c.args(["--pods", "20", "--starts", "1"]);
+    }
+    cmd::run(&mut c)
+}
+// end cluster bench

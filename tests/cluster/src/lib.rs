@@ -98,6 +98,13 @@ impl Options {
     }
 }
 
+impl Node {
+    /// Its `skiff-agent` process, while it runs.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
+    }
+}
+
 /// One simulated node.
 pub struct Node {
     /// The Node's name (`node-<i>`).
@@ -295,6 +302,11 @@ impl Cluster {
         &self.nodes
     }
 
+    /// The `skiff-controlplane` process (e.g. to read its memory use).
+    pub fn controlplane_pid(&self) -> Option<u32> {
+        self.controlplane.as_ref().map(Child::id)
+    }
+
     /// The cluster's state directory (logs, data).
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -441,11 +453,18 @@ impl Cluster {
             "skiff-controlplane",
             &log,
         )?;
+        // The listener may be up a moment before the files are written (seen with two
+        // clusters starting at once on a loaded machine): poll for them.
         for f in ["admin.kubeconfig", "pki/join.token"] {
-            if !data.join(f).exists() {
+            let path = data.join(f);
+            let written = sys::poll(Duration::from_secs(10), Duration::from_millis(20), || {
+                path.exists().then_some(())
+            });
+            if written.is_none() {
                 bail!(
-                    "skiff-controlplane serves but wrote no {}",
-                    data.join(f).display()
+                    "skiff-controlplane serves but wrote no {} within 10 s:\n{}",
+                    path.display(),
+                    tail(&log, 20)
                 );
             }
         }
