@@ -22,7 +22,6 @@ use serde_json::Value;
 use skiff_cluster::{Cluster, Options};
 use skiff_tests::{apiserver::sibling_binary, privilege::require_privileges};
 
-const KUBECTL: &str = "/usr/bin/kubectl";
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
@@ -34,47 +33,20 @@ struct T {
 
 impl T {
     fn kubectl(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(KUBECTL)
-            .env("KUBECONFIG", self.c.kubeconfig())
-            .args(args)
-            .output()
-            .map_err(|e| format!("running kubectl: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "kubectl {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
+        self.c.kubectl_run(args)
     }
 
     fn json(&self, args: &[&str]) -> Result<Value, String> {
-        let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
-        serde_json::from_str(&self.kubectl(&a)?).map_err(|e| e.to_string())
+        self.c.kubectl_json(args)
     }
 
-    /// Polls `f` every 100 ms until it returns `Ok`, panicking with the last error and the
-    /// cluster's logs after `timeout`.
     fn eventually<R>(
         &self,
         what: &str,
         timeout: Duration,
-        mut f: impl FnMut() -> Result<R, String>,
+        f: impl FnMut() -> Result<R, String>,
     ) -> R {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match f() {
-                Ok(v) => return v,
-                Err(e) if Instant::now() > deadline => panic!(
-                    "timed out after {timeout:?} waiting for {what}; last: {e}\n{}",
-                    self.c.logs_tail(25)
-                ),
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
+        self.c.eventually(what, timeout, f)
     }
 
     /// The Ready pods with label `app`: (name, uid, node, IP).

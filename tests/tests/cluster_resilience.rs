@@ -159,23 +159,6 @@ impl T {
         T { c }
     }
 
-    fn kubectl(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(KUBECTL)
-            .env("KUBECONFIG", self.c.kubeconfig())
-            .args(args)
-            .output()
-            .map_err(|e| format!("running kubectl: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "kubectl {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    }
-
     fn apply(&self, yaml: &str) {
         let mut child = Command::new(KUBECTL)
             .env("KUBECONFIG", self.c.kubeconfig())
@@ -200,30 +183,16 @@ impl T {
     }
 
     fn json(&self, args: &[&str]) -> Result<Value, String> {
-        let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
-        serde_json::from_str(&self.kubectl(&a)?).map_err(|e| e.to_string())
+        self.c.kubectl_json(args)
     }
 
-    /// Polls `f` every 100 ms until it returns `Ok`, panicking with the last error and the
-    /// cluster's logs after `timeout`.
     fn eventually<R>(
         &self,
         what: &str,
         timeout: Duration,
-        mut f: impl FnMut() -> Result<R, String>,
+        f: impl FnMut() -> Result<R, String>,
     ) -> R {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match f() {
-                Ok(v) => return v,
-                Err(e) if Instant::now() > deadline => panic!(
-                    "timed out after {timeout:?} waiting for {what}; last: {e}\n{}",
-                    self.c.logs_tail(25)
-                ),
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
+        self.c.eventually(what, timeout, f)
     }
 
     fn pods(&self, app: &str) -> Result<Vec<Value>, String> {

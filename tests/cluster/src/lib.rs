@@ -329,6 +329,53 @@ impl Cluster {
         c
     }
 
+    /// `kubectl <args>` with this cluster's kubeconfig: its standard output, or an error
+    /// naming the command and quoting kubectl's standard error.
+    pub fn kubectl_run(&self, args: &[&str]) -> Result<String, String> {
+        let out = self
+            .kubectl()
+            .args(args)
+            .output()
+            .map_err(|e| format!("running kubectl: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// `kubectl <args> -o json`, parsed.
+    pub fn kubectl_json(&self, args: &[&str]) -> Result<serde_json::Value, String> {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.kubectl_run(&a)?).map_err(|e| e.to_string())
+    }
+
+    /// Polls `f` every 100 ms until it returns `Ok`, panicking with the last error and the
+    /// cluster's logs after `timeout`.
+    pub fn eventually<R>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> Result<R, String>,
+    ) -> R {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match f() {
+                Ok(v) => return v,
+                Err(e) if Instant::now() > deadline => panic!(
+                    "timed out after {timeout:?} waiting for {what}; last: {e}\n{}",
+                    self.logs_tail(25)
+                ),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
     fn network(&mut self) -> anyhow::Result<()> {
         let net = net_ns(&self.name);
         sys::ip(&["netns", "add", &net])?;
