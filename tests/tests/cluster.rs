@@ -22,7 +22,6 @@ use serde_json::Value;
 use skiff_cluster::{Cluster, Options};
 use skiff_tests::{apiserver::sibling_binary, privilege::require_privileges};
 
-
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
 }
