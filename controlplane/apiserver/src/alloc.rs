@@ -6,8 +6,11 @@
 //! value: the holding Service's namespace, name and uid). That is KEP-1880's object-per-IP
 //! model rather than the legacy bitmap: two API servers on one etcd, or two concurrent
 //! creates on one server, can never hand out the same value, because only one `create` of
-//! a key succeeds. A reservation whose holder is gone or no longer uses the value (a crash
-//! between reserving and writing the Service) is taken over, and the repair pass
+//! a key succeeds. A create writes its Service and the reservations of the free values it
+//! picked in one atomic store write ([`Allocator::create_with`]), so a Service create costs
+//! one commit, not one more per value. A reservation whose holder is gone or no longer
+//! uses the value (an update that reserved a value and then failed to write, or a crash in
+//! between) is taken over, and the repair pass
 //! ([`Allocator::repair`], at startup and every 3 minutes like upstream's repair
 //! controllers) re-creates missing reservations, removes leaked ones and reports
 //! duplicates.
@@ -223,12 +226,29 @@ fn str_at<'a>(v: &'a Value, p: &str) -> &'a str {
     v.pointer(p).and_then(Value::as_str).unwrap_or("")
 }
 
-/// Keys one request reserved; [`Allocator::release`] them if the write that needed them
-/// fails, so a rejected request leaves nothing behind.
+/// What one request reserved. `keys` are written already (take-overs of leaked
+/// reservations, and every value an update adds): [`Allocator::release`] them if the write
+/// that needed them fails, so a rejected request leaves nothing behind. `deferred` are
+/// values found free that a create writes together with its Service, in one atomic store
+/// write ([`Allocator::create_with`]): one commit per Service create instead of one more
+/// per allocated value, and no reservation without its Service after a crash.
 #[derive(Debug, Default)]
-#[must_use = "release the keys if the Service write fails"]
+#[must_use = "write the deferred keys with the Service, or release the keys if its write fails"]
 pub struct Reservation {
     pub keys: Vec<String>,
+    pub deferred: Vec<(String, Bytes)>,
+    /// Whether free values are deferred (creates) or written at once (updates).
+    defer: bool,
+}
+
+/// Why [`Allocator::create_with`] failed; what it reserved has been released either way.
+#[derive(Debug)]
+pub enum CreateFailed {
+    /// Another create took one of the deferred values first: allocate again.
+    Raced {
+        key: String,
+    },
+    Store(StoreError),
 }
 
 /// What a repair pass found and fixed.
@@ -326,12 +346,19 @@ impl Allocator {
             && Held::of(&svc).keys().contains(key))
     }
 
-    /// Reserves `key` for `holder`: created if absent, taken over if its holder is gone or
-    /// no longer uses it. `Ok(false)`: a live Service holds it. With `dry`, only checks.
-    async fn reserve(&self, key: &str, holder: &Value, dry: bool) -> Result<bool, StoreError> {
-        let reserved = self.reserve_inner(key, holder, dry).await?;
-        // Reserved here, or held by someone else: either way taken (a dry run reserves
-        // nothing).
+    /// Reserves `key` for `holder` into `res`: created if absent (or, for a create,
+    /// deferred to the Service's write), taken over if its holder is gone or no longer
+    /// uses it. `Ok(false)`: a live Service holds it. With `dry`, only checks.
+    async fn reserve(
+        &self,
+        key: &str,
+        holder: &Value,
+        dry: bool,
+        res: &mut Reservation,
+    ) -> Result<bool, StoreError> {
+        let reserved = self.reserve_inner(key, holder, dry, res).await?;
+        // Reserved here (or deferred: then concurrent creates on this server skip it), or
+        // held by someone else: either way taken (a dry run reserves nothing).
         if !reserved || !dry {
             self.note_taken(key);
         }
@@ -343,14 +370,25 @@ impl Allocator {
         key: &str,
         holder: &Value,
         dry: bool,
+        res: &mut Reservation,
     ) -> Result<bool, StoreError> {
         let bytes = Bytes::from(serde_json::to_vec(holder).unwrap_or_default());
+        let written = |res: &mut Reservation| -> Result<bool, StoreError> {
+            if !dry {
+                res.keys.push(key.to_string());
+            }
+            Ok(true)
+        };
         for _ in 0..4 {
             let existing = self.store.get(key).await?;
             match existing {
                 None if dry => return Ok(true),
+                None if res.defer => {
+                    res.deferred.push((key.to_string(), bytes));
+                    return Ok(true);
+                }
                 None => match self.store.create(key, bytes.clone()).await {
-                    Ok(_) => return Ok(true),
+                    Ok(_) => return written(res),
                     Err(StoreError::AlreadyExists { .. }) => continue,
                     Err(e) => return Err(e),
                 },
@@ -359,7 +397,7 @@ impl Allocator {
                     if str_at(&cur, "/uid") == str_at(holder, "/uid")
                         && !str_at(holder, "/uid").is_empty()
                     {
-                        return Ok(true);
+                        return written(res);
                     }
                     if !past_grace(&cur) || self.holder_uses(&cur, key).await? {
                         return Ok(false);
@@ -377,7 +415,7 @@ impl Allocator {
                         .update(key, bytes.clone(), Some(kv.mod_revision))
                         .await
                     {
-                        Ok(_) => return Ok(true),
+                        Ok(_) => return written(res),
                         Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound { .. }) => {
                             continue
                         }
@@ -412,10 +450,11 @@ impl Allocator {
                 if ip == kubernetes || self.hinted_taken(&key) {
                     continue;
                 }
-                if self.reserve(&key, holder, dry).await.map_err(internal)? {
-                    if !dry {
-                        res.keys.push(key);
-                    }
+                if self
+                    .reserve(&key, holder, dry, res)
+                    .await
+                    .map_err(internal)?
+                {
                     return Ok(ip);
                 }
             }
@@ -445,10 +484,11 @@ impl Allocator {
                 if taken_here.contains(&port) || self.hinted_taken(&key) {
                     continue;
                 }
-                if self.reserve(&key, holder, dry).await.map_err(internal)? {
-                    if !dry {
-                        res.keys.push(key);
-                    }
+                if self
+                    .reserve(&key, holder, dry, res)
+                    .await
+                    .map_err(internal)?
+                {
                     return Ok(port);
                 }
             }
@@ -481,16 +521,17 @@ impl Allocator {
             ));
         }
         let key = format!("{PORT_PREFIX}{port}");
-        if !self.reserve(&key, holder, dry).await.map_err(internal)? {
+        if !self
+            .reserve(&key, holder, dry, res)
+            .await
+            .map_err(internal)?
+        {
             return Err(invalid(
                 name,
                 field,
                 json!(port),
                 "provided port is already allocated",
             ));
-        }
-        if !dry {
-            res.keys.push(key);
         }
         Ok(())
     }
@@ -503,12 +544,59 @@ impl Allocator {
         svc: &mut Value,
         dry: bool,
     ) -> Result<Reservation, StatusError> {
-        let mut res = Reservation::default();
+        let mut res = Reservation {
+            defer: old.is_none(),
+            ..Reservation::default()
+        };
         match self.fill_inner(old, svc, dry, &mut res).await {
             Ok(()) => Ok(res),
             Err(e) => {
-                self.release(std::mem::take(&mut res.keys)).await;
+                self.abandon(res, None).await;
                 Err(e)
+            }
+        }
+    }
+
+    /// Gives up what `res` reserved: releases the written keys, forgets the deferred ones
+    /// (except `taken`, which another create holds).
+    async fn abandon(&self, res: Reservation, taken: Option<&str>) {
+        for (key, _) in &res.deferred {
+            if Some(key.as_str()) != taken {
+                self.note_free(key);
+            }
+        }
+        self.release(res.keys).await;
+    }
+
+    /// Creates the Service `value` at `key` together with the reservations `res` deferred,
+    /// in one atomic store write. On failure everything `res` reserved is released;
+    /// [`CreateFailed::Raced`] means another create took a deferred value between the
+    /// check and this write, so the caller allocates again (the hint now knows it taken).
+    pub async fn create_with(
+        &self,
+        res: Reservation,
+        key: &str,
+        value: Bytes,
+    ) -> Result<skiff_store::Revision, CreateFailed> {
+        let written = if res.deferred.is_empty() {
+            self.store.create(key, value).await
+        } else {
+            // The Service first: on etcd the whole write is one revision, and the watch
+            // cache must have applied the Service once its revision shows as reached.
+            let writes = std::iter::once((key.to_string(), value))
+                .chain(res.deferred.iter().cloned())
+                .collect();
+            self.store.create_all(writes).await.map(|revs| revs[0])
+        };
+        match written {
+            Ok(rev) => Ok(rev),
+            Err(StoreError::AlreadyExists { key: taken }) if taken != key => {
+                self.abandon(res, Some(&taken)).await;
+                Err(CreateFailed::Raced { key: taken })
+            }
+            Err(e) => {
+                self.abandon(res, None).await;
+                Err(CreateFailed::Store(e))
             }
         }
     }
@@ -560,7 +648,11 @@ impl Allocator {
                             ),
                         ));
                     }
-                    if !self.reserve(&key, &holder, dry).await.map_err(internal)? {
+                    if !self
+                        .reserve(&key, &holder, dry, res)
+                        .await
+                        .map_err(internal)?
+                    {
                         return Err(invalid(
                             &name,
                             "spec.clusterIPs",
@@ -569,9 +661,6 @@ impl Allocator {
                                 "failed to allocate IP {requested}: provided IP is already allocated"
                             ),
                         ));
-                    }
-                    if !dry {
-                        res.keys.push(key);
                     }
                 }
                 parsed
@@ -657,7 +746,9 @@ impl Allocator {
     }
 
     /// A Service being created: fills `spec.clusterIP(s)`, node ports and
-    /// healthCheckNodePort and reserves them (nothing is written with `dry`).
+    /// healthCheckNodePort and reserves them: values found free are deferred to
+    /// [`Allocator::create_with`], which writes them with the Service (nothing is written
+    /// with `dry`).
     pub async fn on_create(&self, svc: &mut Value, dry: bool) -> Result<Reservation, StatusError> {
         self.fill(None, svc, dry).await
     }
@@ -840,6 +931,23 @@ mod tests {
             .unwrap();
     }
 
+    /// Creates the Service as the API does: allocates, then writes it together with its
+    /// deferred reservations, allocating again when a concurrent create won a value.
+    async fn create(a: &Allocator, v: &mut Value) -> Result<(), StatusError> {
+        let unallocated = v.clone();
+        for _ in 0..8 {
+            let r = a.on_create(v, false).await?;
+            let key = format!("/registry/services/default/{}", str_at(v, "/metadata/name"));
+            let bytes = Bytes::from(serde_json::to_vec(v).unwrap());
+            match a.create_with(r, &key, bytes).await {
+                Ok(_) => return Ok(()),
+                Err(CreateFailed::Raced { .. }) => *v = unallocated.clone(),
+                Err(CreateFailed::Store(e)) => panic!("writing {key}: {e}"),
+            }
+        }
+        panic!("lost 8 allocation races in a row")
+    }
+
     fn alloc(store: &Arc<dyn Store>, cidr: &str) -> Allocator {
         Allocator::new(
             store.clone(),
@@ -879,7 +987,12 @@ mod tests {
         for i in 0..253 {
             let mut s = svc(&format!("s{i}"), json!({"type": "ClusterIP"}));
             let r = a.on_create(&mut s, false).await.unwrap();
-            assert_eq!(r.keys.len(), 1);
+            // Free: deferred to the Service's own write, nothing written yet.
+            assert!(r.keys.is_empty());
+            assert_eq!(r.deferred.len(), 1);
+            let key = format!("/registry/services/default/s{i}");
+            let bytes = Bytes::from(serde_json::to_vec(&s).unwrap());
+            a.create_with(r, &key, bytes).await.unwrap();
             let ip: Ipv4Addr = str_at(&s, "/spec/clusterIP").parse().unwrap();
             let last = ip.octets()[3];
             assert!(last != 0 && last != 255 && last != 1, "{ip}");
@@ -887,33 +1000,105 @@ mod tests {
                 assert!(last >= 16, "allocation {i} took {ip} from the static band");
             }
             assert!(seen.insert(ip), "{ip} handed out twice");
-            commit(&store, &s).await;
+            assert!(store
+                .get(&format!("{IP_PREFIX}{ip}"))
+                .await
+                .unwrap()
+                .is_some());
         }
         let mut s = svc("full", json!({"type": "ClusterIP"}));
         let e = a.on_create(&mut s, false).await.unwrap_err();
         assert!(e.message().contains("range is full"), "{e:?}");
     }
 
-    #[tokio::test]
+    /// Racing creates, on one server and on two sharing the store: every Service gets an
+    /// address of its own, each address has exactly the reservation of its Service, and
+    /// the range is used up exactly.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_creates_never_share_an_ip() {
         let (_d, store) = store().await;
-        let a = Arc::new(alloc(&store, "10.96.0.0/27"));
+        let servers = [
+            Arc::new(alloc(&store, "10.96.0.0/27")),
+            Arc::new(alloc(&store, "10.96.0.0/27")),
+        ];
         // 32 - network - broadcast - kubernetes = 29 addresses for 29 racing creates.
         let tasks: Vec<_> = (0..29)
             .map(|i| {
-                let a = a.clone();
+                let a = servers[i % 2].clone();
                 tokio::spawn(async move {
                     let mut s = svc(&format!("c{i}"), json!({}));
-                    a.on_create(&mut s, false).await.map(|_| s)
+                    create(&a, &mut s).await.map(|_| s)
                 })
             })
             .collect();
         let mut ips = HashSet::new();
         for t in tasks {
             let s = t.await.unwrap().expect("every create gets an address");
-            assert!(ips.insert(str_at(&s, "/spec/clusterIP").to_string()));
+            let ip = str_at(&s, "/spec/clusterIP").to_string();
+            let kv = store.get(&format!("{IP_PREFIX}{ip}")).await.unwrap();
+            let holder: Value = serde_json::from_slice(&kv.expect("reserved").value).unwrap();
+            assert_eq!(str_at(&holder, "/uid"), str_at(&s, "/metadata/uid"));
+            assert!(ips.insert(ip), "{s} shares its address");
         }
         assert_eq!(ips.len(), 29);
+        let mut full = svc("full", json!({}));
+        let e = create(&servers[0], &mut full).await.unwrap_err();
+        assert!(e.message().contains("range is full"), "{e:?}");
+        let r = servers[1].repair().await.unwrap();
+        assert_eq!(r, RepairReport::default(), "nothing to repair");
+    }
+
+    /// The Service and every value it allocates are one store commit (they were one
+    /// commit per value plus one for the Service: the Service create latency of #5).
+    #[tokio::test]
+    async fn a_service_create_is_one_store_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let redb =
+            skiff_store::RedbStore::open(dir.path().join("s.redb"), Default::default()).unwrap();
+        let store: Arc<dyn Store> = Arc::new(redb.clone());
+        let a = alloc(&store, "10.43.0.0/16");
+        let mut lb = svc(
+            "lb",
+            json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                   "ports": [{"port": 80}, {"port": 443}]}),
+        );
+        let before = redb.write_commits();
+        create(&a, &mut lb).await.unwrap();
+        assert_eq!(redb.write_commits() - before, 1);
+        let held = Held::of(&lb);
+        assert_eq!(
+            held.ports.len(),
+            3,
+            "two node ports and the health check port"
+        );
+        for key in held.keys() {
+            let kv = store.get(&key).await.unwrap();
+            let holder: Value = serde_json::from_slice(&kv.expect(&key).value).unwrap();
+            assert_eq!(str_at(&holder, "/name"), "lb");
+        }
+    }
+
+    /// A create that fails after allocating (its Service name is taken) leaves no
+    /// reservation behind, and the value is free for the next create.
+    #[tokio::test]
+    async fn a_failed_create_leaves_no_reservation() {
+        let (_d, store) = store().await;
+        let a = alloc(&store, "10.96.0.0/29");
+        let mut first = svc("same", json!({"clusterIP": "10.96.0.3"}));
+        create(&a, &mut first).await.unwrap();
+        let mut again = svc("same", json!({"clusterIP": "10.96.0.4"}));
+        let r = a.on_create(&mut again, false).await.unwrap();
+        let key = "/registry/services/default/same";
+        let bytes = Bytes::from(serde_json::to_vec(&again).unwrap());
+        match a.create_with(r, key, bytes).await {
+            Err(CreateFailed::Store(StoreError::AlreadyExists { key: k })) => assert_eq!(k, key),
+            other => panic!("expected the Service's AlreadyExists, got {other:?}"),
+        }
+        let ip4 = format!("{IP_PREFIX}10.96.0.4");
+        assert!(store.get(&ip4).await.unwrap().is_none());
+        let mut other = svc("other", json!({"clusterIP": "10.96.0.4"}));
+        create(&a, &mut other).await.unwrap();
+        assert!(store.get(&ip4).await.unwrap().is_some());
     }
 
     #[tokio::test]
@@ -921,8 +1106,7 @@ mod tests {
         let (_d, store) = store().await;
         let a = alloc(&store, "10.43.0.0/16");
         let mut s = svc("a", json!({"clusterIP": "10.43.0.10"}));
-        let _ = a.on_create(&mut s, false).await.unwrap();
-        commit(&store, &s).await;
+        create(&a, &mut s).await.unwrap();
         let mut dup = svc("b", json!({"clusterIP": "10.43.0.10"}));
         let e = a.on_create(&mut dup, false).await.unwrap_err();
         assert_eq!(e.code, 422);
@@ -948,7 +1132,7 @@ mod tests {
         // Dry run reserves nothing.
         let mut dry = svc("e", json!({"clusterIP": "10.43.0.11"}));
         let r = a.on_create(&mut dry, true).await.unwrap();
-        assert!(r.keys.is_empty());
+        assert!(r.keys.is_empty() && r.deferred.is_empty());
         assert!(store
             .get(&format!("{IP_PREFIX}10.43.0.11"))
             .await
@@ -976,10 +1160,16 @@ mod tests {
         let mut s = svc("real", json!({"clusterIP": "10.43.0.20"}));
         let r = a.on_create(&mut s, false).await.unwrap();
         assert_eq!(r.keys, vec![format!("{IP_PREFIX}10.43.0.20")]);
-        // A fresh reservation of a Service not written yet is a create in flight: it is
-        // neither taken over nor removed by the repair pass.
+        // A fresh reservation of a Service not written yet (an update in flight on another
+        // server) is neither taken over nor removed by the repair pass.
         let in_flight = svc("in-flight", json!({"clusterIP": "10.43.0.21"}));
-        let _ = a.on_create(&mut in_flight.clone(), false).await.unwrap();
+        store
+            .create(
+                &format!("{IP_PREFIX}10.43.0.21"),
+                Bytes::from(serde_json::to_vec(&holder_of(&in_flight)).unwrap()),
+            )
+            .await
+            .unwrap();
         let mut late = svc("late", json!({"clusterIP": "10.43.0.21"}));
         let e = a.on_create(&mut late, false).await.unwrap_err();
         assert!(e.message().contains("already allocated"), "{e:?}");
@@ -998,14 +1188,13 @@ mod tests {
             "np",
             json!({"type": "NodePort", "ports": [{"port": 80}, {"port": 81, "nodePort": 30001}]}),
         );
-        let _ = a.on_create(&mut np, false).await.unwrap();
+        create(&a, &mut np).await.unwrap();
         let p0 = np
             .pointer("/spec/ports/0/nodePort")
             .and_then(Value::as_i64)
             .unwrap();
         // KEP-3668: dynamic node ports avoid the static band (30000 + 86) while they can.
         assert!((30086..=32767).contains(&p0), "{p0}");
-        commit(&store, &np).await;
         let mut clash = svc(
             "clash",
             json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30001}]}),
@@ -1035,7 +1224,7 @@ mod tests {
             "lb",
             json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "ports": [{"port": 80}]}),
         );
-        let _ = a.on_create(&mut lb, false).await.unwrap();
+        create(&a, &mut lb).await.unwrap();
         let hc = lb
             .pointer("/spec/healthCheckNodePort")
             .and_then(Value::as_i64)
@@ -1046,7 +1235,6 @@ mod tests {
                 .and_then(Value::as_i64)
                 .unwrap()
         );
-        commit(&store, &lb).await;
         // eTP back to Cluster: the health check port is cleared and freed after the write.
         let mut cluster = lb.clone();
         cluster["spec"]["externalTrafficPolicy"] = json!("Cluster");
@@ -1136,21 +1324,20 @@ mod tests {
             // what the other took since.
             let who = if i % 2 == 0 { &a } else { &b };
             let mut s = svc(&format!("s{i}"), json!({}));
-            let _ = who.on_create(&mut s, false).await.unwrap();
+            create(who, &mut s).await.unwrap();
             assert!(ips.insert(str_at(&s, "/spec/clusterIP").to_string()), "{s}");
-            commit(&store, &s).await;
             held.push(s);
         }
         for who in [&a, &b] {
             let mut s = svc("full", json!({}));
-            let e = who.on_create(&mut s, false).await.unwrap_err();
+            let e = create(who, &mut s).await.unwrap_err();
             assert!(e.message().contains("range is full"), "{e:?}");
         }
         // `b` frees an address; `a` still believes it taken, reloads and finds it.
         let freed = held.remove(0);
         b.on_delete(&freed).await;
         let mut s = svc("again", json!({}));
-        let _ = a.on_create(&mut s, false).await.unwrap();
+        create(&a, &mut s).await.unwrap();
         assert_eq!(
             str_at(&s, "/spec/clusterIP"),
             str_at(&freed, "/spec/clusterIP")
@@ -1167,6 +1354,9 @@ mod tests {
     impl Store for CountingStore {
         async fn create(&self, key: &str, value: Bytes) -> skiff_store::Result<u64> {
             self.inner.create(key, value).await
+        }
+        async fn create_all(&self, kvs: Vec<(String, Bytes)>) -> skiff_store::Result<Vec<u64>> {
+            self.inner.create_all(kvs).await
         }
         async fn update(
             &self,
@@ -1236,8 +1426,7 @@ mod tests {
                 &format!("n{i}"),
                 json!({"type": "NodePort", "ports": [{"port": 80}]}),
             );
-            let _ = a.on_create(&mut s, false).await.unwrap();
-            commit(&store, &s).await;
+            create(&a, &mut s).await.unwrap();
         }
         // One load of each hint (IPs, node ports).
         assert_eq!(counting.lists.load(std::sync::atomic::Ordering::Relaxed), 2);
@@ -1248,7 +1437,7 @@ mod tests {
             "after-repair",
             json!({"type": "NodePort", "ports": [{"port": 80}]}),
         );
-        let _ = a.on_create(&mut s, false).await.unwrap();
+        create(&a, &mut s).await.unwrap();
         assert_eq!(
             counting.lists.load(std::sync::atomic::Ordering::Relaxed),
             before + 2

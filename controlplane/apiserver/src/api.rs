@@ -1362,36 +1362,61 @@ async fn create_object(
     reset_status_for_create(t.r, &mut obj);
     validate_create(t.r, &obj)?;
     namespace_exists(state, t).await?;
-    let reservation = if t.r.kind == "Service" {
-        Some(state.alloc.on_create(&mut obj, dry).await?)
-    } else {
-        None
-    };
-    if let Some(m) = manager {
-        obj = apply::record_update(t.r.kind, None, &obj, m, &t.r.api_version(), &now_rfc3339());
-    }
-    let name = name_of(&obj).to_string();
-    let key = t.key(&name);
-    if dry {
-        if state.store.get(&key).await.map_err(store_error)?.is_some() {
-            return Err(st::already_exists(t.gr(), &name));
+    let allocating = t.r.kind == "Service";
+    // A Service create that loses a free value to a concurrent create allocates again.
+    let unallocated = allocating.then(|| obj.clone());
+    let mut races = 0;
+    loop {
+        let reservation = if allocating {
+            Some(state.alloc.on_create(&mut obj, dry).await?)
+        } else {
+            None
+        };
+        if let Some(m) = manager {
+            obj = apply::record_update(t.r.kind, None, &obj, m, &t.r.api_version(), &now_rfc3339());
         }
+        let name = name_of(&obj).to_string();
+        let key = t.key(&name);
+        if dry {
+            if state.store.get(&key).await.map_err(store_error)?.is_some() {
+                return Err(st::already_exists(t.gr(), &name));
+            }
+            return Ok(obj);
+        }
+        let created = match reservation {
+            // The Service and its reservations in one write; a rejected create leaves
+            // nothing behind, not even its ClusterIP reservation.
+            Some(r) => match state.alloc.create_with(r, &key, to_bytes(&obj)).await {
+                Ok(rev) => Ok(rev),
+                Err(crate::alloc::CreateFailed::Raced { key: taken }) => {
+                    races += 1;
+                    if races >= ALLOCATION_RACES {
+                        return Err(st::internal_error(&format!(
+                            "failed to allocate: {taken} was taken by a concurrent create \
+                             {races} times in a row; retry the request"
+                        )));
+                    }
+                    if let Some(o) = &unallocated {
+                        obj = o.clone();
+                    }
+                    continue;
+                }
+                Err(crate::alloc::CreateFailed::Store(e)) => Err(e),
+            },
+            None => state.store.create(&key, to_bytes(&obj)).await,
+        };
+        let rev = created.map_err(|e| match e {
+            StoreError::AlreadyExists { .. } => st::already_exists(t.gr(), &name),
+            other => store_error(other),
+        })?;
+        set_rv(&mut obj, rev);
         return Ok(obj);
     }
-    let created = state.store.create(&key, to_bytes(&obj)).await;
-    if created.is_err() {
-        // A rejected create leaves nothing behind: not even its ClusterIP reservation.
-        if let Some(r) = reservation {
-            state.alloc.release(r.keys).await;
-        }
-    }
-    let rev = created.map_err(|e| match e {
-        StoreError::AlreadyExists { .. } => st::already_exists(t.gr(), &name),
-        other => store_error(other),
-    })?;
-    set_rv(&mut obj, rev);
-    Ok(obj)
 }
+
+/// Allocations a Service create retries when concurrent creates take the free values it
+/// picked (each retry skips the values it lost).
+const ALLOCATION_RACES: usize = 4;
 
 /// The new state of an object after a PUT or PATCH of `mode`, before system fields.
 fn requested_state(

@@ -456,6 +456,51 @@ impl Store for EtcdStore {
         header_revision(resp.header())
     }
 
+    async fn create_all(&self, kvs: Vec<(String, Bytes)>) -> Result<Vec<Revision>> {
+        crate::check_create_all(&kvs)?;
+        let full: Vec<Vec<u8>> = kvs.iter().map(|(k, _)| self.full_key(k)).collect();
+        // One transaction: every key absent, then every put; else read which are live
+        // (keys only) to name one in the error.
+        let txn = Txn::new()
+            .when(
+                full.iter()
+                    .map(|k| Compare::create_revision(k.clone(), CompareOp::Equal, 0))
+                    .collect::<Vec<_>>(),
+            )
+            .and_then(
+                full.iter()
+                    .zip(&kvs)
+                    .map(|(k, (_, v))| TxnOp::put(k.clone(), v.to_vec(), None))
+                    .collect::<Vec<_>>(),
+            )
+            .or_else(
+                full.iter()
+                    .map(|k| TxnOp::get(k.clone(), Some(GetOptions::new().with_keys_only())))
+                    .collect::<Vec<_>>(),
+            );
+        let resp = self
+            .client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(etcd_err("create_all"))?;
+        if !resp.succeeded() {
+            let live = resp
+                .op_responses()
+                .into_iter()
+                .zip(&kvs)
+                .find_map(|(r, (key, _))| match r {
+                    TxnOpResponse::Get(g) if !g.kvs().is_empty() => Some(key.clone()),
+                    _ => None,
+                })
+                // Not reached: the reads run in the transaction whose compares failed.
+                .unwrap_or_else(|| kvs[0].0.clone());
+            return Err(StoreError::AlreadyExists { key: live });
+        }
+        let revision = header_revision(resp.header())?;
+        Ok(vec![revision; kvs.len()])
+    }
+
     async fn update(
         &self,
         key: &str,

@@ -113,6 +113,25 @@ pub(crate) fn check_key(key: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks the keys of a [`Store::create_all`]: at least one, none empty, no two equal.
+pub(crate) fn check_create_all(kvs: &[(String, Bytes)]) -> Result<()> {
+    if kvs.is_empty() {
+        return Err(StoreError::InvalidArgument {
+            reason: "create_all needs at least one key".into(),
+        });
+    }
+    let mut seen = std::collections::HashSet::with_capacity(kvs.len());
+    for (key, _) in kvs {
+        check_key(key)?;
+        if !seen.insert(key.as_str()) {
+            return Err(StoreError::InvalidArgument {
+                reason: format!("create_all was given the key {key} twice"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// How to read a list.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListOptions {
@@ -158,6 +177,14 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<Event>> + Send + 'static
 pub trait Store: Send + Sync + 'static {
     /// Creates `key`. Fails with [`StoreError::AlreadyExists`] if the key is live.
     async fn create(&self, key: &str, value: Bytes) -> Result<Revision>;
+
+    /// Creates every key of `kvs` in one atomic write: all of them, or, when one is live,
+    /// none ([`StoreError::AlreadyExists`] naming a live one). Keys must be distinct.
+    /// Returns each key's revision, in order (non-decreasing: etcd gives one transaction
+    /// one revision, redb gives each key the next one; either way readers and watchers see
+    /// all of them or none). What this is for: a Service and the reservations of the
+    /// ClusterIP and node ports it holds, written in one commit instead of one per value.
+    async fn create_all(&self, kvs: Vec<(String, Bytes)>) -> Result<Vec<Revision>>;
 
     /// Replaces the value of a live key. With `expected_mod_revision`, only if the key's
     /// `mod_revision` still equals it ([`StoreError::Conflict`] otherwise). A missing key is

@@ -134,11 +134,15 @@ struct Shared {
     broadcaster: Broadcaster,
 }
 
-/// A queued write and where its answer goes.
+/// What one write answers: its revision and the key's previous state.
+type WriteResult = (Revision, Option<KeyValue>);
+type Reply = std::sync::mpsc::SyncSender<Result<Vec<WriteResult>>>;
+
+/// A queued write and where its answer goes: one operation, or several that commit
+/// together or not at all ([`Store::create_all`]).
 struct Pending {
-    key: String,
-    op: WriteOp,
-    reply: std::sync::mpsc::SyncSender<Result<(Revision, Option<KeyValue>)>>,
+    ops: Vec<(String, WriteOp)>,
+    reply: Reply,
 }
 
 /// At most this many writes share one transaction, so a burst does not make the first
@@ -399,11 +403,18 @@ impl RedbStore {
 
     async fn write(&self, key: &str, op: WriteOp) -> Result<(Revision, Option<KeyValue>)> {
         crate::check_key(key)?;
-        let key = key.to_owned();
+        let mut results = self.write_all(vec![(key.to_owned(), op)]).await?;
+        Ok(results.remove(0))
+    }
+
+    /// Applies `ops` (distinct, checked keys) atomically; one result per operation.
+    async fn write_all(&self, ops: Vec<(String, WriteOp)>) -> Result<Vec<WriteResult>> {
         self.blocking(move |s| {
-            let (revision, prev) = s.write(&key, op)?;
-            s.maybe_auto_compact(revision);
-            Ok((revision, prev))
+            let results = s.write(ops)?;
+            for (revision, _) in &results {
+                s.maybe_auto_compact(*revision);
+            }
+            Ok(results)
         })
         .await
     }
@@ -412,13 +423,9 @@ impl RedbStore {
 impl Shared {
     /// Applies one write durably and publishes its event, sharing the commit with the
     /// writes queued at the same time (see module docs).
-    fn write(&self, key: &str, op: WriteOp) -> Result<(Revision, Option<KeyValue>)> {
+    fn write(&self, ops: Vec<(String, WriteOp)>) -> Result<Vec<WriteResult>> {
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        lock(&self.queue).push(Pending {
-            key: key.to_owned(),
-            op,
-            reply,
-        });
+        lock(&self.queue).push(Pending { ops, reply });
         loop {
             let writer = lock(&self.writer);
             // The batch that held the lock may have taken (and answered) this write.
@@ -451,10 +458,9 @@ impl Shared {
             Ok(txn) => txn,
             Err(e) => return fail_all(batch, "begin write", &e.into()),
         };
-        type Reply = std::sync::mpsc::SyncSender<Result<(Revision, Option<KeyValue>)>>;
-        let mut staged: Vec<(Reply, Result<Event>)> = Vec::with_capacity(batch.len());
+        let mut staged: Vec<(Reply, Result<Vec<Event>>)> = Vec::with_capacity(batch.len());
         for p in batch {
-            let result = Self::stage_write(&txn, &p.key, p.op);
+            let result = Self::stage_atomic(&txn, p.ops);
             if let Err(StoreError::Backend { .. }) = &result {
                 // The transaction may hold part of this write: nothing of it may commit.
                 let _ = txn.abort();
@@ -489,15 +495,42 @@ impl Shared {
             return;
         }
         for (reply, result) in staged {
-            let answer = result.map(|event| {
-                self.broadcaster.publish(&event);
-                match event {
-                    Event::Put { kv, prev } => (kv.mod_revision, prev),
-                    Event::Delete { revision, prev } => (revision, Some(prev)),
-                }
+            let answer = result.map(|events| {
+                events
+                    .into_iter()
+                    .map(|event| {
+                        self.broadcaster.publish(&event);
+                        match event {
+                            Event::Put { kv, prev } => (kv.mod_revision, prev),
+                            Event::Delete { revision, prev } => (revision, Some(prev)),
+                        }
+                    })
+                    .collect()
             });
             let _ = reply.send(answer);
         }
+    }
+
+    /// Stages the operations of one queued write: all of them, or (when one fails its
+    /// check) none. Each gets its own revision, in order, in the batch's transaction.
+    fn stage_atomic(txn: &WriteTransaction, ops: Vec<(String, WriteOp)>) -> Result<Vec<Event>> {
+        if ops.len() > 1 {
+            // Checked before anything is staged, so a failed check leaves the transaction
+            // (shared with the batch's other writes) untouched. The keys are distinct, so
+            // staging one cannot change another's check. Only creates come in groups.
+            let keys = tri!(txn.open_table(KEYS), "open key index");
+            let meta = tri!(txn.open_table(META), "open metadata");
+            let current = read_meta(&meta, META_CURRENT)?;
+            for (key, op) in &ops {
+                debug_assert!(matches!(op, WriteOp::Create(_)));
+                if let Some((_, false)) = latest_entry(&keys, key, current)? {
+                    return Err(StoreError::AlreadyExists { key: key.clone() });
+                }
+            }
+        }
+        ops.into_iter()
+            .map(|(key, op)| Self::stage_write(txn, &key, op))
+            .collect()
     }
 
     fn stage_write(txn: &WriteTransaction, key: &str, op: WriteOp) -> Result<Event> {
@@ -905,6 +938,20 @@ impl WatchState {
 impl Store for RedbStore {
     async fn create(&self, key: &str, value: Bytes) -> Result<Revision> {
         Ok(self.write(key, WriteOp::Create(value)).await?.0)
+    }
+
+    async fn create_all(&self, kvs: Vec<(String, Bytes)>) -> Result<Vec<Revision>> {
+        crate::check_create_all(&kvs)?;
+        let ops = kvs
+            .into_iter()
+            .map(|(key, value)| (key, WriteOp::Create(value)))
+            .collect();
+        Ok(self
+            .write_all(ops)
+            .await?
+            .into_iter()
+            .map(|(revision, _)| revision)
+            .collect())
     }
 
     async fn update(

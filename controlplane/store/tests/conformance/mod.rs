@@ -44,7 +44,9 @@ macro_rules! conformance_tests {
             watch_from_now,
             watch_from_past_replays_then_goes_live,
             watch_and_reads_of_compacted_revisions_fail,
-            slow_watcher_is_cut_off_fast_one_keeps_going
+            slow_watcher_is_cut_off_fast_one_keeps_going,
+            create_all_is_all_or_nothing,
+            concurrent_create_alls_sharing_a_key_have_one_winner
         );
     };
     (@each $fixture:path; $($name:ident),* $(,)?) => {
@@ -782,4 +784,107 @@ impl StoreExt for Arc<dyn Store> {
             Err(e) => panic!("writing {key}: {e}"),
         }
     }
+}
+
+/// `create_all` writes every key or none: a live key fails the whole write, names that
+/// key and consumes no revision; a successful one is read and watched as ordinary creates.
+pub async fn create_all_is_all_or_nothing(store: Arc<dyn Store>) {
+    let from = store.current_revision().await.unwrap();
+    let mut watch = store.watch("/g/", from).await.unwrap();
+    let taken = store.create("/g/taken", b("t")).await.unwrap();
+    match store
+        .create_all(vec![("/g/new".into(), b("n")), ("/g/taken".into(), b("x"))])
+        .await
+    {
+        Err(StoreError::AlreadyExists { key }) => assert_eq!(key, "/g/taken"),
+        other => panic!("a live key must fail the whole create_all, got {other:?}"),
+    }
+    assert!(
+        store.get("/g/new").await.unwrap().is_none(),
+        "nothing of a failed create_all is written"
+    );
+    assert_eq!(store.current_revision().await.unwrap(), taken);
+    for bad in [
+        vec![],
+        vec![
+            ("/g/twice".to_string(), b("1")),
+            ("/g/twice".into(), b("2")),
+        ],
+        vec![("".to_string(), b("1"))],
+    ] {
+        let r = store.create_all(bad).await;
+        assert!(
+            matches!(r, Err(StoreError::InvalidArgument { .. })),
+            "no keys, a repeated key or an empty key must be rejected, got {r:?}"
+        );
+    }
+
+    let revs = store
+        .create_all(vec![("/g/svc".into(), b("s")), ("/g/ip".into(), b("i"))])
+        .await
+        .unwrap();
+    assert_eq!(revs.len(), 2);
+    assert!(revs[0] > taken && revs[1] >= revs[0], "{revs:?}");
+    assert_eq!(store.current_revision().await.unwrap(), revs[1]);
+    for (key, value, rev) in [("/g/svc", "s", revs[0]), ("/g/ip", "i", revs[1])] {
+        let kv = store.get(key).await.unwrap().expect("created");
+        assert_eq!(
+            (kv.value, kv.create_revision, kv.mod_revision),
+            (b(value), rev, rev)
+        );
+    }
+    // Watchers see the earlier create, then both keys of the group, in order.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        match next_event(&mut watch).await {
+            Event::Put { kv, prev: None } => seen.push((kv.key, kv.mod_revision)),
+            other => panic!("expected a create, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![
+            ("/g/taken".to_string(), taken),
+            ("/g/svc".to_string(), revs[0]),
+            ("/g/ip".to_string(), revs[1]),
+        ]
+    );
+}
+
+/// Racing `create_all`s that share one key (two Services picking the same ClusterIP):
+/// exactly one wins, and the losers' other keys are not written.
+pub async fn concurrent_create_alls_sharing_a_key_have_one_winner(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let own = format!("/race/svc-{i}");
+                let r = store
+                    .create_all(vec![
+                        (own.clone(), b("s")),
+                        ("/race/ip".into(), b(&i.to_string())),
+                    ])
+                    .await;
+                (own, r)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for task in tasks {
+        let (own, r) = task.await.unwrap();
+        match r {
+            Ok(_) => winners.push(own),
+            Err(StoreError::AlreadyExists { key }) => {
+                assert_eq!(key, "/race/ip");
+                assert!(
+                    store.get(&own).await.unwrap().is_none(),
+                    "{own} was written"
+                );
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let page = store.list("/race/", ListOptions::default()).await.unwrap();
+    assert_eq!(keys(&page.items), vec!["/race/ip", winners[0].as_str()]);
 }
