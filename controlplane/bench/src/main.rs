@@ -61,6 +61,11 @@ struct Args {
     /// LIST requests per measured cell.
     #[arg(long, default_value_t = 30)]
     list_iterations: usize,
+    /// Seconds to wait after the loaded-memory row (diagnostics: attach a profiler or read
+    /// `/proc/<pid>/smaps` of the server while it holds everything). The server's pid is
+    /// printed to stderr when the wait starts.
+    #[arg(long, default_value_t = 0)]
+    hold_loaded: u64,
     /// Where to write the results as JSON.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -135,21 +140,81 @@ struct Server {
 }
 
 impl Server {
+    /// Stops the server as an operator does (SIGINT: it shuts down cleanly) and starts it
+    /// again on the same data directory (and store): the cold start with the store loaded.
+    async fn restart(mut self, bin: &Path, store: &[String], extra: &[&str]) -> Result<Server> {
+        let pid = self.proc.child.id().to_string();
+        let status = Command::new("kill").args(["-INT", &pid]).status()?;
+        if !status.success() {
+            bail!("kill -INT {pid} failed");
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.proc.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                bail!("the server did not exit within 60 s of SIGINT");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The new process owns the directory now; the old handle must not remove it.
+        let dir = std::mem::take(&mut self.proc.dir);
+        drop(self);
+        start_server_in(dir, bin, store, extra).await
+    }
+
     fn rss_mib(&self) -> f64 {
+        self.status_mib("VmRSS")
+    }
+
+    /// A `kB` field of the server's `/proc/<pid>/status`, in MiB.
+    fn status_mib(&self, field: &str) -> f64 {
+        self.status_field(field)
+            .and_then(|v| v.trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    }
+
+    fn status_field(&self, field: &str) -> Option<String> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.proc.child.id()))
             .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(f64::NAN, |kb| kb / 1024.0)
+        status.lines().find_map(|l| {
+            l.strip_prefix(field)
+                .and_then(|v| v.strip_prefix(':'))
+                .map(|v| v.trim().to_string())
+        })
+    }
+
+    /// Where the resident memory is: anonymous (heap, stacks) vs file-backed (the binary;
+    /// redb reads its file with `pread`, so its pages are not mapped), and the thread count
+    /// (each thread that allocates can get its own glibc malloc arena).
+    fn rss_breakdown(&self) -> String {
+        format!(
+            "anonymous {:.1} MiB, file {:.1} MiB, {} threads",
+            self.status_mib("RssAnon"),
+            self.status_mib("RssFile"),
+            self.status_field("Threads").unwrap_or_default()
+        )
     }
 }
 
 async fn start_server(bin: &Path, store: &[String], extra: &[&str]) -> Result<Server> {
-    let dir = temp_dir("server")?;
+    start_server_in(temp_dir("server")?, bin, store, extra).await
+}
+
+/// Starts the server on `dir/data` (a fresh or an existing data directory), logging to
+/// `dir/server.log` (appended: a restart keeps the earlier run's log).
+async fn start_server_in(
+    dir: PathBuf,
+    bin: &Path,
+    store: &[String],
+    extra: &[&str],
+) -> Result<Server> {
     let data = dir.join("data");
-    let log = std::fs::File::create(dir.join("server.log"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))?;
+    let kubeconfig = data.join("admin.kubeconfig");
+    // A restart must not read the previous run's kubeconfig as a sign of life.
+    let _ = std::fs::remove_file(&kubeconfig);
     let t0 = Instant::now();
     let child = Command::new(bin)
         .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -161,7 +226,6 @@ async fn start_server(bin: &Path, store: &[String], extra: &[&str]) -> Result<Se
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     let mut proc = Proc { child, dir };
-    let kubeconfig = data.join("admin.kubeconfig");
     let deadline = t0 + Duration::from_secs(60);
     let fail = |proc: &Proc, why: &str| {
         anyhow::anyhow!(
@@ -207,6 +271,9 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
+
+/// The namespace every benchmark object lives in.
+const BENCH_NS: &str = "bench";
 
 fn bench_pod(i: usize) -> Pod {
     serde_json::from_value(json!({
@@ -277,6 +344,41 @@ async fn create_all(
                     .request_text(req)
                     .await
                     .with_context(|| format!("POST {path} #{i}"))?;
+                Ok::<_, anyhow::Error>(t.elapsed())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect()
+        .await?;
+    lat.sort();
+    Ok((lat, t.elapsed()))
+}
+
+/// Updates every object `path(i)` for `i` in `range` with a JSON merge patch of one label
+/// (an update through the API: read, patch, compare-and-swap write), `concurrency` in
+/// flight; sorted per-update latencies and the wall time.
+async fn update_all(
+    client: &kube::Client,
+    range: std::ops::Range<usize>,
+    concurrency: usize,
+    path: fn(usize) -> String,
+) -> Result<(Vec<Duration>, Duration)> {
+    let t = Instant::now();
+    let mut lat: Vec<Duration> = futures::stream::iter(range)
+        .map(|i| {
+            let client = client.clone();
+            async move {
+                let path = path(i);
+                let req = http::Request::patch(&path)
+                    .header("content-type", "application/merge-patch+json")
+                    .body(serde_json::to_vec(
+                        &json!({"metadata": {"labels": {"bench-updated": "true"}}}),
+                    )?)?;
+                let t = Instant::now();
+                client
+                    .request_text(req)
+                    .await
+                    .with_context(|| format!("PATCH {path}"))?;
                 Ok::<_, anyhow::Error>(t.elapsed())
             }
         })
@@ -544,7 +646,7 @@ async fn bench_store(args: &Args, store: &str, results: &mut Vec<serde_json::Val
         "idle RSS, API server only (--disable-controllers --disable-scheduler), empty",
         format!("{:.1} MiB", s.rss_mib()),
     ));
-    let ns = "bench";
+    let ns = BENCH_NS;
     ensure_ns(&s.client, ns).await?;
     let pods: Api<Pod> = Api::namespaced(s.client.clone(), ns);
     let mut created = 0;
@@ -658,14 +760,78 @@ async fn bench_store(args: &Args, store: &str, results: &mut Vec<serde_json::Val
                 "RSS with {created} pods, {} Services, {} EndpointSlices loaded (API server only)",
                 args.services, args.slices
             ),
-            format!("{:.1} MiB", s.rss_mib()),
+            format!("{:.1} MiB ({})", s.rss_mib(), s.rss_breakdown()),
         ));
+        if args.hold_loaded > 0 {
+            eprintln!(
+                "holding {} s with everything loaded; server pid {}",
+                args.hold_loaded,
+                s.proc.child.id()
+            );
+            tokio::time::sleep(Duration::from_secs(args.hold_loaded)).await;
+        }
+    }
+
+    // Updates (the issue asks for create/update p50/p99): a label on existing objects,
+    // after the loaded-memory row so that row stays comparable with earlier runs.
+    let updates = |what: &str, n: usize, lat: &[Duration], wall: Duration| {
+        row(
+            &format!(
+                "{what} update (merge patch of a label), {n} at concurrency {}: throughput; p50 / p99",
+                args.concurrency
+            ),
+            format!(
+                "{:.0} updates/s; {} / {}",
+                n as f64 / wall.as_secs_f64(),
+                ms(pct(lat, 0.5)),
+                ms(pct(lat, 0.99))
+            ),
+        )
+    };
+    let n = created.min(1000);
+    if n > 0 {
+        let (lat, wall) = update_all(&s.client, 0..n, args.concurrency, |i| {
+            format!("/api/v1/namespaces/{BENCH_NS}/pods/bench-{i:05}")
+        })
+        .await?;
+        results.push(updates("pod", n, &lat, wall));
+    }
+    let n = args.services.min(1000);
+    if n > 0 {
+        let (lat, wall) = update_all(&s.client, 0..n, args.concurrency, |i| {
+            format!("/api/v1/namespaces/{BENCH_NS}/services/svc-{i:05}")
+        })
+        .await?;
+        results.push(updates("Service", n, &lat, wall));
     }
 
     let fan = fan_out(&s.client, ns, args.watchers, 5).await?;
     results.push(row(
         &format!("watch fan-out, {} watchers, 5 updates: update sent → event at each watcher, p50 / p99 / max", args.watchers),
         format!("{} / {} / {}", ms(pct(&fan, 0.5)), ms(pct(&fan, 0.99)), ms(pct(&fan, 1.0))),
+    ));
+
+    // Cold start with everything loaded: a clean restart on the same store, until /readyz
+    // answers and until a LIST of every pod (a consistent read: from the watch cache once
+    // it is filled) has been answered in full.
+    let extra = ["--disable-controllers", "--disable-scheduler"];
+    let s = s.restart(&args.server, &flags, &extra).await?;
+    let at_ready = Instant::now();
+    let ready = s.cold_start;
+    let listed = list_latency(&s.client, ns, created, false, 1).await?;
+    // From the spawn, like `ready`.
+    let first_list = ready + at_ready.elapsed();
+    results.push(row(
+        &format!(
+            "cold start with {created} pods, {} Services, {} EndpointSlices stored (API server only): restart → first /readyz 200; → first LIST of all pods answered",
+            args.services, args.slices
+        ),
+        format!(
+            "{}; {} (that LIST: {})",
+            ms(ready),
+            ms(first_list),
+            ms(listed[0])
+        ),
     ));
     Ok(())
 }

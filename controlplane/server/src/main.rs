@@ -320,8 +320,21 @@ async fn client_from(kubeconfig: &std::path::Path) -> Result<kube::Client> {
     kube::Client::try_from(cfg).context("building the API client")
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+// cp helper: malloc settings (issue 5, redb memory)
+mod malloc;
+
+fn main() -> Result<()> {
+    // Before the runtime starts its threads: see `malloc`.
+    malloc::configure();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(run())
+}
+// end cp helper
+
+async fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

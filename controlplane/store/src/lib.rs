@@ -9,7 +9,9 @@
 //! - **One global revision counter.** Every successful write (create, update, delete) gets the
 //!   next revision, a `u64` shared by all keys. A key's `mod_revision` is the revision of its
 //!   last write, its `create_revision` the revision of the write that created it.
-//!   Revisions are never reused, not even across restarts.
+//!   Revisions are never reused, not even across restarts. (One exception to "each write
+//!   its own revision": the keys of one [`Store::create_all`] share a revision on etcd, as
+//!   the puts of one etcd transaction do; redb gives each its own.)
 //! - **A revision log.** Each write appends one row to a log keyed by revision. Reads at an old
 //!   revision (consistent pagination, `resourceVersion=` lists) and watch replay read the log.
 //! - **Compaction.** The log is bounded: `compact(c)` forgets what is needed only to read

@@ -27,6 +27,8 @@
 //! checked on its own: a conflict fails that operation only), commits once and answers
 //! each. The fsync, which dominates a write's cost, is then paid once per batch instead of
 //! once per write; an answer still comes only after the commit that made it durable.
+//! A [`Store::create_all`] is one queued write of several creates: all its keys are
+//! checked before any is staged, so it fails (or succeeds) as a whole inside the batch.
 //!
 //! # Compaction
 //!
