@@ -23,19 +23,25 @@ pub const ARENAS: i32 = 2;
 /// Allocations of at least this many bytes get their own mapping, returned on free.
 pub const MMAP_THRESHOLD: i32 = 1024 * 1024;
 
-/// Applies [`ARENAS`] and [`MMAP_THRESHOLD`]. Call first thing in `main`, before any
-/// thread exists (glibc fixes the arena limit when the first thread needs an arena).
+/// Environment variables through which an operator configures glibc malloc.
+const OPERATOR_VARS: [&str; 3] = [
+    "MALLOC_ARENA_MAX",
+    "MALLOC_MMAP_THRESHOLD_",
+    "GLIBC_TUNABLES",
+];
+
+/// Whether the operator configured malloc (`is_set` tells whether a variable is set).
+fn operator_configured(is_set: impl Fn(&str) -> bool) -> bool {
+    OPERATOR_VARS.iter().any(|v| is_set(v))
+}
+
+/// Applies [`ARENAS`] and [`MMAP_THRESHOLD`] unless the operator configured malloc. Call
+/// first thing in `main`, before any thread exists (glibc fixes the arena limit when the
+/// first thread needs an arena).
 pub fn configure() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        let operator_set = [
-            "MALLOC_ARENA_MAX",
-            "MALLOC_MMAP_THRESHOLD_",
-            "GLIBC_TUNABLES",
-        ]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some());
-        if operator_set {
+        if operator_configured(|v| std::env::var_os(v).is_some()) {
             return;
         }
         // SAFETY: mallopt only sets allocator parameters; no other thread is running yet.
@@ -44,5 +50,19 @@ pub fn configure() {
             libc::mallopt(libc::M_ARENA_MAX, ARENAS);
             libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_operator_setting_leaves_malloc_alone() {
+        assert!(!operator_configured(|_| false));
+        for var in OPERATOR_VARS {
+            assert!(operator_configured(|v| v == var), "{var}");
+        }
+        assert!(!operator_configured(|v| v == "MALLOC_TOP_PAD_"));
     }
 }
