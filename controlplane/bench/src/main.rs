@@ -66,6 +66,10 @@ struct Args {
     /// printed to stderr when the wait starts.
     #[arg(long, default_value_t = 0)]
     hold_loaded: u64,
+    /// An extra flag for every server started (repeat for several), e.g.
+    /// `--server-arg=--redb-cache-size=8`.
+    #[arg(long, allow_hyphen_values = true)]
+    server_arg: Vec<String>,
     /// Where to write the results as JSON.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -585,17 +589,26 @@ async fn bench_store(args: &Args, store: &str, results: &mut Vec<serde_json::Val
     // Each server gets a fresh store (a fresh etcd for the etcd rows).
     let backend = |what: &str| -> Result<(Option<Proc>, Vec<String>)> {
         match what {
-            "redb" => Ok((None, vec!["--store".into(), "redb".into()])),
+            "redb" => Ok((
+                None,
+                ["--store".to_string(), "redb".into()]
+                    .into_iter()
+                    .chain(args.server_arg.iter().cloned())
+                    .collect(),
+            )),
             "etcd" => {
                 let (p, url) = start_etcd(&args.etcd)?;
                 Ok((
                     Some(p),
-                    vec![
-                        "--store".into(),
+                    [
+                        "--store".to_string(),
                         "etcd".into(),
                         "--etcd-endpoints".into(),
                         url,
-                    ],
+                    ]
+                    .into_iter()
+                    .chain(args.server_arg.iter().cloned())
+                    .collect(),
                 ))
             }
             other => bail!("unknown store {other:?}: redb or etcd"),
