@@ -163,11 +163,53 @@ pub(super) fn read_lb(
     } else {
         map_names::SERVICE_STATS
     };
-    let map = per_cpu::<LbCounter>(ebpf, name)?;
+    let map = ebpf.map(name).ok_or_else(|| DatapathError::MissingMap {
+        name: name.to_owned(),
+    })?;
+    lb_sums(map, name, ids)
+}
+
+/// The counters of `ids` in the per-CPU array `map`, summed over CPUs. Ids are small and
+/// dense (the reconciler hands out the smallest free one), so this is one batch read of
+/// indices `0..=max(ids)`, or index by index where the kernel has no batch lookup. Ids
+/// past the array were not counted (see the map's doc): zero.
+pub(super) fn lb_sums(
+    map: &aya::maps::Map,
+    name: &'static str,
+    ids: &[u32],
+) -> Result<Vec<(u32, LbCounter)>, DatapathError> {
+    let read_err = |source| DatapathError::MapRead {
+        map: name,
+        source: Box::new(source),
+    };
+    let array: PerCpuArray<&MapData, LbCounter> = PerCpuArray::try_from(map).map_err(read_err)?;
+    let Some(max) = ids.iter().max() else {
+        return Ok(Vec::new());
+    };
+    if let aya::maps::Map::PerCpuArray(data) = map {
+        let add = |a: LbCounter, c: LbCounter| a.saturating_add(c);
+        match super::batch::per_cpu_sums(data, array.len(), max.saturating_add(1), add) {
+            Ok(sums) => {
+                return Ok(ids
+                    .iter()
+                    .map(|id| (*id, sums.get(*id as usize).copied().unwrap_or_default()))
+                    .collect())
+            }
+            Err(e) if super::batch::unsupported(&e) => {}
+            Err(io_error) => {
+                return Err(read_err(aya::maps::MapError::SyscallError(
+                    aya::sys::SyscallError {
+                        call: "bpf_map_lookup_batch",
+                        io_error,
+                    },
+                )))
+            }
+        }
+    }
     Ok(ids
         .iter()
         .map(|id| {
-            let sum = map
+            let sum = array
                 .get(id, 0)
                 .map(|v| {
                     v.iter()
@@ -177,6 +219,37 @@ pub(super) fn read_lb(
             (*id, sum)
         })
         .collect())
+}
+
+pub(super) fn write_lb(
+    ebpf: &mut Ebpf,
+    backends: bool,
+    id: u32,
+    per_cpu: Vec<LbCounter>,
+) -> Result<(), DatapathError> {
+    let name = if backends {
+        map_names::BACKEND_STATS
+    } else {
+        map_names::SERVICE_STATS
+    };
+    let err = |source| DatapathError::MapRead {
+        map: name,
+        source: Box::new(source),
+    };
+    let map = ebpf
+        .map_mut(name)
+        .ok_or_else(|| DatapathError::MissingMap {
+            name: name.to_owned(),
+        })?;
+    let mut array: PerCpuArray<&mut MapData, LbCounter> =
+        PerCpuArray::try_from(map).map_err(err)?;
+    let values = aya::maps::PerCpuValues::try_from(per_cpu).map_err(|e| {
+        err(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+            call: "per-CPU values",
+            io_error: e,
+        }))
+    })?;
+    array.set(id, values, 0).map_err(err)
 }
 
 fn per_cpu<'a, V: aya::Pod>(

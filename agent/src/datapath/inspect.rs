@@ -196,19 +196,6 @@ impl Inspector {
         } else {
             map_names::SERVICE_STATS
         };
-        let map: PerCpuArray<_, LbCounter> =
-            PerCpuArray::try_from(open(&self.dir, name)?).map_err(read_err(name))?;
-        let mut out = Vec::new();
-        for id in ids {
-            // Ids past the array were not counted (see the map's doc).
-            let sum = match map.get(id, 0) {
-                Ok(v) => v
-                    .iter()
-                    .fold(LbCounter::default(), |a, c| a.saturating_add(*c)),
-                Err(_) => LbCounter::default(),
-            };
-            out.push((*id, sum));
-        }
-        Ok(out)
+        super::counters::lb_sums(&open(&self.dir, name)?, name, ids)
     }
 }

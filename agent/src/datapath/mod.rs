@@ -4,6 +4,7 @@
 //! Everything outside this module sees plain Rust types (`Counters`, `ProgRun`, ...), so the
 //! rest of the agent and the tests never depend on aya's API directly.
 
+mod batch;
 mod counters;
 mod inspect;
 mod masquerade;
@@ -160,6 +161,13 @@ pub struct Datapath {
     service_maps: Option<BpfServiceMaps>,
     pin_dir: Option<PathBuf>,
 }
+
+// agent sync scale (issue 7)
+/// The number of possible CPUs: how many values a per-CPU map holds per entry.
+pub fn possible_cpus() -> std::io::Result<usize> {
+    aya::util::nr_cpus().map_err(|(_, e)| e)
+}
+// end agent sync scale
 
 impl Datapath {
     /// Loads the eBPF object embedded in this binary with default map sizes.
@@ -462,6 +470,20 @@ impl Datapath {
     ) -> Result<Vec<(u32, skiff_datapath_abi::LbCounter)>, DatapathError> {
         counters::read_lb(&self.ebpf, backends, ids)
     }
+
+    // agent sync scale (issue 7)
+    /// Overwrites the per-CPU values of one per-service (`backends == false`) or
+    /// per-backend counter (tests of the readers; `per_cpu` has one value per possible
+    /// CPU, [`possible_cpus`]).
+    pub fn set_lb_counter(
+        &mut self,
+        backends: bool,
+        id: u32,
+        per_cpu: Vec<skiff_datapath_abi::LbCounter>,
+    ) -> Result<(), DatapathError> {
+        counters::write_lb(&mut self.ebpf, backends, id, per_cpu)
+    }
+    // end agent sync scale
 
     /// Reads the per-CPU socket load-balancing counters, summed over CPUs.
     pub fn sock_counters(&self) -> Result<SockCounters, DatapathError> {
