@@ -651,8 +651,8 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
             tick: interval,
             on_tick: |m: &mut BpfServiceMaps| {
                 let tick_started = std::time::Instant::now(); // agent sync scale (issue 7)
-                // A health check port that could not be bound (still held by a process
-                // that is going away) is retried every tick, not only at the next change.
+                                                              // A health check port that could not be bound (still held by a process
+                                                              // that is going away) is retried every tick, not only at the next change.
                 if hc_failed.get() {
                     let errors = hc_servers.borrow_mut().update(&checks.borrow());
                     if errors.is_empty() {

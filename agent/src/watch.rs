@@ -1078,7 +1078,9 @@ mod tests {
     fn dns_service_json(rng: &mut Rng, i: u64) -> Service {
         let spec = match rng.below(4) {
             0 => serde_json::json!({"clusterIP": "None"}),
-            1 => serde_json::json!({"type": "ExternalName", "externalName": format!("x{i}.example")}),
+            1 => {
+                serde_json::json!({"type": "ExternalName", "externalName": format!("x{i}.example")})
+            }
             _ => serde_json::json!({"clusterIP": format!("10.43.1.{}", rng.below(3) + 1),
                 "ports": [{"name": format!("p{}", rng.below(2)), "port": 80}]}),
         };
@@ -1104,7 +1106,10 @@ mod tests {
         assert!(state.dns_changed, "the first complete list builds the zone");
         let zone = |state: &State| {
             let (svcs, slices) = state.dns_objects();
-            format!("{:?}", skiff_dns::Zone::build("cluster.local", &svcs, &slices, 1))
+            format!(
+                "{:?}",
+                skiff_dns::Zone::build("cluster.local", &svcs, &slices, 1)
+            )
         };
         state.dns_changed = false;
 
@@ -1128,7 +1133,10 @@ mod tests {
         };
         state.apply_slice(watcher::Event::Apply(web_slice("10.42.0.7")));
         state.apply_slice(watcher::Event::Apply(web_slice("10.42.0.8")));
-        assert!(!state.dns_changed, "endpoint changes of a ClusterIP Service");
+        assert!(
+            !state.dns_changed,
+            "endpoint changes of a ClusterIP Service"
+        );
         assert_eq!(published, zone(&state));
 
         // Random Services (ClusterIP, headless, ExternalName) and slices: whenever the

@@ -18,8 +18,8 @@
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    os::unix::process::CommandExt as _,
     net::{Ipv4Addr, TcpStream},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
