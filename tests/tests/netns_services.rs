@@ -693,6 +693,12 @@ fn batch_counter_reads_sum_what_each_cpu_counted() {
             "backends={backends}: the debug views' read"
         );
         assert!(datapath.lb_counters(backends, &[]).unwrap().is_empty());
+        // The per-index fallback would give the same sums: the batch path must have run
+        // (Linux >= 5.6 has batch ops for array maps; the suite needs >= 5.15).
+        assert!(
+            skiff_agent::datapath::counter_reads_batched(),
+            "the kernel refused BPF_MAP_LOOKUP_BATCH: the batch read is broken"
+        );
     }
 }
 // end agent sync scale

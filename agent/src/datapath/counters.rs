@@ -1,5 +1,7 @@
 //! Reading the per-CPU counter maps.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use aya::{
     maps::{MapData, PerCpuArray},
     Ebpf,
@@ -169,6 +171,14 @@ pub(super) fn read_lb(
     lb_sums(map, name, ids)
 }
 
+/// Set when the kernel refused a batch lookup as unsupported (before Linux 5.6).
+static BATCH_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether counter reads use `BPF_MAP_LOOKUP_BATCH` (false once the kernel refused it).
+pub fn counter_reads_batched() -> bool {
+    !BATCH_UNSUPPORTED.load(Ordering::Relaxed)
+}
+
 /// The counters of `ids` in the per-CPU array `map`, summed over CPUs. Ids are small and
 /// dense (the reconciler hands out the smallest free one), so this is one batch read of
 /// indices `0..=max(ids)`, or index by index where the kernel has no batch lookup. Ids
@@ -186,7 +196,8 @@ pub(super) fn lb_sums(
     let Some(max) = ids.iter().max() else {
         return Ok(Vec::new());
     };
-    if let aya::maps::Map::PerCpuArray(data) = map {
+    let batched = !BATCH_UNSUPPORTED.load(Ordering::Relaxed);
+    if let (true, aya::maps::Map::PerCpuArray(data)) = (batched, map) {
         let add = |a: LbCounter, c: LbCounter| a.saturating_add(c);
         match super::batch::per_cpu_sums(data, array.len(), max.saturating_add(1), add) {
             Ok(sums) => {
@@ -195,7 +206,13 @@ pub(super) fn lb_sums(
                     .map(|id| (*id, sums.get(*id as usize).copied().unwrap_or_default()))
                     .collect())
             }
-            Err(e) if super::batch::unsupported(&e) => {}
+            // Remembered, so an old kernel costs one failed syscall, not one per tick.
+            Err(e) if super::batch::unsupported(&e) => {
+                BATCH_UNSUPPORTED.store(true, Ordering::Relaxed);
+                tracing::info!(
+                    "BPF_MAP_LOOKUP_BATCH unsupported ({e}): reading counters index by index"
+                );
+            }
             Err(io_error) => {
                 return Err(read_err(aya::maps::MapError::SyscallError(
                     aya::sys::SyscallError {

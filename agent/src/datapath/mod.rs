@@ -28,7 +28,7 @@ use aya::{
     util::KernelVersion,
     Ebpf, EbpfLoader,
 };
-pub use counters::{Counters, SockCounters};
+pub use counters::{counter_reads_batched, Counters, SockCounters};
 pub use inspect::Inspector;
 pub use masquerade::{interface_address, Masquerade, DEFAULT_PORTS as DEFAULT_MASQUERADE_PORTS};
 pub use prog_run::ProgRun;
