@@ -54,7 +54,7 @@ pub(super) fn per_cpu_sums<V: Pod + Default>(
     add: impl Fn(V, V) -> V,
 ) -> io::Result<Vec<V>> {
     // Values are laid out at an 8-byte stride per CPU; the counter types are u64s.
-    const { assert!(std::mem::size_of::<V>() % 8 == 0 && std::mem::align_of::<V>() <= 8) };
+    const { assert!(std::mem::size_of::<V>().is_multiple_of(8) && std::mem::align_of::<V>() <= 8) };
     let count = count.min(max_entries);
     let mut sums = vec![V::default(); count as usize];
     if count == 0 {
