@@ -610,9 +610,16 @@ fn a_delete_after_a_walk_keeps_the_flow_that_reused_the_tuple_meanwhile() {
         .maps
         .delete_conntrack_if(&keys, |_, v| v.backend_id == a_id)
         .unwrap();
-    assert_eq!(deleted, 1, "a's reply entry; the reused forward key is b's now");
+    assert_eq!(
+        deleted, 1,
+        "a's reply entry; the reused forward key is b's now"
+    );
     let (_, out) = f.ingress(&to(TcpFlags::ACK));
-    assert_eq!(backend_of(&out), sa(b, 8080), "the new connection stays on b");
+    assert_eq!(
+        backend_of(&out),
+        sa(b, 8080),
+        "the new connection stays on b"
+    );
     assert_eq!(
         f.runner.counters().flow(FlowCounter::Midstream),
         0,

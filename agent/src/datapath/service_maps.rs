@@ -360,12 +360,11 @@ impl BpfServiceMaps {
         key: &CtKey,
         doomed: impl Fn(&CtKey, &CtValue) -> bool,
     ) -> Result<bool, MapWriteError> {
-        let taken = super::ct_delete::take(&self.conntrack_fd, key).map_err(|e| {
-            MapWriteError::Other {
+        let taken =
+            super::ct_delete::take(&self.conntrack_fd, key).map_err(|e| MapWriteError::Other {
                 map: map_names::CONNTRACK,
                 detail: format!("BPF_MAP_LOOKUP_AND_DELETE_ELEM: {e}"),
-            }
-        })?;
+            })?;
         match taken {
             None => Ok(false),
             Some(v) if doomed(key, &v) => Ok(true),
