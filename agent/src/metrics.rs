@@ -428,6 +428,18 @@ impl Metrics {
                 event.name()
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP skiff_flow_events_total Conntrack events of service flows: midstream_new (a TCP packet without SYN balanced as a new flow: its backend resets it), reopened (a SYN on a tracked tuple balanced afresh)."
+        );
+        let _ = writeln!(out, "# TYPE skiff_flow_events_total counter");
+        for (event, n) in &dp.counters.flows {
+            let _ = writeln!(
+                out,
+                "skiff_flow_events_total{{event=\"{}\"}} {n}",
+                event.name()
+            );
+        }
         let mut per_service = Vec::new();
         for (id, c) in &dp.services {
             let Some(name) = m.service_names.get(id) else {
@@ -709,6 +721,7 @@ mod tests {
                 classes: vec![],
                 drops: vec![(skiff_datapath_abi::DropReason::ShortEthernet, 7)],
                 masquerade: vec![(skiff_datapath_abi::MasqCounter::NewFlows, 4)],
+                flows: vec![(skiff_datapath_abi::FlowCounter::Midstream, 6)],
             },
             services: vec![(
                 2,
@@ -741,6 +754,7 @@ mod tests {
         };
         assert_eq!(get("skiff_drops_total{reason=\"short_ethernet\"}"), 7.0);
         assert_eq!(get("skiff_masquerade_total{event=\"new_flows\"}"), 4.0);
+        assert_eq!(get("skiff_flow_events_total{event=\"midstream_new\"}"), 6.0);
         assert_eq!(
             get("skiff_network_programming_duration_seconds_bucket{le=\"0.025\"}"),
             1.0

@@ -7,7 +7,8 @@ use aya::{
     Ebpf,
 };
 use skiff_datapath_abi::{
-    map_names, DropReason, LbCounter, MasqCounter, PacketClass, SockLbCounter, TrafficCounter,
+    map_names, DropReason, FlowCounter, LbCounter, MasqCounter, PacketClass, SockLbCounter,
+    TrafficCounter,
 };
 
 use super::DatapathError;
@@ -22,6 +23,9 @@ pub struct Counters {
     /// One entry per [`MasqCounter`], in `MasqCounter::ALL` order (empty when read from
     /// pins of an agent that predates masquerade).
     pub masquerade: Vec<(MasqCounter, u64)>,
+    /// One entry per [`FlowCounter`], in `FlowCounter::ALL` order (empty when read from
+    /// pins of an agent that predates these counters).
+    pub flows: Vec<(FlowCounter, u64)>,
 }
 
 impl Counters {
@@ -52,6 +56,15 @@ impl Counters {
             .unwrap_or_default()
     }
 
+    /// One conntrack event counter of service flows.
+    pub fn flow(&self, event: FlowCounter) -> u64 {
+        self.flows
+            .iter()
+            .find(|(e, _)| *e == event)
+            .map(|(_, v)| *v)
+            .unwrap_or_default()
+    }
+
     /// Every packet counted, accepted or dropped.
     pub fn total_packets(&self) -> u64 {
         let seen: u64 = self.classes.iter().map(|(_, c)| c.packets).sum();
@@ -75,6 +88,9 @@ impl Counters {
         }
         for (event, n) in &self.masquerade {
             out.push_str(&format!("masquerade{{event={}}} {}\n", event.name(), n));
+        }
+        for (event, n) in &self.flows {
+            out.push_str(&format!("flows{{event={}}} {}\n", event.name(), n));
         }
         out
     }
@@ -118,6 +134,17 @@ pub(super) fn read(ebpf: &Ebpf) -> Result<Counters, DatapathError> {
                 source: Box::new(source),
             })?;
         out.masquerade
+            .push((event, values.iter().fold(0u64, |a, v| a.saturating_add(*v))));
+    }
+    let flows = per_cpu::<u64>(ebpf, map_names::FLOW_STATS)?;
+    for event in FlowCounter::ALL {
+        let values = flows
+            .get(&(event as u32), 0)
+            .map_err(|source| DatapathError::MapRead {
+                map: map_names::FLOW_STATS,
+                source: Box::new(source),
+            })?;
+        out.flows
             .push((event, values.iter().fold(0u64, |a, v| a.saturating_add(*v))));
     }
     Ok(out)
@@ -306,6 +333,7 @@ mod tests {
                 .map(|r| (*r, u64::from(*r as u32 % 2)))
                 .collect(),
             masquerade: MasqCounter::ALL.iter().map(|e| (*e, 3)).collect(),
+            flows: FlowCounter::ALL.iter().map(|e| (*e, 5)).collect(),
         }
     }
 
@@ -335,7 +363,12 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines.len(),
-            (PacketClass::COUNT + DropReason::COUNT + MasqCounter::COUNT) as usize
+            (PacketClass::COUNT + DropReason::COUNT + MasqCounter::COUNT + FlowCounter::COUNT)
+                as usize
+        );
+        assert_eq!(
+            lines[(PacketClass::COUNT + DropReason::COUNT + MasqCounter::COUNT) as usize],
+            "flows{event=midstream_new} 5"
         );
         assert_eq!(
             lines[(PacketClass::COUNT + DropReason::COUNT) as usize],

@@ -182,6 +182,17 @@ impl Inspector {
                     .push((event, v.iter().fold(0u64, |a, c| a.saturating_add(*c))));
             }
         }
+        if let Ok(map) = open(&self.dir, map_names::FLOW_STATS) {
+            let flows: PerCpuArray<_, u64> =
+                PerCpuArray::try_from(map).map_err(read_err(map_names::FLOW_STATS))?;
+            for event in skiff_datapath_abi::FlowCounter::ALL {
+                let v = flows
+                    .get(&(event as u32), 0)
+                    .map_err(read_err(map_names::FLOW_STATS))?;
+                out.flows
+                    .push((event, v.iter().fold(0u64, |a, c| a.saturating_add(*c))));
+            }
+        }
         Ok(out)
     }
 

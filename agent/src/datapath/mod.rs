@@ -6,6 +6,7 @@
 
 mod batch;
 mod counters;
+mod ct_delete;
 mod inspect;
 mod masquerade;
 mod object;
@@ -256,6 +257,7 @@ impl Datapath {
             slots: take_hash_map(&mut ebpf, map_names::SLOTS)?,
             backends: take_hash_map(&mut ebpf, map_names::BACKENDS)?,
             sock_rev: take_hash_map(&mut ebpf, map_names::SOCK_REV)?,
+            conntrack_fd: map_fd(&ebpf, map_names::CONNTRACK)?,
             conntrack: take_hash_map(&mut ebpf, map_names::CONNTRACK)?,
             source_ranges: {
                 let map = ebpf.take_map(map_names::SOURCE_RANGES).ok_or_else(|| {
@@ -810,6 +812,30 @@ fn tc_program<'a>(
     name: &str,
 ) -> Result<&'a mut SchedClassifier, DatapathError> {
     program(ebpf, name)
+}
+
+/// A descriptor of its own for map `name` of the object (before it is taken), for calls
+/// aya does not wrap.
+fn map_fd(ebpf: &Ebpf, name: &'static str) -> Result<std::os::fd::OwnedFd, DatapathError> {
+    use std::os::fd::AsFd;
+    let data = match ebpf.map(name) {
+        Some(aya::maps::Map::HashMap(d) | aya::maps::Map::LruHashMap(d)) => d,
+        Some(_) | None => {
+            return Err(DatapathError::MissingMap {
+                name: name.to_owned(),
+            })
+        }
+    };
+    data.fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|io_error| DatapathError::MapRead {
+            map: name,
+            source: Box::new(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "dup",
+                io_error,
+            })),
+        })
 }
 
 fn take_hash_map<K: aya::Pod, V: aya::Pod>(
