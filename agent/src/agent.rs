@@ -566,6 +566,7 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
         Some(snapshot),
         watch::Hooks {
             on_sync: |s: &Synced| {
+                let hooks_started = std::time::Instant::now(); // agent sync scale (issue 7)
                 println!(
                     "synced {} services, {} slices in {:?} ({}): {} map writes, {} errors, {} diagnostics",
                     s.services,
@@ -591,7 +592,8 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
                 usage.set(s.usage);
                 synced.set(true);
                 // dns: cluster DNS (issue 8)
-                if dns_addr.is_some() {
+                // agent sync scale (issue 7): only when something the zone reads changed.
+                if dns_addr.is_some() && s.dns_changed {
                     dns_serial.set(dns_serial.get().wrapping_add(1));
                     dns_zone.set(skiff_dns::Zone::build(
                         &args.cluster_domain,
@@ -607,6 +609,14 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
                     &s.programming_latencies,
                     s.service_ids.as_deref(),
                 );
+                // agent sync scale (issue 7)
+                metrics.observe_last_sync(skiff_agent::metrics::LastSync {
+                    duration: s.duration,
+                    services_changed: s.changed,
+                    map_writes: s.report.writes,
+                    full: s.full,
+                });
+                // end agent sync scale
                 // A failed write leaves the change pending: /healthz turns 503 if it
                 // stays that way past the timeout.
                 if s.report.errors.is_empty() {
@@ -624,6 +634,15 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
                     println!("  {e}");
                 }
                 hc_failed.set(!errors.is_empty());
+                // agent sync scale (issue 7): what the sync's consumers cost after the
+                // maps were programmed (the next change waits for it).
+                tracing::debug!(
+                    target: "skiff_agent::sync",
+                    dns_rebuilt = dns_addr.is_some() && s.dns_changed,
+                    hooks_us = hooks_started.elapsed().as_micros() as u64,
+                    "sync consumers done"
+                );
+                // end agent sync scale
             },
             on_error: |e: &str| {
                 metrics.observe_watch_error();
@@ -631,8 +650,9 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
             },
             tick: interval,
             on_tick: |m: &mut BpfServiceMaps| {
-                // A health check port that could not be bound (still held by a process
-                // that is going away) is retried every tick, not only at the next change.
+                let tick_started = std::time::Instant::now(); // agent sync scale (issue 7)
+                                                              // A health check port that could not be bound (still held by a process
+                                                              // that is going away) is retried every tick, not only at the next change.
                 if hc_failed.get() {
                     let errors = hc_servers.borrow_mut().update(&checks.borrow());
                     if errors.is_empty() {
@@ -671,6 +691,13 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
                         Err(e) => println!("consistency check: reading the maps: {e}"),
                     }
                 }
+                // agent sync scale (issue 7): a change arriving meanwhile waits for this.
+                tracing::debug!(
+                    target: "skiff_agent::sync",
+                    tick_us = tick_started.elapsed().as_micros() as u64,
+                    "tick done"
+                );
+                // end agent sync scale
             },
             on_pending: || proxy_health.queued(),
         },

@@ -6,7 +6,9 @@
 //!   annotation (the SLI upstream's kubeproxy_network_programming_duration_seconds
 //!   measures, with buckets down to 1 ms because skiff's goal is p99 ≤ 50 ms);
 //! - `skiff_sync_duration_seconds` (histogram), `skiff_syncs_total`,
-//!   `skiff_sync_errors_total`, `skiff_last_sync_timestamp_seconds`;
+//!   `skiff_sync_errors_total`, `skiff_last_sync_timestamp_seconds`; the last sync itself:
+//!   `skiff_last_sync_duration_seconds`, `skiff_last_sync_services_changed`,
+//!   `skiff_last_sync_map_writes`, `skiff_last_sync_full` (what `skiff-agent status` shows);
 //! - `skiff_packets_total`/`skiff_bytes_total{class}` and `skiff_drops_total{reason}` of the
 //!   datapath (what `skiff-agent drops` prints);
 //! - `skiff_service_flows_total`/`_packets_total`/`_bytes_total{service,port,scope}` per
@@ -124,6 +126,7 @@ struct Inner {
     syncs: u64,
     sync_errors: u64,
     last_sync: Option<SystemTime>,
+    last_sync_detail: Option<LastSync>,
     service_names: BTreeMap<u32, ServicePortName>,
     datapath: Option<DatapathSample>,
     watch_errors: u64,
@@ -134,6 +137,21 @@ struct Inner {
     heartbeats_failed: u64,
     last_heartbeat: Option<SystemTime>,
 }
+
+// agent sync scale (issue 7)
+/// What the last sync did, for `skiff-agent status` (the histograms say how syncs are
+/// distributed; this says what the latest one cost).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastSync {
+    /// Translate + reconcile time.
+    pub duration: Duration,
+    /// Services recomputed (all of them for a full sync).
+    pub services_changed: usize,
+    pub map_writes: usize,
+    /// Every Service was rebuilt (first list, relist, periodic check).
+    pub full: bool,
+}
+// end agent sync scale
 
 /// The agent's metrics, shared between the sync loop and the HTTP server.
 #[derive(Debug)]
@@ -150,6 +168,7 @@ impl Metrics {
                 syncs: 0,
                 sync_errors: 0,
                 last_sync: None,
+                last_sync_detail: None,
                 service_names: BTreeMap::new(),
                 datapath: None,
                 watch_errors: 0,
@@ -188,6 +207,13 @@ impl Metrics {
             m.service_names = ids.iter().map(|(n, id)| (*id, n.clone())).collect();
         }
     }
+
+    // agent sync scale (issue 7)
+    /// Records what the latest sync did (after [`Metrics::observe_sync`]).
+    pub fn observe_last_sync(&self, last: LastSync) {
+        self.lock().last_sync_detail = Some(last);
+    }
+    // end agent sync scale
 
     /// Records a consistency check ([`consistency`]).
     pub fn set_consistency(&self, problems: Vec<(&'static str, u64)>) {
@@ -265,6 +291,37 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE skiff_last_sync_timestamp_seconds gauge");
             let _ = writeln!(out, "skiff_last_sync_timestamp_seconds {}", unix(t));
         }
+        // agent sync scale (issue 7)
+        if let Some(l) = m.last_sync_detail {
+            let gauges: [(&str, &str, f64); 4] = [
+                (
+                    "skiff_last_sync_duration_seconds",
+                    "Translate and reconcile time of the latest sync.",
+                    l.duration.as_secs_f64(),
+                ),
+                (
+                    "skiff_last_sync_services_changed",
+                    "Services the latest sync recomputed (every Service for a full sync).",
+                    l.services_changed as f64,
+                ),
+                (
+                    "skiff_last_sync_map_writes",
+                    "Map writes and deletes of the latest sync.",
+                    l.map_writes as f64,
+                ),
+                (
+                    "skiff_last_sync_full",
+                    "1 if the latest sync rebuilt every Service (first list, relist, periodic check).",
+                    if l.full { 1.0 } else { 0.0 },
+                ),
+            ];
+            for (name, help, v) in gauges {
+                let _ = writeln!(out, "# HELP {name} {help}");
+                let _ = writeln!(out, "# TYPE {name} gauge");
+                let _ = writeln!(out, "{name} {v}");
+            }
+        }
+        // end agent sync scale
         let _ = writeln!(
             out,
             "# HELP skiff_watch_errors_total Failed API watches (each is retried with backoff)."
@@ -368,6 +425,18 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "skiff_masquerade_total{{event=\"{}\"}} {n}",
+                event.name()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP skiff_flow_events_total Conntrack events of service flows: midstream_new (a TCP packet without SYN balanced as a new flow: its backend resets it), reopened (a SYN on a tracked tuple balanced afresh)."
+        );
+        let _ = writeln!(out, "# TYPE skiff_flow_events_total counter");
+        for (event, n) in &dp.counters.flows {
+            let _ = writeln!(
+                out,
+                "skiff_flow_events_total{{event=\"{}\"}} {n}",
                 event.name()
             );
         }
@@ -652,6 +721,7 @@ mod tests {
                 classes: vec![],
                 drops: vec![(skiff_datapath_abi::DropReason::ShortEthernet, 7)],
                 masquerade: vec![(skiff_datapath_abi::MasqCounter::NewFlows, 4)],
+                flows: vec![(skiff_datapath_abi::FlowCounter::Midstream, 6)],
             },
             services: vec![(
                 2,
@@ -667,6 +737,12 @@ mod tests {
                 capacity: 65536,
             }],
         });
+        m.observe_last_sync(LastSync {
+            duration: Duration::from_micros(1250),
+            services_changed: 1,
+            map_writes: 3,
+            full: false,
+        });
         let text = m.render();
         let parsed = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         let get = |k: &str| {
@@ -678,6 +754,7 @@ mod tests {
         };
         assert_eq!(get("skiff_drops_total{reason=\"short_ethernet\"}"), 7.0);
         assert_eq!(get("skiff_masquerade_total{event=\"new_flows\"}"), 4.0);
+        assert_eq!(get("skiff_flow_events_total{event=\"midstream_new\"}"), 6.0);
         assert_eq!(
             get("skiff_network_programming_duration_seconds_bucket{le=\"0.025\"}"),
             1.0
@@ -687,6 +764,9 @@ mod tests {
             4.0
         );
         assert_eq!(get("skiff_map_capacity{map=\"services\"}"), 65536.0);
+        assert_eq!(get("skiff_last_sync_duration_seconds"), 0.00125);
+        assert_eq!(get("skiff_last_sync_map_writes"), 3.0);
+        assert_eq!(get("skiff_last_sync_full"), 0.0);
         assert!(parse("foo 1\n").is_err(), "undeclared family");
         assert!(parse("# TYPE foo counter\nfoo x\n").is_err());
     }

@@ -207,6 +207,25 @@ pub fn render(i: &Inputs) -> String {
                 "last sync      {last} ({syncs} syncs, {errors} failed service ports, {} watch errors)",
                 get(m, "skiff_watch_errors_total").unwrap_or(0.0)
             );
+            // agent sync scale (issue 7): what the latest sync cost.
+            if let Some(d) = get(m, "skiff_last_sync_duration_seconds") {
+                let changed = get(m, "skiff_last_sync_services_changed").unwrap_or(0.0);
+                let what = if get(m, "skiff_last_sync_full") == Some(1.0) {
+                    format!("full, {changed} services")
+                } else {
+                    format!(
+                        "{changed} service{} changed",
+                        if changed == 1.0 { "" } else { "s" }
+                    )
+                };
+                let _ = writeln!(
+                    out,
+                    "last sync took {:.2}ms ({what}, {} map writes)",
+                    d * 1e3,
+                    get(m, "skiff_last_sync_map_writes").unwrap_or(0.0)
+                );
+            }
+            // end agent sync scale
             if let Some(t) = get(m, "skiff_node_last_heartbeat_timestamp_seconds") {
                 let _ = writeln!(out, "heartbeat      {}", ago(i.now, t));
             }
@@ -284,6 +303,10 @@ mod tests {
             ("skiff_syncs_total".to_string(), 4.0),
             ("skiff_sync_errors_total".to_string(), 0.0),
             ("skiff_last_sync_timestamp_seconds".to_string(), 998.0),
+            ("skiff_last_sync_duration_seconds".to_string(), 0.00125),
+            ("skiff_last_sync_services_changed".to_string(), 1.0),
+            ("skiff_last_sync_map_writes".to_string(), 3.0),
+            ("skiff_last_sync_full".to_string(), 0.0),
             (
                 "skiff_network_programming_duration_seconds_bucket{le=\"0.01\"}".to_string(),
                 90.0,
@@ -333,6 +356,7 @@ mod tests {
             "node           node-a: Ready=True (KubeletReady), lease renewed 3.0s ago",
             "podCIDR        10.244.0.0/24",
             "last sync      2.0s ago (4 syncs",
+            "last sync took 1.25ms (1 service changed, 3 map writes)",
             "programming    p50 ≤ 10ms p99 ≤ 50ms (100 changes)",
             "95.0%  <- nearly full",
             "consistency    PROBLEMS: slots: 2",

@@ -194,9 +194,16 @@ pub struct Synced {
     // dns: cluster DNS (issue 8)
     /// The complete caches this sync programmed, for consumers that answer from the same
     /// view (the node-local DNS server) without a watch of their own. Reduced to the
-    /// fields the zone reads, and empty unless [`SyncConfig::keep_dns_objects`].
+    /// fields the zone reads, and empty unless [`SyncConfig::keep_dns_objects`] and
+    /// `dns_changed`.
     pub service_objects: Vec<Service>,
     pub slice_objects: Vec<EndpointSlice>,
+    // agent sync scale (issue 7)
+    /// Something the DNS zone reads changed since the previous sync (always on the first):
+    /// only then are the objects above filled, so an endpoint change of a ClusterIP
+    /// Service does not rebuild a zone of every Service.
+    pub dns_changed: bool,
+    // end agent sync scale
     // end dns
 }
 
@@ -369,6 +376,29 @@ fn dns_slice(slice: &EndpointSlice) -> EndpointSlice {
     }
 }
 
+// agent sync scale (issue 7)
+/// Whether the DNS zone reads a Service's EndpointSlices: headless Services publish their
+/// ready endpoints; ClusterIP Services their ClusterIP and ports only, ExternalName a CNAME
+/// (`skiff_dns::Zone::build`).
+fn dns_uses_slices(svc: &Service) -> bool {
+    svc.spec.as_ref().is_some_and(|s| {
+        s.type_.as_deref() != Some("ExternalName") && s.cluster_ip.as_deref() == Some("None")
+    })
+}
+
+/// The Service a DNS slice projection belongs to (its service-name label).
+fn dns_slice_service(slice: &EndpointSlice) -> Option<Key> {
+    let ns = slice.metadata.namespace.clone()?;
+    let name = slice
+        .metadata
+        .labels
+        .as_ref()?
+        .get(crate::translate::LABEL_SERVICE_NAME)?
+        .clone();
+    Some((ns, name))
+}
+// end agent sync scale
+
 /// The caches and the model derived from them.
 struct State {
     config: SyncConfig,
@@ -382,6 +412,8 @@ struct State {
     /// A list completed since the last sync: rebuild everything.
     full: bool,
     triggers: TriggerTimes,
+    /// Something the DNS zone reads changed since the last sync (agent sync scale, #7).
+    dns_changed: bool,
 }
 
 impl State {
@@ -395,6 +427,7 @@ impl State {
             dirty: BTreeSet::new(),
             full: false,
             triggers: TriggerTimes::new(SystemTime::now()),
+            dns_changed: false,
         }
     }
 
@@ -422,8 +455,30 @@ impl State {
                 self.dirty.insert(k.clone());
             }
         }
+        // agent sync scale (issue 7): only a change of what the zone reads rebuilds it.
+        self.dns_changed |= match &applied {
+            Applied::Nothing => false,
+            Applied::Relisted => true,
+            Applied::Upserted(k, old) => {
+                old.as_ref().and_then(|o| o.dns.as_deref())
+                    != self.services.get(k).and_then(|e| e.dns.as_deref())
+            }
+            Applied::Deleted(_, old) => old.dns.is_some(),
+        };
+        // end agent sync scale
         applied.changed()
     }
+
+    // agent sync scale (issue 7)
+    /// Whether the zone reads the slices of the Service a slice projection names.
+    fn dns_reads_slice(&self, slice: Option<&EndpointSlice>) -> bool {
+        slice
+            .and_then(dns_slice_service)
+            .and_then(|svc| self.services.get(&svc))
+            .and_then(|e| e.dns.as_deref())
+            .is_some_and(dns_uses_slices)
+    }
+    // end agent sync scale
 
     fn apply_slice(&mut self, event: watcher::Event<EndpointSlice>) -> bool {
         // Trigger times: a version not seen before (against the visible view, which a
@@ -485,6 +540,19 @@ impl State {
                 self.dirty.insert(svc);
             }
         }
+        // agent sync scale (issue 7): a slice matters to the zone only for a headless
+        // Service (old or new owner: a slice can move between Services).
+        self.dns_changed |= match &applied {
+            Applied::Nothing => false,
+            Applied::Relisted => true,
+            Applied::Upserted(k, old) => {
+                let old = old.as_ref().and_then(|o| o.dns.as_deref());
+                let new = self.slices.get(k).and_then(|e| e.dns.as_deref());
+                old != new && (self.dns_reads_slice(old) || self.dns_reads_slice(new))
+            }
+            Applied::Deleted(_, old) => self.dns_reads_slice(old.dns.as_deref()),
+        };
+        // end agent sync scale
         applied.changed()
     }
 
@@ -662,31 +730,63 @@ pub async fn run<M, S, E, T, P>(
         }
         let started = Instant::now();
         let full = state.full || resync || adopt.is_some();
-        let (report, mut diagnostics, changed_services) = if full {
+        // agent sync scale (issue 7): the model (translate) and the map writes (reconcile)
+        // are timed apart for the per-sync log.
+        let (report, mut diagnostics, changed_services, translated) = if full {
             state.full = false;
             state.dirty.clear();
             last_full = Instant::now();
             let diagnostics = state.rebuild_all();
+            let translated = started.elapsed();
             // A restarted agent takes over the pinned maps against the first complete
             // desired state, so unchanged services are not rewritten (and keep their ids).
             if let Some(snapshot) = adopt.take() {
                 reconciler.adopt(&snapshot, &state.model);
             }
             let n = state.services.len();
-            (reconciler.sync(&state.model, maps), diagnostics, n)
+            (
+                reconciler.sync(&state.model, maps),
+                diagnostics,
+                n,
+                translated,
+            )
         } else {
             let dirty = std::mem::take(&mut state.dirty);
             let mut diagnostics = Vec::new();
             for svc in &dirty {
                 state.rebuild(svc, &mut diagnostics);
             }
+            let translated = started.elapsed();
             let report = reconciler.sync_services(&state.model, &dirty, maps);
-            (report, diagnostics, dirty.len())
+            (report, diagnostics, dirty.len(), translated)
         };
         diagnostics.sort();
         diagnostics.dedup();
         let duration = started.elapsed();
-        let (service_objects, slice_objects) = state.dns_objects();
+        // agent sync scale (issue 7): one structured record per sync
+        // (`RUST_LOG=skiff_agent::sync=debug`); stdout keeps the one-line summary.
+        tracing::debug!(
+            target: "skiff_agent::sync",
+            full,
+            services_changed = changed_services,
+            map_writes = report.writes,
+            errors = report.errors.len(),
+            services = state.services.len(),
+            slices = state.slices.len(),
+            translate_us = translated.as_micros() as u64,
+            reconcile_us = (duration - translated).as_micros() as u64,
+            duration_us = duration.as_micros() as u64,
+            "synced"
+        );
+        // end agent sync scale
+        // agent sync scale (issue 7): the zone's objects only when the zone changes.
+        let dns_changed = std::mem::take(&mut state.dns_changed);
+        let (service_objects, slice_objects) = if dns_changed {
+            state.dns_objects()
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        // end agent sync scale
         on_sync(&Synced {
             report,
             diagnostics,
@@ -704,6 +804,7 @@ pub async fn run<M, S, E, T, P>(
             // dns: cluster DNS (issue 8)
             service_objects,
             slice_objects,
+            dns_changed: dns_changed && state.config.keep_dns_objects,
             // end dns
         });
     }
@@ -972,4 +1073,123 @@ mod tests {
         let report = inc.sync(&state.model, &mut inc_maps);
         assert_eq!(report.writes, 0, "{:?}", inc_maps.log);
     }
+
+    // agent sync scale (issue 7)
+    fn dns_service_json(rng: &mut Rng, i: u64) -> Service {
+        let spec = match rng.below(4) {
+            0 => serde_json::json!({"clusterIP": "None"}),
+            1 => {
+                serde_json::json!({"type": "ExternalName", "externalName": format!("x{i}.example")})
+            }
+            _ => serde_json::json!({"clusterIP": format!("10.43.1.{}", rng.below(3) + 1),
+                "ports": [{"name": format!("p{}", rng.below(2)), "port": 80}]}),
+        };
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "default", "name": format!("svc{i}")},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_dns_zone_is_rebuilt_exactly_when_what_it_reads_changes() {
+        let mut state = State::new(SyncConfig {
+            keep_dns_objects: true,
+            ..Default::default()
+        });
+        for e in [watcher::Event::Init, watcher::Event::InitDone] {
+            state.apply_service(e);
+        }
+        for e in [watcher::Event::Init, watcher::Event::InitDone] {
+            state.apply_slice(e);
+        }
+        assert!(state.dns_changed, "the first complete list builds the zone");
+        let zone = |state: &State| {
+            let (svcs, slices) = state.dns_objects();
+            format!(
+                "{:?}",
+                skiff_dns::Zone::build("cluster.local", &svcs, &slices, 1)
+            )
+        };
+        state.dns_changed = false;
+
+        // A ClusterIP Service's endpoints are not in the zone: no rebuild.
+        let web: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "default", "name": "web"},
+            "spec": {"clusterIP": "10.43.0.5", "ports": [{"name": "http", "port": 80}]},
+        }))
+        .unwrap();
+        state.apply_service(watcher::Event::Apply(web));
+        assert!(std::mem::take(&mut state.dns_changed), "a new Service");
+        let mut published = zone(&state);
+        let web_slice = |addr: &str| -> EndpointSlice {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"namespace": "default", "name": "web-1",
+                    "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [addr], "conditions": {"ready": true}}],
+            }))
+            .unwrap()
+        };
+        state.apply_slice(watcher::Event::Apply(web_slice("10.42.0.7")));
+        state.apply_slice(watcher::Event::Apply(web_slice("10.42.0.8")));
+        assert!(
+            !state.dns_changed,
+            "endpoint changes of a ClusterIP Service"
+        );
+        assert_eq!(published, zone(&state));
+
+        // Random Services (ClusterIP, headless, ExternalName) and slices: whenever the
+        // flag stays down, the published zone is still the zone of the whole view.
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut services: BTreeMap<u64, Service> = BTreeMap::new();
+        let mut slices: BTreeMap<u64, EndpointSlice> = BTreeMap::new();
+        let (mut rebuilt, mut skipped) = (0, 0);
+        for step in 0..800 {
+            match rng.below(8) {
+                0 => {
+                    let i = rng.below(5);
+                    let svc = dns_service_json(&mut rng, i);
+                    services.insert(i, svc.clone());
+                    state.apply_service(watcher::Event::Apply(svc));
+                }
+                1 => {
+                    if let Some(svc) = services.remove(&rng.below(5)) {
+                        state.apply_service(watcher::Event::Delete(svc));
+                    }
+                }
+                2..=5 => {
+                    let j = rng.below(8);
+                    let slice = random_slice(&mut rng, j);
+                    // random_slice labels svc0..svc7; only svc0..svc4 exist here.
+                    slices.insert(j, slice.clone());
+                    state.apply_slice(watcher::Event::Apply(slice));
+                }
+                6 => {
+                    // The same version again (a resync or a relist's re-delivery).
+                    if let Some(slice) = slices.get(&rng.below(8)) {
+                        state.apply_slice(watcher::Event::Apply(slice.clone()));
+                        assert!(!state.dns_changed, "step {step}: an unchanged slice");
+                    }
+                }
+                _ => {
+                    if let Some(slice) = slices.remove(&rng.below(8)) {
+                        state.apply_slice(watcher::Event::Delete(slice));
+                    }
+                }
+            }
+            if std::mem::take(&mut state.dns_changed) {
+                published = zone(&state);
+                rebuilt += 1;
+            } else {
+                skipped += 1;
+            }
+            assert_eq!(published, zone(&state), "step {step}");
+        }
+        assert!(
+            rebuilt > 50 && skipped > 200,
+            "both paths exercised: {rebuilt} rebuilt, {skipped} skipped"
+        );
+    }
+    // end agent sync scale
 }

@@ -21,7 +21,7 @@ use skiff_agent::{
 use skiff_datapath_abi::{
     ct_dir, ct_flags,
     program_names::{TC_EGRESS, TC_INGRESS},
-    DropReason, NodeConfig,
+    CtKey, DropReason, FlowCounter, NodeConfig,
 };
 use skiff_tests::{
     packet::{clear_udp_checksum, parse, verify_checksums, Packet, TcpFlags, ETH_HLEN},
@@ -564,6 +564,101 @@ fn a_syn_on_a_reused_tuple_is_balanced_afresh_when_its_flow_closed_or_its_backen
         0,
         "the SYN opened a new flow: its entry is not closing"
     );
+}
+
+/// The purge of a departed backend's flows (and the GC) decides from a walk of the map,
+/// then deletes. A client that reuses a walked tuple in between gets a new flow under the
+/// same key: that entry must survive the delete, or the connection's next packet is
+/// balanced midstream onto a backend that never saw its SYN (a RST; the residual failure
+/// of rolling updates under load).
+#[test]
+fn a_delete_after_a_walk_keeps_the_flow_that_reused_the_tuple_meanwhile() {
+    let mut f = fixture();
+    let a = local_pod(10);
+    let b = local_pod(11);
+    f.program(&[web(Protocol::Tcp, &[ep(a, EndpointState::Active, true)])]);
+    let client = sa(CLIENT, 40003);
+    let to = |flags| tcp(client, sa(NODE, NODE_PORT), flags).build();
+    let backend_of = |out: &[u8]| parse(out).unwrap().endpoints().unwrap().1;
+    let fin = TcpFlags {
+        fin: true,
+        ack: true,
+        ..Default::default()
+    };
+    f.ingress(&to(TcpFlags::SYN));
+    f.ingress(&tcp(sa(a, 8080), client, TcpFlags::SYN_ACK).build());
+    f.ingress(&to(fin));
+    f.program(&[web(
+        Protocol::Tcp,
+        &[
+            ep(b, EndpointState::Active, true),
+            ep(a, EndpointState::Terminating, true),
+        ],
+    )]);
+
+    // The walk: every entry is a's closed flow.
+    let walked = f.maps.conntrack_entries().unwrap();
+    assert_eq!(walked.len(), 2);
+    let a_id = walked[0].1.backend_id;
+    let keys: Vec<CtKey> = walked.iter().map(|(k, _)| *k).collect();
+    // Meanwhile the client reuses its port: a new connection, balanced to b.
+    let (_, out) = f.ingress(&to(TcpFlags::SYN));
+    assert_eq!(backend_of(&out), sa(b, 8080));
+    assert_eq!(f.runner.counters().flow(FlowCounter::Reopened), 1);
+    // The delete: of what the walk found, only what still belongs to a goes.
+    let deleted = f
+        .maps
+        .delete_conntrack_if(&keys, |_, v| v.backend_id == a_id)
+        .unwrap();
+    assert_eq!(
+        deleted, 1,
+        "a's reply entry; the reused forward key is b's now"
+    );
+    let (_, out) = f.ingress(&to(TcpFlags::ACK));
+    assert_eq!(
+        backend_of(&out),
+        sa(b, 8080),
+        "the new connection stays on b"
+    );
+    assert_eq!(
+        f.runner.counters().flow(FlowCounter::Midstream),
+        0,
+        "no packet was balanced midstream"
+    );
+}
+
+/// The atomic step of that delete: an entry taken that is not doomed after all (it
+/// changed after the re-read) goes straight back, unchanged.
+#[test]
+fn a_conntrack_entry_taken_that_changed_is_put_back() {
+    let mut f = fixture();
+    let a = local_pod(10);
+    f.program(&[web(Protocol::Tcp, &[ep(a, EndpointState::Active, true)])]);
+    let client = sa(CLIENT, 40004);
+    f.ingress(&tcp(client, sa(NODE, NODE_PORT), TcpFlags::SYN).build());
+    let before = f.maps.conntrack_entries().unwrap();
+    let (fwd, _) = *before
+        .iter()
+        .find(|(k, _)| k.dir == ct_dir::FORWARD)
+        .expect("forward entry");
+    assert!(!f
+        .maps
+        .take_conntrack_unless_changed(&fwd, |_, _| false)
+        .unwrap());
+    let mut after = f.maps.conntrack_entries().unwrap();
+    let mut expected = before.clone();
+    after.sort_by_key(|(k, _)| k.dir);
+    expected.sort_by_key(|(k, _)| k.dir);
+    assert_eq!(after, expected, "put back as it was");
+    assert!(f
+        .maps
+        .take_conntrack_unless_changed(&fwd, |_, _| true)
+        .unwrap());
+    assert_eq!(f.ct_len(), 1, "the forward entry went");
+    // What losing a live flow's entry looks like: its next packet is balanced midstream,
+    // and counted.
+    f.ingress(&tcp(client, sa(NODE, NODE_PORT), TcpFlags::ACK).build());
+    assert_eq!(f.runner.counters().flow(FlowCounter::Midstream), 1);
 }
 
 #[test]

@@ -336,6 +336,29 @@ impl Lifecycle {
         self.update_conditions(now);
     }
 
+    /// Adoption: where the pod's own conditions (Initialized, ContainersReady, Ready) now
+    /// have the status the API holds, they keep the API's lastTransitionTime. Recomputed
+    /// from scratch they would read as a transition at the agent's restart that never
+    /// happened.
+    pub fn adopt_condition_times(&mut self, pod: &Pod) {
+        let published = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+        for c in published.into_iter().flatten() {
+            let Some(since) = c.last_transition_time.as_ref() else {
+                continue;
+            };
+            for k in [INITIALIZED, CONTAINERS_READY, READY] {
+                if c.type_ != k {
+                    continue;
+                }
+                if let Some(ours) = self.conds.get_mut(k) {
+                    if (c.status == "True") == ours.status {
+                        ours.since = SystemTime::from(since.0);
+                    }
+                }
+            }
+        }
+    }
+
     pub fn restart_policy(&self) -> RestartPolicy {
         self.restart_policy
     }
@@ -487,6 +510,30 @@ impl Lifecycle {
             message: None,
             retry_at: Some(SystemTime::UNIX_EPOCH),
         };
+    }
+
+    /// Carries over what an earlier runtime published for an adopted running `instance`:
+    /// ready (its readiness probe had passed) and started (its startup probe had), so an
+    /// agent restart does not flap the pod's readiness. Call after [`Lifecycle::started`].
+    pub fn carry_over_probes(
+        &mut self,
+        name: &str,
+        instance: u64,
+        (ready, started): (bool, bool),
+        now: SystemTime,
+    ) {
+        let Some(c) = self.find(name) else { return };
+        if c.instance != instance || !c.running() {
+            return;
+        }
+        for t in c.trackers.iter_mut() {
+            match t.kind {
+                ProbeKind::Readiness if ready => t.assume(Verdict::Success),
+                ProbeKind::Startup if started || ready => t.assume(Verdict::Success),
+                _ => {}
+            }
+        }
+        self.update_conditions(now);
     }
 
     /// Restores the pod's startTime (adopted: when the pod really started).

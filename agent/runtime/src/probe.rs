@@ -230,6 +230,17 @@ impl Tracker {
         before != self.verdict
     }
 
+    /// Takes over the verdict an earlier runtime reached for the same running container
+    /// (adoption after an agent restart). Without it a readiness tracker starts at
+    /// Failure, and every ready pod of a restarted agent would flap not-ready until its
+    /// first probe: its endpoints leave their Services, and the node's established
+    /// connections to them are cut. (The kubelet has that flap: after a restart it
+    /// reports ready=false until the readiness probe runs again.) The next runs judge as
+    /// usual: `failure_threshold` failures still turn it.
+    pub fn assume(&mut self, verdict: Verdict) {
+        self.verdict = verdict;
+    }
+
     /// After a liveness/startup kill the worker starts over with the next instance; this
     /// one must not fire again (the kubelet pauses the worker until the restart).
     pub fn consecutive_failures(&self) -> u32 {

@@ -663,6 +663,28 @@ impl Worker {
                         self.life.started(&container, instance, now);
                         if let Some(t) = started_at {
                             self.life.set_started_at(&container, instance, t);
+                            // Adopted: what the API says of this same process stands until
+                            // its probes say otherwise.
+                            // (Its restart count tells that the status is of this instance.)
+                            let restarts = self.life.restart_count(&container);
+                            let published = self
+                                .pod
+                                .status
+                                .as_ref()
+                                .and_then(|s| s.container_statuses.as_ref())
+                                .and_then(|cs| cs.iter().find(|c| c.name == container))
+                                .filter(|c| c.restart_count == restarts);
+                            if let Some(cs) = published {
+                                let running =
+                                    cs.state.as_ref().is_some_and(|s| s.running.is_some());
+                                self.life.carry_over_probes(
+                                    &container,
+                                    instance,
+                                    (running && cs.ready, running && cs.started == Some(true)),
+                                    now,
+                                );
+                                self.life.adopt_condition_times(&self.pod);
+                            }
                         }
                     }
                     Err(f) => {

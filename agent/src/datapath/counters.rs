@@ -1,11 +1,14 @@
 //! Reading the per-CPU counter maps.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use aya::{
     maps::{MapData, PerCpuArray},
     Ebpf,
 };
 use skiff_datapath_abi::{
-    map_names, DropReason, LbCounter, MasqCounter, PacketClass, SockLbCounter, TrafficCounter,
+    map_names, DropReason, FlowCounter, LbCounter, MasqCounter, PacketClass, SockLbCounter,
+    TrafficCounter,
 };
 
 use super::DatapathError;
@@ -20,6 +23,9 @@ pub struct Counters {
     /// One entry per [`MasqCounter`], in `MasqCounter::ALL` order (empty when read from
     /// pins of an agent that predates masquerade).
     pub masquerade: Vec<(MasqCounter, u64)>,
+    /// One entry per [`FlowCounter`], in `FlowCounter::ALL` order (empty when read from
+    /// pins of an agent that predates these counters).
+    pub flows: Vec<(FlowCounter, u64)>,
 }
 
 impl Counters {
@@ -50,6 +56,15 @@ impl Counters {
             .unwrap_or_default()
     }
 
+    /// One conntrack event counter of service flows.
+    pub fn flow(&self, event: FlowCounter) -> u64 {
+        self.flows
+            .iter()
+            .find(|(e, _)| *e == event)
+            .map(|(_, v)| *v)
+            .unwrap_or_default()
+    }
+
     /// Every packet counted, accepted or dropped.
     pub fn total_packets(&self) -> u64 {
         let seen: u64 = self.classes.iter().map(|(_, c)| c.packets).sum();
@@ -73,6 +88,9 @@ impl Counters {
         }
         for (event, n) in &self.masquerade {
             out.push_str(&format!("masquerade{{event={}}} {}\n", event.name(), n));
+        }
+        for (event, n) in &self.flows {
+            out.push_str(&format!("flows{{event={}}} {}\n", event.name(), n));
         }
         out
     }
@@ -116,6 +134,17 @@ pub(super) fn read(ebpf: &Ebpf) -> Result<Counters, DatapathError> {
                 source: Box::new(source),
             })?;
         out.masquerade
+            .push((event, values.iter().fold(0u64, |a, v| a.saturating_add(*v))));
+    }
+    let flows = per_cpu::<u64>(ebpf, map_names::FLOW_STATS)?;
+    for event in FlowCounter::ALL {
+        let values = flows
+            .get(&(event as u32), 0)
+            .map_err(|source| DatapathError::MapRead {
+                map: map_names::FLOW_STATS,
+                source: Box::new(source),
+            })?;
+        out.flows
             .push((event, values.iter().fold(0u64, |a, v| a.saturating_add(*v))));
     }
     Ok(out)
@@ -163,11 +192,68 @@ pub(super) fn read_lb(
     } else {
         map_names::SERVICE_STATS
     };
-    let map = per_cpu::<LbCounter>(ebpf, name)?;
+    let map = ebpf.map(name).ok_or_else(|| DatapathError::MissingMap {
+        name: name.to_owned(),
+    })?;
+    lb_sums(map, name, ids)
+}
+
+/// Set when the kernel refused a batch lookup as unsupported (before Linux 5.6).
+static BATCH_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether counter reads use `BPF_MAP_LOOKUP_BATCH` (false once the kernel refused it).
+pub fn counter_reads_batched() -> bool {
+    !BATCH_UNSUPPORTED.load(Ordering::Relaxed)
+}
+
+/// The counters of `ids` in the per-CPU array `map`, summed over CPUs. Ids are small and
+/// dense (the reconciler hands out the smallest free one), so this is one batch read of
+/// indices `0..=max(ids)`, or index by index where the kernel has no batch lookup. Ids
+/// past the array were not counted (see the map's doc): zero.
+pub(super) fn lb_sums(
+    map: &aya::maps::Map,
+    name: &'static str,
+    ids: &[u32],
+) -> Result<Vec<(u32, LbCounter)>, DatapathError> {
+    let read_err = |source| DatapathError::MapRead {
+        map: name,
+        source: Box::new(source),
+    };
+    let array: PerCpuArray<&MapData, LbCounter> = PerCpuArray::try_from(map).map_err(read_err)?;
+    let Some(max) = ids.iter().max() else {
+        return Ok(Vec::new());
+    };
+    let batched = !BATCH_UNSUPPORTED.load(Ordering::Relaxed);
+    if let (true, aya::maps::Map::PerCpuArray(data)) = (batched, map) {
+        let add = |a: LbCounter, c: LbCounter| a.saturating_add(c);
+        match super::batch::per_cpu_sums(data, array.len(), max.saturating_add(1), add) {
+            Ok(sums) => {
+                return Ok(ids
+                    .iter()
+                    .map(|id| (*id, sums.get(*id as usize).copied().unwrap_or_default()))
+                    .collect())
+            }
+            // Remembered, so an old kernel costs one failed syscall, not one per tick.
+            Err(e) if super::batch::unsupported(&e) => {
+                BATCH_UNSUPPORTED.store(true, Ordering::Relaxed);
+                tracing::info!(
+                    "BPF_MAP_LOOKUP_BATCH unsupported ({e}): reading counters index by index"
+                );
+            }
+            Err(io_error) => {
+                return Err(read_err(aya::maps::MapError::SyscallError(
+                    aya::sys::SyscallError {
+                        call: "bpf_map_lookup_batch",
+                        io_error,
+                    },
+                )))
+            }
+        }
+    }
     Ok(ids
         .iter()
         .map(|id| {
-            let sum = map
+            let sum = array
                 .get(id, 0)
                 .map(|v| {
                     v.iter()
@@ -177,6 +263,37 @@ pub(super) fn read_lb(
             (*id, sum)
         })
         .collect())
+}
+
+pub(super) fn write_lb(
+    ebpf: &mut Ebpf,
+    backends: bool,
+    id: u32,
+    per_cpu: Vec<LbCounter>,
+) -> Result<(), DatapathError> {
+    let name = if backends {
+        map_names::BACKEND_STATS
+    } else {
+        map_names::SERVICE_STATS
+    };
+    let err = |source| DatapathError::MapRead {
+        map: name,
+        source: Box::new(source),
+    };
+    let map = ebpf
+        .map_mut(name)
+        .ok_or_else(|| DatapathError::MissingMap {
+            name: name.to_owned(),
+        })?;
+    let mut array: PerCpuArray<&mut MapData, LbCounter> =
+        PerCpuArray::try_from(map).map_err(err)?;
+    let values = aya::maps::PerCpuValues::try_from(per_cpu).map_err(|e| {
+        err(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+            call: "per-CPU values",
+            io_error: e,
+        }))
+    })?;
+    array.set(id, values, 0).map_err(err)
 }
 
 fn per_cpu<'a, V: aya::Pod>(
@@ -216,6 +333,7 @@ mod tests {
                 .map(|r| (*r, u64::from(*r as u32 % 2)))
                 .collect(),
             masquerade: MasqCounter::ALL.iter().map(|e| (*e, 3)).collect(),
+            flows: FlowCounter::ALL.iter().map(|e| (*e, 5)).collect(),
         }
     }
 
@@ -245,7 +363,12 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines.len(),
-            (PacketClass::COUNT + DropReason::COUNT + MasqCounter::COUNT) as usize
+            (PacketClass::COUNT + DropReason::COUNT + MasqCounter::COUNT + FlowCounter::COUNT)
+                as usize
+        );
+        assert_eq!(
+            lines[(PacketClass::COUNT + DropReason::COUNT + MasqCounter::COUNT) as usize],
+            "flows{event=midstream_new} 5"
         );
         assert_eq!(
             lines[(PacketClass::COUNT + DropReason::COUNT) as usize],

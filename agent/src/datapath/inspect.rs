@@ -182,6 +182,17 @@ impl Inspector {
                     .push((event, v.iter().fold(0u64, |a, c| a.saturating_add(*c))));
             }
         }
+        if let Ok(map) = open(&self.dir, map_names::FLOW_STATS) {
+            let flows: PerCpuArray<_, u64> =
+                PerCpuArray::try_from(map).map_err(read_err(map_names::FLOW_STATS))?;
+            for event in skiff_datapath_abi::FlowCounter::ALL {
+                let v = flows
+                    .get(&(event as u32), 0)
+                    .map_err(read_err(map_names::FLOW_STATS))?;
+                out.flows
+                    .push((event, v.iter().fold(0u64, |a, c| a.saturating_add(*c))));
+            }
+        }
         Ok(out)
     }
 
@@ -196,19 +207,6 @@ impl Inspector {
         } else {
             map_names::SERVICE_STATS
         };
-        let map: PerCpuArray<_, LbCounter> =
-            PerCpuArray::try_from(open(&self.dir, name)?).map_err(read_err(name))?;
-        let mut out = Vec::new();
-        for id in ids {
-            // Ids past the array were not counted (see the map's doc).
-            let sum = match map.get(id, 0) {
-                Ok(v) => v
-                    .iter()
-                    .fold(LbCounter::default(), |a, c| a.saturating_add(*c)),
-                Err(_) => LbCounter::default(),
-            };
-            out.push((*id, sum));
-        }
-        Ok(out)
+        super::counters::lb_sums(&open(&self.dir, name)?, name, ids)
     }
 }

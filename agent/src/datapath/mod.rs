@@ -4,7 +4,9 @@
 //! Everything outside this module sees plain Rust types (`Counters`, `ProgRun`, ...), so the
 //! rest of the agent and the tests never depend on aya's API directly.
 
+mod batch;
 mod counters;
+mod ct_delete;
 mod inspect;
 mod masquerade;
 mod object;
@@ -27,7 +29,7 @@ use aya::{
     util::KernelVersion,
     Ebpf, EbpfLoader,
 };
-pub use counters::{Counters, SockCounters};
+pub use counters::{counter_reads_batched, Counters, SockCounters};
 pub use inspect::Inspector;
 pub use masquerade::{interface_address, Masquerade, DEFAULT_PORTS as DEFAULT_MASQUERADE_PORTS};
 pub use prog_run::ProgRun;
@@ -161,6 +163,13 @@ pub struct Datapath {
     pin_dir: Option<PathBuf>,
 }
 
+// agent sync scale (issue 7)
+/// The number of possible CPUs: how many values a per-CPU map holds per entry.
+pub fn possible_cpus() -> std::io::Result<usize> {
+    aya::util::nr_cpus().map_err(|(_, e)| e)
+}
+// end agent sync scale
+
 impl Datapath {
     /// Loads the eBPF object embedded in this binary with default map sizes.
     pub fn load() -> Result<Self, DatapathError> {
@@ -248,6 +257,7 @@ impl Datapath {
             slots: take_hash_map(&mut ebpf, map_names::SLOTS)?,
             backends: take_hash_map(&mut ebpf, map_names::BACKENDS)?,
             sock_rev: take_hash_map(&mut ebpf, map_names::SOCK_REV)?,
+            conntrack_fd: map_fd(&ebpf, map_names::CONNTRACK)?,
             conntrack: take_hash_map(&mut ebpf, map_names::CONNTRACK)?,
             source_ranges: {
                 let map = ebpf.take_map(map_names::SOURCE_RANGES).ok_or_else(|| {
@@ -462,6 +472,20 @@ impl Datapath {
     ) -> Result<Vec<(u32, skiff_datapath_abi::LbCounter)>, DatapathError> {
         counters::read_lb(&self.ebpf, backends, ids)
     }
+
+    // agent sync scale (issue 7)
+    /// Overwrites the per-CPU values of one per-service (`backends == false`) or
+    /// per-backend counter (tests of the readers; `per_cpu` has one value per possible
+    /// CPU, [`possible_cpus`]).
+    pub fn set_lb_counter(
+        &mut self,
+        backends: bool,
+        id: u32,
+        per_cpu: Vec<skiff_datapath_abi::LbCounter>,
+    ) -> Result<(), DatapathError> {
+        counters::write_lb(&mut self.ebpf, backends, id, per_cpu)
+    }
+    // end agent sync scale
 
     /// Reads the per-CPU socket load-balancing counters, summed over CPUs.
     pub fn sock_counters(&self) -> Result<SockCounters, DatapathError> {
@@ -788,6 +812,30 @@ fn tc_program<'a>(
     name: &str,
 ) -> Result<&'a mut SchedClassifier, DatapathError> {
     program(ebpf, name)
+}
+
+/// A descriptor of its own for map `name` of the object (before it is taken), for calls
+/// aya does not wrap.
+fn map_fd(ebpf: &Ebpf, name: &'static str) -> Result<std::os::fd::OwnedFd, DatapathError> {
+    use std::os::fd::AsFd;
+    let data = match ebpf.map(name) {
+        Some(aya::maps::Map::HashMap(d) | aya::maps::Map::LruHashMap(d)) => d,
+        Some(_) | None => {
+            return Err(DatapathError::MissingMap {
+                name: name.to_owned(),
+            })
+        }
+    };
+    data.fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|io_error| DatapathError::MapRead {
+            map: name,
+            source: Box::new(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "dup",
+                io_error,
+            })),
+        })
 }
 
 fn take_hash_map<K: aya::Pod, V: aya::Pod>(

@@ -19,6 +19,9 @@ pub struct BpfServiceMaps {
     pub(super) backends: HashMap<MapData, u32, Backend>,
     pub(super) sock_rev: HashMap<MapData, SockRevKey, SockRevValue>,
     pub(super) conntrack: HashMap<MapData, CtKey, CtValue>,
+    /// A second descriptor of the conntrack map, for the atomic take that aya does not
+    /// expose for hash maps (`ct_delete`).
+    pub(super) conntrack_fd: std::os::fd::OwnedFd,
     pub(super) source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     pub(super) options: HashMap<MapData, u32, ServiceOptions>,
     pub(super) affinity: HashMap<MapData, AffinityKey, AffinityValue>,
@@ -122,13 +125,10 @@ impl ServiceMaps for BpfServiceMaps {
         service_id: u32,
         backend_id: u32,
     ) -> Result<usize, MapWriteError> {
-        let doomed = self
-            .conntrack_matching(|_, v| v.service_id == service_id && v.backend_id == backend_id)?;
-        for k in &doomed {
-            ignore_missing(self.conntrack.remove(k))
-                .map_err(|e| write_error(map_names::CONNTRACK, &self.sizes, e))?;
-        }
-        Ok(doomed.len())
+        let of_backend =
+            |_: &CtKey, v: &CtValue| v.service_id == service_id && v.backend_id == backend_id;
+        let doomed = self.conntrack_matching(of_backend)?;
+        self.delete_conntrack_if(&doomed, of_backend)
     }
 
     fn put_source_range(
@@ -318,26 +318,65 @@ impl BpfServiceMaps {
                 doomed.push(*k);
             }
         }
+        // Only an entry still as judged goes: since the walk, the datapath may have
+        // replaced it with a new flow's (a client reusing its port), or the flow may have
+        // woken up.
+        let n = self.delete_conntrack_if(&doomed, |k, current| Some(current) == all.get(k))?;
+        Ok((n, all.len() - n))
+    }
+
+    /// Deletes those of `keys` whose entry `doomed` still holds for, with
+    /// `super::ct_delete`'s re-read, atomic take and put-back: a key the datapath rewrote
+    /// for a new flow since the caller's walk keeps the new flow's entry. Returns how
+    /// many entries went.
+    pub fn delete_conntrack_if(
+        &mut self,
+        keys: &[CtKey],
+        doomed: impl Fn(&CtKey, &CtValue) -> bool,
+    ) -> Result<usize, MapWriteError> {
         let mut n = 0;
-        for k in &doomed {
-            // The walk took a snapshot; since then the datapath may have replaced the
-            // entry with a new flow's (a client reusing its port: BPF_ANY insert on a
-            // SYN). Deleting that one would cut the new connection after its handshake
-            // (its next packet would be balanced afresh, onto a backend that never saw
-            // the SYN, and get a RST): only the entry as judged goes. A BPF hash map has
-            // no compare-and-delete, so this narrows the window from the whole walk to the
-            // two syscalls.
+        for k in keys {
             match self.conntrack.get(k, 0) {
-                Ok(current) if Some(&current) == all.get(k) => {}
-                _ => continue,
+                Ok(current) if doomed(k, &current) => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    ignore_missing(Err(e))
+                        .map_err(|e| write_error(map_names::CONNTRACK, &self.sizes, e))?;
+                    continue;
+                }
             }
-            match self.conntrack.remove(k) {
-                Ok(()) => n += 1,
-                Err(e) => ignore_missing(Err(e))
-                    .map_err(|e| write_error(map_names::CONNTRACK, &self.sizes, e))?,
+            if self.take_conntrack_unless_changed(k, &doomed)? {
+                n += 1;
             }
         }
-        Ok((n, all.len() - n))
+        Ok(n)
+    }
+
+    /// The atomic step of [`Self::delete_conntrack_if`], without the re-read: takes `key`
+    /// and, when the entry taken is not doomed after all (it changed after the caller
+    /// looked), puts it back at once. Returns whether a doomed entry went.
+    pub fn take_conntrack_unless_changed(
+        &mut self,
+        key: &CtKey,
+        doomed: impl Fn(&CtKey, &CtValue) -> bool,
+    ) -> Result<bool, MapWriteError> {
+        let taken =
+            super::ct_delete::take(&self.conntrack_fd, key).map_err(|e| MapWriteError::Other {
+                map: map_names::CONNTRACK,
+                detail: format!("BPF_MAP_LOOKUP_AND_DELETE_ELEM: {e}"),
+            })?;
+        match taken {
+            None => Ok(false),
+            Some(v) if doomed(key, &v) => Ok(true),
+            Some(v) => {
+                // BPF_ANY: if a packet of this flow slipped into the gap and was balanced
+                // as a new flow, the entry put back (the flow's real one) wins over it.
+                self.conntrack
+                    .insert(key, v, 0)
+                    .map_err(|e| write_error(map_names::CONNTRACK, &self.sizes, e))?;
+                Ok(false)
+            }
+        }
     }
 
     /// The capacities the maps were created with.

@@ -75,6 +75,8 @@ pub mod map_names {
     pub const NON_MASQUERADE: &str = "SKIFF_NOMASQ_V1";
     /// `PER_CPU_ARRAY`, index [`super::MasqCounter`], value `u64`.
     pub const MASQ_STATS: &str = "SKIFF_MASQST_V1";
+    /// `PER_CPU_ARRAY`, index [`super::FlowCounter`], value `u64`.
+    pub const FLOW_STATS: &str = "SKIFF_FLOWST_V1";
 
     /// Every map name, for checks that the object and the kernel agree with this crate.
     pub const ALL: &[&str] = &[
@@ -101,6 +103,7 @@ pub mod map_names {
         MASQUERADE,
         NON_MASQUERADE,
         MASQ_STATS,
+        FLOW_STATS,
     ];
 }
 
@@ -624,6 +627,35 @@ impl MasqCounter {
             MasqCounter::Egress => "egress_packets",
             MasqCounter::Ingress => "ingress_packets",
             MasqCounter::IcmpErrors => "icmp_errors",
+        }
+    }
+}
+
+/// Conntrack events of per-packet service flows: the index into
+/// [`map_names::FLOW_STATS`]. Both are rare in a healthy cluster and each explains a kind
+/// of "connection reset" users report.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FlowCounter {
+    /// A TCP packet without SYN matched no tracked flow and was balanced as a new one.
+    /// Its backend has no such connection and answers with a RST: the flow's conntrack
+    /// entry was lost (deleted while in use, evicted from a full map) or the flow began
+    /// before the datapath was there.
+    Midstream = 0,
+    /// A SYN on a tracked tuple was balanced afresh (`service::reopens`): the client
+    /// reused the port of a closed flow, or the flow's backend is terminating or gone.
+    Reopened = 1,
+}
+
+impl FlowCounter {
+    pub const COUNT: u32 = 2;
+    pub const ALL: [FlowCounter; Self::COUNT as usize] =
+        [FlowCounter::Midstream, FlowCounter::Reopened];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            FlowCounter::Midstream => "midstream_new",
+            FlowCounter::Reopened => "reopened",
         }
     }
 }

@@ -2,10 +2,13 @@
 //! plain read-modify-write is race free (the kernel disables preemption/migration while a
 //! BPF program runs).
 
-use skiff_datapath_abi::{DropReason, LbCounter, MasqCounter, PacketClass, SockLbCounter};
+use skiff_datapath_abi::{
+    DropReason, FlowCounter, LbCounter, MasqCounter, PacketClass, SockLbCounter,
+};
 
 use crate::maps::{
-    SKIFF_BEST_V1, SKIFF_DROPS_V2, SKIFF_MASQST_V1, SKIFF_SKSTAT_V1, SKIFF_STATS_V1, SKIFF_SVCST_V1,
+    SKIFF_BEST_V1, SKIFF_DROPS_V2, SKIFF_FLOWST_V1, SKIFF_MASQST_V1, SKIFF_SKSTAT_V1,
+    SKIFF_STATS_V1, SKIFF_SVCST_V1,
 };
 
 #[inline(always)]
@@ -62,6 +65,14 @@ pub fn count_lb(service_id: u32, backend_id: u32, new_flow: bool, len: u32) {
 #[inline(always)]
 pub fn count_masq(event: MasqCounter) {
     if let Some(counter) = SKIFF_MASQST_V1.get_ptr_mut(event as u32) {
+        // SAFETY: as in `count_packet`.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count_flow(event: FlowCounter) {
+    if let Some(counter) = SKIFF_FLOWST_V1.get_ptr_mut(event as u32) {
         // SAFETY: as in `count_packet`.
         unsafe { *counter += 1 };
     }

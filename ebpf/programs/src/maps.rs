@@ -114,3 +114,8 @@ pub static SKIFF_NOMASQ_V1: LpmTrie<u32, u8> = LpmTrie::with_max_entries(256, 0)
 /// Masquerade events per `MasqCounter`, per CPU.
 #[map]
 pub static SKIFF_MASQST_V1: PerCpuArray<u64> = PerCpuArray::with_max_entries(MasqCounter::COUNT, 0);
+
+/// Conntrack events of service flows per `FlowCounter`, per CPU.
+#[map]
+pub static SKIFF_FLOWST_V1: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(skiff_datapath_abi::FlowCounter::COUNT, 0);

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use skiff_datapath_abi::{
     affinity_kind, backend_flags, ct_dir, ct_flags, maglev, service_flags, Backend, CtKey, CtValue,
-    DropReason, MasqCounter, PacketClass, ServiceKey,
+    DropReason, FlowCounter, MasqCounter, PacketClass, ServiceKey,
 };
 
 use crate::{
@@ -108,14 +108,17 @@ pub fn reopens(p: &Packet, ct: &CtValue) -> bool {
     if p.proto != IPPROTO_TCP || p.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
         return false;
     }
-    if ct.flags & ct_flags::CLOSING != 0 {
-        return true;
-    }
     // SAFETY: value copied out under the lookup's RCU protection.
-    match unsafe { SKIFF_BE_V1.get(ct.backend_id).copied() } {
-        Some(b) => b.flags & backend_flags::TERMINATING != 0,
-        None => true,
+    let reopen = ct.flags & ct_flags::CLOSING != 0
+        || match unsafe { SKIFF_BE_V1.get(ct.backend_id).copied() } {
+            Some(b) => b.flags & backend_flags::TERMINATING != 0,
+            None => true,
+        };
+    if reopen {
+        // Every caller balances the packet afresh when this says so.
+        counters::count_flow(FlowCounter::Reopened);
     }
+    reopen
 }
 
 /// What to do with the first packet of a flow to a possible frontend.
@@ -177,6 +180,11 @@ pub fn plan_new_flow(p: &Packet, external: bool) -> Result<Plan, DropReason> {
             backend,
         } => (service_id, backend_id, backend),
     };
+    if p.proto == IPPROTO_TCP && p.tcp_flags & 0x02 == 0 {
+        // Not the start of a connection: its tracked state is gone. See
+        // `FlowCounter::Midstream`.
+        counters::count_flow(FlowCounter::Midstream);
+    }
     let hairpin = backend.addr == p.saddr;
     let snat = hairpin || backend.flags & backend_flags::LOCAL == 0;
     let flags = if snat {

@@ -786,6 +786,21 @@ impl Cluster {
         sys::in_netns(ns, || http_get(addr, timeout))?
     }
 
+    /// The value of metric `series` (a whole series name with labels, as `/metrics`
+    /// prints it) on node `i`'s agent (0-based).
+    pub fn agent_metric(&self, i: usize, series: &str) -> anyhow::Result<f64> {
+        let addr = SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 10249);
+        let text = sys::in_netns(&self.nodes[i].netns, || {
+            http_get_path(addr, "/metrics", Duration::from_secs(5))
+        })??;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .with_context(|| format!("{}: no metric {series}", self.nodes[i].name))?
+            .trim()
+            .parse()
+            .with_context(|| format!("{}: metric {series} is not a number", self.nodes[i].name))
+    }
+
     /// `kill -9` of node `i`'s agent (0-based) and nothing else: its pods, pinned maps,
     /// routes and links stay, as after an agent crash.
     pub fn kill_agent(&mut self, i: usize) -> anyhow::Result<()> {
@@ -943,11 +958,16 @@ fn wait_tcp(
 
 /// HTTP/1.0 GET of `/` at `addr`; the body, or an error if no complete 200 answer came.
 pub fn http_get(addr: SocketAddrV4, timeout: Duration) -> anyhow::Result<String> {
+    http_get_path(addr, "/", timeout)
+}
+
+/// One HTTP/1.0 GET of `path`; the response body (a 200 answer only).
+pub fn http_get_path(addr: SocketAddrV4, path: &str, timeout: Duration) -> anyhow::Result<String> {
     let mut s = TcpStream::connect_timeout(&addr.into(), timeout)
         .with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    s.write_all(b"GET / HTTP/1.0\r\nConnection: close\r\n\r\n")?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nConnection: close\r\n\r\n").as_bytes())?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)
         .with_context(|| format!("reading the answer of {addr}"))?;

@@ -19,6 +19,7 @@
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{Ipv4Addr, TcpStream},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -46,6 +47,11 @@ struct Args {
     cni_iterations: usize,
     skip_cni: bool,
     skip_agent: bool,
+    /// Run the agent's node-local DNS server (its zone is rebuilt from the caches).
+    dns: bool,
+    /// A command to run the agent under (a profiler: `heaptrack -o FILE`, `perf record
+    /// -g -o FILE --`); the memory numbers then describe the wrapper's process.
+    agent_wrapper: Vec<String>,
     /// The agent's consistency check (and full resync) period.
     full_resync_secs: u64,
     out: PathBuf,
@@ -59,6 +65,8 @@ fn parse_args() -> anyhow::Result<Args> {
         cni_iterations: 100,
         skip_cni: false,
         skip_agent: false,
+        dns: false,
+        agent_wrapper: Vec::new(),
         full_resync_secs: 3600,
         out: PathBuf::from("bench-results/agent.json"),
     };
@@ -77,6 +85,10 @@ fn parse_args() -> anyhow::Result<Args> {
             "--cni-iterations" => a.cni_iterations = value(i)?.parse()?,
             "--full-resync-secs" => a.full_resync_secs = value(i)?.parse()?,
             "--out" => a.out = PathBuf::from(value(i)?),
+            // Words joined with commas (SKIFF_AGENT_BENCH_ARGS splits on whitespace).
+            "--agent-wrapper" => {
+                a.agent_wrapper = value(i)?.split(',').map(str::to_owned).collect()
+            }
             "--skip-cni" => {
                 a.skip_cni = true;
                 i += 1;
@@ -87,10 +99,15 @@ fn parse_args() -> anyhow::Result<Args> {
                 i += 1;
                 continue;
             }
+            "--dns" => {
+                a.dns = true;
+                i += 1;
+                continue;
+            }
             other => bail!(
                 "unknown flag {other}: skiff-agent-bench [--services N] [--endpoints E] \
                  [--changes K] [--cni-iterations C] [--full-resync-secs S] [--skip-cni] \
-                 [--skip-agent] [--out FILE]"
+                 [--skip-agent] [--dns] [--agent-wrapper CMD,ARG,..] [--out FILE]"
             ),
         }
         i += 2;
@@ -120,6 +137,29 @@ struct Proc(Child);
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A child process in its own process group (the agent, possibly under a wrapper that
+/// forks it): on drop the whole group gets SIGTERM (a profiler flushes its data), then
+/// SIGKILL if it has not exited within 10 s.
+struct ProcGroup(Child);
+
+impl Drop for ProcGroup {
+    fn drop(&mut self) {
+        let group = -(self.0.id() as i32);
+        // SAFETY: kill(2) with a negative pid signals that process group only.
+        unsafe { libc::kill(group, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // SAFETY: as above; whatever is left of the group.
+        unsafe { libc::kill(group, libc::SIGKILL) };
         let _ = self.0.wait();
     }
 }
@@ -319,6 +359,11 @@ struct AgentReport {
     rss_after_sync_kb: u64,
     rss_after_changes_kb: u64,
     hwm_kb: u64,
+    /// VmRSS after the changes split by kind: anonymous (heap, stacks) and file-backed
+    /// (the binary's and libraries' pages).
+    rss_anon_kb: u64,
+    rss_file_kb: u64,
+    dns: bool,
 }
 
 fn agent_bench(a: &Args) -> anyhow::Result<AgentReport> {
@@ -370,7 +415,29 @@ fn agent_bench(a: &Args) -> anyhow::Result<AgentReport> {
             .max(65536)
             .next_power_of_two();
         let t = Instant::now();
-        let mut child = Command::new(&agent)
+        // The node-local DNS server on the namespace's loopback, forwarding nowhere (an
+        // empty resolv.conf): it only serves the zone; the bench sends it no query.
+        let resolv = dir.path().join("resolv.conf");
+        std::fs::write(&resolv, "")?;
+        let dns_args: Vec<String> = if a.dns {
+            vec![
+                "--dns-bind-address".into(),
+                format!("127.0.0.1:{}", free_port()),
+                "--dns-resolv-conf".into(),
+                resolv.display().to_string(),
+            ]
+        } else {
+            Vec::new()
+        };
+        let mut command = match a.agent_wrapper.split_first() {
+            Some((wrapper, args)) => {
+                let mut c = Command::new(wrapper);
+                c.args(args).arg(&agent);
+                c
+            }
+            None => Command::new(&agent),
+        };
+        let mut child = command
             .args(["run", "-i", "agb0", "--kubeconfig"])
             .arg(&kubeconfig)
             .args([
@@ -398,13 +465,15 @@ fn agent_bench(a: &Args) -> anyhow::Result<AgentReport> {
                 "--pin-dir",
             ])
             .arg(pins.path())
+            .args(&dns_args)
+            .process_group(0)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting skiff-agent")?;
         let stdout = child.stdout.take().unwrap();
         let agent_pid = child.id();
-        let agent_proc = Proc(child);
+        let agent_proc = ProcGroup(child);
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -494,6 +563,8 @@ fn agent_bench(a: &Args) -> anyhow::Result<AgentReport> {
         full_syncs.sort();
         let rss_after_changes_kb = status_kb(agent_pid, "VmRSS:");
         let hwm_kb = status_kb(agent_pid, "VmHWM:");
+        let rss_anon_kb = status_kb(agent_pid, "RssAnon:");
+        let rss_file_kb = status_kb(agent_pid, "RssFile:");
         // The agent's histogram: its sync loop observes after applying, so wait for the
         // last change to be counted.
         let mut buckets = Vec::new();
@@ -532,6 +603,9 @@ fn agent_bench(a: &Args) -> anyhow::Result<AgentReport> {
             rss_after_sync_kb,
             rss_after_changes_kb,
             hwm_kb,
+            rss_anon_kb,
+            rss_file_kb,
+            dns: a.dns,
         })
     })
 }
@@ -630,7 +704,7 @@ fn main() -> anyhow::Result<()> {
     if !a.skip_agent {
         let r = agent_bench(&a)?;
         println!(
-            "| {} services / {} endpoints | {} changes | programming p50 {:.1} ms | p99 {:.1} ms | max {:.1} ms | agent sync ({} syncs) p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms | {} full resyncs p50 {:.1} ms, max {:.1} ms | agent histogram p50 ≤ {:?} s, p99 ≤ {:?} s | initial sync {:.1} s | VmRSS {:.1} MB after sync, {:.1} MB after changes, VmHWM {:.1} MB | preload {:.0} s |",
+            "| {} services / {} endpoints | {} changes | programming p50 {:.1} ms | p99 {:.1} ms | max {:.1} ms | agent sync ({} syncs) p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms | {} full resyncs p50 {:.1} ms, max {:.1} ms | agent histogram p50 ≤ {:?} s, p99 ≤ {:?} s | initial sync {:.1} s | VmRSS {:.1} MB after sync, {:.1} MB after changes (anon {:.1}, file {:.1}), VmHWM {:.1} MB | DNS {} | preload {:.0} s |",
             r.services,
             r.endpoints,
             r.changes,
@@ -649,7 +723,10 @@ fn main() -> anyhow::Result<()> {
             r.initial_sync_s,
             r.rss_after_sync_kb as f64 / 1024.0,
             r.rss_after_changes_kb as f64 / 1024.0,
+            r.rss_anon_kb as f64 / 1024.0,
+            r.rss_file_kb as f64 / 1024.0,
             r.hwm_kb as f64 / 1024.0,
+            if r.dns { "on" } else { "off" },
             r.preload_s,
         );
         report["agent"] = serde_json::to_value(&r)?;

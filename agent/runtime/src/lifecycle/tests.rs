@@ -287,6 +287,45 @@ fn probes(actions: &[Action]) -> Vec<ProbeKind> {
         .collect()
 }
 
+/// An agent restart adopts a running, ready container: it stays ready (no endpoint flap)
+/// until its own probes say otherwise, `failureThreshold` failures in a row as usual.
+#[test]
+fn an_adopted_ready_container_stays_ready_until_its_probe_fails() {
+    let p = probed(json!({
+        "readinessProbe": {"tcpSocket": {"port": 80}, "periodSeconds": 1, "failureThreshold": 2},
+    }));
+    let mut l = Lifecycle::new(&p, cfg(), t(0));
+    l.restore("c", 0, 1);
+    l.plan(t(0));
+    l.started("c", 1, t(0));
+    assert!(
+        !cstatus(&l.status(&inputs(), t(0)), "c").ready,
+        "a fresh tracker"
+    );
+    l.carry_over_probes("c", 1, (true, true), t(0));
+    let s = l.status(&inputs(), t(0));
+    assert!(
+        cstatus(&s, "c").ready,
+        "ready as the earlier runtime published"
+    );
+    assert_eq!(cond(&s, "Ready").0, "True");
+    l.probe_result("c", 1, ProbeKind::Readiness, false, None, t(10));
+    assert!(
+        cstatus(&l.status(&inputs(), t(10)), "c").ready,
+        "one failure of two"
+    );
+    l.probe_result("c", 1, ProbeKind::Readiness, false, None, t(1010));
+    assert!(!cstatus(&l.status(&inputs(), t(1010)), "c").ready);
+
+    // Published not ready: nothing to carry over, the probe decides.
+    let mut l = Lifecycle::new(&p, cfg(), t(0));
+    l.restore("c", 0, 1);
+    l.plan(t(0));
+    l.started("c", 1, t(0));
+    l.carry_over_probes("c", 1, (false, true), t(0));
+    assert!(!cstatus(&l.status(&inputs(), t(0)), "c").ready);
+}
+
 #[test]
 fn readiness_gates_ready_and_liveness_kills() {
     let p = probed(json!({
