@@ -98,7 +98,8 @@ impl SpamFilter {
             // A full bucket behaves exactly like a forgotten one: drop those first.
             let (burst, refill) = (f64::from(self.burst), self.refill);
             self.buckets.retain(|_, (t, at)| {
-                let gained = now.saturating_duration_since(*at).as_secs_f64() / refill.as_secs_f64();
+                let gained =
+                    now.saturating_duration_since(*at).as_secs_f64() / refill.as_secs_f64();
                 *t + gained < burst
             });
             if self.buckets.len() >= SPAM_KEYS {
@@ -357,7 +358,10 @@ mod tests {
             assert!(f.allow("rs/web/Normal", t0), "event {i} within the burst");
         }
         assert!(!f.allow("rs/web/Normal", t0), "the 4th is dropped");
-        assert!(f.allow("rs/api/Normal", t0), "another object has its own bucket");
+        assert!(
+            f.allow("rs/api/Normal", t0),
+            "another object has its own bucket"
+        );
         assert!(f.allow("rs/web/Warning", t0), "so has another type");
         assert!(!f.allow("rs/web/Normal", t0 + Duration::from_secs(299)));
         assert!(
@@ -367,6 +371,36 @@ mod tests {
         assert!(!f.allow("rs/web/Normal", t0 + Duration::from_secs(302)));
         // A dropped Event does not take a token: after another period, one more passes.
         assert!(f.allow("rs/web/Normal", t0 + Duration::from_secs(610)));
+    }
+
+    #[tokio::test]
+    async fn publishing_never_waits_for_the_api() {
+        // An API server that accepts connections and never answers.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let _server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((c, _)) = l.accept().await {
+                held.push(c);
+            }
+        });
+        let cfg = kube::Config::new(format!("http://{addr}").parse().unwrap());
+        let r = Recorder::new(Client::try_from(cfg).unwrap(), "test".into());
+        let t = Instant::now();
+        // More than the queue holds, each about another object (past the spam filter).
+        for i in 0..MAX_QUEUED + 100 {
+            let mut pod = k8s_openapi::api::core::v1::Pod::default();
+            pod.metadata.name = Some(format!("p{i}"));
+            pod.metadata.namespace = Some("default".into());
+            pod.metadata.uid = Some(format!("uid-{i}"));
+            r.publish(&pod, EventType::Normal, "Created", "created")
+                .await;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "publishing waited for the API: {:?}",
+            t.elapsed()
+        );
     }
 
     #[test]
@@ -384,6 +418,10 @@ mod tests {
         assert_ne!(a, spam_key("other", &o, EventType::Normal));
         let mut o2 = o.clone();
         o2.uid = Some("u2".into());
-        assert_ne!(a, spam_key("c", &o2, EventType::Normal), "a recreated object");
+        assert_ne!(
+            a,
+            spam_key("c", &o2, EventType::Normal),
+            "a recreated object"
+        );
     }
 }

@@ -153,7 +153,10 @@ mod tests {
         q.add(1);
         q.done(&1);
         let (_, waited) = q.get_timed().await;
-        assert!(waited < Duration::from_millis(30), "re-queued while processing: {waited:?}");
+        assert!(
+            waited < Duration::from_millis(30),
+            "re-queued while processing: {waited:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -724,3 +724,28 @@ async fn delete_slice(
         Err(e) => Err(e).with_context(|| format!("deleting the EndpointSlice {n}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relisted_objects_at_the_cached_resource_version_are_unchanged() {
+        let (store, mut writer) = reflector::store::<Pod>();
+        let mut p = Pod::default();
+        p.metadata.name = Some("a".into());
+        p.metadata.namespace = Some("ns".into());
+        p.metadata.resource_version = Some("5".into());
+        assert!(!unchanged(&store, &p), "not cached yet: a change");
+        writer.apply_watcher_event(&watcher::Event::Apply(p.clone()));
+        assert!(unchanged(&store, &p));
+        let mut newer = p.clone();
+        newer.metadata.resource_version = Some("6".into());
+        assert!(!unchanged(&store, &newer));
+        p.metadata.resource_version = None;
+        assert!(
+            !unchanged(&store, &p),
+            "no resourceVersion: never assumed equal"
+        );
+    }
+}

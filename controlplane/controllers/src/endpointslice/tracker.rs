@@ -197,9 +197,7 @@ impl SliceCache {
         let mut touched: Vec<Key> = before
             .keys()
             .chain(self.by_service.keys())
-            .filter(|k| {
-                before.get(*k).map(versions) != self.by_service.get(*k).map(versions)
-            })
+            .filter(|k| before.get(*k).map(versions) != self.by_service.get(*k).map(versions))
             .cloned()
             .collect();
         touched.sort();
