@@ -2002,6 +2002,12 @@ async fn binding(state: &AppState, t: &Target, ctx: &Ctx) -> Result<Response, St
         return Err(st::invalid("", "Binding", t.name(), &errs));
     }
     let dry = ctx.dry_run()?;
+    // Upstream's `setPodNodeAndMetadata` preconditions: the Binding's uid names the pod
+    // the scheduler decided for, not a later pod of the same name.
+    let want_uid = b
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .filter(|u| !u.is_empty());
     for _ in 0..8 {
         let kv = state
             .store
@@ -2010,6 +2016,19 @@ async fn binding(state: &AppState, t: &Target, ctx: &Ctx) -> Result<Response, St
             .map_err(store_error)?
             .ok_or_else(|| st::not_found(t.gr(), t.name()))?;
         let mut pod = decode_kv(&kv, kv.mod_revision);
+        let uid = pod
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if let Some(want) = want_uid.filter(|w| *w != uid) {
+            return Err(st::conflict(
+                t.gr(),
+                t.name(),
+                &format!(
+                    "Precondition failed: UID in precondition: {want}, UID in object meta: {uid}"
+                ),
+            ));
+        }
         if pod.pointer("/metadata/deletionTimestamp").is_some() {
             return Err(st::conflict(
                 t.gr(),
@@ -2047,22 +2066,27 @@ async fn binding(state: &AppState, t: &Target, ctx: &Ctx) -> Result<Response, St
         if let Some(m) = pod.get_mut("metadata").and_then(Value::as_object_mut) {
             m.remove("resourceVersion");
         }
-        if dry {
-            break;
+        if !dry {
+            match state
+                .store
+                .update(&t.key(t.name()), to_bytes(&pod), Some(kv.mod_revision))
+                .await
+            {
+                Ok(_) => {}
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(store_error(e)),
+            }
         }
-        match state
-            .store
-            .update(&t.key(t.name()), to_bytes(&pod), Some(kv.mod_revision))
-            .await
-        {
-            Ok(_) => break,
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(store_error(e)),
-        }
+        let mut s = st::success(t.gr(), t.name(), None);
+        s["code"] = json!(201);
+        return Ok(json_response(201, &s));
     }
-    let mut s = st::success(t.gr(), t.name(), None);
-    s["code"] = json!(201);
-    Ok(json_response(201, &s))
+    // Every attempt lost to a concurrent write: say so instead of claiming success.
+    Err(st::conflict(
+        t.gr(),
+        t.name(),
+        "the pod kept changing while it was being bound; try again",
+    ))
 }
 
 // ---------------------------------------------------------------------------------------

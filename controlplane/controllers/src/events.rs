@@ -2,14 +2,27 @@
 //! `kubectl get events` show them: name `<object>.<unique hex>`, `involvedObject` with
 //! uid and resourceVersion, `source.component`, `reportingComponent`; a repeat of the same
 //! (object, type, reason, message) bumps `count` and `lastTimestamp` on the existing Event
-//! instead of creating another (client-go's EventCorrelator, without its spam filter).
+//! instead of creating another (client-go's EventCorrelator deduplication).
 //!
-//! Event writes are best effort: a failed write is logged, never fails a reconcile.
+//! Publishing never waits for the API, as with client-go's `EventBroadcaster`: an Event
+//! is queued and written by background writers, so a ReplicaSet that creates 500 pods
+//! does not wait for 500 Event writes one after the other (that serial wait was most of a
+//! 1000-replica Deployment's start-up time). As upstream:
+//! - at most [`MAX_QUEUED`] Events wait (client-go's `maxQueuedEvents`); beyond that they
+//!   are dropped (`DropIfChannelFull`);
+//! - `EventSourceObjectSpamFilter`: per (source, involved object, type), a token bucket of
+//!   [`SPAM_BURST`] Events refilled one per [`SPAM_REFILL`]; Events beyond it are dropped
+//!   (a 1000-pod ReplicaSet gets 25 `SuccessfulCreate` Events, not 1000).
+//!
+//! Events about one object go to one writer, in order (a repeat's `count` bump follows
+//! its create). Event writes are best effort: a failed write is logged, never fails a
+//! reconcile.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
-    time::{SystemTime, UNIX_EPOCH},
+    hash::{DefaultHasher, Hash as _, Hasher as _},
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use k8s_openapi::{
@@ -21,6 +34,19 @@ use kube::{
     api::{Patch, PatchParams, PostParams},
     Api, Client, Resource, ResourceExt as _,
 };
+use tokio::sync::mpsc;
+
+/// client-go's `maxQueuedEvents`.
+pub const MAX_QUEUED: usize = 1000;
+/// Concurrent Event writers (client-go writes with one; Events then trail far behind a
+/// burst of pod creates on a busy API server).
+const WRITERS: usize = 4;
+/// client-go's `defaultSpamBurst`.
+pub const SPAM_BURST: u32 = 25;
+/// client-go's `defaultSpamQPS` (1/300): one token back every five minutes.
+pub const SPAM_REFILL: Duration = Duration::from_secs(300);
+/// client-go's `maxLruCacheEntries`: spam keys remembered at most.
+const SPAM_KEYS: usize = 4096;
 
 /// `Normal` or `Warning`, upstream's two Event types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,12 +69,99 @@ type EventKey = (String, EventType, String, String);
 /// The Event written for a key: (namespace, name, count).
 type Written = HashMap<EventKey, (String, String, i32)>;
 
-#[derive(Clone)]
-pub struct Recorder {
+/// client-go's `EventSourceObjectSpamFilter`: a token bucket per spam key.
+#[derive(Debug)]
+pub struct SpamFilter {
+    burst: u32,
+    refill: Duration,
+    /// Spam key → (tokens left, when they were counted).
+    buckets: HashMap<String, (f64, Instant)>,
+}
+
+impl SpamFilter {
+    pub fn new(burst: u32, refill: Duration) -> SpamFilter {
+        SpamFilter {
+            burst,
+            refill,
+            buckets: HashMap::new(),
+        }
+    }
+
+    fn refilled(&self, tokens: f64, since: Instant, now: Instant) -> f64 {
+        let gained = now.saturating_duration_since(since).as_secs_f64() / self.refill.as_secs_f64();
+        (tokens + gained).min(f64::from(self.burst))
+    }
+
+    /// Whether an Event with `key` may be written at `now` (takes a token if so).
+    pub fn allow(&mut self, key: &str, now: Instant) -> bool {
+        if !self.buckets.contains_key(key) && self.buckets.len() >= SPAM_KEYS {
+            // A full bucket behaves exactly like a forgotten one: drop those first.
+            let (burst, refill) = (f64::from(self.burst), self.refill);
+            self.buckets.retain(|_, (t, at)| {
+                let gained =
+                    now.saturating_duration_since(*at).as_secs_f64() / refill.as_secs_f64();
+                *t + gained < burst
+            });
+            if self.buckets.len() >= SPAM_KEYS {
+                return true; // upstream's LRU forgets the oldest key; never block on it
+            }
+        }
+        let (tokens, at) = self
+            .buckets
+            .get(key)
+            .copied()
+            .unwrap_or((f64::from(self.burst), now));
+        let tokens = self.refilled(tokens, at, now);
+        if tokens < 1.0 {
+            self.buckets.insert(key.to_string(), (tokens, now));
+            return false;
+        }
+        self.buckets.insert(key.to_string(), (tokens - 1.0, now));
+        true
+    }
+}
+
+/// upstream's `getSpamKey`: source and involved object (kind, namespace, name, uid,
+/// apiVersion) and the Event type.
+fn spam_key(component: &str, o: &ObjectReference, ty: EventType) -> String {
+    let f = |s: &Option<String>| s.clone().unwrap_or_default();
+    [
+        component.to_string(),
+        f(&o.kind),
+        f(&o.namespace),
+        f(&o.name),
+        f(&o.uid),
+        f(&o.api_version),
+        ty.as_str().to_string(),
+    ]
+    .join("/")
+}
+
+/// One queued Event.
+struct Msg {
+    involved: ObjectReference,
+    key: EventKey,
+    at: Time,
+}
+
+/// What the writers share.
+struct Writer {
     client: Client,
     component: String,
-    /// → (namespace, event name, count).
-    seen: Arc<Mutex<Written>>,
+    seen: Mutex<Written>,
+}
+
+struct Inner {
+    writer: Arc<Writer>,
+    spam: Mutex<SpamFilter>,
+    /// One queue per writer, started with the first Event (a runtime exists by then).
+    /// Dropping the Recorder closes them and the writers end.
+    lanes: OnceLock<Vec<mpsc::Sender<Msg>>>,
+}
+
+#[derive(Clone)]
+pub struct Recorder {
+    inner: Arc<Inner>,
 }
 
 /// An `ObjectReference` to `obj` for `involvedObject`.
@@ -67,13 +180,19 @@ pub fn reference<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {
 impl Recorder {
     pub fn new(client: Client, component: String) -> Recorder {
         Recorder {
-            client,
-            component,
-            seen: Arc::new(Mutex::new(HashMap::new())),
+            inner: Arc::new(Inner {
+                writer: Arc::new(Writer {
+                    client,
+                    component,
+                    seen: Mutex::new(HashMap::new()),
+                }),
+                spam: Mutex::new(SpamFilter::new(SPAM_BURST, SPAM_REFILL)),
+                lanes: OnceLock::new(),
+            }),
         }
     }
 
-    /// Records an Event about `obj` (best effort; errors are logged).
+    /// Records an Event about `obj`: queued, written in the background (best effort).
     pub async fn publish<K: Resource<DynamicType = ()>>(
         &self,
         obj: &K,
@@ -84,7 +203,7 @@ impl Recorder {
         self.publish_ref(reference(obj), ty, reason, message).await
     }
 
-    /// Records an Event about the object `involved` names.
+    /// Records an Event about the object `involved` names (queued, see [`Self::publish`]).
     pub async fn publish_ref(
         &self,
         involved: ObjectReference,
@@ -92,12 +211,18 @@ impl Recorder {
         reason: &str,
         message: &str,
     ) {
-        // Cluster-scoped objects (Nodes) get their Events in `default`, as upstream.
-        let ns = involved
-            .namespace
-            .clone()
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| "default".into());
+        let w = &self.inner.writer;
+        let spam = spam_key(&w.component, &involved, ty);
+        let allowed = self
+            .inner
+            .spam
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allow(&spam, Instant::now());
+        if !allowed {
+            tracing::debug!("event {reason} ({message}) dropped: more than {SPAM_BURST} Events about {spam} (spam filter)");
+            return;
+        }
         let ident = involved.uid.clone().unwrap_or_else(|| {
             format!(
                 "{}/{}",
@@ -105,9 +230,43 @@ impl Recorder {
                 involved.name.clone().unwrap_or_default()
             )
         });
-        let key = (ident, ty, reason.to_string(), message.to_string());
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
-        let now = Time(Timestamp::now());
+        let mut h = DefaultHasher::new();
+        ident.hash(&mut h);
+        let lanes = self.inner.lanes.get_or_init(|| {
+            (0..WRITERS)
+                .map(|_| {
+                    let (tx, rx) = mpsc::channel(MAX_QUEUED / WRITERS);
+                    tokio::spawn(write_loop(w.clone(), rx));
+                    tx
+                })
+                .collect()
+        });
+        let lane = &lanes[(h.finish() % lanes.len() as u64) as usize];
+        let m = Msg {
+            involved,
+            key: (ident, ty, reason.to_string(), message.to_string()),
+            at: Time(Timestamp::now()),
+        };
+        if let Err(mpsc::error::TrySendError::Full(m)) = lane.try_send(m) {
+            tracing::debug!(
+                "event {} ({}) dropped: {MAX_QUEUED} Events already queued",
+                m.key.2,
+                m.key.3
+            );
+        }
+    }
+}
+
+async fn write_loop(w: Arc<Writer>, mut rx: mpsc::Receiver<Msg>) {
+    while let Some(m) = rx.recv().await {
+        w.write(m).await;
+    }
+}
+
+impl Writer {
+    async fn write(&self, m: Msg) {
+        let Msg { involved, key, at } = m;
+        let (_, ty, reason, message) = &key;
         let existing = self
             .seen
             .lock()
@@ -117,7 +276,7 @@ impl Recorder {
         if let Some((ns_, name, count)) = existing {
             let patch = serde_json::json!({
                 "count": count + 1,
-                "lastTimestamp": now,
+                "lastTimestamp": at,
             });
             let api: Api<Event> = Api::namespaced(self.client.clone(), &ns_);
             match api
@@ -137,6 +296,12 @@ impl Recorder {
                 }
             }
         }
+        // Cluster-scoped objects (Nodes) get their Events in `default`, as upstream.
+        let ns = involved
+            .namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "default".into());
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -154,11 +319,11 @@ impl Recorder {
             },
             involved_object: involved,
             type_: Some(ty.as_str().into()),
-            reason: Some(reason.into()),
-            message: Some(message.into()),
+            reason: Some(reason.clone()),
+            message: Some(message.clone()),
             count: Some(1),
-            first_timestamp: Some(now.clone()),
-            last_timestamp: Some(now.clone()),
+            first_timestamp: Some(at.clone()),
+            last_timestamp: Some(at),
             event_time: None::<MicroTime>,
             source: Some(EventSource {
                 component: Some(self.component.clone()),
@@ -168,6 +333,7 @@ impl Recorder {
             reporting_instance: Some(self.component.clone()),
             ..Default::default()
         };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
         match api.create(&PostParams::default(), &ev).await {
             Ok(created) => {
                 self.seen
@@ -177,5 +343,85 @@ impl Recorder {
             }
             Err(e) => tracing::warn!("could not record event {reason} ({message}): {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spam_filter_allows_a_burst_per_object_then_one_per_refill() {
+        let mut f = SpamFilter::new(3, Duration::from_secs(300));
+        let t0 = Instant::now();
+        for i in 0..3 {
+            assert!(f.allow("rs/web/Normal", t0), "event {i} within the burst");
+        }
+        assert!(!f.allow("rs/web/Normal", t0), "the 4th is dropped");
+        assert!(
+            f.allow("rs/api/Normal", t0),
+            "another object has its own bucket"
+        );
+        assert!(f.allow("rs/web/Warning", t0), "so has another type");
+        assert!(!f.allow("rs/web/Normal", t0 + Duration::from_secs(299)));
+        assert!(
+            f.allow("rs/web/Normal", t0 + Duration::from_secs(301)),
+            "one token back after the refill period"
+        );
+        assert!(!f.allow("rs/web/Normal", t0 + Duration::from_secs(302)));
+        // A dropped Event does not take a token: after another period, one more passes.
+        assert!(f.allow("rs/web/Normal", t0 + Duration::from_secs(610)));
+    }
+
+    #[tokio::test]
+    async fn publishing_never_waits_for_the_api() {
+        // An API server that accepts connections and never answers.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let _server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((c, _)) = l.accept().await {
+                held.push(c);
+            }
+        });
+        let cfg = kube::Config::new(format!("http://{addr}").parse().unwrap());
+        let r = Recorder::new(Client::try_from(cfg).unwrap(), "test".into());
+        let t = Instant::now();
+        // More than the queue holds, each about another object (past the spam filter).
+        for i in 0..MAX_QUEUED + 100 {
+            let mut pod = k8s_openapi::api::core::v1::Pod::default();
+            pod.metadata.name = Some(format!("p{i}"));
+            pod.metadata.namespace = Some("default".into());
+            pod.metadata.uid = Some(format!("uid-{i}"));
+            r.publish(&pod, EventType::Normal, "Created", "created")
+                .await;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "publishing waited for the API: {:?}",
+            t.elapsed()
+        );
+    }
+
+    #[test]
+    fn spam_keys_name_the_object_and_type() {
+        let o = ObjectReference {
+            kind: Some("ReplicaSet".into()),
+            namespace: Some("default".into()),
+            name: Some("web".into()),
+            uid: Some("u1".into()),
+            api_version: Some("apps/v1".into()),
+            ..Default::default()
+        };
+        let a = spam_key("c", &o, EventType::Normal);
+        assert_ne!(a, spam_key("c", &o, EventType::Warning));
+        assert_ne!(a, spam_key("other", &o, EventType::Normal));
+        let mut o2 = o.clone();
+        o2.uid = Some("u2".into());
+        assert_ne!(
+            a,
+            spam_key("c", &o2, EventType::Normal),
+            "a recreated object"
+        );
     }
 }

@@ -7,13 +7,16 @@
 //! - a key queued twice before a worker takes it is processed once (`dirty` set);
 //! - a key is never processed by two workers at once: added while being processed, it is
 //!   queued again when the worker calls [`WorkQueue::done`] (`processing` set);
-//! - [`WorkQueue::add_after`] re-adds a key after a delay (backoff of failed keys).
+//! - [`WorkQueue::add_after`] re-adds a key after a delay (backoff of failed keys);
+//! - [`WorkQueue::get_timed`] also says how long the key waited since it was first queued
+//!   (client-go's `workqueue_queue_duration_seconds`), so a slow path can be told apart
+//!   from a long queue.
 
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     hash::Hash,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::Notify;
@@ -21,7 +24,8 @@ use tokio::sync::Notify;
 #[derive(Debug)]
 struct State<K> {
     queue: VecDeque<K>,
-    dirty: HashSet<K>,
+    /// Keys waiting, with when each was first queued since it was last handed out.
+    dirty: HashMap<K, Instant>,
     processing: HashSet<K>,
 }
 
@@ -36,7 +40,7 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> WorkQueue<K> {
         Arc::new(WorkQueue {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
-                dirty: HashSet::new(),
+                dirty: HashMap::new(),
                 processing: HashSet::new(),
             }),
             ready: Notify::new(),
@@ -50,9 +54,10 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> WorkQueue<K> {
     /// Queues `key` unless it is already waiting.
     pub fn add(&self, key: K) {
         let mut s = self.lock();
-        if !s.dirty.insert(key.clone()) {
+        if s.dirty.contains_key(&key) {
             return;
         }
+        s.dirty.insert(key.clone(), Instant::now());
         if !s.processing.contains(&key) {
             s.queue.push_back(key);
             drop(s);
@@ -71,13 +76,18 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> WorkQueue<K> {
 
     /// Waits for the next key; the caller must call [`WorkQueue::done`] with it.
     pub async fn get(&self) -> K {
+        self.get_timed().await.0
+    }
+
+    /// [`Self::get`], and how long the key waited since it was first queued.
+    pub async fn get_timed(&self) -> (K, Duration) {
         loop {
             {
                 let mut s = self.lock();
                 if let Some(k) = s.queue.pop_front() {
-                    s.dirty.remove(&k);
+                    let since = s.dirty.remove(&k);
                     s.processing.insert(k.clone());
-                    return k;
+                    return (k, since.map_or(Duration::ZERO, |t| t.elapsed()));
                 }
             }
             // `notify_one` stores a permit when nobody waits, so an add between the
@@ -90,7 +100,7 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> WorkQueue<K> {
     pub fn done(&self, key: &K) {
         let mut s = self.lock();
         s.processing.remove(key);
-        if s.dirty.contains(key) {
+        if s.dirty.contains_key(key) {
             s.queue.push_back(key.clone());
             drop(s);
             self.ready.notify_one();
@@ -129,6 +139,24 @@ mod tests {
         // ... but queued again once the first worker is done.
         q.done(&a);
         assert_eq!(q.get().await, "a");
+    }
+
+    #[tokio::test]
+    async fn get_timed_counts_from_the_first_add() {
+        let q = WorkQueue::<u32>::new();
+        q.add(1);
+        std::thread::sleep(Duration::from_millis(30));
+        q.add(1); // a repeat does not restart the clock
+        let (k, waited) = q.get_timed().await;
+        assert_eq!(k, 1);
+        assert!(waited >= Duration::from_millis(30), "{waited:?}");
+        q.add(1);
+        q.done(&1);
+        let (_, waited) = q.get_timed().await;
+        assert!(
+            waited < Duration::from_millis(30),
+            "re-queued while processing: {waited:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

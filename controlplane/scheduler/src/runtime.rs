@@ -5,9 +5,11 @@
 //! and retries it with backoff. A pod that fits nowhere gets a `FailedScheduling` Warning
 //! Event and `PodScheduled=False` (reason Unschedulable), as upstream.
 //!
-//! Events leave through [`EventSink`], off the binding path: a binding slot is free again
-//! as soon as its POST returns, and Event writes queue separately (dropped when that queue
-//! is full, as client-go's broadcaster does), so Events never slow scheduling down.
+//! Events leave through the controllers' [`Recorder`], off the binding path: publishing
+//! only queues the Event (dropped when the queue is full, as client-go's broadcaster
+//! does) and a few background writers send them, so a binding slot is free again as soon
+//! as its POST returns and Event writes take only what the bindings leave of the API
+//! server.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -24,11 +26,6 @@ use kube::runtime::WatchStreamExt as _;
 use kube::{Api, Client};
 use skiff_controllers::events::{EventType, Recorder};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-
-/// client-go's `maxQueuedEvents`: Events waiting to be written beyond this are dropped.
-const EVENT_QUEUE: usize = 1000;
-/// Event writes in flight at once (they compete with bindings for the API server).
-const EVENT_WRITERS: usize = 8;
 
 use crate::info::{pod_key, PodInfo};
 use crate::queue::Popped;
@@ -90,10 +87,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let mut s = Scheduler {
         alg: Algorithm::new(config.percentage_of_nodes_to_score, seed),
         sem: Arc::new(Semaphore::new(config.bind_concurrency.max(1))),
-        events: EventSink::start(
-            Recorder::new(client.clone(), config.scheduler_name.clone()),
-            EVENT_WRITERS,
-        ),
+        events: Recorder::new(client.clone(), config.scheduler_name.clone()),
         client,
         st: State::new(config.scheduler_name.clone()),
         tx,
@@ -135,7 +129,7 @@ struct Scheduler {
     client: Client,
     st: State,
     alg: Algorithm,
-    events: EventSink,
+    events: Recorder,
     sem: Arc<Semaphore>,
     tx: mpsc::Sender<Msg>,
     nodes_synced: bool,
@@ -313,63 +307,9 @@ fn pods_api(client: Client, pod: &PodInfo) -> Api<Pod> {
     Api::namespaced(client, &pod.namespace)
 }
 
-/// One Event to write (about a pod).
-struct EventMsg {
-    pod: Arc<PodInfo>,
-    ty: EventType,
-    reason: &'static str,
-    message: String,
-}
-
-/// Best-effort Event writer: a bounded queue drained by at most `writers` concurrent
-/// writes (client-go's broadcaster: 1000 queued, `DropIfChannelFull`).
-#[derive(Clone)]
-struct EventSink {
-    tx: mpsc::Sender<EventMsg>,
-}
-
-impl EventSink {
-    fn start(recorder: Recorder, writers: usize) -> EventSink {
-        let (tx, mut rx) = mpsc::channel::<EventMsg>(EVENT_QUEUE);
-        tokio::spawn(async move {
-            let sem = Arc::new(Semaphore::new(writers.max(1)));
-            while let Some(m) = rx.recv().await {
-                let Ok(permit) = sem.clone().acquire_owned().await else {
-                    return;
-                };
-                let recorder = recorder.clone();
-                tokio::spawn(async move {
-                    recorder
-                        .publish(&m.pod.pod, m.ty, m.reason, &m.message)
-                        .await;
-                    drop(permit);
-                });
-            }
-        });
-        EventSink { tx }
-    }
-
-    fn emit(&self, pod: &Arc<PodInfo>, ty: EventType, reason: &'static str, message: String) {
-        let m = EventMsg {
-            pod: pod.clone(),
-            ty,
-            reason,
-            message,
-        };
-        if let Err(mpsc::error::TrySendError::Full(m)) = self.tx.try_send(m) {
-            tracing::debug!(
-                "scheduler: Event queue full, dropped {} {} for {}",
-                m.ty.as_str(),
-                m.reason,
-                m.pod.key
-            );
-        }
-    }
-}
-
 async fn bind(
     client: Client,
-    events: EventSink,
+    events: Recorder,
     tx: mpsc::Sender<Msg>,
     p: Popped,
     node: String,
@@ -402,20 +342,26 @@ async fn bind(
     // The slot is free once the API answered: the Event does not hold it.
     drop(permit);
     match r {
-        Ok(_) => events.emit(
-            &p.pod,
-            EventType::Normal,
-            "Scheduled",
-            format!("Successfully assigned {} to {node}", p.pod.key),
-        ),
+        Ok(_) => {
+            events
+                .publish(
+                    &p.pod.pod,
+                    EventType::Normal,
+                    "Scheduled",
+                    &format!("Successfully assigned {} to {node}", p.pod.key),
+                )
+                .await
+        }
         Err(e) => {
             tracing::warn!("scheduler: binding {} to {node}: {e}", p.pod.key);
-            events.emit(
-                &p.pod,
-                EventType::Warning,
-                "FailedScheduling",
-                format!("Binding rejected: {e}"),
-            );
+            events
+                .publish(
+                    &p.pod.pod,
+                    EventType::Warning,
+                    "FailedScheduling",
+                    &format!("Binding rejected: {e}"),
+                )
+                .await;
         }
     }
     let _ = tx
@@ -431,12 +377,14 @@ async fn bind(
 /// pod already carries exactly that condition, as upstream's `updatePod`).
 async fn report_unschedulable(
     client: Client,
-    events: EventSink,
+    events: Recorder,
     pod: Arc<PodInfo>,
     msg: String,
     permit: OwnedSemaphorePermit,
 ) {
-    events.emit(&pod, EventType::Warning, "FailedScheduling", msg.clone());
+    events
+        .publish(&pod.pod, EventType::Warning, "FailedScheduling", &msg)
+        .await;
     let same = pod
         .pod
         .status

@@ -655,7 +655,30 @@ async fn pod_binding_delete_collection_and_bookmarks() {
     .unwrap();
     let created = pods.create(&PostParams::default(), &pod).await.unwrap();
     assert_eq!(created.status.unwrap().phase.as_deref(), Some("Pending"));
-    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"kind": "Node", "name": "node-1"}});
+    // A Binding for another pod of the same name (its uid precondition) changes nothing.
+    let stale = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p", "uid": "not-this-pod"}, "target": {"kind": "Node", "name": "node-2"}});
+    let e = api_err(
+        pods.create_subresource::<_, serde_json::Value>(
+            "binding",
+            "p",
+            &PostParams::default(),
+            &stale,
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(e.code, 409, "{e:?}");
+    assert!(e.message.contains("Precondition failed"), "{e:?}");
+    assert!(pods
+        .get("p")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .node_name
+        .is_none());
+    let uid = created.metadata.uid.clone().unwrap();
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p", "uid": uid}, "target": {"kind": "Node", "name": "node-1"}});
     let _: serde_json::Value = pods
         .create_subresource("binding", "p", &PostParams::default(), &binding)
         .await

@@ -73,8 +73,9 @@ pub struct Config {
     pub manage_pods: bool,
     /// API calls in flight at once (registration, lease renewals, pod updates).
     pub concurrency: usize,
-    /// Told when a pod's `Ready=True` status write is about to be sent (benchmarks time
-    /// "pod Ready → EndpointSlice" from this instant, the kubelet's write).
+    /// Told of every pod's `Ready=True` status write once it was answered, with the
+    /// instant it was sent (benchmarks time "pod Ready → EndpointSlice" from that instant,
+    /// the kubelet's write) and the instant of the answer.
     pub on_ready: Option<tokio::sync::mpsc::UnboundedSender<ReadyWrite>>,
 }
 
@@ -85,6 +86,9 @@ pub struct ReadyWrite {
     pub name: String,
     /// Taken just before the status PATCH is sent.
     pub at: std::time::Instant,
+    /// When the API server answered it (None: it failed). Reported after the answer, so
+    /// a listener may hear of the write after a watch already showed its effect.
+    pub acked: Option<std::time::Instant>,
 }
 
 impl Default for Config {
@@ -561,17 +565,19 @@ impl Inner {
             "startTime": started,
             "containerStatuses": containers,
         }});
+        let at = std::time::Instant::now();
+        let r = api
+            .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+            .await;
         if let Some(tx) = self.cfg.on_ready.as_ref() {
             let _ = tx.send(ReadyWrite {
                 namespace: ns.clone(),
                 name: name.clone(),
-                at: std::time::Instant::now(),
+                at,
+                acked: r.is_ok().then(std::time::Instant::now),
             });
         }
-        if let Err(e) = api
-            .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
-            .await
-        {
+        if let Err(e) = r {
             tracing::debug!("fake node {node}: status of {ns}/{name}: {e}");
         }
     }

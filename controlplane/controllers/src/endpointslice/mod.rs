@@ -120,9 +120,13 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     .default_backoff();
     let s = shared.clone();
     // A relist (after a lost watch) reports no deletions: Services known before and
-    // missing from it are queued so their slices and Endpoints are cleaned up.
+    // missing from it are queued so their slices and Endpoints are cleaned up. Services
+    // it shows unchanged (same resourceVersion as the cache, which kube-rs replaces only
+    // at the relist's end) are not synced again, as upstream's handlers skip resync
+    // updates: a lost watch must not put every Service in front of the next pod change.
     let mut known: BTreeSet<Key> = BTreeSet::new();
     let mut relisted: BTreeSet<Key> = BTreeSet::new();
+    let mut changed: BTreeSet<Key> = BTreeSet::new();
     tasks.spawn(consume("services", svc_events, move |ev| match ev {
         watcher::Event::Apply(o) => {
             known.insert(key_of(&o));
@@ -134,16 +138,25 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
             s.lock_index().service_deleted(&key_of(&o));
             s.queue.add(key_of(&o))
         }
-        watcher::Event::Init => relisted.clear(),
+        watcher::Event::Init => {
+            relisted.clear();
+            changed.clear();
+        }
         watcher::Event::InitApply(o) => {
             relisted.insert(key_of(&o));
-            s.service_changed(&o);
-            s.queue.add(key_of(&o))
+            if !unchanged(&s.services, &o) {
+                s.service_changed(&o);
+                changed.insert(key_of(&o));
+            }
         }
         watcher::Event::InitDone => {
             for gone in known.difference(&relisted) {
                 s.lock_index().service_deleted(gone);
                 s.queue.add(gone.clone());
+            }
+            // Queued only now, when the cache shows the relisted objects.
+            for k in std::mem::take(&mut changed) {
+                s.queue.add(k);
             }
             known = std::mem::take(&mut relisted);
         }
@@ -161,11 +174,19 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     )
     .default_backoff();
     let s = shared.clone();
+    // The Services of the pods a relist shows changed, queued at its end (see above).
+    let mut touched: BTreeSet<Key> = BTreeSet::new();
     tasks.spawn(consume("pods", pod_events, move |ev| match ev {
-        watcher::Event::Apply(p) | watcher::Event::InitApply(p) => s.pod_changed(&p, false),
+        watcher::Event::Apply(p) => s.pod_changed(&p, false),
         watcher::Event::Delete(p) => s.pod_changed(&p, true),
-        watcher::Event::InitDone => s.pods_relisted(),
-        watcher::Event::Init => {}
+        watcher::Event::Init => touched.clear(),
+        watcher::Event::InitApply(p) => {
+            if !unchanged(&s.pods, &p) {
+                let ns = p.metadata.namespace.clone().unwrap_or_default();
+                touched.extend(s.pod_memberships(&p).into_iter().map(|n| (ns.clone(), n)));
+            }
+        }
+        watcher::Event::InitDone => s.pods_relisted(std::mem::take(&mut touched)),
     }));
     let node_events = reflector::reflector(
         node_writer,
@@ -288,8 +309,18 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
         let s = shared.clone();
         tasks.spawn(async move {
             loop {
-                let key = s.queue.get().await;
-                match sync(&s, &key).await {
+                let (key, queued) = s.queue.get_timed().await;
+                let started = std::time::Instant::now();
+                let r = sync(&s, &key).await;
+                // The per-sync timings `skiff-controllers-bench --keep-server-log` reads:
+                // time in the queue (backlog) apart from the sync itself (API writes).
+                tracing::debug!(
+                    "endpointslice: synced {} in {:?} after {queued:?} queued ({} queued now)",
+                    key_str(&key),
+                    started.elapsed(),
+                    s.queue.len()
+                );
+                match r {
                     Ok(()) => s.backoff.succeeded(&key_str(&key)),
                     Err(e) => {
                         let delay = s.backoff.failed(&key_str(&key));
@@ -361,18 +392,26 @@ impl Shared {
         }
     }
 
-    /// Queues the Services `pod` matches now and those it matched before.
+    /// Queues the Services `pod` matches now and those it matched before: only those,
+    /// from the index, never a scan of every Service.
     fn pod_changed(&self, pod: &Pod, deleted: bool) {
-        let key = key_of(pod);
-        let (now, before) = if deleted {
-            (BTreeSet::new(), self.lock_index().pod_deleted(&key))
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let services = if deleted {
+            self.lock_index().pod_deleted(&key_of(pod))
         } else {
-            let labels = pod.metadata.labels.clone().unwrap_or_default();
-            self.lock_index().pod_changed(&key, labels)
+            self.pod_memberships(pod)
         };
-        for svc in now.union(&before) {
-            self.queue.add((key.0.clone(), svc.clone()));
+        for svc in services {
+            self.queue.add((ns.clone(), svc));
         }
+    }
+
+    /// Updates the index for a changed pod; returns the names of the Services (of its
+    /// namespace) that select it now or did before.
+    fn pod_memberships(&self, pod: &Pod) -> BTreeSet<String> {
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let (now, before) = self.lock_index().pod_changed(&key_of(pod), labels);
+        now.union(&before).cloned().collect()
     }
 
     /// A Service appeared or changed (maybe its selector): rematch its namespace's pods.
@@ -382,8 +421,9 @@ impl Shared {
     }
 
     /// After a relist (which reports no deletions): pods that vanished leave their
-    /// Services.
-    fn pods_relisted(&self) {
+    /// Services; the Services of pods that changed (`touched`) are synced now that the
+    /// cache shows the relisted pods.
+    fn pods_relisted(&self, touched: BTreeSet<Key>) {
         let present: BTreeSet<Key> = self
             .pods
             .state()
@@ -401,15 +441,19 @@ impl Shared {
                 })
                 .collect()
         };
+        let vanished = gone.len();
+        let mut keys = touched;
         for ((ns, _), services) in gone {
-            for svc in services {
-                self.queue.add((ns.clone(), svc));
-            }
+            keys.extend(services.into_iter().map(|svc| (ns.clone(), svc)));
         }
-        // kube-rs swaps the relisted cache in only now: a sync that ran during the
-        // relist planned from the old one, so every Service gets another look (queued
-        // keys are deduplicated; a sync with nothing to change writes nothing).
-        self.queue_all();
+        tracing::info!(
+            "endpointslice: pods listed ({} present, {vanished} gone since the last list); syncing the {} Services they changed",
+            present.len(),
+            keys.len()
+        );
+        for k in keys {
+            self.queue.add(k);
+        }
     }
 
     /// A node's zone changed: the endpoints of its pods carry the zone.
@@ -458,6 +502,18 @@ impl Shared {
                 .await;
         }
     }
+}
+
+/// Whether a relisted object is the one the cache holds (same resourceVersion): kube-rs
+/// swaps a relist into the cache only at its end, so during it the cache is the old state.
+fn unchanged<K>(cache: &Store<K>, o: &K) -> bool
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    o.meta().resource_version.is_some()
+        && cache
+            .get(&ObjectRef::from_obj(o))
+            .is_some_and(|c| c.meta().resource_version == o.meta().resource_version)
 }
 
 /// Whether the controller maintains endpoints for `svc`.
@@ -550,8 +606,26 @@ async fn sync(s: &Shared, key: &Key) -> anyhow::Result<()> {
             trigger_time: trigger.as_ref(),
         })
     };
-    // Creates, then updates, then deletes: an endpoint moving between slices is never
-    // missing from all of them.
+    // The slices and the legacy Endpoints are independent objects (upstream writes them
+    // from two controllers): both go out at once, so a sync costs one write round trip,
+    // not two.
+    let endpoints = endpoints::plan(&svc, &selected, current.as_deref(), trigger.as_ref());
+    let (slices_written, endpoints_written) = tokio::join!(
+        write_slices(s, &slice_api, key, &plan),
+        write_endpoints(s, &ep_api, key, endpoints, current.is_some()),
+    );
+    slices_written.and(endpoints_written)
+}
+
+/// Writes a slice plan: creates, then updates, then deletes, so an endpoint moving
+/// between slices is never missing from all of them.
+async fn write_slices(
+    s: &Shared,
+    slice_api: &Api<EndpointSlice>,
+    key: &Key,
+    plan: &slices::Plan,
+) -> anyhow::Result<()> {
+    let ns = &key.0;
     for sl in &plan.create {
         let created = slice_api
             .create(&PostParams::default(), sl)
@@ -582,37 +656,48 @@ async fn sync(s: &Shared, key: &Key) -> anyhow::Result<()> {
         );
     }
     for sl in &plan.delete {
-        delete_slice(s, &slice_api, sl, key).await?;
+        delete_slice(s, slice_api, sl, key).await?;
     }
+    Ok(())
+}
 
-    if let Some(ep) = endpoints::plan(&svc, &selected, current.as_deref(), trigger.as_ref()) {
-        let n_addr: usize = ep
-            .subsets
-            .iter()
-            .flatten()
-            .map(|s| {
-                s.addresses.as_ref().map_or(0, Vec::len)
-                    + s.not_ready_addresses.as_ref().map_or(0, Vec::len)
-            })
-            .sum();
-        if current.is_some() {
-            let written = ep_api
-                .replace(name, &PostParams::default(), &ep)
-                .await
-                .context("updating the Endpoints")?;
-            s.lock_writes(&s.endpoints_writes)
-                .written(key, &written.metadata);
-            tracing::info!("endpoints: updated {} ({n_addr} addresses)", key_str(key));
-        } else {
-            let written = ep_api
-                .create(&PostParams::default(), &ep)
-                .await
-                .context("creating the Endpoints")?;
-            s.lock_writes(&s.endpoints_writes)
-                .written(key, &written.metadata);
-            tracing::info!("endpoints: created {} ({n_addr} addresses)", key_str(key));
-        }
-    }
+/// Writes the legacy Endpoints `ep` planned (None: already right).
+async fn write_endpoints(
+    s: &Shared,
+    ep_api: &Api<Endpoints>,
+    key: &Key,
+    ep: Option<Endpoints>,
+    exists: bool,
+) -> anyhow::Result<()> {
+    let Some(ep) = ep else { return Ok(()) };
+    let name = &key.1;
+    let n_addr: usize = ep
+        .subsets
+        .iter()
+        .flatten()
+        .map(|s| {
+            s.addresses.as_ref().map_or(0, Vec::len)
+                + s.not_ready_addresses.as_ref().map_or(0, Vec::len)
+        })
+        .sum();
+    let written = if exists {
+        ep_api
+            .replace(name, &PostParams::default(), &ep)
+            .await
+            .context("updating the Endpoints")?
+    } else {
+        ep_api
+            .create(&PostParams::default(), &ep)
+            .await
+            .context("creating the Endpoints")?
+    };
+    s.lock_writes(&s.endpoints_writes)
+        .written(key, &written.metadata);
+    tracing::info!(
+        "endpoints: {} {} ({n_addr} addresses)",
+        if exists { "updated" } else { "created" },
+        key_str(key)
+    );
     Ok(())
 }
 
@@ -637,5 +722,30 @@ async fn delete_slice(
         }
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e).with_context(|| format!("deleting the EndpointSlice {n}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relisted_objects_at_the_cached_resource_version_are_unchanged() {
+        let (store, mut writer) = reflector::store::<Pod>();
+        let mut p = Pod::default();
+        p.metadata.name = Some("a".into());
+        p.metadata.namespace = Some("ns".into());
+        p.metadata.resource_version = Some("5".into());
+        assert!(!unchanged(&store, &p), "not cached yet: a change");
+        writer.apply_watcher_event(&watcher::Event::Apply(p.clone()));
+        assert!(unchanged(&store, &p));
+        let mut newer = p.clone();
+        newer.metadata.resource_version = Some("6".into());
+        assert!(!unchanged(&store, &newer));
+        p.metadata.resource_version = None;
+        assert!(
+            !unchanged(&store, &p),
+            "no resourceVersion: never assumed equal"
+        );
     }
 }

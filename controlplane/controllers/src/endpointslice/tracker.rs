@@ -179,16 +179,27 @@ impl SliceCache {
         self.relist.get_or_insert_with(Vec::new).push(Arc::new(sl));
     }
 
-    /// The relist is complete: it replaces the cache. Returns every Service whose slices
-    /// were known before or are now (all need a look: deletions were not reported).
+    /// The relist is complete: it replaces the cache. Returns the Services whose slices
+    /// differ from before (one appeared, vanished — deletions were not reported — or has
+    /// another resourceVersion); a relist that shows what the cache held syncs nothing.
     pub fn relist_done(&mut self) -> Vec<Key> {
         let items = self.relist.take().unwrap_or_default();
-        let mut touched: Vec<Key> = self.by_service.keys().cloned().collect();
-        self.by_service.clear();
+        let before = std::mem::take(&mut self.by_service);
         self.owner.clear();
         for sl in items {
-            touched.extend(self.apply(Arc::unwrap_or_clone(sl)));
+            self.apply(Arc::unwrap_or_clone(sl));
         }
+        let versions = |m: &BTreeMap<String, Arc<EndpointSlice>>| -> Vec<(String, Option<String>)> {
+            m.iter()
+                .map(|(n, sl)| (n.clone(), sl.metadata.resource_version.clone()))
+                .collect()
+        };
+        let mut touched: Vec<Key> = before
+            .keys()
+            .chain(self.by_service.keys())
+            .filter(|k| before.get(*k).map(versions) != self.by_service.get(*k).map(versions))
+            .cloned()
+            .collect();
         touched.sort();
         touched.dedup();
         touched
@@ -334,5 +345,17 @@ mod tests {
         assert_eq!(c.relist_done(), vec![k("a", "api"), k("a", "db")]);
         assert_eq!(names(&c, &k("a", "db")), vec!["web-2"]);
         assert_eq!(names(&c, &k("a", "api")), vec!["api-1"]);
+        // A relist showing exactly what the cache holds touches nothing (a lost watch
+        // must not resync every Service); a new resourceVersion touches its Service.
+        c.relist_started();
+        c.relist_item(slice("web-2", Some("db")));
+        c.relist_item(slice("api-1", Some("api")));
+        assert!(c.relist_done().is_empty());
+        let mut newer = slice("api-1", Some("api"));
+        newer.metadata.resource_version = Some("7".into());
+        c.relist_started();
+        c.relist_item(slice("web-2", Some("db")));
+        c.relist_item(newer);
+        assert_eq!(c.relist_done(), vec![k("a", "api")]);
     }
 }

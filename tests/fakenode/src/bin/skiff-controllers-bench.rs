@@ -74,6 +74,11 @@ struct Args {
     /// Concurrent API calls for the setup (pod creates) and of the fake nodes.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// endpoints: copy the server's log here at the end (run with e.g.
+    /// `RUST_LOG=info,skiff_controllers::endpointslice=debug` to get the controller's
+    /// per-sync timings into it).
+    #[arg(long)]
+    keep_server_log: Option<PathBuf>,
 }
 
 /// How long any phase may take before the benchmark gives up with what it saw.
@@ -150,10 +155,14 @@ impl std::fmt::Display for Stats {
     }
 }
 
-/// Per pod name: when its Ready write was sent, and when a slice first showed it ready.
+/// Per pod name: when its Ready write was sent and answered, when this process's own pod
+/// watch first showed it Ready (what any pod watcher, the controller's included, sees at
+/// about the same time), and when a slice first showed it ready.
 #[derive(Default)]
 struct Timeline {
     ready_write: HashMap<String, Instant>,
+    acked: HashMap<String, Instant>,
+    pod_seen: HashMap<String, Instant>,
     in_slice: HashMap<String, Instant>,
 }
 
@@ -168,6 +177,25 @@ impl Timeline {
             }
         }
         (v, missing)
+    }
+
+    /// Where the time goes, per stage: the write's round trip, write → a pod watch shows
+    /// it (commit and watch fan-out), and pod watch → slice watch (the controller's queue,
+    /// sync and slice write, and the slice's fan-out back).
+    fn breakdown<'a>(&self, names: impl Iterator<Item = &'a String> + Clone) -> String {
+        let stage = |from: &HashMap<String, Instant>, to: &HashMap<String, Instant>| {
+            let v: Vec<Duration> = names
+                .clone()
+                .filter_map(|n| Some(to.get(n)?.saturating_duration_since(*from.get(n)?)))
+                .collect();
+            Stats::of(v).map_or("no samples".into(), |s| s.to_string())
+        };
+        format!(
+            "  write sent -> API answer:     {}\n  write sent -> pod watch:      {}\n  pod watch -> slice watch:     {}",
+            stage(&self.ready_write, &self.acked),
+            stage(&self.ready_write, &self.pod_seen),
+            stage(&self.pod_seen, &self.in_slice),
+        )
     }
 }
 
@@ -229,7 +257,33 @@ async fn endpoints(a: &Args) -> anyhow::Result<()> {
             // The first write counts: a repeat (the pod's update raced the fake node's
             // own write) would only make the latency look shorter.
             let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(acked) = w.acked {
+                t.acked.entry(w.name.clone()).or_insert(acked);
+            }
             t.ready_write.entry(w.name).or_insert(w.at);
+        }
+    });
+    let t = timeline.clone();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod_watch = tokio::spawn(async move {
+        let mut s = watcher(pods, watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        while let Some(ev) = s.next().await {
+            let Ok(p) = ev else { continue };
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            if ready {
+                let now = Instant::now();
+                let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+                t.pod_seen
+                    .entry(p.metadata.name.unwrap_or_default())
+                    .or_insert(now);
+            }
         }
     });
     let t = timeline.clone();
@@ -337,6 +391,13 @@ async fn endpoints(a: &Args) -> anyhow::Result<()> {
         Stats::of(lat).map_or("no samples".into(), |s| s.to_string()),
         if missing > 0 { format!(" ({missing} without a recorded Ready write)") } else { String::new() }
     );
+    println!(
+        "{}",
+        timeline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .breakdown(names.iter())
+    );
     println!("machine load after the burst: {}", load_average());
 
     // Steady: probes at a fixed rate into the full cluster.
@@ -380,7 +441,19 @@ async fn endpoints(a: &Args) -> anyhow::Result<()> {
         Stats::of(lat).map_or("no samples".into(), |s| s.to_string()),
         if missing > 0 { format!(" ({missing} without a recorded Ready write)") } else { String::new() }
     );
+    println!(
+        "{}",
+        timeline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .breakdown(probes.iter())
+    );
     println!("machine load after: {}", load_average());
+    if let Some(path) = &a.keep_server_log {
+        std::fs::write(path, server.log())
+            .with_context(|| format!("writing the server log to {}", path.display()))?;
+    }
+    pod_watch.abort();
     slice_watch.abort();
     recorder.abort();
     drop(fake);
