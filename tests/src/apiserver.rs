@@ -38,9 +38,10 @@ pub fn free_port() -> u16 {
 }
 
 pub struct ApiServer {
-    child: Child,
+    child: Option<Child>,
     pub dir: PathBuf,
     pub port: u16,
+    extra: Vec<String>,
 }
 
 impl ApiServer {
@@ -53,22 +54,46 @@ impl ApiServer {
         ApiServer::start_in(&dir, port, extra)
     }
 
-    /// Starts (or restarts) the server on `dir` and `port`.
+    /// Starts the server on `dir` and `port`. Its stderr goes to `<dir>/server.log`
+    /// (appended across restarts), which a failing test can print.
     pub fn start_in(dir: &Path, port: u16, extra: &[&str]) -> ApiServer {
-        let child = Command::new(controlplane_binary())
-            .args(["server", "--data-dir"])
-            .arg(dir)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting skiff-controlplane");
-        ApiServer {
-            child,
+        let mut server = ApiServer {
+            child: None,
             dir: dir.to_path_buf(),
             port,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        server.restart();
+        server
+    }
+
+    /// Kills the server (SIGKILL: a crash, not a clean shutdown), keeping its data.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
+    }
+
+    /// Stops the server if it runs and starts it again on the same data, port and flags.
+    pub fn restart(&mut self) {
+        self.stop();
+        std::fs::create_dir_all(&self.dir).expect("the data directory");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .expect("the server log");
+        let child = Command::new(controlplane_binary())
+            .args(["server", "--data-dir"])
+            .arg(&self.dir)
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting skiff-controlplane");
+        self.child = Some(child);
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
@@ -87,15 +112,16 @@ impl ApiServer {
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 /// A client for `kubeconfig`, polling until the file exists and the server answers.
 pub async fn client(kubeconfig: &Path) -> kube::Client {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Generous: it only bounds a test that fails anyway, and a first start of a debug
+    // build on a loaded machine generates certificates and opens the store.
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if kubeconfig.exists() {
             if let Ok(kc) = kube::config::Kubeconfig::read_from(kubeconfig) {

@@ -5,15 +5,14 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4, TcpListener},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
     time::{Duration, Instant},
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{
     api::{DeleteParams, Patch, PatchParams, PostParams},
-    Api, Client,
+    Api,
 };
 use skiff_agent::{
     datapath::Datapath,
@@ -22,89 +21,11 @@ use skiff_agent::{
     watch::{self, SyncConfig},
 };
 use skiff_tests::{
+    apiserver::{self, ApiServer},
     cgroup::{Cgroup, LineChild},
     netns::NetNs,
     privilege::require_privileges,
 };
-
-fn controlplane_binary() -> PathBuf {
-    // target/debug/deps/<test> -> target/debug/skiff-controlplane (built by xtask first).
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("skiff-controlplane");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p skiff-controlplane` (cargo xtask test does)",
-        bin.display()
-    );
-    bin
-}
-
-struct ApiServer {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl ApiServer {
-    fn start(dir: &Path, port: u16) -> ApiServer {
-        let child = Command::new(controlplane_binary())
-            .args(["server", "--data-dir"])
-            .arg(dir)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting skiff-controlplane");
-        ApiServer {
-            child,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.dir.join("admin.kubeconfig")
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn client(kubeconfig: &Path) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if kubeconfig.exists() {
-            let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-            let conf = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .unwrap();
-            let c = Client::try_from(conf).unwrap();
-            if c.apiserver_version().await.is_ok() {
-                return c;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the API server did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn slice(name: &str, ips: &[Ipv4Addr]) -> EndpointSlice {
     serde_json::from_value(serde_json::json!({
@@ -146,11 +67,9 @@ fn services_written_to_the_api_are_programmed_and_survive_an_api_server_restart(
         .enable_all()
         .build()
         .unwrap();
-    let data = tempdir();
-    let port = free_port();
-    let mut api = Some(ApiServer::start(&data, port));
-    let kubeconfig = api.as_ref().unwrap().kubeconfig();
-    let kube = rt.block_on(client(&kubeconfig));
+    let mut api = ApiServer::start("agentapi", &[]);
+    let kubeconfig = api.kubeconfig();
+    let kube = rt.block_on(apiserver::client(&kubeconfig));
 
     // Backends on loopback of a test namespace; skiff's socket LB for its cgroup.
     let ns = NetNs::new("agentapi");
@@ -179,7 +98,7 @@ fn services_written_to_the_api_are_programmed_and_survive_an_api_server_restart(
             .build()
             .unwrap();
         rt.block_on(async move {
-            let client = client(&agent_kubeconfig).await;
+            let client = apiserver::client(&agent_kubeconfig).await;
             let config = SyncConfig {
                 node: NodeContext {
                     node_name: "node-a".into(),
@@ -259,14 +178,14 @@ fn services_written_to_the_api_are_programmed_and_survive_an_api_server_restart(
     }
 
     // The API server goes away: nothing is deleted, traffic goes on.
-    drop(api.take());
+    api.stop();
     for _ in 0..10 {
         let a = client.ask(&cmd);
         assert!(a.starts_with("ok"), "with the API server down: {a}");
     }
     // It comes back (same data); the agent's watchers relist and keep following it.
-    let _api = ApiServer::start(&data, port);
-    let kube = rt.block_on(client_for(&kubeconfig));
+    api.restart();
+    let kube = rt.block_on(apiserver::client(&kubeconfig));
     let services: Api<Service> = Api::namespaced(kube, "default");
     rt.block_on(services.delete("web", &DeleteParams::default()))
         .unwrap();
@@ -275,18 +194,4 @@ fn services_written_to_the_api_are_programmed_and_survive_an_api_server_restart(
     eventually(&mut client, &cmd, Duration::from_secs(20), |a| {
         a.starts_with("err") && !a.contains(" 111 ")
     });
-}
-
-async fn client_for(kubeconfig: &Path) -> Client {
-    client(kubeconfig).await
-}
-
-fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "skiff-agent-api-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }

@@ -36,100 +36,17 @@ use skiff_agent::{
 };
 use skiff_datapath_abi::{program_names::TC_INGRESS, DropReason};
 use skiff_tests::{
+    apiserver::{self, controlplane_binary, free_port, sibling_binary, ApiServer},
     netns::{veth, NetNs},
     packet::{fix_ipv4_checksum, Packet, TcpFlags, ETH_HLEN},
     privilege::require_privileges,
 };
-
-// ---- the API server process (as in agent_api.rs) ----
-
-fn controlplane_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("skiff-controlplane");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p skiff-controlplane` (cargo xtask test does)",
-        bin.display()
-    );
-    bin
-}
-
-struct ApiServer {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl ApiServer {
-    fn start(tag: &str) -> ApiServer {
-        let dir = std::env::temp_dir().join(format!(
-            "skiff-agent-node-{tag}-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new(controlplane_binary())
-            .args(["server", "--disable-controllers", "--data-dir"])
-            .arg(&dir)
-            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting skiff-controlplane");
-        ApiServer { child, dir }
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.dir.join("admin.kubeconfig")
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn client(kubeconfig: &Path) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if kubeconfig.exists() {
-            let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-            let conf = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .unwrap();
-            let c = Client::try_from(conf).unwrap();
-            if c.apiserver_version().await.is_ok() {
-                return c;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the API server did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, or panics with `what` and the last
@@ -173,14 +90,14 @@ fn condition<'a>(n: &'a Node, t: &str) -> Option<&'a k8s_openapi::api::core::v1:
 fn the_node_registers_posts_ready_and_renews_its_lease() {
     require_privileges();
     let rt = runtime();
-    let api = ApiServer::start("register");
+    let api = ApiServer::start("agent-node-register", &["--disable-controllers"]);
     let kubeconfig = api.kubeconfig();
-    let kube = rt.block_on(client(&kubeconfig));
+    let kube = rt.block_on(apiserver::client(&kubeconfig));
 
     let agent_kc = kubeconfig.clone();
     std::thread::spawn(move || {
         runtime().block_on(async move {
-            let c = client(&agent_kc).await;
+            let c = apiserver::client(&agent_kc).await;
             let mut cfg = NodeConfig::new("node-a", vec![Ipv4Addr::new(192, 0, 2, 10)]);
             cfg.lease_renew_period = Duration::from_millis(500);
             let info = HostInfo::gather(Path::new("/")).unwrap();
@@ -352,9 +269,9 @@ fn set(lines: &[&str]) -> BTreeSet<String> {
 fn the_pod_network_follows_the_nodes_inside_a_namespace() {
     require_privileges();
     let rt = runtime();
-    let api = ApiServer::start("podnet");
+    let api = ApiServer::start("agent-node-podnet", &["--disable-controllers"]);
     let kubeconfig = api.kubeconfig();
-    let kube = rt.block_on(client(&kubeconfig));
+    let kube = rt.block_on(apiserver::client(&kubeconfig));
 
     // The "node": a namespace with one node-facing interface on 192.168.77.0/24 (a veth
     // to a peer namespace standing for the wire), plus routes somebody else owns (one of
@@ -429,7 +346,7 @@ fn the_pod_network_follows_the_nodes_inside_a_namespace() {
     let agent_kc = kubeconfig.clone();
     std::thread::spawn(move || {
         runtime().block_on(async move {
-            let c = client(&agent_kc).await;
+            let c = apiserver::client(&agent_kc).await;
             netsetup::run(
                 c,
                 &mut setup,
@@ -669,9 +586,9 @@ fn free_node_port() -> u16 {
 fn healthz_health_check_node_ports_and_metrics_answer_over_http() {
     require_privileges();
     let rt = runtime();
-    let api = ApiServer::start("health");
+    let api = ApiServer::start("agent-node-health", &["--disable-controllers"]);
     let kubeconfig = api.kubeconfig();
-    let kube = rt.block_on(client(&kubeconfig));
+    let kube = rt.block_on(apiserver::client(&kubeconfig));
 
     // A real datapath; one malformed frame through tc ingress so a drop counter moves.
     let mut dp = Datapath::load().unwrap();
@@ -695,7 +612,7 @@ fn healthz_health_check_node_ports_and_metrics_answer_over_http() {
     let (agent_kc, p2, m2) = (kubeconfig.clone(), proxy.clone(), metrics.clone());
     std::thread::spawn(move || {
         runtime().block_on(async move {
-            let c = client(&agent_kc).await;
+            let c = apiserver::client(&agent_kc).await;
             tokio::spawn(health::serve(
                 health::bind(healthz).unwrap(),
                 health::healthz_router(p2.clone()),
@@ -883,16 +800,6 @@ fn healthz_health_check_node_ports_and_metrics_answer_over_http() {
 
 // ---- 4. The skiff-agent binary, end to end inside a namespace ----
 
-fn sibling_binary(name: &str) -> PathBuf {
-    let bin = controlplane_binary().with_file_name(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p skiff-controlplane -p skiff-agent -p skiff-cni` (cargo xtask test does)",
-        bin.display()
-    );
-    bin
-}
-
 /// A child process killed (SIGKILL) on drop unless it already exited.
 struct Proc(Child);
 
@@ -912,7 +819,7 @@ fn in_ns<T: Send>(
 ) -> T {
     ns.run(|| {
         runtime().block_on(async {
-            let c = client(kubeconfig).await;
+            let c = apiserver::client(kubeconfig).await;
             f(c).await
         })
     })
@@ -1173,7 +1080,7 @@ fn start_overlay_node(ns: &NetNs, kubeconfig: &Path, node: &str, conf: &Path) {
     let kc = kubeconfig.to_path_buf();
     std::thread::spawn(move || {
         runtime().block_on(async move {
-            let c = client(&kc).await;
+            let c = apiserver::client(&kc).await;
             let hooks = netsetup::NetHooks {
                 on_apply: |_: &netsetup::Applied, _| {},
                 on_error: |_: &str| {},
@@ -1203,9 +1110,9 @@ fn rx_packets(ns: &NetNs, dev: &str) -> u64 {
 fn the_vxlan_overlay_carries_pod_traffic_between_two_node_namespaces() {
     require_privileges();
     let rt = runtime();
-    let api = ApiServer::start("vxlan");
+    let api = ApiServer::start("agent-node-vxlan", &["--disable-controllers"]);
     let kubeconfig = api.kubeconfig();
-    let kube = rt.block_on(client(&kubeconfig));
+    let kube = rt.block_on(apiserver::client(&kubeconfig));
     let a = NetNs::new("vxa");
     let b = NetNs::new("vxb");
     veth(&a, "eth0", &b, "eth0");

@@ -8,7 +8,6 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -21,75 +20,17 @@ use kube::{
 };
 use serde_json::json;
 use skiff_runtime::{backoff::BackoffConfig, cni::Cni, logs::LogLimits, Config, Runtime};
-use skiff_tests::{apiserver::sibling_binary, cgroup::Cgroup, privilege::require_privileges};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct ApiServer {
-    child: Child,
-    dir: PathBuf,
-    url: String,
-}
-
-impl ApiServer {
-    fn start(dir: &Path) -> ApiServer {
-        let port = free_port();
-        let log = std::fs::File::create(dir.join("server.log")).unwrap();
-        let child = Command::new(sibling_binary("skiff-controlplane"))
-            .args(["server", "--disable-controllers", "--data-dir"])
-            .arg(dir.join("data"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting skiff-controlplane");
-        ApiServer {
-            child,
-            dir: dir.to_path_buf(),
-            url: format!("https://127.0.0.1:{port}"),
-        }
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.dir.join("data/admin.kubeconfig")
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use skiff_tests::{
+    apiserver::{self, free_port, ApiServer},
+    cgroup::Cgroup,
+    privilege::require_privileges,
+};
 
 async fn config_for(kubeconfig: &Path) -> kube::Config {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
     kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .unwrap()
-}
-
-async fn client_for(kubeconfig: &Path) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if kubeconfig.exists() {
-            let c = Client::try_from(config_for(kubeconfig).await).unwrap();
-            if c.apiserver_version().await.is_ok() {
-                return c;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the API server did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// API server, Node object, cgroup parent, and a thread running the runtime and the
@@ -128,13 +69,17 @@ impl Node {
             .tempdir()
             .unwrap();
         std::fs::create_dir_all(work.path().join("api")).unwrap();
-        let api = ApiServer::start(&work.path().join("api"));
+        let api = ApiServer::start_in(
+            &work.path().join("api"),
+            free_port(),
+            &["--disable-controllers"],
+        );
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         let kubeconfig = api.kubeconfig();
-        let client = rt.block_on(client_for(&kubeconfig));
+        let client = rt.block_on(apiserver::client(&kubeconfig));
         let name = format!("node-{tag}");
         let kubelet_port = free_port();
         // The Node as registration leaves it: InternalIP and the kubelet endpoint.
@@ -154,9 +99,9 @@ impl Node {
                 .await
                 .unwrap();
         });
-        let token = std::fs::read_to_string(api.dir.join("data/pki/join.token")).unwrap();
+        let token = std::fs::read_to_string(api.dir.join("pki/join.token")).unwrap();
         let node_kc = rt
-            .block_on(skiff_agent::join::join(&api.url, token.trim(), &name))
+            .block_on(skiff_agent::join::join(&api.url(), token.trim(), &name))
             .expect("joining the node");
         let node_kubeconfig = work.path().join("node.kubeconfig");
         skiff_agent::join::write_kubeconfig(&node_kubeconfig, &node_kc).unwrap();
@@ -555,7 +500,7 @@ fn the_kubelet_api_serves_only_the_api_server() {
         "https://127.0.0.1:{}/containerLogs/default/p/c",
         node.kubelet_port
     );
-    let pki = node.api.dir.join("data/pki");
+    let pki = node.api.dir.join("pki");
     let curl = |extra: &[&str]| -> (String, String) {
         let out = Command::new("curl")
             .args(["-sk", "-o", "-", "-w", "\n%{http_code}"])

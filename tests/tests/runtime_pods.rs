@@ -8,9 +8,9 @@
 //! node namespace, cgroup parent and IPAM directory.
 
 use std::{
-    net::{Ipv4Addr, TcpListener},
+    net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -22,67 +22,13 @@ use kube::{
 use serde_json::json;
 use skiff_runtime::{backoff::BackoffConfig, cni::Cni, logs::LogLimits, Config, Runtime};
 use skiff_tests::{
-    apiserver::sibling_binary, cgroup::Cgroup, netns::NetNs, privilege::require_privileges,
+    apiserver::{self, free_port, sibling_binary, ApiServer},
+    cgroup::Cgroup,
+    netns::NetNs,
+    privilege::require_privileges,
 };
 
 const NODE: &str = "node-rt";
-
-struct ApiServer {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl ApiServer {
-    fn start(dir: &Path) -> ApiServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = std::fs::File::create(dir.join("server.log")).unwrap();
-        let child = Command::new(sibling_binary("skiff-controlplane"))
-            .args(["server", "--disable-controllers", "--data-dir"])
-            .arg(dir.join("data"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting skiff-controlplane");
-        ApiServer {
-            child,
-            dir: dir.to_path_buf(),
-        }
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn client_for(kubeconfig: &Path) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if kubeconfig.exists() {
-            if let Ok(kc) = kube::config::Kubeconfig::read_from(kubeconfig) {
-                let conf = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                    .await
-                    .unwrap();
-                let c = Client::try_from(conf).unwrap();
-                if c.apiserver_version().await.is_ok() {
-                    return c;
-                }
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the API server did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// One node: API server, node namespace, cgroup parent, runtime thread.
 struct Node {
@@ -119,13 +65,17 @@ impl Node {
             .tempdir()
             .unwrap();
         std::fs::create_dir_all(work.path().join("api")).unwrap();
-        let api = ApiServer::start(&work.path().join("api"));
+        let api = ApiServer::start_in(
+            &work.path().join("api"),
+            free_port(),
+            &["--disable-controllers"],
+        );
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let kubeconfig = api.dir.join("data/admin.kubeconfig");
-        let client = rt.block_on(client_for(&kubeconfig));
+        let kubeconfig = api.kubeconfig();
+        let client = rt.block_on(apiserver::client(&kubeconfig));
         let ns = NetNs::new(tag);
         let cgroup = Cgroup::new(tag);
         let ipam_dir = work.path().join("ipam");
@@ -342,7 +292,7 @@ fn spawn_runtime(
         rt.block_on(async move {
             // Its own client: a kube Client's connection tasks run on the runtime
             // that created it, and the test's runtime only runs inside block_on.
-            let rt_client = client_for(&runtime_kubeconfig).await;
+            let rt_client = apiserver::client(&runtime_kubeconfig).await;
             tokio::select! {
                 r = Runtime::run_until(rt_client, NODE, config, async {
                     let _ = stop_rx.await;
