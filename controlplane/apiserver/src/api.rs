@@ -1389,10 +1389,14 @@ async fn create_object(
     // A Service create that loses a free value to a concurrent create allocates again.
     let unallocated = allocating.then(|| obj.clone());
     let mut races = 0;
+    // cp helper: one store round trip per Service create. The first attempt takes the
+    // values this server's hint does not know as taken for free without reading them;
+    // losing that bet (another server holds one) is not a race and costs one attempt
+    // more, read from the store.
+    let mut trust_hint = !dry;
     loop {
         let reservation = if allocating {
-            // cp helper: one store round trip per Service create
-            Some(if races == 0 && !dry {
+            Some(if trust_hint {
                 state.alloc.on_create_trusting_hint(&mut obj).await?
             } else {
                 state.alloc.on_create(&mut obj, dry).await?
@@ -1417,7 +1421,9 @@ async fn create_object(
             Some(r) => match state.alloc.create_with(r, &key, to_bytes(&obj)).await {
                 Ok(rev) => Ok(rev),
                 Err(crate::alloc::CreateFailed::Raced { key: taken }) => {
-                    races += 1;
+                    if !std::mem::take(&mut trust_hint) {
+                        races += 1;
+                    }
                     if races >= ALLOCATION_RACES {
                         return Err(st::internal_error(&format!(
                             "failed to allocate: {taken} was taken by a concurrent create \
