@@ -194,7 +194,7 @@ pub(crate) async fn watch(
         live: None,
         from,
         last: from,
-        deadline: now + timeout,
+        deadline: Box::pin(tokio::time::sleep_until(now + timeout)),
         tick: tokio::time::interval_at(now + BOOKMARK_EVERY, BOOKMARK_EVERY),
         bookmarks,
         done: false,
@@ -230,7 +230,8 @@ struct Watch {
     from: u64,
     /// The revision of the last change seen (what bookmarks carry).
     last: u64,
-    deadline: tokio::time::Instant,
+    /// The watch's end, registered with the timer once (not again for every event).
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
     tick: tokio::time::Interval,
     bookmarks: bool,
     done: bool,
@@ -271,7 +272,7 @@ impl Watch {
         loop {
             let live = self.live.as_mut()?;
             let woken = tokio::select! {
-                _ = tokio::time::sleep_until(self.deadline) => Woken::Deadline,
+                _ = self.deadline.as_mut() => Woken::Deadline,
                 _ = self.tick.tick(), if bookmarks => Woken::Tick,
                 ev = live.next() => Woken::Event(ev),
             };
