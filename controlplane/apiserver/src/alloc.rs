@@ -239,6 +239,11 @@ pub struct Reservation {
     pub deferred: Vec<(String, Bytes)>,
     /// Whether free values are deferred (creates) or written at once (updates).
     defer: bool,
+    /// Deferred values the hint does not know as taken are taken as free without reading
+    /// the store: the Service's write (`create_revision == 0` per key) checks them anyway,
+    /// and a value someone holds fails it as [`CreateFailed::Raced`]. Saves a store round
+    /// trip per value on a create's first attempt.
+    trust_hint: bool,
 }
 
 /// Why [`Allocator::create_with`] failed; what it reserved has been released either way.
@@ -379,6 +384,10 @@ impl Allocator {
             }
             Ok(true)
         };
+        if res.trust_hint && res.defer && !self.hinted_taken(key) {
+            res.deferred.push((key.to_string(), bytes));
+            return Ok(true);
+        }
         for _ in 0..4 {
             let existing = self.store.get(key).await?;
             match existing {
@@ -543,9 +552,11 @@ impl Allocator {
         old: Option<&Value>,
         svc: &mut Value,
         dry: bool,
+        trust_hint: bool,
     ) -> Result<Reservation, StatusError> {
         let mut res = Reservation {
             defer: old.is_none(),
+            trust_hint: trust_hint && old.is_none() && !dry,
             ..Reservation::default()
         };
         match self.fill_inner(old, svc, dry, &mut res).await {
@@ -750,7 +761,17 @@ impl Allocator {
     /// [`Allocator::create_with`], which writes them with the Service (nothing is written
     /// with `dry`).
     pub async fn on_create(&self, svc: &mut Value, dry: bool) -> Result<Reservation, StatusError> {
-        self.fill(None, svc, dry).await
+        self.fill(None, svc, dry, false).await
+    }
+
+    /// [`Allocator::on_create`] for a create's first attempt: values the hint does not
+    /// know as taken are deferred without reading the store (see `Reservation::trust_hint`);
+    /// after a [`CreateFailed::Raced`], allocate again with [`Allocator::on_create`].
+    pub async fn on_create_trusting_hint(
+        &self,
+        svc: &mut Value,
+    ) -> Result<Reservation, StatusError> {
+        self.fill(None, svc, false, true).await
     }
 
     /// A Service update from `old` to `new`: fills node ports / healthCheckNodePort the new
@@ -763,7 +784,7 @@ impl Allocator {
         new: &mut Value,
         dry: bool,
     ) -> Result<(Reservation, Vec<String>), StatusError> {
-        let res = self.fill(Some(old), new, dry).await?;
+        let res = self.fill(Some(old), new, dry, false).await?;
         let keep = Held::of(new).keys();
         let freed = Held::of(old)
             .keys()

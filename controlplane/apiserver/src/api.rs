@@ -62,7 +62,7 @@ impl AppState {
         server_url: String,
     ) -> Arc<AppState> {
         Arc::new(AppState {
-            cache: crate::cache::WatchCache::new(store.clone(), config.watch_cache_history),
+            cache: crate::cache::WatchCache::new(store.clone(), config.watch_cache),
             alloc: crate::alloc::Allocator::new(
                 store.clone(),
                 config.service_cidr,
@@ -452,6 +452,22 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
             ));
         }
     }
+    // cp helper: watch cache metrics
+    if path == "/metrics" && parts.method == axum::http::Method::GET {
+        // Upstream serves /metrics to authorized users (the admin here).
+        if !matches!(identity, Identity::Admin) {
+            return status_response(st::forbidden(
+                GroupResource {
+                    group: "",
+                    resource: "",
+                },
+                "",
+                "only the cluster admin may read /metrics",
+            ));
+        }
+        return text(StatusCode::OK, state.cache.metrics());
+    }
+    // end cp helper
     let h = |n: header::HeaderName| {
         parts
             .headers
@@ -1279,12 +1295,20 @@ async fn namespace_exists(state: &AppState, t: &Target) -> Result<(), StatusErro
     let Some(ns) = t.ns.as_deref().filter(|_| t.r.namespaced) else {
         return Ok(());
     };
-    let kv = state
-        .store
-        .get(&format!("/registry/namespaces/{ns}"))
-        .await
-        .map_err(store_error)?;
-    match kv {
+    // Upstream's NamespaceLifecycle admission reads its informer's cache and asks the
+    // store only when the cache does not have the namespace (it may have just been
+    // created): one store round trip less per create.
+    let key = format!("/registry/namespaces/{ns}");
+    let obj = match state.cache.current("/registry/namespaces/", &key) {
+        Some(cached) => Some(serde_json::from_slice::<Value>(&cached.json).unwrap_or_default()),
+        None => state
+            .store
+            .get(&key)
+            .await
+            .map_err(store_error)?
+            .map(|kv| decode_kv(&kv, kv.mod_revision)),
+    };
+    match obj {
         None => Err(st::not_found(
             GroupResource {
                 group: "",
@@ -1292,8 +1316,7 @@ async fn namespace_exists(state: &AppState, t: &Target) -> Result<(), StatusErro
             },
             ns,
         )),
-        Some(kv) => {
-            let obj = decode_kv(&kv, kv.mod_revision);
+        Some(obj) => {
             if obj.pointer("/metadata/deletionTimestamp").is_some() {
                 // Upstream's NamespaceLifecycle admission.
                 return Err(st::forbidden(
@@ -1366,9 +1389,18 @@ async fn create_object(
     // A Service create that loses a free value to a concurrent create allocates again.
     let unallocated = allocating.then(|| obj.clone());
     let mut races = 0;
+    // cp helper: one store round trip per Service create. The first attempt takes the
+    // values this server's hint does not know as taken for free without reading them;
+    // losing that bet (another server holds one) is not a race and costs one attempt
+    // more, read from the store.
+    let mut trust_hint = !dry;
     loop {
         let reservation = if allocating {
-            Some(state.alloc.on_create(&mut obj, dry).await?)
+            Some(if trust_hint {
+                state.alloc.on_create_trusting_hint(&mut obj).await?
+            } else {
+                state.alloc.on_create(&mut obj, dry).await?
+            })
         } else {
             None
         };
@@ -1389,7 +1421,9 @@ async fn create_object(
             Some(r) => match state.alloc.create_with(r, &key, to_bytes(&obj)).await {
                 Ok(rev) => Ok(rev),
                 Err(crate::alloc::CreateFailed::Raced { key: taken }) => {
-                    races += 1;
+                    if !std::mem::take(&mut trust_hint) {
+                        races += 1;
+                    }
                     if races >= ALLOCATION_RACES {
                         return Err(st::internal_error(&format!(
                             "failed to allocate: {taken} was taken by a concurrent create \
@@ -1565,13 +1599,52 @@ async fn write_existing(
     }
     // Patches are retried on a concurrent write, as upstream's GuaranteedUpdate does; a
     // PUT with a resourceVersion fails with 409 instead.
-    for _attempt in 0..8 {
-        let kv = state
-            .store
-            .get(&t.key(t.name()))
-            .await
-            .map_err(store_error)?;
-        let Some(kv) = kv else {
+    //
+    // cp helper: the first attempt starts from the watch cache's state, as upstream's
+    // cacher passes its cached object to GuaranteedUpdate: the write's compare-and-swap
+    // on that version is what makes it safe. Whatever the cached state decides on its own
+    // (not found, nothing to change, a conflict, a rejection) is decided again from the
+    // store, so a cache that lags changes no answer, only costs a round trip.
+    let root = format!("/registry/{}/", t.r.plural);
+    let mut try_cache = !dry;
+    for _attempt in 0..9 {
+        let cached = if std::mem::take(&mut try_cache) {
+            state.cache.current(&root, &t.key(t.name())).and_then(|c| {
+                let v: Value = serde_json::from_slice(&c.json).ok()?;
+                let rv = v
+                    .pointer("/metadata/resourceVersion")?
+                    .as_str()?
+                    .parse()
+                    .ok()?;
+                Some((v, rv))
+            })
+        } else {
+            None
+        };
+        let from_cache = cached.is_some();
+        // On a rejection from the cached state, the store's state decides.
+        macro_rules! or_retry {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(_) if from_cache => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+        }
+        let (current, mod_revision) = match cached {
+            Some(c) => c,
+            None => match state
+                .store
+                .get(&t.key(t.name()))
+                .await
+                .map_err(store_error)?
+            {
+                Some(kv) => (decode_kv(&kv, kv.mod_revision), kv.mod_revision),
+                None => (Value::Null, 0),
+            },
+        };
+        if current.is_null() {
             if is_apply && mode == Mode::Main {
                 let mut cfg = ctx.body_object_as_yaml()?;
                 check_type(&mut cfg, &t.r.api_version(), t.r.kind)?;
@@ -1591,18 +1664,22 @@ async fn write_existing(
                 return Ok(with_warnings(json_response(201, &obj), &warnings));
             }
             return Err(st::not_found(t.gr(), t.name()));
-        };
-        let current = decode_kv(&kv, kv.mod_revision);
-        let (requested, warnings, recorded) = requested_state(t, ctx, mode, &current)?;
-        let mut new = finish_update(t, ctx, mode, &current, requested, recorded)?;
+        }
+        let (requested, warnings, recorded) = or_retry!(requested_state(t, ctx, mode, &current));
+        let mut new = or_retry!(finish_update(t, ctx, mode, &current, requested, recorded));
         // Node ports / healthCheckNodePort a changed Service spec now needs, reserved
         // before the write and released again if it does not commit.
         let (reservation, freed) = if t.r.kind == "Service" && mode == Mode::Main {
-            state.alloc.on_update(&current, &mut new, dry).await?
+            or_retry!(state.alloc.on_update(&current, &mut new, dry).await)
         } else {
             Default::default()
         };
         if without_managed_fields(&new) == without_managed_fields(&current) && !dry {
+            if from_cache {
+                // "Nothing to change" is only true of the store's current state.
+                state.alloc.release(reservation.keys).await;
+                continue;
+            }
             // Nothing changed: upstream skips the write and keeps the resourceVersion.
             let body = if mode == Mode::Scale {
                 scale_of(&current)
@@ -1640,13 +1717,13 @@ async fn write_existing(
         let result = if finalize {
             state
                 .store
-                .delete(&t.key(t.name()), Some(kv.mod_revision))
+                .delete(&t.key(t.name()), Some(mod_revision))
                 .await
                 .map(|(rev, _)| rev)
         } else {
             state
                 .store
-                .update(&t.key(t.name()), to_bytes(&stored), Some(kv.mod_revision))
+                .update(&t.key(t.name()), to_bytes(&stored), Some(mod_revision))
                 .await
         };
         if result.is_err() {
@@ -1668,11 +1745,15 @@ async fn write_existing(
                 return Ok(with_warnings(json_response(200, &body), &warnings));
             }
             Err(StoreError::Conflict { .. }) => {
-                if ctx.method == Method::PUT && requested_rv(ctx).is_some_and(|rv| !rv.is_empty()) {
+                if !from_cache
+                    && ctx.method == Method::PUT
+                    && requested_rv(ctx).is_some_and(|rv| !rv.is_empty())
+                {
                     return Err(st::resource_version_conflict(t.gr(), t.name()));
                 }
                 continue;
             }
+            Err(StoreError::NotFound { .. }) if from_cache => continue,
             Err(StoreError::NotFound { .. }) => return Err(st::not_found(t.gr(), t.name())),
             Err(e) => return Err(store_error(e)),
         }

@@ -6,13 +6,18 @@
 //!   `/registry/` at one revision `R0` and then watches *all* keys from `R0`. Because every
 //!   store write produces exactly one event, the cache's revision — that of the last event
 //!   applied — reaches the store's current revision as soon as it has seen every write, which
-//!   is what a consistent read waits for ([`WatchCache::wait_for`]). (On an etcd shared with
-//!   writers outside skiff's key prefix the cache cannot reach etcd's revision without
-//!   progress notifications; such reads time out and fall back to the store.)
+//!   is what a consistent read waits for ([`WatchCache::wait_for`]). On an etcd shared with
+//!   writers outside skiff's key prefix no event carries their revisions: a waiting read
+//!   asks etcd for a watch progress notification (upstream's `RequestWatchProgress`,
+//!   KEP-2340), which tells the cache it has everything up to etcd's revision. Where the
+//!   store cannot report progress (an etcd without the fixes, see `EtcdConfig`), such
+//!   reads time out and fall back to the store.
 //! * Per resource it keeps the objects at the cache's revision, each an immutable
 //!   [`CachedObject`] shared by reference (its JSON as a GET returns it, plus the fields
-//!   selectors read: upstream's `GetAttrs`), and the last [`HISTORY`] changes (at most
-//!   [`HISTORY_BYTES`] of object versions), each holding the object's state *before* and
+//!   selectors read: upstream's `GetAttrs`), and a history of its changes sized by
+//!   [`HistoryLimits`] (every change younger than `fresh`, 75 s as upstream's
+//!   `eventFreshDuration`, within a memory budget shared by all resources), each holding
+//!   the object's state *before* and
 //!   *after* the change by reference: a version is in memory once, whether it is current,
 //!   in the history, or both. With those, a page of the snapshot at any revision `R` in the
 //!   window (`R >= complete_after`) is the current state with the changes after `R`
@@ -30,23 +35,57 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::Value;
 use skiff_api::resources::RESOURCES;
-use skiff_store::{Event, KeyValue, ListOptions, Revision, Store, StoreError, WatchStream};
+use skiff_store::{
+    Event, KeyValue, ListOptions, ProgressRequester, ProgressWatchStream, Revision, Store,
+    StoreError, WatchItem,
+};
 use tokio::sync::{mpsc, watch};
 
-/// Changes kept per resource by default: watches resuming from, and continued LISTs at, a
-/// revision within the last this-many changes of their resource are served from memory.
-pub const HISTORY: usize = 1000;
-/// At most this many bytes of object versions (JSON) per resource's history: 1000 changes
-/// of large objects (ConfigMaps, Secrets up to 1 MiB each) would otherwise pin up to 1 GB.
-/// Older changes are forgotten first, so the window only gets shorter.
-pub const HISTORY_BYTES: usize = 16 * 1024 * 1024;
+/// How long the watch cache remembers changes, and how much memory that may take.
+///
+/// Upstream sizes its cache by freshness (`--watch-cache` dynamic sizing): it grows while
+/// its oldest event is younger than 75 s, up to 100 000 events, so that a client that fell
+/// behind in a burst resumes its watch instead of relisting (a 410 in a 10k-pod burst
+/// means relisting 10k pods, seconds of work for the client and for us). Upstream has no
+/// memory bound; here the histories of all resources share [`HistoryLimits::budget_bytes`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// Changes younger than this are kept (unless the budget forces them out).
+    pub fresh: Duration,
+    /// Changes kept per resource whatever their age (a quiet resource keeps its last
+    /// changes, so resuming after a quiet spell stays in memory).
+    pub min_changes: usize,
+    /// Changes kept per resource at most, however young.
+    pub max_changes: usize,
+    /// Bytes the histories of all resources may keep alive: object versions held only by
+    /// history (the states changes replaced, deleted states) and the entries themselves.
+    /// Over it, the oldest changes go first, young or not, and that is logged: watchers
+    /// further behind then resume from the store (or get 410 once it has compacted).
+    pub budget_bytes: usize,
+}
+
+impl Default for HistoryLimits {
+    fn default() -> Self {
+        HistoryLimits {
+            fresh: Duration::from_secs(75),
+            min_changes: 1000,
+            max_changes: 100_000,
+            budget_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// How often changes that aged out are forgotten when their resource gets no new ones.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Budget warnings are logged at most this often (with what was dropped meanwhile).
+const BUDGET_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Events buffered per subscriber beyond its replay before it counts as too slow.
 pub const SUBSCRIBER_BUFFER: usize = 1024;
 /// Keys read per store page while (re)filling the cache.
@@ -61,17 +100,33 @@ pub(crate) struct CachedObject {
     pub json: Bytes,
     /// What label and field selectors read ([`skiff_api::selector::selection_attrs`]).
     pub attrs: Value,
+    /// Bytes this version takes, about ([`CachedObject::size`]).
+    size: usize,
 }
 
 impl CachedObject {
     /// `kv` decoded, with `resourceVersion` set to `rv`.
     pub fn new(kind: &str, kv: &KeyValue, rv: Revision) -> CachedObject {
         let obj = crate::api::decode_kv(kv, rv);
+        let json = Bytes::from(serde_json::to_vec(&obj).unwrap_or_default());
+        let attrs = skiff_api::selector::selection_attrs(kind, &obj);
+        let size = std::mem::size_of::<CachedObject>()
+            + ARC_HEADER
+            + kv.key.len()
+            + json.len()
+            + value_size(&attrs);
         CachedObject {
             key: kv.key.clone(),
-            json: Bytes::from(serde_json::to_vec(&obj).unwrap_or_default()),
-            attrs: skiff_api::selector::selection_attrs(kind, &obj),
+            json,
+            attrs,
+            size,
         }
+    }
+
+    /// The heap bytes of this version: its JSON, key and selector attributes, estimated
+    /// without allocator overhead (what the history's budget counts).
+    pub fn size(&self) -> usize {
+        self.size
     }
 
     /// The object, decoded.
@@ -81,24 +136,60 @@ impl CachedObject {
     }
 }
 
+/// An `Arc`'s counts, in front of its value.
+const ARC_HEADER: usize = 2 * std::mem::size_of::<usize>();
+
+/// About the heap bytes of a JSON value (string lengths plus per-node overhead): the
+/// selector attributes are small maps of labels and a few fields.
+fn value_size(v: &Value) -> usize {
+    let node = std::mem::size_of::<Value>();
+    node + match v {
+        Value::String(s) => s.len(),
+        Value::Array(a) => a.iter().map(value_size).sum(),
+        Value::Object(m) => m.iter().map(|(k, v)| k.len() + 24 + value_size(v)).sum(),
+        _ => 0,
+    }
+}
+
 /// A change of one object, as the history keeps it and watchers receive it.
 pub(crate) struct CachedEvent {
     pub revision: Revision,
+    /// When the cache applied it (what [`HistoryLimits::fresh`] measures).
+    pub at: Instant,
     /// The object's state before the change (`None`: it was created).
     pub before: Option<Arc<CachedObject>>,
     /// The new state; for a delete, the last state with the delete's revision as its
     /// `resourceVersion` (what a DELETED watch event carries, as upstream).
     pub object: Arc<CachedObject>,
     pub deleted: bool,
+    /// This change as a watch event line (`{"type":…,"object":…}\n`), per event type,
+    /// built by the first watcher that sends it and shared by all others: a change fanned
+    /// out to a thousand watchers is encoded once, not once per watcher.
+    lines: [OnceLock<Bytes>; 3],
 }
 
 impl CachedEvent {
+    /// The watch event line of type `ty` (`ADDED`, `MODIFIED` or `DELETED`) carrying this
+    /// change's object as cached.
+    pub fn line(&self, ty: &'static str) -> Bytes {
+        let slot = match ty {
+            "ADDED" => 0,
+            "MODIFIED" => 1,
+            _ => 2,
+        };
+        self.lines[slot]
+            .get_or_init(|| crate::watch::event_line(ty, &self.object.json))
+            .clone()
+    }
+
     /// A store event as the cache represents it (decoding its objects): for events the
     /// cache did not see itself (a watch the store serves).
     pub fn from_store(kind: &str, ev: &Event) -> CachedEvent {
         match ev {
             Event::Put { kv, prev } => CachedEvent {
                 revision: kv.mod_revision,
+                at: Instant::now(),
+                lines: Default::default(),
                 before: prev
                     .as_ref()
                     .map(|p| Arc::new(CachedObject::new(kind, p, p.mod_revision))),
@@ -109,6 +200,8 @@ impl CachedEvent {
                 let last = Arc::new(CachedObject::new(kind, prev, prev.mod_revision));
                 CachedEvent {
                     revision: *revision,
+                    at: Instant::now(),
+                    lines: Default::default(),
                     object: Arc::new(CachedObject::new(kind, prev, *revision)),
                     before: Some(last),
                     deleted: true,
@@ -121,16 +214,18 @@ impl CachedEvent {
         &self.object.key
     }
 
-    /// The bytes of object versions this change keeps alive beyond the current state
-    /// (the state it replaced; for a delete also the deleted state).
+    /// The bytes this change keeps alive as a history entry, beyond the current state:
+    /// the entry itself, the state it replaced and, for a delete, the deleted state.
+    /// Each replaced version is the `before` of exactly one change (the next change of
+    /// that key shares it as its own `before`'s successor, not as a copy), so summing this
+    /// over a history counts every version it holds once.
     fn cost(&self) -> usize {
-        let before = self.before.as_ref().map_or(0, |b| b.json.len());
-        before
-            + if self.deleted {
-                self.object.json.len()
-            } else {
-                0
-            }
+        let before = self.before.as_ref().map_or(0, |b| b.size());
+        std::mem::size_of::<CachedEvent>()
+            + ARC_HEADER
+            + std::mem::size_of::<Arc<CachedEvent>>()
+            + before
+            + if self.deleted { self.object.size() } else { 0 }
     }
 }
 
@@ -141,13 +236,9 @@ pub(crate) type CacheWatchStream =
 
 struct Resource {
     kind: &'static str,
-    /// Changes kept in `history`.
-    keep: usize,
-    /// Bytes of object versions `history` may keep alive ([`CachedEvent::cost`]).
-    keep_bytes: usize,
     objects: BTreeMap<String, Arc<CachedObject>>,
     history: VecDeque<Arc<CachedEvent>>,
-    /// The sum of the costs of `history`.
+    /// The sum of the costs of `history` ([`CachedEvent::cost`]).
     history_bytes: usize,
     /// Every change of this resource with a revision above this one is in `history`.
     complete_after: Revision,
@@ -164,8 +255,9 @@ enum Decoded {
 }
 
 impl Resource {
-    /// Applies the change at `revision`.
-    fn apply(&mut self, revision: Revision, key: &str, change: Decoded) {
+    /// Applies the change at `revision` (applied at `now`); returns the bytes its history
+    /// entry costs.
+    fn apply(&mut self, revision: Revision, key: &str, change: Decoded, now: Instant) -> usize {
         let (object, deleted) = match change {
             Decoded::Put(obj) => (obj, false),
             Decoded::Delete(obj) => (obj, true),
@@ -178,26 +270,57 @@ impl Resource {
         };
         let event = Arc::new(CachedEvent {
             revision,
+            at: now,
             before,
             object,
             deleted,
+            lines: Default::default(),
         });
-        self.history_bytes += event.cost();
+        let cost = event.cost();
+        self.history_bytes += cost;
         self.history.push_back(event.clone());
-        while self.history.len() > self.keep
-            || (self.history_bytes > self.keep_bytes && self.history.len() > 1)
-        {
-            if let Some(old) = self.history.pop_front() {
-                self.history_bytes -= old.cost();
-                self.complete_after = old.revision;
-            }
-        }
         // A full channel: that client is too slow; dropping its sender ends its stream
         // once it has drained what it has.
         self.subscribers.retain(|(prefix, tx)| {
             !key.starts_with(prefix.as_str()) || tx.try_send(event.clone()).is_ok()
         });
+        cost
     }
+
+    /// Forgets the oldest change; returns its cost and when it was applied.
+    fn pop_oldest(&mut self) -> Option<(usize, Instant)> {
+        let old = self.history.pop_front()?;
+        let cost = old.cost();
+        self.history_bytes -= cost;
+        self.complete_after = old.revision;
+        Some((cost, old.at))
+    }
+
+    /// Forgets changes beyond `max_changes`, and those older than `fresh` beyond
+    /// `min_changes`; returns the bytes freed.
+    fn trim(&mut self, limits: &HistoryLimits, now: Instant) -> usize {
+        let mut freed = 0;
+        while let Some(front) = self.history.front() {
+            let len = self.history.len();
+            let aged = now.saturating_duration_since(front.at) > limits.fresh;
+            if len <= limits.max_changes.max(1) && (len <= limits.min_changes || !aged) {
+                break;
+            }
+            freed += self.pop_oldest().map_or(0, |(c, _)| c);
+        }
+        freed
+    }
+}
+
+/// What the budget made the histories forget early (young changes), for the log and for
+/// tests.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TrimStats {
+    /// Changes younger than `fresh` forgotten because of the budget, since start.
+    pub early_trims: u64,
+    /// The bytes all histories hold now ([`CachedEvent::cost`]).
+    pub history_bytes: usize,
 }
 
 #[derive(Default)]
@@ -208,6 +331,77 @@ struct State {
     revision: Revision,
     /// By resource root, `/registry/<plural>/`.
     resources: HashMap<String, Resource>,
+    /// The sum of every resource's `history_bytes`.
+    history_bytes: usize,
+    /// Changes forgotten early because of the budget, since start.
+    early_trims: u64,
+    /// Early trims not logged yet, and when the last budget warning was logged.
+    unlogged_trims: u64,
+    last_budget_log: Option<Instant>,
+}
+
+impl State {
+    /// Applies `limits` to `root`'s history (after a change to it) or to every one (a
+    /// sweep), then the shared budget: the oldest change of all goes first.
+    fn trim(&mut self, limits: &HistoryLimits, root: Option<&str>, now: Instant) {
+        let freed: usize = match root {
+            Some(r) => self
+                .resources
+                .get_mut(r)
+                .map_or(0, |res| res.trim(limits, now)),
+            None => self
+                .resources
+                .values_mut()
+                .map(|res| res.trim(limits, now))
+                .sum(),
+        };
+        self.history_bytes -= freed;
+        let mut youngest_dropped: Option<Duration> = None;
+        while self.history_bytes > limits.budget_bytes {
+            let Some(res) = self
+                .resources
+                .values_mut()
+                .filter_map(|r| Some((r.history.front()?.revision, r)))
+                .min_by_key(|(rev, _)| *rev)
+                .map(|(_, r)| r)
+            else {
+                break;
+            };
+            let Some((cost, at)) = res.pop_oldest() else {
+                break;
+            };
+            self.history_bytes -= cost;
+            let age = now.saturating_duration_since(at);
+            if age <= limits.fresh {
+                self.early_trims += 1;
+                self.unlogged_trims += 1;
+                youngest_dropped = Some(age);
+            }
+        }
+        if let Some(age) = youngest_dropped {
+            let due = self
+                .last_budget_log
+                .is_none_or(|t| now.saturating_duration_since(t) >= BUDGET_LOG_EVERY);
+            if due {
+                // What a client further behind than this sees: a resume from the store
+                // (decoded per watch), or 410 and a relist once the store compacted.
+                tracing::warn!(
+                    budget_mib = limits.budget_bytes / (1024 * 1024),
+                    dropped = self.unlogged_trims,
+                    dropped_total = self.early_trims,
+                    window_ms = age.as_millis() as u64,
+                    "watch cache: history over its memory budget: forgot {} changes \
+                     younger than {:?}; the history now covers only the last {:?} \
+                     (watchers further behind resume from the store or relist)",
+                    self.unlogged_trims,
+                    limits.fresh,
+                    age,
+                );
+                self.unlogged_trims = 0;
+                self.last_budget_log = Some(now);
+            }
+        }
+    }
 }
 
 /// One page of a LIST answered by the cache.
@@ -222,14 +416,17 @@ pub(crate) struct CachePage {
 
 struct Shared {
     store: Arc<dyn Store>,
-    /// Changes kept per resource.
-    history: usize,
-    /// Bytes of object versions kept per resource's history.
-    history_bytes: usize,
+    limits: HistoryLimits,
     state: Mutex<State>,
     /// `(ready, revision)`, for readers waiting for the cache to catch up.
     progress: watch::Sender<(bool, Revision)>,
+    /// Asks the current store watch for a progress notification.
+    requester: Mutex<ProgressRequester>,
 }
+
+/// How often a reader waiting for the cache repeats its progress request (upstream's
+/// progress requester ticks every 100 ms while reads wait).
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 pub(crate) struct WatchCache {
     shared: Arc<Shared>,
@@ -260,7 +457,7 @@ fn kind_of_root(root: &str) -> Option<&'static str> {
         .map(|r| r.kind)
 }
 
-fn new_resources(revision: Revision, keep: usize, keep_bytes: usize) -> HashMap<String, Resource> {
+fn new_resources(revision: Revision) -> HashMap<String, Resource> {
     RESOURCES
         .iter()
         .map(|r| {
@@ -268,8 +465,6 @@ fn new_resources(revision: Revision, keep: usize, keep_bytes: usize) -> HashMap<
                 format!("/registry/{}/", r.plural),
                 Resource {
                     kind: r.kind,
-                    keep: keep.max(1),
-                    keep_bytes,
                     objects: BTreeMap::new(),
                     history: VecDeque::new(),
                     history_bytes: 0,
@@ -282,23 +477,15 @@ fn new_resources(revision: Revision, keep: usize, keep_bytes: usize) -> HashMap<
 }
 
 impl WatchCache {
-    /// A cache keeping `history` changes per resource, at most [`HISTORY_BYTES`] of them.
-    pub fn new(store: Arc<dyn Store>, history: usize) -> WatchCache {
-        WatchCache::with_history_bytes(store, history, HISTORY_BYTES)
-    }
-
-    pub fn with_history_bytes(
-        store: Arc<dyn Store>,
-        history: usize,
-        history_bytes: usize,
-    ) -> WatchCache {
+    /// A cache whose histories keep what `limits` allow.
+    pub fn new(store: Arc<dyn Store>, limits: HistoryLimits) -> WatchCache {
         WatchCache {
             shared: Arc::new(Shared {
                 store,
-                history,
-                history_bytes,
+                limits,
                 state: Mutex::new(State::default()),
                 progress: watch::channel((false, 0)).0,
+                requester: Mutex::new(ProgressRequester::unsupported()),
             }),
             feed: Mutex::new(None),
         }
@@ -321,12 +508,32 @@ impl WatchCache {
     /// false after `timeout`.
     pub async fn wait_for(&self, revision: Revision, timeout: Duration) -> bool {
         let mut rx = self.shared.progress.subscribe();
-        tokio::time::timeout(
-            timeout,
-            rx.wait_for(|(ready, rev)| *ready && *rev >= revision),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok())
+        let caught_up = |(ready, rev): &(bool, Revision)| *ready && *rev >= revision;
+        if caught_up(&rx.borrow()) {
+            return true;
+        }
+        let requester = self
+            .shared
+            .requester
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let wait = async {
+            loop {
+                // No event may be coming (writes outside the watched prefix): ask the
+                // store whether the cache is current, again while it is not.
+                let asked = requester.request();
+                let waited = tokio::time::timeout(PROGRESS_EVERY, rx.wait_for(caught_up))
+                    .await
+                    .map(|r| r.is_ok());
+                match waited {
+                    Ok(ok) => return ok,
+                    Err(_) if asked => continue,
+                    Err(_) => return rx.wait_for(caught_up).await.is_ok(),
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.unwrap_or(false)
     }
 
     /// Whether the cache is filled (and its revision).
@@ -459,6 +666,61 @@ impl WatchCache {
         Ok(Box::pin(stream))
     }
 
+    /// The cached current state of `key` (in the resource root `root`), if the cache is
+    /// filled and has it. It may lag the store by the events in flight: callers either
+    /// tolerate that (admission, as upstream's informers) or check it with a
+    /// compare-and-swap on its `resourceVersion`.
+    pub fn current(&self, root: &str, key: &str) -> Option<Arc<CachedObject>> {
+        let s = self.state();
+        if !s.ready {
+            return None;
+        }
+        s.resources.get(root)?.objects.get(key).cloned()
+    }
+
+    /// What the budget made the histories forget, and what they hold.
+    #[cfg(test)]
+    pub(crate) fn trim_stats(&self) -> TrimStats {
+        let s = self.state();
+        TrimStats {
+            early_trims: s.early_trims,
+            history_bytes: s.history_bytes,
+        }
+    }
+
+    /// The histories' state in Prometheus' text format (served at `/metrics`).
+    pub fn metrics(&self) -> String {
+        use std::fmt::Write;
+        let s = self.state();
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP skiff_watch_cache_history_bytes Bytes the watch cache histories keep alive.\n\
+             # TYPE skiff_watch_cache_history_bytes gauge\n\
+             skiff_watch_cache_history_bytes {}\n\
+             # HELP skiff_watch_cache_history_budget_bytes The histories' memory budget.\n\
+             # TYPE skiff_watch_cache_history_budget_bytes gauge\n\
+             skiff_watch_cache_history_budget_bytes {}\n\
+             # HELP skiff_watch_cache_budget_evictions_total Changes younger than the freshness window forgotten because of the budget.\n\
+             # TYPE skiff_watch_cache_budget_evictions_total counter\n\
+             skiff_watch_cache_budget_evictions_total {}\n\
+             # HELP skiff_watch_cache_history_changes Changes in each resource's history.\n\
+             # TYPE skiff_watch_cache_history_changes gauge",
+            s.history_bytes, self.shared.limits.budget_bytes, s.early_trims
+        );
+        let mut roots: Vec<_> = s.resources.iter().collect();
+        roots.sort_by_key(|(root, _)| root.as_str());
+        for (root, res) in roots {
+            let plural = root.trim_start_matches("/registry/").trim_end_matches('/');
+            let _ = writeln!(
+                out,
+                "skiff_watch_cache_history_changes{{resource=\"{plural}\"}} {}",
+                res.history.len()
+            );
+        }
+        out
+    }
+
     #[cfg(test)]
     fn subscriber_count(&self, root: &str) -> usize {
         self.state()
@@ -517,6 +779,8 @@ impl Shared {
 
     /// Closes every subscriber (their clients re-watch) and sends reads to the store.
     fn invalidate(&self) {
+        *self.requester.lock().unwrap_or_else(|e| e.into_inner()) =
+            ProgressRequester::unsupported();
         let mut s = self.state();
         s.ready = false;
         for r in s.resources.values_mut() {
@@ -555,10 +819,10 @@ async fn run(shared: Arc<Shared>) {
 }
 
 /// Lists everything at one revision into fresh resources and starts the watch after it.
-async fn fill(shared: &Shared) -> skiff_store::Result<WatchStream> {
+async fn fill(shared: &Shared) -> skiff_store::Result<ProgressWatchStream> {
     let store = &shared.store;
     let revision = store.current_revision().await?;
-    let mut resources = new_resources(revision, shared.history, shared.history_bytes);
+    let mut resources = new_resources(revision);
     let mut after = None;
     loop {
         let page = store
@@ -585,9 +849,11 @@ async fn fill(shared: &Shared) -> skiff_store::Result<WatchStream> {
         after = page.items.last().map(|kv| kv.key.clone());
     }
     // All keys, not only `/registry/`: every write must move the cache's revision.
-    let stream = store.watch("", revision).await?;
+    let (stream, requester) = store.watch_with_progress("", revision).await?;
+    *shared.requester.lock().unwrap_or_else(|e| e.into_inner()) = requester;
     let mut s = shared.state();
     s.resources = resources;
+    s.history_bytes = 0;
     s.revision = revision;
     s.ready = true;
     shared.progress.send_replace((true, revision));
@@ -595,11 +861,31 @@ async fn fill(shared: &Shared) -> skiff_store::Result<WatchStream> {
     Ok(stream)
 }
 
-/// Applies the store's events until its watch ends; returns why.
-async fn feed(shared: &Shared, mut stream: WatchStream) -> Option<StoreError> {
+/// Applies the store's events until its watch ends; returns why. Between events, forgets
+/// changes that aged out.
+async fn feed(shared: &Shared, mut stream: ProgressWatchStream) -> Option<StoreError> {
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let ev = match stream.next().await? {
-            Ok(ev) => ev,
+        let ev = tokio::select! {
+            ev = stream.next() => ev?,
+            _ = sweep.tick() => {
+                shared.state().trim(&shared.limits, None, Instant::now());
+                continue;
+            }
+        };
+        let ev = match ev {
+            Ok(WatchItem::Event(ev)) => ev,
+            Ok(WatchItem::Progress(rev)) => {
+                // Every change up to `rev` has been applied (they came before this).
+                let mut s = shared.state();
+                if rev > s.revision {
+                    s.revision = rev;
+                    drop(s);
+                    shared.progress.send_replace((true, rev));
+                }
+                continue;
+            }
             Err(e) => return Some(e),
         };
         let rev = ev.revision();
@@ -616,9 +902,13 @@ async fn feed(shared: &Shared, mut stream: WatchStream) -> Option<StoreError> {
         });
         {
             let mut s = shared.state();
-            if let (Some(res), Some(change)) = (root.and_then(|r| s.resources.get_mut(&r)), change)
-            {
-                res.apply(rev, ev.key(), change);
+            let now = Instant::now();
+            if let (Some(root), Some(change)) = (root, change) {
+                if let Some(res) = s.resources.get_mut(&root) {
+                    let cost = res.apply(rev, ev.key(), change, now);
+                    s.history_bytes += cost;
+                    s.trim(&shared.limits, Some(&root), now);
+                }
             }
             s.revision = rev;
         }
@@ -650,7 +940,7 @@ mod tests {
     }
 
     async fn started(store: &Arc<dyn Store>) -> WatchCache {
-        let cache = WatchCache::new(store.clone(), HISTORY);
+        let cache = WatchCache::new(store.clone(), HistoryLimits::default());
         cache.start();
         let cur = store.current_revision().await.unwrap();
         assert!(cache.wait_for(cur, Duration::from_secs(10)).await);
@@ -811,7 +1101,13 @@ mod tests {
         };
         let r0 = store.create(key, big(0)).await.unwrap();
         let budget = 50_000;
-        let cache = WatchCache::with_history_bytes(store.clone(), HISTORY, budget);
+        let cache = WatchCache::new(
+            store.clone(),
+            HistoryLimits {
+                budget_bytes: budget,
+                ..Default::default()
+            },
+        );
         cache.start();
         assert!(cache.wait_for(r0, Duration::from_secs(10)).await);
         let mut revs = vec![r0];
@@ -826,6 +1122,7 @@ mod tests {
             let s = cache.state();
             let res = &s.resources[root];
             assert!(res.history_bytes <= budget, "{}", res.history_bytes);
+            assert_eq!(s.history_bytes, accounted(&s));
             // ~10 KB per replaced version: four or five fit.
             assert!(
                 (3..=5).contains(&res.history.len()),
@@ -927,5 +1224,212 @@ mod tests {
             drained += 1;
         }
         assert!(drained >= SUBSCRIBER_BUFFER && drained < n, "{drained}");
+    }
+
+    /// The bytes the histories hold, recomputed from scratch: every entry, plus every
+    /// distinct version they reach that the current state does not (by pointer).
+    fn accounted(s: &State) -> usize {
+        let mut seen = std::collections::HashSet::new();
+        let mut bytes = 0;
+        for res in s.resources.values() {
+            let current: std::collections::HashSet<*const CachedObject> =
+                res.objects.values().map(Arc::as_ptr).collect();
+            for c in &res.history {
+                bytes += std::mem::size_of::<CachedEvent>()
+                    + ARC_HEADER
+                    + std::mem::size_of::<Arc<CachedEvent>>();
+                for v in c.before.iter().chain(std::iter::once(&c.object)) {
+                    let p = Arc::as_ptr(v);
+                    if !current.contains(&p) && seen.insert(p) {
+                        bytes += v.size();
+                    }
+                }
+            }
+        }
+        bytes
+    }
+
+    fn redb(dir: &tempfile::TempDir, config: skiff_store::RedbConfig) -> Arc<dyn Store> {
+        Arc::new(RedbStore::open(dir.path().join("s.redb"), config).unwrap())
+    }
+
+    /// `n` creates of small ConfigMaps under `ns`, 16 at a time (group commits).
+    async fn create_many(store: &Arc<dyn Store>, ns: &str, n: usize) {
+        futures::stream::iter(0..n)
+            .for_each_concurrent(16, |i| {
+                let store = store.clone();
+                async move {
+                    store
+                        .create(&format!("/registry/configmaps/{ns}/k{i}"), cm("x", ns, "v"))
+                        .await
+                        .unwrap();
+                }
+            })
+            .await;
+    }
+
+    /// A watcher that fell 10 000 changes behind in a burst (seconds, well within the
+    /// freshness window) resumes from the cache: no 410, no relist, nothing decoded. The
+    /// store's automatic compaction, by count alone, would have compacted its version
+    /// away; by age it keeps it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watcher_10k_changes_behind_in_a_burst_resumes_from_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = redb(
+            &dir,
+            skiff_store::RedbConfig {
+                retention: 1000,
+                compact_every: 1000,
+                ..Default::default()
+            },
+        );
+        let cache = started(&store).await;
+        let root = "/registry/configmaps/";
+        let r0 = store.current_revision().await.unwrap();
+        const N: usize = 10_000;
+        create_many(&store, "burst", N).await;
+        let cur = store.current_revision().await.unwrap();
+        assert_eq!(cur, r0 + N as u64);
+        assert!(cache.wait_for(cur, Duration::from_secs(30)).await);
+        assert!(store.compacted_revision().await.unwrap() <= r0);
+        let mut w = cache.watch(root, root, r0).await.unwrap();
+        assert_eq!(cache.subscriber_count(root), 1, "served by the cache");
+        let mut rev = r0;
+        for _ in 0..N {
+            let ev = next(&mut w).await;
+            assert_eq!(ev.revision, rev + 1);
+            rev = ev.revision;
+        }
+        assert_eq!(cache.trim_stats().early_trims, 0);
+        assert_eq!(cache.trim_stats().history_bytes, accounted(&cache.state()));
+    }
+
+    /// Over the budget the oldest changes go early (counted, logged); the accounting is
+    /// exact and within the budget. A watcher behind the remaining window is served by the
+    /// store while it still has the version, gets `Compacted` (the client's 410) once it
+    /// does not, and a relist then watches from the cache again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watcher_behind_the_budget_gets_410_and_a_relist_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = redb(&dir, Default::default());
+        let budget = 200_000;
+        let cache = WatchCache::new(
+            store.clone(),
+            HistoryLimits {
+                budget_bytes: budget,
+                ..Default::default()
+            },
+        );
+        cache.start();
+        let root = "/registry/configmaps/";
+        let big = |i: usize| {
+            Bytes::from(
+                serde_json::to_vec(&serde_json::json!({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": format!("c{}", i % 10), "namespace": "a"},
+                    "data": {"blob": format!("{i}:{}", "x".repeat(5_000))},
+                }))
+                .unwrap(),
+            )
+        };
+        for i in 0..10 {
+            store
+                .create(&format!("/registry/configmaps/a/c{i}"), big(i))
+                .await
+                .unwrap();
+        }
+        let r0 = store.current_revision().await.unwrap();
+        assert!(cache.wait_for(r0, Duration::from_secs(10)).await);
+        for i in 10..200 {
+            store
+                .update(&format!("/registry/configmaps/a/c{}", i % 10), big(i), None)
+                .await
+                .unwrap();
+        }
+        // Also a resource that changes little: the budget takes the oldest of all first.
+        store
+            .create("/registry/secrets/a/s", cm("s", "a", "v"))
+            .await
+            .unwrap();
+        let cur = store.current_revision().await.unwrap();
+        assert!(cache.wait_for(cur, Duration::from_secs(10)).await);
+        let stats = cache.trim_stats();
+        assert!(stats.early_trims > 100, "{stats:?}");
+        assert!(stats.history_bytes <= budget, "{stats:?}");
+        {
+            let s = cache.state();
+            assert_eq!(s.history_bytes, accounted(&s));
+            assert_eq!(
+                s.history_bytes,
+                s.resources.values().map(|r| r.history_bytes).sum::<usize>()
+            );
+            // ~5 KB per replaced version: about 35 fit.
+            let kept = s.resources[root].history.len();
+            assert!((20..=40).contains(&kept), "{kept}");
+            assert_eq!(s.resources["/registry/secrets/"].history.len(), 1);
+        }
+        // Behind the window: the store serves it while it has the version.
+        let mut from_store = cache.watch(root, root, r0).await.unwrap();
+        assert_eq!(cache.subscriber_count(root), 0);
+        assert_eq!(next(&mut from_store).await.revision, r0 + 1);
+        // Compacted: 410.
+        store.compact(cur).await.unwrap();
+        assert!(matches!(
+            cache.watch(root, root, r0).await,
+            Err(StoreError::Compacted { .. })
+        ));
+        // The relist: the current state from the cache, then a watch from its revision.
+        let all = |_: &Value| true;
+        let page = cache.list(root, root, None, &all, None, None).unwrap();
+        assert_eq!(page.items.len(), 10);
+        let mut w = cache.watch(root, root, page.revision).await.unwrap();
+        assert_eq!(cache.subscriber_count(root), 1);
+        let r = store
+            .update("/registry/configmaps/a/c0", big(1000), None)
+            .await
+            .unwrap();
+        assert_eq!(next(&mut w).await.revision, r);
+    }
+
+    /// Changes older than `fresh` are forgotten (beyond `min_changes`) even when their
+    /// resource gets no new ones; that is not an early trim.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn aged_changes_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = redb(&dir, Default::default());
+        let cache = WatchCache::new(
+            store.clone(),
+            HistoryLimits {
+                fresh: Duration::from_millis(300),
+                min_changes: 3,
+                ..Default::default()
+            },
+        );
+        cache.start();
+        let r0 = store.current_revision().await.unwrap();
+        assert!(cache.wait_for(r0, Duration::from_secs(10)).await);
+        create_many(&store, "a", 20).await;
+        let cur = store.current_revision().await.unwrap();
+        assert!(cache.wait_for(cur, Duration::from_secs(10)).await);
+        let root = "/registry/configmaps/";
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let len = cache.state().resources[root].history.len();
+            if len == 3 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "history still {len}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(cache.trim_stats().early_trims, 0);
+        assert_eq!(cache.trim_stats().history_bytes, accounted(&cache.state()));
+        // The last three are still served from memory; older versions by the store.
+        let _w = cache.watch(root, root, cur - 3).await.unwrap();
+        assert_eq!(cache.subscriber_count(root), 1);
+        let _old = cache.watch(root, root, cur - 4).await.unwrap();
+        assert_eq!(cache.subscriber_count(root), 1);
     }
 }

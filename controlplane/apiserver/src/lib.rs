@@ -29,5 +29,5 @@ mod util;
 mod watch;
 
 pub use api::MAX_BODY_BYTES;
-pub use cache::HISTORY as WATCH_CACHE_HISTORY;
+pub use cache::HistoryLimits as WatchCacheLimits;
 pub use server::{start, Config, RunningServer};

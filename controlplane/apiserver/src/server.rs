@@ -29,9 +29,9 @@ pub struct Config {
     /// Upstream's `--min-request-timeout`: a watch without `timeoutSeconds` ends after a
     /// random time between this and twice this (clients then re-watch).
     pub min_request_timeout: std::time::Duration,
-    /// Changes the watch cache keeps per resource (watch resumes and continued LISTs
-    /// within them are served from memory).
-    pub watch_cache_history: usize,
+    /// What the watch cache's histories keep (watch resumes and continued LISTs within
+    /// them are served from memory).
+    pub watch_cache: crate::cache::HistoryLimits,
 }
 
 impl Config {
@@ -44,7 +44,7 @@ impl Config {
             service_cidr: Default::default(),
             node_port_range: Default::default(),
             min_request_timeout: std::time::Duration::from_secs(1800),
-            watch_cache_history: crate::cache::HISTORY,
+            watch_cache: Default::default(),
         }
     }
 }

@@ -1,10 +1,13 @@
-//! `?watch=true`: newline-delimited JSON `WatchEvent`s streamed from the store.
+//! `?watch=true`: newline-delimited JSON `WatchEvent`s streamed from the watch cache.
 //!
-//! Each watch has its own task reading its own store watch stream and writing into a
-//! bounded channel that the HTTP body drains. A client that stops reading fills only its
-//! own channel; its store stream then overflows and the store cuts it off
-//! (`WatcherTooSlow`), which ends that response: other watchers and writers never wait for
-//! it. The client re-watches from the last resourceVersion it saw, as client-go does.
+//! A watch's response body *is* its stream of events: the connection's task pulls the
+//! next line when it can write, straight from the watch cache's bounded per-subscriber
+//! channel (no task of its own per watch, so a change fanned out to a thousand watchers
+//! wakes a thousand connection tasks, not twice that). A client that stops reading fills
+//! only its own channel; the cache then cuts it off, which ends that response: other
+//! watchers and writers never wait for it. The client re-watches from the last
+//! resourceVersion it saw, as client-go does. Event lines for cached objects are built
+//! once per change and shared by all its watchers ([`CachedEvent::line`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,10 +21,9 @@ use serde_json::{json, Value};
 use skiff_api::status::{self as st, StatusError};
 use skiff_api::table;
 use skiff_store::StoreError;
-use tokio::sync::mpsc;
 
 use crate::api::{list_objects, AppState, Ctx, ListAt, ListItem, Selectors, Target};
-use crate::cache::CachedEvent;
+use crate::cache::{CacheWatchStream, CachedEvent};
 use crate::util;
 
 /// How often a watch that allows bookmarks gets one (upstream: about once a minute; more
@@ -71,14 +73,7 @@ impl Encoder {
         if self.table.is_some() {
             return self.event(ty, &item.into_value());
         }
-        let json = item.json();
-        let mut line = Vec::with_capacity(json.len() + ty.len() + 24);
-        line.extend_from_slice(b"{\"type\":\"");
-        line.extend_from_slice(ty.as_bytes());
-        line.extend_from_slice(b"\",\"object\":");
-        line.extend_from_slice(json);
-        line.extend_from_slice(b"}\n");
-        Bytes::from(line)
+        event_line(ty, item.json())
     }
 
     fn bookmark(&mut self, rv: u64, initial_end: bool) -> Bytes {
@@ -93,6 +88,17 @@ impl Encoder {
     fn error(&mut self, e: StatusError) -> Bytes {
         self.event("ERROR", &e.body)
     }
+}
+
+/// `{"type":"<ty>","object":<json>}\n`, the object's bytes copied as they are.
+pub(crate) fn event_line(ty: &str, json: &[u8]) -> Bytes {
+    let mut line = Vec::with_capacity(json.len() + ty.len() + 24);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(ty.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    line.extend_from_slice(json);
+    line.extend_from_slice(b"}\n");
+    Bytes::from(line)
 }
 
 fn parse_bool(ctx: &Ctx, k: &str) -> bool {
@@ -143,7 +149,7 @@ pub(crate) async fn watch(
     } else {
         None
     };
-    let mut enc = Encoder {
+    let enc = Encoder {
         kind: t.r.kind,
         api_version: t.r.api_version(),
         table,
@@ -176,82 +182,26 @@ pub(crate) async fn watch(
         (Vec::new(), n)
     };
 
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
     let root = format!("/registry/{}/", t.r.plural);
     let stream = state.cache.watch(&root, &t.prefix(), from).await;
-    tokio::spawn(async move {
-        let send = |b: Bytes| {
-            let tx = tx.clone();
-            async move { tx.send(b).await.is_ok() }
-        };
-        let deadline = tokio::time::Instant::now() + timeout;
-        for item in initial {
-            if !send(enc.encoded_event("ADDED", item)).await {
-                return;
-            }
-        }
-        if send_initial && !send(enc.bookmark(from, true)).await {
-            return;
-        }
-        let mut stream = match stream {
-            Ok(s) => s,
-            Err(StoreError::Compacted { .. }) => {
-                let _ = send(enc.error(too_old(from))).await;
-                return;
-            }
-            Err(e) => {
-                let _ = send(enc.error(st::internal_error(&e.to_string()))).await;
-                return;
-            }
-        };
-        let mut last = from;
-        let mut tick =
-            tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY);
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => {
-                    // Upstream sends a last bookmark as the watch ends, so that the client
-                    // resumes from the newest version instead of re-listing.
-                    if bookmarks && enc.table.is_none() {
-                        let _ = send(enc.bookmark(last, false)).await;
-                    }
-                    return;
-                }
-                _ = tx.closed() => return,
-                _ = tick.tick(), if bookmarks && enc.table.is_none() => {
-                    if !send(enc.bookmark(last, false)).await {
-                        return;
-                    }
-                }
-                ev = stream.next() => {
-                    let ev = match ev {
-                        None => return,
-                        Some(Ok(ev)) => ev,
-                        Some(Err(StoreError::Compacted { .. })) => {
-                            let _ = send(enc.error(too_old(last))).await;
-                            return;
-                        }
-                        Some(Err(e)) => {
-                            // WatcherTooSlow and store failures end the stream; the client
-                            // re-watches from the last version it saw.
-                            tracing::debug!("watch on {} ended: {e}", enc.kind);
-                            return;
-                        }
-                    };
-                    last = ev.revision;
-                    if let Some((ty, item)) = translate(&sel, &ev) {
-                        if !send(enc.encoded_event(ty, item)).await {
-                            return;
-                        }
-                    }
-                }
-            }
-        }
-    });
-    let body = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    let now = tokio::time::Instant::now();
+    let w = Watch {
+        enc,
+        sel,
+        initial: initial.into_iter(),
+        initial_end: send_initial.then_some(from),
+        opened: Some(stream),
+        live: None,
+        from,
+        last: from,
+        deadline: Box::pin(tokio::time::sleep_until(now + timeout)),
+        tick: tokio::time::interval_at(now + BOOKMARK_EVERY, BOOKMARK_EVERY),
+        bookmarks,
+        done: false,
+    };
+    let body = futures::stream::unfold(w, |mut w| async move {
+        let line = w.next_line().await?;
+        Some((Ok::<_, std::convert::Infallible>(line), w))
     });
     let mut r = Response::new(Body::from_stream(body));
     *r.status_mut() = StatusCode::OK;
@@ -266,24 +216,117 @@ pub(crate) async fn watch(
     Ok(r)
 }
 
+/// One watch response's state: the initial events, then the live stream, bookmarks and
+/// the deadline.
+struct Watch {
+    enc: Encoder,
+    sel: Selectors,
+    initial: std::vec::IntoIter<ListItem>,
+    /// `sendInitialEvents`: the bookmark that ends the initial events, at this revision.
+    initial_end: Option<u64>,
+    /// The cache's answer to the watch, until the initial events are sent.
+    opened: Option<skiff_store::Result<CacheWatchStream>>,
+    live: Option<CacheWatchStream>,
+    from: u64,
+    /// The revision of the last change seen (what bookmarks carry).
+    last: u64,
+    /// The watch's end, registered with the timer once (not again for every event).
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    tick: tokio::time::Interval,
+    bookmarks: bool,
+    done: bool,
+}
+
+enum Woken {
+    Deadline,
+    Tick,
+    Event(Option<skiff_store::Result<std::sync::Arc<CachedEvent>>>),
+}
+
+impl Watch {
+    /// The next line of the response; `None` ends it.
+    async fn next_line(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        if let Some(item) = self.initial.next() {
+            return Some(self.enc.encoded_event("ADDED", item));
+        }
+        if let Some(rv) = self.initial_end.take() {
+            return Some(self.enc.bookmark(rv, true));
+        }
+        if let Some(opened) = self.opened.take() {
+            match opened {
+                Ok(s) => self.live = Some(s),
+                Err(StoreError::Compacted { .. }) => {
+                    self.done = true;
+                    return Some(self.enc.error(too_old(self.from)));
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(self.enc.error(st::internal_error(&e.to_string())));
+                }
+            }
+        }
+        let bookmarks = self.bookmarks && self.enc.table.is_none();
+        loop {
+            let live = self.live.as_mut()?;
+            let woken = tokio::select! {
+                _ = self.deadline.as_mut() => Woken::Deadline,
+                _ = self.tick.tick(), if bookmarks => Woken::Tick,
+                ev = live.next() => Woken::Event(ev),
+            };
+            let ev = match woken {
+                Woken::Deadline => {
+                    // Upstream sends a last bookmark as the watch ends, so that the client
+                    // resumes from the newest version instead of re-listing.
+                    self.done = true;
+                    return bookmarks.then(|| self.enc.bookmark(self.last, false));
+                }
+                Woken::Tick => return Some(self.enc.bookmark(self.last, false)),
+                Woken::Event(None) => return None,
+                Woken::Event(Some(Ok(ev))) => ev,
+                Woken::Event(Some(Err(StoreError::Compacted { .. }))) => {
+                    self.done = true;
+                    return Some(self.enc.error(too_old(self.last)));
+                }
+                Woken::Event(Some(Err(e))) => {
+                    // WatcherTooSlow and store failures end the stream; the client
+                    // re-watches from the last version it saw.
+                    tracing::debug!("watch on {} ended: {e}", self.enc.kind);
+                    return None;
+                }
+            };
+            self.last = ev.revision;
+            if let Some(ty) = translate(&self.sel, &ev) {
+                return Some(if self.enc.table.is_some() {
+                    self.enc
+                        .encoded_event(ty, ListItem::Cached(ev.object.clone()))
+                } else {
+                    ev.line(ty)
+                });
+            }
+        }
+    }
+}
+
 fn too_old(rv: u64) -> StatusError {
     st::expired(format!("too old resource version: {rv}"))
 }
 
-/// A change as a watch event under selectors: an object that starts matching is ADDED,
-/// one that stops matching is DELETED (with its new state), as upstream's watch cache
-/// does. Selectors read the cached attributes; nothing is decoded.
-fn translate(sel: &Selectors, ev: &CachedEvent) -> Option<(&'static str, ListItem)> {
-    let item = || ListItem::Cached(ev.object.clone());
+/// A change as a watch event type under selectors: an object that starts matching is
+/// ADDED, one that stops matching is DELETED (with its new state), as upstream's watch
+/// cache does. Selectors read the cached attributes; nothing is decoded.
+fn translate(sel: &Selectors, ev: &CachedEvent) -> Option<&'static str> {
     if ev.deleted {
-        return sel.matches(&ev.object.attrs).then(|| ("DELETED", item()));
+        return sel.matches(&ev.object.attrs).then_some("DELETED");
     }
     let cur_m = sel.matches(&ev.object.attrs);
     let prev_m = ev.before.as_ref().is_some_and(|b| sel.matches(&b.attrs));
     match (prev_m, cur_m) {
-        (false, true) => Some(("ADDED", item())),
-        (true, true) => Some(("MODIFIED", item())),
-        (true, false) => Some(("DELETED", item())),
+        (false, true) => Some("ADDED"),
+        (true, true) => Some("MODIFIED"),
+        (true, false) => Some("DELETED"),
         (false, false) => None,
     }
 }

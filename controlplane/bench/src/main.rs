@@ -575,6 +575,44 @@ async fn fan_out(
     Ok(lat)
 }
 
+/// `n` creates straight to etcd, `concurrency` at a time, each the transaction the store
+/// sends for a create (a `create_revision == 0` compare, then the put), under a prefix of
+/// their own; the sorted latencies and the wall time.
+async fn etcd_creates(
+    url: &str,
+    n: usize,
+    concurrency: usize,
+) -> Result<(Vec<Duration>, Duration)> {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+    let client = etcd_client::Client::connect([url], None).await?;
+    let value = vec![b'x'; 1500];
+    let t0 = Instant::now();
+    let mut lat: Vec<Duration> = futures::stream::iter(0..n)
+        .map(|i| {
+            let mut kv = client.kv_client();
+            let value = value.clone();
+            async move {
+                let key = format!("/bench-floor/{}/{i}", concurrency);
+                let txn = Txn::new()
+                    .when(vec![Compare::create_revision(
+                        key.clone(),
+                        CompareOp::Equal,
+                        0,
+                    )])
+                    .and_then(vec![TxnOp::put(key, value, None)]);
+                let t = Instant::now();
+                kv.txn(txn).await?;
+                Ok::<_, anyhow::Error>(t.elapsed())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect()
+        .await?;
+    let wall = t0.elapsed();
+    lat.sort();
+    Ok((lat, wall))
+}
+
 async fn ensure_ns(client: &kube::Client, name: &str) -> Result<()> {
     let req = http::Request::post("/api/v1/namespaces")
         .header("content-type", "application/json")
@@ -659,6 +697,25 @@ async fn bench_store(args: &Args, store: &str, results: &mut Vec<serde_json::Val
         "idle RSS, API server only (--disable-controllers --disable-scheduler), empty",
         format!("{:.1} MiB", s.rss_mib()),
     ));
+    // cp helper: etcd's own create latency, the floor under the API server's.
+    if store == "etcd" {
+        let url = &flags[3];
+        for (n, conc) in [(200, 1), (1000, args.concurrency)] {
+            let (lat, wall) = etcd_creates(url, n, conc).await?;
+            results.push(row(
+                &format!(
+                    "etcd alone (no API server in the path): create Txn (create_revision == 0 compare, 1.5 KB put), {n} at concurrency {conc}: throughput; p50 / p99"
+                ),
+                format!(
+                    "{:.0} creates/s; {} / {}",
+                    n as f64 / wall.as_secs_f64(),
+                    ms(pct(&lat, 0.5)),
+                    ms(pct(&lat, 0.99))
+                ),
+            ));
+        }
+    }
+    // end cp helper
     let ns = BENCH_NS;
     ensure_ns(&s.client, ns).await?;
     let pods: Api<Pod> = Api::namespaced(s.client.clone(), ns);

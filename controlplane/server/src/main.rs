@@ -53,6 +53,20 @@ enum Command {
               value_parser = clap::value_parser!(u64).range(1..=65536))]
         redb_cache_size: u64,
         // end cp helper
+        // cp helper: watch history by age
+        /// Seconds of changes the watch cache keeps (watches resuming within them are served
+        /// from memory); upstream's eventFreshDuration is 75 s.
+        #[arg(long, default_value_t = 75, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        watch_cache_fresh_seconds: u64,
+        /// MiB all watch cache histories may take together (object versions only the
+        /// history holds); over it the oldest changes are forgotten early, with a warning.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
+        watch_cache_budget: u64,
+        /// Seconds of history the redb store keeps through automatic compaction (at least;
+        /// upstream compacts etcd every 5 minutes). The watch cache relies on it.
+        #[arg(long, default_value_t = 300)]
+        redb_retention_seconds: u64,
+        // end cp helper
         /// The Service ClusterIP range (IPv4).
         #[arg(long, default_value = "10.43.0.0/16")]
         service_cidr: skiff_apiserver::alloc::ServiceCidr,
@@ -362,6 +376,9 @@ async fn run() -> Result<()> {
             store,
             etcd_endpoints,
             redb_cache_size,
+            watch_cache_fresh_seconds,
+            watch_cache_budget,
+            redb_retention_seconds,
             service_cidr,
             service_node_port_range,
             min_request_timeout,
@@ -389,6 +406,9 @@ async fn run() -> Result<()> {
                             skiff_store::RedbConfig {
                                 cache_size: usize::try_from(redb_cache_size * 1024 * 1024)
                                     .context("--redb-cache-size is too large for this machine")?,
+                                retention_age: std::time::Duration::from_secs(
+                                    redb_retention_seconds,
+                                ),
                                 ..Default::default()
                             },
                         )
@@ -417,7 +437,12 @@ async fn run() -> Result<()> {
                     service_cidr,
                     node_port_range: service_node_port_range,
                     min_request_timeout: std::time::Duration::from_secs(min_request_timeout),
-                    watch_cache_history: skiff_apiserver::WATCH_CACHE_HISTORY,
+                    watch_cache: skiff_apiserver::WatchCacheLimits {
+                        fresh: std::time::Duration::from_secs(watch_cache_fresh_seconds),
+                        budget_bytes: usize::try_from(watch_cache_budget * 1024 * 1024)
+                            .context("--watch-cache-budget is too large for this machine")?,
+                        ..Default::default()
+                    },
                 },
                 store,
             )

@@ -33,8 +33,11 @@ use etcd_client::{
 };
 use tokio::sync::mpsc;
 
+use futures::StreamExt;
+
 use crate::{
-    Event, KeyValue, ListOptions, ListResult, Result, Revision, Store, StoreError, WatchStream,
+    Event, KeyValue, ListOptions, ListResult, ProgressRequester, ProgressWatchStream, Result,
+    Revision, Store, StoreError, WatchItem, WatchStream,
 };
 
 const BACKEND: &str = "etcd";
@@ -64,6 +67,12 @@ pub struct EtcdConfig {
     pub connect_timeout: Duration,
     /// Events buffered per watcher before it is cut off as too slow.
     pub watch_buffer: usize,
+    /// Whether [`Store::watch_with_progress`] asks etcd for progress notifications.
+    /// `None`: when etcd's version has the fixes upstream requires for consistent reads
+    /// from its watch cache (3.4.31+, 3.5.13+): older releases can send a progress
+    /// notification ahead of events at or below its revision (etcd-io/etcd#15220, #17529),
+    /// which would let a consistent read miss a write.
+    pub watch_progress: Option<bool>,
 }
 
 impl EtcdConfig {
@@ -74,6 +83,7 @@ impl EtcdConfig {
             key_prefix: String::new(),
             connect_timeout: Duration::from_secs(5),
             watch_buffer: 1024,
+            watch_progress: None,
         }
     }
 }
@@ -84,6 +94,24 @@ pub struct EtcdStore {
     client: Client,
     prefix: String,
     watch_buffer: usize,
+    /// Whether watch progress requests are used ([`EtcdConfig::watch_progress`]).
+    watch_progress: bool,
+}
+
+/// Whether etcd `version` (`3.4.23`) has the watch progress fixes upstream requires.
+fn progress_is_reliable(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    let (major, minor, patch) = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    match (major, minor) {
+        (3, 4) => patch >= 31,
+        (3, 5) => patch >= 13,
+        (3, m) => m >= 6,
+        (m, _) => m > 3,
+    }
 }
 
 fn etcd_err(operation: &'static str) -> impl FnOnce(etcd_client::Error) -> StoreError {
@@ -143,11 +171,121 @@ impl EtcdStore {
                     format!("cannot connect to etcd at {:?}: {e}", config.endpoints),
                 )
             })?;
+        let watch_progress = match config.watch_progress {
+            Some(on) => on,
+            None => {
+                let version = client
+                    .clone()
+                    .maintenance_client()
+                    .status()
+                    .await
+                    .map(|s| s.version().to_string())
+                    .unwrap_or_default();
+                let ok = progress_is_reliable(&version);
+                if !ok {
+                    tracing::info!(
+                        "etcd {version}: watch progress notifications are not used (they need \
+                         3.4.31+ or 3.5.13+); consistent reads wait for an event under the \
+                         key prefix and otherwise fall back to etcd"
+                    );
+                }
+                ok
+            }
+        };
         Ok(EtcdStore {
             client,
             prefix: config.key_prefix,
             watch_buffer: config.watch_buffer.max(1),
+            watch_progress,
         })
+    }
+
+    /// Starts an etcd watch (see [`Store::watch`]); with `progress`, responses without
+    /// events come through as [`WatchItem::Progress`]. Returns the stream and the gRPC
+    /// stream's request side (for progress requests).
+    async fn start_watch(
+        &self,
+        prefix: &str,
+        from_revision: Revision,
+        progress: bool,
+    ) -> Result<(ProgressWatchStream, Option<etcd_client::WatchRequestSender>)> {
+        let full_prefix = self.full_key(prefix);
+        // Same rule as reads: a revision you can list at is one you can watch from. etcd itself
+        // would accept `from_revision = compacted - 1`; checking with a read keeps the two
+        // backends identical.
+        let probe = GetOptions::new()
+            .with_revision(to_i64(from_revision.max(1))?)
+            .with_count_only();
+        if let Err(e) = self
+            .client
+            .kv_client()
+            .get(self.probe_key(), Some(probe))
+            .await
+        {
+            // A future revision is fine for a watch: it waits for it.
+            if !is_grpc(&e, FUTURE_MSG) {
+                return Err(self.read_error(e, from_revision).await);
+            }
+        }
+        let options = WatchOptions::new()
+            .with_range(prefix_end(&full_prefix))
+            .with_start_revision(to_i64(from_revision + 1)?)
+            .with_prev_key();
+        let stream = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
+            .watch(nonempty(full_prefix), Some(options))
+            .await
+            .map_err(etcd_err("start watch"))?;
+        let (sender, mut stream) = stream.split();
+        // Wait for etcd to confirm the watch so a failure surfaces here.
+        let replay_through = match stream.message().await.map_err(etcd_err("start watch"))? {
+            Some(resp) if resp.created() && !resp.canceled() => header_revision(resp.header())?,
+            Some(resp) => {
+                return Err(StoreError::backend(
+                    BACKEND,
+                    "start watch",
+                    format!("etcd refused the watch: {}", resp.cancel_reason()),
+                ))
+            }
+            None => {
+                return Err(StoreError::backend(
+                    BACKEND,
+                    "start watch",
+                    "etcd closed the watch stream before confirming it",
+                ))
+            }
+        };
+        let (tx, rx) = mpsc::channel(self.watch_buffer);
+        let lagged = Arc::new(AtomicBool::new(false));
+        tokio::spawn(pump(
+            stream,
+            self.prefix.clone(),
+            from_revision,
+            replay_through,
+            tx,
+            lagged.clone(),
+            progress,
+        ));
+        let state = (rx, lagged, Some(prefix.to_owned()), self.watch_buffer);
+        let stream =
+            futures::stream::unfold(state, |(mut rx, lagged, prefix, buffer)| async move {
+                let prefix_name = prefix?;
+                match rx.recv().await {
+                    Some(Ok(event)) => Some((Ok(event), (rx, lagged, Some(prefix_name), buffer))),
+                    Some(Err(e)) => Some((Err(e), (rx, lagged, None, buffer))),
+                    None if lagged.load(Ordering::Acquire) => Some((
+                        Err(StoreError::WatcherTooSlow {
+                            prefix: prefix_name,
+                            buffer,
+                        }),
+                        (rx, lagged, None, buffer),
+                    )),
+                    None => None,
+                }
+            });
+        Ok((Box::pin(stream), Some(sender)))
     }
 
     fn full_key(&self, key: &str) -> Vec<u8> {
@@ -358,12 +496,13 @@ const REPLAY_STALL_LIMIT: Duration = Duration::from_secs(10);
 /// replays at the consumer's pace, but at most [`REPLAY_STALL_LIMIT`]. Later (live) events
 /// never wait: a consumer `buffer` events behind is cut off.
 async fn pump(
-    mut stream: etcd_client::WatchStream,
+    mut stream: etcd_client::WatchResponseStream,
     prefix: String,
     from_revision: Revision,
     replay_through: Revision,
-    tx: mpsc::Sender<Result<Event>>,
+    tx: mpsc::Sender<Result<WatchItem>>,
     lagged: Arc<AtomicBool>,
+    progress: bool,
 ) {
     let mut last = from_revision;
     loop {
@@ -371,7 +510,7 @@ async fn pump(
             _ = tx.closed() => return,
             m = stream.message() => m,
         };
-        let items: Vec<Result<Event>> = match message {
+        let items: Vec<Result<WatchItem>> = match message {
             Ok(Some(resp)) if resp.compact_revision() > 0 => vec![Err(StoreError::Compacted {
                 requested: last,
                 compacted: to_rev(resp.compact_revision()),
@@ -381,10 +520,19 @@ async fn pump(
                 "watch",
                 format!("etcd cancelled the watch: {}", resp.cancel_reason()),
             ))],
+            // A response without events is a progress notification: everything up to its
+            // header's revision was sent before it.
+            Ok(Some(resp)) if resp.events().is_empty() => {
+                if let (true, Ok(rev)) = (progress, header_revision(resp.header())) {
+                    // Advisory: dropped when the consumer has no room (it asks again).
+                    let _ = tx.try_send(Ok(WatchItem::Progress(rev)));
+                }
+                continue;
+            }
             Ok(Some(resp)) => resp
                 .events()
                 .iter()
-                .map(|e| convert_event(&prefix, e))
+                .map(|e| convert_event(&prefix, e).map(WatchItem::Event))
                 .collect(),
             Ok(None) => vec![Err(StoreError::backend(
                 BACKEND,
@@ -396,11 +544,11 @@ async fn pump(
         for item in items {
             let stop = item.is_err();
             let replay = match &item {
-                Ok(event) => {
+                Ok(WatchItem::Event(event)) => {
                     last = event.revision();
                     last <= replay_through
                 }
-                Err(_) => false,
+                Ok(WatchItem::Progress(_)) | Err(_) => false,
             };
             let sent = if replay {
                 tx.send_timeout(item, REPLAY_STALL_LIMIT)
@@ -623,81 +771,52 @@ impl Store for EtcdStore {
     }
 
     async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream> {
-        let full_prefix = self.full_key(prefix);
-        // Same rule as reads: a revision you can list at is one you can watch from. etcd itself
-        // would accept `from_revision = compacted - 1`; checking with a read keeps the two
-        // backends identical.
-        let probe = GetOptions::new()
-            .with_revision(to_i64(from_revision.max(1))?)
-            .with_count_only();
-        if let Err(e) = self
-            .client
-            .kv_client()
-            .get(self.probe_key(), Some(probe))
-            .await
-        {
-            // A future revision is fine for a watch: it waits for it.
-            if !is_grpc(&e, FUTURE_MSG) {
-                return Err(self.read_error(e, from_revision).await);
-            }
-        }
-        let options = WatchOptions::new()
-            .with_range(prefix_end(&full_prefix))
-            .with_start_revision(to_i64(from_revision + 1)?)
-            .with_prev_key();
-        let mut stream = self
-            .client
-            .watch_client()
-            .max_decoding_message_size(MAX_RESPONSE_BYTES)
-            .watch(nonempty(full_prefix), Some(options))
-            .await
-            .map_err(etcd_err("start watch"))?;
-        // Wait for etcd to confirm the watch so a failure surfaces here.
-        let replay_through = match stream.message().await.map_err(etcd_err("start watch"))? {
-            Some(resp) if resp.created() && !resp.canceled() => header_revision(resp.header())?,
-            Some(resp) => {
-                return Err(StoreError::backend(
-                    BACKEND,
-                    "start watch",
-                    format!("etcd refused the watch: {}", resp.cancel_reason()),
-                ))
-            }
-            None => {
-                return Err(StoreError::backend(
-                    BACKEND,
-                    "start watch",
-                    "etcd closed the watch stream before confirming it",
-                ))
-            }
-        };
-        let (tx, rx) = mpsc::channel(self.watch_buffer);
-        let lagged = Arc::new(AtomicBool::new(false));
-        tokio::spawn(pump(
-            stream,
-            self.prefix.clone(),
-            from_revision,
-            replay_through,
-            tx,
-            lagged.clone(),
-        ));
-        let state = (rx, lagged, Some(prefix.to_owned()), self.watch_buffer);
-        let stream =
-            futures::stream::unfold(state, |(mut rx, lagged, prefix, buffer)| async move {
-                let prefix_name = prefix?;
-                match rx.recv().await {
-                    Some(Ok(event)) => Some((Ok(event), (rx, lagged, Some(prefix_name), buffer))),
-                    Some(Err(e)) => Some((Err(e), (rx, lagged, None, buffer))),
-                    None if lagged.load(Ordering::Acquire) => Some((
-                        Err(StoreError::WatcherTooSlow {
-                            prefix: prefix_name,
-                            buffer,
-                        }),
-                        (rx, lagged, None, buffer),
-                    )),
-                    None => None,
+        let (stream, sender) = self.start_watch(prefix, from_revision, false).await?;
+        Ok(Box::pin(stream.filter_map(move |item| {
+            // The request side stays open while the stream is consumed.
+            let _open = &sender;
+            async move {
+                match item {
+                    Ok(WatchItem::Event(e)) => Some(Ok(e)),
+                    Ok(WatchItem::Progress(_)) => None,
+                    Err(e) => Some(Err(e)),
                 }
-            });
-        Ok(Box::pin(stream))
+            }
+        })))
+    }
+
+    async fn watch_with_progress(
+        &self,
+        prefix: &str,
+        from_revision: Revision,
+    ) -> Result<(ProgressWatchStream, ProgressRequester)> {
+        if !self.watch_progress {
+            let stream = self.watch(prefix, from_revision).await?;
+            return Ok((
+                Box::pin(stream.map(|item| item.map(WatchItem::Event))),
+                ProgressRequester::unsupported(),
+            ));
+        }
+        let (stream, sender) = self.start_watch(prefix, from_revision, true).await?;
+        let Some(mut sender) = sender else {
+            return Ok((stream, ProgressRequester::unsupported()));
+        };
+        // Requests go out from a task of their own (the sender is async); a request made
+        // while one is queued is merged with it.
+        let (req_tx, mut req_rx) = mpsc::channel::<()>(1);
+        tokio::spawn(async move {
+            while req_rx.recv().await.is_some() {
+                if sender.request_progress().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok((
+            stream,
+            ProgressRequester::new(move || {
+                let _ = req_tx.try_send(());
+            }),
+        ))
     }
 
     async fn current_revision(&self) -> Result<Revision> {
@@ -733,7 +852,21 @@ impl Store for EtcdStore {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_end;
+    use super::{prefix_end, progress_is_reliable};
+
+    #[test]
+    fn progress_needs_the_fixed_releases() {
+        for (v, ok) in [
+            ("3.4.23", false),
+            ("3.4.31", true),
+            ("3.5.12", false),
+            ("3.5.13", true),
+            ("3.6.0", true),
+            ("", false),
+        ] {
+            assert_eq!(progress_is_reliable(v), ok, "{v}");
+        }
+    }
 
     #[test]
     fn prefix_end_increments_last_byte() {

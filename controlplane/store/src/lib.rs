@@ -47,6 +47,7 @@ mod etcd;
 mod redb_store;
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -166,6 +167,47 @@ impl ListResult {
     }
 }
 
+/// What a [`Store::watch_with_progress`] stream yields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchItem {
+    Event(Event),
+    /// Every change under the watched prefix up to this revision has been yielded before
+    /// this item (etcd's watch progress notification): the watcher is current at this
+    /// revision although no event under its prefix carried it.
+    Progress(Revision),
+}
+
+/// The stream [`Store::watch_with_progress`] returns.
+pub type ProgressWatchStream = Pin<Box<dyn Stream<Item = Result<WatchItem>> + Send + 'static>>;
+
+/// Asks a [`Store::watch_with_progress`] stream for a [`WatchItem::Progress`] as soon as
+/// possible (upstream's `RequestWatchProgress`, KEP-2340). Requests made while one is
+/// pending are merged.
+#[derive(Clone, Default)]
+pub struct ProgressRequester(Option<Arc<dyn Fn() + Send + Sync>>);
+
+impl ProgressRequester {
+    /// A requester for a store that cannot report progress.
+    pub fn unsupported() -> ProgressRequester {
+        ProgressRequester(None)
+    }
+
+    pub fn new(request: impl Fn() + Send + Sync + 'static) -> ProgressRequester {
+        ProgressRequester(Some(Arc::new(request)))
+    }
+
+    /// Requests progress; false if the store cannot report it.
+    pub fn request(&self) -> bool {
+        match &self.0 {
+            Some(f) => {
+                f();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// The stream a watch returns: events in revision order. An `Err` item is the last one; the
 /// stream also ends (without an error) when the store is dropped. Either way the client
 /// watches again from the last revision it received.
@@ -221,6 +263,24 @@ pub trait Store: Send + Sync + 'static {
     /// overtakes a watcher still replaying history. Pass the revision of a list to get exactly
     /// what changed since. A future `from_revision` is allowed: the stream waits for it.
     async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream>;
+
+    /// [`Store::watch`], whose stream can also report progress when asked through the
+    /// returned requester: for a watcher that must know it is current at the store's
+    /// revision although writes outside its prefix (an etcd shared with other clients)
+    /// move that revision without an event for it. The default reports no progress: right
+    /// for stores whose watch of the empty prefix sees every write (redb).
+    async fn watch_with_progress(
+        &self,
+        prefix: &str,
+        from_revision: Revision,
+    ) -> Result<(ProgressWatchStream, ProgressRequester)> {
+        use futures::StreamExt;
+        let stream = self.watch(prefix, from_revision).await?;
+        Ok((
+            Box::pin(stream.map(|item| item.map(WatchItem::Event))),
+            ProgressRequester::unsupported(),
+        ))
+    }
 
     /// The revision of the last committed write (or the store's initial revision).
     async fn current_revision(&self) -> Result<Revision>;

@@ -38,8 +38,13 @@
 //! (which is exactly what replaying a watch from `c` needs for `prev` values). The log is
 //! walked from the old compacted revision in chunks of [`COMPACT_CHUNK`] revisions, one
 //! transaction each, so a compaction never holds the write lock for long. Every
-//! `compact_every` writes the store compacts itself to `current - retention`, which keeps
-//! the file bounded under churn (redb reuses freed pages).
+//! `compact_every` writes the store compacts itself, keeping the last `retention`
+//! revisions *and* every revision younger than `retention_age`, but never more than
+//! `max_retention`: upstream's API server compacts etcd every 5 minutes to the revision of
+//! the previous round, so history always spans at least 5 minutes, and the watch cache's
+//! window (by age, 75 s) relies on it; a count alone would be seconds of history in a
+//! burst of writes. The hard cap keeps the file bounded under endless churn (redb reuses
+//! freed pages).
 //!
 //! # Watch
 //!
@@ -53,6 +58,7 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -91,6 +97,13 @@ pub struct RedbConfig {
     /// Revisions of history kept by automatic compaction (watch and snapshot reads can go this
     /// far back). Default 10 000.
     pub retention: u64,
+    /// Revisions younger than this are kept by automatic compaction too (checked at
+    /// `compact_every` granularity; revisions from before the store was opened count as
+    /// written at open). Default 5 minutes, upstream's `--etcd-compaction-interval`.
+    pub retention_age: Duration,
+    /// Automatic compaction never keeps more than this many revisions, however young.
+    /// Default 100 000 (upstream's watch cache capacity cap). At least `retention`.
+    pub max_retention: u64,
     /// Run automatic compaction every this many writes (0 disables it). Default 1 000.
     pub compact_every: u64,
     /// Events buffered per live watcher before it is cut off as too slow. Default 1 024.
@@ -110,6 +123,8 @@ impl Default for RedbConfig {
     fn default() -> Self {
         RedbConfig {
             retention: 10_000,
+            retention_age: Duration::from_secs(300),
+            max_retention: 100_000,
             compact_every: 1_000,
             watch_buffer: 1_024,
             cache_size: DEFAULT_CACHE_SIZE,
@@ -134,6 +149,9 @@ struct Shared {
     /// Write transactions committed (each one fsync), for tests and metrics.
     commits: std::sync::atomic::AtomicU64,
     broadcaster: Broadcaster,
+    /// `(when, revision)`: the current revision at open and at each automatic-compaction
+    /// check, oldest first; what `retention_age` is measured with.
+    checkpoints: Mutex<VecDeque<(Instant, Revision)>>,
 }
 
 /// What one write answers: its revision and the key's previous state.
@@ -292,6 +310,32 @@ fn live_at(
 }
 
 /// Checks that a snapshot at `requested` can be read.
+/// Where automatic compaction at `revision` (now `now`) compacts to, if anywhere; records
+/// the checkpoint and forgets those no longer needed. Every revision up to a checkpoint's
+/// was written at or before its instant, so compacting to the newest checkpoint at least
+/// `retention_age` old never drops a younger revision.
+fn auto_compact_target(
+    cps: &mut VecDeque<(Instant, Revision)>,
+    now: Instant,
+    revision: Revision,
+    config: &RedbConfig,
+) -> Option<Revision> {
+    cps.push_back((now, revision));
+    // The newest checkpoint old enough; the ones before it are no longer needed.
+    let old_enough = |at: Instant| now.saturating_duration_since(at) >= config.retention_age;
+    while cps.len() > 1 && old_enough(cps[1].0) {
+        cps.pop_front();
+    }
+    let aged = match cps.front() {
+        Some(&(at, rev)) if old_enough(at) => rev,
+        _ => 0,
+    };
+    let by_count = revision.saturating_sub(config.retention);
+    let cap = revision.saturating_sub(config.max_retention);
+    let target = by_count.min(aged).max(cap);
+    (target > 0).then_some(target)
+}
+
 fn check_readable(requested: Revision, current: Revision, compacted: Revision) -> Result<()> {
     if requested < compacted {
         return Err(StoreError::Compacted {
@@ -319,6 +363,14 @@ impl RedbStore {
         if config.retention == 0 {
             return Err(StoreError::InvalidArgument {
                 reason: "RedbConfig::retention must be at least 1 revision".into(),
+            });
+        }
+        if config.max_retention < config.retention {
+            return Err(StoreError::InvalidArgument {
+                reason: format!(
+                    "RedbConfig::max_retention ({}) must be at least retention ({})",
+                    config.max_retention, config.retention
+                ),
             });
         }
         let db = redb::Builder::new()
@@ -367,6 +419,7 @@ impl RedbStore {
                 queue: Mutex::new(Vec::new()),
                 commits: std::sync::atomic::AtomicU64::new(0),
                 broadcaster,
+                checkpoints: Mutex::new(VecDeque::from([(Instant::now(), current)])),
             }),
         })
     }
@@ -615,14 +668,21 @@ impl Shared {
         Ok(event)
     }
 
-    /// Every `compact_every` revisions, compacts to `revision - retention`. A failure here is
-    /// logged, not returned: the write that triggered it is already committed.
+    /// Every `compact_every` revisions, compacts away what is older than both the last
+    /// `retention` revisions and `retention_age`, within `max_retention` (module docs). A
+    /// failure here is logged, not returned: the write that triggered it is already
+    /// committed.
     fn maybe_auto_compact(&self, revision: Revision) {
         let every = self.config.compact_every;
-        if every == 0 || !revision.is_multiple_of(every) || revision <= self.config.retention {
+        if every == 0 || !revision.is_multiple_of(every) {
             return;
         }
-        if let Err(e) = self.compact(revision - self.config.retention) {
+        let target = {
+            let mut cps = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
+            auto_compact_target(&mut cps, Instant::now(), revision, &self.config)
+        };
+        let Some(target) = target else { return };
+        if let Err(e) = self.compact(target) {
             tracing::warn!(error = %e, path = %self.path.display(), "automatic compaction failed");
         }
     }

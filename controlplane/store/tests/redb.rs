@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use conformance::{next_event, Fixture, StoreExt, WATCH_BUFFER};
@@ -109,6 +110,8 @@ async fn automatic_compaction_bounds_the_file_under_churn() {
         &path,
         RedbConfig {
             retention: RETENTION,
+            // By count only: this test bounds the file.
+            retention_age: Duration::ZERO,
             compact_every: COMPACT_EVERY,
             watch_buffer: WATCH_BUFFER,
             ..RedbConfig::default()
@@ -163,6 +166,51 @@ async fn automatic_compaction_bounds_the_file_under_churn() {
     assert_eq!(all.items.len(), KEYS);
     let old = store.watch("/churn/", 1).await;
     assert!(matches!(old, Err(StoreError::Compacted { .. })));
+}
+
+/// Automatic compaction keeps young history beyond `retention` (a burst of writes must not
+/// shrink the history to seconds: the watch cache's window by age relies on it), up to
+/// `max_retention`; old history goes by count as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_compaction_keeps_young_history_up_to_the_cap() {
+    async fn churn(age: Duration) -> (u64, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(
+            dir.path().join("store.redb"),
+            RedbConfig {
+                retention: 100,
+                retention_age: age,
+                max_retention: 1_000,
+                compact_every: 100,
+                ..config()
+            },
+        )
+        .unwrap();
+        let writes = futures::future::join_all((0..8).map(|w| {
+            let store = store.clone();
+            async move {
+                for i in 0..375 {
+                    let key = format!("/k/{w}");
+                    let v = Bytes::from(format!("{i}"));
+                    if i == 0 {
+                        store.create(&key, v).await.unwrap();
+                    } else {
+                        store.update(&key, v, None).await.unwrap();
+                    }
+                }
+            }
+        }));
+        writes.await;
+        let cur = store.current_revision().await.unwrap();
+        (cur, store.compacted_revision().await.unwrap())
+    }
+    // Young (an hour's age): only the cap compacts.
+    let (cur, compacted) = churn(Duration::from_secs(3600)).await;
+    assert_eq!(cur, 3000);
+    assert_eq!(compacted, cur - 1_000);
+    // Age zero: by count.
+    let (cur, compacted) = churn(Duration::ZERO).await;
+    assert_eq!(compacted, cur - 100);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
