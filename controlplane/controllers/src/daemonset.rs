@@ -704,6 +704,10 @@ async fn reconcile(ds: Arc<DaemonSet>, st: Arc<State>) -> Result<Action, kube::E
             owner: ds.as_ref(),
             api: &pod_api,
         };
+        // Deletes first: an old pod whose replacement is available goes before the
+        // next node's surge pod is created, so the DaemonSet never runs more than
+        // desired + maxSurge pods, not even for the length of one reconcile.
+        control.delete(&plan.delete).await?;
         let (_, err) = control
             .create(
                 plan.create.len(),
@@ -714,7 +718,6 @@ async fn reconcile(ds: Arc<DaemonSet>, st: Arc<State>) -> Result<Action, kube::E
         if let Some(e) = err {
             return Err(e);
         }
-        control.delete(&plan.delete).await?;
     }
     if ds.status.as_ref() != Some(&plan.status) {
         let api: Api<DaemonSet> = Api::namespaced(st.ctx.client.clone(), &ns);
