@@ -13,10 +13,13 @@
 //!   [<node>]` and the scheduler binds them.
 //! - Pods are claimed like the ReplicaSet's (matching orphans adopted, non-matching
 //!   owned pods released).
-//! - Revisions: pods carry `controller-revision-hash` = the template hash (skiff serves no
-//!   ControllerRevisions); RollingUpdate replaces old pods at most `maxUnavailable`
-//!   (rounded up, as upstream) unavailable at a time; OnDelete waits for the user.
-//!   `maxSurge` is not implemented (treated as 0).
+//! - Revisions: pods carry `controller-revision-hash` = the template hash (skiff's API
+//!   server serves no ControllerRevisions, so there is no revision history for
+//!   `kubectl rollout history/undo daemonset`); RollingUpdate replaces old pods at most
+//!   `maxUnavailable` (rounded up, as upstream) unavailable at a time, or, with
+//!   `maxSurge`, starts the new pod next to the old one and deletes the old one once the
+//!   new one is available (at most `maxSurge` new pods not yet available at a time);
+//!   OnDelete waits for the user.
 //! - Status: desiredNumberScheduled, currentNumberScheduled, numberMisscheduled,
 //!   numberReady, updatedNumberScheduled, numberAvailable, numberUnavailable,
 //!   observedGeneration.
@@ -283,6 +286,35 @@ fn hash_of(p: &Pod) -> Option<&str> {
     p.labels().get(REVISION_HASH).map(String::as_str)
 }
 
+/// The RollingUpdate strategy's `maxSurge` as a pod count (upstream's `SurgeCount`: a
+/// percentage of the nodes that should run the pod, rounded up); 0 without RollingUpdate,
+/// unset, or unparsable (then the plain maxUnavailable update runs).
+fn max_surge(spec: &k8s_openapi::api::apps::v1::DaemonSetSpec, desired: i32) -> i32 {
+    let Some(strategy) = spec.update_strategy.as_ref() else {
+        return 0;
+    };
+    if strategy.type_.as_deref().unwrap_or("RollingUpdate") != "RollingUpdate" {
+        return 0;
+    }
+    strategy
+        .rolling_update
+        .as_ref()
+        .and_then(|r| r.max_surge.as_ref())
+        .and_then(|ms| crate::deployment::scaled_value(ms, desired, true).ok())
+        .unwrap_or(0)
+        .max(0)
+}
+
+/// What stays on one node after the per-node cleanup.
+struct Kept<'a> {
+    node: String,
+    /// The oldest pod at the current revision.
+    new: Option<&'a Pod>,
+    /// The oldest pod at another revision (only next to `new` while surging).
+    old: Option<&'a Pod>,
+    should_run: bool,
+}
+
 /// Plans one reconcile of `ds` over `nodes` and the pods it controls.
 pub fn plan(ds: &DaemonSet, nodes: &[&Node], owned: &[&Pod], now: Timestamp) -> Plan {
     let spec = ds.spec.clone().unwrap_or_default();
@@ -307,16 +339,22 @@ pub fn plan(ds: &DaemonSet, nodes: &[&Node], owned: &[&Pod], now: Timestamp) -> 
             delete.extend(ps.iter().copied());
         }
     }
+    let eligibility: Vec<(bool, bool)> = nodes
+        .iter()
+        .map(|n| node_should_run(&pod_spec, n))
+        .collect();
+    let desired = eligibility.iter().filter(|(run, _)| *run).count() as i32;
+    // Upstream computes the surge against desiredNumberScheduled before the node pass.
+    let surge = max_surge(&spec, desired);
     let mut status = DaemonSetStatus {
         observed_generation: ds.metadata.generation,
+        desired_number_scheduled: desired,
         ..Default::default()
     };
     let mut ready_at: Option<i64> = None;
-    // (node, the pod kept there) for the rolling update.
-    let mut kept: Vec<(String, Option<&Pod>, bool)> = Vec::new();
-    for node in nodes {
+    let mut kept: Vec<Kept<'_>> = Vec::new();
+    for (node, (should_run, should_continue)) in nodes.iter().zip(eligibility) {
         let name = node.name_any();
-        let (should_run, should_continue) = node_should_run(&pod_spec, node);
         let mut here: Vec<&Pod> = by_node.get(&name).cloned().unwrap_or_default();
         // Failed pods are deleted (and replaced below on the next pass).
         let (failed, live): (Vec<&Pod>, Vec<&Pod>) =
@@ -324,20 +362,52 @@ pub fn plan(ds: &DaemonSet, nodes: &[&Node], owned: &[&Pod], now: Timestamp) -> 
         delete.extend(failed.iter().copied());
         let mut live = live;
         live.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
-        if should_run {
-            status.desired_number_scheduled += 1;
-        }
         if should_run || (should_continue && !live.is_empty()) {
             if live.is_empty() {
                 if should_run && failed.is_empty() {
                     create.push(name.clone());
                 }
-                kept.push((name, None, should_run));
+                kept.push(Kept {
+                    node: name,
+                    new: None,
+                    old: None,
+                    should_run,
+                });
                 continue;
             }
-            // Keep the oldest; more than one is a mistake to fix.
-            delete.extend(live.iter().skip(1).copied());
-            let p = live[0];
+            let (new, old) = if surge == 0 {
+                // Keep the oldest; more than one is a mistake to fix.
+                delete.extend(live.iter().skip(1).copied());
+                let p = live[0];
+                if hash_of(p) == Some(&hash) {
+                    (Some(p), None)
+                } else {
+                    (None, Some(p))
+                }
+            } else {
+                // Surging (upstream's podsShouldBeOnNode): at most the oldest pod at the
+                // current revision and the oldest at another; the old one goes once the
+                // new one is available, or at once when it is not even ready.
+                let new = live.iter().copied().find(|p| hash_of(p) == Some(&hash));
+                let old = live.iter().copied().find(|p| hash_of(p) != Some(&hash));
+                delete.extend(
+                    live.iter()
+                        .copied()
+                        .filter(|p| Some(p.uid()) != new.map(|n| n.uid()))
+                        .filter(|p| Some(p.uid()) != old.map(|o| o.uid())),
+                );
+                match (new, old) {
+                    (Some(n), Some(o))
+                        if !pods::is_ready(o) || pods::is_available(n, min_ready, now) =>
+                    {
+                        delete.push(o);
+                        (Some(n), None)
+                    }
+                    other => other,
+                }
+            };
+            // Status from the oldest pod kept (upstream reads the node's oldest pod).
+            let p = old.or(new).expect("a live pod is kept");
             if should_run {
                 status.current_number_scheduled += 1;
                 if pods::is_ready(p) {
@@ -354,7 +424,19 @@ pub fn plan(ds: &DaemonSet, nodes: &[&Node], owned: &[&Pod], now: Timestamp) -> 
             } else {
                 status.number_misscheduled += 1;
             }
-            kept.push((name, Some(p), should_run));
+            // A surge pod waiting for availability also needs a look when it gets there.
+            if let Some(s) = new
+                .filter(|n| old.is_some() && !pods::is_available(n, min_ready, now))
+                .and_then(|n| pods::seconds_until_available(n, min_ready, now))
+            {
+                ready_at = Some(ready_at.map_or(s, |r: i64| r.min(s)));
+            }
+            kept.push(Kept {
+                node: name,
+                new,
+                old,
+                should_run,
+            });
         } else {
             if !live.is_empty() {
                 status.number_misscheduled += 1;
@@ -365,31 +447,32 @@ pub fn plan(ds: &DaemonSet, nodes: &[&Node], owned: &[&Pod], now: Timestamp) -> 
     status.number_unavailable =
         Some(status.desired_number_scheduled - status.number_available.unwrap_or(0));
 
-    // RollingUpdate (maxSurge 0): upstream's rollingUpdate.
     let strategy = spec.update_strategy.clone().unwrap_or_default();
-    if strategy.type_.as_deref().unwrap_or("RollingUpdate") == "RollingUpdate" {
+    if surge > 0 {
+        create.extend(surge_update(&kept, surge, min_ready, now));
+    } else if strategy.type_.as_deref().unwrap_or("RollingUpdate") == "RollingUpdate" {
+        // RollingUpdate without surge: upstream's rollingUpdate, maxUnavailable at a time.
         let mu = strategy
             .rolling_update
             .and_then(|r| r.max_unavailable)
             .unwrap_or(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1));
         let max_unavailable =
             crate::deployment::scaled_value(&mu, status.desired_number_scheduled, true)
-                .unwrap_or(1);
+                .unwrap_or(1)
+                // Upstream: both 0 would never progress; one at a time then.
+                .max(1);
         let mut unavailable = 0;
         let mut replace_now: Vec<&Pod> = Vec::new();
         let mut candidates: Vec<&Pod> = Vec::new();
-        for (_, pod, should_run) in &kept {
-            if !should_run {
-                continue;
-            }
-            match pod {
-                None => unavailable += 1,
-                Some(p) if hash_of(p) == Some(&hash) => {
+        for k in kept.iter().filter(|k| k.should_run) {
+            match (k.new, k.old) {
+                (None, None) => unavailable += 1,
+                (Some(p), _) => {
                     if !pods::is_available(p, min_ready, now) {
                         unavailable += 1;
                     }
                 }
-                Some(p) => {
+                (None, Some(p)) => {
                     if !pods::is_available(p, min_ready, now) {
                         replace_now.push(p);
                     } else if unavailable < max_unavailable {
@@ -415,6 +498,38 @@ pub fn plan(ds: &DaemonSet, nodes: &[&Node], owned: &[&Pod], now: Timestamp) -> 
         status,
         requeue: ready_at.map(|s| Duration::from_secs(s.unsigned_abs())),
     }
+}
+
+/// RollingUpdate with `maxSurge` (upstream's surge path of `rollingUpdate`): the nodes to
+/// get a pod at the current revision *next to* their old one, which the per-node pass
+/// deletes only once the new pod is available, so the DaemonSet never has fewer available
+/// pods than nodes that run it (upstream requires maxUnavailable 0 with maxSurge, and its
+/// surge path does not consult it). A node whose old pod is not available gets its
+/// replacement at once, outside the surge budget; otherwise at most `max_surge` nodes
+/// have a new pod that is not yet available at any time. Only nodes that should run the
+/// pod get one (upstream also surges onto nodes that merely may keep their old pod).
+fn surge_update(kept: &[Kept<'_>], max_surge: i32, min_ready: i32, now: Timestamp) -> Vec<String> {
+    let mut surging = 0;
+    let mut replace_now = Vec::new();
+    let mut candidates = Vec::new();
+    for k in kept.iter().filter(|k| k.should_run) {
+        match (k.new, k.old) {
+            // Nothing here (the node pass creates one) or already updated.
+            (None, None) | (Some(_), None) => {}
+            (None, Some(old)) if !pods::is_available(old, min_ready, now) => {
+                replace_now.push(k.node.clone())
+            }
+            (None, Some(_)) => candidates.push(k.node.clone()),
+            (Some(new), Some(_)) => {
+                if !pods::is_available(new, min_ready, now) {
+                    surging += 1;
+                }
+            }
+        }
+    }
+    let room = (max_surge - surging).max(0) as usize;
+    replace_now.extend(candidates.into_iter().take(room));
+    replace_now
 }
 
 /// The pod for `node`: the template, default tolerations, the node affinity pin and the
@@ -589,6 +704,10 @@ async fn reconcile(ds: Arc<DaemonSet>, st: Arc<State>) -> Result<Action, kube::E
             owner: ds.as_ref(),
             api: &pod_api,
         };
+        // Deletes first: an old pod whose replacement is available goes before the
+        // next node's surge pod is created, so the DaemonSet never runs more than
+        // desired + maxSurge pods, not even for the length of one reconcile.
+        control.delete(&plan.delete).await?;
         let (_, err) = control
             .create(
                 plan.create.len(),
@@ -599,7 +718,6 @@ async fn reconcile(ds: Arc<DaemonSet>, st: Arc<State>) -> Result<Action, kube::E
         if let Some(e) = err {
             return Err(e);
         }
-        control.delete(&plan.delete).await?;
     }
     if ds.status.as_ref() != Some(&plan.status) {
         let api: Api<DaemonSet> = Api::namespaced(st.ctx.client.clone(), &ns);
@@ -640,10 +758,13 @@ async fn reconcile(ds: Arc<DaemonSet>, st: Arc<State>) -> Result<Action, kube::E
 mod tests {
     use k8s_openapi::{
         api::{
-            apps::v1::DaemonSetSpec,
+            apps::v1::{DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet},
             core::v1::{NodeSpec, PodTemplateSpec},
         },
-        apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
+        apimachinery::pkg::{
+            apis::meta::v1::{LabelSelector, ObjectMeta},
+            util::intstr::IntOrString,
+        },
     };
 
     use super::*;
@@ -899,5 +1020,166 @@ mod tests {
         let refs2: Vec<&Pod> = vec![&new_a, &old[1], &old[2]];
         let p = plan(&d, &refs, &refs2, ts(10));
         assert!(p.delete.is_empty(), "{:?}", p.delete);
+    }
+
+    fn surging(max_surge: IntOrString) -> DaemonSet {
+        let mut d = ds(PodSpec::default());
+        d.spec.as_mut().unwrap().update_strategy = Some(DaemonSetUpdateStrategy {
+            type_: Some("RollingUpdate".into()),
+            rolling_update: Some(RollingUpdateDaemonSet {
+                max_surge: Some(max_surge),
+                max_unavailable: Some(IntOrString::Int(0)),
+            }),
+        });
+        d
+    }
+
+    fn at(name: &str, node: &str, hash: &str, created: i64, ready_since: Option<i64>) -> Pod {
+        let mut p = running(bound(pod(name, created), node), ready_since);
+        p.metadata.labels = Some([(REVISION_HASH.to_string(), hash.to_string())].into());
+        p
+    }
+
+    fn names(v: &[(String, String)]) -> Vec<&str> {
+        let mut n: Vec<&str> = v.iter().map(|(n, _)| n.as_str()).collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn max_surge_starts_the_new_pod_before_the_old_one_goes() {
+        let d = surging(IntOrString::Int(1));
+        let new = current_hash(&d);
+        let nodes: Vec<Node> = ["a", "b", "c"].iter().map(|n| node(n, &[], &[])).collect();
+        let refs: Vec<&Node> = nodes.iter().collect();
+        let old: Vec<Pod> = ["a", "b", "c"]
+            .iter()
+            .map(|n| at(&format!("old-{n}"), n, "old", 1, Some(2)))
+            .collect();
+        // All old and available: one surge pod, nothing deleted.
+        let p = plan(&d, &refs, &old.iter().collect::<Vec<_>>(), ts(10));
+        assert_eq!(p.create, vec!["a".to_string()]);
+        assert!(p.delete.is_empty(), "{:?}", p.delete);
+        // The surge pod is not available yet: both stay, no second surge pod.
+        let new_a = at("new-a", "a", &new, 5, None);
+        let pods = [&new_a, &old[0], &old[1], &old[2]];
+        let p = plan(&d, &refs, &pods, ts(10));
+        assert!(p.create.is_empty(), "{:?}", p.create);
+        assert!(p.delete.is_empty(), "{:?}", p.delete);
+        assert_eq!(p.status.number_available, Some(3), "the old pods serve");
+        // Available: its old pod goes and the next node surges in the same pass.
+        let new_a = at("new-a", "a", &new, 5, Some(6));
+        let pods = [&new_a, &old[0], &old[1], &old[2]];
+        let p = plan(&d, &refs, &pods, ts(10));
+        assert_eq!(names(&p.delete), ["old-a"]);
+        assert_eq!(p.create, vec!["b".to_string()]);
+        // A surge pod with minReadySeconds left asks for a requeue then.
+        let mut slow = d.clone();
+        slow.spec.as_mut().unwrap().min_ready_seconds = Some(30);
+        let new_a = at("new-a", "a", &new, 5, Some(20));
+        let pods = [&new_a, &old[0], &old[1], &old[2]];
+        let p = plan(&slow, &refs, &pods, ts(40));
+        assert!(p.delete.is_empty(), "available only at 50: {:?}", p.delete);
+        assert!(
+            p.create.is_empty(),
+            "the surge budget is used: {:?}",
+            p.create
+        );
+        assert_eq!(p.requeue, Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn max_surge_budget_percentages_and_unavailable_old_pods() {
+        let nodes: Vec<Node> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|n| node(n, &[], &[]))
+            .collect();
+        let refs: Vec<&Node> = nodes.iter().collect();
+        // 30% of 4 nodes, rounded up as upstream: 2 at a time.
+        let d = surging(IntOrString::String("30%".into()));
+        let new = current_hash(&d);
+        let mut old: Vec<Pod> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|n| at(&format!("old-{n}"), n, "old", 1, Some(2)))
+            .collect();
+        let p = plan(&d, &refs, &old.iter().collect::<Vec<_>>(), ts(10));
+        assert_eq!(p.create, vec!["a".to_string(), "b".to_string()]);
+        // An old pod that is not available is replaced at once, outside the budget; one
+        // that is not even ready goes as soon as its replacement exists.
+        old[3] = at("old-d", "d", "old", 1, None);
+        let p = plan(&d, &refs, &old.iter().collect::<Vec<_>>(), ts(10));
+        assert_eq!(
+            p.create,
+            vec!["d".to_string(), "a".to_string(), "b".to_string()]
+        );
+        let new_d = at("new-d", "d", &new, 5, None);
+        let mut pods: Vec<&Pod> = old.iter().collect();
+        pods.push(&new_d);
+        let p = plan(&d, &refs, &pods, ts(10));
+        assert_eq!(names(&p.delete), ["old-d"]);
+        // Extra pods beyond one new and one old per node are cleaned up.
+        let dup = at("old-a2", "a", "old", 3, Some(4));
+        let p = plan(
+            &d,
+            &refs,
+            &[&old[0], &dup, &old[1], &old[2], &new_d],
+            ts(10),
+        );
+        assert_eq!(names(&p.delete), ["old-a2"]);
+    }
+
+    #[test]
+    fn a_surge_rollout_never_drops_below_full_availability() {
+        // Simulates the controller and kubelets: each pass applies the plan, then every
+        // new pod becomes ready. Availability (a node with an available pod) must stay
+        // at 5 of 5 throughout, and the rollout must finish.
+        let d = surging(IntOrString::Int(2));
+        let new = current_hash(&d);
+        let nodes: Vec<Node> = (0..5).map(|i| node(&format!("n{i}"), &[], &[])).collect();
+        let refs: Vec<&Node> = nodes.iter().collect();
+        let mut pods: Vec<Pod> = (0..5)
+            .map(|i| at(&format!("old-{i}"), &format!("n{i}"), "old", 1, Some(2)))
+            .collect();
+        let mut created = 0;
+        for pass in 0..20 {
+            let now = ts(100 + pass);
+            let p = plan(&d, &refs, &pods.iter().collect::<Vec<_>>(), now);
+            pods.retain(|x| {
+                !p.delete
+                    .iter()
+                    .any(|(n, _)| Some(n) == x.metadata.name.as_ref())
+            });
+            let available_nodes = nodes
+                .iter()
+                .filter(|n| {
+                    pods.iter().any(|x| {
+                        target_node(x) == Some(n.name_any()) && pods::is_available(x, 0, now)
+                    })
+                })
+                .count();
+            assert_eq!(available_nodes, 5, "pass {pass}: deleted {:?}", p.delete);
+            for n in &p.create {
+                created += 1;
+                pods.push(at(&format!("new-{created}"), n, &new, 100 + pass, None));
+            }
+            let waiting = pods
+                .iter()
+                .filter(|x| hash_of(x) == Some(&new) && !pods::is_available(x, 0, now))
+                .count();
+            assert!(waiting <= 2, "pass {pass}: {waiting} new pods unavailable");
+            if p.create.is_empty() && p.delete.is_empty() {
+                assert!(pods.iter().all(|x| hash_of(x) == Some(&new)), "{pass}");
+                assert_eq!(pods.len(), 5);
+                assert_eq!(created, 5, "one new pod per node");
+                return;
+            }
+            // The kubelets: new pods become ready.
+            for x in pods.iter_mut().filter(|x| hash_of(x) == Some(&new)) {
+                if !pods::is_ready(x) {
+                    *x = running(x.clone(), Some(100 + pass));
+                }
+            }
+        }
+        panic!("the rollout did not finish in 20 passes");
     }
 }

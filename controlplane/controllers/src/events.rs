@@ -12,7 +12,13 @@
 //!   are dropped (`DropIfChannelFull`);
 //! - `EventSourceObjectSpamFilter`: per (source, involved object, type), a token bucket of
 //!   [`SPAM_BURST`] Events refilled one per [`SPAM_REFILL`]; Events beyond it are dropped
-//!   (a 1000-pod ReplicaSet gets 25 `SuccessfulCreate` Events, not 1000).
+//!   (a 1000-pod ReplicaSet gets 25 `SuccessfulCreate` Events, not 1000);
+//! - `EventAggregator` (it runs first, as in client-go's `EventCorrelator`): Events about
+//!   one object with the same source, type and reason but different messages are
+//!   combined once [`AGGREGATE_MAX_EVENTS`] distinct messages arrived within
+//!   [`AGGREGATE_INTERVAL`] of each other: from then on they all go to one Event whose
+//!   message is the latest prefixed `(combined from similar events): ` and whose `count`
+//!   grows, instead of one Event per message.
 //!
 //! Events about one object go to one writer, in order (a repeat's `count` bump follows
 //! its create). Event writes are best effort: a failed write is logged, never fails a
@@ -47,6 +53,15 @@ pub const SPAM_BURST: u32 = 25;
 pub const SPAM_REFILL: Duration = Duration::from_secs(300);
 /// client-go's `maxLruCacheEntries`: spam keys remembered at most.
 const SPAM_KEYS: usize = 4096;
+/// client-go's `defaultAggregateMaxEvents`: distinct messages before they are combined.
+pub const AGGREGATE_MAX_EVENTS: usize = 10;
+/// client-go's `defaultAggregateIntervalInSeconds`: a record idle this long starts over.
+pub const AGGREGATE_INTERVAL: Duration = Duration::from_secs(600);
+/// client-go's `EventAggregatorByReasonMessageFunc` prefix.
+pub const COMBINED_PREFIX: &str = "(combined from similar events): ";
+/// The dedup key's message part for a combined Event (no real message starts with a NUL),
+/// so every combined Event of one aggregate lands on the same Event object.
+const COMBINED_KEY: &str = "\0combined";
 
 /// `Normal` or `Warning`, upstream's two Event types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -121,6 +136,60 @@ impl SpamFilter {
     }
 }
 
+/// client-go's `EventAggregator`: per aggregate key (source, involved object, type,
+/// reason), the distinct messages seen while the record was active.
+#[derive(Debug)]
+pub struct Aggregator {
+    max_events: usize,
+    interval: Duration,
+    /// Aggregate key → (distinct messages, last Event).
+    records: HashMap<String, (std::collections::HashSet<String>, Instant)>,
+}
+
+impl Aggregator {
+    pub fn new(max_events: usize, interval: Duration) -> Aggregator {
+        Aggregator {
+            max_events,
+            interval,
+            records: HashMap::new(),
+        }
+    }
+
+    /// Records an Event with `message` under `key` at `now`; returns the combined
+    /// message when it is to be combined with its similar Events (the `max_events`th
+    /// distinct message within the interval and every one after it).
+    pub fn aggregate(&mut self, key: &str, message: &str, now: Instant) -> Option<String> {
+        if !self.records.contains_key(key) && self.records.len() >= SPAM_KEYS {
+            // Bounded like upstream's LRU: forget the idle records first.
+            let interval = self.interval;
+            self.records
+                .retain(|_, (_, last)| now.saturating_duration_since(*last) <= interval);
+        }
+        let record = self
+            .records
+            .entry(key.to_string())
+            .or_insert_with(|| (Default::default(), now));
+        if now.saturating_duration_since(record.1) > self.interval {
+            record.0.clear();
+        }
+        record.0.insert(message.to_string());
+        record.1 = now;
+        if record.0.len() < self.max_events {
+            return None;
+        }
+        // Upstream keeps the set from growing past the threshold (`PopAny`).
+        if let Some(any) = record.0.iter().next().cloned() {
+            record.0.remove(&any);
+        }
+        Some(format!("{COMBINED_PREFIX}{message}"))
+    }
+}
+
+/// upstream's `getEventKey` minus the message: what makes Events "similar".
+fn aggregate_key(component: &str, o: &ObjectReference, ty: EventType, reason: &str) -> String {
+    format!("{}/{reason}", spam_key(component, o, ty))
+}
+
 /// upstream's `getSpamKey`: source and involved object (kind, namespace, name, uid,
 /// apiVersion) and the Event type.
 fn spam_key(component: &str, o: &ObjectReference, ty: EventType) -> String {
@@ -140,7 +209,9 @@ fn spam_key(component: &str, o: &ObjectReference, ty: EventType) -> String {
 /// One queued Event.
 struct Msg {
     involved: ObjectReference,
+    /// The dedup key: its message part is the message, or [`COMBINED_KEY`].
     key: EventKey,
+    message: String,
     at: Time,
 }
 
@@ -153,6 +224,7 @@ struct Writer {
 
 struct Inner {
     writer: Arc<Writer>,
+    aggregator: Mutex<Aggregator>,
     spam: Mutex<SpamFilter>,
     /// One queue per writer, started with the first Event (a runtime exists by then).
     /// Dropping the Recorder closes them and the writers end.
@@ -186,6 +258,7 @@ impl Recorder {
                     component,
                     seen: Mutex::new(HashMap::new()),
                 }),
+                aggregator: Mutex::new(Aggregator::new(AGGREGATE_MAX_EVENTS, AGGREGATE_INTERVAL)),
                 spam: Mutex::new(SpamFilter::new(SPAM_BURST, SPAM_REFILL)),
                 lanes: OnceLock::new(),
             }),
@@ -212,13 +285,25 @@ impl Recorder {
         message: &str,
     ) {
         let w = &self.inner.writer;
+        let now = Instant::now();
+        // Aggregation first, then the spam filter (client-go's EventCorrelate order).
+        let combined = self
+            .inner
+            .aggregator
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .aggregate(
+                &aggregate_key(&w.component, &involved, ty, reason),
+                message,
+                now,
+            );
         let spam = spam_key(&w.component, &involved, ty);
         let allowed = self
             .inner
             .spam
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .allow(&spam, Instant::now());
+            .allow(&spam, now);
         if !allowed {
             tracing::debug!("event {reason} ({message}) dropped: more than {SPAM_BURST} Events about {spam} (spam filter)");
             return;
@@ -242,9 +327,14 @@ impl Recorder {
                 .collect()
         });
         let lane = &lanes[(h.finish() % lanes.len() as u64) as usize];
+        let (key_message, message) = match combined {
+            Some(c) => (COMBINED_KEY.to_string(), c),
+            None => (message.to_string(), message.to_string()),
+        };
         let m = Msg {
             involved,
-            key: (ident, ty, reason.to_string(), message.to_string()),
+            key: (ident, ty, reason.to_string(), key_message),
+            message,
             at: Time(Timestamp::now()),
         };
         if let Err(mpsc::error::TrySendError::Full(m)) = lane.try_send(m) {
@@ -265,8 +355,14 @@ async fn write_loop(w: Arc<Writer>, mut rx: mpsc::Receiver<Msg>) {
 
 impl Writer {
     async fn write(&self, m: Msg) {
-        let Msg { involved, key, at } = m;
-        let (_, ty, reason, message) = &key;
+        let Msg {
+            involved,
+            key,
+            message,
+            at,
+        } = m;
+        let (_, ty, reason, _) = &key;
+        let message = &message;
         let existing = self
             .seen
             .lock()
@@ -274,9 +370,11 @@ impl Writer {
             .get(&key)
             .cloned();
         if let Some((ns_, name, count)) = existing {
+            // The message too: a combined Event shows the latest (client-go's patch).
             let patch = serde_json::json!({
                 "count": count + 1,
                 "lastTimestamp": at,
+                "message": message,
             });
             let api: Api<Event> = Api::namespaced(self.client.clone(), &ns_);
             match api
@@ -371,6 +469,37 @@ mod tests {
         assert!(!f.allow("rs/web/Normal", t0 + Duration::from_secs(302)));
         // A dropped Event does not take a token: after another period, one more passes.
         assert!(f.allow("rs/web/Normal", t0 + Duration::from_secs(610)));
+    }
+
+    #[test]
+    fn similar_events_are_combined_from_the_tenth_distinct_message() {
+        let mut a = Aggregator::new(AGGREGATE_MAX_EVENTS, AGGREGATE_INTERVAL);
+        let t0 = Instant::now();
+        let key = "c/Pod/default/web/u1/v1/Warning/FailedMount";
+        for i in 0..9 {
+            assert_eq!(a.aggregate(key, &format!("volume {i}"), t0), None, "{i}");
+        }
+        // A repeat is not a new distinct message.
+        assert_eq!(a.aggregate(key, "volume 0", t0), None);
+        assert_eq!(
+            a.aggregate(key, "volume 9", t0).as_deref(),
+            Some("(combined from similar events): volume 9")
+        );
+        assert_eq!(
+            a.aggregate(key, "volume 10", t0).as_deref(),
+            Some("(combined from similar events): volume 10"),
+            "every similar Event after the threshold"
+        );
+        assert_eq!(
+            a.aggregate("c/Pod/default/web/u1/v1/Warning/BackOff", "x", t0),
+            None,
+            "another reason is another aggregate"
+        );
+        // Active records stay combined; one idle past the interval starts over.
+        let later = t0 + AGGREGATE_INTERVAL;
+        assert!(a.aggregate(key, "volume 11", later).is_some());
+        let idle = later + AGGREGATE_INTERVAL + Duration::from_secs(1);
+        assert_eq!(a.aggregate(key, "volume 12", idle), None);
     }
 
     #[tokio::test]

@@ -12,7 +12,11 @@
 //! - the leader that has not renewed within `renew_deadline` (10 s) stops leading: its
 //!   work is cancelled before anyone else can have taken the Lease (10 s < 15 s);
 //! - every write is a compare-and-swap on the Lease's resourceVersion, so two candidates
-//!   can never both succeed in taking it.
+//!   can never both succeed in taking it;
+//! - on shutdown the leader stops its work and then releases the Lease (client-go's
+//!   `ReleaseOnCancel`, which kube-controller-manager and kube-scheduler set): it writes
+//!   an empty `holderIdentity` with `leaseDurationSeconds: 1`, so a standby takes over at
+//!   its next retry instead of waiting out the lease duration.
 
 use std::future::Future;
 use std::time::Duration;
@@ -153,25 +157,103 @@ async fn try_acquire_or_renew(
     Ok(Attempt::Held)
 }
 
+/// Releases the Lease if we still hold it (client-go's `release`): an empty holder, the
+/// shortest duration, and the renew time now, written with the resourceVersion we read so
+/// a Lease someone else took meanwhile is left alone. Returns whether it released it.
+pub async fn release(api: &Api<Lease>, cfg: &Config) -> Result<bool, kube::Error> {
+    let Some(mut lease) = api.get_opt(&cfg.name).await? else {
+        return Ok(false);
+    };
+    let mut spec = lease.spec.clone().unwrap_or_default();
+    if spec.holder_identity.as_deref() != Some(cfg.identity.as_str()) {
+        return Ok(false);
+    }
+    spec.holder_identity = Some(String::new());
+    spec.lease_duration_seconds = Some(1);
+    spec.renew_time = Some(now_micro());
+    spec.acquire_time = Some(now_micro());
+    lease.spec = Some(spec);
+    api.replace(&cfg.name, &PostParams::default(), &lease)
+        .await?;
+    Ok(true)
+}
+
+/// How long a shutting-down leader tries to release its Lease before it gives up (the
+/// Lease then expires as if the process had died).
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Runs `work` while this candidate leads, forever: waits to acquire the Lease, runs
 /// `work()` while renewing, and when a renewal misses `renew_deadline` cancels the work and
 /// campaigns again. Returns when `work` ends by itself while leading.
-pub async fn run_elected<F, Fut>(
+pub async fn run_elected<F, Fut>(client: kube::Client, cfg: Config, work: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    run_elected_until(client, cfg, work, std::future::pending()).await
+}
+
+/// [`run_elected`] until `shutdown` completes: then the work is cancelled (dropped) and,
+/// if this candidate leads, the Lease released (upstream's `ReleaseOnCancel`), and this
+/// returns `Ok`.
+pub async fn run_elected_until<F, Fut, S>(
     client: kube::Client,
     cfg: Config,
+    work: F,
+    shutdown: S,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+    S: Future<Output = ()>,
+{
+    let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
+    tokio::select! {
+        r = campaign_and_lead(&api, &cfg, work) => r,
+        () = shutdown => {
+            // The campaign (and with it the work) is dropped by now: nothing of ours runs
+            // any more when the standby takes over. Released whether or not we knew we
+            // led: an acquire whose answer was cut off by the shutdown may have won, and
+            // `release` leaves a Lease held by someone else alone.
+            match tokio::time::timeout(RELEASE_TIMEOUT, release(&api, &cfg)).await {
+                Ok(Ok(true)) => tracing::info!(
+                    "leader election {}/{}: {} released the lease",
+                    cfg.namespace,
+                    cfg.name,
+                    cfg.identity
+                ),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::warn!(
+                    "leader election {}/{}: releasing the lease: {e}",
+                    cfg.namespace,
+                    cfg.name
+                ),
+                Err(_) => tracing::warn!(
+                    "leader election {}/{}: releasing the lease: no answer within {RELEASE_TIMEOUT:?}",
+                    cfg.namespace,
+                    cfg.name
+                ),
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn campaign_and_lead<F, Fut>(
+    api: &Api<Lease>,
+    cfg: &Config,
     mut work: F,
 ) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
     let mut observed: Option<Observed> = None;
     let mut last_other: Option<String> = None;
     loop {
         // Campaign.
         loop {
-            match try_acquire_or_renew(&api, &cfg, &mut observed).await {
+            match try_acquire_or_renew(api, cfg, &mut observed).await {
                 Ok(Attempt::Held) => break,
                 Ok(Attempt::Other(h)) => {
                     if last_other.as_deref() != Some(h.as_str()) {
@@ -202,7 +284,7 @@ where
                 tokio::time::sleep(cfg.retry_period).await;
                 match tokio::time::timeout(
                     cfg.renew_deadline.saturating_sub(last_renew.elapsed()),
-                    try_acquire_or_renew(&api, &cfg, &mut observed),
+                    try_acquire_or_renew(api, cfg, &mut observed),
                 )
                 .await
                 {

@@ -277,12 +277,14 @@ impl ControllerArgs {
 
 // cp helper: leader election
 /// Runs `work` under leader election for the Lease `kube-system/<lease>` when `elect`.
+/// Until `stop` turns true (cpbench helper: then a leader releases its Lease).
 async fn elected<F, Fut>(
     client: kube::Client,
     elect: bool,
     lease: &str,
     identity: &str,
     work: F,
+    stop: Stop,
 ) -> Result<()>
 where
     F: FnMut() -> Fut,
@@ -290,14 +292,49 @@ where
 {
     let mut work = work;
     if !elect {
-        return work().await;
+        return tokio::select! {
+            r = work() => r,
+            () = stopped(stop) => Ok(()),
+        };
     }
     let cfg = skiff_controllers::leader::Config::new(
         lease,
         skiff_controllers::leader::identity(identity),
     );
-    skiff_controllers::leader::run_elected(client, cfg, work).await
+    skiff_controllers::leader::run_elected_until(client, cfg, work, stopped(stop)).await
 }
+
+// cpbench helper: leader Lease release on shutdown (upstream ReleaseOnCancel)
+/// Set to true when the process is asked to stop.
+type Stop = tokio::sync::watch::Receiver<bool>;
+
+/// Completes once `stop` is true (or its sender is gone).
+async fn stopped(mut stop: Stop) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Completes on SIGINT or SIGTERM (what systemd, kubelet and `kill` send).
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM ({e}); only SIGINT stops cleanly");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+/// How long a stopping process waits for its leaders to release their Leases.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+// end cpbench helper
 
 /// A candidate identity suffix: stable for a server's data directory (a restarted server
 /// takes its own Lease back at once instead of waiting for it to expire), unique per
@@ -455,6 +492,9 @@ async fn run() -> Result<()> {
                 server.credentials.kubeconfig_path.display()
             );
             let kubeconfig = server.credentials.kubeconfig_path.clone();
+            // cpbench helper: leader Lease release on shutdown
+            let (stop_tx, stop) = tokio::sync::watch::channel(false);
+            // end cpbench helper
             let controllers = async {
                 if disable_controllers {
                     tracing::info!("controllers disabled (--disable-controllers)");
@@ -467,11 +507,14 @@ async fn run() -> Result<()> {
                         "kube-controller-manager",
                         &id,
                         || skiff_controllers::run(client.clone(), controllers.config()),
+                        stop.clone(),
                     )
                     .await?;
                 }
-                // Only an error ends the server; stopped controllers leave the API serving.
-                std::future::pending::<Result<()>>().await
+                // Only an error (or a shutdown) ends the server; stopped controllers leave
+                // the API serving.
+                stopped(stop.clone()).await;
+                Ok::<(), anyhow::Error>(())
             };
             // scheduler helper
             let scheduler = async {
@@ -480,26 +523,41 @@ async fn run() -> Result<()> {
                 } else {
                     let client = client_from(&kubeconfig).await?;
                     let id = identity_suffix(Some(&data_dir));
-                    elected(client.clone(), leader_elect, "kube-scheduler", &id, || {
-                        skiff_scheduler::run(client.clone(), scheduler.config())
-                    })
+                    elected(
+                        client.clone(),
+                        leader_elect,
+                        "kube-scheduler",
+                        &id,
+                        || skiff_scheduler::run(client.clone(), scheduler.config()),
+                        stop.clone(),
+                    )
                     .await?;
                 }
-                std::future::pending::<Result<()>>().await
+                stopped(stop.clone()).await;
+                Ok::<(), anyhow::Error>(())
             };
             // end scheduler helper
+            tokio::pin!(controllers, scheduler);
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {
+                () = shutdown_signal() => {
                     tracing::info!("interrupted, shutting down");
+                    // cpbench helper: the leaders stop their work and release their Leases
+                    // while the API still serves (a standby takes over at once).
+                    let _ = stop_tx.send(true);
+                    let _ = tokio::time::timeout(RELEASE_WAIT, async {
+                        tokio::join!(&mut controllers, &mut scheduler)
+                    })
+                    .await;
+                    // end cpbench helper
                     server.shutdown().await;
                     Ok(())
                 }
-                r = controllers => {
+                r = &mut controllers => {
                     server.shutdown().await;
                     r.context("the in-process controllers stopped")
                 }
                 // scheduler helper
-                r = scheduler => {
+                r = &mut scheduler => {
                     server.shutdown().await;
                     r.context("the in-process scheduler stopped")
                 }
@@ -513,16 +571,24 @@ async fn run() -> Result<()> {
         } => {
             let client = client_from(&kubeconfig).await?;
             let id = identity_suffix(None);
+            // cpbench helper: a signal stops the work and releases the Lease.
+            let (stop_tx, stop) = tokio::sync::watch::channel(false);
             let run = elected(
                 client.clone(),
                 leader_elect,
                 "kube-controller-manager",
                 &id,
                 || skiff_controllers::run(client.clone(), controllers.config()),
+                stop,
             );
+            tokio::pin!(run);
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => Ok(()),
-                r = run => r,
+                () = shutdown_signal() => {
+                    let _ = stop_tx.send(true);
+                    let _ = tokio::time::timeout(RELEASE_WAIT, &mut run).await;
+                    Ok(())
+                }
+                r = &mut run => r,
             }
         }
         // scheduler helper
@@ -533,12 +599,24 @@ async fn run() -> Result<()> {
         } => {
             let client = client_from(&kubeconfig).await?;
             let id = identity_suffix(None);
-            let run = elected(client.clone(), leader_elect, "kube-scheduler", &id, || {
-                skiff_scheduler::run(client.clone(), scheduler.config())
-            });
+            // cpbench helper: a signal stops the work and releases the Lease.
+            let (stop_tx, stop) = tokio::sync::watch::channel(false);
+            let run = elected(
+                client.clone(),
+                leader_elect,
+                "kube-scheduler",
+                &id,
+                || skiff_scheduler::run(client.clone(), scheduler.config()),
+                stop,
+            );
+            tokio::pin!(run);
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => Ok(()),
-                r = run => r,
+                () = shutdown_signal() => {
+                    let _ = stop_tx.send(true);
+                    let _ = tokio::time::timeout(RELEASE_WAIT, &mut run).await;
+                    Ok(())
+                }
+                r = &mut run => r,
             }
         } // end scheduler helper
     }

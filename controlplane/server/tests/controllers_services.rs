@@ -1036,3 +1036,77 @@ fn bad_controller_flags_fail_before_anything_starts() {
         );
     }
 }
+
+/// The controller skips the watch echoes of its own slice and Endpoints writes (upstream's
+/// `EndpointSliceTracker.ShouldSync`), but not anyone else's: a managed slice emptied or
+/// deleted by someone, or an Endpoints object overwritten, is put back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_edits_of_managed_objects_are_reverted() {
+    let (server, client) = start(&[]).await;
+    let svcs: Api<Service> = Api::default_namespaced(client.clone());
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let slices: Api<EndpointSlice> = Api::default_namespaced(client.clone());
+    let eps: Api<Endpoints> = Api::default_namespaced(client.clone());
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "owned"},
+        "spec": {"selector": {"app": "owned"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }))
+    .unwrap();
+    svcs.create(&PostParams::default(), &svc).await.unwrap();
+    for i in 1..=2 {
+        let name = format!("owned-{i}");
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app": "owned"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "x"}]},
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        set_pod_status(&pods, &name, &format!("10.42.0.{i}"), true).await;
+    }
+    let two_ready = || async {
+        let s = managed_slices(&slices, "owned").await;
+        let ready = endpoint_states(&s).iter().filter(|e| e.1).count();
+        (s.len() == 1 && ready == 2).then(|| s[0].clone())
+    };
+    let slice = eventually("2 ready endpoints", &server, two_ready).await;
+
+    // Someone empties the slice (a generation bump the controller did not write).
+    let mut emptied = slice.clone();
+    emptied.endpoints.clear();
+    slices
+        .replace(&slice.name_any(), &PostParams::default(), &emptied)
+        .await
+        .unwrap();
+    let restored = eventually("the emptied slice refilled", &server, two_ready).await;
+    assert!(
+        restored.metadata.generation > emptied.metadata.generation,
+        "rewritten by the controller"
+    );
+
+    // Someone deletes it: a new one is created.
+    slices
+        .delete(&restored.name_any(), &Default::default())
+        .await
+        .unwrap();
+    let recreated = eventually("the deleted slice recreated", &server, two_ready).await;
+    assert_ne!(recreated.metadata.uid, restored.metadata.uid);
+
+    // Someone overwrites the Endpoints: the two addresses come back.
+    let ep = eventually("Endpoints with 2 addresses", &server, || async {
+        let ep = eps.get_opt("owned").await.unwrap()?;
+        (endpoints_ips(&ep).0.len() == 2).then_some(ep)
+    })
+    .await;
+    let mut overwritten = ep.clone();
+    overwritten.subsets = None;
+    eps.replace("owned", &PostParams::default(), &overwritten)
+        .await
+        .unwrap();
+    eventually("the Endpoints restored", &server, || async {
+        let now = eps.get_opt("owned").await.unwrap()?;
+        (now.metadata.resource_version != ep.metadata.resource_version
+            && endpoints_ips(&now).0.len() == 2)
+            .then_some(())
+    })
+    .await;
+}

@@ -1110,6 +1110,79 @@ async fn daemonset_follows_nodes_and_taints() {
     assert_eq!(st.updated_number_scheduled, Some(3));
 }
 
+/// RollingUpdate with maxSurge 1 / maxUnavailable 0 (upstream's surge update): the new
+/// pod starts next to the old one, which goes only once the new one is available, so
+/// three nodes keep three ready pods throughout and briefly run four.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemonset_surge_update_keeps_every_node_served() {
+    let Some(c) = Cluster::start(&["node-a", "node-b", "node-c"], &[]).await else {
+        return;
+    };
+    let ds: DaemonSet = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "surge", "namespace": "default"},
+        "spec": {"selector": {"matchLabels": {"app": "surge"}},
+                 "updateStrategy": {"type": "RollingUpdate",
+                                    "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                 "template": {"metadata": {"labels": {"app": "surge"}},
+                              "spec": {"containers": [{"name": "s", "image": "surge:1"}]}}},
+    }))
+    .unwrap();
+    c.api::<DaemonSet>()
+        .create(&PostParams::default(), &ds)
+        .await
+        .unwrap();
+    wait_for("3 ready surge pods", &c, || async {
+        let pods = live_pods(&c, "app=surge").await;
+        let st = c.api::<DaemonSet>().get("surge").await.ok()?.status?;
+        (pods.len() == 3 && pods.iter().all(is_ready) && st.number_available == Some(3))
+            .then_some(())
+    })
+    .await;
+    let monitor = ReadyMonitor::start(&c, "app=surge");
+    // Most pods at once (not terminating), from a watch so no state is missed: 4 shows
+    // the surge happened, more would break maxSurge.
+    let most = Arc::new(AtomicUsize::new(0));
+    let (m, api) = (most.clone(), c.api::<Pod>());
+    let peak = tokio::spawn(async move {
+        let mut live: HashSet<String> = HashSet::new();
+        let cfg = watcher::Config::default().labels("app=surge");
+        let mut w = watcher(api, cfg).boxed();
+        while let Some(Ok(ev)) = w.next().await {
+            match ev {
+                watcher::Event::Init => live.clear(),
+                watcher::Event::InitApply(p) | watcher::Event::Apply(p) => {
+                    if p.metadata.deletion_timestamp.is_none() {
+                        live.insert(p.uid().unwrap());
+                    } else {
+                        live.remove(&p.uid().unwrap());
+                    }
+                }
+                watcher::Event::Delete(p) => {
+                    live.remove(&p.uid().unwrap());
+                }
+                watcher::Event::InitDone => {}
+            }
+            m.fetch_max(live.len(), Ordering::SeqCst);
+        }
+    });
+    c.kubectl_ok(&["set", "image", "daemonset/surge", "s=surge:2"])
+        .await;
+    c.kubectl_ok(&["rollout", "status", "daemonset/surge", "--timeout=90s"])
+        .await;
+    wait_for("3 updated surge pods", &c, || async {
+        let pods = live_pods(&c, "app=surge").await;
+        (pods.len() == 3 && pods.iter().all(|p| is_ready(p) && image_of(p) == "surge:2"))
+            .then_some(())
+    })
+    .await;
+    peak.abort();
+    let min = monitor.finish().await;
+    assert!(min >= 3, "ready pods dropped to {min} (maxUnavailable 0)");
+    let most = most.load(Ordering::SeqCst);
+    assert_eq!(most, 4, "live pods at most: maxSurge 1 on 3 nodes means 4");
+}
+
 // ---------------------------------------------------------------------------------------
 // Jobs
 

@@ -73,10 +73,10 @@ struct Shared {
     /// The managed slices by Service, from their watch.
     slices: Mutex<tracker::SliceCache>,
     endpoints: Store<Endpoints>,
-    /// Our own slice and Endpoints writes, which the caches must show before a sync
-    /// plans from them.
-    slice_writes: Mutex<tracker::Tracker>,
-    endpoints_writes: Mutex<tracker::Tracker>,
+    /// Our own slice and Endpoints writes: the caches must show them before a sync plans
+    /// from them, and their watch echoes queue nothing. Locked after `slices` when both
+    /// are held.
+    writes: Mutex<tracker::OwnWrites>,
 }
 
 fn key_of<K: kube::Resource>(o: &K) -> Key {
@@ -108,8 +108,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
         zones: Mutex::new(HashMap::new()),
         slices: Mutex::new(tracker::SliceCache::default()),
         endpoints,
-        slice_writes: Mutex::new(tracker::Tracker::default()),
-        endpoints_writes: Mutex::new(tracker::Tracker::default()),
+        writes: Mutex::new(tracker::OwnWrites::default()),
     });
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -220,17 +219,13 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     let (slices_synced_tx, mut slices_synced) = tokio::sync::watch::channel(false);
     let s = shared.clone();
     tasks.spawn(consume("endpointslices", slice_events, move |ev| {
+        // Our own writes come back through this watch: their echo queues nothing
+        // (see `tracker::OwnWrites`).
         let touched = {
             let mut c = s.slices.lock().unwrap_or_else(|e| e.into_inner());
             match ev {
-                watcher::Event::Apply(sl) => c.apply(sl),
-                watcher::Event::Delete(sl) => {
-                    let svc = c.delete(&sl);
-                    if let (Some(svc), Some(uid)) = (&svc, sl.metadata.uid.as_deref()) {
-                        s.lock_writes(&s.slice_writes).observed_deletion(svc, uid);
-                    }
-                    svc.into_iter().collect()
-                }
+                watcher::Event::Apply(sl) => s.lock_writes().slice_applied(&mut c, sl),
+                watcher::Event::Delete(sl) => s.lock_writes().slice_deleted(&mut c, &sl),
                 watcher::Event::Init => {
                     c.relist_started();
                     Vec::new()
@@ -242,7 +237,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
                 watcher::Event::InitDone => {
                     let _ = slices_synced_tx.send(true);
                     let touched = c.relist_done();
-                    s.lock_writes(&s.slice_writes).retain_present(&c.uids());
+                    s.lock_writes().slices.retain_present(&c.uids());
                     touched
                 }
             }
@@ -252,8 +247,9 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
         }
     }));
     // Endpoints: the cache a sync plans the legacy object from; an event for a Service
-    // this controller manages gets it another look (someone edited it, or our own write
-    // arrived after a sync found the cache behind).
+    // this controller manages gets it another look when someone else changed it, or when
+    // a sync found the cache behind our own write and waits for it; the plain echo of our
+    // write queues nothing (the same rule as for slices).
     let ep_events = reflector::reflector(
         ep_writer,
         watcher(Api::<Endpoints>::all(client.clone()), Default::default()),
@@ -261,14 +257,8 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     .default_backoff();
     let s = shared.clone();
     tasks.spawn(consume("endpoints", ep_events, move |ev| match ev {
-        watcher::Event::Apply(ep) => s.endpoints_changed(&ep),
-        watcher::Event::Delete(ep) => {
-            if let Some(uid) = ep.metadata.uid.as_deref() {
-                s.lock_writes(&s.endpoints_writes)
-                    .observed_deletion(&key_of(&ep), uid);
-            }
-            s.endpoints_changed(&ep)
-        }
+        watcher::Event::Apply(ep) => s.endpoints_changed(&ep, false),
+        watcher::Event::Delete(ep) => s.endpoints_changed(&ep, true),
         watcher::Event::InitDone => {
             let present = s
                 .endpoints
@@ -276,7 +266,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
                 .iter()
                 .filter_map(|ep| ep.metadata.uid.clone())
                 .collect();
-            s.lock_writes(&s.endpoints_writes).retain_present(&present);
+            s.lock_writes().endpoints.retain_present(&present);
         }
         _ => {}
     }));
@@ -374,22 +364,43 @@ impl Shared {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock_writes<'a>(
-        &self,
-        t: &'a Mutex<tracker::Tracker>,
-    ) -> std::sync::MutexGuard<'a, tracker::Tracker> {
-        t.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_writes(&self) -> std::sync::MutexGuard<'_, tracker::OwnWrites> {
+        self.writes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn endpoints_changed(&self, ep: &Endpoints) {
+    fn endpoints_changed(&self, ep: &Endpoints, deleted: bool) {
         let key = key_of(ep);
         if self
-            .services
-            .get(&ObjectRef::new(&key.1).within(&key.0))
-            .is_some_and(|svc| managed(&svc))
+            .lock_writes()
+            .endpoints_event(&key, &ep.metadata, deleted)
+            && self
+                .services
+                .get(&ObjectRef::new(&key.1).within(&key.0))
+                .is_some_and(|svc| managed(&svc))
         {
             self.queue.add(key);
         }
+    }
+
+    /// The Service's cached slices and Endpoints, and whether they miss one of our own
+    /// writes (then nothing may be planned from them).
+    fn snapshot(&self, key: &Key) -> (Vec<Arc<EndpointSlice>>, Option<Arc<Endpoints>>, bool) {
+        let cached: Vec<Arc<EndpointSlice>> = self
+            .slices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .slices_of(key);
+        let current = self.endpoints.get(&ObjectRef::new(&key.1).within(&key.0));
+        let seen: Vec<tracker::Seen<'_>> = cached
+            .iter()
+            .map(|sl| tracker::Seen::of(&sl.metadata))
+            .collect();
+        let ep_seen: Vec<tracker::Seen<'_>> = current
+            .iter()
+            .map(|ep| tracker::Seen::of(&ep.metadata))
+            .collect();
+        let behind = self.lock_writes().stale(key, &seen, &ep_seen);
+        (cached, current, behind)
     }
 
     /// Queues the Services `pod` matches now and those it matched before: only those,
@@ -533,32 +544,23 @@ async fn sync(s: &Shared, key: &Key) -> anyhow::Result<()> {
     let client = s.ctx.client.clone();
     let slice_api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
     let ep_api: Api<Endpoints> = Api::namespaced(client, ns);
-    let cached: Vec<Arc<EndpointSlice>> = s
-        .slices
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .slices_of(key);
-    let current = s.endpoints.get(&ObjectRef::new(name).within(ns));
-    {
-        let seen: Vec<tracker::Seen<'_>> = cached
-            .iter()
-            .map(|sl| tracker::Seen::of(&sl.metadata))
-            .collect();
-        let ep_seen: Vec<tracker::Seen<'_>> = current
-            .iter()
-            .map(|ep| tracker::Seen::of(&ep.metadata))
-            .collect();
-        if s.lock_writes(&s.slice_writes).stale(key, &seen)
-            || s.lock_writes(&s.endpoints_writes).stale(key, &ep_seen)
-        {
-            // Our last write is not in the cache yet; its watch event queues this
-            // Service again (upstream returns a "stale informer cache" error instead).
-            tracing::debug!(
-                "endpointslice: {}: cache behind our last write, waiting for it",
-                key_str(key)
-            );
-            return Ok(());
+    let (cached, current, behind) = s.snapshot(key);
+    if behind {
+        // Our last write is not in the cache yet. Its watch event queues this Service
+        // again (upstream returns a "stale informer cache" error and retries instead):
+        // marked deferred so that echo is not skipped. An event that arrived between the
+        // snapshot and the mark found no mark, but its cache update is visible now, so a
+        // second look decides.
+        s.lock_writes().defer(key);
+        if !s.snapshot(key).2 {
+            s.lock_writes().undefer(key);
+            s.queue.add(key.clone());
         }
+        tracing::debug!(
+            "endpointslice: {}: cache behind our last write, waiting for it",
+            key_str(key)
+        );
+        return Ok(());
     }
     let existing: Vec<EndpointSlice> = cached.iter().map(|sl| sl.as_ref().clone()).collect();
     let svc = s.services.get(&ObjectRef::new(name).within(ns));
@@ -573,7 +575,7 @@ async fn sync(s: &Shared, key: &Key) -> anyhow::Result<()> {
             match ep_api.delete(name, &DeleteParams::default()).await {
                 Ok(_) => {
                     if let Some(uid) = current.as_ref().and_then(|ep| ep.metadata.uid.as_deref()) {
-                        s.lock_writes(&s.endpoints_writes).deleted(key, uid);
+                        s.lock_writes().endpoints.deleted(key, uid);
                     }
                     tracing::info!("endpoints: deleted {} with its Service", key_str(key))
                 }
@@ -631,8 +633,7 @@ async fn write_slices(
             .create(&PostParams::default(), sl)
             .await
             .context("creating an EndpointSlice")?;
-        s.lock_writes(&s.slice_writes)
-            .written(key, &created.metadata);
+        s.lock_writes().slices.written(key, &created.metadata);
         tracing::info!(
             "endpointslice: created {}/{} for Service {} ({} endpoints)",
             ns,
@@ -647,8 +648,7 @@ async fn write_slices(
             .replace(&n, &PostParams::default(), sl)
             .await
             .with_context(|| format!("updating the EndpointSlice {n}"))?;
-        s.lock_writes(&s.slice_writes)
-            .written(key, &updated.metadata);
+        s.lock_writes().slices.written(key, &updated.metadata);
         tracing::info!(
             "endpointslice: updated {ns}/{n} for Service {} ({} endpoints)",
             key_str(key),
@@ -691,8 +691,7 @@ async fn write_endpoints(
             .await
             .context("creating the Endpoints")?
     };
-    s.lock_writes(&s.endpoints_writes)
-        .written(key, &written.metadata);
+    s.lock_writes().endpoints.written(key, &written.metadata);
     tracing::info!(
         "endpoints: {} {} ({n_addr} addresses)",
         if exists { "updated" } else { "created" },
@@ -711,7 +710,7 @@ async fn delete_slice(
     match api.delete(&n, &DeleteParams::default()).await {
         Ok(_) => {
             if let Some(uid) = sl.metadata.uid.as_deref() {
-                s.lock_writes(&s.slice_writes).deleted(key, uid);
+                s.lock_writes().slices.deleted(key, uid);
             }
             tracing::info!(
                 "endpointslice: deleted {}/{n} of Service {}",

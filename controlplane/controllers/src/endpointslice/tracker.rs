@@ -10,10 +10,11 @@
 //! [`SliceCache`] is the managed slices grouped by Service, fed from the slice watch, so a
 //! sync finds its Service's slices without scanning every slice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt as _;
 
 use super::index::Key;
@@ -41,7 +42,7 @@ pub struct Seen<'a> {
 }
 
 impl<'a> Seen<'a> {
-    pub fn of(meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Seen<'a> {
+    pub fn of(meta: &'a ObjectMeta) -> Seen<'a> {
         Seen {
             uid: meta.uid.as_deref().unwrap_or(""),
             generation: meta.generation.unwrap_or(0),
@@ -52,11 +53,7 @@ impl<'a> Seen<'a> {
 
 impl Tracker {
     /// We created or updated an object of `svc`; `meta` is what the API returned.
-    pub fn written(
-        &mut self,
-        svc: &Key,
-        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    ) {
+    pub fn written(&mut self, svc: &Key, meta: &ObjectMeta) {
         let Some(uid) = meta.uid.clone() else {
             return;
         };
@@ -74,13 +71,29 @@ impl Tracker {
             .insert(uid.to_string(), Expect::Deleted);
     }
 
-    /// The watch reported the object gone: nothing more to expect of it.
-    pub fn observed_deletion(&mut self, svc: &Key, uid: &str) {
-        if let Some(m) = self.services.get_mut(svc) {
-            m.remove(uid);
-            if m.is_empty() {
-                self.services.remove(svc);
-            }
+    /// The watch reported the object gone: nothing more to expect of it. Returns whether
+    /// the deletion needs a sync (upstream's `HandleDeletion`): not when it is the echo of
+    /// our own delete, yes when someone else deleted an object of ours (it is put back).
+    pub fn observed_deletion(&mut self, svc: &Key, uid: &str) -> bool {
+        let Some(m) = self.services.get_mut(svc) else {
+            return true;
+        };
+        let expected = m.remove(uid);
+        if m.is_empty() {
+            self.services.remove(svc);
+        }
+        expected != Some(Expect::Deleted)
+    }
+
+    /// Whether a watch event showing the object `uid` of `svc` at `generation` needs a
+    /// sync (upstream's `EndpointSliceTracker.ShouldSync`): not when it is the echo of
+    /// our own write (the generation we wrote, or an older one still in flight), yes for
+    /// an object we never wrote or a later generation (someone else changed it).
+    pub fn should_sync(&self, svc: &Key, uid: &str, generation: i64) -> bool {
+        match self.services.get(svc).and_then(|m| m.get(uid)) {
+            Some(Expect::Generation(g)) => generation > *g,
+            // We deleted it and it shows again: not our doing.
+            Some(Expect::Deleted) | None => true,
         }
     }
 
@@ -116,6 +129,91 @@ impl Tracker {
     }
 }
 
+/// Our own slice and Endpoints writes, and what their watch events mean: the echo of our
+/// own write queues nothing (upstream's `ShouldSync` / `HandleDeletion`; without it the
+/// controller syncs every Service once more per object it wrote), anything else about a
+/// managed object queues its Service, and so does the next event of a Service whose sync
+/// found the caches behind our writes and is waiting for them ([`OwnWrites::defer`]).
+#[derive(Debug, Default)]
+pub struct OwnWrites {
+    pub slices: Tracker,
+    pub endpoints: Tracker,
+    deferred: HashSet<Key>,
+}
+
+impl OwnWrites {
+    /// A slice watch event applied `sl` to `cache`: the Services to queue.
+    pub fn slice_applied(&mut self, cache: &mut SliceCache, sl: EndpointSlice) -> Vec<Key> {
+        let svc = service_of(&sl);
+        let uid = sl.metadata.uid.clone().unwrap_or_default();
+        let generation = sl.metadata.generation.unwrap_or(0);
+        let touched = cache.apply(sl);
+        match svc {
+            // Still filed under the same Service: a sync unless it is our echo.
+            Some(svc) if touched == [svc.clone()] => {
+                let needed = self.slices.should_sync(&svc, &uid, generation);
+                self.wanted(svc, needed).into_iter().collect()
+            }
+            // Relabelled, or its Service label removed: both Services, always.
+            _ => {
+                for k in &touched {
+                    self.deferred.remove(k);
+                }
+                touched
+            }
+        }
+    }
+
+    /// A slice watch event deleted `sl` from `cache`: the Services to queue.
+    pub fn slice_deleted(&mut self, cache: &mut SliceCache, sl: &EndpointSlice) -> Vec<Key> {
+        let Some(svc) = cache.delete(sl) else {
+            return Vec::new();
+        };
+        let needed = match sl.metadata.uid.as_deref() {
+            Some(uid) => self.slices.observed_deletion(&svc, uid),
+            None => true,
+        };
+        self.wanted(svc, needed).into_iter().collect()
+    }
+
+    /// An Endpoints watch event for `svc` (already in the Endpoints cache): whether it
+    /// queues the Service.
+    pub fn endpoints_event(&mut self, svc: &Key, meta: &ObjectMeta, deleted: bool) -> bool {
+        let uid = meta.uid.as_deref();
+        let needed = match (uid, deleted) {
+            (Some(uid), true) => self.endpoints.observed_deletion(svc, uid),
+            (Some(uid), false) => {
+                self.endpoints
+                    .should_sync(svc, uid, meta.generation.unwrap_or(0))
+            }
+            (None, _) => true,
+        };
+        self.wanted(svc.clone(), needed).is_some()
+    }
+
+    /// A sync of `svc` found the caches behind our writes and planned nothing: its next
+    /// slice or Endpoints event queues it, echo or not.
+    pub fn defer(&mut self, svc: &Key) {
+        self.deferred.insert(svc.clone());
+    }
+
+    /// Takes back [`Self::defer`] (the caches caught up before any event came).
+    pub fn undefer(&mut self, svc: &Key) {
+        self.deferred.remove(svc);
+    }
+
+    /// Whether the cached slices and Endpoints of `svc` miss one of our writes.
+    pub fn stale(&self, svc: &Key, slices: &[Seen<'_>], endpoints: &[Seen<'_>]) -> bool {
+        self.slices.stale(svc, slices) || self.endpoints.stale(svc, endpoints)
+    }
+
+    /// `svc` if the event needs a sync or the Service waits for one (the wait ends here).
+    fn wanted(&mut self, svc: Key, needed: bool) -> Option<Key> {
+        let deferred = self.deferred.remove(&svc);
+        (needed || deferred).then_some(svc)
+    }
+}
+
 /// The managed slices, by Service, as the slice watch last showed them.
 #[derive(Debug, Default)]
 pub struct SliceCache {
@@ -126,7 +224,8 @@ pub struct SliceCache {
     relist: Option<Vec<Arc<EndpointSlice>>>,
 }
 
-fn service_of(sl: &EndpointSlice) -> Option<Key> {
+/// The Service a managed slice is filed under (its `kubernetes.io/service-name` label).
+pub fn service_of(sl: &EndpointSlice) -> Option<Key> {
     Some((
         sl.namespace().unwrap_or_default(),
         sl.labels().get(LABEL_SERVICE_NAME)?.clone(),
@@ -226,7 +325,6 @@ impl SliceCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn k(ns: &str, n: &str) -> Key {
         (ns.into(), n.into())
@@ -357,5 +455,108 @@ mod tests {
         c.relist_item(slice("web-2", Some("db")));
         c.relist_item(newer);
         assert_eq!(c.relist_done(), vec![k("a", "api")]);
+    }
+
+    fn written_slice(name: &str, uid: &str, generation: i64) -> EndpointSlice {
+        let mut sl = slice(name, Some("web"));
+        sl.metadata.uid = Some(uid.into());
+        sl.metadata.generation = Some(generation);
+        sl
+    }
+
+    #[test]
+    fn the_echo_of_our_own_slice_write_queues_nothing_a_foreign_edit_does() {
+        let mut w = OwnWrites::default();
+        let mut c = SliceCache::default();
+        let web = k("a", "web");
+        // We created web-1 (generation 1); its watch event is our echo.
+        let ours = written_slice("web-1", "u1", 1);
+        w.slices.written(&web, &ours.metadata);
+        assert!(
+            w.slice_applied(&mut c, ours.clone()).is_empty(),
+            "own create"
+        );
+        // We updated it to generation 2: the echo (and a late echo of 1) queue nothing.
+        let ours2 = written_slice("web-1", "u1", 2);
+        w.slices.written(&web, &ours2.metadata);
+        assert!(
+            w.slice_applied(&mut c, ours.clone()).is_empty(),
+            "late echo"
+        );
+        assert!(w.slice_applied(&mut c, ours2).is_empty(), "own update");
+        assert_eq!(
+            names(&c, &web),
+            vec!["web-1"],
+            "the cache follows all the same"
+        );
+        // Someone else edited our slice (the API server bumped its generation): resync.
+        let foreign = written_slice("web-1", "u1", 3);
+        assert_eq!(w.slice_applied(&mut c, foreign), vec![web.clone()]);
+        // A slice we never wrote (another controller instance, a restart): resync.
+        assert_eq!(
+            w.slice_applied(&mut c, written_slice("web-2", "u2", 1)),
+            vec![web.clone()]
+        );
+        // Relabelled by someone: both Services, whatever the generation.
+        let mut moved = written_slice("web-2", "u2", 1);
+        moved
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(LABEL_SERVICE_NAME.into(), "db".into());
+        assert_eq!(
+            w.slice_applied(&mut c, moved.clone()),
+            vec![web.clone(), k("a", "db")]
+        );
+        // Our own delete's echo queues nothing; someone else's delete puts it back.
+        w.slices.deleted(&k("a", "db"), "u2");
+        assert!(w.slice_deleted(&mut c, &moved).is_empty(), "own delete");
+        let sl = written_slice("web-1", "u1", 3);
+        assert_eq!(w.slice_deleted(&mut c, &sl), vec![web.clone()]);
+    }
+
+    #[test]
+    fn a_deferred_sync_is_queued_by_the_echo_it_waits_for() {
+        let mut w = OwnWrites::default();
+        let mut c = SliceCache::default();
+        let web = k("a", "web");
+        let ours = written_slice("web-1", "u1", 1);
+        w.slices.written(&web, &ours.metadata);
+        // The sync ran before the echo came: stale, it defers.
+        assert!(w.stale(&web, &[], &[]));
+        w.defer(&web);
+        assert_eq!(w.slice_applied(&mut c, ours.clone()), vec![web.clone()]);
+        // The wait ends with that event: the next echo is skipped again.
+        let ours2 = written_slice("web-1", "u1", 2);
+        w.slices.written(&web, &ours2.metadata);
+        assert!(w.slice_applied(&mut c, ours2).is_empty());
+        // Endpoints the same way: our echo nothing, a deferred echo or a foreign edit yes.
+        let ep = meta("e1", 1);
+        w.endpoints.written(&web, &ep);
+        assert!(!w.endpoints_event(&web, &ep, false), "own Endpoints write");
+        w.defer(&web);
+        assert!(w.endpoints_event(&web, &ep, false), "deferred");
+        assert!(!w.endpoints_event(&web, &ep, false), "deferral consumed");
+        assert!(
+            w.endpoints_event(&web, &meta("e1", 2), false),
+            "foreign edit"
+        );
+        assert!(
+            w.endpoints_event(&k("a", "db"), &meta("e2", 1), false),
+            "never written by us"
+        );
+        w.endpoints.deleted(&web, "e1");
+        assert!(!w.endpoints_event(&web, &ep, true), "own delete");
+        assert!(
+            w.endpoints_event(&k("a", "db"), &meta("e2", 1), true),
+            "someone deleted it"
+        );
+        // undefer takes a deferral back: the echo is skipped again.
+        let ep3 = meta("e3", 1);
+        w.endpoints.written(&web, &ep3);
+        w.defer(&web);
+        w.undefer(&web);
+        assert!(!w.endpoints_event(&web, &ep3, false));
     }
 }

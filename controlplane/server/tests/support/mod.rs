@@ -106,6 +106,22 @@ impl ServerProcess {
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
+
+    // cpbench helper: graceful stop (leader Lease release on shutdown)
+    /// Sends SIGTERM (a graceful stop, unlike the SIGKILL of `Drop`).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -TERM {}: {status}", self.child.id());
+    }
+
+    /// The exit status once the process has exited, without waiting.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+    // end cpbench helper
 }
 
 impl Drop for ServerProcess {

@@ -11,7 +11,8 @@
 //!    watch, its sync and slice write, and the slice watch back, end to end. Two phases:
 //!    the *burst* (all N pods created at once, so readiness arrives as fast as the fake
 //!    nodes can write it: a throughput test whose latencies include queueing), then
-//!    *steady* probes at a fixed rate into the full cluster (the SLI-like number).
+//!    *steady* probes at a fixed rate into the full cluster (the SLI-like number), started
+//!    only once the burst's backlog has drained ([`DRAIN_QUIET`]).
 //! 2. **deployment** — a Deployment of R replicas (default 1000) on M fake nodes
 //!    (default 100): create → every pod created, bound, Running, and the Deployment's
 //!    `availableReplicas`, timed from the create request.
@@ -25,7 +26,7 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ListParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt as _};
@@ -79,7 +80,17 @@ struct Args {
     /// per-sync timings into it).
     #[arg(long)]
     keep_server_log: Option<PathBuf>,
+    /// endpoints: an extra `skiff-controlplane server` flag (repeatable), e.g.
+    /// `--server-arg=--concurrent-service-endpoint-syncs=20`.
+    #[arg(long, allow_hyphen_values = true)]
+    server_arg: Vec<String>,
 }
+
+/// After the burst, the steady phase starts only once the controller's backlog is gone:
+/// every burst pod ready in a slice and in its Endpoints, and then this long without any
+/// slice or Endpoints write (a queued sync with something to do writes; a Service still
+/// queued behind the backlog would otherwise delay the first probes).
+const DRAIN_QUIET: Duration = Duration::from_secs(1);
 
 /// How long any phase may take before the benchmark gives up with what it saw.
 const PHASE_DEADLINE: Duration = Duration::from_secs(900);
@@ -164,6 +175,10 @@ struct Timeline {
     acked: HashMap<String, Instant>,
     pod_seen: HashMap<String, Instant>,
     in_slice: HashMap<String, Instant>,
+    /// Pods a watch of the Endpoints objects showed as ready addresses.
+    in_endpoints: std::collections::HashSet<String>,
+    /// The last slice or Endpoints event this process saw.
+    last_write: Option<Instant>,
 }
 
 impl Timeline {
@@ -246,7 +261,11 @@ async fn endpoints(a: &Args) -> anyhow::Result<()> {
         a.nodes,
         load_average()
     );
-    let server = BenchServer::start(&a.server, "endpoints-bench", &[]).await?;
+    let extra: Vec<&str> = a.server_arg.iter().map(String::as_str).collect();
+    if !extra.is_empty() {
+        println!("server flags: {}", extra.join(" "));
+    }
+    let server = BenchServer::start(&a.server, "endpoints-bench", &extra).await?;
     let client = server.client.clone();
     let timeline = Arc::new(Mutex::new(Timeline::default()));
 
@@ -297,12 +316,36 @@ async fn endpoints(a: &Args) -> anyhow::Result<()> {
             let Ok(sl) = ev else { continue };
             let now = Instant::now();
             let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+            t.last_write = Some(now);
             for ep in &sl.endpoints {
                 let ready = ep.conditions.as_ref().and_then(|c| c.ready) == Some(true);
                 if let (true, Some(name)) =
                     (ready, ep.target_ref.as_ref().and_then(|r| r.name.clone()))
                 {
                     t.in_slice.entry(name).or_insert(now);
+                }
+            }
+        }
+    });
+    let t = timeline.clone();
+    let eps: Api<Endpoints> = Api::namespaced(client.clone(), "default");
+    let endpoints_watch = tokio::spawn(async move {
+        let mut s = watcher(eps, watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        while let Some(ev) = s.next().await {
+            let Ok(ep) = ev else { continue };
+            let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+            t.last_write = Some(Instant::now());
+            let ready = ep
+                .subsets
+                .iter()
+                .flatten()
+                .flat_map(|s| s.addresses.iter().flatten());
+            for addr in ready {
+                if let Some(name) = addr.target_ref.as_ref().and_then(|r| r.name.clone()) {
+                    t.in_endpoints.insert(name);
                 }
             }
         }
@@ -399,6 +442,25 @@ async fn endpoints(a: &Args) -> anyhow::Result<()> {
             .breakdown(names.iter())
     );
     println!("machine load after the burst: {}", load_average());
+    // The burst's backlog drains before the steady phase (see DRAIN_QUIET).
+    let drain0 = Instant::now();
+    wait_for("burst backlog", PHASE_DEADLINE, || {
+        let t = tl.lock().unwrap_or_else(|e| e.into_inner());
+        let left = names
+            .iter()
+            .filter(|n| !t.in_endpoints.contains(*n))
+            .count();
+        if left > 0 {
+            return Some(format!("{left} pods not yet ready in Endpoints"));
+        }
+        let quiet = t.last_write.map_or(Duration::MAX, |w| w.elapsed());
+        (quiet < DRAIN_QUIET).then(|| format!("last slice/Endpoints write {quiet:?} ago"))
+    })
+    .await?;
+    println!(
+        "burst backlog drained {:.1} s after the last pod reached a slice (all in Endpoints, then {DRAIN_QUIET:?} without a slice or Endpoints write); steady phase starts now",
+        drain0.elapsed().as_secs_f64()
+    );
 
     // Steady: probes at a fixed rate into the full cluster.
     let probes: Vec<String> = (0..a.probes).map(|k| format!("probe-{k}")).collect();
@@ -455,6 +517,7 @@ async fn endpoints(a: &Args) -> anyhow::Result<()> {
     }
     pod_watch.abort();
     slice_watch.abort();
+    endpoints_watch.abort();
     recorder.abort();
     drop(fake);
     drop(server);
