@@ -344,10 +344,21 @@ impl ServiceMaps for FakeServiceMaps {
         service_id: u32,
         backend: &Backend,
     ) -> Result<Vec<u64>, MapWriteError> {
-        let n = self
+        // As the kernel map's walk: by address and port (the flags may have changed
+        // since the sockets were translated, e.g. the backend went not-ready).
+        let keys: Vec<(u32, Backend)> = self
             .sock_rev
-            .remove(&(service_id, *backend))
-            .unwrap_or_default();
+            .keys()
+            .filter(|(id, b)| {
+                *id == service_id && b.addr == backend.addr && b.port == backend.port
+            })
+            .copied()
+            .collect();
+        let n = keys
+            .iter()
+            .filter_map(|k| self.sock_rev.remove(k))
+            .flatten()
+            .collect();
         self.log.push(format!(
             "purge sock-rev {service_id} {}:{}",
             addr(backend.addr),

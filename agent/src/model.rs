@@ -100,17 +100,33 @@ pub struct Frontend {
     pub kind: FrontendKind,
 }
 
-/// Whether an endpoint takes new flows.
+/// Whether an endpoint takes new flows. The order is the preference order (a smaller
+/// state wins when one address:port is listed twice).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum EndpointState {
     /// Ready and not terminating: takes new flows.
     Active,
     /// Serving but terminating: takes new flows only when no active endpoint exists.
     Terminating,
+    /// Listed in a slice but neither ready nor serving-terminating (a failing readiness
+    /// probe, a terminating pod that stopped serving): takes no new flows, but stays a
+    /// known backend so its established TCP connections keep their conntrack entries, as
+    /// kube-proxy keeps them (it only clears UDP conntrack of endpoints that stop
+    /// serving, `pkg/proxy/conntrack` `CleanStaleEntries`) and Cilium keeps CT for
+    /// non-active backends. See `reconcile` for what is purged.
+    NotReady,
 }
 
-/// A usable backend of a service port. Endpoints that are neither ready nor serving are
-/// not in the model at all.
+impl EndpointState {
+    /// Whether the endpoint may be chosen for a new flow (at all: terminating ones only
+    /// when no active one exists).
+    pub fn serving(self) -> bool {
+        self != EndpointState::NotReady
+    }
+}
+
+/// A backend of a service port as its slices list it. Endpoints removed from every
+/// slice are not in the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Endpoint {
     pub addr: Ipv4Addr,

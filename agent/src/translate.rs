@@ -91,7 +91,8 @@ impl fmt::Display for Diagnostic {
 /// - Endpoints come from the Service's IPv4 slices, from slice ports with the same name and
 ///   protocol (`endpointInfoByServicePort`), first address only, deduplicated by
 ///   address:port (`addEndpoints`), ready → active, serving and terminating → terminating
-///   (`CategorizeEndpoints`, ProxyTerminatingEndpoints), local when `nodeName` is this node.
+///   (`CategorizeEndpoints`, ProxyTerminatingEndpoints), the rest → not ready (no new
+///   flows, established ones kept), local when `nodeName` is this node.
 /// - A Service without endpoints keeps its frontends, so the datapath rejects its traffic
 ///   (kube-proxy's "has no endpoints" REJECT rule) instead of letting it escape.
 pub fn translate(
@@ -766,9 +767,7 @@ pub fn parse_slice(
                 continue;
             }
         };
-        let Some(state) = endpoint_state(ep.conditions.as_ref()) else {
-            continue;
-        };
+        let state = endpoint_state(ep.conditions.as_ref());
         endpoints.push((addr, state, is_local(ep, node)));
     }
     Some(ParsedSlice { ports, endpoints })
@@ -780,17 +779,18 @@ pub fn parse_slice(
 /// with `serving` unset, which the EndpointSlice controller never writes: it always sets
 /// `serving`. We follow the API documentation.) Then
 /// `CategorizeEndpoints`: ready endpoints take new flows; with none ready, serving and
-/// terminating ones do (ProxyTerminatingEndpoints, KEP-1669); the rest are unusable.
-fn endpoint_state(conditions: Option<&EndpointConditions>) -> Option<EndpointState> {
+/// terminating ones do (ProxyTerminatingEndpoints, KEP-1669); the rest take none, but stay
+/// in the model as [`EndpointState::NotReady`] so their established connections survive.
+fn endpoint_state(conditions: Option<&EndpointConditions>) -> EndpointState {
     let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
     let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
     let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
     if ready {
-        Some(EndpointState::Active)
+        EndpointState::Active
     } else if serving && terminating {
-        Some(EndpointState::Terminating)
+        EndpointState::Terminating
     } else {
-        None
+        EndpointState::NotReady
     }
 }
 
@@ -801,7 +801,8 @@ fn is_local(ep: &K8sEndpoint, node: &NodeContext) -> bool {
 
 /// Endpoints of one service port: every slice port with the same name and protocol
 /// contributes its endpoints at its own port number (named targetPorts resolve per pod, so
-/// slices differ). One address:port appears once: active beats terminating, and among equals
+/// slices differ). One address:port appears once: active beats terminating beats not
+/// ready, and among equals
 /// local beats remote (kube-proxy's `addEndpoints` favours local), so the result does not
 /// depend on slice order.
 fn endpoints_for(name: &str, proto: Protocol, slices: &[&ParsedSlice]) -> Vec<Endpoint> {
@@ -817,7 +818,7 @@ fn endpoints_for(name: &str, proto: Protocol, slices: &[&ParsedSlice]) -> Vec<En
             for &(addr, state, local) in &slice.endpoints {
                 best.entry((addr, port))
                     .and_modify(|cur| {
-                        // Smaller is better: Active < Terminating, then local (false < true).
+                        // Smaller is better: Active < Terminating < NotReady, then local (false < true).
                         if (state, !local) < (cur.0, !cur.1) {
                             *cur = (state, local);
                         }
@@ -842,7 +843,7 @@ mod tests {
 
     use super::*;
     use crate::model::{
-        EndpointState::{Active, Terminating},
+        EndpointState::{Active, NotReady, Terminating},
         FrontendKind::{ClusterIp, ExternalIp, LoadBalancer, NodePort},
         Protocol::{Tcp, Udp},
     };
@@ -1301,25 +1302,26 @@ mod tests {
 
     #[test]
     fn endpoint_conditions() {
-        // (ready, serving, terminating), None = field absent; expected state or not usable.
+        // (ready, serving, terminating), None = field absent; expected state. Every listed
+        // endpoint is in the model; the not-ready ones take no new flows.
         type Cond = Option<bool>;
-        let table: &[(Cond, Cond, Cond, Option<EndpointState>)] = &[
+        let table: &[(Cond, Cond, Cond, EndpointState)] = &[
             // All 8 explicit combinations.
-            (Some(true), Some(true), Some(true), Some(Active)),
-            (Some(true), Some(true), Some(false), Some(Active)),
-            (Some(true), Some(false), Some(true), Some(Active)),
-            (Some(true), Some(false), Some(false), Some(Active)),
-            (Some(false), Some(true), Some(true), Some(Terminating)),
-            (Some(false), Some(true), Some(false), None),
-            (Some(false), Some(false), Some(true), None),
-            (Some(false), Some(false), Some(false), None),
+            (Some(true), Some(true), Some(true), Active),
+            (Some(true), Some(true), Some(false), Active),
+            (Some(true), Some(false), Some(true), Active),
+            (Some(true), Some(false), Some(false), Active),
+            (Some(false), Some(true), Some(true), Terminating),
+            (Some(false), Some(true), Some(false), NotReady),
+            (Some(false), Some(false), Some(true), NotReady),
+            (Some(false), Some(false), Some(false), NotReady),
             // nil variants: ready nil → true; serving nil → ready; terminating nil → false.
-            (None, None, None, Some(Active)),
-            (None, None, Some(true), Some(Active)),
-            (None, Some(false), Some(true), Some(Active)),
-            (Some(false), None, Some(true), None),
-            (Some(false), None, None, None),
-            (Some(false), Some(true), None, None),
+            (None, None, None, Active),
+            (None, None, Some(true), Active),
+            (None, Some(false), Some(true), Active),
+            (Some(false), None, Some(true), NotReady),
+            (Some(false), None, None, NotReady),
+            (Some(false), Some(true), None, NotReady),
         ];
         for &(ready, serving, terminating, want) in table {
             let mut conditions = serde_json::Map::new();
@@ -1346,10 +1348,7 @@ mod tests {
             }))
             .unwrap()];
             let (got, diags) = translate(&services, &slices, &node_a());
-            let want_endpoints: Vec<Endpoint> = want
-                .map(|state| ep("10.244.0.60", 8080, state, false))
-                .into_iter()
-                .collect();
+            let want_endpoints = vec![ep("10.244.0.60", 8080, want, false)];
             assert_eq!(
                 got,
                 model(vec![port(

@@ -1294,3 +1294,181 @@ fn xdp_passes_local_backends_and_non_service_traffic_to_tc() {
     let other = tcp(sa(CLIENT, 40000), sa(NODE, 22), TcpFlags::SYN).build();
     assert_eq!(f.runner.run_xdp(&other), (XDP_PASS, other));
 }
+
+/// Readiness flapping (issue #7): a backend whose readiness probe fails keeps its
+/// established TCP connections (kube-proxy keeps their conntrack; only new flows avoid
+/// it), new connections go to the ready backends, and when it is ready again it takes new
+/// flows without anything having been purged. Removed from the slice, its flows go.
+#[test]
+fn a_not_ready_backend_keeps_its_established_tcp_flows_but_takes_no_new_ones() {
+    let mut f = fixture();
+    let a = local_pod(10);
+    let b = local_pod(11);
+    let backend_of = |out: &[u8]| parse(out).unwrap().endpoints().unwrap().1;
+    f.program(&[web(Protocol::Tcp, &[ep(a, EndpointState::Active, true)])]);
+    let client = sa(CLIENT, 41000);
+    let to = |flags| tcp(client, sa(NODE, NODE_PORT), flags).build();
+    let (_, out) = f.ingress(&to(TcpFlags::SYN));
+    assert_eq!(backend_of(&out), sa(a, 8080));
+    f.ingress(&tcp(sa(a, 8080), client, TcpFlags::SYN_ACK).build());
+    f.ingress(&to(TcpFlags::ACK));
+
+    // a's readiness probe fails; b is ready.
+    let report = f.program(&[web(
+        Protocol::Tcp,
+        &[
+            ep(a, EndpointState::NotReady, true),
+            ep(b, EndpointState::Active, true),
+        ],
+    )]);
+    assert_eq!(report.purged_conntrack, 0, "no TCP flow is purged");
+    assert!(report.stale_sockets.is_empty());
+    assert_eq!(f.ct_len(), 2, "the flow's FORWARD and REPLY entries");
+    for _ in 0..5 {
+        let (_, out) = f.ingress(&to(TcpFlags::ACK));
+        assert_eq!(backend_of(&out), sa(a, 8080), "the established flow stays on a");
+    }
+    let (action, out) = f.ingress(&tcp(sa(a, 8080), client, TcpFlags::ACK).build());
+    assert_eq!(action, TcAction::Redirect);
+    assert_eq!(
+        parse(&out).unwrap().endpoints().unwrap().0,
+        sa(NODE, NODE_PORT),
+        "a's replies are still reverse-translated"
+    );
+    for port in 0..40 {
+        let (_, out) =
+            f.ingress(&tcp(sa(CLIENT, 42000 + port), sa(NODE, NODE_PORT), TcpFlags::SYN).build());
+        assert_eq!(backend_of(&out), sa(b, 8080), "new connections avoid a");
+    }
+    assert_eq!(
+        f.runner.counters().flow(FlowCounter::Midstream),
+        0,
+        "no packet was balanced midstream"
+    );
+
+    // A SYN reusing a tuple tracked to the not-ready backend (the client reused its port
+    // after a crash, no FIN seen) is a new connection: balanced afresh, to b.
+    let reuser = sa(CLIENT, 41001);
+    let (_, out) = f.ingress(&tcp(reuser, sa(NODE, NODE_PORT), TcpFlags::SYN).build());
+    assert_eq!(backend_of(&out), sa(b, 8080));
+
+    // a is ready again: it takes new flows, and nothing was purged on the way.
+    let report = f.program(&[web(
+        Protocol::Tcp,
+        &[
+            ep(a, EndpointState::Active, true),
+            ep(b, EndpointState::Active, true),
+        ],
+    )]);
+    assert_eq!(report.purged_conntrack, 0);
+    let (_, out) = f.ingress(&to(TcpFlags::ACK));
+    assert_eq!(backend_of(&out), sa(a, 8080));
+    let picked: std::collections::BTreeSet<SocketAddrV4> = (0..64)
+        .map(|port| {
+            let (_, out) = f.ingress(
+                &tcp(sa(CLIENT, 43000 + port), sa(NODE, NODE_PORT), TcpFlags::SYN).build(),
+            );
+            backend_of(&out)
+        })
+        .collect();
+    assert!(picked.contains(&sa(a, 8080)), "a takes new flows again");
+
+    // Gone from the slice (after going not-ready first): its flows are purged.
+    f.program(&[web(
+        Protocol::Tcp,
+        &[
+            ep(a, EndpointState::NotReady, true),
+            ep(b, EndpointState::Active, true),
+        ],
+    )]);
+    let a_flows = |f: &Fixture| {
+        f.maps
+            .conntrack_entries()
+            .unwrap()
+            .into_iter()
+            .filter(|(_, v)| v.daddr == u32::from(a).to_be() || v.saddr == u32::from(a).to_be())
+            .count()
+    };
+    let before = a_flows(&f);
+    assert!(before >= 2, "a still carries its flows while not ready");
+    let report = f.program(&[web(Protocol::Tcp, &[ep(b, EndpointState::Active, true)])]);
+    assert_eq!(report.purged_conntrack, before);
+    assert_eq!(a_flows(&f), 0);
+}
+
+/// UDP has no handshake: a flow to a backend that went not-ready is purged, so the next
+/// datagram of the same 5-tuple reaches a ready backend (the stale-UDP-flow complaint).
+#[test]
+fn a_udp_flow_to_a_backend_that_went_not_ready_moves_to_a_ready_one() {
+    let mut f = fixture();
+    let a = local_pod(10);
+    let b = local_pod(11);
+    f.program(&[web(Protocol::Udp, &[ep(a, EndpointState::Active, true)])]);
+    let resolver = sa(CLIENT, 5354);
+    let query = |p: &[u8]| Packet::udp(resolver, sa(CLUSTER_IP, 80)).payload(p).build();
+    let (_, out) = f.ingress(&query(b"q1"));
+    assert_eq!(parse(&out).unwrap().endpoints().unwrap().1, sa(a, 8080));
+
+    let report = f.program(&[web(
+        Protocol::Udp,
+        &[
+            ep(a, EndpointState::NotReady, true),
+            ep(b, EndpointState::Active, true),
+        ],
+    )]);
+    assert_eq!(report.purged_conntrack, 2, "forward and reply entries");
+    let (_, out) = f.ingress(&query(b"q2"));
+    assert_eq!(
+        parse(&out).unwrap().endpoints().unwrap().1,
+        sa(b, 8080),
+        "same 5-tuple, ready backend"
+    );
+}
+
+/// Session affinity must not pin a new connection to a backend that went not-ready: its
+/// affinity entries are purged with its slots, while its established flow stays.
+#[test]
+fn session_affinity_does_not_pin_new_connections_to_a_not_ready_backend() {
+    let mut f = fixture();
+    let three: Vec<Endpoint> = (10..13)
+        .map(|i| ep(local_pod(i), EndpointState::Active, true))
+        .collect();
+    let mut svc = web(Protocol::Tcp, &three);
+    svc.1.affinity_timeout = Some(3600);
+    f.program(&[svc.clone()]);
+    let backend_of = |f: &mut Fixture, port: u16, flags| {
+        let (_, out) = f.ingress(&tcp(sa(CLIENT, port), sa(NODE, NODE_PORT), flags).build());
+        parse(&out).unwrap().endpoints().unwrap().1
+    };
+    let pinned = backend_of(&mut f, 44000, TcpFlags::SYN);
+    assert_eq!(backend_of(&mut f, 44001, TcpFlags::SYN), pinned);
+
+    svc.1.endpoints = three
+        .iter()
+        .map(|e| Endpoint {
+            state: if sa(e.addr, 8080) == pinned {
+                EndpointState::NotReady
+            } else {
+                EndpointState::Active
+            },
+            ..*e
+        })
+        .collect();
+    let report = f.program(&[svc.clone()]);
+    assert_eq!(report.purged_affinity, 1);
+    assert_eq!(report.purged_conntrack, 0);
+    let moved = backend_of(&mut f, 44002, TcpFlags::SYN);
+    assert_ne!(moved, pinned, "a new connection is not pinned to it");
+    for port in 44003..44010 {
+        assert_eq!(
+            backend_of(&mut f, port, TcpFlags::SYN),
+            moved,
+            "the client sticks to its new backend"
+        );
+    }
+    assert_eq!(
+        backend_of(&mut f, 44000, TcpFlags::ACK),
+        pinned,
+        "the established flow stays"
+    );
+}
