@@ -25,6 +25,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
     net::{IpAddr, Ipv4Addr},
+    sync::Arc,
 };
 
 use k8s_openapi::api::{
@@ -108,7 +109,7 @@ pub fn translate(
         let Some(t) = translate_service(svc, node, &mut diags) else {
             continue;
         };
-        let key = (t.namespace.clone(), t.name.clone());
+        let key = (t.namespace.to_string(), t.name.to_string());
         if translated.contains_key(&key) {
             diags.push(Diagnostic {
                 object: format!("Service {}/{}", key.0, key.1),
@@ -151,12 +152,14 @@ pub fn translate(
 
 /// A Service reduced to what the model needs: its valid ports with their frontends. What
 /// the service sync keeps per Service instead of the object (a few hundred bytes instead
-/// of kilobytes of metadata, managedFields and status).
+/// of kilobytes of metadata, managedFields and status). Built once per Service version
+/// and kept for its lifetime, so its slices are exact (boxed, no spare capacity) and its
+/// names are the shared strings every [`ServicePortName`] of the Service points to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TranslatedService {
-    pub namespace: String,
-    pub name: String,
-    ports: Vec<PortFrontends>,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    ports: Box<[PortFrontends]>,
 }
 
 /// The model entries of one translated Service, with endpoints from its parsed slices (the
@@ -170,14 +173,18 @@ pub fn service_ports(
         .iter()
         .map(|port| {
             (
-                ServicePortName::new(&svc.namespace, &svc.name, &port.name),
+                ServicePortName {
+                    namespace: svc.namespace.clone(),
+                    name: svc.name.clone(),
+                    port: port.name.clone(),
+                },
                 ServicePort {
                     proto: Some(port.proto),
-                    frontends: port.frontends.clone(),
+                    frontends: port.frontends.to_vec(),
                     endpoints: endpoints_for(&port.name, port.proto, slices),
                     external_local: port.external_local,
                     internal_local: port.internal_local,
-                    source_ranges: port.source_ranges.clone(),
+                    source_ranges: port.source_ranges.to_vec(),
                     affinity_timeout: port.affinity_timeout,
                     maglev: port.maglev,
                     health_check_node_port: port.health_check_node_port,
@@ -190,12 +197,12 @@ pub fn service_ports(
 /// One valid service port with its frontends, before endpoints are attached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PortFrontends {
-    name: String,
+    name: Arc<str>,
     proto: Protocol,
-    frontends: Vec<Frontend>,
+    frontends: Box<[Frontend]>,
     external_local: bool,
     internal_local: bool,
-    source_ranges: Vec<(Ipv4Addr, u8)>,
+    source_ranges: Box<[(Ipv4Addr, u8)]>,
     affinity_timeout: Option<u32>,
     maglev: bool,
     health_check_node_port: Option<u16>,
@@ -553,21 +560,21 @@ pub fn translate_service(
         frontends.sort();
         frontends.dedup();
         ports.push(PortFrontends {
-            name: port_name,
+            name: port_name.into(),
             proto,
-            frontends,
+            frontends: frontends.into_boxed_slice(),
             external_local,
             internal_local,
-            source_ranges: source_ranges.clone(),
+            source_ranges: source_ranges.as_slice().into(),
             affinity_timeout,
             maglev,
             health_check_node_port,
         });
     }
     Some(TranslatedService {
-        namespace,
-        name,
-        ports,
+        namespace: namespace.into(),
+        name: name.into(),
+        ports: ports.into_boxed_slice(),
     })
 }
 
@@ -675,12 +682,12 @@ pub fn slice_service_key(slice: &EndpointSlice) -> Option<(String, String)> {
 }
 
 /// An EndpointSlice reduced to what the model needs (what the service sync keeps per
-/// slice instead of the object).
+/// slice instead of the object; boxed slices, so no spare capacity is kept).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedSlice {
     /// `(port name, protocol, port number)`.
-    ports: Vec<(String, Protocol, u16)>,
-    endpoints: Vec<(Ipv4Addr, EndpointState, bool)>,
+    ports: Box<[(String, Protocol, u16)]>,
+    endpoints: Box<[(Ipv4Addr, EndpointState, bool)]>,
 }
 
 /// Parses an IPv4 slice; slices of other address types (IPv6, FQDN) yield `None` silently,
@@ -770,7 +777,10 @@ pub fn parse_slice(
         let state = endpoint_state(ep.conditions.as_ref());
         endpoints.push((addr, state, is_local(ep, node)));
     }
-    Some(ParsedSlice { ports, endpoints })
+    Some(ParsedSlice {
+        ports: ports.into_boxed_slice(),
+        endpoints: endpoints.into_boxed_slice(),
+    })
 }
 
 /// discovery/v1 conditions with the API's documented defaults: `ready` nil → true, `serving`
@@ -815,7 +825,7 @@ fn endpoints_for(name: &str, proto: Protocol, slices: &[&ParsedSlice]) -> Vec<En
             .map(|(_, _, port)| *port)
             .collect();
         for port in ports {
-            for &(addr, state, local) in &slice.endpoints {
+            for &(addr, state, local) in slice.endpoints.iter() {
                 best.entry((addr, port))
                     .and_modify(|cur| {
                         // Smaller is better: Active < Terminating < NotReady, then local (false < true).

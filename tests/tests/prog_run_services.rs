@@ -1381,12 +1381,20 @@ fn a_not_ready_backend_keeps_its_established_tcp_flows_but_takes_no_new_ones() {
             ep(b, EndpointState::Active, true),
         ],
     )]);
+    // Both entries of a flow name its backend id; a's is the one its forward entries
+    // rewrite to.
+    let entries = f.maps.conntrack_entries().unwrap();
+    let a_id = entries
+        .iter()
+        .find(|(k, v)| k.dir == ct_dir::FORWARD && v.daddr == u32::from(a).to_be())
+        .map(|(_, v)| v.backend_id)
+        .expect("a forward entry to a");
     let a_flows = |f: &Fixture| {
         f.maps
             .conntrack_entries()
             .unwrap()
             .into_iter()
-            .filter(|(_, v)| v.daddr == u32::from(a).to_be() || v.saddr == u32::from(a).to_be())
+            .filter(|(_, v)| v.backend_id == a_id)
             .count()
     };
     let before = a_flows(&f);
