@@ -349,9 +349,7 @@ impl ServiceMaps for FakeServiceMaps {
         let keys: Vec<(u32, Backend)> = self
             .sock_rev
             .keys()
-            .filter(|(id, b)| {
-                *id == service_id && b.addr == backend.addr && b.port == backend.port
-            })
+            .filter(|(id, b)| *id == service_id && b.addr == backend.addr && b.port == backend.port)
             .copied()
             .collect();
         let n = keys

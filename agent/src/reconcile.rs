@@ -21,6 +21,7 @@
 //!   connected sockets are purged as if it had left (UDP has no handshake to tell an old
 //!   flow from a new one: the next datagram must reach a ready backend);
 //! - it becomes ready again: it gets slots back, nothing is purged.
+//!
 //! A failed write (a full map) stops that service's update, is reported with the map and
 //! the flag that sizes it, and every other service still syncs.
 
@@ -1043,7 +1044,10 @@ impl Reconciler {
         }
         assert_eq!(refs, self.backend_refs, "slot and idle reference counts");
         for id in self.backends.keys() {
-            assert!(refs.contains_key(id), "backend {id} is named by no slot or idle hold");
+            assert!(
+                refs.contains_key(id),
+                "backend {id} is named by no slot or idle hold"
+            );
         }
         let mut claims: BTreeMap<ServiceKey, Vec<ServicePortName>> = BTreeMap::new();
         for (n, a) in &self.services {
@@ -1218,15 +1222,25 @@ mod tests {
         assert_eq!(report.purged_conntrack, 0, "TCP flows are kept");
         assert_eq!(maps.conntrack.get(&(id, a_id)), Some(&2));
         assert!(!maps.log.iter().any(|l| l.starts_with("purge ct")));
-        assert_eq!(report.purged_affinity, 1, "no new connection is pinned to a");
+        assert_eq!(
+            report.purged_affinity, 1,
+            "no new connection is pinned to a"
+        );
 
         // Ready again: slots back, same backend id, nothing purged.
         let report = sync(&mut r, &mut maps, &model(&[web(&[a, b])]));
-        assert_eq!(slot_addrs(&maps, id), vec![ip("10.42.0.4"), ip("10.42.0.5")]);
+        assert_eq!(
+            slot_addrs(&maps, id),
+            vec![ip("10.42.0.4"), ip("10.42.0.5")]
+        );
         assert_eq!(backend_id_of(&maps, "10.42.0.4"), Some(a_id));
         assert_eq!(maps.contents.backends[&a_id].flags, 0);
         assert_eq!(report.purged_conntrack, 0);
-        assert!(!maps.log.iter().any(|l| l.starts_with("purge")), "{:?}", maps.log);
+        assert!(
+            !maps.log.iter().any(|l| l.starts_with("purge")),
+            "{:?}",
+            maps.log
+        );
 
         // Not ready, then removed from the slice: purged then, and the backend goes.
         sync(&mut r, &mut maps, &model(&[web(&[a_not_ready, b])]));

@@ -124,7 +124,10 @@ impl<V> Applied<V> {
 }
 
 fn key<K: kube::Resource>(o: &K) -> Key {
-    (o.namespace().unwrap_or_default().into(), o.name_any().into())
+    (
+        o.namespace().unwrap_or_default().into(),
+        o.name_any().into(),
+    )
 }
 
 impl<V> Cache<V> {
@@ -559,26 +562,29 @@ impl State {
             |o: &EndpointSlice| {
                 let mut names = names.borrow_mut();
                 // Slice names are unique: only the namespace is shared.
-                (names.get(&o.namespace().unwrap_or_default()), o.name_any().into())
+                (
+                    names.get(&o.namespace().unwrap_or_default()),
+                    o.name_any().into(),
+                )
             },
             |slice| {
-            let mut diagnostics = Vec::new();
-            let service = slice_service_key(&slice).map(|(ns, name)| {
-                let mut names = names.borrow_mut();
-                (names.get(&ns), names.get(&name))
-            });
-            // Slices of no Service are never parsed (nor diagnosed), as in `translate`.
-            let parsed = service
-                .as_ref()
-                .and_then(|_| parse_slice(&slice, node, &mut diagnostics));
-            SliceEntry {
-                service,
-                parsed,
-                diagnostics,
-                trigger: trigger_time(&slice),
-                dns: dns.then(|| Box::new(dns_slice(&slice))),
-            }
-        },
+                let mut diagnostics = Vec::new();
+                let service = slice_service_key(&slice).map(|(ns, name)| {
+                    let mut names = names.borrow_mut();
+                    (names.get(&ns), names.get(&name))
+                });
+                // Slices of no Service are never parsed (nor diagnosed), as in `translate`.
+                let parsed = service
+                    .as_ref()
+                    .and_then(|_| parse_slice(&slice, node, &mut diagnostics));
+                SliceEntry {
+                    service,
+                    parsed,
+                    diagnostics,
+                    trigger: trigger_time(&slice),
+                    dns: dns.then(|| Box::new(dns_slice(&slice))),
+                }
+            },
         );
         match &applied {
             Applied::Nothing => {}

@@ -1326,7 +1326,11 @@ fn a_not_ready_backend_keeps_its_established_tcp_flows_but_takes_no_new_ones() {
     assert_eq!(f.ct_len(), 2, "the flow's FORWARD and REPLY entries");
     for _ in 0..5 {
         let (_, out) = f.ingress(&to(TcpFlags::ACK));
-        assert_eq!(backend_of(&out), sa(a, 8080), "the established flow stays on a");
+        assert_eq!(
+            backend_of(&out),
+            sa(a, 8080),
+            "the established flow stays on a"
+        );
     }
     let (action, out) = f.ingress(&tcp(sa(a, 8080), client, TcpFlags::ACK).build());
     assert_eq!(action, TcAction::Redirect);
