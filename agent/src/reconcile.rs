@@ -212,6 +212,27 @@ pub struct Reconciler {
     unreferenced: BTreeSet<u32>,
     /// The set of programmed groups changed since [`Reconciler::take_ids_changed`].
     ids_changed: bool,
+    /// Purges queued by this sync's groups, run together at its end.
+    purges: Vec<crate::lbmap::Purge>,
+}
+
+/// Queues the purge of `backend_id`'s entries in service `service_id` (flows too, or
+/// only affinity), if the backend is known.
+fn push_purge(
+    purges: &mut Vec<crate::lbmap::Purge>,
+    backends: &HashMap<u32, Backend>,
+    service_id: u32,
+    backend_id: u32,
+    flows: bool,
+) {
+    if let Some(b) = backends.get(&backend_id) {
+        purges.push(crate::lbmap::Purge {
+            service_id,
+            backend_id,
+            backend: *b,
+            flows,
+        });
+    }
 }
 
 /// The group owning a frontend key: the first claimant in name order.
@@ -428,6 +449,7 @@ impl Reconciler {
             }
         }
 
+        self.flush_purges(maps, &mut report);
         if let Err(e) = self.collect_backends(maps, &mut report) {
             report
                 .errors
@@ -505,6 +527,7 @@ impl Reconciler {
                 report.errors.push((name, e));
             }
         }
+        self.flush_purges(maps, &mut report);
         if let Err(e) = self.collect_backends(maps, &mut report) {
             report
                 .errors
@@ -782,18 +805,15 @@ impl Reconciler {
         // (the stale-UDP-flow bug class: a resolver pinned to a replaced DNS pod). Those
         // that only went not-ready keep their TCP flows (see the module documentation).
         let after: BTreeSet<u32> = applied.slots.iter().copied().collect();
+        // The purges themselves run once per sync, for all groups (`flush_purges`).
         for id in before.difference(&after) {
-            let Some(b) = self.backends.get(id) else {
-                continue;
-            };
             let still_listed = applied.idle.binary_search(id).is_ok();
-            if !still_listed || b.proto == Protocol::Udp.number() {
-                let cookies = maps.purge_sock_rev(applied.id, b)?;
-                report.note_stale_sockets(b, cookies);
-                report.purged_conntrack += maps.purge_conntrack(applied.id, *id)?;
-                report.writes += 2;
-            }
-            report.purged_affinity += maps.purge_affinity(applied.id, *id)?;
+            let udp = self
+                .backends
+                .get(id)
+                .is_some_and(|b| b.proto == Protocol::Udp.number());
+            let flows = !still_listed || udp;
+            push_purge(&mut self.purges, &self.backends, applied.id, *id, flows);
         }
         // Idle backends that left the service altogether (they had no slot, so the loop
         // above did not see them): flows they still carry go too.
@@ -801,15 +821,31 @@ impl Reconciler {
             if applied.idle.binary_search(id).is_ok() || after.contains(id) {
                 continue;
             }
-            if let Some(b) = self.backends.get(id) {
-                let cookies = maps.purge_sock_rev(applied.id, b)?;
-                report.note_stale_sockets(b, cookies);
-                report.purged_conntrack += maps.purge_conntrack(applied.id, *id)?;
-                report.purged_affinity += maps.purge_affinity(applied.id, *id)?;
-                report.writes += 2;
-            }
+            push_purge(&mut self.purges, &self.backends, applied.id, *id, true);
         }
         Ok(())
+    }
+
+    /// Runs the purges the sync's groups queued, with one walk of each map
+    /// ([`ServiceMaps::purge_backends`]), before `collect_backends` deletes the backends.
+    fn flush_purges(&mut self, maps: &mut dyn ServiceMaps, report: &mut SyncReport) {
+        let purges = std::mem::take(&mut self.purges);
+        match maps.purge_backends(&purges) {
+            Ok(purged) => {
+                for (b, cookies) in purged.sockets {
+                    report.note_stale_sockets(&b, cookies);
+                }
+                report.purged_conntrack += purged.conntrack;
+                report.purged_affinity += purged.affinity;
+                report.writes += purges
+                    .iter()
+                    .map(|p| if p.flows { 3 } else { 1 })
+                    .sum::<usize>();
+            }
+            Err(e) => report
+                .errors
+                .push((ServicePortName::new("", "", "purges"), e)),
+        }
     }
 
     /// Whether a group other than `name` has written frontend `key` (it owns it now).
@@ -855,23 +891,23 @@ impl Reconciler {
             applied.slots.pop();
             drop_ref(&mut self.backend_refs, &mut self.unreferenced, backend_id);
             if !applied.slots.contains(&backend_id) {
-                if let Some(b) = self.backends.get(&backend_id) {
-                    let cookies = maps.purge_sock_rev(applied.id, b)?;
-                    report.note_stale_sockets(b, cookies);
-                    report.purged_conntrack += maps.purge_conntrack(applied.id, backend_id)?;
-                    report.purged_affinity += maps.purge_affinity(applied.id, backend_id)?;
-                    report.writes += 2;
-                }
+                push_purge(
+                    &mut self.purges,
+                    &self.backends,
+                    applied.id,
+                    backend_id,
+                    true,
+                );
             }
         }
         while let Some(backend_id) = applied.idle.last().copied() {
-            if let Some(b) = self.backends.get(&backend_id) {
-                let cookies = maps.purge_sock_rev(applied.id, b)?;
-                report.note_stale_sockets(b, cookies);
-                report.purged_conntrack += maps.purge_conntrack(applied.id, backend_id)?;
-                report.purged_affinity += maps.purge_affinity(applied.id, backend_id)?;
-                report.writes += 2;
-            }
+            push_purge(
+                &mut self.purges,
+                &self.backends,
+                applied.id,
+                backend_id,
+                true,
+            );
             applied.idle.pop();
             drop_ref(&mut self.backend_refs, &mut self.unreferenced, backend_id);
         }
