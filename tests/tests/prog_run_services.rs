@@ -1484,3 +1484,70 @@ fn session_affinity_does_not_pin_new_connections_to_a_not_ready_backend() {
         "the established flow stays"
     );
 }
+
+/// A rolling update replaces many backends in one sync: their flows are purged with one
+/// walk of each map (`ServiceMaps::purge_backends`), and exactly theirs: the flows of
+/// the backend that stays, and of a backend that only went not-ready (TCP), are kept.
+#[test]
+fn backends_leaving_in_one_sync_are_purged_together_and_only_they() {
+    let mut f = fixture();
+    let pods: Vec<Endpoint> = (10..14)
+        .map(|i| ep(local_pod(i), EndpointState::Active, true))
+        .collect();
+    f.program(&[web(Protocol::Tcp, &pods)]);
+    // Flows until every backend carries at least one.
+    let mut by_backend: std::collections::BTreeMap<SocketAddrV4, Vec<SocketAddrV4>> =
+        Default::default();
+    let mut port = 45000;
+    while by_backend.len() < pods.len() || by_backend.values().any(|c| c.is_empty()) {
+        let client = sa(CLIENT, port);
+        let (_, out) = f.ingress(&tcp(client, sa(NODE, NODE_PORT), TcpFlags::SYN).build());
+        by_backend
+            .entry(parse(&out).unwrap().endpoints().unwrap().1)
+            .or_default()
+            .push(client);
+        port += 1;
+        assert!(port < 46000, "random choice never reached every backend");
+    }
+    let entries_of = |f: &Fixture, addr: Ipv4Addr| {
+        let be = u32::from(addr).to_be();
+        let ids: Vec<u32> = f
+            .maps
+            .conntrack_entries()
+            .unwrap()
+            .iter()
+            .filter(|(k, v)| k.dir == ct_dir::FORWARD && v.daddr == be)
+            .map(|(_, v)| v.backend_id)
+            .collect();
+        f.maps
+            .conntrack_entries()
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| ids.contains(&v.backend_id))
+            .count()
+    };
+    let gone_entries = entries_of(&f, local_pod(10)) + entries_of(&f, local_pod(11));
+    let kept_12 = entries_of(&f, local_pod(12));
+    let kept_13 = entries_of(&f, local_pod(13));
+    // 10 and 11 leave, 12 goes not-ready, 13 stays.
+    let report = f.program(&[web(
+        Protocol::Tcp,
+        &[
+            ep(local_pod(12), EndpointState::NotReady, true),
+            ep(local_pod(13), EndpointState::Active, true),
+        ],
+    )]);
+    assert_eq!(report.purged_conntrack, gone_entries);
+    assert_eq!(entries_of(&f, local_pod(10)), 0);
+    assert_eq!(entries_of(&f, local_pod(11)), 0);
+    assert_eq!(entries_of(&f, local_pod(12)), kept_12);
+    assert_eq!(entries_of(&f, local_pod(13)), kept_13);
+    for (backend, clients) in &by_backend {
+        if backend.ip() == &local_pod(12) || backend.ip() == &local_pod(13) {
+            for c in clients {
+                let (_, out) = f.ingress(&tcp(*c, sa(NODE, NODE_PORT), TcpFlags::ACK).build());
+                assert_eq!(parse(&out).unwrap().endpoints().unwrap().1, *backend);
+            }
+        }
+    }
+}
