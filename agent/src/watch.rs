@@ -455,13 +455,46 @@ fn dns_slice_service(slice: &EndpointSlice) -> Option<Key> {
 }
 // end agent sync scale
 
+/// A sorted set of names without spare capacity: a Service has one slice or a few, and
+/// a `BTreeSet` allocates an 11-entry node for one (agent memory, issue 7).
+#[derive(Debug, Default)]
+struct NameSet(Vec<Arc<str>>);
+
+impl NameSet {
+    fn insert(&mut self, name: Arc<str>) {
+        if let Err(i) = self.0.binary_search(&name) {
+            self.0.reserve_exact(1);
+            self.0.insert(i, name);
+        }
+    }
+
+    fn remove(&mut self, name: &Arc<str>) {
+        if let Ok(i) = self.0.binary_search(name) {
+            self.0.remove(i);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'a> IntoIterator for &'a NameSet {
+    type Item = &'a Arc<str>;
+    type IntoIter = std::slice::Iter<'a, Arc<str>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
 /// The caches and the model derived from them.
 struct State {
     config: SyncConfig,
     services: Cache<ServiceEntry>,
     slices: Cache<SliceEntry>,
     /// Slice names per Service, over the visible slice cache.
-    slices_of: BTreeMap<Key, BTreeSet<Arc<str>>>,
+    slices_of: BTreeMap<Key, NameSet>,
     /// Namespaces and Service names (agent memory, issue 7).
     names: Interner,
     model: Model,
