@@ -458,6 +458,10 @@ impl Reconciler {
                 .errors
                 .push((ServicePortName::new("", "", "backends"), e));
         }
+        // Groups were inserted in name order, which leaves B-tree nodes half empty;
+        // rebuilt from sorted entries every node is full (agent memory, issue 7).
+        self.services = std::mem::take(&mut self.services).into_iter().collect();
+        self.claims = std::mem::take(&mut self.claims).into_iter().collect();
         report
     }
 

@@ -161,7 +161,10 @@ impl<V> Cache<V> {
             }
             watcher::Event::InitDone => {
                 if let Some(r) = self.relist.take() {
-                    self.objects = r;
+                    // Rebuilt from the sorted entries, so every node is full: a list
+                    // arrives in key order, and B-tree inserts in ascending order leave
+                    // every node half empty (agent memory, issue 7).
+                    self.objects = r.into_iter().collect();
                 }
                 self.ready = true;
                 Applied::Relisted
