@@ -80,6 +80,26 @@ impl MapSizes {
     }
 }
 
+/// A backend whose flows a sync purges from one service (see `reconcile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Purge {
+    pub service_id: u32,
+    pub backend_id: u32,
+    pub backend: Backend,
+    /// Conntrack and socket reverse entries too (the backend left the service, or is a
+    /// UDP backend that went not-ready); otherwise only its affinity entries.
+    pub flows: bool,
+}
+
+/// What [`ServiceMaps::purge_backends`] removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Purged {
+    /// Socket cookies per backend (see [`ServiceMaps::purge_sock_rev`]).
+    pub sockets: Vec<(Backend, Vec<u64>)>,
+    pub conntrack: usize,
+    pub affinity: usize,
+}
+
 /// Writes to the service maps. Deleting a missing key is not an error (idempotence).
 pub trait ServiceMaps {
     fn put_backend(&mut self, id: u32, backend: Backend) -> Result<(), MapWriteError>;
@@ -130,6 +150,23 @@ pub trait ServiceMaps {
     fn purge_affinity(&mut self, service_id: u32, backend_id: u32) -> Result<usize, MapWriteError>;
     /// A copy of the contents, for consistency checks and golden tests.
     fn snapshot(&self) -> Result<Snapshot, MapWriteError>;
+
+    /// The purges of a whole sync at once. The kernel maps override this with one walk of
+    /// each map for all of them (a rolling update replaces many backends in one sync, and
+    /// each per-backend purge walks the whole conntrack map); this default does them one
+    /// by one, in order.
+    fn purge_backends(&mut self, purges: &[Purge]) -> Result<Purged, MapWriteError> {
+        let mut out = Purged::default();
+        for p in purges {
+            if p.flows {
+                let cookies = self.purge_sock_rev(p.service_id, &p.backend)?;
+                out.sockets.push((p.backend, cookies));
+                out.conntrack += self.purge_conntrack(p.service_id, p.backend_id)?;
+            }
+            out.affinity += self.purge_affinity(p.service_id, p.backend_id)?;
+        }
+        Ok(out)
+    }
 }
 
 /// The contents of the service maps, ordered, with a stable text form.
@@ -344,10 +381,19 @@ impl ServiceMaps for FakeServiceMaps {
         service_id: u32,
         backend: &Backend,
     ) -> Result<Vec<u64>, MapWriteError> {
-        let n = self
+        // As the kernel map's walk: by address and port (the flags may have changed
+        // since the sockets were translated, e.g. the backend went not-ready).
+        let keys: Vec<(u32, Backend)> = self
             .sock_rev
-            .remove(&(service_id, *backend))
-            .unwrap_or_default();
+            .keys()
+            .filter(|(id, b)| *id == service_id && b.addr == backend.addr && b.port == backend.port)
+            .copied()
+            .collect();
+        let n = keys
+            .iter()
+            .filter_map(|k| self.sock_rev.remove(k))
+            .flatten()
+            .collect();
         self.log.push(format!(
             "purge sock-rev {service_id} {}:{}",
             addr(backend.addr),

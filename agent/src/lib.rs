@@ -9,6 +9,8 @@ pub mod join;
 pub mod kubelet_api;
 pub mod lbmap;
 pub mod maglev;
+// Returning free heap pages after full syncs (agent memory, issue 7).
+pub mod malloc;
 // Masquerade of pod traffic to the outside (issue 7).
 pub mod masquerade;
 pub mod metrics;

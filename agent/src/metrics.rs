@@ -448,7 +448,7 @@ impl Metrics {
             // The reconciler names a Local-policy group `<port>#local`.
             let (port, scope) = match name.port.strip_suffix("#local") {
                 Some(p) => (p, "local"),
-                None => (name.port.as_str(), "cluster"),
+                None => (&*name.port, "cluster"),
             };
             let labels = format!(
                 "service=\"{}/{}\",port=\"{}\",scope=\"{scope}\"",

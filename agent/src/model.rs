@@ -2,25 +2,39 @@
 //! usable endpoints. Built from Kubernetes objects by `translate`, consumed by `reconcile`.
 //! No IO, no BPF, no Kubernetes types.
 
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr, sync::Arc};
 
 use skiff_datapath_abi::{proto, service_flags};
 
 /// `namespace/name:port` — the identity kube-proxy gives a service port.
+///
+/// The parts are shared strings: the service sync names every port of a Service with the
+/// `Arc`s of its one `TranslatedService`, so the model, the reconciler's groups and
+/// claims and the metrics' id→name map hold reference counts, not copies (at 10k
+/// Services these names were a quarter of a million separate allocations).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServicePortName {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
     /// The port's name; empty for a single unnamed port.
-    pub port: String,
+    pub port: Arc<str>,
 }
 
 impl ServicePortName {
     pub fn new(namespace: &str, name: &str, port: &str) -> Self {
         ServicePortName {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            port: port.to_owned(),
+            namespace: namespace.into(),
+            name: name.into(),
+            port: port.into(),
+        }
+    }
+
+    /// The same Service with another port name (shares the namespace and name).
+    pub fn with_port(&self, port: &str) -> Self {
+        ServicePortName {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            port: port.into(),
         }
     }
 }
@@ -100,17 +114,33 @@ pub struct Frontend {
     pub kind: FrontendKind,
 }
 
-/// Whether an endpoint takes new flows.
+/// Whether an endpoint takes new flows. The order is the preference order (a smaller
+/// state wins when one address:port is listed twice).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum EndpointState {
     /// Ready and not terminating: takes new flows.
     Active,
     /// Serving but terminating: takes new flows only when no active endpoint exists.
     Terminating,
+    /// Listed in a slice but neither ready nor serving-terminating (a failing readiness
+    /// probe, a terminating pod that stopped serving): takes no new flows, but stays a
+    /// known backend so its established TCP connections keep their conntrack entries, as
+    /// kube-proxy keeps them (it only clears UDP conntrack of endpoints that stop
+    /// serving, `pkg/proxy/conntrack` `CleanStaleEntries`) and Cilium keeps CT for
+    /// non-active backends. See `reconcile` for what is purged.
+    NotReady,
 }
 
-/// A usable backend of a service port. Endpoints that are neither ready nor serving are
-/// not in the model at all.
+impl EndpointState {
+    /// Whether the endpoint may be chosen for a new flow (at all: terminating ones only
+    /// when no active one exists).
+    pub fn serving(self) -> bool {
+        self != EndpointState::NotReady
+    }
+}
+
+/// A backend of a service port as its slices list it. Endpoints removed from every
+/// slice are not in the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Endpoint {
     pub addr: Ipv4Addr,
@@ -174,7 +204,7 @@ impl Model {
             };
             let entry = by_port.entry(hc).or_insert_with(|| HealthCheck {
                 port: hc,
-                service: (name.namespace.clone(), name.name.clone()),
+                service: (name.namespace.to_string(), name.name.to_string()),
                 local_endpoints: 0,
             });
             let mut local: Vec<_> = port

@@ -9,10 +9,26 @@
 //!
 //! So a lookup that races with an update always lands on a slot that exists and a backend
 //! that exists (old or new). One endpoint change rewrites only that service's entries.
+//!
+//! What happens to the flows of a backend (kube-proxy's rules, `pkg/proxy/conntrack`):
+//! - it leaves its service (removed from every slice): its conntrack, socket reverse and
+//!   affinity entries are purged, so every client moves on at once;
+//! - it stops taking new flows but is still listed (not ready, [`EndpointState::NotReady`]):
+//!   it loses its slots, stays in the backend map, and keeps its TCP (and SCTP) flows: no
+//!   established TCP flow is deleted because its backend went not-ready (a readiness
+//!   probe failing for a moment must not reset every connection). Its affinity entries
+//!   are purged, so no new connection is pinned to it; a UDP backend's flows and
+//!   connected sockets are purged as if it had left (UDP has no handshake to tell an old
+//!   flow from a new one: the next datagram must reach a ready backend);
+//! - it becomes ready again: it gets slots back, nothing is purged.
+//!
 //! A failed write (a full map) stops that service's update, is reported with the map and
 //! the flag that sizes it, and every other service still syncs.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use skiff_datapath_abi::{
     backend_flags, scope, service_flags, Backend, ServiceKey, ServiceValue, SlotKey,
@@ -50,7 +66,8 @@ pub struct SyncReport {
     pub stale_sockets: Vec<(std::net::SocketAddrV4, Vec<u64>)>,
     /// Conntrack entries purged for backends that left their service.
     pub purged_conntrack: usize,
-    /// Session affinity entries purged for backends that left their service.
+    /// Session affinity entries purged for backends that left their service or stopped
+    /// taking new flows (not ready).
     pub purged_affinity: usize,
 }
 
@@ -72,13 +89,70 @@ struct AppliedService {
     id: u32,
     /// Backend id per slot, in slot order.
     slots: Vec<u32>,
-    frontends: BTreeMap<ServiceKey, ServiceValue>,
+    /// Backends of not-ready endpoints, sorted: in the backend map (so their established
+    /// flows keep working) but named by no slot (so no new flow picks them). Each holds a
+    /// reference in `backend_refs` like a slot does.
+    idle: Vec<u32>,
+    frontends: SmallMap<ServiceKey, ServiceValue>,
     source_ranges: BTreeSet<(std::net::Ipv4Addr, u8)>,
     options: Option<skiff_datapath_abi::ServiceOptions>,
     /// Maglev table number and its contents (None: contents unknown, rewrite all).
     maglev: Option<(u32, Option<Vec<u32>>)>,
     /// The frontend keys this group claims (owned or not): its entries in `claims`.
     claimed: Vec<ServiceKey>,
+}
+
+/// A map as a sorted vector with no spare capacity. A group has one to a few frontends;
+/// a `BTreeMap` allocates a whole 11-entry node for one (about 300 bytes per Service, 3 MB
+/// at 10k Services), this one `entries × 24` bytes.
+#[derive(Debug, Clone)]
+struct SmallMap<K, V>(Vec<(K, V)>);
+
+impl<K, V> Default for SmallMap<K, V> {
+    fn default() -> Self {
+        SmallMap(Vec::new())
+    }
+}
+
+impl<K: Ord, V> SmallMap<K, V> {
+    fn find(&self, k: &K) -> Result<usize, usize> {
+        self.0.binary_search_by(|(x, _)| x.cmp(k))
+    }
+
+    fn get(&self, k: &K) -> Option<&V> {
+        self.find(k).ok().map(|i| &self.0[i].1)
+    }
+
+    fn contains_key(&self, k: &K) -> bool {
+        self.find(k).is_ok()
+    }
+
+    fn insert(&mut self, k: K, v: V) {
+        match self.find(&k) {
+            Ok(i) => self.0[i].1 = v,
+            Err(i) => {
+                self.0.reserve_exact(1);
+                self.0.insert(i, (k, v));
+            }
+        }
+    }
+
+    fn remove(&mut self, k: &K) -> Option<V> {
+        let i = self.find(k).ok()?;
+        let (_, v) = self.0.remove(i);
+        if self.0.is_empty() {
+            self.0 = Vec::new();
+        }
+        Some(v)
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &K> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 /// Smallest-free id allocator (ids start at 1; 0 means "none" in the maps).
@@ -119,15 +193,18 @@ type BackendAddr = (u32, u16, u8);
 pub struct Reconciler {
     services: BTreeMap<ServicePortName, AppliedService>,
     service_ids: Ids,
-    backends: BTreeMap<u32, Backend>,
-    backend_ids: BTreeMap<BackendAddr, u32>,
+    // Hash maps, not B-trees: 100k backends are allocated in ascending id order, which
+    // leaves B-tree nodes half full (about 2 MB more per map at 100k), and nothing
+    // iterates them in order.
+    backends: HashMap<u32, Backend>,
+    backend_ids: HashMap<BackendAddr, u32>,
     backend_id_alloc: Ids,
     /// Maglev table numbers + 1 (the allocator hands out ids from 1).
     maglev_tables: Ids,
     /// Every group claiming a frontend key, in name order: the first owns it. Kept across
     /// syncs so an incremental sync knows whose ownership a change moves.
     claims: BTreeMap<ServiceKey, Vec<ServicePortName>>,
-    /// Slots naming each backend, over all services (absent: none).
+    /// Slots naming each backend plus idle holds of it, over all services (absent: none).
     backend_refs: HashMap<u32, u32>,
     /// Backends that may be named by no slot since the last collection: written ones and
     /// ones that lost a slot. Collecting only these keeps a change's cost independent of
@@ -135,6 +212,27 @@ pub struct Reconciler {
     unreferenced: BTreeSet<u32>,
     /// The set of programmed groups changed since [`Reconciler::take_ids_changed`].
     ids_changed: bool,
+    /// Purges queued by this sync's groups, run together at its end.
+    purges: Vec<crate::lbmap::Purge>,
+}
+
+/// Queues the purge of `backend_id`'s entries in service `service_id` (flows too, or
+/// only affinity), if the backend is known.
+fn push_purge(
+    purges: &mut Vec<crate::lbmap::Purge>,
+    backends: &HashMap<u32, Backend>,
+    service_id: u32,
+    backend_id: u32,
+    flows: bool,
+) {
+    if let Some(b) = backends.get(&backend_id) {
+        purges.push(crate::lbmap::Purge {
+            service_id,
+            backend_id,
+            backend: *b,
+            flows,
+        });
+    }
 }
 
 /// The group owning a frontend key: the first claimant in name order.
@@ -152,6 +250,9 @@ fn claim(
 ) {
     let c = claims.entry(key).or_default();
     if let Err(i) = c.binary_search(name) {
+        // Almost every frontend has one claimant: no spare capacity (a first `insert`
+        // would reserve four).
+        c.reserve_exact(1);
         c.insert(i, name.clone());
     }
 }
@@ -193,7 +294,7 @@ fn service_range<'a, V>(
     name: &'a str,
 ) -> impl Iterator<Item = (&'a ServicePortName, &'a V)> {
     map.range(ServicePortName::new(namespace, name, "")..)
-        .take_while(move |(n, _)| n.namespace == namespace && n.name == name)
+        .take_while(move |(n, _)| &*n.namespace == namespace && &*n.name == name)
 }
 
 fn conflict(key: &ServiceKey, owner: &ServicePortName, name: &ServicePortName) -> String {
@@ -256,11 +357,7 @@ fn groups_of<'a>(
             maglev: port.maglev,
         };
         let mut local = Group {
-            name: ServicePortName::new(
-                &name.namespace,
-                &name.name,
-                &format!("{}#local", name.port),
-            ),
+            name: name.with_port(&format!("{}#local", name.port)),
             proto: port.proto,
             frontends: Vec::new(),
             endpoints: port.endpoints.iter().filter(|e| e.local).copied().collect(),
@@ -355,11 +452,16 @@ impl Reconciler {
             }
         }
 
+        self.flush_purges(maps, &mut report);
         if let Err(e) = self.collect_backends(maps, &mut report) {
             report
                 .errors
                 .push((ServicePortName::new("", "", "backends"), e));
         }
+        // Groups were inserted in name order, which leaves B-tree nodes half empty;
+        // rebuilt from sorted entries every node is full (agent memory, issue 7).
+        self.services = std::mem::take(&mut self.services).into_iter().collect();
+        self.claims = std::mem::take(&mut self.claims).into_iter().collect();
         report
     }
 
@@ -371,7 +473,7 @@ impl Reconciler {
     pub fn sync_services(
         &mut self,
         desired: &Model,
-        services: &BTreeSet<(String, String)>,
+        services: &BTreeSet<(Arc<str>, Arc<str>)>,
         maps: &mut dyn ServiceMaps,
     ) -> SyncReport {
         let mut report = SyncReport::default();
@@ -401,7 +503,7 @@ impl Reconciler {
             }
         }
         // Other Services sharing a touched frontend are synced too: one may gain or lose it.
-        let mut others: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut others: BTreeSet<(Arc<str>, Arc<str>)> = BTreeSet::new();
         for key in &touched {
             let Some(c) = self.claims.get(key) else {
                 continue;
@@ -432,6 +534,7 @@ impl Reconciler {
                 report.errors.push((name, e));
             }
         }
+        self.flush_purges(maps, &mut report);
         if let Err(e) = self.collect_backends(maps, &mut report) {
             report
                 .errors
@@ -474,19 +577,26 @@ impl Reconciler {
         let proto = group.proto.unwrap_or(Protocol::Tcp).number();
         // Slot order: active endpoints, then terminating ones, each sorted, so an
         // unchanged endpoint set always yields the same slots (no churn).
+        // Not-ready endpoints sort last and get no slot.
         let mut endpoints = group.endpoints.clone();
         endpoints.sort_by_key(|e| (e.state, e.addr, e.port));
         endpoints.dedup_by_key(|e| (e.addr, e.port));
+        let serving = endpoints.iter().filter(|e| e.state.serving()).count();
         let active = endpoints
             .iter()
             .filter(|e| e.state == EndpointState::Active)
             .count();
-        let terminating = endpoints.len() - active;
+        let terminating = serving - active;
 
-        let mut slot_ids = Vec::with_capacity(endpoints.len());
+        let mut slot_ids = Vec::with_capacity(serving);
+        let mut idle_ids = Vec::new();
         for e in &endpoints {
             let mut flags = 0;
-            if e.state == EndpointState::Terminating {
+            // A not-ready backend is flagged like a terminating one: the datapath reads
+            // the flag only to balance afresh a SYN that reuses a tuple tracked to it
+            // (`service::reopens`), which is right for both (neither takes new flows of
+            // its own); which slots exist is what decides selection.
+            if e.state != EndpointState::Active {
                 flags |= backend_flags::TERMINATING;
             }
             if e.local {
@@ -507,8 +617,13 @@ impl Reconciler {
                 // Collected if no slot ends up naming it (a later write failed).
                 self.unreferenced.insert(id);
             }
-            slot_ids.push(id);
+            if e.state.serving() {
+                slot_ids.push(id);
+            } else {
+                idle_ids.push(id);
+            }
         }
+        idle_ids.sort_unstable();
 
         // Frontends this group no longer owns, and whether another group has written
         // them already (then the entry is that group's now, not this one's to delete).
@@ -527,6 +642,19 @@ impl Reconciler {
         };
 
         let before: BTreeSet<u32> = applied.slots.iter().copied().collect();
+        // Idle holds change first: a backend moving from a slot to idle is never without
+        // a reference, so it is not collected in between.
+        let old_idle = std::mem::replace(&mut applied.idle, idle_ids);
+        for id in &applied.idle {
+            if old_idle.binary_search(id).is_err() {
+                add_ref(&mut self.backend_refs, *id);
+            }
+        }
+        for id in &old_idle {
+            if applied.idle.binary_search(id).is_err() {
+                drop_ref(&mut self.backend_refs, &mut self.unreferenced, *id);
+            }
+        }
 
         // 2. slots 0..n before any count grows.
         for (i, id) in slot_ids.iter().enumerate() {
@@ -681,18 +809,50 @@ impl Reconciler {
         }
 
         // 6. backends that left this service: no socket keeps their reverse translation
-        // (the stale-UDP-flow bug class: a resolver pinned to a replaced DNS pod).
+        // (the stale-UDP-flow bug class: a resolver pinned to a replaced DNS pod). Those
+        // that only went not-ready keep their TCP flows (see the module documentation).
         let after: BTreeSet<u32> = applied.slots.iter().copied().collect();
+        // The purges themselves run once per sync, for all groups (`flush_purges`).
         for id in before.difference(&after) {
-            if let Some(b) = self.backends.get(id) {
-                let cookies = maps.purge_sock_rev(applied.id, b)?;
-                report.note_stale_sockets(b, cookies);
-                report.purged_conntrack += maps.purge_conntrack(applied.id, *id)?;
-                report.purged_affinity += maps.purge_affinity(applied.id, *id)?;
-                report.writes += 2;
+            let still_listed = applied.idle.binary_search(id).is_ok();
+            let udp = self
+                .backends
+                .get(id)
+                .is_some_and(|b| b.proto == Protocol::Udp.number());
+            let flows = !still_listed || udp;
+            push_purge(&mut self.purges, &self.backends, applied.id, *id, flows);
+        }
+        // Idle backends that left the service altogether (they had no slot, so the loop
+        // above did not see them): flows they still carry go too.
+        for id in &old_idle {
+            if applied.idle.binary_search(id).is_ok() || after.contains(id) {
+                continue;
             }
+            push_purge(&mut self.purges, &self.backends, applied.id, *id, true);
         }
         Ok(())
+    }
+
+    /// Runs the purges the sync's groups queued, with one walk of each map
+    /// ([`ServiceMaps::purge_backends`]), before `collect_backends` deletes the backends.
+    fn flush_purges(&mut self, maps: &mut dyn ServiceMaps, report: &mut SyncReport) {
+        let purges = std::mem::take(&mut self.purges);
+        match maps.purge_backends(&purges) {
+            Ok(purged) => {
+                for (b, cookies) in purged.sockets {
+                    report.note_stale_sockets(&b, cookies);
+                }
+                report.purged_conntrack += purged.conntrack;
+                report.purged_affinity += purged.affinity;
+                report.writes += purges
+                    .iter()
+                    .map(|p| if p.flows { 3 } else { 1 })
+                    .sum::<usize>();
+            }
+            Err(e) => report
+                .errors
+                .push((ServicePortName::new("", "", "purges"), e)),
+        }
     }
 
     /// Whether a group other than `name` has written frontend `key` (it owns it now).
@@ -738,14 +898,25 @@ impl Reconciler {
             applied.slots.pop();
             drop_ref(&mut self.backend_refs, &mut self.unreferenced, backend_id);
             if !applied.slots.contains(&backend_id) {
-                if let Some(b) = self.backends.get(&backend_id) {
-                    let cookies = maps.purge_sock_rev(applied.id, b)?;
-                    report.note_stale_sockets(b, cookies);
-                    report.purged_conntrack += maps.purge_conntrack(applied.id, backend_id)?;
-                    report.purged_affinity += maps.purge_affinity(applied.id, backend_id)?;
-                    report.writes += 2;
-                }
+                push_purge(
+                    &mut self.purges,
+                    &self.backends,
+                    applied.id,
+                    backend_id,
+                    true,
+                );
             }
+        }
+        while let Some(backend_id) = applied.idle.last().copied() {
+            push_purge(
+                &mut self.purges,
+                &self.backends,
+                applied.id,
+                backend_id,
+                true,
+            );
+            applied.idle.pop();
+            drop_ref(&mut self.backend_refs, &mut self.unreferenced, backend_id);
         }
         for r in applied.source_ranges.clone() {
             maps.delete_source_range(applied.id, r)?;
@@ -907,13 +1078,19 @@ impl Reconciler {
     fn check_bookkeeping(&self) {
         let mut refs: HashMap<u32, u32> = HashMap::new();
         for a in self.services.values() {
-            for id in &a.slots {
+            for id in a.slots.iter().chain(&a.idle) {
                 *refs.entry(*id).or_default() += 1;
             }
+            for id in &a.idle {
+                assert!(!a.slots.contains(id), "idle backend {id} has a slot");
+            }
         }
-        assert_eq!(refs, self.backend_refs, "slot reference counts");
+        assert_eq!(refs, self.backend_refs, "slot and idle reference counts");
         for id in self.backends.keys() {
-            assert!(refs.contains_key(id), "backend {id} is named by no slot");
+            assert!(
+                refs.contains_key(id),
+                "backend {id} is named by no slot or idle hold"
+            );
         }
         let mut claims: BTreeMap<ServiceKey, Vec<ServicePortName>> = BTreeMap::new();
         for (n, a) in &self.services {
@@ -999,9 +1176,9 @@ mod tests {
         services: &[(&str, &str)],
     ) -> SyncReport {
         maps.log.clear();
-        let changed: BTreeSet<(String, String)> = services
+        let changed: BTreeSet<(Arc<str>, Arc<str>)> = services
             .iter()
-            .map(|(ns, n)| (ns.to_string(), n.to_string()))
+            .map(|(ns, n)| (Arc::from(*ns), Arc::from(*n)))
             .collect();
         let report = r.sync_services(m, &changed, maps);
         assert!(
@@ -1028,6 +1205,149 @@ mod tests {
                 ..Default::default()
             },
         )
+    }
+
+    /// The service's slot contents, by backend address, in slot order.
+    fn slot_addrs(maps: &FakeServiceMaps, service_id: u32) -> Vec<Ipv4Addr> {
+        let c = &maps.contents;
+        (0..)
+            .map_while(|slot| c.slots.get(&SlotKey { service_id, slot }))
+            .map(|id| Ipv4Addr::from(u32::from_be(c.backends[id].addr)))
+            .collect()
+    }
+
+    fn backend_id_of(maps: &FakeServiceMaps, addr: &str) -> Option<u32> {
+        let be = u32::from(ip(addr)).to_be();
+        maps.contents
+            .backends
+            .iter()
+            .find(|(_, b)| b.addr == be)
+            .map(|(id, _)| *id)
+    }
+
+    fn with_proto(
+        mut svc: (ServicePortName, ServicePort),
+        proto: Protocol,
+    ) -> (ServicePortName, ServicePort) {
+        svc.1.proto = Some(proto);
+        for f in &mut svc.1.frontends {
+            f.proto = proto;
+        }
+        svc
+    }
+
+    #[test]
+    fn a_not_ready_endpoint_keeps_its_backend_and_tcp_flows_but_loses_its_slots() {
+        let mut r = Reconciler::new();
+        let mut maps = FakeServiceMaps::new(MapSizes::default());
+        let a = ep("10.42.0.4", EndpointState::Active);
+        let b = ep("10.42.0.5", EndpointState::Active);
+        sync(&mut r, &mut maps, &model(&[web(&[a, b])]));
+        let id = r.service_id(&web(&[]).0).unwrap();
+        let a_id = backend_id_of(&maps, "10.42.0.4").unwrap();
+        maps.conntrack.insert((id, a_id), 2);
+        maps.affinity.insert((id, a_id), 1);
+
+        let a_not_ready = Endpoint {
+            state: EndpointState::NotReady,
+            ..a
+        };
+        let report = sync(&mut r, &mut maps, &model(&[web(&[a_not_ready, b])]));
+        assert_eq!(slot_addrs(&maps, id), vec![ip("10.42.0.5")]);
+        let v = maps.contents.services.values().next().unwrap();
+        assert_eq!((v.active, v.terminating), (1, 0), "a is counted nowhere");
+        let backend = maps.contents.backends[&a_id];
+        assert_ne!(
+            backend.flags & backend_flags::TERMINATING,
+            0,
+            "flagged so a SYN reusing its tuple is balanced afresh"
+        );
+        assert_eq!(report.purged_conntrack, 0, "TCP flows are kept");
+        assert_eq!(maps.conntrack.get(&(id, a_id)), Some(&2));
+        assert!(!maps.log.iter().any(|l| l.starts_with("purge ct")));
+        assert_eq!(
+            report.purged_affinity, 1,
+            "no new connection is pinned to a"
+        );
+
+        // Ready again: slots back, same backend id, nothing purged.
+        let report = sync(&mut r, &mut maps, &model(&[web(&[a, b])]));
+        assert_eq!(
+            slot_addrs(&maps, id),
+            vec![ip("10.42.0.4"), ip("10.42.0.5")]
+        );
+        assert_eq!(backend_id_of(&maps, "10.42.0.4"), Some(a_id));
+        assert_eq!(maps.contents.backends[&a_id].flags, 0);
+        assert_eq!(report.purged_conntrack, 0);
+        assert!(
+            !maps.log.iter().any(|l| l.starts_with("purge")),
+            "{:?}",
+            maps.log
+        );
+
+        // Not ready, then removed from the slice: purged then, and the backend goes.
+        sync(&mut r, &mut maps, &model(&[web(&[a_not_ready, b])]));
+        let report = sync(&mut r, &mut maps, &model(&[web(&[b])]));
+        assert_eq!(report.purged_conntrack, 2);
+        assert_eq!(backend_id_of(&maps, "10.42.0.4"), None);
+
+        // A service whose only endpoint is not ready has no usable backend (the datapath
+        // refuses new flows), and its removal purges the idle backend's flows.
+        sync(&mut r, &mut maps, &model(&[web(&[a_not_ready])]));
+        let v = maps.contents.services.values().next().unwrap();
+        assert_eq!((v.active, v.terminating), (0, 0));
+        let a_id = backend_id_of(&maps, "10.42.0.4").expect("kept as a backend");
+        maps.conntrack.insert((id, a_id), 2);
+        let report = sync(&mut r, &mut maps, &model(&[]));
+        assert_eq!(report.purged_conntrack, 2);
+        assert!(maps.contents.backends.is_empty());
+    }
+
+    #[test]
+    fn a_udp_backend_that_goes_not_ready_has_its_flows_and_sockets_purged() {
+        let mut r = Reconciler::new();
+        let mut maps = FakeServiceMaps::new(MapSizes::default());
+        let a = ep("10.42.0.4", EndpointState::Active);
+        let b = ep("10.42.0.5", EndpointState::Active);
+        let dns = |eps: &[Endpoint]| with_proto(web(eps), Protocol::Udp);
+        sync(&mut r, &mut maps, &model(&[dns(&[a, b])]));
+        let id = r.service_id(&web(&[]).0).unwrap();
+        let a_id = backend_id_of(&maps, "10.42.0.4").unwrap();
+        maps.conntrack.insert((id, a_id), 2);
+        let a_backend = maps.contents.backends[&a_id];
+        maps.sock_rev.insert((id, a_backend), vec![7]);
+
+        let a_not_ready = Endpoint {
+            state: EndpointState::NotReady,
+            ..a
+        };
+        let report = sync(&mut r, &mut maps, &model(&[dns(&[a_not_ready, b])]));
+        assert_eq!(report.purged_conntrack, 2);
+        assert_eq!(
+            report.stale_sockets,
+            vec![("10.42.0.4:8080".parse().unwrap(), vec![7])],
+            "connected UDP sockets to a are destroyed"
+        );
+        assert!(
+            maps.contents.backends.contains_key(&a_id),
+            "still a known backend"
+        );
+        assert_eq!(slot_addrs(&maps, id), vec![ip("10.42.0.5")]);
+    }
+
+    #[test]
+    fn not_ready_endpoints_are_left_out_of_the_maglev_table() {
+        let mut r = Reconciler::new();
+        let mut maps = FakeServiceMaps::new(MapSizes::default());
+        let a = ep("10.42.0.4", EndpointState::NotReady);
+        let b = ep("10.42.0.5", EndpointState::Active);
+        let mut svc = web(&[a, b]);
+        svc.1.maglev = true;
+        sync(&mut r, &mut maps, &model(&[svc]));
+        let a_id = backend_id_of(&maps, "10.42.0.4").unwrap();
+        let b_id = backend_id_of(&maps, "10.42.0.5").unwrap();
+        let table = maps.maglev.values().next().expect("a table");
+        assert!(table.iter().all(|id| *id == b_id), "only b, never {a_id}");
     }
 
     #[test]
@@ -1270,7 +1590,7 @@ mod tests {
             for _ in 0..=rng.below(3) {
                 let i = rng.below(12);
                 let name = format!("svc{i}");
-                desired.services.retain(|n, _| n.name != name);
+                desired.services.retain(|n, _| *n.name != *name);
                 if rng.below(5) != 0 {
                     let (n, p) = random_port(&mut rng, i);
                     desired.services.insert(n, p);

@@ -25,6 +25,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
     net::{IpAddr, Ipv4Addr},
+    sync::Arc,
 };
 
 use k8s_openapi::api::{
@@ -91,7 +92,8 @@ impl fmt::Display for Diagnostic {
 /// - Endpoints come from the Service's IPv4 slices, from slice ports with the same name and
 ///   protocol (`endpointInfoByServicePort`), first address only, deduplicated by
 ///   address:port (`addEndpoints`), ready → active, serving and terminating → terminating
-///   (`CategorizeEndpoints`, ProxyTerminatingEndpoints), local when `nodeName` is this node.
+///   (`CategorizeEndpoints`, ProxyTerminatingEndpoints), the rest → not ready (no new
+///   flows, established ones kept), local when `nodeName` is this node.
 /// - A Service without endpoints keeps its frontends, so the datapath rejects its traffic
 ///   (kube-proxy's "has no endpoints" REJECT rule) instead of letting it escape.
 pub fn translate(
@@ -107,7 +109,7 @@ pub fn translate(
         let Some(t) = translate_service(svc, node, &mut diags) else {
             continue;
         };
-        let key = (t.namespace.clone(), t.name.clone());
+        let key = (t.namespace.to_string(), t.name.to_string());
         if translated.contains_key(&key) {
             diags.push(Diagnostic {
                 object: format!("Service {}/{}", key.0, key.1),
@@ -150,12 +152,14 @@ pub fn translate(
 
 /// A Service reduced to what the model needs: its valid ports with their frontends. What
 /// the service sync keeps per Service instead of the object (a few hundred bytes instead
-/// of kilobytes of metadata, managedFields and status).
+/// of kilobytes of metadata, managedFields and status). Built once per Service version
+/// and kept for its lifetime, so its slices are exact (boxed, no spare capacity) and its
+/// names are the shared strings every [`ServicePortName`] of the Service points to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TranslatedService {
-    pub namespace: String,
-    pub name: String,
-    ports: Vec<PortFrontends>,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    ports: Box<[PortFrontends]>,
 }
 
 /// The model entries of one translated Service, with endpoints from its parsed slices (the
@@ -169,14 +173,18 @@ pub fn service_ports(
         .iter()
         .map(|port| {
             (
-                ServicePortName::new(&svc.namespace, &svc.name, &port.name),
+                ServicePortName {
+                    namespace: svc.namespace.clone(),
+                    name: svc.name.clone(),
+                    port: port.name.clone(),
+                },
                 ServicePort {
                     proto: Some(port.proto),
-                    frontends: port.frontends.clone(),
+                    frontends: port.frontends.to_vec(),
                     endpoints: endpoints_for(&port.name, port.proto, slices),
                     external_local: port.external_local,
                     internal_local: port.internal_local,
-                    source_ranges: port.source_ranges.clone(),
+                    source_ranges: port.source_ranges.to_vec(),
                     affinity_timeout: port.affinity_timeout,
                     maglev: port.maglev,
                     health_check_node_port: port.health_check_node_port,
@@ -189,12 +197,12 @@ pub fn service_ports(
 /// One valid service port with its frontends, before endpoints are attached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PortFrontends {
-    name: String,
+    name: Arc<str>,
     proto: Protocol,
-    frontends: Vec<Frontend>,
+    frontends: Box<[Frontend]>,
     external_local: bool,
     internal_local: bool,
-    source_ranges: Vec<(Ipv4Addr, u8)>,
+    source_ranges: Box<[(Ipv4Addr, u8)]>,
     affinity_timeout: Option<u32>,
     maglev: bool,
     health_check_node_port: Option<u16>,
@@ -552,21 +560,21 @@ pub fn translate_service(
         frontends.sort();
         frontends.dedup();
         ports.push(PortFrontends {
-            name: port_name,
+            name: port_name.into(),
             proto,
-            frontends,
+            frontends: frontends.into_boxed_slice(),
             external_local,
             internal_local,
-            source_ranges: source_ranges.clone(),
+            source_ranges: source_ranges.as_slice().into(),
             affinity_timeout,
             maglev,
             health_check_node_port,
         });
     }
     Some(TranslatedService {
-        namespace,
-        name,
-        ports,
+        namespace: namespace.into(),
+        name: name.into(),
+        ports: ports.into_boxed_slice(),
     })
 }
 
@@ -674,12 +682,12 @@ pub fn slice_service_key(slice: &EndpointSlice) -> Option<(String, String)> {
 }
 
 /// An EndpointSlice reduced to what the model needs (what the service sync keeps per
-/// slice instead of the object).
+/// slice instead of the object; boxed slices, so no spare capacity is kept).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedSlice {
     /// `(port name, protocol, port number)`.
-    ports: Vec<(String, Protocol, u16)>,
-    endpoints: Vec<(Ipv4Addr, EndpointState, bool)>,
+    ports: Box<[(String, Protocol, u16)]>,
+    endpoints: Box<[(Ipv4Addr, EndpointState, bool)]>,
 }
 
 /// Parses an IPv4 slice; slices of other address types (IPv6, FQDN) yield `None` silently,
@@ -766,12 +774,13 @@ pub fn parse_slice(
                 continue;
             }
         };
-        let Some(state) = endpoint_state(ep.conditions.as_ref()) else {
-            continue;
-        };
+        let state = endpoint_state(ep.conditions.as_ref());
         endpoints.push((addr, state, is_local(ep, node)));
     }
-    Some(ParsedSlice { ports, endpoints })
+    Some(ParsedSlice {
+        ports: ports.into_boxed_slice(),
+        endpoints: endpoints.into_boxed_slice(),
+    })
 }
 
 /// discovery/v1 conditions with the API's documented defaults: `ready` nil → true, `serving`
@@ -780,17 +789,18 @@ pub fn parse_slice(
 /// with `serving` unset, which the EndpointSlice controller never writes: it always sets
 /// `serving`. We follow the API documentation.) Then
 /// `CategorizeEndpoints`: ready endpoints take new flows; with none ready, serving and
-/// terminating ones do (ProxyTerminatingEndpoints, KEP-1669); the rest are unusable.
-fn endpoint_state(conditions: Option<&EndpointConditions>) -> Option<EndpointState> {
+/// terminating ones do (ProxyTerminatingEndpoints, KEP-1669); the rest take none, but stay
+/// in the model as [`EndpointState::NotReady`] so their established connections survive.
+fn endpoint_state(conditions: Option<&EndpointConditions>) -> EndpointState {
     let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
     let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
     let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
     if ready {
-        Some(EndpointState::Active)
+        EndpointState::Active
     } else if serving && terminating {
-        Some(EndpointState::Terminating)
+        EndpointState::Terminating
     } else {
-        None
+        EndpointState::NotReady
     }
 }
 
@@ -801,7 +811,8 @@ fn is_local(ep: &K8sEndpoint, node: &NodeContext) -> bool {
 
 /// Endpoints of one service port: every slice port with the same name and protocol
 /// contributes its endpoints at its own port number (named targetPorts resolve per pod, so
-/// slices differ). One address:port appears once: active beats terminating, and among equals
+/// slices differ). One address:port appears once: active beats terminating beats not
+/// ready, and among equals
 /// local beats remote (kube-proxy's `addEndpoints` favours local), so the result does not
 /// depend on slice order.
 fn endpoints_for(name: &str, proto: Protocol, slices: &[&ParsedSlice]) -> Vec<Endpoint> {
@@ -814,10 +825,10 @@ fn endpoints_for(name: &str, proto: Protocol, slices: &[&ParsedSlice]) -> Vec<En
             .map(|(_, _, port)| *port)
             .collect();
         for port in ports {
-            for &(addr, state, local) in &slice.endpoints {
+            for &(addr, state, local) in slice.endpoints.iter() {
                 best.entry((addr, port))
                     .and_modify(|cur| {
-                        // Smaller is better: Active < Terminating, then local (false < true).
+                        // Smaller is better: Active < Terminating < NotReady, then local (false < true).
                         if (state, !local) < (cur.0, !cur.1) {
                             *cur = (state, local);
                         }
@@ -842,7 +853,7 @@ mod tests {
 
     use super::*;
     use crate::model::{
-        EndpointState::{Active, Terminating},
+        EndpointState::{Active, NotReady, Terminating},
         FrontendKind::{ClusterIp, ExternalIp, LoadBalancer, NodePort},
         Protocol::{Tcp, Udp},
     };
@@ -1301,25 +1312,26 @@ mod tests {
 
     #[test]
     fn endpoint_conditions() {
-        // (ready, serving, terminating), None = field absent; expected state or not usable.
+        // (ready, serving, terminating), None = field absent; expected state. Every listed
+        // endpoint is in the model; the not-ready ones take no new flows.
         type Cond = Option<bool>;
-        let table: &[(Cond, Cond, Cond, Option<EndpointState>)] = &[
+        let table: &[(Cond, Cond, Cond, EndpointState)] = &[
             // All 8 explicit combinations.
-            (Some(true), Some(true), Some(true), Some(Active)),
-            (Some(true), Some(true), Some(false), Some(Active)),
-            (Some(true), Some(false), Some(true), Some(Active)),
-            (Some(true), Some(false), Some(false), Some(Active)),
-            (Some(false), Some(true), Some(true), Some(Terminating)),
-            (Some(false), Some(true), Some(false), None),
-            (Some(false), Some(false), Some(true), None),
-            (Some(false), Some(false), Some(false), None),
+            (Some(true), Some(true), Some(true), Active),
+            (Some(true), Some(true), Some(false), Active),
+            (Some(true), Some(false), Some(true), Active),
+            (Some(true), Some(false), Some(false), Active),
+            (Some(false), Some(true), Some(true), Terminating),
+            (Some(false), Some(true), Some(false), NotReady),
+            (Some(false), Some(false), Some(true), NotReady),
+            (Some(false), Some(false), Some(false), NotReady),
             // nil variants: ready nil → true; serving nil → ready; terminating nil → false.
-            (None, None, None, Some(Active)),
-            (None, None, Some(true), Some(Active)),
-            (None, Some(false), Some(true), Some(Active)),
-            (Some(false), None, Some(true), None),
-            (Some(false), None, None, None),
-            (Some(false), Some(true), None, None),
+            (None, None, None, Active),
+            (None, None, Some(true), Active),
+            (None, Some(false), Some(true), Active),
+            (Some(false), None, Some(true), NotReady),
+            (Some(false), None, None, NotReady),
+            (Some(false), Some(true), None, NotReady),
         ];
         for &(ready, serving, terminating, want) in table {
             let mut conditions = serde_json::Map::new();
@@ -1346,10 +1358,7 @@ mod tests {
             }))
             .unwrap()];
             let (got, diags) = translate(&services, &slices, &node_a());
-            let want_endpoints: Vec<Endpoint> = want
-                .map(|state| ep("10.244.0.60", 8080, state, false))
-                .into_iter()
-                .collect();
+            let want_endpoints = vec![ep("10.244.0.60", 8080, want, false)];
             assert_eq!(
                 got,
                 model(vec![port(

@@ -20,6 +20,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Debug,
     net::Ipv4Addr,
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -45,8 +46,42 @@ use crate::{
 /// produced this version of the slice happened (a Pod or Service update).
 pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
-/// `(namespace, name)` of an object.
-pub type Key = (String, String);
+/// `(namespace, name)` of an object. Shared strings: the sync interns them
+/// ([`Interner`]), so the caches' keys, the slice → Service index, the dirty set and the
+/// model's names of one Service all point at one copy of its namespace and name.
+pub type Key = (Arc<str>, Arc<str>);
+
+/// One shared copy of each namespace and Service name the sync holds (agent memory,
+/// issue 7: at 10k Services the per-cache copies were ~10 separate small allocations per
+/// Service). Entries nothing else holds any more are dropped by [`Interner::prune`].
+#[derive(Debug, Default)]
+pub struct Interner(std::collections::HashSet<Arc<str>>);
+
+impl Interner {
+    /// The shared copy of `s`.
+    pub fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.0.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = s.into();
+        self.0.insert(a.clone());
+        a
+    }
+
+    /// Forgets the strings only the interner still holds.
+    pub fn prune(&mut self) {
+        self.0.retain(|a| Arc::strong_count(a) > 1);
+        self.0.shrink_to_fit();
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// A complete view of one kind, as projections `V` of its objects, switched atomically
 /// on relists.
@@ -89,7 +124,10 @@ impl<V> Applied<V> {
 }
 
 fn key<K: kube::Resource>(o: &K) -> Key {
-    (o.namespace().unwrap_or_default(), o.name_any())
+    (
+        o.namespace().unwrap_or_default().into(),
+        o.name_any().into(),
+    )
 }
 
 impl<V> Cache<V> {
@@ -97,6 +135,16 @@ impl<V> Cache<V> {
     pub fn apply<K: kube::Resource>(
         &mut self,
         event: watcher::Event<K>,
+        project: impl FnMut(K) -> V,
+    ) -> Applied<V> {
+        self.apply_keyed(event, key, project)
+    }
+
+    /// [`Cache::apply`] with the objects' keys made by `key` (an interning one).
+    pub fn apply_keyed<K: kube::Resource>(
+        &mut self,
+        event: watcher::Event<K>,
+        mut key: impl FnMut(&K) -> Key,
         mut project: impl FnMut(K) -> V,
     ) -> Applied<V> {
         match event {
@@ -113,7 +161,10 @@ impl<V> Cache<V> {
             }
             watcher::Event::InitDone => {
                 if let Some(r) = self.relist.take() {
-                    self.objects = r;
+                    // Rebuilt from the sorted entries, so every node is full: a list
+                    // arrives in key order, and B-tree inserts in ascending order leave
+                    // every node half empty (agent memory, issue 7).
+                    self.objects = r.into_iter().collect();
                 }
                 self.ready = true;
                 Applied::Relisted
@@ -386,6 +437,14 @@ fn dns_uses_slices(svc: &Service) -> bool {
     })
 }
 
+/// `(namespace, name)` of an object, through `names`.
+fn interned_key<K: kube::Resource>(names: &mut Interner, o: &K) -> Key {
+    (
+        names.get(&o.namespace().unwrap_or_default()),
+        names.get(&o.name_any()),
+    )
+}
+
 /// The Service a DNS slice projection belongs to (its service-name label).
 fn dns_slice_service(slice: &EndpointSlice) -> Option<Key> {
     let ns = slice.metadata.namespace.clone()?;
@@ -395,9 +454,42 @@ fn dns_slice_service(slice: &EndpointSlice) -> Option<Key> {
         .as_ref()?
         .get(crate::translate::LABEL_SERVICE_NAME)?
         .clone();
-    Some((ns, name))
+    Some((ns.into(), name.into()))
 }
 // end agent sync scale
+
+/// A sorted set of names without spare capacity: a Service has one slice or a few, and
+/// a `BTreeSet` allocates an 11-entry node for one (agent memory, issue 7).
+#[derive(Debug, Default)]
+struct NameSet(Vec<Arc<str>>);
+
+impl NameSet {
+    fn insert(&mut self, name: Arc<str>) {
+        if let Err(i) = self.0.binary_search(&name) {
+            self.0.reserve_exact(1);
+            self.0.insert(i, name);
+        }
+    }
+
+    fn remove(&mut self, name: &Arc<str>) {
+        if let Ok(i) = self.0.binary_search(name) {
+            self.0.remove(i);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'a> IntoIterator for &'a NameSet {
+    type Item = &'a Arc<str>;
+    type IntoIter = std::slice::Iter<'a, Arc<str>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
 
 /// The caches and the model derived from them.
 struct State {
@@ -405,7 +497,9 @@ struct State {
     services: Cache<ServiceEntry>,
     slices: Cache<SliceEntry>,
     /// Slice names per Service, over the visible slice cache.
-    slices_of: BTreeMap<Key, BTreeSet<String>>,
+    slices_of: BTreeMap<Key, NameSet>,
+    /// Namespaces and Service names (agent memory, issue 7).
+    names: Interner,
     model: Model,
     /// Services changed since the last sync.
     dirty: BTreeSet<Key>,
@@ -423,6 +517,7 @@ impl State {
             services: Cache::default(),
             slices: Cache::default(),
             slices_of: BTreeMap::new(),
+            names: Interner::default(),
             model: Model::default(),
             dirty: BTreeSet::new(),
             full: false,
@@ -439,9 +534,17 @@ impl State {
     fn apply_service(&mut self, event: watcher::Event<Service>) -> bool {
         let node = &self.config.node;
         let dns = self.config.keep_dns_objects;
-        let applied = self.services.apply(event, |svc| {
+        let names = std::cell::RefCell::new(&mut self.names);
+        let key = |o: &Service| interned_key(&mut names.borrow_mut(), o);
+        let applied = self.services.apply_keyed(event, key, |svc| {
             let mut diagnostics = Vec::new();
-            let translated = translate_service(&svc, node, &mut diagnostics);
+            let mut translated = translate_service(&svc, node, &mut diagnostics);
+            // The model's names of this Service share the cache key's strings.
+            if let Some(t) = translated.as_mut() {
+                let mut names = names.borrow_mut();
+                t.namespace = names.get(&t.namespace);
+                t.name = names.get(&t.name);
+            }
             ServiceEntry {
                 translated,
                 diagnostics,
@@ -489,21 +592,36 @@ impl State {
         }
         let node = &self.config.node;
         let dns = self.config.keep_dns_objects;
-        let applied = self.slices.apply(event, |slice| {
-            let mut diagnostics = Vec::new();
-            let service = slice_service_key(&slice);
-            // Slices of no Service are never parsed (nor diagnosed), as in `translate`.
-            let parsed = service
-                .as_ref()
-                .and_then(|_| parse_slice(&slice, node, &mut diagnostics));
-            SliceEntry {
-                service,
-                parsed,
-                diagnostics,
-                trigger: trigger_time(&slice),
-                dns: dns.then(|| Box::new(dns_slice(&slice))),
-            }
-        });
+        let names = std::cell::RefCell::new(&mut self.names);
+        let applied = self.slices.apply_keyed(
+            event,
+            |o: &EndpointSlice| {
+                let mut names = names.borrow_mut();
+                // Slice names are unique: only the namespace is shared.
+                (
+                    names.get(&o.namespace().unwrap_or_default()),
+                    o.name_any().into(),
+                )
+            },
+            |slice| {
+                let mut diagnostics = Vec::new();
+                let service = slice_service_key(&slice).map(|(ns, name)| {
+                    let mut names = names.borrow_mut();
+                    (names.get(&ns), names.get(&name))
+                });
+                // Slices of no Service are never parsed (nor diagnosed), as in `translate`.
+                let parsed = service
+                    .as_ref()
+                    .and_then(|_| parse_slice(&slice, node, &mut diagnostics));
+                SliceEntry {
+                    service,
+                    parsed,
+                    diagnostics,
+                    trigger: trigger_time(&slice),
+                    dns: dns.then(|| Box::new(dns_slice(&slice))),
+                }
+            },
+        );
         match &applied {
             Applied::Nothing => {}
             Applied::Relisted => {
@@ -556,7 +674,7 @@ impl State {
         applied.changed()
     }
 
-    fn unindex(&mut self, svc: &Key, slice: &str) {
+    fn unindex(&mut self, svc: &Key, slice: &Arc<str>) {
         if let Some(set) = self.slices_of.get_mut(svc) {
             set.remove(slice);
             if set.is_empty() {
@@ -639,7 +757,7 @@ fn ports_of<'a>(model: &'a Model, svc: &'a Key) -> impl Iterator<Item = &'a Serv
         .services
         .range(ServicePortName::new(&svc.0, &svc.1, "")..)
         .map(|(n, _)| n)
-        .take_while(move |n| n.namespace == svc.0 && n.name == svc.1)
+        .take_while(move |n| *n.namespace == *svc.0 && *n.name == *svc.1)
 }
 
 /// Watches Services and EndpointSlices until the streams end (they do not, in practice:
@@ -737,6 +855,7 @@ pub async fn run<M, S, E, T, P>(
             state.dirty.clear();
             last_full = Instant::now();
             let diagnostics = state.rebuild_all();
+            state.names.prune();
             let translated = started.elapsed();
             // A restarted agent takes over the pinned maps against the first complete
             // desired state, so unchanged services are not rewritten (and keep their ids).
@@ -807,6 +926,10 @@ pub async fn run<M, S, E, T, P>(
             dns_changed: dns_changed && state.config.keep_dns_objects,
             // end dns
         });
+        // agent memory (issue 7): what a full sync freed goes back to the kernel.
+        if full {
+            crate::malloc::release_free_memory();
+        }
     }
 }
 

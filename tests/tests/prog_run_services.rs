@@ -1294,3 +1294,260 @@ fn xdp_passes_local_backends_and_non_service_traffic_to_tc() {
     let other = tcp(sa(CLIENT, 40000), sa(NODE, 22), TcpFlags::SYN).build();
     assert_eq!(f.runner.run_xdp(&other), (XDP_PASS, other));
 }
+
+/// Readiness flapping (issue #7): a backend whose readiness probe fails keeps its
+/// established TCP connections (kube-proxy keeps their conntrack; only new flows avoid
+/// it), new connections go to the ready backends, and when it is ready again it takes new
+/// flows without anything having been purged. Removed from the slice, its flows go.
+#[test]
+fn a_not_ready_backend_keeps_its_established_tcp_flows_but_takes_no_new_ones() {
+    let mut f = fixture();
+    let a = local_pod(10);
+    let b = local_pod(11);
+    let backend_of = |out: &[u8]| parse(out).unwrap().endpoints().unwrap().1;
+    f.program(&[web(Protocol::Tcp, &[ep(a, EndpointState::Active, true)])]);
+    let client = sa(CLIENT, 41000);
+    let to = |flags| tcp(client, sa(NODE, NODE_PORT), flags).build();
+    let (_, out) = f.ingress(&to(TcpFlags::SYN));
+    assert_eq!(backend_of(&out), sa(a, 8080));
+    f.ingress(&tcp(sa(a, 8080), client, TcpFlags::SYN_ACK).build());
+    f.ingress(&to(TcpFlags::ACK));
+
+    // a's readiness probe fails; b is ready.
+    let report = f.program(&[web(
+        Protocol::Tcp,
+        &[
+            ep(a, EndpointState::NotReady, true),
+            ep(b, EndpointState::Active, true),
+        ],
+    )]);
+    assert_eq!(report.purged_conntrack, 0, "no TCP flow is purged");
+    assert!(report.stale_sockets.is_empty());
+    assert_eq!(f.ct_len(), 2, "the flow's FORWARD and REPLY entries");
+    for _ in 0..5 {
+        let (_, out) = f.ingress(&to(TcpFlags::ACK));
+        assert_eq!(
+            backend_of(&out),
+            sa(a, 8080),
+            "the established flow stays on a"
+        );
+    }
+    let (action, out) = f.ingress(&tcp(sa(a, 8080), client, TcpFlags::ACK).build());
+    assert_eq!(action, TcAction::Redirect);
+    assert_eq!(
+        parse(&out).unwrap().endpoints().unwrap().0,
+        sa(NODE, NODE_PORT),
+        "a's replies are still reverse-translated"
+    );
+    for port in 0..40 {
+        let (_, out) =
+            f.ingress(&tcp(sa(CLIENT, 42000 + port), sa(NODE, NODE_PORT), TcpFlags::SYN).build());
+        assert_eq!(backend_of(&out), sa(b, 8080), "new connections avoid a");
+    }
+    assert_eq!(
+        f.runner.counters().flow(FlowCounter::Midstream),
+        0,
+        "no packet was balanced midstream"
+    );
+
+    // A SYN reusing a tuple tracked to the not-ready backend (the client reused its port
+    // after a crash, no FIN seen) is a new connection: balanced afresh, to b.
+    let reuser = sa(CLIENT, 41001);
+    let (_, out) = f.ingress(&tcp(reuser, sa(NODE, NODE_PORT), TcpFlags::SYN).build());
+    assert_eq!(backend_of(&out), sa(b, 8080));
+
+    // a is ready again: it takes new flows, and nothing was purged on the way.
+    let report = f.program(&[web(
+        Protocol::Tcp,
+        &[
+            ep(a, EndpointState::Active, true),
+            ep(b, EndpointState::Active, true),
+        ],
+    )]);
+    assert_eq!(report.purged_conntrack, 0);
+    let (_, out) = f.ingress(&to(TcpFlags::ACK));
+    assert_eq!(backend_of(&out), sa(a, 8080));
+    let picked: std::collections::BTreeSet<SocketAddrV4> = (0..64)
+        .map(|port| {
+            let (_, out) = f.ingress(
+                &tcp(sa(CLIENT, 43000 + port), sa(NODE, NODE_PORT), TcpFlags::SYN).build(),
+            );
+            backend_of(&out)
+        })
+        .collect();
+    assert!(picked.contains(&sa(a, 8080)), "a takes new flows again");
+
+    // Gone from the slice (after going not-ready first): its flows are purged.
+    f.program(&[web(
+        Protocol::Tcp,
+        &[
+            ep(a, EndpointState::NotReady, true),
+            ep(b, EndpointState::Active, true),
+        ],
+    )]);
+    // Both entries of a flow name its backend id; a's is the one its forward entries
+    // rewrite to.
+    let entries = f.maps.conntrack_entries().unwrap();
+    let a_id = entries
+        .iter()
+        .find(|(k, v)| k.dir == ct_dir::FORWARD && v.daddr == u32::from(a).to_be())
+        .map(|(_, v)| v.backend_id)
+        .expect("a forward entry to a");
+    let a_flows = |f: &Fixture| {
+        f.maps
+            .conntrack_entries()
+            .unwrap()
+            .into_iter()
+            .filter(|(_, v)| v.backend_id == a_id)
+            .count()
+    };
+    let before = a_flows(&f);
+    assert!(before >= 2, "a still carries its flows while not ready");
+    let report = f.program(&[web(Protocol::Tcp, &[ep(b, EndpointState::Active, true)])]);
+    assert_eq!(report.purged_conntrack, before);
+    assert_eq!(a_flows(&f), 0);
+}
+
+/// UDP has no handshake: a flow to a backend that went not-ready is purged, so the next
+/// datagram of the same 5-tuple reaches a ready backend (the stale-UDP-flow complaint).
+#[test]
+fn a_udp_flow_to_a_backend_that_went_not_ready_moves_to_a_ready_one() {
+    let mut f = fixture();
+    let a = local_pod(10);
+    let b = local_pod(11);
+    f.program(&[web(Protocol::Udp, &[ep(a, EndpointState::Active, true)])]);
+    let resolver = sa(CLIENT, 5354);
+    let query = |p: &[u8]| Packet::udp(resolver, sa(CLUSTER_IP, 80)).payload(p).build();
+    let (_, out) = f.ingress(&query(b"q1"));
+    assert_eq!(parse(&out).unwrap().endpoints().unwrap().1, sa(a, 8080));
+
+    let report = f.program(&[web(
+        Protocol::Udp,
+        &[
+            ep(a, EndpointState::NotReady, true),
+            ep(b, EndpointState::Active, true),
+        ],
+    )]);
+    assert_eq!(report.purged_conntrack, 2, "forward and reply entries");
+    let (_, out) = f.ingress(&query(b"q2"));
+    assert_eq!(
+        parse(&out).unwrap().endpoints().unwrap().1,
+        sa(b, 8080),
+        "same 5-tuple, ready backend"
+    );
+}
+
+/// Session affinity must not pin a new connection to a backend that went not-ready: its
+/// affinity entries are purged with its slots, while its established flow stays.
+#[test]
+fn session_affinity_does_not_pin_new_connections_to_a_not_ready_backend() {
+    let mut f = fixture();
+    let three: Vec<Endpoint> = (10..13)
+        .map(|i| ep(local_pod(i), EndpointState::Active, true))
+        .collect();
+    let mut svc = web(Protocol::Tcp, &three);
+    svc.1.affinity_timeout = Some(3600);
+    f.program(&[svc.clone()]);
+    let backend_of = |f: &mut Fixture, port: u16, flags| {
+        let (_, out) = f.ingress(&tcp(sa(CLIENT, port), sa(NODE, NODE_PORT), flags).build());
+        parse(&out).unwrap().endpoints().unwrap().1
+    };
+    let pinned = backend_of(&mut f, 44000, TcpFlags::SYN);
+    assert_eq!(backend_of(&mut f, 44001, TcpFlags::SYN), pinned);
+
+    svc.1.endpoints = three
+        .iter()
+        .map(|e| Endpoint {
+            state: if sa(e.addr, 8080) == pinned {
+                EndpointState::NotReady
+            } else {
+                EndpointState::Active
+            },
+            ..*e
+        })
+        .collect();
+    let report = f.program(&[svc.clone()]);
+    assert_eq!(report.purged_affinity, 1);
+    assert_eq!(report.purged_conntrack, 0);
+    let moved = backend_of(&mut f, 44002, TcpFlags::SYN);
+    assert_ne!(moved, pinned, "a new connection is not pinned to it");
+    for port in 44003..44010 {
+        assert_eq!(
+            backend_of(&mut f, port, TcpFlags::SYN),
+            moved,
+            "the client sticks to its new backend"
+        );
+    }
+    assert_eq!(
+        backend_of(&mut f, 44000, TcpFlags::ACK),
+        pinned,
+        "the established flow stays"
+    );
+}
+
+/// A rolling update replaces many backends in one sync: their flows are purged with one
+/// walk of each map (`ServiceMaps::purge_backends`), and exactly theirs: the flows of
+/// the backend that stays, and of a backend that only went not-ready (TCP), are kept.
+#[test]
+fn backends_leaving_in_one_sync_are_purged_together_and_only_they() {
+    let mut f = fixture();
+    let pods: Vec<Endpoint> = (10..14)
+        .map(|i| ep(local_pod(i), EndpointState::Active, true))
+        .collect();
+    f.program(&[web(Protocol::Tcp, &pods)]);
+    // Flows until every backend carries at least one.
+    let mut by_backend: std::collections::BTreeMap<SocketAddrV4, Vec<SocketAddrV4>> =
+        Default::default();
+    let mut port = 45000;
+    while by_backend.len() < pods.len() || by_backend.values().any(|c| c.is_empty()) {
+        let client = sa(CLIENT, port);
+        let (_, out) = f.ingress(&tcp(client, sa(NODE, NODE_PORT), TcpFlags::SYN).build());
+        by_backend
+            .entry(parse(&out).unwrap().endpoints().unwrap().1)
+            .or_default()
+            .push(client);
+        port += 1;
+        assert!(port < 46000, "random choice never reached every backend");
+    }
+    let entries_of = |f: &Fixture, addr: Ipv4Addr| {
+        let be = u32::from(addr).to_be();
+        let ids: Vec<u32> = f
+            .maps
+            .conntrack_entries()
+            .unwrap()
+            .iter()
+            .filter(|(k, v)| k.dir == ct_dir::FORWARD && v.daddr == be)
+            .map(|(_, v)| v.backend_id)
+            .collect();
+        f.maps
+            .conntrack_entries()
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| ids.contains(&v.backend_id))
+            .count()
+    };
+    let gone_entries = entries_of(&f, local_pod(10)) + entries_of(&f, local_pod(11));
+    let kept_12 = entries_of(&f, local_pod(12));
+    let kept_13 = entries_of(&f, local_pod(13));
+    // 10 and 11 leave, 12 goes not-ready, 13 stays.
+    let report = f.program(&[web(
+        Protocol::Tcp,
+        &[
+            ep(local_pod(12), EndpointState::NotReady, true),
+            ep(local_pod(13), EndpointState::Active, true),
+        ],
+    )]);
+    assert_eq!(report.purged_conntrack, gone_entries);
+    assert_eq!(entries_of(&f, local_pod(10)), 0);
+    assert_eq!(entries_of(&f, local_pod(11)), 0);
+    assert_eq!(entries_of(&f, local_pod(12)), kept_12);
+    assert_eq!(entries_of(&f, local_pod(13)), kept_13);
+    for (backend, clients) in &by_backend {
+        if backend.ip() == &local_pod(12) || backend.ip() == &local_pod(13) {
+            for c in clients {
+                let (_, out) = f.ingress(&tcp(*c, sa(NODE, NODE_PORT), TcpFlags::ACK).build());
+                assert_eq!(parse(&out).unwrap().endpoints().unwrap().1, *backend);
+            }
+        }
+    }
+}

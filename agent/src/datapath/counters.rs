@@ -1,6 +1,9 @@
 //! Reading the per-CPU counter maps.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::{
+    borrow::Borrow,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use aya::{
     maps::{MapData, PerCpuArray},
@@ -97,57 +100,77 @@ impl Counters {
 }
 
 pub(super) fn read(ebpf: &Ebpf) -> Result<Counters, DatapathError> {
-    let stats = per_cpu::<TrafficCounter>(ebpf, map_names::STATS)?;
-    let drops = per_cpu::<u64>(ebpf, map_names::DROPS)?;
+    Counters::from_maps(
+        &per_cpu::<TrafficCounter>(ebpf, map_names::STATS)?,
+        &per_cpu::<u64>(ebpf, map_names::DROPS)?,
+        Some(&per_cpu::<u64>(ebpf, map_names::MASQ_STATS)?),
+        Some(&per_cpu::<u64>(ebpf, map_names::FLOW_STATS)?),
+    )
+}
 
-    let mut out = Counters::default();
-    for class in PacketClass::ALL {
-        let values = stats
-            .get(&(class as u32), 0)
-            .map_err(|source| DatapathError::MapRead {
-                map: map_names::STATS,
-                source: Box::new(source),
-            })?;
-        let sum = values
-            .iter()
-            .fold(TrafficCounter::default(), |acc, v| acc.saturating_add(*v));
-        out.classes.push((class, sum));
+impl Counters {
+    /// Sums the counter maps, from the loaded object or from pins (`inspect`); the
+    /// masquerade and flow maps are `None` in pins of an agent that predates them.
+    pub(super) fn from_maps<M: Borrow<MapData>>(
+        stats: &PerCpuArray<M, TrafficCounter>,
+        drops: &PerCpuArray<M, u64>,
+        masq: Option<&PerCpuArray<M, u64>>,
+        flows: Option<&PerCpuArray<M, u64>>,
+    ) -> Result<Counters, DatapathError> {
+        let add = |a: u64, b: u64| a.saturating_add(b);
+        Ok(Counters {
+            classes: sums(
+                stats,
+                map_names::STATS,
+                &PacketClass::ALL,
+                |c| c as u32,
+                |a, b| a.saturating_add(b),
+            )?,
+            drops: sums(drops, map_names::DROPS, &DropReason::ALL, |r| r as u32, add)?,
+            masquerade: match masq {
+                Some(m) => sums(
+                    m,
+                    map_names::MASQ_STATS,
+                    &MasqCounter::ALL,
+                    |e| e as u32,
+                    add,
+                )?,
+                None => Vec::new(),
+            },
+            flows: match flows {
+                Some(m) => sums(
+                    m,
+                    map_names::FLOW_STATS,
+                    &FlowCounter::ALL,
+                    |e| e as u32,
+                    add,
+                )?,
+                None => Vec::new(),
+            },
+        })
     }
-    for reason in DropReason::ALL {
-        let values = drops
-            .get(&(reason as u32), 0)
-            .map_err(|source| DatapathError::MapRead {
-                map: map_names::DROPS,
-                source: Box::new(source),
-            })?;
-        out.drops.push((
-            reason,
-            values.iter().fold(0u64, |a, v| a.saturating_add(*v)),
-        ));
-    }
-    let masq = per_cpu::<u64>(ebpf, map_names::MASQ_STATS)?;
-    for event in MasqCounter::ALL {
-        let values = masq
-            .get(&(event as u32), 0)
-            .map_err(|source| DatapathError::MapRead {
-                map: map_names::MASQ_STATS,
-                source: Box::new(source),
-            })?;
-        out.masquerade
-            .push((event, values.iter().fold(0u64, |a, v| a.saturating_add(*v))));
-    }
-    let flows = per_cpu::<u64>(ebpf, map_names::FLOW_STATS)?;
-    for event in FlowCounter::ALL {
-        let values = flows
-            .get(&(event as u32), 0)
-            .map_err(|source| DatapathError::MapRead {
-                map: map_names::FLOW_STATS,
-                source: Box::new(source),
-            })?;
-        out.flows
-            .push((event, values.iter().fold(0u64, |a, v| a.saturating_add(*v))));
-    }
-    Ok(out)
+}
+
+/// Each of `items`' entry (at `index(item)`) of per-CPU array `name`, summed over CPUs.
+pub(super) fn sums<M: Borrow<MapData>, T: Copy, V: aya::Pod + Default>(
+    map: &PerCpuArray<M, V>,
+    name: &'static str,
+    items: &[T],
+    index: impl Fn(T) -> u32,
+    add: impl Fn(V, V) -> V,
+) -> Result<Vec<(T, V)>, DatapathError> {
+    items
+        .iter()
+        .map(|&item| {
+            let values = map
+                .get(&index(item), 0)
+                .map_err(|source| DatapathError::MapRead {
+                    map: name,
+                    source: Box::new(source),
+                })?;
+            Ok((item, values.iter().fold(V::default(), |a, v| add(a, *v))))
+        })
+        .collect()
 }
 
 /// Socket load-balancing counters summed over all CPUs, in `SockLbCounter::ALL` order.
@@ -168,18 +191,24 @@ impl SockCounters {
 
 pub(super) fn read_sock(ebpf: &Ebpf) -> Result<SockCounters, DatapathError> {
     let map = per_cpu::<u64>(ebpf, map_names::SOCK_STATS)?;
-    let mut out = SockCounters::default();
-    for event in SockLbCounter::ALL {
-        let values = map
-            .get(&(event as u32), 0)
-            .map_err(|source| DatapathError::MapRead {
-                map: map_names::SOCK_STATS,
-                source: Box::new(source),
-            })?;
-        out.events
-            .push((event, values.iter().fold(0u64, |a, v| a.saturating_add(*v))));
+    Ok(SockCounters {
+        events: sums(
+            &map,
+            map_names::SOCK_STATS,
+            &SockLbCounter::ALL,
+            |e| e as u32,
+            |a, b| a.saturating_add(b),
+        )?,
+    })
+}
+
+/// The per-backend or per-service counter map.
+pub(super) fn lb_map_name(backends: bool) -> &'static str {
+    if backends {
+        map_names::BACKEND_STATS
+    } else {
+        map_names::SERVICE_STATS
     }
-    Ok(out)
 }
 
 pub(super) fn read_lb(
@@ -187,11 +216,7 @@ pub(super) fn read_lb(
     backends: bool,
     ids: &[u32],
 ) -> Result<Vec<(u32, LbCounter)>, DatapathError> {
-    let name = if backends {
-        map_names::BACKEND_STATS
-    } else {
-        map_names::SERVICE_STATS
-    };
+    let name = lb_map_name(backends);
     let map = ebpf.map(name).ok_or_else(|| DatapathError::MissingMap {
         name: name.to_owned(),
     })?;

@@ -146,54 +146,25 @@ impl Inspector {
 
     /// Packet classes and drops by reason, summed over CPUs.
     pub fn counters(&self) -> Result<super::Counters, DatapathError> {
-        use skiff_datapath_abi::{DropReason, PacketClass, TrafficCounter};
+        use skiff_datapath_abi::TrafficCounter;
+        let per_cpu = |name: &'static str| -> Result<Map, DatapathError> { open(&self.dir, name) };
         let stats: PerCpuArray<_, TrafficCounter> =
-            PerCpuArray::try_from(open(&self.dir, map_names::STATS)?)
+            PerCpuArray::try_from(per_cpu(map_names::STATS)?)
                 .map_err(read_err(map_names::STATS))?;
-        let drops: PerCpuArray<_, u64> = PerCpuArray::try_from(open(&self.dir, map_names::DROPS)?)
+        let drops: PerCpuArray<_, u64> = PerCpuArray::try_from(per_cpu(map_names::DROPS)?)
             .map_err(read_err(map_names::DROPS))?;
-        let mut out = super::Counters::default();
-        for class in PacketClass::ALL {
-            let v = stats
-                .get(&(class as u32), 0)
-                .map_err(read_err(map_names::STATS))?;
-            out.classes.push((
-                class,
-                v.iter()
-                    .fold(TrafficCounter::default(), |a, c| a.saturating_add(*c)),
-            ));
-        }
-        for reason in DropReason::ALL {
-            let v = drops
-                .get(&(reason as u32), 0)
-                .map_err(read_err(map_names::DROPS))?;
-            out.drops
-                .push((reason, v.iter().fold(0u64, |a, c| a.saturating_add(*c))));
-        }
-        // Pins of an agent that predates masquerade have no such map: nothing to show.
-        if let Ok(map) = open(&self.dir, map_names::MASQ_STATS) {
-            let masq: PerCpuArray<_, u64> =
-                PerCpuArray::try_from(map).map_err(read_err(map_names::MASQ_STATS))?;
-            for event in skiff_datapath_abi::MasqCounter::ALL {
-                let v = masq
-                    .get(&(event as u32), 0)
-                    .map_err(read_err(map_names::MASQ_STATS))?;
-                out.masquerade
-                    .push((event, v.iter().fold(0u64, |a, c| a.saturating_add(*c))));
-            }
-        }
-        if let Ok(map) = open(&self.dir, map_names::FLOW_STATS) {
-            let flows: PerCpuArray<_, u64> =
-                PerCpuArray::try_from(map).map_err(read_err(map_names::FLOW_STATS))?;
-            for event in skiff_datapath_abi::FlowCounter::ALL {
-                let v = flows
-                    .get(&(event as u32), 0)
-                    .map_err(read_err(map_names::FLOW_STATS))?;
-                out.flows
-                    .push((event, v.iter().fold(0u64, |a, c| a.saturating_add(*c))));
-            }
-        }
-        Ok(out)
+        // Pins of an agent that predates masquerade or the flow counters have no such
+        // map: nothing to show.
+        let optional =
+            |name: &'static str| -> Result<Option<PerCpuArray<MapData, u64>>, DatapathError> {
+                match per_cpu(name) {
+                    Ok(map) => PerCpuArray::try_from(map).map(Some).map_err(read_err(name)),
+                    Err(_) => Ok(None),
+                }
+            };
+        let masq = optional(map_names::MASQ_STATS)?;
+        let flows = optional(map_names::FLOW_STATS)?;
+        super::Counters::from_maps(&stats, &drops, masq.as_ref(), flows.as_ref())
     }
 
     /// Per-service (`backends == false`) or per-backend counters for `ids`, summed over CPUs.
@@ -202,11 +173,7 @@ impl Inspector {
         backends: bool,
         ids: &[u32],
     ) -> Result<Vec<(u32, LbCounter)>, DatapathError> {
-        let name = if backends {
-            map_names::BACKEND_STATS
-        } else {
-            map_names::SERVICE_STATS
-        };
+        let name = super::counters::lb_map_name(backends);
         super::counters::lb_sums(&open(&self.dir, name)?, name, ids)
     }
 }

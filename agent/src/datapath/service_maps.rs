@@ -1,5 +1,7 @@
 //! [`ServiceMaps`] over the live BPF maps.
 
+use std::collections::{HashMap as StdHashMap, HashSet};
+
 use aya::maps::{
     lpm_trie::{Key, LpmTrie},
     HashMap, MapData, MapError,
@@ -9,7 +11,7 @@ use skiff_datapath_abi::{
     ServiceKey, ServiceOptions, ServiceValue, SlotKey, SockRevKey, SockRevValue, SourceRangeKey,
 };
 
-use crate::lbmap::{MapSizes, MapWriteError, ServiceMaps, Snapshot};
+use crate::lbmap::{MapSizes, MapWriteError, Purge, Purged, ServiceMaps, Snapshot};
 
 /// The service maps, taken out of the loaded object so they can be written together.
 pub struct BpfServiceMaps {
@@ -229,6 +231,68 @@ impl ServiceMaps for BpfServiceMaps {
             s.options.insert(k, v);
         }
         Ok(s)
+    }
+
+    /// One walk of each map for every purge of the sync, instead of three full walks per
+    /// departing backend (the conntrack map alone holds up to its `--ct-entries`).
+    fn purge_backends(&mut self, purges: &[Purge]) -> Result<Purged, MapWriteError> {
+        let mut out = Purged::default();
+        if purges.is_empty() {
+            return Ok(out);
+        }
+        // (service id, backend id) whose flows go, and whose affinity entries go.
+        let flows: HashSet<(u32, u32)> = purges
+            .iter()
+            .filter(|p| p.flows)
+            .map(|p| (p.service_id, p.backend_id))
+            .collect();
+        let affinity: HashSet<(u32, u32)> = purges
+            .iter()
+            .map(|p| (p.service_id, p.backend_id))
+            .collect();
+        if !flows.is_empty() {
+            // Socket reverse entries name the backend by address and port.
+            let by_addr: StdHashMap<(u32, u32, u16), Backend> = purges
+                .iter()
+                .filter(|p| p.flows)
+                .map(|p| ((p.service_id, p.backend.addr, p.backend.port), p.backend))
+                .collect();
+            let mut doomed = Vec::new();
+            let mut cookies: StdHashMap<(u32, u32, u16), Vec<u64>> = StdHashMap::new();
+            for entry in self.sock_rev.iter() {
+                let (k, v) = entry.map_err(|e| write_error(map_names::SOCK_REV, &self.sizes, e))?;
+                let id = (v.service_id, k.addr, k.port);
+                if by_addr.contains_key(&id) {
+                    doomed.push(k);
+                    cookies.entry(id).or_default().push(k.cookie);
+                }
+            }
+            for k in &doomed {
+                ignore_missing(self.sock_rev.remove(k))
+                    .map_err(|e| write_error(map_names::SOCK_REV, &self.sizes, e))?;
+            }
+            for p in purges.iter().filter(|p| p.flows) {
+                let id = (p.service_id, p.backend.addr, p.backend.port);
+                out.sockets
+                    .push((p.backend, cookies.remove(&id).unwrap_or_default()));
+            }
+            let of_purged = |_: &CtKey, v: &CtValue| flows.contains(&(v.service_id, v.backend_id));
+            let doomed = self.conntrack_matching(of_purged)?;
+            out.conntrack = self.delete_conntrack_if(&doomed, of_purged)?;
+        }
+        let mut doomed = Vec::new();
+        for entry in self.affinity.iter() {
+            let (k, v) = entry.map_err(|e| write_error(map_names::AFFINITY, &self.sizes, e))?;
+            if affinity.contains(&(k.service_id, v.backend_id)) {
+                doomed.push(k);
+            }
+        }
+        for k in &doomed {
+            ignore_missing(self.affinity.remove(k))
+                .map_err(|e| write_error(map_names::AFFINITY, &self.sizes, e))?;
+        }
+        out.affinity = doomed.len();
+        Ok(out)
     }
 }
 
