@@ -146,14 +146,23 @@ impl NodePortRange {
 }
 
 /// Offsets of a range of `size` values in allocation order: a random start inside the
-/// upper band `[band, size)`, then the lower band `[0, band)`.
+/// upper band `[band, size)`, then a random start inside the lower band `[0, band)`
+/// (upstream's `randomScanStrategyWithOffset`). The lower band's start is random too so
+/// that servers sharing a store do not walk it in lock step, each losing the race for
+/// the value the other just took.
 fn candidates(size: u32, band: u32, seed: u32) -> impl Iterator<Item = u32> {
     let band = band.min(size);
     let upper = size - band;
     let start = if upper > 0 { seed % upper } else { 0 };
+    // Another part of the seed, so the two starts are independent.
+    let lower_start = if band > 0 {
+        seed.rotate_right(16) % band
+    } else {
+        0
+    };
     (0..upper)
         .map(move |i| band + (start + i) % upper)
-        .chain(0..band)
+        .chain((0..band).map(move |i| (lower_start + i) % band))
 }
 
 fn random_u32() -> u32 {
@@ -982,7 +991,24 @@ mod tests {
         let order: Vec<u32> = candidates(256, 16, 12345).collect();
         assert_eq!(order.len(), 256);
         assert!(order[..240].iter().all(|o| *o >= 16), "upper band first");
-        assert_eq!(&order[240..], &(0..16).collect::<Vec<_>>()[..]);
+        assert!(order[240..].iter().all(|o| *o < 16), "then the lower band");
+        // The lower band starts at a random offset too (not always at 0), and is walked
+        // in order from there.
+        let lower_starts: std::collections::BTreeSet<u32> = (0..64u32)
+            .map(|seed| {
+                candidates(256, 16, seed.wrapping_mul(0x9E37_79B9))
+                    .nth(240)
+                    .unwrap()
+            })
+            .collect();
+        assert!(
+            lower_starts.len() > 4,
+            "lower band starts: {lower_starts:?}"
+        );
+        let lower = &order[240..];
+        for w in lower.windows(2) {
+            assert_eq!(w[1], (w[0] + 1) % 16, "the lower band is walked in order");
+        }
         let mut sorted = order.clone();
         sorted.sort();
         assert_eq!(
