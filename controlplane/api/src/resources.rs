@@ -185,6 +185,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
     res!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, short: ["sa"], verbs: ALL_VERBS, categories: &[], sub: []),
     res!("", "v1", "Service", "services", "service", true, short: ["svc"], verbs: ALL_VERBS, categories: ALL, sub: [STATUS]),
     // apps/v1
+    res!("apps", "v1", "ControllerRevision", "controllerrevisions", "controllerrevision", true, short: [], verbs: ALL_VERBS, categories: &[], sub: []),
     res!("apps", "v1", "DaemonSet", "daemonsets", "daemonset", true, short: ["ds"], verbs: ALL_VERBS, categories: ALL, sub: [STATUS]),
     res!("apps", "v1", "Deployment", "deployments", "deployment", true, short: ["deploy"], verbs: ALL_VERBS, categories: ALL, sub: [SCALE, STATUS]),
     res!("apps", "v1", "ReplicaSet", "replicasets", "replicaset", true, short: ["rs"], verbs: ALL_VERBS, categories: ALL, sub: [SCALE, STATUS]),
@@ -595,6 +596,15 @@ mod tests {
             "Service",
             "create,delete,deletecollection,get,list,patch,update,watch",
             "all",
+        ),
+        (
+            "controllerrevisions",
+            "",
+            "apps/v1",
+            true,
+            "ControllerRevision",
+            "create,delete,deletecollection,get,list,patch,update,watch",
+            "",
         ),
         (
             "daemonsets",

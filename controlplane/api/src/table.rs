@@ -151,6 +151,13 @@ fn columns(kind: &str) -> Vec<Col> {
             AGE,
         ],
         "Lease" => vec![NAME, ("Holder", "string", "", "holderIdentity contains the identity of the holder of a current lease.", 0), AGE],
+        // Upstream's controllerRevisionColumnDefinition.
+        "ControllerRevision" => vec![
+            NAME,
+            ("Controller", "string", "", "Controller of the object", 0),
+            ("Revision", "string", "", "Revision indicates the revision of the state represented by Data.", 0),
+            AGE,
+        ],
         // Upstream's eventColumnDefinitions (pkg/printers/internalversion).
         "Event" => vec![
             ("Last Seen", "string", "", "The time at which the most recent occurrence of this event was recorded.", 0),
@@ -458,6 +465,12 @@ pub fn row_cells(kind: &str, obj: &Value, now: i64) -> Vec<Value> {
             json!(s(obj, "/spec/holderIdentity")),
             json!(age),
         ],
+        "ControllerRevision" => vec![
+            json!(name),
+            json!(controller_of(obj)),
+            json!(obj.get("revision").and_then(Value::as_i64).unwrap_or(0)),
+            json!(age),
+        ],
         "Event" => {
             // printEvent: firstTimestamp, else eventTime; lastTimestamp, else first.
             let first = match obj.pointer("/firstTimestamp").filter(|v| !v.is_null()) {
@@ -549,6 +562,31 @@ pub fn row_cells(kind: &str, obj: &Value, now: i64) -> Vec<Value> {
 }
 
 /// Upstream shows at most three endpoints, then `+ N more...`.
+/// printControllerRevision's Controller cell: the controller owner reference as
+/// `<kind>.<group>/<name>` in lower case (`daemonset.apps/fluentd`), `<none>` without one.
+fn controller_of(obj: &Value) -> String {
+    let owners = obj
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array);
+    let Some(r) = owners.and_then(|o| {
+        o.iter()
+            .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
+    }) else {
+        return "<none>".into();
+    };
+    let field = |f: &str| r.get(f).and_then(Value::as_str).unwrap_or("");
+    let group = field("apiVersion")
+        .rsplit_once('/')
+        .map(|(g, _)| g)
+        .unwrap_or("");
+    let kind = if group.is_empty() {
+        field("kind").to_string()
+    } else {
+        format!("{}.{group}", field("kind"))
+    };
+    format!("{}/{}", kind.to_lowercase(), field("name"))
+}
+
 fn first_three(items: &[String]) -> String {
     let mut out = items.iter().take(3).cloned().collect::<Vec<_>>().join(",");
     if items.len() > 3 {
@@ -1240,6 +1278,20 @@ mod tests {
                 "Lease",
                 json!({"metadata": meta, "spec": {"holderIdentity": "node-a"}}),
                 json!(["x", "node-a", "30m"]),
+            ),
+            (
+                "ControllerRevision",
+                json!({"metadata": {"name": "x", "creationTimestamp": "2026-01-01T00:30:00Z",
+                       "ownerReferences": [
+                           {"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": "1"},
+                           {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "fluentd", "uid": "2", "controller": true}]},
+                       "data": {}, "revision": 3}),
+                json!(["x", "daemonset.apps/fluentd", 3, "30m"]),
+            ),
+            (
+                "ControllerRevision",
+                json!({"metadata": meta, "data": {}, "revision": 1}),
+                json!(["x", "<none>", 1, "30m"]),
             ),
             (
                 "Event",

@@ -79,6 +79,10 @@ pub fn schema_for_kind(kind: &str) -> Option<&'static Value> {
                 ("DaemonSet", schema_json::<apps::DaemonSet>()),
                 ("EndpointSlice", schema_json::<disc::EndpointSlice>()),
                 ("Lease", schema_json::<coord::Lease>()),
+                (
+                    "ControllerRevision",
+                    schema_json::<apps::ControllerRevision>(),
+                ),
                 ("Job", schema_json::<batch::Job>()),
                 ("ClusterRole", schema_json::<rbac::ClusterRole>()),
                 (

@@ -285,6 +285,20 @@ pub fn validate(kind: &str, obj: &Value) -> Result<Vec<FieldError>, DecodeError>
             errs.extend(validate_secret_keys(&data));
         }
         "Node" => errs.extend(validate_node(&decode::<Node>(kind, obj)?)),
+        // Upstream's ValidateControllerRevision: data is mandatory, revision non-negative.
+        "ControllerRevision" => {
+            let r: k8s_openapi::api::apps::v1::ControllerRevision = decode(kind, obj)?;
+            if r.data.is_none() {
+                errs.push(FieldError::required("data", "data is mandatory"));
+            }
+            if r.revision < 0 {
+                errs.push(FieldError::invalid(
+                    "revision",
+                    r.revision,
+                    "must be greater than or equal to 0",
+                ));
+            }
+        }
         "Role" => {
             let r: rbac::Role = decode(kind, obj)?;
             errs.extend(crate::rbac::validate_rules(
@@ -408,6 +422,14 @@ pub fn validate_update(
         }
         "RoleBinding" | "ClusterRoleBinding" => {
             errs.extend(crate::rbac::validate_binding_update(old, new));
+        }
+        // Upstream's ValidateControllerRevisionUpdate: a revision is an immutable snapshot.
+        "ControllerRevision" if old.get("data") != new.get("data") => {
+            errs.push(FieldError::invalid(
+                "data",
+                new.get("data").cloned().unwrap_or(Value::Null),
+                "field is immutable",
+            ));
         }
         "EndpointSlice" if old.get("addressType") != new.get("addressType") => {
             errs.push(FieldError::invalid(
@@ -1456,6 +1478,20 @@ mod tests {
                 vec![],
             ),
             (
+                "ControllerRevision",
+                json!({"apiVersion": "apps/v1", "kind": "ControllerRevision", "metadata": {"name": "ds-5d8f", "namespace": "default"},
+                       "data": {"spec": {"template": {"$patch": "replace"}}}, "revision": 2}),
+                vec![],
+            ),
+            (
+                "ControllerRevision",
+                json!({"apiVersion": "apps/v1", "kind": "ControllerRevision", "metadata": {"name": "ds-5d8f", "namespace": "default"}, "revision": -1}),
+                vec![
+                    "data: Required value: data is mandatory".into(),
+                    "revision: Invalid value: -1: must be greater than or equal to 0".into(),
+                ],
+            ),
+            (
                 "ConfigMap",
                 cm(json!({"name": "a", "namespace": "default", "finalizers": ["custom", "example.com/f", "kubernetes"]})),
                 vec!["metadata.finalizers: Invalid value: \"custom\": name is neither a standard finalizer name nor is it fully qualified".into()],
@@ -1469,6 +1505,10 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "{obj}");
         }
+    }
+
+    fn revision(data: Value, revision: i64) -> Value {
+        json!({"apiVersion": "apps/v1", "kind": "ControllerRevision", "metadata": {"name": "r", "namespace": "default"}, "data": data, "revision": revision})
     }
 
     fn deploy(spec: Value) -> Value {
@@ -1663,6 +1703,18 @@ mod tests {
                 deploy(json!({"selector": {"matchLabels": {"app": "x"}}, "template": {"metadata": {"labels": {"app": "x", "v": "1"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}})),
                 deploy(json!({"selector": {"matchLabels": {"app": "x", "v": "1"}}, "template": {"metadata": {"labels": {"app": "x", "v": "1"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}})),
                 vec!["spec.selector: Invalid value: {\"matchLabels\":{\"app\":\"x\",\"v\":\"1\"}}: field is immutable"],
+            ),
+            (
+                "ControllerRevision",
+                revision(json!({"a": 1}), 1),
+                revision(json!({"a": 1}), 4),
+                vec![],
+            ),
+            (
+                "ControllerRevision",
+                revision(json!({"a": 1}), 1),
+                revision(json!({"a": 2}), 1),
+                vec!["data: Invalid value: {\"a\":2}: field is immutable"],
             ),
         ];
         let node = |cidr: Option<&str>| {

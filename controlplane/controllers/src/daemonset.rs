@@ -13,9 +13,9 @@
 //!   [<node>]` and the scheduler binds them.
 //! - Pods are claimed like the ReplicaSet's (matching orphans adopted, non-matching
 //!   owned pods released).
-//! - Revisions: pods carry `controller-revision-hash` = the template hash (skiff's API
-//!   server serves no ControllerRevisions, so there is no revision history for
-//!   `kubectl rollout history/undo daemonset`); RollingUpdate replaces old pods at most
+//! - Revisions: pods carry `controller-revision-hash` = the template hash (with
+//!   `status.collisionCount`), and every template has a ControllerRevision (`history`), so
+//!   `kubectl rollout history|undo daemonset` work; RollingUpdate replaces old pods at most
 //!   `maxUnavailable` (rounded up, as upstream) unavailable at a time, or, with
 //!   `maxSurge`, starts the new pod next to the old one and deletes the old one once the
 //!   new one is available (at most `maxSurge` new pods not yet available at a time);
@@ -33,7 +33,7 @@ use std::{
 use futures::StreamExt as _;
 use k8s_openapi::{
     api::{
-        apps::v1::{DaemonSet, DaemonSetStatus},
+        apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus},
         core::v1::{
             Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
             Pod, PodSpec, Taint, Toleration,
@@ -55,6 +55,7 @@ use crate::{
     backoff::Backoff,
     deployment::template_hash,
     expectations::Expectations,
+    history::{self, Synced},
     ownership::{self, Claim},
     podcontrol::PodControl,
     pods, runtime, Ctx,
@@ -271,14 +272,15 @@ pub fn node_fingerprint(n: &Node) -> u64 {
     h.finish()
 }
 
-/// The template hash the DaemonSet's current pods carry.
+/// The template hash the DaemonSet's current pods (and its current ControllerRevision)
+/// carry; `status.collisionCount` is part of it, as upstream's `ComputeHash`.
 pub fn current_hash(ds: &DaemonSet) -> String {
     template_hash(
         &ds.spec
             .as_ref()
             .map(|s| s.template.clone())
             .unwrap_or_default(),
-        None,
+        ds.status.as_ref().and_then(|s| s.collision_count),
     )
 }
 
@@ -349,6 +351,7 @@ pub fn plan(ds: &DaemonSet, nodes: &[&Node], owned: &[&Pod], now: Timestamp) -> 
     let mut status = DaemonSetStatus {
         observed_generation: ds.metadata.generation,
         desired_number_scheduled: desired,
+        collision_count: ds.status.as_ref().and_then(|s| s.collision_count),
         ..Default::default()
     };
     let mut ready_at: Option<i64> = None;
@@ -564,6 +567,7 @@ struct State {
     ctx: Ctx,
     pods: Store<Pod>,
     nodes: Store<Node>,
+    revisions: Store<ControllerRevision>,
     expectations: Expectations,
     backoff: Backoff,
 }
@@ -571,6 +575,7 @@ struct State {
 pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     let client = ctx.client.clone();
     let (pod_store, pod_stream) = runtime::reflect::<Pod>(&client);
+    let (revision_store, revision_stream) = runtime::reflect::<ControllerRevision>(&client);
     let (node_store, node_writer) = kube::runtime::reflector::store::<Node>();
     // Upstream's shouldIgnoreNodeUpdate: heartbeats (condition timestamps, resource
     // versions) do not re-reconcile every DaemonSet; label, taint, schedulability and
@@ -607,6 +612,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
         ctx,
         pods: pod_store,
         nodes: node_store,
+        revisions: revision_store,
         expectations: Expectations::default(),
         backoff: Backoff::default(),
     });
@@ -628,6 +634,10 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
                 })
                 .map(|d| ObjectRef::from_obj(d.as_ref()))
                 .collect()
+        })
+        // A revision changed or deleted by someone else: its DaemonSet restores its history.
+        .watches_stream(revision_stream, |r: ControllerRevision| {
+            runtime::controller_owner::<DaemonSet>(&r, "DaemonSet")
         })
         // Any node change may change every DaemonSet's eligible set.
         .watches_stream(node_stream, move |_node: Node| {
@@ -651,7 +661,28 @@ async fn reconcile(ds: Arc<DaemonSet>, st: Arc<State>) -> Result<Action, kube::E
     let uid = ds.uid().unwrap_or_default();
     let _ = st.pods.wait_until_ready().await;
     let _ = st.nodes.wait_until_ready().await;
+    let _ = st.revisions.wait_until_ready().await;
     if ds.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    // The current template's ControllerRevision first (upstream's constructHistory), so
+    // the hash the new pods carry names a revision `kubectl rollout undo` can return to.
+    let ds_api: Api<DaemonSet> = Api::namespaced(st.ctx.client.clone(), &ns);
+    let revision_api: Api<ControllerRevision> = Api::namespaced(st.ctx.client.clone(), &ns);
+    let hash = current_hash(&ds);
+    let revisions = st.revisions.state();
+    let owned_revisions: Vec<&ControllerRevision> = revisions
+        .iter()
+        .filter(|r| {
+            r.namespace().as_deref() == Some(&ns)
+                && ownership::controller_ref(&r.metadata).is_some_and(|o| o.uid == uid)
+        })
+        .map(|r| r.as_ref())
+        .collect();
+    if let Synced::Collision =
+        history::sync(&revision_api, &ds_api, &ds, &hash, &owned_revisions).await?
+    {
+        // The status write brings the DaemonSet back with the new collisionCount.
         return Ok(Action::await_change());
     }
     // Claim the namespace's pods (upstream's ControllerRefManager): matching orphans
@@ -718,9 +749,22 @@ async fn reconcile(ds: Arc<DaemonSet>, st: Arc<State>) -> Result<Action, kube::E
         if let Some(e) = err {
             return Err(e);
         }
+        // Upstream's cleanupHistory: old revisions beyond revisionHistoryLimit, except
+        // those a pod still runs.
+        let live: std::collections::HashSet<&str> = owned_refs
+            .iter()
+            .filter_map(|p| p.labels().get(REVISION_HASH).map(String::as_str))
+            .collect();
+        let limit = ds
+            .spec
+            .as_ref()
+            .and_then(|s| s.revision_history_limit)
+            .unwrap_or(history::DEFAULT_HISTORY_LIMIT);
+        let old = history::to_delete(&owned_revisions, &hash, &live, limit);
+        history::cleanup(&revision_api, &ds, &old).await?;
     }
     if ds.status.as_ref() != Some(&plan.status) {
-        let api: Api<DaemonSet> = Api::namespaced(st.ctx.client.clone(), &ns);
+        let api = ds_api;
         let s = &plan.status;
         let body = serde_json::json!({"status": {
             "desiredNumberScheduled": s.desired_number_scheduled,

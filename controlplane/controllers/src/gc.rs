@@ -14,8 +14,8 @@
 //!   are removed from every dependent, then the finalizer.
 //!
 //! Dependents are matched by owner uid. Watched kinds (owners and dependents): Pods,
-//! ReplicaSets, Deployments, DaemonSets, Jobs, EndpointSlices, Endpoints and Services
-//! (owners of EndpointSlices). An owner reference to a kind outside that table is left
+//! ReplicaSets, Deployments, DaemonSets, Jobs, EndpointSlices, Endpoints, Services
+//! (owners of EndpointSlices) and ControllerRevisions (DaemonSet history). An owner reference to a kind outside that table is left
 //! alone (treated as live): deleting on an unknown kind would be a guess.
 
 use std::{
@@ -55,6 +55,13 @@ pub const KINDS: &[(&str, &str, &str, &str, bool)] = &[
     ),
     ("", "v1", "Endpoints", "endpoints", true),
     ("", "v1", "Service", "services", true),
+    (
+        "apps",
+        "v1",
+        "ControllerRevision",
+        "controllerrevisions",
+        true,
+    ),
 ];
 
 /// The table index of an owner reference's kind (by apiVersion's group and kind; the

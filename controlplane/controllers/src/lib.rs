@@ -52,6 +52,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod expectations;
 pub mod gc;
+pub mod history;
 pub mod job;
 pub mod ownership;
 pub mod podcontrol;

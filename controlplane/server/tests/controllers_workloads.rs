@@ -1108,6 +1108,55 @@ async fn daemonset_follows_nodes_and_taints() {
         .status
         .unwrap();
     assert_eq!(st.updated_number_scheduled, Some(3));
+
+    // Revision history (ControllerRevisions) and `kubectl rollout undo`: back to agent:1,
+    // whose revision is renumbered 3 instead of copied.
+    let history = c
+        .kubectl_ok(&["rollout", "history", "daemonset/agent"])
+        .await;
+    let revisions = |out: &str| -> Vec<String> {
+        out.lines()
+            .skip_while(|l| !l.starts_with("REVISION"))
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next().map(String::from))
+            .collect()
+    };
+    assert_eq!(revisions(&history), ["1", "2"], "{history}");
+    let listed = c
+        .kubectl_ok(&["get", "controllerrevisions", "-l", "app=agent"])
+        .await;
+    assert!(
+        listed.starts_with("NAME") && listed.contains("daemonset.apps/agent"),
+        "{listed}"
+    );
+    c.kubectl_ok(&["rollout", "undo", "daemonset/agent"]).await;
+    c.kubectl_ok(&["rollout", "status", "daemonset/agent", "--timeout=90s"])
+        .await;
+    wait_for("3 agent pods back at agent:1", &c, || async {
+        let pods = live_pods(&c, "app=agent").await;
+        (pods.len() == 3 && pods.iter().all(|p| is_ready(p) && image_of(p) == "agent:1"))
+            .then_some(())
+    })
+    .await;
+    let history = c
+        .kubectl_ok(&["rollout", "history", "daemonset/agent"])
+        .await;
+    assert_eq!(revisions(&history), ["2", "3"], "{history}");
+    let shown = c
+        .kubectl_ok(&["rollout", "history", "daemonset/agent", "--revision=2"])
+        .await;
+    assert!(shown.contains("agent:2"), "{shown}");
+    // The garbage collector deletes the history with its DaemonSet.
+    c.kubectl_ok(&["delete", "daemonset", "agent"]).await;
+    wait_for("no agent ControllerRevisions", &c, || async {
+        let revs: Api<k8s_openapi::api::apps::v1::ControllerRevision> = c.api();
+        let left = revs
+            .list(&ListParams::default().labels("app=agent"))
+            .await
+            .ok()?;
+        left.items.is_empty().then_some(())
+    })
+    .await;
 }
 
 /// RollingUpdate with maxSurge 1 / maxUnavailable 0 (upstream's surge update): the new
