@@ -177,6 +177,10 @@ struct Pending {
     reply: Reply,
 }
 
+/// A write batch that takes at least this long (staging, commit with its fsync, publishing)
+/// is logged with the split.
+const SLOW_COMMIT: Duration = Duration::from_millis(50);
+
 /// At most this many writes share one transaction, so a burst does not make the first
 /// writer wait for thousands of others to be staged.
 const MAX_BATCH: usize = 512;
@@ -554,6 +558,8 @@ impl Shared {
         if batch.is_empty() {
             return;
         }
+        let started = Instant::now();
+        let writes = batch.len();
         let txn = match self.db.begin_write() {
             Ok(txn) => txn,
             Err(e) => return fail_all(batch, "begin write", &e.into()),
@@ -581,7 +587,9 @@ impl Shared {
             }
             staged.push((p.reply, result));
         }
+        let staged_at = Instant::now();
         let committed = txn.commit();
+        let committed_at = Instant::now();
         self.commits.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = committed {
             let message = redb::Error::from(e).to_string();
@@ -608,6 +616,20 @@ impl Shared {
                     .collect()
             });
             let _ = reply.send(answer);
+        }
+        // Where a slow write answer's time went (a write waits for the batch ahead of it
+        // too, so its answer can take up to twice this).
+        let total = started.elapsed();
+        if total >= SLOW_COMMIT {
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            tracing::info!(
+                writes,
+                stage_ms = ms(staged_at - started),
+                commit_ms = ms(committed_at - staged_at),
+                publish_ms = ms(committed_at.elapsed()),
+                "slow redb write batch: {:.1} ms",
+                ms(total)
+            );
         }
     }
 
@@ -784,14 +806,30 @@ impl Shared {
             self.yield_to_writers();
         }
         if chunks > 0 {
-            tracing::debug!(
-                target,
-                chunks,
-                removed,
-                longest_chunk_ms = longest.as_secs_f64() * 1e3,
-                total_ms = started.elapsed().as_secs_f64() * 1e3,
-                "compacted the redb log"
+            let (longest_chunk_ms, total_ms) = (
+                longest.as_secs_f64() * 1e3,
+                started.elapsed().as_secs_f64() * 1e3,
             );
+            // A chunk is the longest a write waits for compaction: worth seeing when slow.
+            if longest >= SLOW_COMMIT {
+                tracing::info!(
+                    target,
+                    chunks,
+                    removed,
+                    longest_chunk_ms,
+                    total_ms,
+                    "compacted the redb log (slow chunk)"
+                );
+            } else {
+                tracing::debug!(
+                    target,
+                    chunks,
+                    removed,
+                    longest_chunk_ms,
+                    total_ms,
+                    "compacted the redb log"
+                );
+            }
         }
         Ok(())
     }
