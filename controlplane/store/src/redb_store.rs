@@ -111,6 +111,13 @@ pub struct RedbConfig {
     /// Automatic compaction never keeps more than this many revisions, however young.
     /// Default 100 000 (upstream's watch cache capacity cap). At least `retention`.
     pub max_retention: u64,
+    /// Automatic compaction also keeps the removable history (rows that later writes
+    /// replaced or deleted, and tombstones) below about this many bytes, however young:
+    /// at 100 000 revisions of 1.5 KB pods the count cap alone would let a 5-minute burst
+    /// add 150 MB to the file. The last `retention` revisions are kept regardless.
+    /// Measured at `compact_every` granularity over the writes since the store was opened.
+    /// Default [`DEFAULT_MAX_RETAINED_BYTES`]; 0: no size bound.
+    pub max_retained_bytes: u64,
     /// Run automatic compaction every this many writes (0 disables it). Default 1 000.
     pub compact_every: u64,
     /// Events buffered per live watcher before it is cut off as too slow. Default 1 024.
@@ -120,6 +127,10 @@ pub struct RedbConfig {
     /// the whole file, duplicating what the kernel's page cache already holds.
     pub cache_size: usize,
 }
+
+/// The default [`RedbConfig::max_retained_bytes`]: 64 MiB of replaced versions (the watch
+/// cache's history budget is the same size).
+pub const DEFAULT_MAX_RETAINED_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The default [`RedbConfig::cache_size`]: 32 MiB. Reads that miss it are served from the
 /// kernel's page cache (a `pread`, not a disk read, for a file that fits in memory), and
@@ -132,6 +143,7 @@ impl Default for RedbConfig {
             retention: 10_000,
             retention_age: Duration::from_secs(300),
             max_retention: 100_000,
+            max_retained_bytes: DEFAULT_MAX_RETAINED_BYTES,
             compact_every: 1_000,
             watch_buffer: 1_024,
             cache_size: DEFAULT_CACHE_SIZE,
@@ -158,7 +170,10 @@ struct Shared {
     broadcaster: Broadcaster,
     /// `(when, revision)`: the current revision at open and at each automatic-compaction
     /// check, oldest first; what `retention_age` is measured with.
-    checkpoints: Mutex<VecDeque<(Instant, Revision)>>,
+    checkpoints: Mutex<VecDeque<Checkpoint>>,
+    /// Bytes of rows made removable (replaced or deleted, plus tombstones) by the writes
+    /// since open, cumulative: what [`RedbConfig::max_retained_bytes`] is measured with.
+    superseded_bytes: std::sync::atomic::AtomicU64,
     /// Held by a compaction run (automatic or [`Store::compact`]), so runs do not overlap.
     compacting: Mutex<()>,
     /// Runs automatic compaction in the background (see [`compactor`]). `None` only while
@@ -347,31 +362,66 @@ fn live_at(
     }
 }
 
-/// Checks that a snapshot at `requested` can be read.
-/// Where automatic compaction at `revision` (now `now`) compacts to, if anywhere; records
-/// the checkpoint and forgets those no longer needed. Every revision up to a checkpoint's
-/// was written at or before its instant, so compacting to the newest checkpoint at least
-/// `retention_age` old never drops a younger revision.
-fn auto_compact_target(
-    cps: &mut VecDeque<(Instant, Revision)>,
-    now: Instant,
+/// The store at one automatic-compaction check: when, its revision, and the cumulative
+/// bytes its writes had made removable by then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Checkpoint {
+    at: Instant,
     revision: Revision,
+    superseded: u64,
+}
+
+/// Where automatic compaction at `now` compacts to, if anywhere; records the checkpoint
+/// `now` and forgets those no longer needed.
+///
+/// - By age: every revision up to a checkpoint's was written at or before its instant, so
+///   compacting to the newest checkpoint at least `retention_age` old never drops a
+///   younger revision.
+/// - By size: a row replaced at revision `s` goes with a compaction to `s` or later, so
+///   after compacting to checkpoint `c` the removable history left is about
+///   `now.superseded - c.superseded`; the oldest checkpoint that brings it within
+///   `max_retained_bytes` is the target (overriding the age, not the `retention` floor).
+fn auto_compact_target(
+    cps: &mut VecDeque<Checkpoint>,
+    now: Checkpoint,
     config: &RedbConfig,
 ) -> Option<Revision> {
-    cps.push_back((now, revision));
+    cps.push_back(now);
     // The newest checkpoint old enough; the ones before it are no longer needed.
-    let old_enough = |at: Instant| now.saturating_duration_since(at) >= config.retention_age;
-    while cps.len() > 1 && old_enough(cps[1].0) {
+    let old_enough = |at: Instant| now.at.saturating_duration_since(at) >= config.retention_age;
+    while cps.len() > 1 && old_enough(cps[1].at) {
         cps.pop_front();
     }
     let aged = match cps.front() {
-        Some(&(at, rev)) if old_enough(at) => rev,
+        Some(cp) if old_enough(cp.at) => cp.revision,
         _ => 0,
     };
-    let by_count = revision.saturating_sub(config.retention);
-    let cap = revision.saturating_sub(config.max_retention);
-    let target = by_count.min(aged).max(cap);
+    // Index 0 within the bound: no pressure beyond what the age already allows.
+    let by_size = match config.max_retained_bytes {
+        0 => 0,
+        max => match cps
+            .iter()
+            .position(|cp| now.superseded.saturating_sub(cp.superseded) <= max)
+        {
+            Some(0) | None => 0,
+            Some(i) => cps[i].revision,
+        },
+    };
+    let by_count = now.revision.saturating_sub(config.retention);
+    let cap = now.revision.saturating_sub(config.max_retention);
+    let target = by_count.min(aged.max(by_size)).max(cap);
     (target > 0).then_some(target)
+}
+
+/// Checks that a snapshot at `requested` can be read.
+/// The bytes of log rows that `event` made removable by compaction: the row it replaced
+/// or deleted, and its own tombstone.
+fn removable_bytes(event: &Event) -> u64 {
+    let row = |kv: &KeyValue| (ROW_HEADER + kv.key.len() + kv.value.len()) as u64;
+    match event {
+        Event::Put { prev, .. } => prev.as_ref().map_or(0, row),
+        Event::Delete { prev, .. } => row(prev) + (ROW_HEADER + prev.key.len()) as u64,
+    }
 }
 
 fn check_readable(requested: Revision, current: Revision, compacted: Revision) -> Result<()> {
@@ -457,7 +507,12 @@ impl RedbStore {
             queue: Mutex::new(Vec::new()),
             commits: std::sync::atomic::AtomicU64::new(0),
             broadcaster,
-            checkpoints: Mutex::new(VecDeque::from([(Instant::now(), current)])),
+            checkpoints: Mutex::new(VecDeque::from([Checkpoint {
+                at: Instant::now(),
+                revision: current,
+                superseded: 0,
+            }])),
+            superseded_bytes: std::sync::atomic::AtomicU64::new(0),
             compacting: Mutex::new(()),
             compactor: Compactor::spawn(weak.clone())
                 .map_err(|e| spawn_error = Some(e))
@@ -607,6 +662,8 @@ impl Shared {
                 events
                     .into_iter()
                     .map(|event| {
+                        self.superseded_bytes
+                            .fetch_add(removable_bytes(&event), Ordering::Relaxed);
                         self.broadcaster.publish(&event);
                         match event {
                             Event::Put { kv, prev } => (kv.mod_revision, prev),
@@ -744,9 +801,14 @@ impl Shared {
         if every == 0 || !revision.is_multiple_of(every) {
             return;
         }
+        let now = Checkpoint {
+            at: Instant::now(),
+            revision,
+            superseded: self.superseded_bytes.load(Ordering::Relaxed),
+        };
         let target = {
             let mut cps = lock(&self.checkpoints);
-            auto_compact_target(&mut cps, Instant::now(), revision, &self.config)
+            auto_compact_target(&mut cps, now, &self.config)
         };
         if let (Some(target), Some(compactor)) = (target, &self.compactor) {
             compactor.request(target);
@@ -1343,6 +1405,60 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(store.log_len().await.unwrap(), 120 - 90 + 1);
+    }
+
+    /// The size bound compacts young history once the removable bytes since a checkpoint
+    /// exceed it, and only then; age and count rules as before.
+    #[test]
+    fn automatic_compaction_target_by_size() {
+        let config = RedbConfig {
+            retention: 100,
+            retention_age: Duration::from_secs(300),
+            max_retention: 100_000,
+            max_retained_bytes: 1_000,
+            ..RedbConfig::default()
+        };
+        let t0 = Instant::now();
+        let cp = |secs: u64, revision: Revision, superseded: u64| Checkpoint {
+            at: t0 + Duration::from_secs(secs),
+            revision,
+            superseded,
+        };
+        let mut cps = VecDeque::from([cp(0, 0, 0)]);
+        // Young and small: nothing.
+        assert_eq!(
+            auto_compact_target(&mut cps, cp(1, 1000, 400), &config),
+            None
+        );
+        assert_eq!(
+            auto_compact_target(&mut cps, cp(2, 2000, 900), &config),
+            None
+        );
+        // 1 500 bytes since the open: compacting to 1000 leaves 1 100, to 2000 leaves 600.
+        assert_eq!(
+            auto_compact_target(&mut cps, cp(3, 3000, 1500), &config),
+            Some(2000)
+        );
+        // Never into the last `retention` revisions.
+        let mut cps = VecDeque::from([cp(0, 0, 0)]);
+        assert_eq!(
+            auto_compact_target(&mut cps, cp(1, 150, 50_000), &config),
+            Some(50)
+        );
+        // No size bound: only age and count.
+        let unbounded = RedbConfig {
+            max_retained_bytes: 0,
+            ..config.clone()
+        };
+        let mut cps = VecDeque::from([cp(0, 0, 0)]);
+        assert_eq!(
+            auto_compact_target(&mut cps, cp(3, 3000, 50_000), &unbounded),
+            None
+        );
+        assert_eq!(
+            auto_compact_target(&mut cps, cp(303, 4000, 60_000), &unbounded),
+            Some(3000)
+        );
     }
 
     /// Dropping the store ends its compactor, so the file can be opened again at once.
