@@ -40,7 +40,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use serde_json::Value;
 use skiff_api::resources::RESOURCES;
 use skiff_api::selector::SelectionAttrs;
 use skiff_store::{
@@ -139,7 +138,7 @@ impl CachedObject {
 
     /// The object, decoded.
     #[cfg(test)]
-    pub fn value(&self) -> Value {
+    pub fn value(&self) -> serde_json::Value {
         serde_json::from_slice(&self.json).unwrap_or_default()
     }
 }
@@ -1050,8 +1049,8 @@ mod tests {
                 )
                 .await
                 .unwrap();
-            let got: Vec<Value> = page.items.iter().map(|o| o.value()).collect();
-            let want: Vec<Value> = want
+            let got: Vec<serde_json::Value> = page.items.iter().map(|o| o.value()).collect();
+            let want: Vec<serde_json::Value> = want
                 .items
                 .iter()
                 .map(|kv| crate::api::decode_kv(kv, kv.mod_revision))
