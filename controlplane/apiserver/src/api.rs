@@ -774,6 +774,11 @@ impl Selectors {
     pub fn matches(&self, obj: &Value) -> bool {
         self.label.matches_object(obj) && self.field.matches(obj)
     }
+
+    /// [`Self::matches`] on the watch cache's attributes of an object.
+    pub fn matches_attrs(&self, attrs: &selector::SelectionAttrs) -> bool {
+        self.label.matches_attrs(attrs) && self.field.matches_attrs(attrs)
+    }
 }
 
 fn continue_token(rv: u64, start: &str) -> String {
@@ -951,7 +956,7 @@ pub(crate) async fn list_objects(
     };
     if let Some(rev) = cached_at {
         let root = format!("/registry/{}/", t.r.plural);
-        let matches = |attrs: &Value| sel.matches(attrs);
+        let matches = |attrs: &selector::SelectionAttrs| sel.matches_attrs(attrs);
         if let Some(page) = cache.list(
             &root,
             &t.prefix(),

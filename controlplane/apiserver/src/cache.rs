@@ -40,8 +40,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use serde_json::Value;
 use skiff_api::resources::RESOURCES;
+use skiff_api::selector::SelectionAttrs;
 use skiff_store::{
     Event, KeyValue, ListOptions, ProgressRequester, ProgressWatchStream, Revision, Store,
     StoreError, WatchItem,
@@ -98,8 +98,8 @@ pub(crate) struct CachedObject {
     pub key: String,
     /// The object as a GET returns it (`resourceVersion` set), JSON.
     pub json: Bytes,
-    /// What label and field selectors read ([`skiff_api::selector::selection_attrs`]).
-    pub attrs: Value,
+    /// What label and field selectors read, flat ([`SelectionAttrs`]).
+    pub attrs: SelectionAttrs,
     /// Bytes this version takes, about ([`CachedObject::size`]).
     size: usize,
 }
@@ -108,13 +108,20 @@ impl CachedObject {
     /// `kv` decoded, with `resourceVersion` set to `rv`.
     pub fn new(kind: &str, kv: &KeyValue, rv: Revision) -> CachedObject {
         let obj = crate::api::decode_kv(kv, rv);
-        let json = Bytes::from(serde_json::to_vec(&obj).unwrap_or_default());
-        let attrs = skiff_api::selector::selection_attrs(kind, &obj);
+        // Exactly sized: `to_vec` grows its buffer by doubling, and `Bytes::from(Vec)`
+        // keeps the spare capacity (a quarter of the buffer on average) for as long as the
+        // cache holds this version.
+        let json = Bytes::from(
+            serde_json::to_vec(&obj)
+                .unwrap_or_default()
+                .into_boxed_slice(),
+        );
+        let attrs = SelectionAttrs::of(kind, &obj);
         let size = std::mem::size_of::<CachedObject>()
             + ARC_HEADER
             + kv.key.len()
             + json.len()
-            + value_size(&attrs);
+            + attrs.heap_size();
         CachedObject {
             key: kv.key.clone(),
             json,
@@ -131,25 +138,13 @@ impl CachedObject {
 
     /// The object, decoded.
     #[cfg(test)]
-    pub fn value(&self) -> Value {
+    pub fn value(&self) -> serde_json::Value {
         serde_json::from_slice(&self.json).unwrap_or_default()
     }
 }
 
 /// An `Arc`'s counts, in front of its value.
 const ARC_HEADER: usize = 2 * std::mem::size_of::<usize>();
-
-/// About the heap bytes of a JSON value (string lengths plus per-node overhead): the
-/// selector attributes are small maps of labels and a few fields.
-fn value_size(v: &Value) -> usize {
-    let node = std::mem::size_of::<Value>();
-    node + match v {
-        Value::String(s) => s.len(),
-        Value::Array(a) => a.iter().map(value_size).sum(),
-        Value::Object(m) => m.iter().map(|(k, v)| k.len() + 24 + value_size(v)).sum(),
-        _ => 0,
-    }
-}
 
 /// A change of one object, as the history keeps it and watchers receive it.
 pub(crate) struct CachedEvent {
@@ -552,7 +547,7 @@ impl WatchCache {
         root: &str,
         prefix: &str,
         at: Option<Revision>,
-        matches: &dyn Fn(&Value) -> bool,
+        matches: &dyn Fn(&SelectionAttrs) -> bool,
         limit: Option<usize>,
         after: Option<&str>,
     ) -> Option<CachePage> {
@@ -999,13 +994,14 @@ mod tests {
         let cur = *revs.last().unwrap();
         assert!(cache.wait_for(cur, Duration::from_secs(10)).await);
         let root = "/registry/configmaps/";
-        let only_new = |v: &Value| v.pointer("/metadata/labels/l") == Some(&Value::from("new"));
-        let all = |_: &Value| true;
+        let only_new = |a: &SelectionAttrs| a.label("l") == Some("new");
+        let all = |_: &SelectionAttrs| true;
         for &at in &revs {
             for prefix in [root, "/registry/configmaps/a/"] {
-                for (name, matches) in
-                    [("all", &all as &dyn Fn(&Value) -> bool), ("new", &only_new)]
-                {
+                for (name, matches) in [
+                    ("all", &all as &dyn Fn(&SelectionAttrs) -> bool),
+                    ("new", &only_new),
+                ] {
                     // Page through with limit 3 from the cache; compare with the store.
                     let mut after: Option<String> = None;
                     let mut got = Vec::new();
@@ -1034,7 +1030,7 @@ mod tests {
                         .iter()
                         .filter(|kv| {
                             let v = crate::api::decode_kv(kv, kv.mod_revision);
-                            matches(&v)
+                            matches(&SelectionAttrs::of("ConfigMap", &v))
                         })
                         .map(|kv| kv.key.clone())
                         .collect();
@@ -1053,8 +1049,8 @@ mod tests {
                 )
                 .await
                 .unwrap();
-            let got: Vec<Value> = page.items.iter().map(|o| o.value()).collect();
-            let want: Vec<Value> = want
+            let got: Vec<serde_json::Value> = page.items.iter().map(|o| o.value()).collect();
+            let want: Vec<serde_json::Value> = want
                 .items
                 .iter()
                 .map(|kv| crate::api::decode_kv(kv, kv.mod_revision))
@@ -1117,7 +1113,7 @@ mod tests {
         let cur = *revs.last().unwrap();
         assert!(cache.wait_for(cur, Duration::from_secs(10)).await);
         let root = "/registry/configmaps/";
-        let all = |_: &Value| true;
+        let all = |_: &SelectionAttrs| true;
         {
             let s = cache.state();
             let res = &s.resources[root];
@@ -1379,7 +1375,7 @@ mod tests {
             Err(StoreError::Compacted { .. })
         ));
         // The relist: the current state from the cache, then a watch from its revision.
-        let all = |_: &Value| true;
+        let all = |_: &SelectionAttrs| true;
         let page = cache.list(root, root, None, &all, None, None).unwrap();
         assert_eq!(page.items.len(), 10);
         let mut w = cache.watch(root, root, page.revision).await.unwrap();

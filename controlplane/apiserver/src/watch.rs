@@ -319,10 +319,13 @@ fn too_old(rv: u64) -> StatusError {
 /// cache does. Selectors read the cached attributes; nothing is decoded.
 fn translate(sel: &Selectors, ev: &CachedEvent) -> Option<&'static str> {
     if ev.deleted {
-        return sel.matches(&ev.object.attrs).then_some("DELETED");
+        return sel.matches_attrs(&ev.object.attrs).then_some("DELETED");
     }
-    let cur_m = sel.matches(&ev.object.attrs);
-    let prev_m = ev.before.as_ref().is_some_and(|b| sel.matches(&b.attrs));
+    let cur_m = sel.matches_attrs(&ev.object.attrs);
+    let prev_m = ev
+        .before
+        .as_ref()
+        .is_some_and(|b| sel.matches_attrs(&b.attrs));
     match (prev_m, cur_m) {
         (false, true) => Some("ADDED"),
         (true, true) => Some("MODIFIED"),

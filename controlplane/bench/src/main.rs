@@ -326,6 +326,35 @@ fn bench_slice(i: usize) -> serde_json::Value {
     })
 }
 
+/// Sends `request(i)` for every `i` in `range`, `concurrency` in flight, each answer read
+/// in full; sorted per-request latencies (from the send to the whole answer) and the wall
+/// time.
+async fn timed_requests(
+    client: &kube::Client,
+    range: std::ops::Range<usize>,
+    concurrency: usize,
+    request: impl Fn(usize) -> Result<http::Request<Vec<u8>>>,
+) -> Result<(Vec<Duration>, Duration)> {
+    let t = Instant::now();
+    let request = &request;
+    let mut lat: Vec<Duration> = futures::stream::iter(range)
+        .map(|i| {
+            let client = client.clone();
+            async move {
+                let req = request(i)?;
+                let what = format!("{} {} #{i}", req.method(), req.uri());
+                let t = Instant::now();
+                client.request_text(req).await.context(what)?;
+                Ok::<_, anyhow::Error>(t.elapsed())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect()
+        .await?;
+    lat.sort();
+    Ok((lat, t.elapsed()))
+}
+
 /// POSTs `body(i)` for every `i` in `range` to `path`, `concurrency` in flight; sorted
 /// per-create latencies and the wall time.
 async fn create_all(
@@ -335,27 +364,12 @@ async fn create_all(
     concurrency: usize,
     body: fn(usize) -> serde_json::Value,
 ) -> Result<(Vec<Duration>, Duration)> {
-    let t = Instant::now();
-    let mut lat: Vec<Duration> = futures::stream::iter(range)
-        .map(|i| {
-            let client = client.clone();
-            async move {
-                let req = http::Request::post(path)
-                    .header("content-type", "application/json")
-                    .body(serde_json::to_vec(&body(i))?)?;
-                let t = Instant::now();
-                client
-                    .request_text(req)
-                    .await
-                    .with_context(|| format!("POST {path} #{i}"))?;
-                Ok::<_, anyhow::Error>(t.elapsed())
-            }
-        })
-        .buffer_unordered(concurrency)
-        .try_collect()
-        .await?;
-    lat.sort();
-    Ok((lat, t.elapsed()))
+    timed_requests(client, range, concurrency, |i| {
+        Ok(http::Request::post(path)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&body(i))?)?)
+    })
+    .await
 }
 
 /// Updates every object `path(i)` for `i` in `range` with a JSON merge patch of one label
@@ -367,30 +381,13 @@ async fn update_all(
     concurrency: usize,
     path: fn(usize) -> String,
 ) -> Result<(Vec<Duration>, Duration)> {
-    let t = Instant::now();
-    let mut lat: Vec<Duration> = futures::stream::iter(range)
-        .map(|i| {
-            let client = client.clone();
-            async move {
-                let path = path(i);
-                let req = http::Request::patch(&path)
-                    .header("content-type", "application/merge-patch+json")
-                    .body(serde_json::to_vec(
-                        &json!({"metadata": {"labels": {"bench-updated": "true"}}}),
-                    )?)?;
-                let t = Instant::now();
-                client
-                    .request_text(req)
-                    .await
-                    .with_context(|| format!("PATCH {path}"))?;
-                Ok::<_, anyhow::Error>(t.elapsed())
-            }
-        })
-        .buffer_unordered(concurrency)
-        .try_collect()
-        .await?;
-    lat.sort();
-    Ok((lat, t.elapsed()))
+    let patch = serde_json::to_vec(&json!({"metadata": {"labels": {"bench-updated": "true"}}}))?;
+    timed_requests(client, range, concurrency, |i| {
+        Ok(http::Request::patch(path(i))
+            .header("content-type", "application/merge-patch+json")
+            .body(patch.clone())?)
+    })
+    .await
 }
 
 /// Creates pods `range` with `concurrency` in flight; per-create latencies and the wall time.

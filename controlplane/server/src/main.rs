@@ -66,6 +66,11 @@ enum Command {
         /// upstream compacts etcd every 5 minutes). The watch cache relies on it.
         #[arg(long, default_value_t = 300)]
         redb_retention_seconds: u64,
+        /// MiB of replaced versions the redb store's history may hold before automatic
+        /// compaction drops them even when younger than --redb-retention-seconds (0: no
+        /// size bound; the last 10 000 revisions are kept regardless).
+        #[arg(long, default_value_t = 64)]
+        redb_max_retained_mib: u64,
         // end cp helper
         /// The Service ClusterIP range (IPv4).
         #[arg(long, default_value = "10.43.0.0/16")]
@@ -416,6 +421,7 @@ async fn run() -> Result<()> {
             watch_cache_fresh_seconds,
             watch_cache_budget,
             redb_retention_seconds,
+            redb_max_retained_mib,
             service_cidr,
             service_node_port_range,
             min_request_timeout,
@@ -446,6 +452,9 @@ async fn run() -> Result<()> {
                                 retention_age: std::time::Duration::from_secs(
                                     redb_retention_seconds,
                                 ),
+                                max_retained_bytes: redb_max_retained_mib
+                                    .checked_mul(1024 * 1024)
+                                    .context("--redb-max-retained-mib is too large")?,
                                 ..Default::default()
                             },
                         )

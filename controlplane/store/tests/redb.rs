@@ -30,6 +30,19 @@ async fn fixture() -> Option<Fixture> {
 
 conformance_tests!(fixture);
 
+/// Polls until the store's compacted revision is at least `want` (automatic compaction runs
+/// in the background), at most 30 s; returns the compacted revision.
+async fn compacted_at_least(store: &dyn Store, want: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let compacted = store.compacted_revision().await.unwrap();
+        if compacted >= want || std::time::Instant::now() > deadline {
+            return compacted;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn open(path: &Path, config: RedbConfig) -> Arc<dyn Store> {
     Arc::new(RedbStore::open(path, config).expect("open store"))
 }
@@ -146,7 +159,7 @@ async fn automatic_compaction_bounds_the_file_under_churn() {
         max_size = max_size.max(std::fs::metadata(&path).unwrap().len());
     }
     assert_eq!(last, UPDATES as u64);
-    let compacted = store.compacted_revision().await.unwrap();
+    let compacted = compacted_at_least(&store, last - RETENTION - COMPACT_EVERY).await;
     assert!(
         compacted >= last - RETENTION - COMPACT_EVERY,
         "compaction lags: compacted {compacted}, current {last}"
@@ -202,7 +215,14 @@ async fn automatic_compaction_keeps_young_history_up_to_the_cap() {
         }));
         writes.await;
         let cur = store.current_revision().await.unwrap();
-        (cur, store.compacted_revision().await.unwrap())
+        // The last boundary (revision 3000) asks for `expected`; nothing asks for more.
+        let expected = if age.is_zero() {
+            cur - 100
+        } else {
+            cur - 1_000
+        };
+        let compacted = compacted_at_least(&store, expected).await;
+        (cur, compacted)
     }
     // Young (an hour's age): only the cap compacts.
     let (cur, compacted) = churn(Duration::from_secs(3600)).await;
@@ -211,6 +231,52 @@ async fn automatic_compaction_keeps_young_history_up_to_the_cap() {
     // Age zero: by count.
     let (cur, compacted) = churn(Duration::ZERO).await;
     assert_eq!(compacted, cur - 100);
+}
+
+/// The size bound: young history (an hour's retention) is compacted once the replaced
+/// versions it holds pass `max_retained_bytes`, so a burst of large updates cannot grow
+/// the file for the whole retention window; without the bound it is all kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_compaction_bounds_young_history_by_size() {
+    const UPDATES: u64 = 3_000;
+    const VALUE: usize = 1_000;
+    const MAX_BYTES: u64 = 200 * 1024;
+    async fn churn(max_retained_bytes: u64) -> (u64, u64, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(
+            dir.path().join("store.redb"),
+            RedbConfig {
+                retention: 100,
+                retention_age: Duration::from_secs(3600),
+                compact_every: 100,
+                max_retained_bytes,
+                ..config()
+            },
+        )
+        .unwrap();
+        let value = Bytes::from(vec![b'v'; VALUE]);
+        for i in 0..UPDATES {
+            let key = format!("/k/{}", i % 10);
+            if i < 10 {
+                store.create(&key, value.clone()).await.unwrap();
+            } else {
+                store.update(&key, value.clone(), None).await.unwrap();
+            }
+        }
+        // What the bound allows: its bytes in rows, plus one check interval.
+        let want = UPDATES - MAX_BYTES / VALUE as u64 - 100;
+        let compacted = if max_retained_bytes > 0 {
+            compacted_at_least(&store, want).await
+        } else {
+            store.compacted_revision().await.unwrap()
+        };
+        (want, compacted, store.log_len().await.unwrap())
+    }
+    let (want, compacted, rows) = churn(MAX_BYTES).await;
+    assert!(compacted >= want, "compacted to {compacted}, want {want}");
+    assert!(rows <= UPDATES - want + 10, "log holds {rows} rows");
+    let (_, compacted, rows) = churn(0).await;
+    assert_eq!((compacted, rows), (0, UPDATES));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
