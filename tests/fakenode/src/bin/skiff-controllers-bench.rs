@@ -638,13 +638,13 @@ async fn endpoints(a: &Args) -> anyhow::Result<()> {
     let mut creates = tokio::task::JoinSet::new();
     let mut probe_service: HashMap<String, String> = HashMap::new();
     let t0 = Instant::now();
-    for k in 0..a.probes {
+    for (k, probe) in probes.iter().enumerate() {
         tick.tick().await;
         let api = pod_api.clone();
         // Spread over the Services (and nodes) so no Service gets them all.
         let svc = format!("svc-{}", (k * 7919) % a.services);
-        probe_service.insert(probes[k].clone(), format!("default/{svc}"));
-        let pod = endpoint_pod(&probes[k], &svc, &format!("fake-node-{}", k % a.nodes));
+        probe_service.insert(probe.clone(), format!("default/{svc}"));
+        let pod = endpoint_pod(probe, &svc, &format!("fake-node-{}", k % a.nodes));
         creates.spawn(async move { api.create(&PostParams::default(), &pod).await });
         while let Some(r) = creates.try_join_next() {
             r.context("a probe create task")?
