@@ -21,6 +21,9 @@
 //! | [`lb`] | LoadBalancer IPs from `--lb-pool` (or node addresses) into Service status |
 //! | [`nodeipam`] | `spec.podCIDR(s)` for Nodes from `--cluster-cidr` |
 //! | [`workqueue`] | client-go style deduplicating work queue |
+// cpbench: work-queue metrics
+//! | [`metrics`] | client-go's work-queue metrics, for the API server's admin `/metrics` |
+// end cpbench
 //! | [`cidr`] | IPv4 CIDR / range parsing for the flags |
 // --- end endpoints helper ---
 //! | [`replicaset`] | ReplicaSet: pods from the template, adoption, ActivePods scale-down |
@@ -46,6 +49,9 @@ pub mod lb;
 pub mod nodeipam;
 pub mod workqueue;
 // --- end endpoints helper ---
+// cpbench: work-queue metrics
+pub mod metrics;
+// end cpbench
 
 // workloads: ReplicaSet, Deployment, DaemonSet, Job controllers and the garbage collector.
 pub mod daemonset;

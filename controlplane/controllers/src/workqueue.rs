@@ -11,9 +11,12 @@
 //! - [`WorkQueue::get_timed`] also says how long the key waited since it was first queued
 //!   (client-go's `workqueue_queue_duration_seconds`), so a slow path can be told apart
 //!   from a long queue.
+//!
+//! A queue made with [`WorkQueue::named`] reports client-go's work-queue metrics (depth,
+//! adds, retries, queue and work durations; see [`crate::metrics`]).
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, VecDeque},
     hash::Hash,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -21,29 +24,55 @@ use std::{
 
 use tokio::sync::Notify;
 
+use crate::metrics::QueueMetrics;
+use std::sync::atomic::Ordering;
+
 #[derive(Debug)]
 struct State<K> {
     queue: VecDeque<K>,
     /// Keys waiting, with when each was first queued since it was last handed out.
     dirty: HashMap<K, Instant>,
-    processing: HashSet<K>,
+    /// Keys being processed, with when a worker took each (the work duration's start).
+    processing: HashMap<K, Instant>,
+}
+
+impl<K> State<K> {
+    /// Brings the gauges in line with the state (called under the lock after a change).
+    fn gauges(&self, m: Option<&QueueMetrics>) {
+        if let Some(m) = m {
+            m.depth.store(self.queue.len() as i64, Ordering::Relaxed);
+            m.processing
+                .store(self.processing.len() as i64, Ordering::Relaxed);
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct WorkQueue<K> {
     state: Mutex<State<K>>,
     ready: Notify,
+    metrics: Option<Arc<QueueMetrics>>,
 }
 
 impl<K: Clone + Eq + Hash + Send + Sync + 'static> WorkQueue<K> {
     pub fn new() -> Arc<WorkQueue<K>> {
+        Self::with_metrics(None)
+    }
+
+    /// A queue whose metrics are served as `name` (client-go's `workqueue.NewNamed`).
+    pub fn named(name: &str) -> Arc<WorkQueue<K>> {
+        Self::with_metrics(Some(crate::metrics::queue(name)))
+    }
+
+    fn with_metrics(metrics: Option<Arc<QueueMetrics>>) -> Arc<WorkQueue<K>> {
         Arc::new(WorkQueue {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 dirty: HashMap::new(),
-                processing: HashSet::new(),
+                processing: HashMap::new(),
             }),
             ready: Notify::new(),
+            metrics,
         })
     }
 
@@ -58,15 +87,22 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> WorkQueue<K> {
             return;
         }
         s.dirty.insert(key.clone(), Instant::now());
-        if !s.processing.contains(&key) {
+        if let Some(m) = &self.metrics {
+            m.adds.fetch_add(1, Ordering::Relaxed);
+        }
+        if !s.processing.contains_key(&key) {
             s.queue.push_back(key);
+            s.gauges(self.metrics.as_deref());
             drop(s);
             self.ready.notify_one();
         }
     }
 
-    /// Queues `key` after `delay`.
+    /// Queues `key` after `delay` (a failed key's backoff: counted as a retry).
     pub fn add_after(self: &Arc<Self>, key: K, delay: Duration) {
+        if let Some(m) = &self.metrics {
+            m.retries.fetch_add(1, Ordering::Relaxed);
+        }
         let q = Arc::clone(self);
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -85,9 +121,17 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> WorkQueue<K> {
             {
                 let mut s = self.lock();
                 if let Some(k) = s.queue.pop_front() {
-                    let since = s.dirty.remove(&k);
-                    s.processing.insert(k.clone());
-                    return (k, since.map_or(Duration::ZERO, |t| t.elapsed()));
+                    let now = Instant::now();
+                    let waited = s
+                        .dirty
+                        .remove(&k)
+                        .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+                    s.processing.insert(k.clone(), now);
+                    s.gauges(self.metrics.as_deref());
+                    if let Some(m) = &self.metrics {
+                        m.queue_duration.observe(waited);
+                    }
+                    return (k, waited);
                 }
             }
             // `notify_one` stores a permit when nobody waits, so an add between the
@@ -99,12 +143,24 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> WorkQueue<K> {
     /// Marks `key` processed; re-queues it if it was added meanwhile.
     pub fn done(&self, key: &K) {
         let mut s = self.lock();
-        s.processing.remove(key);
-        if s.dirty.contains_key(key) {
+        let taken = s.processing.remove(key);
+        if let (Some(m), Some(t)) = (&self.metrics, taken) {
+            m.work_duration.observe(t.elapsed());
+        }
+        let again = s.dirty.contains_key(key);
+        if again {
             s.queue.push_back(key.clone());
-            drop(s);
+        }
+        s.gauges(self.metrics.as_deref());
+        drop(s);
+        if again {
             self.ready.notify_one();
         }
+    }
+
+    /// Keys being processed by a worker.
+    pub fn processing(&self) -> usize {
+        self.lock().processing.len()
     }
 
     /// Keys waiting (not counting those being processed).
@@ -169,6 +225,39 @@ mod tests {
         assert_eq!(
             tokio::time::timeout(Duration::from_secs(1), q.get()).await,
             Ok(7)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_named_queue_reports_depth_processing_and_durations() {
+        let q = WorkQueue::<u32>::named("workqueue-test-metrics");
+        let m = crate::metrics::queue_for_test("workqueue-test-metrics");
+        let get = |m: &QueueMetrics| {
+            (
+                m.depth.load(Ordering::Relaxed),
+                m.processing.load(Ordering::Relaxed),
+                m.adds.load(Ordering::Relaxed),
+            )
+        };
+        q.add(1);
+        q.add(1);
+        q.add(2);
+        assert_eq!(get(&m), (2, 0, 2), "a repeat of a waiting key is no add");
+        let (k, _) = q.get_timed().await;
+        assert_eq!(get(&m), (1, 1, 2));
+        assert_eq!(m.queue_duration.count(), 1);
+        q.add(k); // while processing: dirty, not in the queue
+        assert_eq!(get(&m), (1, 1, 3));
+        q.done(&k);
+        assert_eq!(get(&m), (2, 0, 3), "queued again once done");
+        assert_eq!(m.work_duration.count(), 1);
+        for _ in 0..2 {
+            let k = q.get().await;
+            q.done(&k);
+        }
+        assert_eq!(get(&m), (0, 0, 3), "idle");
+        assert!(
+            crate::metrics::render().contains("workqueue_depth{name=\"workqueue-test-metrics\"} 0")
         );
     }
 }

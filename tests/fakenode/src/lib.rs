@@ -15,6 +15,7 @@
 //!   [`FakeNodes::resume`] brings it back.
 
 pub mod server;
+pub mod trace;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;

@@ -77,6 +77,8 @@ struct Shared {
     /// from them, and their watch echoes queue nothing. Locked after `slices` when both
     /// are held.
     writes: Mutex<tracker::OwnWrites>,
+    /// Syncs that found the caches behind our own writes (`skiff_endpointslice_deferred_syncs_total`).
+    deferrals: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn key_of<K: kube::Resource>(o: &K) -> Key {
@@ -101,7 +103,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
         services,
         pods,
         nodes,
-        queue: WorkQueue::new(),
+        queue: WorkQueue::named("endpointslice"),
         tracker: Default::default(),
         backoff: Backoff::default(),
         index: Mutex::new(index::Membership::default()),
@@ -109,6 +111,10 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
         slices: Mutex::new(tracker::SliceCache::default()),
         endpoints,
         writes: Mutex::new(tracker::OwnWrites::default()),
+        deferrals: crate::metrics::counter(
+            "skiff_endpointslice_deferred_syncs_total",
+            "EndpointSlice syncs that found the caches behind the controller's own writes and waited for their watch events.",
+        ),
     });
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -236,8 +242,10 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
                 }
                 watcher::Event::InitDone => {
                     let _ = slices_synced_tx.send(true);
-                    let touched = c.relist_done();
-                    s.lock_writes().slices.retain_present(&c.uids());
+                    let mut touched = c.relist_done();
+                    let mut w = s.lock_writes();
+                    w.slices.retain_present(&c.uids());
+                    touched.extend(w.take_deferred());
                     touched
                 }
             }
@@ -266,7 +274,15 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
                 .iter()
                 .filter_map(|ep| ep.metadata.uid.clone())
                 .collect();
-            s.lock_writes().endpoints.retain_present(&present);
+            let deferred = {
+                let mut w = s.lock_writes();
+                w.endpoints.retain_present(&present);
+                w.take_deferred()
+            };
+            // A deferred sync's echo may have come in the relist (see `take_deferred`).
+            for k in deferred {
+                s.queue.add(k);
+            }
         }
         _ => {}
     }));
@@ -301,14 +317,20 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
             loop {
                 let (key, queued) = s.queue.get_timed().await;
                 let started = std::time::Instant::now();
-                let r = sync(&s, &key).await;
+                let wall = std::time::SystemTime::now();
+                let mut trace = SyncTrace::default();
+                let r = sync(&s, &key, &mut trace).await;
                 // The per-sync timings `skiff-controllers-bench --keep-server-log` reads:
-                // time in the queue (backlog) apart from the sync itself (API writes).
+                // time in the queue (backlog) apart from the sync itself (API writes),
+                // and, for a per-sample breakdown, the wall-clock instants (µs since the
+                // epoch, comparable with the benchmark's own) of the key's first add,
+                // the worker taking it, the writes sent and answered, and the end.
                 tracing::debug!(
-                    "endpointslice: synced {} in {:?} after {queued:?} queued ({} queued now)",
+                    "endpointslice: synced {} in {:?} after {queued:?} queued ({} queued now) trace: {}",
                     key_str(&key),
                     started.elapsed(),
-                    s.queue.len()
+                    s.queue.len(),
+                    trace.render(started, wall, queued)
                 );
                 match r {
                     Ok(()) => s.backoff.succeeded(&key_str(&key)),
@@ -329,6 +351,47 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     match tasks.join_next().await {
         Some(Ok(())) | None => anyhow::bail!("an endpointslice task ended"),
         Some(Err(e)) => anyhow::bail!("an endpointslice task panicked: {e}"),
+    }
+}
+
+/// What one sync did, for its debug line: whether it deferred (caches behind our own
+/// writes) and when its writes went out and were answered.
+#[derive(Debug, Default)]
+struct SyncTrace {
+    deferred: bool,
+    writes: Option<(std::time::Instant, std::time::Instant)>,
+}
+
+impl SyncTrace {
+    /// `enq=<µs> deq=<µs> sent=<µs|-> answered=<µs|-> end=<µs> deferred=<bool>`, wall
+    /// clock in µs since the Unix epoch, from the worker's start instant and wall time.
+    fn render(
+        &self,
+        started: std::time::Instant,
+        wall: std::time::SystemTime,
+        queued: std::time::Duration,
+    ) -> String {
+        let base = wall
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros() as i128;
+        let at = |i: std::time::Instant| -> i128 {
+            base + if i >= started {
+                i.duration_since(started).as_micros() as i128
+            } else {
+                -(started.duration_since(i).as_micros() as i128)
+            }
+        };
+        let (sent, answered) = match self.writes {
+            Some((a, b)) => (at(a).to_string(), at(b).to_string()),
+            None => ("-".into(), "-".into()),
+        };
+        format!(
+            "enq={} deq={base} sent={sent} answered={answered} end={} deferred={}",
+            base - queued.as_micros() as i128,
+            at(std::time::Instant::now()),
+            self.deferred
+        )
     }
 }
 
@@ -536,7 +599,7 @@ fn managed(svc: &Service) -> bool {
 }
 
 /// Makes one Service's slices and Endpoints match its pods.
-async fn sync(s: &Shared, key: &Key) -> anyhow::Result<()> {
+async fn sync(s: &Shared, key: &Key, trace: &mut SyncTrace) -> anyhow::Result<()> {
     let (ns, name) = key;
     if ns == "default" && name == "kubernetes" {
         return Ok(()); // the API server's own (bootstrap endpoint reconciler)
@@ -552,6 +615,9 @@ async fn sync(s: &Shared, key: &Key) -> anyhow::Result<()> {
         // snapshot and the mark found no mark, but its cache update is visible now, so a
         // second look decides.
         s.lock_writes().defer(key);
+        trace.deferred = true;
+        s.deferrals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if !s.snapshot(key).2 {
             s.lock_writes().undefer(key);
             s.queue.add(key.clone());
@@ -612,10 +678,18 @@ async fn sync(s: &Shared, key: &Key) -> anyhow::Result<()> {
     // from two controllers): both go out at once, so a sync costs one write round trip,
     // not two.
     let endpoints = endpoints::plan(&svc, &selected, current.as_deref(), trigger.as_ref());
+    let writes = !(plan.create.is_empty()
+        && plan.update.is_empty()
+        && plan.delete.is_empty()
+        && endpoints.is_none());
+    let sent = std::time::Instant::now();
     let (slices_written, endpoints_written) = tokio::join!(
         write_slices(s, &slice_api, key, &plan),
         write_endpoints(s, &ep_api, key, endpoints, current.is_some()),
     );
+    if writes {
+        trace.writes = Some((sent, std::time::Instant::now()));
+    }
     slices_written.and(endpoints_written)
 }
 

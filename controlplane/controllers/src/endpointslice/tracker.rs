@@ -202,6 +202,17 @@ impl OwnWrites {
         self.deferred.remove(svc);
     }
 
+    /// A relist ended: every deferred Service, its wait over. A relist reports objects
+    /// without per-object events (the Endpoints handler sees none; the slice cache
+    /// reports only Services whose slices differ), so the echo a deferred sync waits for
+    /// may have come inside it: without this the Service would wait for an unrelated
+    /// event. A sync still behind defers again.
+    pub fn take_deferred(&mut self) -> Vec<Key> {
+        let mut v: Vec<Key> = self.deferred.drain().collect();
+        v.sort();
+        v
+    }
+
     /// Whether the cached slices and Endpoints of `svc` miss one of our writes.
     pub fn stale(&self, svc: &Key, slices: &[Seen<'_>], endpoints: &[Seen<'_>]) -> bool {
         self.slices.stale(svc, slices) || self.endpoints.stale(svc, endpoints)
@@ -551,6 +562,17 @@ mod tests {
         assert!(
             w.endpoints_event(&k("a", "db"), &meta("e2", 1), true),
             "someone deleted it"
+        );
+        // A relist ends every wait (its objects come without per-object events).
+        let ep4 = meta("e4", 1);
+        w.endpoints.written(&web, &ep4);
+        w.defer(&web);
+        w.defer(&k("a", "db"));
+        assert_eq!(w.take_deferred(), vec![k("a", "db"), web.clone()]);
+        assert!(w.take_deferred().is_empty());
+        assert!(
+            !w.endpoints_event(&web, &ep4, false),
+            "no longer deferred: the echo is skipped"
         );
         // undefer takes a deferral back: the echo is skipped again.
         let ep3 = meta("e3", 1);

@@ -32,6 +32,7 @@ use kube::api::{ListParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt as _};
 use kube::{Api, Client};
 use skiff_fake_nodes::server::{load_average, BenchServer};
+use skiff_fake_nodes::trace::{self, queue_state, QueueState};
 use skiff_fake_nodes::{FakeNodes, ReadyWrite};
 use tokio::sync::mpsc;
 
@@ -84,12 +85,18 @@ struct Args {
     /// `--server-arg=--concurrent-service-endpoint-syncs=20`.
     #[arg(long, allow_hyphen_values = true)]
     server_arg: Vec<String>,
+    /// endpoints: write each steady probe's timeline here (CSV, wall-clock µs since the
+    /// epoch; the controller columns need the debug log, see --keep-server-log).
+    #[arg(long)]
+    samples_csv: Option<PathBuf>,
 }
 
 /// After the burst, the steady phase starts only once the controller's backlog is gone:
-/// every burst pod ready in a slice and in its Endpoints, and then this long without any
-/// slice or Endpoints write (a queued sync with something to do writes; a Service still
-/// queued behind the backlog would otherwise delay the first probes).
+/// every burst pod ready in a slice and in its Endpoints, the EndpointSlice controller's
+/// work queue empty with no sync running (its gauges on the server's `/metrics`), and
+/// then this long without a new add to that queue and without any slice or Endpoints
+/// write. (Writes alone are not enough: queued syncs with nothing to write keep the first
+/// probes waiting behind them, as the session-6 runs showed.)
 const DRAIN_QUIET: Duration = Duration::from_secs(1);
 
 /// How long any phase may take before the benchmark gives up with what it saw.
@@ -136,22 +143,26 @@ struct Stats {
 }
 
 impl Stats {
-    fn of(mut v: Vec<Duration>) -> Option<Stats> {
+    fn of(v: Vec<Duration>) -> Option<Stats> {
+        Stats::of_ms(v.into_iter().map(|d| d.as_secs_f64() * 1000.0).collect())
+    }
+
+    /// Of values in milliseconds (which may be negative: one clock's view against
+    /// another's).
+    fn of_ms(mut v: Vec<f64>) -> Option<Stats> {
         if v.is_empty() {
             return None;
         }
-        v.sort();
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        v.sort_by(f64::total_cmp);
         // Nearest-rank percentile.
-        let pct =
-            |p: f64| ms(v[((p / 100.0 * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]);
+        let pct = |p: f64| v[((p / 100.0 * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
         Some(Stats {
             n: v.len(),
             p50: pct(50.0),
             p90: pct(90.0),
             p99: pct(99.0),
-            max: ms(*v.last().expect("non-empty")),
-            mean: v.iter().map(|d| ms(*d)).sum::<f64>() / v.len() as f64,
+            max: *v.last().expect("non-empty"),
+            mean: v.iter().sum::<f64>() / v.len() as f64,
         })
     }
 }
@@ -194,6 +205,17 @@ impl Timeline {
         (v, missing)
     }
 
+    /// A phase's end-to-end latencies (with how many pods have no recorded Ready write)
+    /// and its [`Self::breakdown`].
+    fn summary(&self, names: &[String]) -> (String, String) {
+        let (lat, missing) = self.latencies(names.iter());
+        let mut latency = Stats::of(lat).map_or("no samples".into(), |s| s.to_string());
+        if missing > 0 {
+            latency.push_str(&format!(" ({missing} without a recorded Ready write)"));
+        }
+        (latency, self.breakdown(names.iter()))
+    }
+
     /// Where the time goes, per stage: the write's round trip, write → a pod watch shows
     /// it (commit and watch fan-out), and pod watch → slice watch (the controller's queue,
     /// sync and slice write, and the slice's fan-out back).
@@ -212,6 +234,140 @@ impl Timeline {
             stage(&self.pod_seen, &self.in_slice),
         )
     }
+}
+
+/// Wall-clock µs since the epoch of an `Instant` of this process (to set its timelines
+/// beside the server log's, which the same machine's clock stamps).
+fn wall_us(i: Instant) -> i64 {
+    static ANCHOR: std::sync::OnceLock<(Instant, i64)> = std::sync::OnceLock::new();
+    let (at, wall) = *ANCHOR.get_or_init(|| {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros();
+        (Instant::now(), i64::try_from(wall).unwrap_or(i64::MAX))
+    });
+    if i >= at {
+        wall + i.duration_since(at).as_micros() as i64
+    } else {
+        wall - at.duration_since(i).as_micros() as i64
+    }
+}
+
+/// [`Timeline::controller_split`]'s result.
+struct Split {
+    text: String,
+    csv: String,
+}
+
+impl Timeline {
+    /// Each probe's path through the controller, from the per-sync trace lines of the
+    /// server log (`RUST_LOG=…,skiff_controllers::endpointslice=debug`): when the
+    /// controller queued its Service (its own pod watch, against this process's), how
+    /// long until the sync that wrote it was taken (queue, plus any sync that deferred
+    /// waiting for an echo of an earlier write), the write's round trip, and the slice's
+    /// way back to this process's watch. Also every probe's timeline as CSV.
+    fn controller_split(
+        &self,
+        probes: &[String],
+        service_of: &HashMap<String, String>,
+        log: &str,
+    ) -> Split {
+        let syncs = trace::syncs(log);
+        let mut by_service: HashMap<&str, Vec<&trace::Sync>> = HashMap::new();
+        for s in &syncs {
+            by_service.entry(s.service.as_str()).or_default().push(s);
+        }
+        let ms = |us: i64| us as f64 / 1000.0;
+        let mut stages: [Vec<f64>; 5] = Default::default();
+        let (mut deferred, mut idle, mut unmatched) = (0, 0, 0);
+        let mut csv = String::from(
+            "probe,service,ready_write_sent,ready_write_answered,pod_watch,ctl_enqueued,ctl_dequeued,ctl_write_sent,ctl_write_answered,slice_watch,deferrals,idle_syncs\n",
+        );
+        for p in probes {
+            let at = |m: &HashMap<String, Instant>| m.get(p).map(|i| wall_us(*i));
+            let svc = service_of.get(p).map_or("", String::as_str);
+            let (sent, acked, seen, in_slice) = (
+                at(&self.ready_write),
+                at(&self.acked),
+                at(&self.pod_seen),
+                at(&self.in_slice),
+            );
+            let path = sent.and_then(|w| trace::path(by_service.get(svc)?, w));
+            let cell = |v: Option<i64>| v.map_or(String::new(), |v| v.to_string());
+            csv.push_str(&format!(
+                "{p},{svc},{},{},{},{},{},{},{},{},{},{}\n",
+                cell(sent),
+                cell(acked),
+                cell(seen),
+                cell(path.as_ref().map(|x| x.enqueued)),
+                cell(path.as_ref().map(|x| x.dequeued)),
+                cell(path.as_ref().map(|x| x.sent)),
+                cell(path.as_ref().map(|x| x.answered)),
+                cell(in_slice),
+                cell(path.as_ref().map(|x| x.deferrals as i64)),
+                cell(path.as_ref().map(|x| x.idle_syncs as i64)),
+            ));
+            let (Some(x), Some(seen), Some(in_slice)) = (path, seen, in_slice) else {
+                unmatched += 1;
+                continue;
+            };
+            deferred += usize::from(x.deferrals > 0);
+            idle += usize::from(x.idle_syncs > 0);
+            for (v, d) in stages.iter_mut().zip([
+                x.enqueued - seen,
+                x.dequeued - x.enqueued,
+                x.sent - x.dequeued,
+                x.answered - x.sent,
+                in_slice - x.answered,
+            ]) {
+                v.push(ms(d));
+            }
+        }
+        let text = if syncs.is_empty() {
+            "  (no per-sync trace lines in the server log: run with RUST_LOG=info,skiff_controllers::endpointslice=debug for the controller's split)".to_string()
+        } else {
+            let names = [
+                "pod watch -> ctl queued:      ",
+                "ctl queued -> writing sync:   ",
+                "writing sync -> writes sent:  ",
+                "slice write sent -> answered: ",
+                "answered -> slice watch:      ",
+            ];
+            let mut t = format!(
+                "  controller split ({} probes matched to a writing sync, {unmatched} not; {deferred} had a deferred sync before it, {idle} a sync that wrote nothing):",
+                probes.len() - unmatched
+            );
+            for (name, v) in names.iter().zip(stages) {
+                let st = Stats::of_ms(v).map_or("no samples".into(), |s| s.to_string());
+                t.push_str(&format!("\n  {name}{st}"));
+            }
+            t
+        };
+        Split { text, csv }
+    }
+}
+
+/// Runs a watch of `api` in the background, handing each applied object to `f`.
+fn spawn_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    mut f: impl FnMut(K) + Send + 'static,
+) -> tokio::task::JoinHandle<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut s = watcher(api, config)
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        while let Some(ev) = s.next().await {
+            if let Ok(o) = ev {
+                f(o);
+            }
+        }
+    })
 }
 
 async fn wait_for(
@@ -253,6 +409,51 @@ async fn wait_pod_cidrs(client: &Client, nodes: usize) -> anyhow::Result<()> {
     }
 }
 
+/// The EndpointSlice controller's queue from the server's admin `/metrics`.
+async fn endpointslice_queue(client: &Client) -> anyhow::Result<QueueState> {
+    let req = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("request");
+    let text = client
+        .request_text(req)
+        .await
+        .context("reading the server's /metrics")?;
+    queue_state(&text, "endpointslice").context(
+        "the server's /metrics has no workqueue_depth{name=\"endpointslice\"}: is it a skiff-controlplane with the controllers in-process (no --disable-controllers)?",
+    )
+}
+
+/// Waits until the EndpointSlice controller's queue is empty with no sync running and
+/// stays so — no add, no slice or Endpoints write — for [`DRAIN_QUIET`].
+async fn wait_queue_idle(client: &Client, tl: &Mutex<Timeline>) -> anyhow::Result<QueueState> {
+    let until = Instant::now() + PHASE_DEADLINE;
+    // Since when the queue has been idle with this many adds.
+    let mut idle_since: Option<(Instant, u64)> = None;
+    loop {
+        let q = endpointslice_queue(client).await?;
+        let now = Instant::now();
+        idle_since = match idle_since {
+            Some((t, adds)) if q.idle() && q.adds == adds => Some((t, adds)),
+            _ if q.idle() => Some((now, q.adds)),
+            _ => None,
+        };
+        let written = tl
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_write
+            .map_or(Duration::MAX, |w| w.elapsed());
+        if let Some((t, _)) = idle_since {
+            if now.duration_since(t) >= DRAIN_QUIET && written >= DRAIN_QUIET {
+                return Ok(q);
+            }
+        }
+        if now > until {
+            bail!("burst backlog: the endpointslice queue not idle within {PHASE_DEADLINE:?} (last: {q:?}, last slice/Endpoints write {written:?} ago)");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn endpoints(a: &Args) -> anyhow::Result<()> {
     println!(
         "== endpoints: {} pods, {} services, {} fake nodes; machine load before: {}",
@@ -284,69 +485,47 @@ async fn endpoints(a: &Args) -> anyhow::Result<()> {
     });
     let t = timeline.clone();
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let pod_watch = tokio::spawn(async move {
-        let mut s = watcher(pods, watcher::Config::default())
-            .default_backoff()
-            .applied_objects()
-            .boxed();
-        while let Some(ev) = s.next().await {
-            let Ok(p) = ev else { continue };
-            let ready = p
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            if ready {
-                let now = Instant::now();
-                let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
-                t.pod_seen
-                    .entry(p.metadata.name.unwrap_or_default())
-                    .or_insert(now);
-            }
+    let pod_watch = spawn_watch(pods, watcher::Config::default(), move |p| {
+        let ready = p
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if ready {
+            let now = Instant::now();
+            let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+            t.pod_seen
+                .entry(p.metadata.name.unwrap_or_default())
+                .or_insert(now);
         }
     });
     let t = timeline.clone();
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
-    let slice_watch = tokio::spawn(async move {
-        let mut s = watcher(slices, watcher::Config::default())
-            .default_backoff()
-            .applied_objects()
-            .boxed();
-        while let Some(ev) = s.next().await {
-            let Ok(sl) = ev else { continue };
-            let now = Instant::now();
-            let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
-            t.last_write = Some(now);
-            for ep in &sl.endpoints {
-                let ready = ep.conditions.as_ref().and_then(|c| c.ready) == Some(true);
-                if let (true, Some(name)) =
-                    (ready, ep.target_ref.as_ref().and_then(|r| r.name.clone()))
-                {
-                    t.in_slice.entry(name).or_insert(now);
-                }
+    let slice_watch = spawn_watch(slices, watcher::Config::default(), move |sl| {
+        let now = Instant::now();
+        let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+        t.last_write = Some(now);
+        for ep in &sl.endpoints {
+            let ready = ep.conditions.as_ref().and_then(|c| c.ready) == Some(true);
+            if let (true, Some(name)) = (ready, ep.target_ref.as_ref().and_then(|r| r.name.clone()))
+            {
+                t.in_slice.entry(name).or_insert(now);
             }
         }
     });
     let t = timeline.clone();
     let eps: Api<Endpoints> = Api::namespaced(client.clone(), "default");
-    let endpoints_watch = tokio::spawn(async move {
-        let mut s = watcher(eps, watcher::Config::default())
-            .default_backoff()
-            .applied_objects()
-            .boxed();
-        while let Some(ev) = s.next().await {
-            let Ok(ep) = ev else { continue };
-            let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
-            t.last_write = Some(Instant::now());
-            let ready = ep
-                .subsets
-                .iter()
-                .flatten()
-                .flat_map(|s| s.addresses.iter().flatten());
-            for addr in ready {
-                if let Some(name) = addr.target_ref.as_ref().and_then(|r| r.name.clone()) {
-                    t.in_endpoints.insert(name);
-                }
+    let endpoints_watch = spawn_watch(eps, watcher::Config::default(), move |ep| {
+        let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+        t.last_write = Some(Instant::now());
+        let ready = ep
+            .subsets
+            .iter()
+            .flatten()
+            .flat_map(|s| s.addresses.iter().flatten());
+        for addr in ready {
+            if let Some(name) = addr.target_ref.as_ref().and_then(|r| r.name.clone()) {
+                t.in_endpoints.insert(name);
             }
         }
     });
@@ -423,43 +602,32 @@ async fn endpoints(a: &Args) -> anyhow::Result<()> {
     };
     wait_for("burst", PHASE_DEADLINE, || pending(&names)).await?;
     let all = t0.elapsed().as_secs_f64();
-    let (lat, missing) = timeline
+    let (latency, breakdown) = timeline
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .latencies(names.iter());
+        .summary(&names);
     println!(
-        "burst: {} pods created in {created:.1} s; all ready in slices after {all:.1} s ({:.0} pods/s); Ready write -> slice: {}{}",
+        "burst: {} pods created in {created:.1} s; all ready in slices after {all:.1} s ({:.0} pods/s); Ready write -> slice: {latency}\n{breakdown}",
         a.pods,
         a.pods as f64 / all,
-        Stats::of(lat).map_or("no samples".into(), |s| s.to_string()),
-        if missing > 0 { format!(" ({missing} without a recorded Ready write)") } else { String::new() }
-    );
-    println!(
-        "{}",
-        timeline
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .breakdown(names.iter())
     );
     println!("machine load after the burst: {}", load_average());
     // The burst's backlog drains before the steady phase (see DRAIN_QUIET).
     let drain0 = Instant::now();
-    wait_for("burst backlog", PHASE_DEADLINE, || {
+    let all_in_endpoints = || {
         let t = tl.lock().unwrap_or_else(|e| e.into_inner());
         let left = names
             .iter()
             .filter(|n| !t.in_endpoints.contains(*n))
             .count();
-        if left > 0 {
-            return Some(format!("{left} pods not yet ready in Endpoints"));
-        }
-        let quiet = t.last_write.map_or(Duration::MAX, |w| w.elapsed());
-        (quiet < DRAIN_QUIET).then(|| format!("last slice/Endpoints write {quiet:?} ago"))
-    })
-    .await?;
+        (left > 0).then(|| format!("{left} pods not yet ready in Endpoints"))
+    };
+    wait_for("burst backlog", PHASE_DEADLINE, all_in_endpoints).await?;
+    let idle = wait_queue_idle(&client, &tl).await?;
     println!(
-        "burst backlog drained {:.1} s after the last pod reached a slice (all in Endpoints, then {DRAIN_QUIET:?} without a slice or Endpoints write); steady phase starts now",
-        drain0.elapsed().as_secs_f64()
+        "burst backlog drained {:.1} s after the last pod reached a slice (all in Endpoints; then the endpointslice queue empty and idle with no add and no slice or Endpoints write for {DRAIN_QUIET:?}: {} adds in all); steady phase starts now",
+        drain0.elapsed().as_secs_f64(),
+        idle.adds
     );
 
     // Steady: probes at a fixed rate into the full cluster.
@@ -468,16 +636,15 @@ async fn endpoints(a: &Args) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut creates = tokio::task::JoinSet::new();
+    let mut probe_service: HashMap<String, String> = HashMap::new();
     let t0 = Instant::now();
-    for k in 0..a.probes {
+    for (k, probe) in probes.iter().enumerate() {
         tick.tick().await;
         let api = pod_api.clone();
         // Spread over the Services (and nodes) so no Service gets them all.
-        let pod = endpoint_pod(
-            &format!("probe-{k}"),
-            &format!("svc-{}", (k * 7919) % a.services),
-            &format!("fake-node-{}", k % a.nodes),
-        );
+        let svc = format!("svc-{}", (k * 7919) % a.services);
+        probe_service.insert(probe.clone(), format!("default/{svc}"));
+        let pod = endpoint_pod(probe, &svc, &format!("fake-node-{}", k % a.nodes));
         creates.spawn(async move { api.create(&PostParams::default(), &pod).await });
         while let Some(r) = creates.try_join_next() {
             r.context("a probe create task")?
@@ -490,29 +657,27 @@ async fn endpoints(a: &Args) -> anyhow::Result<()> {
     }
     let sent = t0.elapsed().as_secs_f64();
     wait_for("steady probes", PHASE_DEADLINE, || pending(&probes)).await?;
-    let (lat, missing) = timeline
+    let (latency, breakdown) = timeline
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .latencies(probes.iter());
+        .summary(&probes);
     println!(
-        "steady: {} probe pods at {:.0}/s ({sent:.1} s) into {} pods / {} services; Ready write -> slice: {}{}",
-        a.probes,
-        a.probe_rate,
-        a.pods,
-        a.services,
-        Stats::of(lat).map_or("no samples".into(), |s| s.to_string()),
-        if missing > 0 { format!(" ({missing} without a recorded Ready write)") } else { String::new() }
-    );
-    println!(
-        "{}",
-        timeline
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .breakdown(probes.iter())
+        "steady: {} probe pods at {:.0}/s ({sent:.1} s) into {} pods / {} services; Ready write -> slice: {latency}\n{breakdown}",
+        a.probes, a.probe_rate, a.pods, a.services,
     );
     println!("machine load after: {}", load_average());
+    let log = server.log();
+    let report = timeline
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .controller_split(&probes, &probe_service, &log);
+    println!("{}", report.text);
+    if let Some(path) = &a.samples_csv {
+        std::fs::write(path, report.csv)
+            .with_context(|| format!("writing the samples to {}", path.display()))?;
+    }
     if let Some(path) = &a.keep_server_log {
-        std::fs::write(path, server.log())
+        std::fs::write(path, &log)
             .with_context(|| format!("writing the server log to {}", path.display()))?;
     }
     pod_watch.abort();
@@ -583,15 +748,12 @@ async fn deployment(a: &Args) -> anyhow::Result<()> {
     let marks = Arc::new(Mutex::new(Milestones::default()));
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let m = marks.clone();
-    let pod_watch = tokio::spawn(async move {
-        // name → (bound, running)
-        let mut seen: HashMap<String, (bool, bool)> = HashMap::new();
-        let mut s = watcher(pods, watcher::Config::default().labels("app=web"))
-            .default_backoff()
-            .applied_objects()
-            .boxed();
-        while let Some(ev) = s.next().await {
-            let Ok(p) = ev else { continue };
+    // name → (bound, running)
+    let mut seen: HashMap<String, (bool, bool)> = HashMap::new();
+    let pod_watch = spawn_watch(
+        pods,
+        watcher::Config::default().labels("app=web"),
+        move |p: Pod| {
             let now = Instant::now();
             let bound = p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
             let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
@@ -610,28 +772,21 @@ async fn deployment(a: &Args) -> anyhow::Result<()> {
             if m.running.is_none() && seen.values().filter(|v| v.1).count() >= target {
                 m.running = Some(now);
             }
-        }
-    });
+        },
+    );
     let deploys: Api<Deployment> = Api::namespaced(client.clone(), "default");
     let m = marks.clone();
     let replicas = a.replicas;
     let d = deploys.clone();
-    let deploy_watch = tokio::spawn(async move {
-        let mut s = watcher(d, watcher::Config::default())
-            .default_backoff()
-            .applied_objects()
-            .boxed();
-        while let Some(ev) = s.next().await {
-            let Ok(dep) = ev else { continue };
-            let available = dep
-                .status
-                .as_ref()
-                .and_then(|s| s.available_replicas)
-                .unwrap_or(0);
-            if available >= replicas {
-                let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
-                m.available.get_or_insert_with(Instant::now);
-            }
+    let deploy_watch = spawn_watch(d, watcher::Config::default(), move |dep| {
+        let available = dep
+            .status
+            .as_ref()
+            .and_then(|s| s.available_replicas)
+            .unwrap_or(0);
+        if available >= replicas {
+            let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
+            m.available.get_or_insert_with(Instant::now);
         }
     });
     let t0 = Instant::now();
