@@ -379,7 +379,7 @@ fn smaps_breakdown(pid: u32) -> Vec<MappingRss> {
         rss_kb: small_anon.0,
         size_kb: small_anon.1,
     });
-    out.sort_by(|a, b| b.rss_kb.cmp(&a.rss_kb));
+    out.sort_by_key(|m| std::cmp::Reverse(m.rss_kb));
     out
 }
 
