@@ -582,7 +582,7 @@ impl Reconciler {
         let mut groups: BTreeMap<ServicePortName, Group> = BTreeMap::new();
         let mut old: Vec<ServicePortName> = Vec::new();
         for (ns, name) in services {
-            groups.append(&mut groups_of(service_range(&desired.services, ns, name)));
+            groups.extend(groups_of(service_range(&desired.services, ns, name)));
             old.extend(service_range(&self.services, ns, name).map(|(n, _)| n.clone()));
         }
         // Claims move from the groups' old frontends to their new ones.
@@ -620,7 +620,7 @@ impl Reconciler {
             }
         }
         for (ns, name) in &others {
-            groups.append(&mut groups_of(service_range(&desired.services, ns, name)));
+            groups.extend(groups_of(service_range(&desired.services, ns, name)));
         }
 
         for (name, group) in &groups {
