@@ -42,11 +42,25 @@ fn kinds(flags: u32) -> String {
     k.join(",")
 }
 
-/// `lb list`: every frontend with its backends in slot order and their counters.
+/// `lb list`: every frontend with its backends in slot order and their counters, then
+/// the not-ready backends (see [`lb_list_with_flows`]), without their flows.
 pub fn lb_list(
     s: &Snapshot,
     service_counters: &BTreeMap<u32, LbCounter>,
     backend_counters: &BTreeMap<u32, LbCounter>,
+) -> String {
+    lb_list_with_flows(s, service_counters, backend_counters, &[])
+}
+
+/// [`lb_list`], with each not-ready backend's established flows counted per service
+/// from `conntrack` (forward entries). A not-ready endpoint keeps its backend entry,
+/// flagged TERMINATING, and loses its slots (`reconcile`): no frontend lists it, and the
+/// backend map does not say whose it is, so its live flows are what names its services.
+pub fn lb_list_with_flows(
+    s: &Snapshot,
+    service_counters: &BTreeMap<u32, LbCounter>,
+    backend_counters: &BTreeMap<u32, LbCounter>,
+    conntrack: &[(CtKey, CtValue)],
 ) -> String {
     let mut out = String::new();
     for (k, v) in &s.services {
@@ -133,6 +147,7 @@ pub fn lb_list(
     if s.services.is_empty() {
         out.push_str("no service frontends programmed\n");
     }
+    not_ready(&mut out, s, backend_counters, conntrack);
     let tables = s.options.values().filter(|o| o.maglev_table > 0).count() as u32;
     if tables > 0 {
         let _ = writeln!(
@@ -142,6 +157,64 @@ pub fn lb_list(
         );
     }
     out
+}
+
+/// The backends no slot names: not-ready endpoints (TERMINATING flag), which keep their
+/// established flows and take no new ones; any other is about to be collected.
+fn not_ready(
+    out: &mut String,
+    s: &Snapshot,
+    backend_counters: &BTreeMap<u32, LbCounter>,
+    conntrack: &[(CtKey, CtValue)],
+) {
+    let slotted: std::collections::BTreeSet<u32> = s.slots.values().copied().collect();
+    let idle: Vec<(&u32, &skiff_datapath_abi::Backend)> = s
+        .backends
+        .iter()
+        .filter(|(id, _)| !slotted.contains(id))
+        .collect();
+    if idle.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "backends named by no slot ({}): kept for their established flows, no new flow picks them",
+        idle.len()
+    );
+    for (id, b) in idle {
+        let c = backend_counters.get(id).copied().unwrap_or_default();
+        let state = if b.flags & backend_flags::TERMINATING != 0 {
+            "not-ready"
+        } else {
+            "unused"
+        };
+        let place = if b.flags & backend_flags::LOCAL != 0 {
+            "local"
+        } else {
+            "remote"
+        };
+        let mut flows: BTreeMap<u32, usize> = BTreeMap::new();
+        for (k, v) in conntrack {
+            if k.dir == ct_dir::FORWARD && v.backend_id == *id {
+                *flows.entry(v.service_id).or_default() += 1;
+            }
+        }
+        let flows: Vec<String> = flows
+            .iter()
+            .map(|(svc, n)| format!("service={svc}:{n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {}:{}/{} backend={id} {state} {place} flows=[{}] new_flows={} packets={} bytes={}",
+            ip(b.addr),
+            u16::from_be(b.port),
+            proto_name(b.proto),
+            flows.join(","),
+            c.new_flows,
+            c.packets,
+            c.bytes
+        );
+    }
 }
 
 /// Filters for `ct list`.
@@ -385,6 +458,67 @@ mod tests {
              10.43.0.11:80/TCP ClusterIP service=2 active=0 terminating=0 new_flows=0 packets=0 bytes=0\n\
              \x20 (no usable backend: new flows are refused)\n"
         );
+    }
+
+    #[test]
+    fn lb_list_shows_not_ready_backends_with_their_flows() {
+        let mut s = snapshot();
+        // 9: a not-ready endpoint of service 1 (TERMINATING, no slot) with one flow.
+        s.backends.insert(
+            9,
+            Backend {
+                addr: u32::from(Ipv4Addr::new(10, 42, 2, 4)).to_be(),
+                port: 8080u16.to_be(),
+                proto: proto::TCP,
+                flags: backend_flags::TERMINATING,
+            },
+        );
+        let flow = |dir, backend_id| {
+            (
+                CtKey {
+                    dir,
+                    ..Default::default()
+                },
+                CtValue {
+                    backend_id,
+                    service_id: 1,
+                    ..Default::default()
+                },
+            )
+        };
+        // Its forward entry counts; the reverse one and another backend's flow do not.
+        let conntrack = [
+            flow(ct_dir::FORWARD, 9),
+            flow(ct_dir::REPLY, 9),
+            flow(ct_dir::FORWARD, 7),
+        ];
+        let mut bc = BTreeMap::new();
+        bc.insert(
+            9,
+            LbCounter {
+                new_flows: 1,
+                packets: 4,
+                bytes: 256,
+            },
+        );
+        let text = lb_list_with_flows(&s, &BTreeMap::new(), &bc, &conntrack);
+        assert!(
+            text.ends_with(
+                "backends named by no slot (1): kept for their established flows, no new flow picks them\n\
+                 \x20 10.42.2.4:8080/TCP backend=9 not-ready remote flows=[service=1:1] new_flows=1 packets=4 bytes=256\n"
+            ),
+            "{text}"
+        );
+        // The slotted backends stay under their frontend, not in the section.
+        assert!(!text.contains("backend=7 not-ready") && !text.contains("backend=8 not-ready"));
+        // Without conntrack (`lb_list`), the backend is listed with no flows.
+        let text = lb_list(&s, &BTreeMap::new(), &BTreeMap::new());
+        assert!(
+            text.contains("  10.42.2.4:8080/TCP backend=9 not-ready remote flows=[] new_flows=0"),
+            "{text}"
+        );
+        // Nothing unslotted: no section.
+        assert!(!lb_list(&snapshot(), &BTreeMap::new(), &BTreeMap::new()).contains("no slot"));
     }
 
     #[test]

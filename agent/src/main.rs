@@ -403,6 +403,8 @@ fn monotonic_ns() -> u64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    // agent memory (issue 7): fixed malloc thresholds before anything allocates much.
+    skiff_agent::malloc::configure();
     let cli = Cli::parse();
     match cli.command {
         Command::Check => {
@@ -673,7 +675,12 @@ fn main() -> anyhow::Result<()> {
                 .lb_counters(true, &backend_ids)?
                 .into_iter()
                 .collect();
-            print!("{}", debug::lb_list(&snapshot, &sc, &bc));
+            // Not-ready backends are attributed to services by their live flows.
+            let conntrack = inspector.conntrack()?;
+            print!(
+                "{}",
+                debug::lb_list_with_flows(&snapshot, &sc, &bc, &conntrack)
+            );
             Ok(())
         }
         Command::Lb {

@@ -1,19 +1,77 @@
-//! Handing the heap's free pages back to the kernel after a full sync (agent memory,
-//! issue 7).
+//! glibc malloc settings for the agent (agent memory, issue 7): fixed thresholds at
+//! start ([`configure`]) and the heap's free pages handed back after a full sync
+//! ([`release_free_memory`]).
 //!
-//! Why: a full sync (the initial list, a relist, the periodic resync) allocates far more
-//! than it keeps: pages of list objects decoded and projected, a second model built
-//! beside the first, every group's endpoint list cloned for the reconciler. What it keeps
-//! is hundreds of thousands of small, long-lived allocations spread over the whole heap
-//! that burst produced, so the freed memory between them is in the middle of glibc's
-//! heaps, where its automatic trimming (only the top of a heap, above
-//! `M_TRIM_THRESHOLD`) never reaches: that memory stayed resident, and tuning the
-//! thresholds or the arena count changed nothing (BENCHMARKS.md). `malloc_trim(0)`
-//! walks every arena and returns each whole free page with `MADV_DONTNEED` (glibc ≥ 2.8);
-//! the next burst faults them in again.
+//! Why fixed thresholds: glibc starts with a 128 KiB mmap threshold, and raises it to the
+//! size of every mmapped chunk that is freed (up to 32 MiB), with the trim threshold at
+//! twice that. The agent allocates and frees buffers of several MiB (the `/metrics` text
+//! of 10k Services is 2.4 MB; per-tick counter reads, list pages): measured at 10k
+//! Services, glibc had held up to 17 MB in mmapped chunks (`malloc_stats`: "max mmap
+//! bytes"), so after their free every buffer below that size came from the heap, and
+//! the heap's top was never trimmed (its threshold had grown past the heap's size). Each
+//! transient buffer then left resident pages between the long-lived allocations of the
+//! caches, the model and the reconciler. With the thresholds fixed, buffers of
+//! [`MMAP_THRESHOLD`] or more are mapped and unmapped (their pages go back at free),
+//! and a free top of the heap above it is returned at once.
 //!
-//! Cost: one walk of the free chunks, a few milliseconds at 10k Services, after a sync
-//! that took seconds; incremental syncs (the latency path) never call it.
+//! Why one arena: all of the agent's work runs on one thread (a current-thread tokio
+//! runtime); the other threads are tokio's blocking pool (name resolution of the API
+//! server, log reads for `kubectl logs`), whose allocations are few and small. An arena
+//! per such thread would only keep its high-water mark.
+//!
+//! An operator who sets `MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`,
+//! `MALLOC_TRIM_THRESHOLD_` or `GLIBC_TUNABLES` keeps their own settings: glibc applied
+//! them at startup and [`configure`] leaves malloc alone.
+//!
+//! Why trim after a full sync: a full sync (the initial list, a relist, the periodic
+//! resync) allocates far more than it keeps: pages of list objects decoded and projected,
+//! a second model built beside the first, every group's endpoint list cloned for the
+//! reconciler. What it keeps is hundreds of thousands of small, long-lived allocations
+//! spread over the whole heap that burst produced, so the freed memory between them is in
+//! the middle of the heap, where automatic trimming (only the top) never reaches.
+//! `malloc_trim(0)` walks the arena and returns each whole free page with
+//! `MADV_DONTNEED` (glibc ≥ 2.8); the next burst faults them in again. Cost: one walk of
+//! the free chunks, a few milliseconds at 10k Services, after a sync that took seconds;
+//! incremental syncs (the latency path) never call it.
+
+/// Arenas glibc may create (its default on 64-bit: 8 per core).
+pub const ARENAS: i32 = 1;
+/// Allocations of at least this many bytes get their own mapping, returned on free; a
+/// free top of the heap larger than this is returned too (glibc's initial values, fixed).
+pub const MMAP_THRESHOLD: i32 = 128 * 1024;
+
+/// Environment variables through which an operator configures glibc malloc.
+const OPERATOR_VARS: [&str; 4] = [
+    "MALLOC_ARENA_MAX",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "GLIBC_TUNABLES",
+];
+
+/// Whether the operator configured malloc (`is_set` tells whether a variable is set).
+fn operator_configured(is_set: impl Fn(&str) -> bool) -> bool {
+    OPERATOR_VARS.iter().any(|v| is_set(v))
+}
+
+/// Applies [`ARENAS`] and [`MMAP_THRESHOLD`] (as the mmap and the trim threshold) unless
+/// the operator configured malloc. Call first thing in `main`, before any thread exists
+/// (glibc fixes the arena limit when a second thread first needs an arena).
+pub fn configure() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        if operator_configured(|v| std::env::var_os(v).is_some()) {
+            return;
+        }
+        // SAFETY: mallopt only sets allocator parameters; no other thread is running yet.
+        // It returns 0 on an invalid value, which these constants are not. Setting either
+        // threshold turns off glibc's dynamic adjustment of both.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, ARENAS);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, MMAP_THRESHOLD);
+        }
+    }
+}
 
 /// Returns the heap's free pages to the kernel (glibc; a no-op elsewhere).
 pub fn release_free_memory() {
@@ -22,5 +80,19 @@ pub fn release_free_memory() {
     // is thread-safe (it takes each arena's lock).
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_operator_setting_leaves_malloc_alone() {
+        assert!(!operator_configured(|_| false));
+        for var in OPERATOR_VARS {
+            assert!(operator_configured(|v| v == var), "{var}");
+        }
+        assert!(!operator_configured(|v| v == "MALLOC_TOP_PAD_"));
     }
 }

@@ -713,13 +713,16 @@ impl State {
     /// Rebuilds the whole model from the caches.
     fn rebuild_all(&mut self) -> Vec<Diagnostic> {
         let mut diagnostics = Vec::new();
-        let mut model = Model::default();
+        // One bulk build from all entries (sorted, so every B-tree node is full), not an
+        // `append` per Service: `BTreeMap::append` merges both maps into a new tree, so
+        // appending 10k Services one by one moved O(n²) entries (agent sync, issue 7).
+        let mut entries = Vec::new();
         for k in self.services.iter().map(|(k, _)| k) {
-            model
-                .services
-                .append(&mut self.service_model(k, &mut diagnostics).services);
+            entries.extend(self.service_model(k, &mut diagnostics).services);
         }
-        self.model = model;
+        self.model = Model {
+            services: entries.into_iter().collect(),
+        };
         diagnostics
     }
 
@@ -729,8 +732,10 @@ impl State {
         for n in stale {
             self.model.services.remove(&n);
         }
-        let mut fresh = self.service_model(svc, diagnostics);
-        self.model.services.append(&mut fresh.services);
+        // Inserted one by one: `append` would rebuild the whole model's tree, an O(n)
+        // move and a fresh allocation of every node on each change (agent sync, issue 7).
+        let fresh = self.service_model(svc, diagnostics);
+        self.model.services.extend(fresh.services);
     }
 
     /// The DNS view of the caches (empty unless `keep_dns_objects`).

@@ -54,6 +54,10 @@ struct Args {
     agent_wrapper: Vec<String>,
     /// The agent's consistency check (and full resync) period.
     full_resync_secs: u64,
+    /// After the changes, how long the agent is left idle while its memory is sampled
+    /// once a second (the steady state a user sees: periodic full resyncs and
+    /// consistency checks included when `--full-resync-secs` is shorter).
+    settle_secs: u64,
     out: PathBuf,
 }
 
@@ -68,6 +72,7 @@ fn parse_args() -> anyhow::Result<Args> {
         dns: false,
         agent_wrapper: Vec::new(),
         full_resync_secs: 3600,
+        settle_secs: 10,
         out: PathBuf::from("bench-results/agent.json"),
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -84,6 +89,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--changes" => a.changes = value(i)?.parse()?,
             "--cni-iterations" => a.cni_iterations = value(i)?.parse()?,
             "--full-resync-secs" => a.full_resync_secs = value(i)?.parse()?,
+            "--settle-secs" => a.settle_secs = value(i)?.parse()?,
             "--out" => a.out = PathBuf::from(value(i)?),
             // Words joined with commas (SKIFF_AGENT_BENCH_ARGS splits on whitespace).
             "--agent-wrapper" => {
@@ -106,7 +112,7 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             other => bail!(
                 "unknown flag {other}: skiff-agent-bench [--services N] [--endpoints E] \
-                 [--changes K] [--cni-iterations C] [--full-resync-secs S] [--skip-cni] \
+                 [--changes K] [--cni-iterations C] [--full-resync-secs S] [--settle-secs S] [--skip-cni] \
                  [--skip-agent] [--dns] [--agent-wrapper CMD,ARG,..] [--out FILE]"
             ),
         }
@@ -280,6 +286,103 @@ fn status_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Resident memory of a process (`/proc/<pid>/status`), kB.
+#[derive(serde::Serialize, Default, Clone, Copy, Debug)]
+struct Resident {
+    rss_kb: u64,
+    /// Heap, stacks and other anonymous mappings.
+    anon_kb: u64,
+    /// File-backed pages: the binary's and the libraries' code and data.
+    file_kb: u64,
+    threads: u64,
+}
+
+fn resident(pid: u32) -> Resident {
+    Resident {
+        rss_kb: status_kb(pid, "VmRSS:"),
+        anon_kb: status_kb(pid, "RssAnon:"),
+        file_kb: status_kb(pid, "RssFile:"),
+        threads: status_kb(pid, "Threads:"),
+    }
+}
+
+/// One line of the resident-memory breakdown: a kind of mapping (or one large anonymous
+/// mapping), its resident and its mapped size.
+#[derive(serde::Serialize, Debug)]
+struct MappingRss {
+    what: String,
+    rss_kb: u64,
+    size_kb: u64,
+}
+
+/// Where a process's resident memory is, from `/proc/<pid>/smaps`: the binary's
+/// segments by permissions, `[heap]` (glibc's main arena), `[stack]`, shared libraries,
+/// BPF and other special mappings by name, and each anonymous mapping holding at least
+/// 256 kB on its own line (glibc's per-thread arenas are 64 MiB-aligned reservations,
+/// thread stacks 8 MiB ones); smaller anonymous mappings are summed.
+fn smaps_breakdown(pid: u32) -> Vec<MappingRss> {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return Vec::new();
+    };
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    let mut out: Vec<MappingRss> = Vec::new();
+    let mut small_anon = (0u64, 0u64);
+    let mut flush = |head: &str, size_kb: u64, rss_kb: u64, out: &mut Vec<MappingRss>| {
+        let mut f = head.split_whitespace();
+        let (range, perms) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
+        let path = f.nth(3).unwrap_or("");
+        let what = if path.is_empty() {
+            if rss_kb < 256 {
+                small_anon.0 += rss_kb;
+                small_anon.1 += size_kb;
+                return;
+            }
+            format!("anonymous {range} {perms}")
+        } else if Path::new(path) == exe {
+            format!("binary {perms}")
+        } else if path.contains(".so") {
+            "shared libraries".to_owned()
+        } else {
+            path.to_owned()
+        };
+        match out.iter_mut().find(|m| m.what == what) {
+            Some(m) => {
+                m.rss_kb += rss_kb;
+                m.size_kb += size_kb;
+            }
+            None => out.push(MappingRss {
+                what,
+                rss_kb,
+                size_kb,
+            }),
+        }
+    };
+    let (mut head, mut size, mut rss) = (String::new(), 0, 0);
+    for line in text.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            if !head.is_empty() {
+                flush(&head, size, rss, &mut out);
+            }
+            (head, size, rss) = (line.to_owned(), 0, 0);
+        } else if let Some(v) = line.strip_prefix("Size:") {
+            size = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+        } else if let Some(v) = line.strip_prefix("Rss:") {
+            rss = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+        }
+    }
+    if !head.is_empty() {
+        flush(&head, size, rss, &mut out);
+    }
+    out.push(MappingRss {
+        what: "anonymous mappings under 256 kB each".to_owned(),
+        rss_kb: small_anon.0,
+        size_kb: small_anon.1,
+    });
+    out.sort_by_key(|m| std::cmp::Reverse(m.rss_kb));
+    out
+}
+
 fn http_get(port: u16, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -363,6 +466,13 @@ struct AgentReport {
     /// (the binary's and libraries' pages).
     rss_anon_kb: u64,
     rss_file_kb: u64,
+    /// After `--settle-secs` idle (sampled once a second): the last sample and the
+    /// largest VmRSS seen meanwhile.
+    settle_secs: u64,
+    settled: Resident,
+    settle_max_rss_kb: u64,
+    /// Where `settled` is, per mapping (`/proc/<pid>/smaps`).
+    settled_mappings: Vec<MappingRss>,
     dns: bool,
 }
 
@@ -581,6 +691,23 @@ fn agent_bench(a: &Args) -> anyhow::Result<AgentReport> {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        // Steady state: the agent idle after the changes (its ticks, and periodic full
+        // resyncs and consistency checks if --full-resync-secs is short enough).
+        let mut settled = resident(agent_pid);
+        let mut settle_max_rss_kb = settled.rss_kb;
+        for _ in 0..a.settle_secs {
+            std::thread::sleep(Duration::from_secs(1));
+            settled = resident(agent_pid);
+            settle_max_rss_kb = settle_max_rss_kb.max(settled.rss_kb);
+        }
+        let settled_mappings = smaps_breakdown(agent_pid);
+        eprintln!(
+            "after {} s idle: {settled:?} (max VmRSS {settle_max_rss_kb} kB); by mapping:",
+            a.settle_secs
+        );
+        for m in settled_mappings.iter().take(16) {
+            eprintln!("  {:>8} kB of {:>8} kB  {}", m.rss_kb, m.size_kb, m.what);
+        }
         drop(agent_proc);
         Ok(AgentReport {
             services: a.services,
@@ -605,6 +732,10 @@ fn agent_bench(a: &Args) -> anyhow::Result<AgentReport> {
             hwm_kb,
             rss_anon_kb,
             rss_file_kb,
+            settle_secs: a.settle_secs,
+            settled,
+            settle_max_rss_kb,
+            settled_mappings,
             dns: a.dns,
         })
     })
@@ -704,7 +835,7 @@ fn main() -> anyhow::Result<()> {
     if !a.skip_agent {
         let r = agent_bench(&a)?;
         println!(
-            "| {} services / {} endpoints | {} changes | programming p50 {:.1} ms | p99 {:.1} ms | max {:.1} ms | agent sync ({} syncs) p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms | {} full resyncs p50 {:.1} ms, max {:.1} ms | agent histogram p50 ≤ {:?} s, p99 ≤ {:?} s | initial sync {:.1} s | VmRSS {:.1} MB after sync, {:.1} MB after changes (anon {:.1}, file {:.1}), VmHWM {:.1} MB | DNS {} | preload {:.0} s |",
+            "| {} services / {} endpoints | {} changes | programming p50 {:.1} ms | p99 {:.1} ms | max {:.1} ms | agent sync ({} syncs) p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms | {} full resyncs p50 {:.1} ms, max {:.1} ms | agent histogram p50 ≤ {:?} s, p99 ≤ {:?} s | initial sync {:.1} s | VmRSS {:.1} MB after sync, {:.1} MB after changes (anon {:.1}, file {:.1}), VmHWM {:.1} MB | after {} s idle {:.1} MB (anon {:.1}, file {:.1}; max {:.1}), {} threads | DNS {} | preload {:.0} s |",
             r.services,
             r.endpoints,
             r.changes,
@@ -726,6 +857,12 @@ fn main() -> anyhow::Result<()> {
             r.rss_anon_kb as f64 / 1024.0,
             r.rss_file_kb as f64 / 1024.0,
             r.hwm_kb as f64 / 1024.0,
+            r.settle_secs,
+            r.settled.rss_kb as f64 / 1024.0,
+            r.settled.anon_kb as f64 / 1024.0,
+            r.settled.file_kb as f64 / 1024.0,
+            r.settle_max_rss_kb as f64 / 1024.0,
+            r.settled.threads,
             if r.dns { "on" } else { "off" },
             r.preload_s,
         );
