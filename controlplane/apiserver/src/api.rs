@@ -465,7 +465,12 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
                 "only the cluster admin may read /metrics",
             ));
         }
-        return text(StatusCode::OK, state.cache.metrics());
+        // cpbench: the in-process controllers' metrics follow the watch cache's.
+        return text(
+            StatusCode::OK,
+            state.cache.metrics() + &crate::extra_metrics(),
+        );
+        // end cpbench
     }
     // end cp helper
     let h = |n: header::HeaderName| {

@@ -183,6 +183,12 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<RunningServe
                 },
                 _ = rx.changed() => break,
             };
+            // cpbench: no Nagle delay on API responses and watch events. Go's net package
+            // (the upstream API server) sets TCP_NODELAY on every connection; without it a
+            // watch event written while the previous one is unacknowledged waits for the
+            // client's delayed ACK (tens of ms, up to 200 on Linux).
+            let _ = tcp.set_nodelay(true);
+            // end cpbench
             let acceptor = acceptor.clone();
             let router = router.clone();
             tokio::spawn(async move {

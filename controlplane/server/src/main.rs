@@ -504,6 +504,11 @@ async fn run() -> Result<()> {
             // cpbench helper: leader Lease release on shutdown
             let (stop_tx, stop) = tokio::sync::watch::channel(false);
             // end cpbench helper
+            // cpbench: the controllers' work-queue metrics on the admin /metrics
+            if !disable_controllers {
+                skiff_apiserver::add_metrics_source(skiff_controllers::metrics::render);
+            }
+            // end cpbench
             let controllers = async {
                 if disable_controllers {
                     tracing::info!("controllers disabled (--disable-controllers)");

@@ -1110,3 +1110,65 @@ async fn foreign_edits_of_managed_objects_are_reverted() {
     })
     .await;
 }
+
+// cpbench: work-queue metrics on the admin /metrics
+/// The series `name` of a Prometheus text, as a number.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpointslice_work_queue_metrics_are_served_on_the_admin_metrics() {
+    let (server, client) = start(&[]).await;
+    let read = || async {
+        let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
+        client
+            .request_text(req)
+            .await
+            .expect("GET /metrics as admin")
+    };
+    let svcs: Api<Service> = Api::default_namespaced(client.clone());
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "metrics-web"},
+        "spec": {"selector": {"app": "metrics-web"}, "ports": [{"port": 80}]},
+    }))
+    .unwrap();
+    svcs.create(&PostParams::default(), &svc).await.unwrap();
+    let slices: Api<EndpointSlice> = Api::default_namespaced(client.clone());
+    eventually("the Service's placeholder slice", &server, || async {
+        (!managed_slices(&slices, "metrics-web").await.is_empty()).then_some(())
+    })
+    .await;
+    // The sync that wrote it went through the queue: added, taken, done; then idle.
+    let q = |m: &str| format!("{m}{{name=\"endpointslice\"}}");
+    let text = eventually("an idle endpointslice queue", &server, || async {
+        let text = read().await;
+        (metric(&text, &q("workqueue_depth")) == Some(0.0)
+            && metric(&text, &q("skiff_workqueue_processing")) == Some(0.0))
+        .then_some(text)
+    })
+    .await;
+    assert!(
+        metric(&text, &q("workqueue_adds_total")).unwrap() >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, &q("workqueue_work_duration_seconds_count")).unwrap() >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, &q("workqueue_queue_duration_seconds_count")).unwrap() >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "skiff_endpointslice_deferred_syncs_total").is_some(),
+        "{text}"
+    );
+    // The watch cache's own metrics are still there.
+    assert!(text.contains("skiff_watch_cache_history_bytes"), "{text}");
+}
+// end cpbench
