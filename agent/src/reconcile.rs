@@ -547,18 +547,7 @@ impl Reconciler {
             .filter(|n| !groups.contains_key(*n))
             .cloned()
             .collect();
-        for name in gone {
-            if let Err(e) = self.remove_service(&name, maps, &mut report) {
-                report.errors.push((name, e));
-            }
-        }
-
-        self.flush_purges(maps, &mut report);
-        if let Err(e) = self.collect_backends(maps, &mut report) {
-            report
-                .errors
-                .push((ServicePortName::new("", "", "backends"), e));
-        }
+        self.finish_sync(gone, maps, &mut report);
         // Groups were inserted in name order, which leaves B-tree nodes half empty;
         // rebuilt from sorted entries every node is full (agent memory, issue 7).
         self.services = std::mem::take(&mut self.services).into_iter().collect();
@@ -628,21 +617,34 @@ impl Reconciler {
                 report.errors.push((name.clone(), e));
             }
         }
-        for name in old {
-            if groups.contains_key(&name) {
-                continue;
-            }
-            if let Err(e) = self.remove_service(&name, maps, &mut report) {
+        let gone = old
+            .into_iter()
+            .filter(|n| !groups.contains_key(n))
+            .collect();
+        self.finish_sync(gone, maps, &mut report);
+        report
+    }
+
+    /// The end of every sync: removes the groups that are `gone`, runs the purges the
+    /// sync queued, then deletes the backends no slot names any more (in that order:
+    /// flows of a departed backend go before its entry).
+    fn finish_sync(
+        &mut self,
+        gone: Vec<ServicePortName>,
+        maps: &mut dyn ServiceMaps,
+        report: &mut SyncReport,
+    ) {
+        for name in gone {
+            if let Err(e) = self.remove_service(&name, maps, report) {
                 report.errors.push((name, e));
             }
         }
-        self.flush_purges(maps, &mut report);
-        if let Err(e) = self.collect_backends(maps, &mut report) {
+        self.flush_purges(maps, report);
+        if let Err(e) = self.collect_backends(maps, report) {
             report
                 .errors
                 .push((ServicePortName::new("", "", "backends"), e));
         }
-        report
     }
 
     fn backend_id(&mut self, b: &Backend) -> u32 {
