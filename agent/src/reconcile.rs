@@ -1965,6 +1965,37 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_reconciler_keeps_a_not_ready_backend_and_its_tcp_flows() {
+        let mut maps = FakeServiceMaps::new(MapSizes::default());
+        let a = Endpoint {
+            state: EndpointState::NotReady,
+            ..ep("10.42.0.4", EndpointState::Active)
+        };
+        let b = ep("10.42.0.5", EndpointState::Active);
+        let desired = model(&[web(&[a, b])]);
+        sync(&mut Reconciler::new(), &mut maps, &desired);
+        let a_id = backend_id_of(&maps, "10.42.0.4").expect("a not-ready backend is kept");
+        let id = maps.contents.services.values().next().unwrap().service_id;
+        maps.conntrack.insert((id, a_id), 2);
+        let written = maps.contents.clone();
+
+        // A new agent with the same desired state: a has no slot to be adopted through,
+        // yet it must stay (its established TCP flows point at it).
+        let mut r = Reconciler::new();
+        r.adopt(&written, &desired);
+        let report = sync(&mut r, &mut maps, &desired);
+        assert_eq!(
+            backend_id_of(&maps, "10.42.0.4"),
+            Some(a_id),
+            "{:?}",
+            maps.log
+        );
+        assert_eq!(report.purged_conntrack, 0, "{:?}", maps.log);
+        assert_eq!(maps.conntrack.get(&(id, a_id)), Some(&2));
+        assert!(maps.contents.dangling().is_empty());
+    }
+
+    #[test]
     fn local_traffic_policies_get_their_own_local_only_backend_lists() {
         let mut r = Reconciler::new();
         let mut maps = FakeServiceMaps::new(MapSizes::default());
