@@ -409,6 +409,7 @@ fn parse_yaml(body: &[u8]) -> Result<Value, StatusError> {
 // Dispatch
 
 async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let started = std::time::Instant::now();
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     // Upstream lets anyone read health (system:public-info-viewer); everything else needs
@@ -497,7 +498,15 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
         Err(e) => status_response(e),
     };
     // Access log (RUST_LOG=skiff_apiserver=debug); watch responses log when they start.
-    tracing::debug!(%method, path, query, status = r.status().as_u16(), "request");
+    // `ms` is the handler's time up to the response head (body streaming not included).
+    tracing::debug!(
+        %method,
+        path,
+        query,
+        status = r.status().as_u16(),
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "request"
+    );
     r
 }
 

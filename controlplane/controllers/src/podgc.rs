@@ -190,6 +190,31 @@ pub fn plan(
     out
 }
 
+/// Objects per page of the periodic LIST (upstream's informers page their relists by 500
+/// too).
+const LIST_PAGE: u32 = 500;
+
+/// Lists everything `api` holds in pages of [`LIST_PAGE`]. One unpaged LIST of 10k pods is a
+/// ~15 MB body that the server encodes and this process decodes in one piece each period;
+/// measured in the controllers benchmark it held up the other controllers' API calls by
+/// up to ~300 ms every 20 s (BENCHMARKS.md, control plane, session 8). Pages interleave
+/// with everyone else's requests instead.
+async fn list_paged<K>(api: &Api<K>) -> Result<Vec<K>, kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut items = Vec::new();
+    let mut lp = ListParams::default().limit(LIST_PAGE);
+    loop {
+        let page = api.list(&lp).await?;
+        items.extend(page.items);
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => lp = lp.continue_token(&token),
+            None => return Ok(items),
+        }
+    }
+}
+
 pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     let cfg = ctx.config.pod_gc.clone();
     tracing::info!(
@@ -212,11 +237,8 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let (pod_list, node_list) = match (
-            pods.list(&ListParams::default()).await,
-            nodes.list(&ListParams::default()).await,
-        ) {
-            (Ok(p), Ok(n)) => (p.items, n.items),
+        let (pod_list, node_list) = match (list_paged(&pods).await, list_paged(&nodes).await) {
+            (Ok(p), Ok(n)) => (p, n),
             (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!("pod GC: listing: {e}");
                 continue;

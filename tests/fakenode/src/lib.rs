@@ -599,11 +599,22 @@ async fn lease_loop(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(inner.cfg.lease_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_silenced: HashSet<String> = HashSet::new();
+    // The first pass renews every lease at once (the kubelets just registered); later
+    // timer passes spread the nodes over the interval, each at its own phase, as real
+    // kubelets renew on their own timers (started at their own boot, with upstream's
+    // lease controller jittering each period). Renewing all N leases in the same
+    // millisecond is a burst no cluster sends: with 100 nodes every 10 s it put one
+    // 100-write spike into the API server's write path per period and set the controllers
+    // benchmark's p99 (BENCHMARKS.md, control plane, session 8). A wake-up (a resumed
+    // node) renews at once.
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = inner.wake.notified() => {}
-        }
+        let woken = tokio::select! {
+            _ = tick.tick() => false,
+            _ = inner.wake.notified() => true,
+        };
+        let spread = !first && !woken;
+        first = false;
         let names: Vec<String> = inner
             .nodes
             .lock()
@@ -622,10 +633,18 @@ async fn lease_loop(inner: Arc<Inner>) {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        futures::stream::iter(names)
-            .for_each_concurrent(inner.cfg.concurrency.max(1), |name| {
+        // Phases over 90% of the interval, so a pass ends before the next tick.
+        let step = if spread && !names.is_empty() {
+            inner.cfg.lease_interval.mul_f64(0.9) / names.len() as u32
+        } else {
+            Duration::ZERO
+        };
+        let pass_start = tokio::time::Instant::now();
+        futures::stream::iter(names.into_iter().enumerate())
+            .for_each_concurrent(inner.cfg.concurrency.max(1), |(k, name)| {
                 let inner = inner.clone();
                 async move {
+                    tokio::time::sleep_until(pass_start + step * k as u32).await;
                     if let Err(e) = inner.renew(&name).await {
                         tracing::warn!("fake node {name}: {e:#}");
                     }
