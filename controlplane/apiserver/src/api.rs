@@ -728,7 +728,7 @@ pub(crate) fn decode_kv(kv: &KeyValue, rv: u64) -> Value {
     v
 }
 
-fn set_rv(v: &mut Value, rv: u64) {
+pub(crate) fn set_rv(v: &mut Value, rv: u64) {
     if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert("resourceVersion".into(), json!(rv.to_string()));
     }

@@ -43,7 +43,7 @@ use futures::StreamExt;
 use skiff_api::resources::RESOURCES;
 use skiff_api::selector::SelectionAttrs;
 use skiff_store::{
-    Event, KeyValue, ListOptions, ProgressRequester, ProgressWatchStream, Revision, Store,
+    Change, Event, KeyValue, ListOptions, ProgressRequester, ProgressWatchStream, Revision, Store,
     StoreError, WatchItem,
 };
 use tokio::sync::{mpsc, watch};
@@ -107,23 +107,34 @@ pub(crate) struct CachedObject {
 impl CachedObject {
     /// `kv` decoded, with `resourceVersion` set to `rv`.
     pub fn new(kind: &str, kv: &KeyValue, rv: Revision) -> CachedObject {
-        let obj = crate::api::decode_kv(kv, rv);
+        CachedObject::of(kind, kv.key.clone(), &crate::api::decode_kv(kv, rv))
+    }
+
+    /// This version with `resourceVersion` set to `rv`: a deleted object as a DELETED
+    /// event carries it (the delete's revision), built from the cache's last state of it.
+    fn at_revision(&self, kind: &str, rv: Revision) -> CachedObject {
+        let mut obj: serde_json::Value = serde_json::from_slice(&self.json).unwrap_or_default();
+        crate::api::set_rv(&mut obj, rv);
+        CachedObject::of(kind, self.key.clone(), &obj)
+    }
+
+    fn of(kind: &str, key: String, obj: &serde_json::Value) -> CachedObject {
         // Exactly sized: `to_vec` grows its buffer by doubling, and `Bytes::from(Vec)`
         // keeps the spare capacity (a quarter of the buffer on average) for as long as the
         // cache holds this version.
         let json = Bytes::from(
-            serde_json::to_vec(&obj)
+            serde_json::to_vec(obj)
                 .unwrap_or_default()
                 .into_boxed_slice(),
         );
-        let attrs = SelectionAttrs::of(kind, &obj);
+        let attrs = SelectionAttrs::of(kind, obj);
         let size = std::mem::size_of::<CachedObject>()
             + ARC_HEADER
-            + kv.key.len()
+            + key.len()
             + json.len()
             + attrs.heap_size();
         CachedObject {
-            key: kv.key.clone(),
+            key,
             json,
             attrs,
             size,
@@ -870,7 +881,7 @@ async fn feed(shared: &Shared, mut stream: ProgressWatchStream) -> Option<StoreE
             }
         };
         let ev = match ev {
-            Ok(WatchItem::Event(ev)) => ev,
+            Ok(WatchItem::Change(ev)) => ev,
             Ok(WatchItem::Progress(rev)) => {
                 // Every change up to `rev` has been applied (they came before this).
                 let mut s = shared.state();
@@ -887,14 +898,19 @@ async fn feed(shared: &Shared, mut stream: ProgressWatchStream) -> Option<StoreE
         let root = root_of(ev.key()).map(str::to_string);
         let kind = root.as_deref().and_then(kind_of_root);
         // Decoding happens before taking the lock readers share.
-        let change = kind.map(|kind| match &ev {
-            Event::Put { kv, .. } => {
-                Decoded::Put(Arc::new(CachedObject::new(kind, kv, kv.mod_revision)))
-            }
-            Event::Delete { revision, prev } => {
-                Decoded::Delete(Arc::new(CachedObject::new(kind, prev, *revision)))
-            }
-        });
+        let change =
+            match (&ev, kind, root.as_deref()) {
+                (Change::Put(kv), Some(kind), _) => Some(Decoded::Put(Arc::new(
+                    CachedObject::new(kind, kv, kv.mod_revision),
+                ))),
+                (Change::Delete { key, revision }, Some(kind), Some(root)) => {
+                    match deleted_state(shared, kind, root, key, *revision).await {
+                        Ok(obj) => Some(Decoded::Delete(Arc::new(obj))),
+                        Err(e) => return Some(e),
+                    }
+                }
+                _ => None,
+            };
         {
             let mut s = shared.state();
             let now = Instant::now();
@@ -908,6 +924,37 @@ async fn feed(shared: &Shared, mut stream: ProgressWatchStream) -> Option<StoreE
             s.revision = rev;
         }
         shared.progress.send_replace((true, rev));
+    }
+}
+
+/// The state a delete at `revision` removed, as its DELETED event carries it. The store's
+/// watch does not send it ([`Store::watch_with_progress`]): the cache has it, as the object
+/// it holds for `key`. That is still the state before this delete when it is applied: only
+/// this feed changes the objects, one change at a time, in revision order.
+async fn deleted_state(
+    shared: &Shared,
+    kind: &str,
+    root: &str,
+    key: &str,
+    revision: Revision,
+) -> skiff_store::Result<CachedObject> {
+    let last = shared
+        .state()
+        .resources
+        .get(root)
+        .and_then(|r| r.objects.get(key).cloned());
+    if let Some(last) = last {
+        return Ok(last.at_revision(kind, revision));
+    }
+    // Not reached while the cache is consistent (it saw the key's create, or listed it);
+    // read the state from the store rather than send a DELETED event without an object.
+    tracing::warn!("watch cache: delete of {key} at {revision}, which it does not hold");
+    match shared.store.get_at(key, revision.saturating_sub(1)).await? {
+        Some(kv) => Ok(CachedObject::new(kind, &kv, revision)),
+        None => Err(StoreError::Corrupt {
+            location: format!("watch cache, key {key}"),
+            reason: format!("deleted at revision {revision} but not live before it"),
+        }),
     }
 }
 
@@ -1144,6 +1191,77 @@ mod tests {
         );
         let mut old = cache.watch(root, root, r0).await.unwrap();
         assert_eq!(next(&mut old).await.revision, revs[1]);
+    }
+
+    /// The store's watch does not send deleted states to the cache
+    /// (`Store::watch_with_progress`); its DELETED events carry its own last state of the
+    /// object with the delete's revision, which is what a watch served by the store (with
+    /// the store's previous values) sends: for an object the cache listed at its fill and
+    /// for one it saw created and updated through its watch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deletes_carry_the_cached_last_state_at_the_delete_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::open(dir.path().join("s.redb"), Default::default()).unwrap());
+        let root = "/registry/configmaps/";
+        let listed = "/registry/configmaps/a/listed";
+        let watched = "/registry/configmaps/a/watched";
+        store
+            .create(listed, cm("listed", "a", "one"))
+            .await
+            .unwrap();
+        let cache = started(&store).await;
+        let from = store.current_revision().await.unwrap();
+        let mut from_cache = cache.watch(root, root, from).await.unwrap();
+        store
+            .create(watched, cm("watched", "a", "one"))
+            .await
+            .unwrap();
+        store
+            .update(watched, cm("watched", "a", "two"), None)
+            .await
+            .unwrap();
+        let (d1, _) = store.delete(watched, None).await.unwrap();
+        let (d2, _) = store.delete(listed, None).await.unwrap();
+        // The store's own watch of the same changes, decoded as for watches it serves.
+        let mut from_store = store.watch(root, from).await.unwrap();
+        let mut by_store = Vec::new();
+        for _ in 0..4 {
+            let ev = tokio::time::timeout(Duration::from_secs(10), from_store.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            by_store.push(CachedEvent::from_store("ConfigMap", &ev));
+        }
+        for (want, (key, revision)) in
+            by_store
+                .iter()
+                .zip([(watched, 0), (watched, 0), (watched, d1), (listed, d2)])
+        {
+            let got = next(&mut from_cache).await;
+            assert_eq!((got.key(), got.revision), (want.key(), want.revision));
+            assert_eq!(got.deleted, want.deleted);
+            assert_eq!(got.object.json, want.object.json, "{key}");
+            assert_eq!(
+                got.before.as_ref().map(|b| b.json.clone()),
+                want.before.as_ref().map(|b| b.json.clone())
+            );
+            if revision != 0 {
+                assert!(got.deleted);
+                let obj = got.object.value();
+                assert_eq!(
+                    obj["metadata"]["resourceVersion"],
+                    serde_json::json!(revision.to_string())
+                );
+                // The deleted state is the last one: for `watched`, its update's label.
+                let label = if key == watched { "two" } else { "one" };
+                assert_eq!(obj["metadata"]["labels"]["l"], serde_json::json!(label));
+                assert_eq!(got.object.attrs.label("l"), Some(label));
+            }
+        }
+        assert!(cache.current(root, watched).is_none());
+        assert!(cache.current(root, listed).is_none());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -610,6 +610,97 @@ async fn etcd_creates(
     Ok((lat, wall))
 }
 
+/// CPU time (user + system) process `pid` has used so far, from `/proc/<pid>/stat`
+/// (in clock ticks of 10 ms: Linux's USER_HZ is 100 on every architecture).
+fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name (which may contain spaces) in parentheses.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed /proc/<pid>/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5); `rest` starts at field 3.
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(Duration::from_millis(ticks * 10))
+}
+
+/// etcd helper, session 8: what a watch's `prev_kv` costs etcd. `n` keys are created under
+/// a prefix of their own, a watch of that prefix (with `prev_kv` or not) is drained by a
+/// task of its own, then every key is updated once, `concurrency` at a time, with the
+/// transaction the store sends for an update (live and `mod_revision` compares, then the
+/// put). Returns the sorted update latencies, the wall time and the CPU time etcd (`pid`)
+/// used during the updates.
+async fn etcd_updates(
+    url: &str,
+    pid: u32,
+    n: usize,
+    concurrency: usize,
+    prev_kv: bool,
+) -> Result<(Vec<Duration>, Duration, Duration)> {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp, WatchOptions};
+    let client = etcd_client::Client::connect([url], None).await?;
+    let value = vec![b'x'; 1500];
+    let prefix = format!("/bench-update/{}/", if prev_kv { "prev" } else { "plain" });
+    let mut revs = Vec::with_capacity(n);
+    for i in 0..n {
+        let r = client
+            .kv_client()
+            .put(format!("{prefix}{i}"), value.clone(), None)
+            .await?;
+        revs.push(r.header().map_or(0, |h| h.revision()));
+    }
+    let mut options = WatchOptions::new().with_prefix();
+    if prev_kv {
+        options = options.with_prev_key();
+    }
+    let mut stream = client
+        .watch_client()
+        .watch(prefix.clone(), Some(options))
+        .await?;
+    let drained = tokio::spawn(async move {
+        let mut events = 0;
+        while events < n {
+            match stream.message().await {
+                Ok(Some(resp)) => events += resp.events().len(),
+                _ => break,
+            }
+        }
+        events
+    });
+    let cpu0 = cpu_time(pid)?;
+    let t0 = Instant::now();
+    let mut lat: Vec<Duration> = futures::stream::iter(revs.into_iter().enumerate())
+        .map(|(i, rev)| {
+            let mut kv = client.kv_client();
+            let value = value.clone();
+            let key = format!("{prefix}{i}");
+            async move {
+                let txn = Txn::new()
+                    .when(vec![
+                        Compare::version(key.clone(), CompareOp::Greater, 0),
+                        Compare::mod_revision(key.clone(), CompareOp::Equal, rev),
+                    ])
+                    .and_then(vec![TxnOp::put(key.clone(), value, None)])
+                    .or_else(vec![TxnOp::get(key, None)]);
+                let t = Instant::now();
+                let resp = kv.txn(txn).await?;
+                anyhow::ensure!(resp.succeeded(), "update of {i} lost its compare");
+                Ok::<_, anyhow::Error>(t.elapsed())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect()
+        .await?;
+    let wall = t0.elapsed();
+    // Until the watch has sent every update (etcd's work for them includes the sending).
+    let events = tokio::time::timeout(Duration::from_secs(30), drained).await??;
+    anyhow::ensure!(events >= n, "the watch delivered {events} of {n} events");
+    let cpu = cpu_time(pid)? - cpu0;
+    lat.sort();
+    Ok((lat, wall, cpu))
+}
+
 async fn ensure_ns(client: &kube::Client, name: &str) -> Result<()> {
     let req = http::Request::post("/api/v1/namespaces")
         .header("content-type", "application/json")
@@ -713,6 +804,41 @@ async fn bench_store(args: &Args, store: &str, results: &mut Vec<serde_json::Val
         }
     }
     // end cp helper
+    // etcd helper, session 8: etcd's cost of a watch with previous values (what the watch
+    // cache's own watch asked for until session 8), alternated to even out drift.
+    if let (Some(etcd), "etcd") = (&_etcd, store) {
+        let url = &flags[3];
+        let pid = etcd.child.id();
+        let mut by_mode: [Vec<(Vec<Duration>, Duration, Duration)>; 2] = Default::default();
+        for round in 0..4 {
+            let prev_kv = round % 2 == 0;
+            by_mode[usize::from(prev_kv)]
+                .push(etcd_updates(url, pid, 1000, args.concurrency, prev_kv).await?);
+        }
+        for (prev_kv, runs) in [(true, &by_mode[1]), (false, &by_mode[0])] {
+            let cells: Vec<String> = runs
+                .iter()
+                .map(|(lat, wall, cpu)| {
+                    format!(
+                        "{:.0} updates/s; {} / {}; etcd CPU {:.0} µs per update",
+                        lat.len() as f64 / wall.as_secs_f64(),
+                        ms(pct(lat, 0.5)),
+                        ms(pct(lat, 0.99)),
+                        cpu.as_secs_f64() * 1e6 / lat.len() as f64
+                    )
+                })
+                .collect();
+            results.push(row(
+                &format!(
+                    "etcd alone: update Txn (mod_revision compare, 1.5 KB put), 1000 at concurrency {}, with a prefix watch {} prev_kv open: throughput; p50 / p99; etcd CPU (2 runs)",
+                    args.concurrency,
+                    if prev_kv { "with" } else { "without" }
+                ),
+                cells.join("; then "),
+            ));
+        }
+    }
+    // end etcd helper
     let ns = BENCH_NS;
     ensure_ns(&s.client, ns).await?;
     let pods: Api<Pod> = Api::namespaced(s.client.clone(), ns);

@@ -11,7 +11,9 @@
 //!   the first one (or the one asked for), each continuing just after the last key of the
 //!   previous one, until the limit or the end of the prefix; the count etcd returns with the
 //!   last page gives `remaining`. `continue_after` starts the range just after that key.
-//! - `watch` is an etcd watch from `from_revision + 1` with `prev_kv`. A pump task reads the
+//! - `watch` is an etcd watch from `from_revision + 1` with `prev_kv`; `watch_with_progress`
+//!   (the watch cache's) the same without `prev_kv`, so that etcd does not read and send
+//!   the previous value of every update and delete it reports. A pump task reads the
 //!   gRPC stream and forwards into a bounded channel, cutting the watcher off when it is full
 //!   of live events, so one slow consumer cannot hold the shared HTTP/2 connection (and the
 //!   other watches on it) back. History replayed at the start is forwarded at the consumer's
@@ -36,8 +38,8 @@ use tokio::sync::mpsc;
 use futures::StreamExt;
 
 use crate::{
-    Event, KeyValue, ListOptions, ListResult, ProgressRequester, ProgressWatchStream, Result,
-    Revision, Store, StoreError, WatchItem, WatchStream,
+    Change, Event, KeyValue, ListOptions, ListResult, ProgressRequester, ProgressWatchStream,
+    Result, Revision, Store, StoreError, WatchItem, WatchStream,
 };
 
 const BACKEND: &str = "etcd";
@@ -200,15 +202,14 @@ impl EtcdStore {
         })
     }
 
-    /// Starts an etcd watch (see [`Store::watch`]); with `progress`, responses without
-    /// events come through as [`WatchItem::Progress`]. Returns the stream and the gRPC
-    /// stream's request side (for progress requests).
+    /// Starts an etcd watch (see [`Store::watch`]) yielding what `mode` asks for. Returns
+    /// the stream and the gRPC stream's request side (for progress requests).
     async fn start_watch(
         &self,
         prefix: &str,
         from_revision: Revision,
-        progress: bool,
-    ) -> Result<(ProgressWatchStream, Option<etcd_client::WatchRequestSender>)> {
+        mode: WatchMode,
+    ) -> Result<(PumpStream, Option<etcd_client::WatchRequestSender>)> {
         let full_prefix = self.full_key(prefix);
         // Same rule as reads: a revision you can list at is one you can watch from. etcd itself
         // would accept `from_revision = compacted - 1`; checking with a read keeps the two
@@ -227,10 +228,12 @@ impl EtcdStore {
                 return Err(self.read_error(e, from_revision).await);
             }
         }
-        let options = WatchOptions::new()
+        let mut options = WatchOptions::new()
             .with_range(prefix_end(&full_prefix))
-            .with_start_revision(to_i64(from_revision + 1)?)
-            .with_prev_key();
+            .with_start_revision(to_i64(from_revision + 1)?);
+        if mode == WatchMode::Events {
+            options = options.with_prev_key();
+        }
         let stream = self
             .client
             .watch_client()
@@ -266,7 +269,7 @@ impl EtcdStore {
             replay_through,
             tx,
             lagged.clone(),
-            progress,
+            mode,
         ));
         let state = (rx, lagged, Some(prefix.to_owned()), self.watch_buffer);
         let stream =
@@ -487,6 +490,52 @@ fn convert_event(prefix: &str, event: &etcd_client::Event) -> Result<Event> {
     }
 }
 
+/// What an etcd watch yields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WatchMode {
+    /// [`Event`]s with previous values ([`Store::watch`]): the watch asks for `prev_kv`.
+    Events,
+    /// [`Change`]s without them ([`Store::watch_with_progress`]); with `progress`,
+    /// responses without events come through as progress.
+    Changes { progress: bool },
+}
+
+/// What the pump forwards: one of [`WatchMode`]'s items.
+#[derive(Debug)]
+enum Pumped {
+    Event(Event),
+    Change(Change),
+    Progress(Revision),
+}
+
+impl Pumped {
+    fn revision(&self) -> Revision {
+        match self {
+            Pumped::Event(e) => e.revision(),
+            Pumped::Change(c) => c.revision(),
+            Pumped::Progress(r) => *r,
+        }
+    }
+}
+
+type PumpStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Pumped>> + Send>>;
+
+/// A watch event without `prev_kv` as a [`Change`].
+fn convert_change(prefix: &str, event: &etcd_client::Event) -> Result<Change> {
+    let kv = event.kv().ok_or_else(|| {
+        StoreError::backend(BACKEND, "watch", "etcd sent an event without a key-value")
+    })?;
+    let kv = convert_kv(prefix, kv)?;
+    Ok(match event.event_type() {
+        etcd_client::EventType::Put => Change::Put(kv),
+        // etcd's delete event carries the key and the delete's revision (as mod_revision).
+        etcd_client::EventType::Delete => Change::Delete {
+            key: kv.key,
+            revision: kv.mod_revision,
+        },
+    })
+}
+
 /// How long the pump waits for a consumer that is not taking replayed (historical) events.
 const REPLAY_STALL_LIMIT: Duration = Duration::from_secs(10);
 
@@ -500,17 +549,18 @@ async fn pump(
     prefix: String,
     from_revision: Revision,
     replay_through: Revision,
-    tx: mpsc::Sender<Result<WatchItem>>,
+    tx: mpsc::Sender<Result<Pumped>>,
     lagged: Arc<AtomicBool>,
-    progress: bool,
+    mode: WatchMode,
 ) {
+    let progress = mode == WatchMode::Changes { progress: true };
     let mut last = from_revision;
     loop {
         let message = tokio::select! {
             _ = tx.closed() => return,
             m = stream.message() => m,
         };
-        let items: Vec<Result<WatchItem>> = match message {
+        let items: Vec<Result<Pumped>> = match message {
             Ok(Some(resp)) if resp.compact_revision() > 0 => vec![Err(StoreError::Compacted {
                 requested: last,
                 compacted: to_rev(resp.compact_revision()),
@@ -525,14 +575,17 @@ async fn pump(
             Ok(Some(resp)) if resp.events().is_empty() => {
                 if let (true, Ok(rev)) = (progress, header_revision(resp.header())) {
                     // Advisory: dropped when the consumer has no room (it asks again).
-                    let _ = tx.try_send(Ok(WatchItem::Progress(rev)));
+                    let _ = tx.try_send(Ok(Pumped::Progress(rev)));
                 }
                 continue;
             }
             Ok(Some(resp)) => resp
                 .events()
                 .iter()
-                .map(|e| convert_event(&prefix, e).map(WatchItem::Event))
+                .map(|e| match mode {
+                    WatchMode::Events => convert_event(&prefix, e).map(Pumped::Event),
+                    WatchMode::Changes { .. } => convert_change(&prefix, e).map(Pumped::Change),
+                })
                 .collect(),
             Ok(None) => vec![Err(StoreError::backend(
                 BACKEND,
@@ -544,11 +597,11 @@ async fn pump(
         for item in items {
             let stop = item.is_err();
             let replay = match &item {
-                Ok(WatchItem::Event(event)) => {
-                    last = event.revision();
+                Ok(item @ (Pumped::Event(_) | Pumped::Change(_))) => {
+                    last = item.revision();
                     last <= replay_through
                 }
-                Ok(WatchItem::Progress(_)) | Err(_) => false,
+                Ok(Pumped::Progress(_)) | Err(_) => false,
             };
             let sent = if replay {
                 tx.send_timeout(item, REPLAY_STALL_LIMIT)
@@ -771,14 +824,17 @@ impl Store for EtcdStore {
     }
 
     async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream> {
-        let (stream, sender) = self.start_watch(prefix, from_revision, false).await?;
+        let (stream, sender) = self
+            .start_watch(prefix, from_revision, WatchMode::Events)
+            .await?;
         Ok(Box::pin(stream.filter_map(move |item| {
             // The request side stays open while the stream is consumed.
             let _open = &sender;
             async move {
                 match item {
-                    Ok(WatchItem::Event(e)) => Some(Ok(e)),
-                    Ok(WatchItem::Progress(_)) => None,
+                    Ok(Pumped::Event(e)) => Some(Ok(e)),
+                    // Not sent in this mode.
+                    Ok(Pumped::Change(_) | Pumped::Progress(_)) => None,
                     Err(e) => Some(Err(e)),
                 }
             }
@@ -790,17 +846,33 @@ impl Store for EtcdStore {
         prefix: &str,
         from_revision: Revision,
     ) -> Result<(ProgressWatchStream, ProgressRequester)> {
-        if !self.watch_progress {
-            let stream = self.watch(prefix, from_revision).await?;
-            return Ok((
-                Box::pin(stream.map(|item| item.map(WatchItem::Event))),
-                ProgressRequester::unsupported(),
-            ));
-        }
-        let (stream, sender) = self.start_watch(prefix, from_revision, true).await?;
-        let Some(mut sender) = sender else {
-            return Ok((stream, ProgressRequester::unsupported()));
+        let progress = self.watch_progress;
+        let (stream, sender) = self
+            .start_watch(prefix, from_revision, WatchMode::Changes { progress })
+            .await?;
+        let changes = |stream: PumpStream, open: Option<etcd_client::WatchRequestSender>| {
+            let stream: ProgressWatchStream = Box::pin(stream.filter_map(move |item| {
+                // Without progress requests the request side stays open here, while the
+                // stream is consumed (as in `watch`).
+                let _open = &open;
+                async move {
+                    match item {
+                        Ok(Pumped::Change(c)) => Some(Ok(WatchItem::Change(c))),
+                        Ok(Pumped::Progress(r)) => Some(Ok(WatchItem::Progress(r))),
+                        // Not sent in this mode.
+                        Ok(Pumped::Event(_)) => None,
+                        Err(e) => Some(Err(e)),
+                    }
+                }
+            }));
+            stream
         };
+        let mut sender = match sender {
+            Some(sender) if progress => sender,
+            open => return Ok((changes(stream, open), ProgressRequester::unsupported())),
+        };
+        // The progress task below holds the request side open.
+        let stream = changes(stream, None);
         // Requests go out from a task of their own (the sender is async); a request made
         // while one is queued is merged with it.
         let (req_tx, mut req_rx) = mpsc::channel::<()>(1);

@@ -167,10 +167,55 @@ impl ListResult {
     }
 }
 
+/// A change as [`Store::watch_with_progress`] reports it: without previous values, for a
+/// watcher that keeps the current state of every key it watches itself (the apiserver's
+/// watch cache) and so knows what a change replaced. Why not [`Event`]: etcd sends an
+/// event's previous value only when the watch asks for it (`prev_kv`), and then reads it
+/// for every event (a range read at `mod_revision - 1` per update and delete, in its
+/// watch's send loop) and sends it along; a watcher that already has it pays for both for
+/// nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The key was created or updated.
+    Put(KeyValue),
+    /// The key was deleted at `revision`.
+    Delete { key: String, revision: Revision },
+}
+
+impl Change {
+    /// The revision of the write this change reports.
+    pub fn revision(&self) -> Revision {
+        match self {
+            Change::Put(kv) => kv.mod_revision,
+            Change::Delete { revision, .. } => *revision,
+        }
+    }
+
+    /// The key this change is about.
+    pub fn key(&self) -> &str {
+        match self {
+            Change::Put(kv) => &kv.key,
+            Change::Delete { key, .. } => key,
+        }
+    }
+}
+
+impl From<Event> for Change {
+    fn from(event: Event) -> Change {
+        match event {
+            Event::Put { kv, .. } => Change::Put(kv),
+            Event::Delete { revision, prev } => Change::Delete {
+                key: prev.key,
+                revision,
+            },
+        }
+    }
+}
+
 /// What a [`Store::watch_with_progress`] stream yields.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WatchItem {
-    Event(Event),
+    Change(Change),
     /// Every change under the watched prefix up to this revision has been yielded before
     /// this item (etcd's watch progress notification): the watcher is current at this
     /// revision although no event under its prefix carried it.
@@ -264,11 +309,14 @@ pub trait Store: Send + Sync + 'static {
     /// what changed since. A future `from_revision` is allowed: the stream waits for it.
     async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream>;
 
-    /// [`Store::watch`], whose stream can also report progress when asked through the
-    /// returned requester: for a watcher that must know it is current at the store's
-    /// revision although writes outside its prefix (an etcd shared with other clients)
-    /// move that revision without an event for it. The default reports no progress: right
-    /// for stores whose watch of the empty prefix sees every write (redb).
+    /// [`Store::watch`] for a watcher that keeps its own copy of the watched keys (the
+    /// watch cache): the same changes in the same order, as [`Change`]s, without previous
+    /// values (a delete names only its key: the watcher has the deleted state). Its stream
+    /// can also report progress when asked through the returned requester: for a watcher
+    /// that must know it is current at the store's revision although writes outside its
+    /// prefix (an etcd shared with other clients) move that revision without an event for
+    /// it. The default reports no progress: right for stores whose watch of the empty
+    /// prefix sees every write (redb), whose events have their previous values at hand.
     async fn watch_with_progress(
         &self,
         prefix: &str,
@@ -277,7 +325,7 @@ pub trait Store: Send + Sync + 'static {
         use futures::StreamExt;
         let stream = self.watch(prefix, from_revision).await?;
         Ok((
-            Box::pin(stream.map(|item| item.map(WatchItem::Event))),
+            Box::pin(stream.map(|item| item.map(|e| WatchItem::Change(e.into())))),
             ProgressRequester::unsupported(),
         ))
     }

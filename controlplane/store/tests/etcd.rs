@@ -217,7 +217,7 @@ async fn progress_requests_report_writes_outside_the_prefix() {
     let foreign = theirs.create("/k", Bytes::from_static(b"v")).await.unwrap();
     assert!(foreign > mine);
     match next(&mut stream).await {
-        WatchItem::Event(e) => assert_eq!(e.revision(), mine),
+        WatchItem::Change(c) => assert_eq!(c.revision(), mine),
         other => panic!("expected our event first, got {other:?}"),
     }
     assert!(requester.request());

@@ -46,7 +46,8 @@ macro_rules! conformance_tests {
             watch_and_reads_of_compacted_revisions_fail,
             slow_watcher_is_cut_off_fast_one_keeps_going,
             create_all_is_all_or_nothing,
-            concurrent_create_alls_sharing_a_key_have_one_winner
+            concurrent_create_alls_sharing_a_key_have_one_winner,
+            watch_with_progress_reports_changes_without_previous_values
         );
     };
     (@each $fixture:path; $($name:ident),* $(,)?) => {
@@ -887,4 +888,70 @@ pub async fn concurrent_create_alls_sharing_a_key_have_one_winner(store: Arc<dyn
     assert_eq!(winners.len(), 1, "{winners:?}");
     let page = store.list("/race/", ListOptions::default()).await.unwrap();
     assert_eq!(keys(&page.items), vec!["/race/ip", winners[0].as_str()]);
+}
+
+/// `watch_with_progress` (the watch cache's watch) reports the same changes as `watch`,
+/// replayed from history and then live, as [`Change`]s: a put with its new state, a delete
+/// with its key and revision only (no previous values: etcd is not asked for them).
+pub async fn watch_with_progress_reports_changes_without_previous_values(store: Arc<dyn Store>) {
+    use skiff_store::{Change, WatchItem};
+    async fn next_change(stream: &mut skiff_store::ProgressWatchStream) -> Change {
+        loop {
+            let item = tokio::time::timeout(EVENT_DEADLINE, stream.next())
+                .await
+                .unwrap_or_else(|_| panic!("no change within {EVENT_DEADLINE:?}"));
+            match item {
+                Some(Ok(WatchItem::Change(c))) => return c,
+                Some(Ok(WatchItem::Progress(_))) => continue,
+                other => panic!("expected a change, got {other:?}"),
+            }
+        }
+    }
+    let from = store.current_revision().await.unwrap();
+    // History: written before the watch starts, replayed from the store's log.
+    let r1 = store.create("/p/a", b("1")).await.unwrap();
+    store.create("/px/a", b("not watched")).await.unwrap();
+    let r2 = store.update("/p/a", b("2"), None).await.unwrap();
+    let (r3, _) = store.delete("/p/a", None).await.unwrap();
+    let (mut stream, _requester) = store.watch_with_progress("/p/", from).await.unwrap();
+    // Live: written after.
+    let r4 = store.create("/p/a", b("3")).await.unwrap();
+    let r5 = store.update("/p/a", b("4"), Some(r4)).await.unwrap();
+    let (r6, _) = store.delete("/p/a", Some(r5)).await.unwrap();
+    let put = |value: &str, mod_revision, create_revision| {
+        Change::Put(KeyValue {
+            key: "/p/a".into(),
+            value: b(value),
+            create_revision,
+            mod_revision,
+        })
+    };
+    let delete = |revision| Change::Delete {
+        key: "/p/a".into(),
+        revision,
+    };
+    let expected = [
+        put("1", r1, r1),
+        put("2", r2, r1),
+        delete(r3),
+        put("3", r4, r4),
+        put("4", r5, r4),
+        delete(r6),
+    ];
+    for want in expected {
+        let got = next_change(&mut stream).await;
+        assert_eq!(got.revision(), want.revision());
+        assert_eq!(got, want);
+    }
+    // Nothing else is pending: the next write is the next change.
+    let r7 = store.create("/p/b", b("5")).await.unwrap();
+    assert_eq!(
+        next_change(&mut stream).await,
+        Change::Put(KeyValue {
+            key: "/p/b".into(),
+            value: b("5"),
+            create_revision: r7,
+            mod_revision: r7,
+        })
+    );
 }
