@@ -59,6 +59,7 @@ pub mod deployment;
 pub mod expectations;
 pub mod gc;
 pub mod history;
+pub mod informers;
 pub mod job;
 pub mod ownership;
 pub mod podcontrol;
@@ -169,18 +170,21 @@ impl Config {
 }
 // --- end endpoints helper ---
 
-/// What every controller gets: the API client, the settings and the Event recorder.
+/// What every controller gets: the API client, the settings, the Event recorder and the
+/// shared caches.
 #[derive(Clone)]
 pub struct Ctx {
     pub client: Client,
     pub config: Arc<Config>,
     pub events: events::Recorder,
+    pub informers: informers::Informers,
 }
 
 impl Ctx {
     pub fn new(client: Client, config: Config) -> Ctx {
         let events = events::Recorder::new(client.clone(), config.component.clone());
         Ctx {
+            informers: informers::Informers::new(client.clone()),
             client,
             config: Arc::new(config),
             events,

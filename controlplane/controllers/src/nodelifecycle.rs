@@ -293,13 +293,7 @@ pub fn monitor_period(grace: Duration) -> Duration {
 pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     let grace = ctx.config.node_monitor_grace_period;
     let eviction = ctx.config.pod_eviction_timeout;
-    let (nodes, w) = reflector::store::<Node>();
-    let node_stream = reflector(
-        w,
-        watcher(Api::<Node>::all(ctx.client.clone()), Default::default()),
-    )
-    .default_backoff()
-    .for_each(|_| async {});
+    let nodes = ctx.informers.nodes();
     let (leases, w) = reflector::store::<Lease>();
     let lease_stream = reflector(
         w,
@@ -310,16 +304,8 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     )
     .default_backoff()
     .for_each(|_| async {});
-    let (pods, w) = reflector::store::<Pod>();
-    let pod_stream = reflector(
-        w,
-        watcher(Api::<Pod>::all(ctx.client.clone()), Default::default()),
-    )
-    .default_backoff()
-    .for_each(|_| async {});
-    tokio::spawn(node_stream);
+    let pods = ctx.informers.pods();
     tokio::spawn(lease_stream);
-    tokio::spawn(pod_stream);
     nodes.wait_until_ready().await?;
     leases.wait_until_ready().await?;
     pods.wait_until_ready().await?;

@@ -14,11 +14,12 @@
 //! The decisions ([`plan`]) are a pure function of the pods, the nodes and how long each
 //! missing node has been missing; [`run`] lists, plans and writes.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Api, ResourceExt as _};
 use serde_json::json;
 
@@ -116,12 +117,13 @@ fn out_of_service(n: &Node) -> bool {
 /// What to delete. `missing_for` says how long each node that pods name but the node list
 /// lacks has been missing (the caller's own clock); nodes missing shorter than the
 /// quarantine keep their pods.
-pub fn plan(
-    pods: &[Pod],
-    nodes: &[Node],
+pub fn plan<P: Borrow<Pod>, N: Borrow<Node>>(
+    pods: &[P],
+    nodes: &[N],
     missing_for: &HashMap<String, Duration>,
     cfg: &Config,
 ) -> Vec<Deletion> {
+    let pods: Vec<&Pod> = pods.iter().map(Borrow::borrow).collect();
     let mut out = Vec::new();
     let mut taken: HashSet<(String, String)> = HashSet::new();
     let mut push = |p: &Pod, reason: Reason, out: &mut Vec<Deletion>| {
@@ -138,7 +140,7 @@ pub fn plan(
     // Terminated beyond the threshold, oldest first (upstream's byEvictionAndCreationTimestamp:
     // evicted pods first, then by creation time).
     if cfg.threshold > 0 {
-        let mut terminated: Vec<&Pod> = pods.iter().filter(|p| is_terminated(p)).collect();
+        let mut terminated: Vec<&Pod> = pods.iter().copied().filter(|p| is_terminated(p)).collect();
         if terminated.len() > cfg.threshold {
             let evicted = |p: &Pod| {
                 p.status
@@ -164,7 +166,10 @@ pub fn plan(
             }
         }
     }
-    let by_name: HashMap<String, &Node> = nodes.iter().map(|n| (n.name_any(), n)).collect();
+    let by_name: HashMap<String, &Node> = nodes
+        .iter()
+        .map(|n| (n.borrow().name_any(), n.borrow()))
+        .collect();
     for p in pods {
         let node = node_of(p);
         let terminating = p.metadata.deletion_timestamp.is_some();
@@ -190,31 +195,6 @@ pub fn plan(
     out
 }
 
-/// Objects per page of the periodic LIST (upstream's informers page their relists by 500
-/// too).
-const LIST_PAGE: u32 = 500;
-
-/// Lists everything `api` holds in pages of [`LIST_PAGE`]. One unpaged LIST of 10k pods is a
-/// ~15 MB body that the server encodes and this process decodes in one piece each period;
-/// measured in the controllers benchmark it held up the other controllers' API calls by
-/// up to ~300 ms every 20 s (BENCHMARKS.md, control plane, session 8). Pages interleave
-/// with everyone else's requests instead.
-async fn list_paged<K>(api: &Api<K>) -> Result<Vec<K>, kube::Error>
-where
-    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let mut items = Vec::new();
-    let mut lp = ListParams::default().limit(LIST_PAGE);
-    loop {
-        let page = api.list(&lp).await?;
-        items.extend(page.items);
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(token) => lp = lp.continue_token(&token),
-            None => return Ok(items),
-        }
-    }
-}
-
 pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     let cfg = ctx.config.pod_gc.clone();
     tracing::info!(
@@ -228,8 +208,10 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
         cfg.quarantine,
         cfg.period
     );
-    let pods: Api<Pod> = Api::all(ctx.client.clone());
     let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let (pod_cache, node_cache) = (ctx.informers.pods(), ctx.informers.nodes());
+    pod_cache.wait_until_ready().await?;
+    node_cache.wait_until_ready().await?;
     // When this controller first saw each missing node missing (its own clock).
     let mut first_missing: HashMap<String, Instant> = HashMap::new();
     // A zero period would spin (and tokio refuses it).
@@ -237,13 +219,12 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let (pod_list, node_list) = match (list_paged(&pods).await, list_paged(&nodes).await) {
-            (Ok(p), Ok(n)) => (p, n),
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::warn!("pod GC: listing: {e}");
-                continue;
-            }
-        };
+        // From the shared caches, as upstream's podgc reads its informers' listers: a
+        // LIST of every pod each period (10k pods: a ~15 MB body encoded by the server and
+        // decoded here) stalled the other in-process controllers' API calls by up to
+        // ~300 ms every 20 s (BENCHMARKS.md, control plane, session 8).
+        let pod_list = pod_cache.state();
+        let node_list = node_cache.state();
         let known: HashSet<String> = node_list.iter().map(|n| n.name_any()).collect();
         let named: HashSet<String> = pod_list
             .iter()
