@@ -293,7 +293,6 @@ pub fn monitor_period(grace: Duration) -> Duration {
 pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     let grace = ctx.config.node_monitor_grace_period;
     let eviction = ctx.config.pod_eviction_timeout;
-    let nodes = ctx.informers.nodes();
     let (leases, w) = reflector::store::<Lease>();
     let lease_stream = reflector(
         w,
@@ -304,11 +303,10 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     )
     .default_backoff()
     .for_each(|_| async {});
-    let pods = ctx.informers.pods();
     tokio::spawn(lease_stream);
-    nodes.wait_until_ready().await?;
+    let nodes = ctx.informers.nodes().await?;
+    let pods = ctx.informers.pods().await?;
     leases.wait_until_ready().await?;
-    pods.wait_until_ready().await?;
     tracing::info!(
         "nodelifecycle: grace period {grace:?}, pod eviction timeout {eviction:?}, checking every {:?}",
         monitor_period(grace)

@@ -209,9 +209,8 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
         cfg.period
     );
     let nodes: Api<Node> = Api::all(ctx.client.clone());
-    let (pod_cache, node_cache) = (ctx.informers.pods(), ctx.informers.nodes());
-    pod_cache.wait_until_ready().await?;
-    node_cache.wait_until_ready().await?;
+    let pod_cache = ctx.informers.pods().await?;
+    let node_cache = ctx.informers.nodes().await?;
     // When this controller first saw each missing node missing (its own clock).
     let mut first_missing: HashMap<String, Instant> = HashMap::new();
     // A zero period would spin (and tokio refuses it).
