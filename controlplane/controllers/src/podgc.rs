@@ -12,7 +12,8 @@
 //!   marked Failed and force-deleted.
 //!
 //! The decisions ([`plan`]) are a pure function of the pods, the nodes and how long each
-//! missing node has been missing; [`run`] lists, plans and writes.
+//! missing node has been missing; [`run`] reads the shared pod and node caches
+//! ([`crate::informers`]), plans and writes.
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
