@@ -626,15 +626,26 @@ impl State {
             Applied::Nothing => {}
             Applied::Relisted => {
                 self.full = true;
-                self.slices_of.clear();
-                for ((_, name), e) in self.slices.iter() {
-                    if let Some(svc) = &e.service {
-                        self.slices_of
-                            .entry(svc.clone())
-                            .or_default()
-                            .insert(name.clone());
+                // Built from sorted pairs in one go: inserted one by one (in slice order,
+                // which is close to Service order) the B-tree's nodes end up half empty,
+                // 1.1 MB instead of 0.6 at 10k Services (agent memory, issue 7).
+                let mut pairs: Vec<(Key, Arc<str>)> = self
+                    .slices
+                    .iter()
+                    .filter_map(|((_, name), e)| Some((e.service.clone()?, name.clone())))
+                    .collect();
+                pairs.sort_unstable();
+                let mut index: Vec<(Key, NameSet)> = Vec::new();
+                for (svc, name) in pairs {
+                    match index.last_mut() {
+                        Some((last, set)) if *last == svc => set.0.push(name),
+                        _ => index.push((svc, NameSet(vec![name]))),
                     }
                 }
+                for (_, set) in &mut index {
+                    set.0.shrink_to_fit();
+                }
+                self.slices_of = index.into_iter().collect();
             }
             Applied::Upserted((_, name), old) => {
                 if let Some(svc) = old.as_ref().and_then(|o| o.service.clone()) {
