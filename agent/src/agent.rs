@@ -319,7 +319,7 @@ pub async fn run(a: Agent) -> anyhow::Result<()> {
         .with_context(|| format!("using kubeconfig {}", kubeconfig.display()))?;
     // kubelet API: client certificates must chain to the cluster CA of the kubeconfig.
     let cluster_ca = kconf.root_cert.clone().unwrap_or_default();
-    let client = kube::Client::try_from(kconf)?;
+    let client = skiff_agent::apiclient::client(kconf)?;
 
     // --- kubelet API (kubectl logs) ---
     // Not fatal: without it everything else works, `kubectl logs` answers with the

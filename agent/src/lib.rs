@@ -2,6 +2,8 @@
 //! (`translate` → `model` → `reconcile` → `lbmap`) and loads, attaches and reads the datapath
 //! (`datapath`, the only module that touches aya).
 
+// The API client with a fixed read buffer (agent memory, issue 7).
+pub mod apiclient;
 pub mod datapath;
 pub mod debug;
 pub mod health;

@@ -83,9 +83,102 @@ pub fn release_free_memory() {
     }
 }
 
+/// Free bytes in glibc's arenas (`mallinfo2().fordblks`; 0 elsewhere).
+fn free_bytes() -> usize {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallinfo2 only reads the arenas' statistics (under their locks).
+    unsafe {
+        libc::mallinfo2().fordblks
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    0
+}
+
+/// Hands free heap pages back while the agent is idle, as Go's background scavenger and
+/// jemalloc's decay do (agent memory, issue 7).
+///
+/// Why: the trim after a full sync covers the big burst, but incremental syncs, ticks
+/// and `/metrics` scrapes free memory too, and glibc only returns the top of the heap.
+/// Measured at 10k Services after 200 changes and 30 s idle: 1.2 MB of whole free pages
+/// inside the heap, and run-to-run idle growth of 0.6 to 2.7 MB. A trim walks the free
+/// chunks (0.6 to 6 ms at that size) and runs only when the agent went quiet after
+/// work, or at most every [`Scavenger::PERIOD`] when free space grew by
+/// [`Scavenger::SLACK`], so a busy sync loop never pays for it.
+#[derive(Debug)]
+pub struct Scavenger {
+    /// The last sync since the last trim, if any.
+    active_at: Option<std::time::Instant>,
+    last_trim: std::time::Instant,
+    free_after_trim: usize,
+}
+
+impl Scavenger {
+    /// Quiet time after the last sync before its garbage is returned.
+    pub const QUIET: std::time::Duration = std::time::Duration::from_secs(5);
+    /// Shortest interval between trims that no sync prompted.
+    pub const PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
+    /// Growth of free heap that prompts such a trim.
+    pub const SLACK: usize = 1 << 20;
+
+    pub fn new(now: std::time::Instant) -> Scavenger {
+        Scavenger {
+            active_at: None,
+            last_trim: now,
+            free_after_trim: free_bytes(),
+        }
+    }
+
+    /// A sync ran.
+    pub fn active(&mut self, now: std::time::Instant) {
+        self.active_at = Some(now);
+    }
+
+    /// Whether a trim is due at `now` with `free` bytes free in the arenas.
+    fn due(&self, now: std::time::Instant, free: usize) -> bool {
+        let settled = self
+            .active_at
+            .is_some_and(|t| now.saturating_duration_since(t) >= Self::QUIET);
+        let drifted = now.saturating_duration_since(self.last_trim) >= Self::PERIOD
+            && free >= self.free_after_trim.saturating_add(Self::SLACK);
+        settled || drifted
+    }
+
+    /// On a tick: trims if due; returns whether it did.
+    pub fn tick(&mut self, now: std::time::Instant) -> bool {
+        if !self.due(now, free_bytes()) {
+            return false;
+        }
+        release_free_memory();
+        self.active_at = None;
+        self.last_trim = now;
+        self.free_after_trim = free_bytes();
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scavenger_trims_once_quiet_after_work_or_when_free_space_drifts_up() {
+        let t0 = std::time::Instant::now();
+        let s = |active_at, free_after_trim| Scavenger {
+            active_at,
+            last_trim: t0,
+            free_after_trim,
+        };
+        let at = |secs| t0 + std::time::Duration::from_secs(secs);
+        // Nothing happened: never due, however much is free, until a period passed.
+        assert!(!s(None, 0).due(at(30), 10 << 20));
+        // Work at 10 s: due 5 s later, not before.
+        assert!(!s(Some(at(10)), 0).due(at(14), 0));
+        assert!(s(Some(at(10)), 0).due(at(15), 0));
+        // No work, but a period passed and free space grew by the slack (not less).
+        assert!(s(None, 4 << 20).due(at(60), 5 << 20));
+        assert!(!s(None, 4 << 20).due(at(60), (5 << 20) - 1));
+        assert!(!s(None, 4 << 20).due(at(59), 5 << 20));
+    }
 
     #[test]
     fn any_operator_setting_leaves_malloc_alone() {

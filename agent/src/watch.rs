@@ -827,6 +827,7 @@ pub async fn run<M, S, E, T, P>(
     let mut state = State::new(config);
     let mut last_full = Instant::now();
     let mut ticker = tokio::time::interval(tick);
+    let mut scavenger = crate::malloc::Scavenger::new(Instant::now());
     loop {
         let mut changed = false;
         let mut resync = false;
@@ -837,6 +838,7 @@ pub async fn run<M, S, E, T, P>(
             },
             _ = ticker.tick() => {
                 on_tick(maps);
+                scavenger.tick(Instant::now());
                 resync = !full_resync.is_zero()
                     && last_full.elapsed() >= full_resync
                     && state.ready();
@@ -942,10 +944,12 @@ pub async fn run<M, S, E, T, P>(
             dns_changed: dns_changed && state.config.keep_dns_objects,
             // end dns
         });
-        // agent memory (issue 7): what a full sync freed goes back to the kernel.
+        // agent memory (issue 7): what a full sync freed goes back to the kernel at
+        // once; an incremental sync's, once the agent is quiet.
         if full {
             crate::malloc::release_free_memory();
         }
+        scavenger.active(Instant::now());
     }
 }
 
