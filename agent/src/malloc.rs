@@ -133,19 +133,29 @@ impl Scavenger {
         self.active_at = Some(now);
     }
 
-    /// Whether a trim is due at `now` with `free` bytes free in the arenas.
-    fn due(&self, now: std::time::Instant, free: usize) -> bool {
+    /// Whether a trim is due at `now`; `free` (the arenas' free bytes) is asked only once
+    /// a period has passed without one, since `mallinfo2` walks the free lists.
+    fn due(&mut self, now: std::time::Instant, free: impl FnOnce() -> usize) -> bool {
         let settled = self
             .active_at
             .is_some_and(|t| now.saturating_duration_since(t) >= Self::QUIET);
-        let drifted = now.saturating_duration_since(self.last_trim) >= Self::PERIOD
-            && free >= self.free_after_trim.saturating_add(Self::SLACK);
-        settled || drifted
+        if settled {
+            return true;
+        }
+        if now.saturating_duration_since(self.last_trim) < Self::PERIOD {
+            return false;
+        }
+        if free() >= self.free_after_trim.saturating_add(Self::SLACK) {
+            return true;
+        }
+        // Not grown enough: look again a period from now.
+        self.last_trim = now;
+        false
     }
 
     /// On a tick: trims if due; returns whether it did.
     pub fn tick(&mut self, now: std::time::Instant) -> bool {
-        if !self.due(now, free_bytes()) {
+        if !self.due(now, free_bytes) {
             return false;
         }
         release_free_memory();
@@ -169,15 +179,21 @@ mod tests {
             free_after_trim,
         };
         let at = |secs| t0 + std::time::Duration::from_secs(secs);
-        // Nothing happened: never due, however much is free, until a period passed.
-        assert!(!s(None, 0).due(at(30), 10 << 20));
+        let never = || -> usize { panic!("free bytes asked for within a period") };
+        // Nothing happened: never due, however much is free, until a period passed; the
+        // free lists are not even walked.
+        assert!(!s(None, 0).due(at(30), never));
         // Work at 10 s: due 5 s later, not before.
-        assert!(!s(Some(at(10)), 0).due(at(14), 0));
-        assert!(s(Some(at(10)), 0).due(at(15), 0));
+        assert!(!s(Some(at(10)), 0).due(at(14), never));
+        assert!(s(Some(at(10)), 0).due(at(15), never));
         // No work, but a period passed and free space grew by the slack (not less).
-        assert!(s(None, 4 << 20).due(at(60), 5 << 20));
-        assert!(!s(None, 4 << 20).due(at(60), (5 << 20) - 1));
-        assert!(!s(None, 4 << 20).due(at(59), 5 << 20));
+        assert!(s(None, 4 << 20).due(at(60), || 5 << 20));
+        assert!(!s(None, 4 << 20).due(at(59), never));
+        let mut quiet = s(None, 4 << 20);
+        assert!(!quiet.due(at(60), || (5 << 20) - 1));
+        // Checked at 60 s: the next look is a period later.
+        assert!(!quiet.due(at(119), never));
+        assert!(quiet.due(at(120), || 5 << 20));
     }
 
     #[test]
